@@ -1,0 +1,46 @@
+"""rknn-farm: run RKNN and ONNX models across a farm of worker processes.
+
+::
+
+    from farm import Farm
+
+    with Farm("model.onnx", schedule="0,1", threads_per_core=2) as farm:
+        outputs = farm.run({"x": image})
+
+``farm/`` is the parent's side (this package): options, the router, shared
+memory, the CLI. ``workers/`` is the child's side.
+"""
+
+from farm.errors import (
+    BackendUnavailableError,
+    FarmClosedError,
+    FarmError,
+    InvalidInputError,
+    OptionError,
+    SubmitTimeoutError,
+    TaskError,
+    WorkerCrashedError,
+    WorkerStartError,
+)
+from farm.farm import Farm
+from farm.options import FarmOptions, make_provider_options, parse_options
+from farm.tensors import TensorSpec
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BackendUnavailableError",
+    "Farm",
+    "FarmClosedError",
+    "FarmError",
+    "FarmOptions",
+    "InvalidInputError",
+    "OptionError",
+    "SubmitTimeoutError",
+    "TaskError",
+    "TensorSpec",
+    "WorkerCrashedError",
+    "WorkerStartError",
+    "make_provider_options",
+    "parse_options",
+]

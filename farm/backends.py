@@ -1,0 +1,95 @@
+"""Which backend runs a model: ``backend="auto"`` and the checks behind it.
+
+The parent never imports a runtime (that is the workers' business); it only
+asks whether one is installed (``importlib.util.find_spec``), so choosing a
+backend costs no start-up time and a missing runtime is reported clearly
+before any process starts.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import platform
+from typing import Union
+
+from farm.errors import BackendUnavailableError
+
+__all__ = ["BACKENDS", "resolve_backend", "resolve_model"]
+
+BACKENDS = ("auto", "onnxruntime", "python", "rknnlite", "rknn-sim")
+
+_RUNTIME_PACKAGES = {
+    "onnxruntime": ("onnxruntime", "pip install 'rknn-farm[onnx]'  (or: pip install onnxruntime)"),
+    "rknnlite": ("rknnlite", "pip install 'rknn-farm[rknn]' on an RK3588/RK3576/RK356x board"),
+    "rknn-sim": ("rknn", "see docs/simulator.md (rknn-toolkit2 with its pinned torch/numpy)"),
+}
+_IMPLEMENTED = ("onnxruntime", "python")
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _looks_like_callable_spec(model: str) -> bool:
+    module, sep, attribute = model.partition(":")
+    return bool(sep and module and attribute and not os.path.exists(model) and "/" not in module)
+
+
+def resolve_model(model: Union[str, os.PathLike[str]]) -> str:
+    """The model as the workers will open it: an absolute path, or a
+    ``"module:function"`` spec for the python backend."""
+    text = os.fspath(model)
+    if _looks_like_callable_spec(text):
+        return text
+    if not os.path.isfile(text):
+        raise FileNotFoundError(f"model file not found: {text!r}")
+    return os.path.abspath(text)
+
+
+def resolve_backend(backend: str, model: str) -> str:
+    """The concrete backend for ``model``; raises BackendUnavailableError with
+    what to do when it cannot run here."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
+    if backend == "auto":
+        backend = _auto_backend(model)
+    if backend == "python":
+        if not _looks_like_callable_spec(model):
+            raise ValueError(
+                f"the python backend needs a model like 'package.module:function', got {model!r}"
+            )
+        return backend
+    if backend not in _IMPLEMENTED:
+        raise BackendUnavailableError(
+            f"backend {backend!r} is not available in this version of rknn-farm; "
+            "use backend='onnxruntime' with the model's ONNX file"
+        )
+    package, how = _RUNTIME_PACKAGES[backend]
+    if not _installed(package):
+        raise BackendUnavailableError(f"backend {backend!r} needs the {package!r} package: {how}")
+    return backend
+
+
+def _auto_backend(model: str) -> str:
+    if _looks_like_callable_spec(model):
+        return "python"
+    lower = model.lower()
+    if lower.endswith(".rknn"):
+        if _installed("rknnlite") and platform.machine() in ("aarch64", "arm64"):
+            return "rknnlite"
+        raise BackendUnavailableError(
+            f"{os.path.basename(model)} is an RKNN model, which runs only on a Rockchip NPU board with "
+            "rknn-toolkit-lite2 (backend='rknnlite'). On this machine, run the model's ONNX source instead: "
+            "Farm('model.onnx') on the CPU with ONNX Runtime, or Farm('model.onnx', backend='rknn-sim') "
+            "through rknn-toolkit2's simulator."
+        )
+    if lower.endswith(".onnx"):
+        return "onnxruntime"
+    raise BackendUnavailableError(
+        f"cannot tell which backend runs {model!r} (expected a .onnx or .rknn file, or "
+        "'package.module:function'); pass backend= explicitly"
+    )

@@ -1,0 +1,86 @@
+"""The callback thread: where ``run_async`` callbacks run.
+
+One thread runs every user callback, so callbacks never run concurrently and
+never block the router's receive loop. With ``sequential_callbacks=True``
+they fire in submission order (across all submitting threads): a completion
+that arrives early waits in a reorder buffer until its predecessors have
+fired. An exception raised by a callback goes to ``sys.unraisablehook`` and
+the thread carries on.
+"""
+
+from __future__ import annotations
+
+import queue
+import sys
+import threading
+from typing import Any, Callable, Optional
+
+__all__ = ["CallbackThread"]
+
+_STOP = object()
+
+
+class _Unraisable:
+    """What ``sys.unraisablehook`` expects (``UnraisableHookArgs`` cannot be built)."""
+
+    def __init__(self, exc: BaseException, callback: Any) -> None:
+        self.exc_type = type(exc)
+        self.exc_value = exc
+        self.exc_traceback = exc.__traceback__
+        self.err_msg = "Exception ignored in rknn-farm run_async callback"
+        self.object = callback
+
+
+class CallbackThread:
+    """Runs callbacks, in order of ``seq`` when ``sequential`` is set."""
+
+    def __init__(self, sequential: bool) -> None:
+        self.sequential = sequential
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._next_seq = 0
+        self._early: dict[int, tuple[Callable[..., Any], tuple]] = {}
+        self._thread = threading.Thread(target=self._loop, name="rknnfarm-callbacks", daemon=True)
+        self._thread.start()
+
+    @property
+    def ident(self) -> Optional[int]:
+        return self._thread.ident
+
+    def post(self, seq: int, callback: Callable[..., Any], args: tuple) -> None:
+        """Schedule ``callback(*args)``; ``seq`` counts run_async submissions from 0."""
+        self._queue.put((seq, callback, args))
+
+    def stop(self, timeout: Optional[float] = None) -> None:
+        """Run what is posted, then end the thread."""
+        self._queue.put(_STOP)
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
+
+    def _loop(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is _STOP:
+                self._flush_early()
+                return
+            seq, callback, args = item
+            if not self.sequential:
+                self._call(callback, args)
+                continue
+            self._early[seq] = (callback, args)
+            while self._next_seq in self._early:
+                callback, args = self._early.pop(self._next_seq)
+                self._next_seq += 1
+                self._call(callback, args)
+
+    def _flush_early(self) -> None:
+        # Only reached when the farm closes with gaps (tasks that never ended
+        # cannot exist, but a gap must not swallow what did end).
+        for seq in sorted(self._early):
+            self._call(*self._early.pop(seq))
+
+    @staticmethod
+    def _call(callback: Callable[..., Any], args: tuple) -> None:
+        try:
+            callback(*args)
+        except BaseException as exc:
+            sys.unraisablehook(_Unraisable(exc, callback))  # type: ignore[arg-type]

@@ -1,0 +1,93 @@
+"""Every exception rknn-farm raises, in one place.
+
+The tree follows the seed library's habit of raising ``RuntimeError`` (so
+``except RuntimeError`` written against EZ RKNN Async keeps working) and the
+stdlib's habit of subclassing the closest built-in (bad input is also a
+``ValueError``, a submit time-out is also a ``TimeoutError``)::
+
+    FarmError (RuntimeError)
+     ├── OptionError                 a provider option has a bad value
+     ├── InvalidInputError (ValueError)   an input feed does not fit the model
+     ├── BackendUnavailableError     the chosen backend cannot run on this machine
+     ├── WorkerStartError            a worker could not load the model
+     ├── TaskError                   the model raised inside a worker
+     ├── WorkerCrashedError          the worker running a task died
+     ├── SubmitTimeoutError (TimeoutError)   the farm stayed full too long
+     └── FarmClosedError             the farm is closed or closing
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BackendUnavailableError",
+    "FarmClosedError",
+    "FarmError",
+    "InvalidInputError",
+    "OptionError",
+    "SubmitTimeoutError",
+    "TaskError",
+    "WorkerCrashedError",
+    "WorkerStartError",
+]
+
+
+class FarmError(RuntimeError):
+    """Base class of every error rknn-farm raises on purpose."""
+
+
+class OptionError(FarmError):
+    """A provider option (``schedule``, ``tp_mode``, ...) has a bad value.
+
+    The message is the seed library's, word for word, where the seed has one.
+    """
+
+
+class InvalidInputError(FarmError, ValueError):
+    """An input feed does not fit the model: name, count, rank, shape or dtype.
+
+    Raised in the calling thread before anything is queued, so the farm is
+    untouched and later good tasks still run.
+    """
+
+
+class BackendUnavailableError(FarmError):
+    """The requested backend (or the one ``backend="auto"`` needs) cannot run here."""
+
+
+class WorkerStartError(FarmError):
+    """A worker process failed while starting: the model did not load, a
+    plugin was missing, the process died before it was ready."""
+
+
+class TaskError(FarmError):
+    """The backend raised while running one task; the worker is still alive.
+
+    ``str(err)`` carries the worker's message; the remote traceback text, when
+    there is one, is in ``remote_traceback``.
+    """
+
+    def __init__(self, message: str, remote_traceback: str = "") -> None:
+        super().__init__(message)
+        self.remote_traceback = remote_traceback
+
+
+class WorkerCrashedError(FarmError):
+    """The worker process running a task died (signal, ``os._exit``, OOM kill).
+
+    ``exitcode`` is the process exit code (negative: killed by that signal)
+    and ``core`` the NPU core (or CPU slot) the worker served.
+    """
+
+    def __init__(self, message: str, exitcode: int | None = None, core: int | None = None) -> None:
+        super().__init__(message)
+        self.exitcode = exitcode
+        self.core = core
+
+
+class SubmitTimeoutError(FarmError, TimeoutError):
+    """The farm stayed full (``max_queue_size``) or paced for longer than
+    ``submit_timeout_ms``; the task was not queued."""
+
+
+class FarmClosedError(FarmError):
+    """The farm was closed, or is closing, so the task cannot run."""

@@ -1,0 +1,293 @@
+"""``Farm``: the object an application embeds.
+
+It checks options and inputs in the caller's thread, writes inputs into
+shared memory, hands tasks to the :class:`~farm.router.Router`, and returns
+outputs as numpy views of shared memory (or copies with
+``copy_outputs=True``)::
+
+    with Farm("det.onnx", schedule="0,1", threads_per_core=2) as farm:
+        outputs = farm.run({"x": image})
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import os
+import weakref
+from collections.abc import Iterable, Iterator
+from typing import Any, Callable, Optional, Union
+
+import numpy as np
+
+from farm.backends import resolve_backend, resolve_model
+from farm.errors import FarmClosedError
+from farm.options import FarmOptions, parse_options
+from farm.progress import ProgressLine
+from farm.router import _WINDOW, Router
+from farm.shm import SharedArena, reap_stale_segments
+from farm.task import Task, write_inputs
+from farm.tensors import TensorSpec, prepare_feed, specs_from_description
+from workers.protocol import align
+
+__all__ = ["Farm"]
+
+_PERF_VARIABLES = ("ZTU_EZRKNN_ASYNC_PRINT_PERF", "RKNN_FARM_PRINT_PERF")
+_PINNED_BACKENDS = ("onnxruntime", "python")
+
+Callback = Callable[[Optional[list], Any, str], None]
+
+
+def perf_log_enabled() -> bool:
+    """True when either perf variable is 1/true/on/yes (read once, at start)."""
+    return any(os.environ.get(v, "").strip().lower() in ("1", "true", "on", "yes") for v in _PERF_VARIABLES)
+
+
+def _available_cpus() -> list[int]:
+    if hasattr(os, "sched_getaffinity"):
+        return sorted(os.sched_getaffinity(0))
+    return list(range(os.cpu_count() or 1))
+
+
+def _cpus_for_cores(options: FarmOptions, backend: str) -> dict[int, list[int]]:
+    """Which CPUs each core's worker is pinned to (none for NPU backends)."""
+    if backend not in _PINNED_BACKENDS:
+        return {core: [] for core in options.cores}
+    cpus = _available_cpus()
+    if options.mode == "schedule":
+        return {core: [cpus[core % len(cpus)]] for core in options.cores}
+    mask = options.core_mask_for(0)
+    chosen = [cpu for i, cpu in enumerate(cpus) if mask >> i & 1] if mask else cpus[:1]
+    return {0: chosen or cpus[:1]}
+
+
+class Farm:
+    """A farm of worker processes running one model.
+
+    Args:
+        model: a ``.onnx`` or ``.rknn`` file, or ``"package.module:function"``
+            for the ``python`` backend.
+        backend: ``"auto"`` (by the model's file type and what is installed),
+            ``"onnxruntime"``, ``"python"``, ``"rknnlite"`` or ``"rknn-sim"``.
+        options: a dict from :func:`farm.make_provider_options` (or a list whose
+            first item is one), as the seed library's ``provider_options``.
+        **provider_options: the same options as keywords (they win over
+            ``options``): ``schedule``, ``tp_mode``, ``threads_per_core``,
+            ``max_queue_size``, ``submit_timeout_ms``, ``sequential_callbacks``,
+            ``enable_pacing``, ``layout``, ... and the farm's own
+            (``max_retries``, ``copy_outputs``, ``intra_op_threads``,
+            ``start_timeout_s``). See docs/options.md.
+
+    Raises:
+        OptionError: an option has a bad value (a ``RuntimeError``).
+        BackendUnavailableError: the backend cannot run here (says what to use).
+        WorkerStartError: a worker could not load the model.
+    """
+
+    def __init__(
+        self,
+        model: Union[str, os.PathLike[str]],
+        *,
+        backend: str = "auto",
+        options: Any = None,
+        **provider_options: Any,
+    ) -> None:
+        self._router: Optional[Router] = None
+        self.options = parse_options(options, warn_stacklevel=3, **provider_options)
+        self.model = resolve_model(model)
+        self.backend = resolve_backend(backend, self.model)
+        reap_stale_segments()
+        self._arena = SharedArena()
+        base_spec = {
+            "backend": self.backend,
+            "model": self.model,
+            "options": self.options.to_dict(),
+            "parent_pid": os.getpid(),
+            "segment_owner_prefix": self._arena.owner_prefix,
+        }
+        router = Router(
+            options=self.options,
+            arena=self._arena,
+            base_spec=base_spec,
+            cpus_for_core=_cpus_for_cores(self.options, self.backend),
+            perf_log=perf_log_enabled(),
+        )
+        self._finalizer = weakref.finalize(self, _close_quietly, router, self._arena)
+        try:
+            router.start(self.options.start_timeout_s)
+        except BaseException:
+            self._finalizer()
+            raise
+        self._router = router
+        description = router.description or {}
+        self._inputs = specs_from_description(description.get("inputs"))
+        self._outputs = specs_from_description(description.get("outputs"))
+        self.runtime_version: str = description.get("runtime_version", "")
+        self.metadata: dict[str, str] = dict(description.get("metadata") or {})
+        self._static_output_bytes = self._static_bytes(self._outputs)
+        self._timeout_s = self.options.submit_timeout_ms / 1000
+
+    @staticmethod
+    def _static_bytes(specs: Optional[list[TensorSpec]]) -> Optional[int]:
+        if not specs or not all(s.is_static for s in specs):
+            return None
+        return sum(align(s.nbytes or 0) for s in specs)
+
+    # ── metadata ─────────────────────────────────────────────────────────
+    @property
+    def inputs(self) -> Optional[list[TensorSpec]]:
+        """The model's inputs (name, shape with None for dynamic dims, dtype);
+        None for a python backend that declares none."""
+        return self._inputs
+
+    @property
+    def outputs(self) -> Optional[list[TensorSpec]]:
+        """The model's outputs, in the order ``run`` returns them."""
+        return self._outputs
+
+    # ── running ──────────────────────────────────────────────────────────
+    def run(self, inputs: Any, *, timeout: Optional[float] = None) -> list[np.ndarray]:
+        """Run one inference and wait: outputs in model order.
+
+        ``inputs`` is a dict ``{name: array}``, a list in input order, or one
+        array for a one-input model. Raises InvalidInputError for a bad feed,
+        TaskError when the model fails, WorkerCrashedError when the worker
+        died on it (after retries), SubmitTimeoutError when the farm stayed
+        full longer than ``submit_timeout_ms``.
+        """
+        return self.submit(inputs).result(timeout)
+
+    def submit(self, inputs: Any) -> concurrent.futures.Future:
+        """Queue one inference; the Future resolves to the list of outputs."""
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        self._admit(self._make_task(inputs, future=future))
+        return future
+
+    def run_async(self, inputs: Any, callback: Callback, user_data: Any = None) -> None:
+        """Queue one inference; ``callback(results, user_data, err)`` runs on the
+        farm's callback thread: ``err == ""`` and ``results`` a list of arrays on
+        success, ``results is None`` and ``err`` the message on failure. With
+        ``sequential_callbacks`` (the default) callbacks fire in submission order."""
+        if not callable(callback):
+            raise TypeError("callback must be callable")
+        self._admit(self._make_task(inputs, callback=callback, user_data=user_data))
+
+    def map(
+        self,
+        inputs: Iterable[Any],
+        *,
+        ordered: bool = True,
+        max_in_flight: Optional[int] = None,
+        progress: bool = False,
+    ) -> Iterator[list[np.ndarray]]:
+        """Run every item of ``inputs``, yielding outputs (in input order when
+        ``ordered``, else as they finish). At most ``max_in_flight`` tasks are
+        outstanding (default: enough to keep every context busy), so an
+        endless or huge iterable is consumed as fast as the farm can serve it.
+        ``progress=True`` draws a progress line on stderr."""
+        router = self._require_router()
+        window = max_in_flight or (
+            router.options.threads_per_core * len(router.workers) * _WINDOW + self.options.max_queue_size
+        )
+        total = len(inputs) if hasattr(inputs, "__len__") else None  # type: ignore[arg-type]
+        bar = ProgressLine(total) if progress else None
+        pending: collections.deque[concurrent.futures.Future] = collections.deque()
+        try:
+            for item in inputs:
+                pending.append(self.submit(item))
+                while len(pending) >= window:
+                    yield self._next_result(pending, ordered, bar)
+            while pending:
+                yield self._next_result(pending, ordered, bar)
+        finally:
+            if bar is not None:
+                bar.close()
+
+    @staticmethod
+    def _next_result(
+        pending: collections.deque[concurrent.futures.Future], ordered: bool, bar: Optional[ProgressLine]
+    ) -> list[np.ndarray]:
+        if ordered:
+            future = pending.popleft()
+        else:
+            done, _ = concurrent.futures.wait(pending, return_when=concurrent.futures.FIRST_COMPLETED)
+            future = next(iter(done))
+            pending.remove(future)
+        result = future.result()
+        if bar is not None:
+            bar.advance()
+        return result
+
+    # ── internals of a submission ────────────────────────────────────────
+    def _require_router(self) -> Router:
+        if self._router is None or self._finalizer.alive is False:
+            raise FarmClosedError("the farm is closed; create a new Farm to run more tasks")
+        return self._router
+
+    def _make_task(self, feed: Any, **delivery: Any) -> Task:
+        router = self._require_router()
+        prepared = prepare_feed(feed, self._inputs, self.options.layout)
+        input_key = tuple(p.shape for p in prepared)
+        region, descriptors = write_inputs(self._arena, prepared)
+        out_bytes = self._static_output_bytes or router.output_hint(input_key)
+        try:
+            out_region = self._arena.allocate(out_bytes) if out_bytes else None
+        except BaseException:
+            self._arena.free(region)
+            raise
+        return Task(region, descriptors, input_key, out_region, **delivery)
+
+    def _admit(self, task: Task) -> None:
+        try:
+            self._require_router().admit(task, self._timeout_s)
+        except BaseException:
+            self._arena.free(task.input_region)
+            if task.out_region is not None:
+                self._arena.free(task.out_region)
+            raise
+
+    # ── state ────────────────────────────────────────────────────────────
+    def stats(self) -> dict[str, Any]:
+        """A snapshot: per worker (core) tasks, failures, crashes, restarts,
+        latency p50/p99 (ms), inference-time EMA; farm-wide pacing figures."""
+        snapshot = self._require_router().snapshot()
+        snapshot.update(
+            backend=self.backend,
+            model=self.model,
+            mode=self.options.mode,
+            shared_memory_bytes=self._arena.bytes_mapped,
+        )
+        return snapshot
+
+    def close(self, cancel: bool = False, timeout: Optional[float] = None) -> None:
+        """Finish outstanding tasks (or, with ``cancel=True``, fail them with
+        FarmClosedError), stop the workers and free the shared memory.
+        Outputs already returned stay valid. Safe to call twice."""
+        router = self._router
+        if router is None or not self._finalizer.alive:
+            return
+        self._finalizer.detach()
+        try:
+            router.close(cancel=cancel, timeout_s=timeout)
+        finally:
+            self._arena.close()
+
+    def __enter__(self) -> Farm:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        # An exception (KeyboardInterrupt included) cancels what is queued
+        # rather than waiting for it.
+        self.close(cancel=exc_type is not None)
+
+    def __repr__(self) -> str:
+        state = "closed" if not self._finalizer.alive else "running"
+        return f"Farm({self.model!r}, backend={self.backend!r}, cores={list(self.options.cores)}, {state})"
+
+
+def _close_quietly(router: Router, arena: SharedArena) -> None:
+    """Finalizer: a farm dropped (or alive at exit) without close()."""
+    try:
+        router.close(cancel=True)
+    finally:
+        arena.close()

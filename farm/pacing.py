@@ -1,0 +1,58 @@
+"""Pacing: admit submissions no faster than the farm completes them.
+
+The seed's rule, computed in the router: an exponential moving average of
+successful inference times, ``avg = 0.95 * avg + 0.05 * infer_us`` (the first
+sample initialises it), and an admission interval of ``avg / n_cores``
+(distinct cores). Before the first completion nothing is paced. Unlike the
+seed, a submitter that is early sleeps until its slot instead of spinning.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Optional
+
+__all__ = ["Pacer"]
+
+
+class Pacer:
+    """Keeps the EMA and the last admission time. Not thread-safe: the router
+    calls it under its lock."""
+
+    def __init__(self, n_cores: int, enabled: bool) -> None:
+        self.n_cores = max(1, n_cores)
+        self.enabled = enabled
+        self.avg_us: Optional[float] = None
+        self.admitted = 0
+        self._last_admit: Optional[float] = None
+        self._first_admit: Optional[float] = None
+
+    def record(self, infer_us: float) -> None:
+        """Feed one successful inference time (µs)."""
+        self.avg_us = infer_us if self.avg_us is None else 0.95 * self.avg_us + 0.05 * infer_us
+
+    @property
+    def interval_s(self) -> float:
+        if self.avg_us is None:
+            return 0.0
+        return self.avg_us / self.n_cores / 1e6
+
+    def wait_s(self, now: float) -> float:
+        """Seconds until a submission may be admitted (0: now)."""
+        if not self.enabled or self._last_admit is None:
+            return 0.0
+        return max(0.0, self._last_admit + self.interval_s - now)
+
+    def admit(self, now: Optional[float] = None) -> None:
+        now = time.perf_counter() if now is None else now
+        self._last_admit = now
+        if self._first_admit is None:
+            self._first_admit = now
+        self.admitted += 1
+
+    def admitted_rate(self, now: Optional[float] = None) -> float:
+        """Admissions per second since the first one."""
+        now = time.perf_counter() if now is None else now
+        if self._first_admit is None or now <= self._first_admit:
+            return 0.0
+        return self.admitted / (now - self._first_admit)

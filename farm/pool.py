@@ -1,0 +1,164 @@
+"""Worker processes as the parent sees them: start, address, watch, stop.
+
+Each worker is a fresh interpreter (``python -m workers.main``) serving one
+NPU core (or CPU slot) with ``threads_per_core`` contexts. For every context
+the parent binds one PUSH socket (tasks go straight to a context, never
+through a queue inside the worker); all workers answer on the parent's one
+PULL socket. Each incarnation of a worker (``generation``) gets fresh
+addresses, so no message meant for a dead worker reaches its successor.
+
+A worker's stdin is its life line: the parent writes the spec on it and
+keeps it open; the worker exits when it closes. The parent learns of a
+worker's death from ``exit_fd``, a pipe whose write end only the worker holds
+(readable at end-of-file the moment the process is gone).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from typing import Any, Optional
+
+import zmq
+
+from farm.stats import WorkerStats
+
+__all__ = ["ContextSlot", "WorkerHandle", "spawn_worker", "stop_process"]
+
+
+class ContextSlot:
+    """One context of one worker, and the tasks the router has sent it."""
+
+    __slots__ = ("worker", "index", "socket", "in_flight")
+
+    def __init__(self, worker: WorkerHandle, index: int, socket: zmq.Socket) -> None:
+        self.worker = worker
+        self.index = index
+        self.socket = socket
+        self.in_flight: dict[int, Any] = {}
+
+
+class WorkerHandle:
+    """One worker slot of the farm (a core), across its incarnations."""
+
+    def __init__(self, worker_id: int, core: int, core_mask: int, cpus: list[int]) -> None:
+        self.worker_id = worker_id
+        self.core = core
+        self.core_mask = core_mask
+        self.cpus = cpus
+        self.generation = 0
+        self.process: Optional[subprocess.Popen] = None
+        self.exit_fd = -1
+        self.slots: list[ContextSlot] = []
+        self.ready = False
+        self.pid: Optional[int] = None
+        self.description: Optional[dict[str, Any]] = None
+        self.stats = WorkerStats()
+        self.restarts = 0
+        self.consecutive_failures = 0
+        self.respawn_at: Optional[float] = None
+        self.started_at = 0.0
+        self.last_error = ""
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+
+def spawn_worker(
+    handle: WorkerHandle,
+    *,
+    zmq_context: zmq.Context,
+    ipc_dir: str,
+    n_contexts: int,
+    base_spec: dict[str, Any],
+) -> None:
+    """Start a new incarnation of ``handle``'s worker (sockets, process, life line)."""
+    handle.generation += 1
+    handle.ready = False
+    handle.slots = []
+    addresses = []
+    for index in range(n_contexts):
+        address = f"ipc://{ipc_dir}/w{handle.worker_id}g{handle.generation}c{index}"
+        socket = zmq_context.socket(zmq.PUSH)
+        socket.setsockopt(zmq.LINGER, 0)
+        socket.setsockopt(zmq.SNDHWM, 0)
+        socket.bind(address)
+        handle.slots.append(ContextSlot(handle, index, socket))
+        addresses.append(address)
+    spec = dict(
+        base_spec,
+        worker_id=handle.worker_id,
+        generation=handle.generation,
+        core=handle.core,
+        core_mask=handle.core_mask,
+        cpus=handle.cpus,
+        task_addresses=addresses,
+    )
+    exit_read, exit_write = os.pipe()
+    try:
+        handle.process = subprocess.Popen(
+            [sys.executable, "-m", "workers.main"],
+            stdin=subprocess.PIPE,
+            pass_fds=(exit_write,),
+            env=_worker_environment(),
+        )
+    except BaseException:
+        os.close(exit_read)
+        raise
+    finally:
+        os.close(exit_write)
+    handle.exit_fd = exit_read
+    handle.pid = handle.process.pid
+    handle.started_at = time.monotonic()
+    assert handle.process.stdin is not None
+    handle.process.stdin.write(json.dumps(spec).encode() + b"\n")
+    handle.process.stdin.flush()
+
+
+def _worker_environment() -> dict[str, str]:
+    env = dict(os.environ)
+    # The worker must import this very copy of rknn-farm (and the user's
+    # python-backend modules), installed or not.
+    paths = [p for p in sys.path if p and os.path.isdir(p)]
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = os.pathsep.join([here, *paths])
+    # Pinned processes must not each start a thread per CPU in OpenMP/BLAS.
+    env.setdefault("OMP_NUM_THREADS", "1")
+    return env
+
+
+def close_slots(handle: WorkerHandle) -> None:
+    for slot in handle.slots:
+        slot.socket.close(linger=0)
+
+
+def stop_process(handle: WorkerHandle, timeout: float) -> Optional[int]:
+    """Close the life line, wait up to ``timeout``, then terminate, then kill.
+    Returns the exit code."""
+    process = handle.process
+    if process is None:
+        return None
+    if process.stdin is not None:
+        try:
+            process.stdin.close()
+        except OSError:
+            pass
+    for stop in (None, process.terminate, process.kill):
+        if stop is not None:
+            try:
+                stop()
+            except ProcessLookupError:
+                pass
+        try:
+            process.wait(timeout)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    if handle.exit_fd >= 0:
+        os.close(handle.exit_fd)
+        handle.exit_fd = -1
+    return process.returncode

@@ -1,0 +1,567 @@
+"""The router: where a task goes next, and what happens when it comes back.
+
+::
+
+    caller threads                      router thread (one per farm)
+    ──────────────                      ─────────────────────────────
+    admit(task) ── per-core queue ──►   dispatch to a free context  ══ PUSH ══► worker core c, context i
+      waits (sleeping) while the core's         ▲                                    │
+      queue is full, or pacing says             │ frees a context slot               │
+      "not yet", up to submit_timeout           │                                    ▼
+                                        receive loop ◄══════════════ PULL ═══ RESULT / FAILED / READY
+                                          ├─ result: outputs as views of shared memory → future / callback
+                                          ├─ worker exit (its exit pipe reads EOF): retry or fail its tasks,
+                                          │    respawn the core with back-off
+                                          └─ timers: respawns that are due
+
+Task ``k`` is bound to core ``schedule[k % len(schedule)]`` when admitted.
+Each core has its own queue, so a busy core never holds up tasks for idle
+ones (the seed's single FIFO does). A context gets at most ``_WINDOW`` tasks at
+once: the one it runs and the next, which waits in its socket so the context
+never idles for a round trip.
+
+All state below is guarded by ``self._cond``; sends on the context sockets
+happen under it too (a ZeroMQ socket must not be used by two threads at once).
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+import time
+from typing import Any, Optional
+
+import numpy as np
+import zmq
+
+from farm.callbacks import CallbackThread
+from farm.errors import FarmClosedError, SubmitTimeoutError, TaskError, WorkerCrashedError, WorkerStartError
+from farm.options import FarmOptions
+from farm.pacing import Pacer
+from farm.pool import ContextSlot, WorkerHandle, close_slots, spawn_worker, stop_process
+from farm.shm import SharedArena
+from farm.task import Task
+from workers import protocol
+
+__all__ = ["Router"]
+
+_WINDOW = 2
+_RESPAWN_BASE_S = 0.1
+_RESPAWN_MAX_S = 10.0
+_CRASH_LOOP_LIMIT = 5
+_OUTPUT_HINTS = 256
+
+
+def _describe_exit(exitcode: Optional[int]) -> str:
+    if exitcode is None:
+        return "an unknown status"
+    if exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"signal {-exitcode}"
+        if name == "SIGKILL":
+            return "SIGKILL (killed: out of memory, or by someone)"
+        return name
+    return f"exit code {exitcode}"
+
+
+class Router:
+    """Owns the workers, the queues and the receive loop of one farm."""
+
+    def __init__(
+        self,
+        *,
+        options: FarmOptions,
+        arena: SharedArena,
+        base_spec: dict[str, Any],
+        cpus_for_core: dict[int, list[int]],
+        perf_log: bool,
+    ) -> None:
+        self.options = options
+        self.arena = arena
+        self._base_spec = base_spec
+        self._perf_log = perf_log
+        self._cond = threading.Condition()
+        self._zmq = zmq.Context()
+        self._ipc_dir = tempfile.mkdtemp(prefix="rknnfarm-")
+        self._inbound = self._zmq.socket(zmq.PULL)
+        self._inbound.setsockopt(zmq.LINGER, 0)
+        self._inbound.setsockopt(zmq.RCVHWM, 0)
+        self._base_spec["result_address"] = f"ipc://{self._ipc_dir}/in"
+        self._inbound.bind(self._base_spec["result_address"])
+        self.workers = [
+            WorkerHandle(i, core, options.core_mask_for(core), cpus_for_core[core])
+            for i, core in enumerate(options.cores)
+        ]
+        self._worker_of_core = {w.core: w for w in self.workers}
+        self._queues: dict[int, collections.deque[Task]] = {c: collections.deque() for c in options.cores}
+        self.pacer = Pacer(options.n_distinct_cores, options.enable_pacing)
+        self.callbacks = CallbackThread(options.sequential_callbacks)
+        self.description: Optional[dict[str, Any]] = None
+        self._output_hints: collections.OrderedDict[tuple, int] = collections.OrderedDict()
+        self._next_index = 0
+        self._next_callback_seq = 0
+        self._outstanding = 0
+        self._starting = True
+        self._closing = False
+        self._stopping = False
+        self._broken = ""
+        self._start_error = ""
+        self._wake_read, self._wake_write = os.pipe()
+        self._thread = threading.Thread(target=self._receive_loop, name="rknnfarm-router", daemon=True)
+
+    # ── start ────────────────────────────────────────────────────────────
+    def start(self, timeout_s: float) -> None:
+        """Spawn every worker and wait until all are ready (or one fails)."""
+        for worker in self.workers:
+            self._spawn(worker)
+        self._thread.start()
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            while not self._start_error and not all(w.ready for w in self.workers):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    self._start_error = (
+                        f"workers did not become ready within {timeout_s:.0f} s "
+                        "(a slow model load? raise start_timeout_s)"
+                    )
+                    break
+                self._cond.wait(remaining)
+            self._starting = False
+            error = self._start_error
+        if error:
+            self.close(cancel=True)
+            raise WorkerStartError(error)
+
+    def _spawn(self, worker: WorkerHandle) -> None:
+        spawn_worker(
+            worker,
+            zmq_context=self._zmq,
+            ipc_dir=self._ipc_dir,
+            n_contexts=self.options.threads_per_core,
+            base_spec=self._base_spec,
+        )
+        self._wake()
+
+    # ── admission (caller threads) ───────────────────────────────────────
+    def admit(self, task: Task, timeout_s: float) -> None:
+        """Queue ``task`` for its core; wait while the core's queue is full or
+        pacing says not yet. Raises SubmitTimeoutError after ``timeout_s``."""
+        deadline = time.perf_counter() + timeout_s
+        limit = self.options.max_queue_size
+        with self._cond:
+            while True:
+                self._check_open()
+                now = time.perf_counter()
+                core = self._core_for(self._next_index)
+                pacing_wait = self.pacer.wait_s(now)
+                if pacing_wait == 0.0 and len(self._queues[core]) < limit:
+                    break
+                remaining = deadline - now
+                if remaining <= 0:
+                    reason = "pacing" if pacing_wait else f"core {core}'s queue is full ({limit} tasks)"
+                    raise SubmitTimeoutError(
+                        f"submit timed out after {timeout_s * 1000:.0f} ms: {reason}; the farm is saturated "
+                        "(raise submit_timeout_ms or max_queue_size, or submit more slowly)"
+                    )
+                self._cond.wait(min(remaining, pacing_wait) if pacing_wait else remaining)
+            task.task_id = self._next_index
+            self._next_index += 1
+            task.core = core
+            if task.callback is not None:
+                task.callback_seq = self._next_callback_seq
+                self._next_callback_seq += 1
+            self.pacer.admit(now)
+            self._outstanding += 1
+            self._queues[core].append(task)
+            self._dispatch(core)
+
+    def _check_open(self) -> None:
+        if self._closing:
+            raise FarmClosedError("the farm is closed; create a new Farm to run more tasks")
+        if self._broken:
+            raise WorkerCrashedError(self._broken)
+
+    def _core_for(self, index: int) -> int:
+        core = self.options.core_for_task(index)
+        if self._worker_of_core[core].ready:
+            return core
+        # That core's worker is down: don't make its tasks wait for the respawn.
+        ready = [w.core for w in self.workers if w.ready]
+        return min(ready, key=lambda c: len(self._queues[c])) if ready else core
+
+    # ── dispatch (under the lock) ────────────────────────────────────────
+    def _dispatch(self, core: int) -> None:
+        worker = self._worker_of_core[core]
+        queue = self._queues[core]
+        if not worker.ready:
+            return
+        while queue:
+            slot = min(worker.slots, key=lambda s: len(s.in_flight))
+            if len(slot.in_flight) >= _WINDOW:
+                return
+            self._send(slot, queue.popleft())
+        self._cond.notify_all()
+
+    def _send(self, slot: ContextSlot, task: Task) -> None:
+        out = None if task.out_region is None else task.out_region.descriptor()
+        header = [protocol.TASK, task.task_id, task.attempt, task.input_descriptors, out]
+        slot.socket.send(protocol.pack(header), flags=zmq.NOBLOCK)
+        slot.in_flight[task.task_id] = task
+        task.slot = slot
+        task.dispatched_at = time.perf_counter()
+
+    # ── output sizing ────────────────────────────────────────────────────
+    def output_hint(self, input_key: tuple) -> Optional[int]:
+        """Bytes the outputs took last time for inputs of these shapes."""
+        return self._output_hints.get(input_key)
+
+    def _remember_output_size(self, input_key: tuple, nbytes: int) -> None:
+        hints = self._output_hints
+        hints[input_key] = nbytes
+        hints.move_to_end(input_key)
+        while len(hints) > _OUTPUT_HINTS:
+            hints.popitem(last=False)
+
+    # ── receive loop (router thread) ─────────────────────────────────────
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_write, b"\0")
+        except OSError:
+            pass
+
+    def _receive_loop(self) -> None:
+        while True:
+            poller = zmq.Poller()
+            poller.register(self._inbound, zmq.POLLIN)
+            poller.register(self._wake_read, zmq.POLLIN)
+            with self._cond:
+                if self._stopping and not any(w.process and w.exit_fd >= 0 for w in self.workers):
+                    return
+                exit_fds = {w.exit_fd: w for w in self.workers if w.exit_fd >= 0}
+                timeout_ms = self._timer_ms()
+            for fd in exit_fds:
+                poller.register(fd, zmq.POLLIN)
+            events = dict(poller.poll(timeout_ms))
+            if self._wake_read in events:
+                os.read(self._wake_read, 4096)
+            if self._inbound in events:
+                self._drain_inbound()
+            for fd, worker in exit_fds.items():
+                if fd in events:
+                    self._drain_inbound()  # its last answers come before its death
+                    self._on_worker_exit(worker)
+            self._run_timers()
+
+    def _drain_inbound(self) -> None:
+        while True:
+            try:
+                frames = self._inbound.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            try:
+                self._on_message(protocol.unpack(frames[0]), frames)
+            except Exception as exc:  # a malformed message must not kill the router
+                print(f"rknn-farm: dropped a malformed worker message: {exc!r}", file=sys.stderr)
+
+    def _on_message(self, message: list[Any], frames: list[Any]) -> None:
+        kind, worker_id, generation = message[0], message[1], message[2]
+        worker = self.workers[worker_id]
+        if generation != worker.generation:
+            return  # from an incarnation that is gone
+        if kind == protocol.RESULT or kind == protocol.FAILED:
+            self._on_task_answer(worker, message, frames)
+        elif kind == protocol.READY:
+            self._on_ready(worker, message[3], message[4])
+        elif kind == protocol.START_FAILED:
+            worker.last_error = f"{message[3]}\n{message[4]}"
+
+    def _on_ready(self, worker: WorkerHandle, pid: int, description: dict[str, Any]) -> None:
+        with self._cond:
+            worker.ready = True
+            worker.pid = pid
+            worker.description = description
+            if self.description is None:
+                self.description = description
+            self._dispatch(worker.core)
+            for core in self._queues:  # tasks moved off this core while it was down come back
+                self._dispatch(core)
+            self._cond.notify_all()
+
+    def _on_task_answer(self, worker: WorkerHandle, message: list[Any], frames: list[Any]) -> None:
+        task_id, attempt = message[3], message[4]
+        timings = message[-1]
+        with self._cond:
+            slot = worker.slots[timings[3]]
+            task = slot.in_flight.get(task_id)
+            if task is None or task.attempt != attempt:
+                return
+            del slot.in_flight[task_id]
+            self._dispatch(worker.core)
+            if message[0] == protocol.RESULT:
+                self.pacer.record(timings[1])
+        self.arena.free(task.input_region)
+        now = time.perf_counter()
+        if message[0] == protocol.RESULT:
+            outputs = self._collect_outputs(task, message[5], frames)
+            worker.stats.record_success(int((now - task.submitted_at) * 1e6), timings[1])
+            self._deliver(task, outputs, None)
+        else:
+            self._free_out_region(task)
+            worker.stats.record_failure()
+            self._deliver(task, None, TaskError(f"core {worker.core}: {message[5]}", message[6]))
+        if self._perf_log:
+            self._print_perf(task, worker, timings, now)
+
+    def _collect_outputs(self, task: Task, descriptors: list[Any], frames: list[Any]) -> list[np.ndarray]:
+        region = task.out_region
+        in_region = [d for d in descriptors if d[0] >= 0]
+        lease = self.arena.lease(region) if (in_region and region is not None) else None
+        outputs = []
+        inline = iter(frames[1:])
+        inline_bytes = 0
+        for offset, dtype, shape in descriptors:
+            dtype = np.dtype(dtype)
+            count = int(np.prod(shape, dtype=np.int64))
+            if offset >= 0:
+                assert lease is not None
+                array = np.frombuffer(lease, dtype=dtype, count=count, offset=offset).reshape(shape)
+                if self.options.copy_outputs:
+                    array = array.copy()
+            else:
+                frame = next(inline)
+                array = np.frombuffer(frame.buffer, dtype=dtype, count=count).reshape(shape).copy()
+                inline_bytes += protocol.align(array.nbytes)
+            outputs.append(array)
+        if lease is None or self.options.copy_outputs:
+            del lease
+            self._free_out_region(task)
+        if inline_bytes:
+            total = sum(protocol.align(a.nbytes) for a in outputs)
+            self._remember_output_size(task.input_key, total)
+        return outputs
+
+    def _free_out_region(self, task: Task) -> None:
+        if task.out_region is not None:
+            self.arena.free(task.out_region)
+            task.out_region = None
+
+    def _deliver(self, task: Task, outputs: Optional[list], error: Optional[BaseException]) -> None:
+        if not task.claim_finish():
+            return
+        with self._cond:
+            self._outstanding -= 1
+            if self._outstanding == 0:
+                self._cond.notify_all()
+        if task.future is not None:
+            if task.future.cancelled():
+                return
+            if error is None:
+                task.future.set_result(outputs)
+            else:
+                task.future.set_exception(error)
+        elif task.callback is not None:
+            args = (outputs, task.user_data, "" if error is None else str(error))
+            self.callbacks.post(task.callback_seq, task.callback, args)
+
+    def _print_perf(self, task: Task, worker: WorkerHandle, timings: list[int], now: float) -> None:
+        set_input, infer, copy_output, thread_id = timings
+        worker_us = set_input + infer + copy_output
+        queue_us = int((task.dispatched_at - task.submitted_at) * 1e6)
+        ipc_us = max(0, int((now - task.dispatched_at) * 1e6) - worker_us)
+        print(
+            f"[ztu_ez_rknn_async_perf] task_id={task.task_id} thread_id={thread_id} core_id={worker.core} "
+            f"set_input_us={set_input} infer_us={infer} copy_output_us={copy_output} total_us={worker_us} "
+            f"queue_us={queue_us} ipc_us={ipc_us} worker_pid={worker.pid} node=local",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    # ── worker death and respawn ─────────────────────────────────────────
+    def _on_worker_exit(self, worker: WorkerHandle) -> None:
+        exitcode = stop_process(worker, timeout=5.0)
+        close_slots(worker)
+        failed: list[tuple[Task, BaseException]] = []
+        with self._cond:
+            worker.ready = False
+            orphans = [t for slot in worker.slots for t in slot.in_flight.values()]
+            for slot in worker.slots:
+                slot.in_flight.clear()
+            if self._stopping:
+                failed = [(t, FarmClosedError("the farm closed before this task finished")) for t in orphans]
+            elif self._starting:
+                detail = worker.last_error or f"it exited with {_describe_exit(exitcode)}"
+                self._start_error = f"worker for core {worker.core} failed to start: {detail}"
+            else:
+                worker.stats.crashes += 1
+                cause = _describe_exit(exitcode)
+                failed = self._retry_or_fail(worker, orphans, exitcode, cause)
+                self._schedule_respawn(worker, cause)
+            self._cond.notify_all()
+        for task in orphans:
+            self.arena.free(task.input_region)
+        for task, error in failed:
+            self._free_out_region(task)
+            self._deliver(task, None, error)
+
+    def _retry_or_fail(
+        self, worker: WorkerHandle, orphans: list[Task], exitcode: Optional[int], cause: str
+    ) -> list[tuple[Task, BaseException]]:
+        failed: list[tuple[Task, BaseException]] = []
+        for task in sorted(orphans, key=lambda t: t.task_id, reverse=True):
+            task.attempt += 1
+            if task.attempt > self.options.max_retries:
+                message = (
+                    f"the worker for core {worker.core} (pid {worker.pid}) died with {cause} while running "
+                    f"task {task.task_id}; it was tried {task.attempt} time(s) (max_retries="
+                    f"{self.options.max_retries})"
+                )
+                failed.append((task, WorkerCrashedError(message, exitcode, worker.core)))
+                continue
+            worker.stats.retried += 1
+            # Give the task to a healthy core, ahead of newer work.
+            target = self._core_for_retry(worker.core)
+            self._queues[target].appendleft(task)
+            self._dispatch(target)
+        return failed
+
+    def _core_for_retry(self, dead_core: int) -> int:
+        ready = [w.core for w in self.workers if w.ready and w.core != dead_core]
+        return min(ready, key=lambda c: len(self._queues[c])) if ready else dead_core
+
+    def _schedule_respawn(self, worker: WorkerHandle, cause: str) -> None:
+        worker.consecutive_failures += 1
+        worker.last_error = worker.last_error or cause
+        if worker.consecutive_failures > _CRASH_LOOP_LIMIT:
+            worker.respawn_at = None
+            if not any(w.ready or w.respawn_at is not None for w in self.workers):
+                self._broken = (
+                    f"every worker has crashed repeatedly; last: core {worker.core}: {worker.last_error}"
+                )
+                self._fail_all_queued(self._broken)
+            return
+        delay = min(_RESPAWN_MAX_S, _RESPAWN_BASE_S * 2 ** (worker.consecutive_failures - 1))
+        worker.respawn_at = time.monotonic() + delay
+        # Its queued tasks go to healthy cores rather than wait out the back-off.
+        queue = self._queues[worker.core]
+        target = self._core_for_retry(worker.core)
+        if target != worker.core:
+            while queue:
+                self._queues[target].append(queue.popleft())
+            self._dispatch(target)
+
+    def _fail_all_queued(self, reason: str) -> None:
+        for queue in self._queues.values():
+            while queue:
+                task = queue.popleft()
+                threading.Thread(
+                    target=self._fail_task, args=(task, WorkerCrashedError(reason)), daemon=True
+                ).start()
+
+    def _fail_task(self, task: Task, error: BaseException) -> None:
+        self.arena.free(task.input_region)
+        self._free_out_region(task)
+        self._deliver(task, None, error)
+
+    def _timer_ms(self) -> int:
+        due = [w.respawn_at for w in self.workers if w.respawn_at is not None]
+        if not due:
+            return 1000
+        return max(0, int((min(due) - time.monotonic()) * 1000) + 1)
+
+    def _run_timers(self) -> None:
+        now = time.monotonic()
+        for worker in self.workers:
+            with self._cond:
+                due = worker.respawn_at is not None and worker.respawn_at <= now and not self._stopping
+                if due:
+                    worker.respawn_at = None
+                    worker.restarts += 1
+            if due:
+                try:
+                    self._spawn(worker)
+                except OSError as exc:
+                    with self._cond:
+                        self._schedule_respawn(worker, f"could not start: {exc}")
+
+    # ── introspection ────────────────────────────────────────────────────
+    def snapshot(self) -> dict[str, Any]:
+        with self._cond:
+            workers = []
+            for w in self.workers:
+                entry = {
+                    "worker": w.worker_id,
+                    "core": w.core,
+                    "core_mask": w.core_mask,
+                    "pid": w.pid,
+                    "ready": w.ready,
+                    "restarts": w.restarts,
+                    "queued": len(self._queues[w.core]),
+                    "in_flight": sum(len(s.in_flight) for s in w.slots),
+                    "contexts": len(w.slots),
+                }
+                entry.update(w.stats.snapshot())
+                workers.append(entry)
+            ema = self.pacer.avg_us
+            return {
+                "submitted": self._next_index,
+                "outstanding": self._outstanding,
+                "pacing": {
+                    "enabled": self.pacer.enabled,
+                    "ema_infer_us": None if ema is None else round(ema, 1),
+                    "interval_us": round(self.pacer.interval_s * 1e6, 1),
+                    "admitted_per_s": round(self.pacer.admitted_rate(), 1),
+                },
+                "workers": workers,
+            }
+
+    # ── shutdown ─────────────────────────────────────────────────────────
+    def close(self, cancel: bool = False, timeout_s: Optional[float] = None) -> None:
+        """Drain (or cancel) outstanding tasks, stop the workers, free everything."""
+        with self._cond:
+            if self._stopping:
+                return
+            self._closing = True
+            self._cond.notify_all()
+            if not cancel:
+                deadline = None if timeout_s is None else time.monotonic() + timeout_s
+                while self._outstanding and self._thread.is_alive():
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        break
+                    self._cond.wait(remaining)
+            self._stopping = True
+            queued = [t for q in self._queues.values() for t in q]
+            for q in self._queues.values():
+                q.clear()
+            for worker in self.workers:
+                for slot in worker.slots:
+                    if worker.ready:
+                        try:
+                            slot.socket.send(protocol.pack([protocol.STOP]), flags=zmq.NOBLOCK)
+                        except zmq.ZMQError:
+                            pass
+        for task in queued:
+            self._fail_task(task, FarmClosedError("the farm was closed before this task started"))
+        for worker in self.workers:
+            stop_process(worker, timeout=5.0)
+        self._wake()
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join(10.0)
+        for worker in self.workers:
+            orphans = [t for slot in worker.slots for t in slot.in_flight.values()]
+            for task in orphans:
+                self._fail_task(task, FarmClosedError("the farm closed before this task finished"))
+            close_slots(worker)
+        self.callbacks.stop(timeout=10.0)
+        self._inbound.close(linger=0)
+        self._zmq.term()
+        os.close(self._wake_read)
+        os.close(self._wake_write)
+        shutil.rmtree(self._ipc_dir, ignore_errors=True)

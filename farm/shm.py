@@ -1,0 +1,160 @@
+"""The parent's shared-memory arena: where input and output tensors live.
+
+The arena is a list of segments (files in ``/dev/shm``) that every worker of
+the farm maps. The parent alone allocates and frees regions, and alone
+unlinks segments. A region is handed out by size class (powers of two), so
+allocation and release are O(1) and a steady stream of same-sized tasks
+reuses the same few regions, which stay hot in cache.
+
+Output regions are leased to the caller: the numpy arrays returned by the
+farm are views of the region, and the region goes back to the arena only
+when the last of those arrays is garbage-collected. The lease is a ctypes
+array over the region: numpy keeps it as the ``base`` of every view (numpy
+collapses ``base`` chains through arrays, but not through a ctypes object),
+and ``weakref.finalize`` on it returns the region.
+"""
+
+from __future__ import annotations
+
+import collections
+import ctypes
+import os
+import secrets
+import threading
+import weakref
+from dataclasses import dataclass
+from typing import Any
+
+import psutil
+
+from workers.protocol import align
+from workers.segments import SEGMENT_PREFIX, Segment, segment_dir
+
+__all__ = ["Region", "SharedArena", "reap_stale_segments"]
+
+_MIN_CLASS = 4096
+_DEFAULT_SEGMENT_BYTES = 64 << 20
+
+
+@dataclass(frozen=True)
+class Region:
+    """``size`` bytes at ``offset`` of one segment (``size`` is the size class)."""
+
+    segment: Segment
+    offset: int
+    size: int
+
+    def descriptor(self) -> list[Any]:
+        return [self.segment.name, self.offset, self.size]
+
+
+def _size_class(nbytes: int) -> int:
+    return max(_MIN_CLASS, 1 << (max(nbytes, 1) - 1).bit_length())
+
+
+class SharedArena:
+    """Allocates regions of shared memory for one farm."""
+
+    def __init__(self, segment_bytes: int = _DEFAULT_SEGMENT_BYTES) -> None:
+        self.owner_prefix = f"{SEGMENT_PREFIX}{os.getpid()}-{secrets.token_hex(4)}-"
+        self._segment_bytes = segment_bytes
+        self._segments: list[Segment] = []
+        self._bump = 0  # next free byte of the newest segment
+        self._free: dict[int, list[Region]] = collections.defaultdict(list)
+        # Finalizers run inside the garbage collector, possibly while this
+        # thread holds the lock: they only append here (atomic), and
+        # allocate() takes the regions back.
+        self._released: collections.deque[Region] = collections.deque()
+        self._lock = threading.Lock()
+        self._closed = False
+        self.bytes_mapped = 0
+
+    def allocate(self, nbytes: int) -> Region:
+        """A region of at least ``nbytes``; creates a segment when none fits."""
+        size = _size_class(align(nbytes))
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the shared-memory arena is closed")
+            self._take_back_released()
+            free = self._free.get(size)
+            if free:
+                return free.pop()
+            segment = self._segments[-1] if self._segments else None
+            if segment is None or self._bump + size > segment.size:
+                segment = self._new_segment(max(self._segment_bytes, size))
+            region = Region(segment, self._bump, size)
+            self._bump += size
+            return region
+
+    def free(self, region: Region) -> None:
+        """Return a region; safe from any thread and from finalizers."""
+        self._released.append(region)
+
+    def lease(self, region: Region) -> Any:
+        """A buffer over ``region`` that returns it to the arena when garbage-collected."""
+        buffer = (ctypes.c_ubyte * region.size).from_buffer(region.segment.buf, region.offset)
+        weakref.finalize(buffer, self._released.append, region)
+        return buffer
+
+    def close(self) -> None:
+        """Unlink every segment. Mappings that user arrays still reference stay
+        valid until those arrays die; the names are gone from /dev/shm at once."""
+        with self._lock:
+            self._closed = True
+            for segment in self._segments:
+                segment.unlink()
+                segment.close()
+            self._free.clear()
+
+    def _take_back_released(self) -> None:
+        released = self._released
+        while released:
+            region = released.popleft()
+            self._free[region.size].append(region)
+
+    def _new_segment(self, size: int) -> Segment:
+        available = psutil.disk_usage(segment_dir()).free
+        if size > available:
+            raise MemoryError(
+                f"rknn-farm needs {size >> 20} MiB of shared memory but {segment_dir()} has only "
+                f"{available >> 20} MiB free; enlarge it (docker: --shm-size=1g) or use smaller inputs"
+            )
+        segment = Segment(f"{self.owner_prefix}{len(self._segments)}", size, create=True)
+        self._segments.append(segment)
+        self._bump = 0
+        self.bytes_mapped += size
+        return segment
+
+
+def reap_stale_segments() -> int:
+    """Unlink segments left by rknn-farm processes that no longer exist.
+
+    Names are ``rknnfarm-<pid>-...``; a segment whose pid is dead (or reused
+    by a process started after the segment was written) is removed.
+    """
+    removed = 0
+    directory = segment_dir()
+    for name in os.listdir(directory):
+        if not name.startswith(SEGMENT_PREFIX):
+            continue
+        pid_text = name[len(SEGMENT_PREFIX) :].split("-", 1)[0]
+        if not pid_text.isdigit() or _owner_alive(int(pid_text), os.path.join(directory, name)):
+            continue
+        try:
+            os.unlink(os.path.join(directory, name))
+            removed += 1
+        except OSError:
+            pass
+    return removed
+
+
+def _owner_alive(pid: int, path: str) -> bool:
+    try:
+        started = psutil.Process(pid).create_time()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return pid == os.getpid() or psutil.pid_exists(pid)
+    try:
+        # A reused pid belongs to a process younger than the segment.
+        return started <= os.stat(path).st_mtime + 1
+    except FileNotFoundError:
+        return True

@@ -1,0 +1,55 @@
+"""Counters and latency samples per worker, and the ``stats()`` snapshot."""
+
+from __future__ import annotations
+
+import collections
+from typing import Any, Optional
+
+import numpy as np
+
+__all__ = ["WorkerStats", "percentiles"]
+
+_LATENCY_SAMPLES = 4096
+
+
+def percentiles(samples: Any) -> dict[str, Optional[float]]:
+    """p50 and p99 in milliseconds of latency samples given in microseconds."""
+    if not samples:
+        return {"p50_ms": None, "p99_ms": None}
+    values = np.fromiter(samples, dtype=np.float64)
+    p50, p99 = np.percentile(values, [50, 99])
+    return {"p50_ms": round(float(p50) / 1000, 3), "p99_ms": round(float(p99) / 1000, 3)}
+
+
+class WorkerStats:
+    """What one worker (one core) has done. Updated by the router thread."""
+
+    def __init__(self) -> None:
+        self.tasks = 0
+        self.failures = 0
+        self.crashes = 0
+        self.retried = 0
+        self.infer_ema_us: Optional[float] = None
+        self.latency_us: collections.deque[int] = collections.deque(maxlen=_LATENCY_SAMPLES)
+
+    def record_success(self, latency_us: int, infer_us: int) -> None:
+        self.tasks += 1
+        self.latency_us.append(latency_us)
+        ema = self.infer_ema_us
+        self.infer_ema_us = infer_us if ema is None else 0.95 * ema + 0.05 * infer_us
+
+    def record_failure(self) -> None:
+        self.failures += 1
+
+    def snapshot(self) -> dict[str, Any]:
+        latency = percentiles(list(self.latency_us))
+        ema = None if self.infer_ema_us is None else round(self.infer_ema_us, 1)
+        return {
+            "tasks": self.tasks,
+            "failures": self.failures,
+            "crashes": self.crashes,
+            "retried": self.retried,
+            "latency_p50_ms": latency["p50_ms"],
+            "latency_p99_ms": latency["p99_ms"],
+            "infer_ema_us": ema,
+        }

@@ -1,0 +1,102 @@
+"""A task: one inference request on its way through the farm.
+
+A task is born in the caller's thread (inputs checked and written into a
+shared-memory region), travels through the router to a context, and ends
+exactly once: with outputs, with an error, or cancelled. ``finish`` enforces
+the "exactly once": a second ending is ignored.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import Future
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+from farm.shm import Region, SharedArena
+from farm.tensors import PreparedInput
+
+__all__ = ["Task", "write_inputs"]
+
+Callback = Callable[[Optional[list], Any, str], None]
+
+
+def write_inputs(arena: SharedArena, prepared: Sequence[PreparedInput]) -> tuple[Region, list[list[Any]]]:
+    """Copy the inputs into one new region (one pass each: cast and transpose
+    happen during the copy) and return the region and the wire descriptors."""
+    from workers.protocol import align
+
+    total = sum(align(p.nbytes) for p in prepared)
+    region = arena.allocate(total)
+    buf = region.segment.buf
+    descriptors = []
+    offset = region.offset
+    for item in prepared:
+        count = int(np.prod(item.shape, dtype=np.int64))
+        destination = np.frombuffer(buf, dtype=item.dtype, count=count, offset=offset).reshape(item.shape)
+        source = item.array if item.axes is None else item.array.transpose(item.axes)
+        np.copyto(destination, source, casting="unsafe")
+        descriptors.append([region.segment.name, offset, item.dtype.str, list(item.shape), item.name])
+        offset += align(item.nbytes)
+    return region, descriptors
+
+
+class Task:
+    """One request. The router fills in ``core``, ``attempt`` and the timestamps."""
+
+    __slots__ = (
+        "task_id",
+        "input_region",
+        "input_descriptors",
+        "input_key",
+        "out_region",
+        "future",
+        "callback",
+        "user_data",
+        "callback_seq",
+        "core",
+        "attempt",
+        "submitted_at",
+        "dispatched_at",
+        "slot",
+        "_done",
+        "_lock",
+    )
+
+    def __init__(
+        self,
+        input_region: Region,
+        input_descriptors: list[list[Any]],
+        input_key: tuple,
+        out_region: Optional[Region],
+        future: Optional[Future] = None,
+        callback: Optional[Callback] = None,
+        user_data: Any = None,
+    ) -> None:
+        self.task_id = -1
+        self.input_region = input_region
+        self.input_descriptors = input_descriptors
+        self.input_key = input_key
+        self.out_region = out_region
+        self.future = future
+        self.callback = callback
+        self.user_data = user_data
+        self.callback_seq = -1
+        self.core = -1
+        self.attempt = 0
+        self.submitted_at = time.perf_counter()
+        self.dispatched_at = 0.0
+        self.slot: Any = None
+        self._done = False
+        self._lock = threading.Lock()
+
+    def claim_finish(self) -> bool:
+        """True once: for whoever ends the task first."""
+        with self._lock:
+            if self._done:
+                return False
+            self._done = True
+            return True

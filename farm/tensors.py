@@ -1,0 +1,182 @@
+"""Model tensor metadata, and the checks an input feed passes before it is queued.
+
+Everything here runs in the calling thread, before any shared memory is
+reserved or any message is sent: a bad feed raises
+:class:`~farm.errors.InvalidInputError` naming the input, what the model
+expects and what was given, and the farm is untouched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import numpy as np
+
+from farm.errors import InvalidInputError
+
+__all__ = ["PreparedInput", "TensorSpec", "prepare_feed", "specs_from_description"]
+
+#: The input dtypes the seed library accepts (it rejects float64).
+ACCEPTED_DTYPES = frozenset(
+    np.dtype(t)
+    for t in ("float32", "float16", "int8", "uint8", "int16", "uint16", "int32", "uint32", "int64", "bool")
+)
+
+_NHWC_TO_NCHW = (0, 3, 1, 2)
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One model input or output: ``name``, ``shape`` (``None`` marks a dynamic
+    dimension) and numpy ``dtype``."""
+
+    name: str
+    shape: tuple[Optional[int], ...]
+    dtype: np.dtype
+
+    @property
+    def is_static(self) -> bool:
+        return all(d is not None for d in self.shape)
+
+    @property
+    def nbytes(self) -> Optional[int]:
+        """Bytes of one tensor, or None when a dimension is dynamic."""
+        if not self.is_static:
+            return None
+        return int(np.prod([d or 0 for d in self.shape], dtype=np.int64)) * self.dtype.itemsize
+
+    def __repr__(self) -> str:
+        dims = ", ".join("?" if d is None else str(d) for d in self.shape)
+        return f"TensorSpec({self.name!r}, [{dims}], {self.dtype.name})"
+
+
+def specs_from_description(entries: Optional[Sequence[Mapping[str, Any]]]) -> Optional[list[TensorSpec]]:
+    if entries is None:
+        return None
+    specs = []
+    for entry in entries:
+        shape = () if entry["shape"] is None else tuple(entry["shape"])
+        specs.append(TensorSpec(entry["name"], shape, np.dtype(entry["dtype"])))
+    return specs
+
+
+@dataclass(frozen=True)
+class PreparedInput:
+    """A checked input: the user's array and how it lands in shared memory
+    (``dtype`` and ``shape`` as the worker will see it, ``axes`` to transpose
+    on the way, or None)."""
+
+    name: str
+    array: np.ndarray
+    dtype: np.dtype
+    shape: tuple[int, ...]
+    axes: Optional[tuple[int, ...]]
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+
+
+def prepare_feed(
+    feed: Any, specs: Optional[Sequence[TensorSpec]], layout: str = "nchw"
+) -> list[PreparedInput]:
+    """Check ``feed`` (one array, a list/tuple, or a dict name -> array) against
+    ``specs`` and return the inputs in model order.
+
+    ``specs=None`` accepts any named inputs as given (a ``python`` backend
+    that declares none). With ``layout="nhwc"`` a 4-D input is given NHWC and
+    is transposed to the model's NCHW while it is copied into shared memory.
+    """
+    if specs is None:
+        return _prepare_free_form(feed)
+    pairs = _pair_with_specs(feed, specs)
+    return [_prepare_one(spec, value, layout) for spec, value in pairs]
+
+
+def _pair_with_specs(feed: Any, specs: Sequence[TensorSpec]) -> list[tuple[TensorSpec, Any]]:
+    names = ", ".join(s.name for s in specs)
+    if isinstance(feed, np.ndarray):
+        if len(specs) != 1:
+            raise InvalidInputError(
+                f"Model expects {len(specs)} inputs, but a single array was given ({names})"
+            )
+        return [(specs[0], feed)]
+    if isinstance(feed, Mapping):
+        unknown = [k for k in feed if k not in {s.name for s in specs}]
+        if unknown:
+            raise InvalidInputError(f"Unknown input: {unknown[0]!r}. The model's inputs are: {names}")
+        missing = [s.name for s in specs if s.name not in feed]
+        if missing:
+            raise InvalidInputError(f"Missing input: {missing[0]!r}. The model's inputs are: {names}")
+        return [(s, feed[s.name]) for s in specs]
+    if isinstance(feed, (list, tuple)):
+        if len(feed) != len(specs):
+            raise InvalidInputError(
+                f"Input list size mismatch: expected {len(specs)}, got {len(feed)} "
+                f"(the model's inputs are: {names})"
+            )
+        return list(zip(specs, feed))
+    raise InvalidInputError(
+        f"input_feed must be a numpy array, list/tuple, or dict, got {type(feed).__name__}"
+    )
+
+
+def _as_array(name: str, value: Any) -> np.ndarray:
+    array = np.asarray(value)
+    if array.dtype.kind not in "biuf":
+        raise InvalidInputError(f"Input {name!r} has dtype {array.dtype}, which is not a numeric tensor")
+    return array
+
+
+def _prepare_one(spec: TensorSpec, value: Any, layout: str) -> PreparedInput:
+    array = _as_array(spec.name, value)
+    if array.dtype != spec.dtype and not (
+        array.dtype in ACCEPTED_DTYPES and np.can_cast(array.dtype, spec.dtype, "safe")
+    ):
+        raise InvalidInputError(
+            f"Input {spec.name!r} has dtype {array.dtype}, which the model's {spec.dtype} input does not "
+            f"accept without losing precision; convert it first, e.g. array.astype(np.{spec.dtype.name})"
+        )
+    axes = _NHWC_TO_NCHW if layout == "nhwc" and len(spec.shape) == 4 else None
+    expected = tuple(spec.shape[a] for a in (0, 2, 3, 1)) if axes else spec.shape
+    _check_shape(spec.name, expected, array.shape)
+    shape = tuple(array.shape[a] for a in axes) if axes else array.shape
+    return PreparedInput(spec.name, array, spec.dtype, shape, axes)
+
+
+def _format_shape(shape: Sequence[Optional[int]]) -> str:
+    return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
+
+
+def _check_shape(name: str, expected: Sequence[Optional[int]], given: Sequence[int]) -> None:
+    if len(given) != len(expected):
+        raise InvalidInputError(
+            f"Input {name!r} rank mismatch: expected {len(expected)} dims {_format_shape(expected)}, "
+            f"got {len(given)} dims {_format_shape(given)}"
+        )
+    for axis, (want, got) in enumerate(zip(expected, given)):
+        if want is not None and want != got:
+            raise InvalidInputError(
+                f"Input {name!r} shape mismatch: expected {_format_shape(expected)}, got "
+                f"{_format_shape(given)} (dim {axis} must be {want})"
+            )
+
+
+def _prepare_free_form(feed: Any) -> list[PreparedInput]:
+    if isinstance(feed, np.ndarray):
+        items: list[tuple[str, Any]] = [("input_0", feed)]
+    elif isinstance(feed, Mapping):
+        items = [(str(k), v) for k, v in feed.items()]
+    elif isinstance(feed, (list, tuple)):
+        items = [(f"input_{i}", v) for i, v in enumerate(feed)]
+    else:
+        raise InvalidInputError(
+            f"input_feed must be a numpy array, list/tuple, or dict, got {type(feed).__name__}"
+        )
+    prepared = []
+    for name, value in items:
+        array = _as_array(name, value)
+        prepared.append(PreparedInput(name, array, array.dtype, array.shape, None))
+    return prepared

@@ -1,0 +1,89 @@
+"""The ``onnxruntime`` backend: ONNX Runtime on the CPU, one session per context.
+
+Each context owns an ``InferenceSession`` with few intra-op threads: the farm
+gets its parallelism from processes pinned to CPU cores, not from ORT's own
+thread pool, which would fight them for the same cores.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from workers.backends.base import Placement, tensor_entry
+
+__all__ = ["OnnxRuntimeSession", "open_session"]
+
+_ORT_TYPES = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(double)": np.float64,
+    "tensor(int8)": np.int8,
+    "tensor(uint8)": np.uint8,
+    "tensor(int16)": np.int16,
+    "tensor(uint16)": np.uint16,
+    "tensor(int32)": np.int32,
+    "tensor(uint32)": np.uint32,
+    "tensor(int64)": np.int64,
+    "tensor(uint64)": np.uint64,
+    "tensor(bool)": np.bool_,
+}
+
+
+def _dtype_of(node: Any) -> str:
+    try:
+        return np.dtype(_ORT_TYPES[node.type]).name
+    except KeyError:
+        raise RuntimeError(
+            f"tensor {node.name!r} has type {node.type}, which rknn-farm cannot carry; "
+            "only numeric tensors are supported"
+        ) from None
+
+
+class OnnxRuntimeSession:
+    """One ONNX Runtime CPU session (one farm context)."""
+
+    def __init__(self, model: str, options: dict[str, Any], placement: Placement) -> None:
+        session_options = ort.SessionOptions()
+        threads = options.get("intra_op_threads", 1)
+        if options.get("tp_mode") not in (None, "auto"):
+            # tensor-parallel on the CPU: let ORT use every CPU of the mask.
+            threads = max(threads, len(placement.cpus))
+        session_options.intra_op_num_threads = threads
+        session_options.inter_op_num_threads = 1
+        session_options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        for path in options.get("custom_op_paths") or ():
+            try:
+                session_options.register_custom_ops_library(path)
+            except Exception as exc:
+                raise RuntimeError(f"cannot load custom op library {path!r}: {exc}") from exc
+        self._session = ort.InferenceSession(
+            model, sess_options=session_options, providers=["CPUExecutionProvider"]
+        )
+        self._input_names = [node.name for node in self._session.get_inputs()]
+        self._output_names = [node.name for node in self._session.get_outputs()]
+
+    def describe(self) -> dict[str, Any]:
+        session = self._session
+        meta = session.get_modelmeta()
+        return {
+            "backend": "onnxruntime",
+            "runtime_version": ort.__version__,
+            "inputs": [tensor_entry(n.name, n.shape, _dtype_of(n)) for n in session.get_inputs()],
+            "outputs": [tensor_entry(n.name, n.shape, _dtype_of(n)) for n in session.get_outputs()],
+            "metadata": dict(meta.custom_metadata_map),
+        }
+
+    def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        feed = dict(zip(self._input_names, inputs))
+        return self._session.run(self._output_names, feed)
+
+    def close(self) -> None:
+        del self._session
+
+
+def open_session(model: str, options: dict[str, Any], placement: Placement) -> OnnxRuntimeSession:
+    return OnnxRuntimeSession(model, options, placement)

@@ -1,0 +1,150 @@
+"""One context thread: owns one backend session and serves the tasks the
+router sends to it, one at a time.
+
+The thread reads task headers from its own PULL socket, maps the input
+regions of shared memory as numpy views (no copy), runs the session, writes
+the outputs into the output region the router reserved, and answers with a
+header. An output that does not fit the region travels as a raw frame
+instead. A failing task is answered with its error; the thread goes on.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import traceback
+from typing import Any
+
+import numpy as np
+import zmq
+
+from workers import protocol
+from workers.backends.base import Placement
+from workers.segments import SegmentMap
+
+__all__ = ["ContextThread"]
+
+
+def _us_since(start: float) -> int:
+    return int((time.perf_counter() - start) * 1e6)
+
+
+class ContextThread(threading.Thread):
+    """Loads one session, then serves tasks until STOP (or the socket closes)."""
+
+    def __init__(
+        self,
+        *,
+        zmq_context: zmq.Context,
+        backend: Any,
+        model: str,
+        options: dict[str, Any],
+        placement: Placement,
+        task_address: str,
+        result_address: str,
+        segments: SegmentMap,
+        header: tuple[int, int],
+        loaded: threading.Barrier,
+    ) -> None:
+        super().__init__(name=f"rknnfarm-C{placement.core}-T{placement.context_index}", daemon=True)
+        self._zmq_context = zmq_context
+        self._backend = backend
+        self._model = model
+        self._options = options
+        self.placement = placement
+        self._task_address = task_address
+        self._result_address = result_address
+        self._segments = segments
+        self._worker_id, self._generation = header
+        self._loaded = loaded
+        self.session: Any = None
+        self.load_error: BaseException | None = None
+        self.load_traceback = ""
+
+    def run(self) -> None:
+        try:
+            self.session = self._backend.open_session(self._model, self._options, self.placement)
+        except BaseException as exc:  # reported by the worker's main thread
+            self.load_error = exc
+            self.load_traceback = traceback.format_exc()
+        try:
+            self._loaded.wait()
+        except threading.BrokenBarrierError:
+            return
+        if self.load_error is None:
+            self._serve()
+
+    def _serve(self) -> None:
+        tasks = self._zmq_context.socket(zmq.PULL)
+        results = self._zmq_context.socket(zmq.PUSH)
+        tasks.setsockopt(zmq.LINGER, 0)
+        results.setsockopt(zmq.LINGER, 2000)
+        tasks.connect(self._task_address)
+        results.connect(self._result_address)
+        free_form = self.session.describe()["inputs"] is None
+        try:
+            while True:
+                frames = tasks.recv_multipart(copy=False)
+                message = protocol.unpack(frames[0])
+                if message[0] == protocol.STOP:
+                    return
+                results.send_multipart(self._handle(message, frames, free_form), copy=False)
+        except zmq.ContextTerminated:
+            return
+        finally:
+            tasks.close()
+            results.close()
+            self.session.close()
+
+    def _handle(self, message: list[Any], frames: list[Any], free_form: bool) -> list[Any]:
+        _, task_id, attempt, input_descriptors, out_region = message
+        timings = [0, 0, 0, self.placement.context_index]
+        try:
+            start = time.perf_counter()
+            inputs = [self._input_view(d, frames) for d in input_descriptors]
+            timings[0] = _us_since(start)
+            start = time.perf_counter()
+            if free_form:
+                outputs = self.session.run(inputs, [d[4] for d in input_descriptors])
+            else:
+                outputs = self.session.run(inputs)
+            timings[1] = _us_since(start)
+            start = time.perf_counter()
+            descriptors, frames_out = self._write_outputs(outputs, out_region)
+            timings[2] = _us_since(start)
+        except Exception as exc:
+            header = [protocol.FAILED, self._worker_id, self._generation, task_id, attempt]
+            header += [f"{type(exc).__name__}: {exc}", traceback.format_exc(), timings]
+            return [protocol.pack(header)]
+        header = [protocol.RESULT, self._worker_id, self._generation, task_id, attempt, descriptors, timings]
+        return [protocol.pack(header), *frames_out]
+
+    def _input_view(self, descriptor: list[Any], frames: list[Any]) -> np.ndarray:
+        segment, offset, dtype, shape = descriptor[:4]
+        if segment is None:  # inline frame (remote node)
+            return np.frombuffer(frames[offset].buffer, dtype=dtype).reshape(shape)
+        dtype = np.dtype(dtype)
+        count = int(np.prod(shape, dtype=np.int64))
+        buf = self._segments.get(segment).buf
+        return np.frombuffer(buf, dtype=dtype, count=count, offset=offset).reshape(shape)
+
+    def _write_outputs(self, outputs: Any, out_region: Any) -> tuple[list[Any], list[Any]]:
+        """Copy outputs into the reserved region, or send them as frames when they do not fit."""
+        arrays = [np.ascontiguousarray(o) for o in outputs]
+        needed = sum(protocol.align(a.nbytes) for a in arrays)
+        descriptors: list[list[Any]] = []
+        frames: list[Any] = []
+        if out_region is not None and needed <= out_region[2]:
+            buf = self._segments.get(out_region[0]).buf
+            offset = 0
+            for array in arrays:
+                start = out_region[1] + offset
+                view = np.frombuffer(buf, dtype=array.dtype, count=array.size, offset=start)
+                view[...] = array.reshape(-1)
+                descriptors.append([offset, array.dtype.str, list(array.shape)])
+                offset += protocol.align(array.nbytes)
+        else:
+            for array in arrays:
+                descriptors.append([-1, array.dtype.str, list(array.shape)])
+                frames.append(array)
+        return descriptors, frames

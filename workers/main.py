@@ -1,0 +1,143 @@
+"""Worker process entry point: one process per NPU core (or CPU slot).
+
+The parent starts ``python -m workers.main`` (a fresh interpreter: no fork of
+a process that has loaded a runtime) and writes the worker's spec as one JSON
+line on its stdin, which it then keeps open as a life line.
+
+``worker_main(spec)`` pins the process to its CPUs, starts one
+:class:`~workers.context.ContextThread` per context, each loading its own
+session, and reports READY with the model's description (or START_FAILED with
+the error). Then the main thread only watches: when every context thread has
+stopped it exits; when stdin reaches end-of-file and the parent is gone, it
+unlinks the parent's shared memory and exits at once, so a killed app leaves
+neither orphan workers nor ``/dev/shm`` segments behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import threading
+import traceback
+from typing import Any
+
+import zmq
+
+from workers import protocol
+from workers.backends import load_backend
+from workers.backends.base import Placement
+from workers.context import ContextThread
+from workers.segments import SegmentMap, unlink_segments_of
+
+__all__ = ["worker_main"]
+
+
+def _pin_to_cpus(cpus: list[int]) -> None:
+    if not cpus or not hasattr(os, "sched_setaffinity"):
+        return
+    try:
+        os.sched_setaffinity(0, cpus)
+    except OSError:
+        pass  # containers may forbid some CPUs; running unpinned is still correct
+
+
+def worker_main(spec: dict[str, Any]) -> None:
+    """Run one worker until stopped. ``spec`` is built by ``farm.pool``."""
+    # Ctrl-C in a terminal reaches the whole process group; the parent decides
+    # how to shut down, so a worker must not die of it on its own.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _pin_to_cpus(spec["cpus"])
+    worker_id, generation = spec["worker_id"], spec["generation"]
+    zmq_context = zmq.Context()
+    # The control socket has a context of its own so that its last message is
+    # flushed on exit even while context threads still hold sockets.
+    control_context = zmq.Context()
+    control = control_context.socket(zmq.PUSH)
+    control.setsockopt(zmq.LINGER, 2000)
+    control.connect(spec["result_address"])
+    segments = SegmentMap()
+    try:
+        backend = load_backend(spec["backend"])
+        contexts = _start_contexts(spec, backend, zmq_context, segments)
+    except BaseException as exc:
+        message = f"{type(exc).__name__}: {exc}"
+        failure = [protocol.START_FAILED, worker_id, generation, message, traceback.format_exc()]
+        control.send(protocol.pack(failure))
+        control.close()
+        control_context.term()
+        os._exit(1)
+    description = contexts[0].session.describe()
+    control.send(protocol.pack([protocol.READY, worker_id, generation, os.getpid(), description]))
+    control.close()
+    control_context.term()
+    _watch(contexts, spec)
+    segments.close()
+    zmq_context.term()
+    # Skip interpreter finalisation: the parent-watch thread is blocked in a
+    # read of stdin, which finalisation would abort on.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+def _start_contexts(
+    spec: dict[str, Any], backend: Any, zmq_context: zmq.Context, segments: SegmentMap
+) -> list[ContextThread]:
+    addresses = spec["task_addresses"]
+    loaded = threading.Barrier(len(addresses) + 1)
+    contexts = []
+    for index, address in enumerate(addresses):
+        placement = Placement(spec["core"], spec["core_mask"], index, tuple(spec["cpus"]))
+        thread = ContextThread(
+            zmq_context=zmq_context,
+            backend=backend,
+            model=spec["model"],
+            options=spec["options"],
+            placement=placement,
+            task_address=address,
+            result_address=spec["result_address"],
+            segments=segments,
+            header=(spec["worker_id"], spec["generation"]),
+            loaded=loaded,
+        )
+        thread.start()
+        contexts.append(thread)
+    loaded.wait()
+    for thread in contexts:
+        if thread.load_error is not None:
+            raise RuntimeError(
+                f"context {thread.placement.context_index} on core {thread.placement.core} "
+                f"could not load {spec['model']!r}: {thread.load_error}\n{thread.load_traceback}"
+            )
+    return contexts
+
+
+def _watch(contexts: list[ContextThread], spec: dict[str, Any]) -> None:
+    watcher = threading.Thread(target=_watch_parent, args=(spec,), name="rknnfarm-parent-watch", daemon=True)
+    watcher.start()
+    for thread in contexts:
+        thread.join()
+
+
+def _watch_parent(spec: dict[str, Any]) -> None:
+    """Block on stdin; at end-of-file, exit (cleaning up if the parent died)."""
+    while sys.stdin.buffer.read(4096):
+        pass
+    if os.getppid() != spec["parent_pid"]:
+        # The parent is gone (killed, or crashed): nobody will unlink its
+        # segments or stop us, so do both now.
+        unlink_segments_of(spec["segment_owner_prefix"])
+    os._exit(0)
+
+
+def main() -> None:
+    """``python -m workers.main``: read the spec line from stdin and run."""
+    spec = json.loads(sys.stdin.buffer.readline())
+    sys.path[:0] = [p for p in spec.get("sys_path", []) if p not in sys.path]
+    worker_main(spec)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,98 @@
+"""Shared-memory segments: where they live, how they are named, how to map one.
+
+A segment is a plain file in ``/dev/shm`` (tmpfs) that the parent creates and
+alone unlinks. Workers map segments by name and never register them with
+``multiprocessing``'s resource tracker, so a worker that exits cannot unlink
+memory the parent still uses (CPython gh-82300, fixed only in 3.13).
+
+Names carry the creating process id, ``rknnfarm-<pid>-<token>-<n>``, so a
+later start can reap the segments of a parent that was killed.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import tempfile
+import threading
+
+__all__ = ["SEGMENT_PREFIX", "Segment", "SegmentMap", "segment_dir", "unlink_segments_of"]
+
+SEGMENT_PREFIX = "rknnfarm-"
+
+
+def segment_dir() -> str:
+    """The directory that holds segments: ``/dev/shm`` where it exists."""
+    return "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
+
+
+class Segment:
+    """One mapped shared-memory file. The creator sizes it; others attach."""
+
+    def __init__(self, name: str, size: int = 0, create: bool = False) -> None:
+        self.name = name
+        self.path = os.path.join(segment_dir(), name)
+        flags = os.O_RDWR | (os.O_CREAT | os.O_EXCL if create else 0)
+        fd = os.open(self.path, flags, 0o600)
+        try:
+            if create:
+                os.ftruncate(fd, size)
+            else:
+                size = os.fstat(fd).st_size
+            self.size = size
+            self.buf = mmap.mmap(fd, size)
+        finally:
+            os.close(fd)
+
+    def close(self) -> bool:
+        """Unmap; False while numpy views still use the mapping (it is then
+        unmapped by the garbage collector once the last view dies)."""
+        try:
+            self.buf.close()
+        except BufferError:
+            return False
+        return True
+
+    def unlink(self) -> None:
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
+
+class SegmentMap:
+    """A worker's lazily filled cache of attached segments, shared by its threads."""
+
+    def __init__(self) -> None:
+        self._segments: dict[str, Segment] = {}
+        self._lock = threading.Lock()
+
+    def get(self, name: str) -> Segment:
+        segment = self._segments.get(name)
+        if segment is None:
+            with self._lock:
+                segment = self._segments.get(name)
+                if segment is None:
+                    segment = Segment(name)
+                    self._segments[name] = segment
+        return segment
+
+    def close(self) -> None:
+        with self._lock:
+            for segment in self._segments.values():
+                segment.close()
+            self._segments.clear()
+
+
+def unlink_segments_of(owner_prefix: str) -> int:
+    """Unlink every segment whose name starts with ``owner_prefix``; returns how many."""
+    removed = 0
+    directory = segment_dir()
+    for entry in os.listdir(directory):
+        if entry.startswith(owner_prefix):
+            try:
+                os.unlink(os.path.join(directory, entry))
+                removed += 1
+            except FileNotFoundError:
+                pass
+    return removed
