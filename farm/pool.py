@@ -2,9 +2,9 @@
 
 Each worker is a fresh interpreter (``python -m workers.main``) serving one
 NPU core (or CPU slot) with ``threads_per_core`` contexts. For every context
-the parent binds one PUSH socket (tasks go straight to a context, never
-through a queue inside the worker); all workers answer on the parent's one
-PULL socket. Each incarnation of a worker (``generation``) gets fresh
+the parent holds one PUSH socket connected to that context's PULL (tasks go
+straight to a context, never through a queue inside the worker); all
+workers answer on the parent's one PULL socket. Each incarnation of a worker (``generation``) gets fresh
 addresses, so no message meant for a dead worker reaches its successor.
 
 A worker's stdin is its life line: the parent writes the spec on it and
@@ -26,7 +26,7 @@ import zmq
 
 from farm.stats import WorkerStats
 
-__all__ = ["ContextSlot", "WorkerHandle", "spawn_worker", "stop_process"]
+__all__ = ["ContextSlot", "WorkerHandle", "kill_process", "reap_process", "request_stop", "spawn_worker"]
 
 
 class ContextSlot:
@@ -86,7 +86,10 @@ def spawn_worker(
         socket = zmq_context.socket(zmq.PUSH)
         socket.setsockopt(zmq.LINGER, 0)
         socket.setsockopt(zmq.SNDHWM, 0)
-        socket.bind(address)
+        # The context binds and we connect: a connecting socket queues what we
+        # send until the peer is there, so a task sent right after READY can
+        # never find the pipe missing.
+        socket.connect(address)
         handle.slots.append(ContextSlot(handle, index, socket))
         addresses.append(address)
     spec = dict(
@@ -136,29 +139,41 @@ def close_slots(handle: WorkerHandle) -> None:
         slot.socket.close(linger=0)
 
 
-def stop_process(handle: WorkerHandle, timeout: float) -> Optional[int]:
-    """Close the life line, wait up to ``timeout``, then terminate, then kill.
-    Returns the exit code."""
+def request_stop(handle: WorkerHandle) -> None:
+    """Close the worker's life line: it exits at once (its contexts idle or not)."""
     process = handle.process
-    if process is None:
-        return None
-    if process.stdin is not None:
+    if process is not None and process.stdin is not None:
         try:
             process.stdin.close()
         except OSError:
             pass
-    for stop in (None, process.terminate, process.kill):
-        if stop is not None:
-            try:
-                stop()
-            except ProcessLookupError:
-                pass
+
+
+def kill_process(handle: WorkerHandle, grace_s: float = 2.0) -> None:
+    """SIGTERM, then SIGKILL after ``grace_s``: for a worker that does not exit."""
+    process = handle.process
+    if process is None or process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
+def reap_process(handle: WorkerHandle) -> Optional[int]:
+    """Collect an exited worker (its exit pipe has fired) and close the pipe.
+    Only the router thread calls this: it alone polls and closes exit pipes."""
+    process = handle.process
+    returncode = None
+    if process is not None:
+        request_stop(handle)
         try:
-            process.wait(timeout)
-            break
+            returncode = process.wait(5.0)
         except subprocess.TimeoutExpired:
-            continue
+            kill_process(handle)
+            returncode = process.wait()
     if handle.exit_fd >= 0:
         os.close(handle.exit_fd)
         handle.exit_fd = -1
-    return process.returncode
+    return returncode

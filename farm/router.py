@@ -43,7 +43,15 @@ from farm.callbacks import CallbackThread
 from farm.errors import FarmClosedError, SubmitTimeoutError, TaskError, WorkerCrashedError, WorkerStartError
 from farm.options import FarmOptions
 from farm.pacing import Pacer
-from farm.pool import ContextSlot, WorkerHandle, close_slots, spawn_worker, stop_process
+from farm.pool import (
+    ContextSlot,
+    WorkerHandle,
+    close_slots,
+    kill_process,
+    reap_process,
+    request_stop,
+    spawn_worker,
+)
 from farm.shm import SharedArena
 from farm.task import Task
 from workers import protocol
@@ -385,7 +393,7 @@ class Router:
 
     # ── worker death and respawn ─────────────────────────────────────────
     def _on_worker_exit(self, worker: WorkerHandle) -> None:
-        exitcode = stop_process(worker, timeout=5.0)
+        exitcode = reap_process(worker)
         close_slots(worker)
         failed: list[tuple[Task, BaseException]] = []
         with self._cond:
@@ -524,36 +532,25 @@ class Router:
     # ── shutdown ─────────────────────────────────────────────────────────
     def close(self, cancel: bool = False, timeout_s: Optional[float] = None) -> None:
         """Drain (or cancel) outstanding tasks, stop the workers, free everything."""
+        if threading.current_thread() is self._thread:
+            # Called from a future's done-callback: the router thread cannot
+            # wait for itself, so the closing happens beside it.
+            threading.Thread(target=self.close, args=(cancel, timeout_s), name="rknnfarm-close").start()
+            return
         with self._cond:
             if self._stopping:
                 return
             self._closing = True
             self._cond.notify_all()
             if not cancel:
-                deadline = None if timeout_s is None else time.monotonic() + timeout_s
-                while self._outstanding and self._thread.is_alive():
-                    remaining = None if deadline is None else deadline - time.monotonic()
-                    if remaining is not None and remaining <= 0:
-                        break
-                    self._cond.wait(remaining)
+                self._wait_outstanding(timeout_s)
             self._stopping = True
             queued = [t for q in self._queues.values() for t in q]
             for q in self._queues.values():
                 q.clear()
-            for worker in self.workers:
-                for slot in worker.slots:
-                    if worker.ready:
-                        try:
-                            slot.socket.send(protocol.pack([protocol.STOP]), flags=zmq.NOBLOCK)
-                        except zmq.ZMQError:
-                            pass
         for task in queued:
             self._fail_task(task, FarmClosedError("the farm was closed before this task started"))
-        for worker in self.workers:
-            stop_process(worker, timeout=5.0)
-        self._wake()
-        if self._thread.is_alive() and threading.current_thread() is not self._thread:
-            self._thread.join(10.0)
+        self._stop_workers()
         for worker in self.workers:
             orphans = [t for slot in worker.slots for t in slot.in_flight.values()]
             for task in orphans:
@@ -565,3 +562,28 @@ class Router:
         os.close(self._wake_read)
         os.close(self._wake_write)
         shutil.rmtree(self._ipc_dir, ignore_errors=True)
+
+    def _wait_outstanding(self, timeout_s: Optional[float]) -> None:
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while self._outstanding and self._thread.is_alive():
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return
+            self._cond.wait(remaining)
+
+    def _stop_workers(self) -> None:
+        """Close every life line; the router thread reaps the exits and then
+        ends. A worker that ignores its life line is terminated, then killed."""
+        for worker in self.workers:
+            request_stop(worker)
+        self._wake()
+        if not self._thread.is_alive():
+            for worker in self.workers:
+                kill_process(worker)
+                reap_process(worker)
+            return
+        self._thread.join(5.0)
+        if self._thread.is_alive():
+            for worker in self.workers:
+                kill_process(worker)
+            self._thread.join(10.0)

@@ -62,25 +62,30 @@ class ContextThread(threading.Thread):
         self.load_traceback = ""
 
     def run(self) -> None:
+        tasks = self._zmq_context.socket(zmq.PULL)
+        results = self._zmq_context.socket(zmq.PUSH)
+        tasks.setsockopt(zmq.LINGER, 0)
+        results.setsockopt(zmq.LINGER, 2000)
         try:
+            tasks.bind(self._task_address)
+            results.connect(self._result_address)
             self.session = self._backend.open_session(self._model, self._options, self.placement)
         except BaseException as exc:  # reported by the worker's main thread
             self.load_error = exc
             self.load_traceback = traceback.format_exc()
         try:
             self._loaded.wait()
+            if self.load_error is None:
+                self._serve(tasks, results)
         except threading.BrokenBarrierError:
-            return
-        if self.load_error is None:
-            self._serve()
+            pass
+        finally:
+            tasks.close()
+            results.close()
+            if self.session is not None:
+                self.session.close()
 
-    def _serve(self) -> None:
-        tasks = self._zmq_context.socket(zmq.PULL)
-        results = self._zmq_context.socket(zmq.PUSH)
-        tasks.setsockopt(zmq.LINGER, 0)
-        results.setsockopt(zmq.LINGER, 2000)
-        tasks.connect(self._task_address)
-        results.connect(self._result_address)
+    def _serve(self, tasks: zmq.Socket, results: zmq.Socket) -> None:
         free_form = self.session.describe()["inputs"] is None
         try:
             while True:
@@ -91,10 +96,6 @@ class ContextThread(threading.Thread):
                 results.send_multipart(self._handle(message, frames, free_form), copy=False)
         except zmq.ContextTerminated:
             return
-        finally:
-            tasks.close()
-            results.close()
-            self.session.close()
 
     def _handle(self, message: list[Any], frames: list[Any], free_form: bool) -> list[Any]:
         _, task_id, attempt, input_descriptors, out_region = message

@@ -1,0 +1,59 @@
+"""Fixtures shared by the tests, and the leak checks every test passes."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import time
+
+import psutil
+import pytest
+
+from workers.segments import SEGMENT_PREFIX, segment_dir
+
+
+def _our_segments() -> set[str]:
+    return {n for n in os.listdir(segment_dir()) if n.startswith(f"{SEGMENT_PREFIX}{os.getpid()}-")}
+
+
+def _worker_children() -> list[psutil.Process]:
+    found = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if "workers.main" in " ".join(child.cmdline()):
+                found.append(child)
+        except psutil.NoSuchProcess:
+            pass
+    return found
+
+
+@pytest.fixture(autouse=True)
+def no_leaks():
+    """Every test must leave no worker process and no shared-memory segment."""
+    segments_before = _our_segments()
+    yield
+    deadline = time.monotonic() + 10
+    while _worker_children() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    leftover = _worker_children()
+    for process in leftover:
+        process.kill()
+    assert not leftover, f"worker processes left running: {[p.pid for p in leftover]}"
+    leaked = _our_segments() - segments_before
+    assert not leaked, f"shared-memory segments left in {segment_dir()}: {sorted(leaked)}"
+
+
+@pytest.fixture(scope="session")
+def ppocr_models() -> dict[str, str]:
+    """Paths of the PP-OCR det/rec/cls ONNX models shipped by rapidocr-onnxruntime."""
+    spec = importlib.util.find_spec("rapidocr_onnxruntime")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.fail(
+            "rapidocr-onnxruntime==1.4.4 is not installed: pip install --no-deps rapidocr-onnxruntime==1.4.4"
+        )
+    models = os.path.join(list(spec.submodule_search_locations)[0], "models")
+    return {
+        "det": os.path.join(models, "ch_PP-OCRv4_det_infer.onnx"),
+        "rec": os.path.join(models, "ch_PP-OCRv4_rec_infer.onnx"),
+        "cls": os.path.join(models, "ch_ppocr_mobile_v2.0_cls_infer.onnx"),
+    }

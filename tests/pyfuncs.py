@@ -1,0 +1,51 @@
+"""Functions for the ``python`` backend in tests (imported inside workers)."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import time
+
+import numpy as np
+
+
+def echo(inputs):
+    """Returns its inputs unchanged, in order."""
+    return list(inputs.values())
+
+
+def whoami(inputs):
+    """[pid] of the worker process that ran the task."""
+    return np.array([os.getpid()], dtype=np.int64)
+
+
+def sleep(inputs):
+    """Sleeps ``inputs["seconds"]`` seconds, then returns it."""
+    seconds = np.asarray(inputs["seconds"])
+    time.sleep(float(seconds.reshape(-1)[0]))
+    return seconds
+
+
+sleep.inputs = [("seconds", [1], "float64")]
+
+
+def fail(inputs):
+    raise ValueError("this model always fails")
+
+
+def behave(inputs):
+    """``inputs["action"]`` (int64 [1]): 0 echo, 1 raise, 2 os._exit(3), 3 SIGKILL itself, 4 SIGSEGV."""
+    action = int(np.asarray(inputs["action"]).reshape(-1)[0])
+    if action == 1:
+        raise RuntimeError("asked to raise")
+    if action == 2:
+        os._exit(3)
+    if action == 3:
+        os.kill(os.getpid(), signal.SIGKILL)
+    if action == 4:
+        ctypes.string_at(0)
+    return np.asarray(inputs["action"]).copy()
+
+
+behave.inputs = [("action", [1], "int64")]

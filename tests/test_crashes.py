@@ -1,0 +1,118 @@
+"""A worker that dies never takes the app down, and nothing is left behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+from farm import Farm, WorkerCrashedError
+from farm.shm import reap_stale_segments
+from workers.segments import SEGMENT_PREFIX, segment_dir
+
+pytestmark = pytest.mark.timeout(120)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def action(code: int) -> dict:
+    return {"action": np.array([code], dtype=np.int64)}
+
+
+@pytest.mark.parametrize(
+    ("code", "cause"),
+    [(2, "exit code 3"), (3, "SIGKILL"), (4, "SIGSEGV")],
+    ids=["os._exit", "SIGKILL", "segfault"],
+)
+def test_a_task_that_kills_its_worker_fails_after_its_retries_and_the_farm_heals(code, cause):
+    with Farm("tests.pyfuncs:behave", schedule="0,1", max_retries=1) as farm:
+        with pytest.raises(WorkerCrashedError, match=cause) as excinfo:
+            farm.run(action(code))
+        assert "tried 2 time(s)" in str(excinfo.value)
+        assert excinfo.value.core in (0, 1)
+        # Both cores were killed once; the farm respawns them and serves again.
+        deadline = time.monotonic() + 20
+        while not all(w["ready"] for w in farm.stats()["workers"]) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        results = [farm.run(action(0))[0][0] for _ in range(4)]
+        stats = farm.stats()["workers"]
+    assert results == [0, 0, 0, 0]
+    assert sum(w["crashes"] for w in stats) == 2
+    assert sum(w["restarts"] for w in stats) == 2
+
+
+def test_tasks_held_by_a_dead_worker_are_retried_and_complete():
+    with Farm("tests.pyfuncs:behave", schedule="0,1", threads_per_core=2, max_queue_size=16) as farm:
+        good = [farm.submit(action(0)) for _ in range(20)]
+        victim = farm.stats()["workers"][0]["pid"]
+        os.kill(victim, signal.SIGKILL)
+        good += [farm.submit(action(0)) for _ in range(20)]
+        assert all(f.result(timeout=30)[0][0] == 0 for f in good)
+
+
+def test_killing_the_parent_leaves_no_worker_and_no_segment(tmp_path):
+    script = textwrap.dedent(
+        f"""
+        import sys, time
+        sys.path.insert(0, {ROOT!r})
+        from farm import Farm
+        farm = Farm("tests.pyfuncs:echo", schedule="0,1")
+        farm.run({{"x": __import__("numpy").zeros(4)}})
+        print(" ".join(str(w["pid"]) for w in farm.stats()["workers"]), farm._arena.owner_prefix, flush=True)
+        time.sleep(60)
+        """
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, cwd=ROOT, text=True)
+    try:
+        *pids, prefix = parent.stdout.readline().split()
+        assert any(n.startswith(prefix) for n in os.listdir(segment_dir()))
+        parent.kill()
+        parent.wait(10)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and (
+            any(_alive(int(p)) for p in pids) or any(n.startswith(prefix) for n in os.listdir(segment_dir()))
+        ):
+            time.sleep(0.05)
+        assert not any(_alive(int(p)) for p in pids), "workers outlived their parent"
+        assert not any(n.startswith(prefix) for n in os.listdir(segment_dir())), (
+            "segments outlived the parent"
+        )
+    finally:
+        parent.kill()
+        parent.wait()
+
+
+def test_stale_segments_of_dead_parents_are_reaped():
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = os.path.join(segment_dir(), f"{SEGMENT_PREFIX}{dead.pid}-deadbeef-0")
+    mine = os.path.join(segment_dir(), f"{SEGMENT_PREFIX}{os.getpid()}-cafecafe-0")
+    for path in (stale, mine):
+        with open(path, "wb") as f:
+            f.write(b"x")
+    try:
+        assert reap_stale_segments() >= 1
+        assert not os.path.exists(stale)
+        assert os.path.exists(mine), "a live process's segment was reaped"
+    finally:
+        for path in (stale, mine):
+            if os.path.exists(path):
+                os.unlink(path)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie child of the killed parent is dead for our purpose
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[1][0] != "Z"
+    except OSError:
+        return False

@@ -1,0 +1,330 @@
+"""The Farm API end to end: scheduling, queues, callbacks, errors, shutdown."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from farm import (
+    BackendUnavailableError,
+    Farm,
+    FarmClosedError,
+    InvalidInputError,
+    OptionError,
+    SubmitTimeoutError,
+    TaskError,
+    WorkerStartError,
+)
+from tests.onnx_models import affine_model, two_input_model
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture
+def affine(tmp_path):
+    return affine_model(str(tmp_path))
+
+
+@pytest.fixture
+def two_inputs(tmp_path):
+    return two_input_model(str(tmp_path))
+
+
+def seconds(value: float) -> dict:
+    return {"seconds": np.array([value], dtype=np.float64)}
+
+
+# ── scheduling ────────────────────────────────────────────────────────────
+@pytest.mark.parametrize(
+    ("schedule", "n_tasks", "expected"),
+    [
+        ("0,1", 10, {0: 5, 1: 5}),
+        ([0, 0, 1], 9, {0: 6, 1: 3}),
+        (1, 4, {1: 4}),
+        ("[1, 0]", 6, {0: 3, 1: 3}),
+    ],
+)
+def test_tasks_follow_the_schedule_round_robin(affine, schedule, n_tasks, expected):
+    x = np.ones((1, 3, 8, 8), np.float32)
+    with Farm(affine, schedule=schedule) as farm:
+        for _ in range(n_tasks):
+            farm.run({"x": x})
+        workers = farm.stats()["workers"]
+    assert {w["core"]: w["tasks"] for w in workers} == expected
+    assert len({w["pid"] for w in workers}) == len(expected), "one process per distinct core"
+
+
+def test_threads_per_core_gives_each_worker_that_many_contexts(affine):
+    with Farm(affine, schedule="0,1", threads_per_core=3) as farm:
+        assert [w["contexts"] for w in farm.stats()["workers"]] == [3, 3]
+
+
+def test_tp_mode_runs_one_worker(affine):
+    with Farm(affine, tp_mode="0,1") as farm:
+        (worker,) = farm.stats()["workers"]
+        assert worker["core_mask"] == 3 and farm.stats()["mode"] == "tp"
+        assert np.array_equal(farm.run({"x": np.zeros((1, 3, 8, 8), np.float32)})[0], np.ones((1, 3, 8, 8)))
+
+
+def test_default_is_one_worker_in_tp_auto(affine):
+    with Farm(affine) as farm:
+        (worker,) = farm.stats()["workers"]
+        assert worker["core_mask"] == 0 and worker["contexts"] == 1
+
+
+def test_a_busy_core_does_not_hold_up_tasks_for_an_idle_core():
+    with Farm("tests.pyfuncs:sleep", schedule="0,1", max_queue_size=4) as farm:
+        slow = [farm.submit(seconds(1.5))]  # task 0 -> core 0
+        fast = [farm.submit(seconds(0.0))]  # task 1 -> core 1
+        slow.append(farm.submit(seconds(0.0)))  # task 2 -> core 0, queued behind the slow one
+        fast.append(farm.submit(seconds(0.0)))  # task 3 -> core 1
+        done, _ = concurrent.futures.wait(fast, timeout=1.0)
+        assert len(done) == 2, "tasks for the idle core waited for the busy one"
+        assert not slow[0].done()
+        concurrent.futures.wait(slow, timeout=5)
+
+
+def test_full_queue_blocks_then_times_out_with_a_clear_error():
+    with Farm("tests.pyfuncs:sleep", schedule=0, max_queue_size=1, submit_timeout_ms=300) as farm:
+        futures = [farm.submit(seconds(1.0)) for _ in range(3)]  # 2 in the context's window + 1 queued
+        started = time.perf_counter()
+        with pytest.raises(SubmitTimeoutError, match="queue is full") as excinfo:
+            farm.submit(seconds(0.0))
+        waited = time.perf_counter() - started
+        assert 0.25 <= waited < 1.0
+        assert isinstance(excinfo.value, TimeoutError) and isinstance(excinfo.value, RuntimeError)
+        assert [f.result(timeout=10) for f in futures] == [[np.array([1.0])]] * 3
+
+
+# ── API forms ─────────────────────────────────────────────────────────────
+def test_feed_forms_dict_list_and_single_array(affine, two_inputs):
+    x = np.arange(192, dtype=np.float32).reshape(1, 3, 8, 8)
+    with Farm(affine) as farm:
+        for feed in ({"x": x}, [x], (x,), x):
+            assert np.array_equal(farm.run(feed)[0], x * 2 + 1)
+    a = np.full((2, 4), 3, np.float32)
+    b = np.full((2, 4), 2, np.float32)
+    with Farm(two_inputs) as farm:
+        total, product = farm.run({"b": b, "a": a})
+        assert np.all(total == 5) and np.all(product == 6)
+        assert [o.name for o in farm.outputs] == ["sum", "prod"]
+
+
+def test_run_async_callback_gets_results_user_data_and_empty_error(affine):
+    x = np.ones((1, 3, 8, 8), np.float32)
+    calls = []
+    done = threading.Event()
+
+    def callback(results, user_data, err):
+        calls.append((results, user_data, err, threading.current_thread().name))
+        done.set()
+
+    with Farm(affine) as farm:
+        farm.run_async({"x": x}, callback, {"frame": 7})
+        assert done.wait(10)
+    (results, user_data, err, thread) = calls[0]
+    assert err == "" and user_data == {"frame": 7} and np.all(results[0] == 3)
+    assert thread == "rknnfarm-callbacks"
+
+
+def test_run_async_reports_a_failing_task_with_none_results():
+    calls = []
+    with Farm("tests.pyfuncs:fail") as farm:
+        farm.run_async({"x": np.zeros(1)}, lambda r, u, e: calls.append((r, u, e)), "ud")
+    assert calls and calls[0][0] is None and calls[0][1] == "ud"
+    assert "this model always fails" in calls[0][2]
+
+
+def test_sequential_callbacks_fire_in_submission_order():
+    order = []
+    with Farm("tests.pyfuncs:sleep", schedule="0,1", max_queue_size=8) as farm:
+        for i, delay in enumerate([0.3, 0.0, 0.2, 0.0, 0.1, 0.0]):
+            farm.run_async(seconds(delay), lambda r, u, e: order.append(u), i)
+    assert order == [0, 1, 2, 3, 4, 5]
+
+
+def test_map_yields_in_order_and_unordered_yields_everything(affine):
+    frames = [np.full((1, 3, 8, 8), i, np.float32) for i in range(40)]
+    with Farm(affine, schedule="0,1", threads_per_core=2) as farm:
+        ordered = [out[0][0, 0, 0, 0] for out in farm.map(frames)]
+        unordered = sorted(out[0][0, 0, 0, 0] for out in farm.map(frames, ordered=False, max_in_flight=3))
+    assert ordered == [2 * i + 1 for i in range(40)]
+    assert unordered == ordered
+
+
+def test_map_bounds_the_work_in_flight():
+    consumed = []
+
+    def lazily():
+        for i in range(12):
+            consumed.append(i)
+            yield seconds(0.01)
+
+    with Farm("tests.pyfuncs:sleep", schedule="0,1") as farm:
+        results = farm.map(lazily(), max_in_flight=3)
+        next(results)
+        assert len(consumed) <= 4, "map read ahead without bound"
+        assert len(list(results)) == 11
+
+
+def test_copy_outputs_returns_arrays_that_own_their_memory(affine):
+    with Farm(affine, copy_outputs=True) as farm:
+        (out,) = farm.run({"x": np.zeros((1, 3, 8, 8), np.float32)})
+    assert out.flags.owndata and np.all(out == 1)
+
+
+def test_nhwc_layout_takes_nhwc_inputs(affine):
+    x = np.random.default_rng(0).random((1, 3, 8, 8), dtype=np.float32)
+    with Farm(affine, layout="nhwc") as farm:
+        (out,) = farm.run({"x": x.transpose(0, 2, 3, 1)})
+        with pytest.raises(InvalidInputError, match=r"expected \[1, 8, 8, 3\]"):
+            farm.run({"x": x})
+    assert np.array_equal(out, x * 2 + 1)
+
+
+def test_input_larger_than_a_segment(tmp_path):
+    model = affine_model(str(tmp_path), shape=(1, 3, 3000, 3000))  # 108 MB in, 108 MB out
+    x = np.full((1, 3, 3000, 3000), 0.5, np.float32)
+    with Farm(model) as farm:
+        (out,) = farm.run({"x": x})
+        assert out.shape == x.shape and np.all(out == 2.0)
+        assert farm.stats()["shared_memory_bytes"] >= 2 * x.nbytes
+
+
+# ── bad input ─────────────────────────────────────────────────────────────
+@pytest.mark.parametrize(
+    ("feed", "message"),
+    [
+        ({"y": np.zeros((1, 3, 8, 8), np.float32)}, "Unknown input: 'y'. The model's inputs are: x"),
+        ({}, "Missing input: 'x'"),
+        ([], "Input list size mismatch: expected 1, got 0"),
+        ({"x": np.zeros((1, 3, 8, 8), np.float64)}, "Input 'x' has dtype float64"),
+        ({"x": np.zeros((1, 3, 8, 8), np.int64)}, "Input 'x' has dtype int64"),
+        ({"x": np.zeros((3, 8, 8), np.float32)}, "Input 'x' rank mismatch: expected 4 dims"),
+        (
+            {"x": np.zeros((1, 3, 8, 9), np.float32)},
+            "Input 'x' shape mismatch: expected [1, 3, 8, 8], got [1, 3, 8, 9]",
+        ),
+        ({"x": np.array(["a"])}, "which is not a numeric tensor"),
+        ("not a feed", "input_feed must be a numpy array, list/tuple, or dict"),
+    ],
+)
+def test_bad_inputs_are_rejected_before_queueing_and_the_farm_keeps_working(affine, feed, message):
+    good = np.zeros((1, 3, 8, 8), np.float32)
+    with Farm(affine) as farm:
+        with pytest.raises(InvalidInputError) as excinfo:
+            farm.run(feed)
+        assert message in str(excinfo.value)
+        assert isinstance(excinfo.value, ValueError)
+        assert farm.stats()["submitted"] == 0
+        assert np.all(farm.run({"x": good})[0] == 1)
+
+
+def test_safe_casts_are_accepted(affine):
+    with Farm(affine) as farm:
+        (out,) = farm.run({"x": np.full((1, 3, 8, 8), 2, np.uint8)})
+        assert out.dtype == np.float32 and np.all(out == 5)
+        (out,) = farm.run({"x": np.full((1, 3, 8, 8), 2, np.float16)})
+        assert np.all(out == 5)
+
+
+def test_single_array_for_a_two_input_model_is_rejected(two_inputs):
+    with Farm(two_inputs) as farm, pytest.raises(InvalidInputError, match="Model expects 2 inputs"):
+        farm.run(np.zeros((2, 4), np.float32))
+
+
+# ── failures ──────────────────────────────────────────────────────────────
+def test_a_failing_task_raises_task_error_and_the_worker_survives():
+    with Farm("tests.pyfuncs:behave", schedule="0,1") as farm:
+        pids = {w["pid"] for w in farm.stats()["workers"]}
+        with pytest.raises(TaskError, match="asked to raise") as excinfo:
+            farm.run({"action": np.array([1])})
+        assert "Traceback" in excinfo.value.remote_traceback
+        assert farm.run({"action": np.array([0])})[0][0] == 0
+        assert {w["pid"] for w in farm.stats()["workers"]} == pids
+        assert sum(w["failures"] for w in farm.stats()["workers"]) == 1
+
+
+def test_a_model_that_cannot_load_fails_the_start_with_the_runtime_message(tmp_path):
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"this is not an onnx model")
+    with pytest.raises(WorkerStartError, match="broken.onnx") as excinfo:
+        Farm(str(broken), schedule="0,1")
+    assert "INVALID_PROTOBUF" in str(excinfo.value) or "protobuf" in str(excinfo.value).lower()
+
+
+def test_rknn_model_without_an_npu_says_what_to_do(tmp_path):
+    model = tmp_path / "yolo.rknn"
+    model.write_bytes(b"RKNN")
+    with pytest.raises(BackendUnavailableError, match="rknn-sim"):
+        Farm(str(model))
+
+
+def test_missing_model_file():
+    with pytest.raises(FileNotFoundError, match="nope.onnx"):
+        Farm("nope.onnx")
+
+
+def test_bad_options_raise_option_error_before_any_process_starts(affine):
+    with pytest.raises(OptionError, match="schedule values must be >= 0"):
+        Farm(affine, schedule=[0, -1])
+    with pytest.raises(
+        OptionError, match="provider_options 'tp_mode' conflicts with 'schedule'; set only one."
+    ):
+        Farm(affine, schedule="0", tp_mode="auto")
+    with pytest.raises(RuntimeError, match="threads_per_core must be > 0"):
+        Farm(affine, options={"threads_per_core": 0})
+
+
+# ── shutdown ──────────────────────────────────────────────────────────────
+def test_close_drains_in_flight_tasks(affine):
+    farm = Farm("tests.pyfuncs:sleep", schedule="0,1", max_queue_size=4)
+    futures = [farm.submit(seconds(0.2)) for _ in range(6)]
+    farm.close()
+    assert all(f.result(timeout=0)[0][0] == 0.2 for f in futures)
+    farm.close()  # twice is fine
+    with pytest.raises(FarmClosedError):
+        farm.submit(seconds(0.0))
+
+
+def test_close_with_cancel_fails_what_has_not_finished():
+    farm = Farm("tests.pyfuncs:sleep", schedule=0, max_queue_size=4)
+    futures = [farm.submit(seconds(0.5)) for _ in range(5)]
+    started = time.perf_counter()
+    farm.close(cancel=True)
+    assert time.perf_counter() - started < 5
+    outcomes = [f.exception(timeout=5) for f in futures]
+    assert any(isinstance(e, FarmClosedError) for e in outcomes)
+
+
+def test_exiting_the_with_block_on_an_exception_cancels(affine):
+    with pytest.raises(KeyError), Farm(affine) as farm:
+        raise KeyError("boom")
+    with pytest.raises(FarmClosedError):
+        farm.run({"x": np.zeros((1, 3, 8, 8), np.float32)})
+
+
+def test_a_dropped_farm_is_cleaned_up_by_its_finalizer(affine):
+    farm = Farm(affine, schedule="0,1")
+    pids = [w["pid"] for w in farm.stats()["workers"]]
+    del farm
+    import gc
+
+    gc.collect()
+    deadline = time.monotonic() + 10
+    while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(_alive(pid) for pid in pids)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
