@@ -12,10 +12,10 @@ __all__ = ["ProgressLine"]
 class ProgressLine:
     """``[#####.....]  512/1000  812.3 tasks/s``, redrawn at most 10 times a second."""
 
-    def __init__(self, total: Optional[int], stream: TextIO = sys.stderr, width: int = 30) -> None:
+    def __init__(self, total: Optional[int], stream: Optional[TextIO] = None, width: int = 30) -> None:
         self.total = total
         self.done = 0
-        self._stream = stream
+        self._stream = sys.stderr if stream is None else stream
         self._width = width
         self._start = time.perf_counter()
         self._last_draw = 0.0
@@ -27,7 +27,8 @@ class ProgressLine:
             self._draw(now)
 
     def close(self) -> None:
-        self._draw(time.perf_counter())
+        if self._last_draw == 0.0 or self.done != self.total:
+            self._draw(time.perf_counter())
         self._stream.write("\n")
         self._stream.flush()
 
