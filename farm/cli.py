@@ -148,7 +148,7 @@ def _load_image(path: str, spec: TensorSpec, layout: str) -> np.ndarray:
     with Image.open(path) as image:
         rgb = image.convert("RGB")
         if len(spec.shape) == 4 and spec.shape[2] is not None and spec.shape[3] is not None:
-            rgb = rgb.resize((spec.shape[3], spec.shape[2]), Image.BILINEAR)
+            rgb = rgb.resize((spec.shape[3], spec.shape[2]), Image.Resampling.BILINEAR)
         hwc = np.asarray(rgb, dtype=np.float32) / 255.0
     nhwc = hwc[np.newaxis]
     return np.ascontiguousarray(nhwc if layout == "nhwc" else nhwc.transpose(0, 3, 1, 2))

@@ -25,6 +25,7 @@ from typing import Any, Optional
 import zmq
 
 from farm.stats import WorkerStats
+from workers.protocol import QUIT
 
 __all__ = ["ContextSlot", "WorkerHandle", "kill_process", "reap_process", "request_stop", "spawn_worker"]
 
@@ -140,9 +141,15 @@ def close_slots(handle: WorkerHandle) -> None:
 
 
 def request_stop(handle: WorkerHandle) -> None:
-    """Close the worker's life line: it exits at once (its contexts idle or not)."""
+    """Say "quit" on the worker's life line and close it: the worker exits at
+    once (its contexts idle or not). The word tells it the parent is alive."""
     process = handle.process
-    if process is not None and process.stdin is not None:
+    if process is not None and process.stdin is not None and not process.stdin.closed:
+        try:
+            process.stdin.write(QUIT)
+            process.stdin.flush()
+        except OSError:
+            pass  # the worker is already gone
         try:
             process.stdin.close()
         except OSError:

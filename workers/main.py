@@ -8,8 +8,9 @@ line on its stdin, which it then keeps open as a life line.
 :class:`~workers.context.ContextThread` per context, each loading its own
 session, and reports READY with the model's description (or START_FAILED with
 the error). Then the main thread only watches: when every context thread has
-stopped it exits; when stdin reaches end-of-file and the parent is gone, it
-unlinks the parent's shared memory and exits at once, so a killed app leaves
+stopped it exits; when stdin reaches end-of-file it exits at once, and if
+the parent did not say QUIT first (it was killed), it also unlinks the
+parent's shared memory, so a killed app leaves
 neither orphan workers nor ``/dev/shm`` segments behind.
 """
 
@@ -122,20 +123,38 @@ def _watch(contexts: list[ContextThread], spec: dict[str, Any]) -> None:
 
 
 def _watch_parent(spec: dict[str, Any]) -> None:
-    """Block on stdin; at end-of-file, exit (cleaning up if the parent died)."""
-    while sys.stdin.buffer.read(4096):
-        pass
-    if os.getppid() != spec["parent_pid"]:
-        # The parent is gone (killed, or crashed): nobody will unlink its
-        # segments or stop us, so do both now.
+    """Block on stdin; at end-of-file, exit. Without the QUIT word first, the
+    parent died (killed, or crashed): nobody will unlink its segments or stop
+    us, so do both now."""
+    told_to_quit = protocol.QUIT in spec.get("_stdin_leftover", b"")
+    while True:
+        chunk = os.read(sys.stdin.fileno(), 4096)
+        if not chunk:
+            break
+        told_to_quit = told_to_quit or protocol.QUIT in chunk
+    if not told_to_quit:
         unlink_segments_of(spec["segment_owner_prefix"])
     os._exit(0)
 
 
+def _read_spec() -> dict[str, Any]:
+    """The first line of stdin, read unbuffered so nothing after it (the QUIT
+    word) is swallowed by a buffer the parent-watch thread cannot see."""
+    data = b""
+    while b"\n" not in data:
+        chunk = os.read(sys.stdin.fileno(), 65536)
+        if not chunk:
+            raise SystemExit("rknn-farm worker: no spec on stdin (start workers through farm.Farm)")
+        data += chunk
+    line, _, leftover = data.partition(b"\n")
+    spec = json.loads(line)
+    spec["_stdin_leftover"] = leftover
+    return spec
+
+
 def main() -> None:
     """``python -m workers.main``: read the spec line from stdin and run."""
-    spec = json.loads(sys.stdin.buffer.readline())
-    sys.path[:0] = [p for p in spec.get("sys_path", []) if p not in sys.path]
+    spec = _read_spec()
     worker_main(spec)
 
 

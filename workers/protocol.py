@@ -37,6 +37,7 @@ __all__ = [
     "STOP",
     "TASK",
     "ALIGNMENT",
+    "QUIT",
     "align",
     "pack",
     "unpack",
@@ -48,6 +49,10 @@ RESULT = 10
 FAILED = 11
 READY = 12
 START_FAILED = 13
+
+#: What the parent writes on a worker's stdin (its life line) before closing it
+#: on purpose; end-of-file without it means the parent died.
+QUIT = b"q"
 
 #: Every tensor starts on a 64-byte boundary (a cache line; what SIMD kernels like).
 ALIGNMENT = 64
