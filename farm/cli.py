@@ -4,7 +4,7 @@
 
     rknn-farm info MODEL [--backend B]
     rknn-farm run MODEL [--schedule 0,1,2 | --tp-mode M] [-n 100] [--input random|FILE.npy|FILE.npz|DIR]
-                        [--shape name=1,3,640,640 ...] [--warmup 2] [--json FILE] [--no-progress] ...
+                        [--shape name=1,3,640,640 ...] [--warmup 2] [--json FILE] [--[no-]progress] ...
 
 ``info`` starts a one-worker farm and prints the model's inputs, outputs and
 metadata. ``run`` is a benchmark: warm-up tasks, then ``-n`` tasks through
@@ -49,6 +49,10 @@ class CliError(Exception):
 
 
 # ── helpers ──────────────────────────────────────────────────────────────
+def _wants_progress(args: argparse.Namespace) -> bool:
+    return sys.stderr.isatty() if args.progress is None else bool(args.progress)
+
+
 def _fmt_shape(shape: Sequence[Optional[int]]) -> str:
     return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
 
@@ -267,7 +271,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         timed = _TimedFeeds(feeds, args.n)
         latencies_ms = []
         start = time.perf_counter()
-        for i, _outputs in enumerate(farm.map(timed, ordered=True, progress=not args.no_progress)):
+        for i, _outputs in enumerate(farm.map(timed, ordered=True, progress=_wants_progress(args))):
             latencies_ms.append((time.perf_counter() - timed.taken_at[i]) * 1000)
         wall = time.perf_counter() - start
         p50, p99 = (round(float(v), 3) for v in np.percentile(latencies_ms, [50, 99]))
@@ -317,7 +321,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--shape", action="append", default=[], metavar="NAME=D0,D1,..", help="random input shape"
     )
-    run.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
+    run.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="a progress line on stderr (default: only when stderr is a terminal)",
+    )
     run.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     return parser
 

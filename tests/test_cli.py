@@ -230,7 +230,7 @@ def test_python_dash_m_farm_info(models):
 
 @pytest.mark.timeout(120)
 def test_python_dash_m_farm_run_draws_progress(models):
-    out, err = _python_m_farm("run", models["static"], "--schedule", "0,1", "-n", "8")
+    out, err = _python_m_farm("run", models["static"], "--schedule", "0,1", "-n", "8", "--progress")
     assert "8/8" in err and "tasks/s" in err
     assert _core_rows(out) == {0: 4, 1: 4}
 
