@@ -22,7 +22,7 @@ BACKENDS = ("auto", "onnxruntime", "python", "rknnlite", "rknn-sim")
 _RUNTIME_PACKAGES = {
     "onnxruntime": ("onnxruntime", "pip install 'rknn-farm[onnx]'  (or: pip install onnxruntime)"),
     "rknnlite": ("rknnlite", "pip install 'rknn-farm[rknn]' on an RK3588/RK3576/RK356x board"),
-    "rknn-sim": ("rknn", "see docs/simulator.md (rknn-toolkit2 with its pinned torch/numpy)"),
+    "rknn-sim": ("rknn", "install rknn-toolkit2 with its pinned torch/numpy (see docs/limits.md)"),
 }
 _IMPLEMENTED = ("onnxruntime", "python")
 
@@ -84,8 +84,8 @@ def _auto_backend(model: str) -> str:
         raise BackendUnavailableError(
             f"{os.path.basename(model)} is an RKNN model, which runs only on a Rockchip NPU board with "
             "rknn-toolkit-lite2 (backend='rknnlite'). On this machine, run the model's ONNX source instead: "
-            "Farm('model.onnx') on the CPU with ONNX Runtime, or Farm('model.onnx', backend='rknn-sim') "
-            "through rknn-toolkit2's simulator."
+            "Farm('model.onnx') runs it on the CPU with ONNX Runtime (the RKNN simulator backend, "
+            "backend='rknn-sim', is planned)."
         )
     if lower.endswith(".onnx"):
         return "onnxruntime"

@@ -13,6 +13,7 @@ from __future__ import annotations
 import queue
 import sys
 import threading
+import traceback
 from typing import Any, Callable, Optional
 
 __all__ = ["CallbackThread"]
@@ -21,7 +22,8 @@ _STOP = object()
 
 
 class _Unraisable:
-    """What ``sys.unraisablehook`` expects (``UnraisableHookArgs`` cannot be built)."""
+    """The attributes ``sys.unraisablehook`` reads (its own struct type cannot
+    be built from Python, so only hooks written in Python accept this)."""
 
     def __init__(self, exc: BaseException, callback: Any) -> None:
         self.exc_type = type(exc)
@@ -29,6 +31,21 @@ class _Unraisable:
         self.exc_traceback = exc.__traceback__
         self.err_msg = "Exception ignored in rknn-farm run_async callback"
         self.object = callback
+
+
+def report_unraisable(exc: BaseException, callback: Any) -> None:
+    """Report an exception from a user callback the way CPython reports one
+    it cannot raise: through a Python ``sys.unraisablehook`` when one is
+    installed (pytest installs one), else as the default hook prints it."""
+    hook = sys.unraisablehook
+    if hook is not sys.__unraisablehook__:
+        try:
+            hook(_Unraisable(exc, callback))  # type: ignore[arg-type]
+            return
+        except Exception:
+            pass
+    print(f"Exception ignored in rknn-farm run_async callback {callback!r}:", file=sys.stderr)
+    traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
 
 
 class CallbackThread:
@@ -82,5 +99,5 @@ class CallbackThread:
     def _call(callback: Callable[..., Any], args: tuple) -> None:
         try:
             callback(*args)
-        except BaseException as exc:
-            sys.unraisablehook(_Unraisable(exc, callback))  # type: ignore[arg-type]
+        except Exception as exc:
+            report_unraisable(exc, callback)

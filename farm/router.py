@@ -14,9 +14,10 @@
                                           │    respawn the core with back-off
                                           └─ timers: respawns that are due
 
-Task ``k`` is bound to core ``schedule[k % len(schedule)]`` when admitted.
-Each core has its own queue, so a busy core never holds up tasks for idle
-ones (the seed's single FIFO does). A context gets at most ``_WINDOW`` tasks at
+Task ``k`` is bound to core ``schedule[k % len(schedule)]`` when admitted
+(or, if that core's queue is full or its worker is down, to the next core in
+the schedule that can take it). Each core has its own queue, so a busy core
+never holds up tasks for idle ones (the seed's single FIFO does). A context gets at most ``_WINDOW`` tasks at
 once: the one it runs and the next, which waits in its socket so the context
 never idles for a round trip.
 
@@ -27,6 +28,7 @@ happen under it too (a ZeroMQ socket must not be used by two threads at once).
 from __future__ import annotations
 
 import collections
+import math
 import os
 import shutil
 import signal
@@ -55,6 +57,7 @@ from farm.pool import (
 from farm.shm import SharedArena
 from farm.task import Task
 from workers import protocol
+from workers.segments import SEGMENT_PREFIX
 
 __all__ = ["Router"]
 
@@ -97,7 +100,7 @@ class Router:
         self._perf_log = perf_log
         self._cond = threading.Condition()
         self._zmq = zmq.Context()
-        self._ipc_dir = tempfile.mkdtemp(prefix="rknnfarm-")
+        self._ipc_dir = tempfile.mkdtemp(prefix=f"{SEGMENT_PREFIX}{os.getpid()}-")
         self._inbound = self._zmq.socket(zmq.PULL)
         self._inbound.setsockopt(zmq.LINGER, 0)
         self._inbound.setsockopt(zmq.RCVHWM, 0)
@@ -167,13 +170,13 @@ class Router:
             while True:
                 self._check_open()
                 now = time.perf_counter()
-                core = self._core_for(self._next_index)
+                core = self._core_with_room(self._next_index)
                 pacing_wait = self.pacer.wait_s(now)
-                if pacing_wait == 0.0 and len(self._queues[core]) < limit:
+                if pacing_wait == 0.0 and core is not None:
                     break
                 remaining = deadline - now
                 if remaining <= 0:
-                    reason = "pacing" if pacing_wait else f"core {core}'s queue is full ({limit} tasks)"
+                    reason = "pacing" if pacing_wait else f"every core's queue is full ({limit} tasks each)"
                     raise SubmitTimeoutError(
                         f"submit timed out after {timeout_s * 1000:.0f} ms: {reason}; the farm is saturated "
                         "(raise submit_timeout_ms or max_queue_size, or submit more slowly)"
@@ -196,6 +199,21 @@ class Router:
         if self._broken:
             raise WorkerCrashedError(self._broken)
 
+    def _core_with_room(self, index: int) -> Optional[int]:
+        """Task ``index``'s core by the schedule, or, when that core's queue is
+        full, the next core in schedule order that has room (a saturated core
+        must not hold up cores that are free); None when all are full."""
+        limit = self.options.max_queue_size
+        core = self._core_for(index)
+        if len(self._queues[core]) < limit:
+            return core
+        schedule = self.options.schedule or self.options.cores
+        for step in range(1, len(schedule)):
+            other = schedule[(index + step) % len(schedule)]
+            if self._worker_of_core[other].ready and len(self._queues[other]) < limit:
+                return other
+        return None
+
     def _core_for(self, index: int) -> int:
         core = self.options.core_for_task(index)
         if self._worker_of_core[core].ready:
@@ -214,7 +232,15 @@ class Router:
             slot = min(worker.slots, key=lambda s: len(s.in_flight))
             if len(slot.in_flight) >= _WINDOW:
                 return
-            self._send(slot, queue.popleft())
+            task = queue.popleft()
+            try:
+                self._send(slot, task)
+            except zmq.ZMQError as exc:
+                # Cannot happen on a connecting PUSH without a high-water mark;
+                # if it does, the task waits for the next dispatch, not lost.
+                print(f"rknn-farm: could not send to core {core}: {exc}", file=sys.stderr)
+                queue.appendleft(task)
+                return
         self._cond.notify_all()
 
     def _send(self, slot: ContextSlot, task: Task) -> None:
@@ -270,11 +296,14 @@ class Router:
     def _drain_inbound(self) -> None:
         while True:
             try:
-                frames = self._inbound.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+                message, frames = protocol.recv_message(self._inbound, zmq.NOBLOCK)
             except zmq.Again:
                 return
+            except Exception as exc:  # undecodable: drop it, keep serving
+                print(f"rknn-farm: dropped an undecodable worker message: {exc!r}", file=sys.stderr)
+                continue
             try:
-                self._on_message(protocol.unpack(frames[0]), frames)
+                self._on_message(message, frames)
             except Exception as exc:  # a malformed message must not kill the router
                 print(f"rknn-farm: dropped a malformed worker message: {exc!r}", file=sys.stderr)
 
@@ -314,6 +343,8 @@ class Router:
             self._dispatch(worker.core)
             if message[0] == protocol.RESULT:
                 self.pacer.record(timings[1])
+                worker.consecutive_failures = 0  # it serves again: the crash loop is over
+                worker.last_error = ""
         self.arena.free(task.input_region)
         now = time.perf_counter()
         if message[0] == protocol.RESULT:
@@ -328,31 +359,35 @@ class Router:
             self._print_perf(task, worker, timings, now)
 
     def _collect_outputs(self, task: Task, descriptors: list[Any], frames: list[Any]) -> list[np.ndarray]:
+        """Outputs as arrays: views of the task's leased output region (or
+        copies with ``copy_outputs``), or copies of inline frames."""
         region = task.out_region
-        in_region = [d for d in descriptors if d[0] >= 0]
-        lease = self.arena.lease(region) if (in_region and region is not None) else None
+        uses_region = region is not None and any(d[0] >= 0 for d in descriptors)
+        keep_views = uses_region and not self.options.copy_outputs
+        source: Any = None
+        if uses_region:
+            assert region is not None
+            source = self.arena.lease(region) if keep_views else region.segment.buf
+        base = 0 if keep_views or region is None else region.offset
         outputs = []
-        inline = iter(frames[1:])
-        inline_bytes = 0
+        inline = iter(frames)
         for offset, dtype, shape in descriptors:
-            dtype = np.dtype(dtype)
-            count = int(np.prod(shape, dtype=np.int64))
+            dtype = protocol.dtype_of(dtype)
+            count = math.prod(shape)
             if offset >= 0:
-                assert lease is not None
-                array = np.frombuffer(lease, dtype=dtype, count=count, offset=offset).reshape(shape)
-                if self.options.copy_outputs:
+                array = np.frombuffer(source, dtype, count, base + offset).reshape(shape)
+                if not keep_views:
                     array = array.copy()
             else:
                 frame = next(inline)
-                array = np.frombuffer(frame.buffer, dtype=dtype, count=count).reshape(shape).copy()
-                inline_bytes += protocol.align(array.nbytes)
+                array = np.frombuffer(frame.buffer, dtype, count).reshape(shape).copy()
             outputs.append(array)
-        if lease is None or self.options.copy_outputs:
-            del lease
+        if keep_views:
+            task.out_region = None  # the lease returns it when the arrays die
+        else:
             self._free_out_region(task)
-        if inline_bytes:
-            total = sum(protocol.align(a.nbytes) for a in outputs)
-            self._remember_output_size(task.input_key, total)
+        if frames:
+            self._remember_output_size(task.input_key, sum(protocol.align(a.nbytes) for a in outputs))
         return outputs
 
     def _free_out_region(self, task: Task) -> None:
@@ -412,11 +447,9 @@ class Router:
                 failed = self._retry_or_fail(worker, orphans, exitcode, cause)
                 self._schedule_respawn(worker, cause)
             self._cond.notify_all()
-        for task in orphans:
-            self.arena.free(task.input_region)
+        # Retried tasks keep their regions (the dead worker can no longer touch them).
         for task, error in failed:
-            self._free_out_region(task)
-            self._deliver(task, None, error)
+            self._fail_task(task, error)
 
     def _retry_or_fail(
         self, worker: WorkerHandle, orphans: list[Task], exitcode: Optional[int], cause: str

@@ -20,6 +20,8 @@ import collections
 import ctypes
 import os
 import secrets
+import shutil
+import tempfile
 import threading
 import weakref
 from dataclasses import dataclass
@@ -127,24 +129,28 @@ class SharedArena:
 
 
 def reap_stale_segments() -> int:
-    """Unlink segments left by rknn-farm processes that no longer exist.
-
-    Names are ``rknnfarm-<pid>-...``; a segment whose pid is dead (or reused
-    by a process started after the segment was written) is removed.
-    """
+    """Remove what rknn-farm processes that no longer exist left behind:
+    shared-memory segments (``/dev/shm/rknnfarm-<pid>-...``) and socket
+    directories (``$TMPDIR/rknnfarm-<pid>-...``). A name whose pid is dead, or
+    reused by a process started after the file was last written, is removed.
+    Returns how many were removed."""
     removed = 0
-    directory = segment_dir()
-    for name in os.listdir(directory):
-        if not name.startswith(SEGMENT_PREFIX):
-            continue
-        pid_text = name[len(SEGMENT_PREFIX) :].split("-", 1)[0]
-        if not pid_text.isdigit() or _owner_alive(int(pid_text), os.path.join(directory, name)):
-            continue
-        try:
-            os.unlink(os.path.join(directory, name))
-            removed += 1
-        except OSError:
-            pass
+    for directory in {segment_dir(), tempfile.gettempdir()}:
+        for name in os.listdir(directory):
+            if not name.startswith(SEGMENT_PREFIX):
+                continue
+            pid_text = name[len(SEGMENT_PREFIX) :].split("-", 1)[0]
+            path = os.path.join(directory, name)
+            if not pid_text.isdigit() or _owner_alive(int(pid_text), path):
+                continue
+            try:
+                if os.path.isdir(path):
+                    shutil.rmtree(path)
+                else:
+                    os.unlink(path)
+                removed += 1
+            except OSError:
+                pass
     return removed
 
 

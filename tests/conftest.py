@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import tempfile
 import time
 
 import psutil
@@ -13,7 +14,14 @@ from workers.segments import SEGMENT_PREFIX, segment_dir
 
 
 def _our_segments() -> set[str]:
-    return {n for n in os.listdir(segment_dir()) if n.startswith(f"{SEGMENT_PREFIX}{os.getpid()}-")}
+    """Shared-memory segments and socket directories this test process created."""
+    mine = f"{SEGMENT_PREFIX}{os.getpid()}-"
+    return {
+        os.path.join(directory, n)
+        for directory in {segment_dir(), tempfile.gettempdir()}
+        for n in os.listdir(directory)
+        if n.startswith(mine)
+    }
 
 
 def _worker_children() -> list[psutil.Process]:
@@ -40,7 +48,7 @@ def no_leaks():
         process.kill()
     assert not leftover, f"worker processes left running: {[p.pid for p in leftover]}"
     leaked = _our_segments() - segments_before
-    assert not leaked, f"shared-memory segments left in {segment_dir()}: {sorted(leaked)}"
+    assert not leaked, f"shared-memory segments or socket directories left: {sorted(leaked)}"
 
 
 @pytest.fixture(scope="session")

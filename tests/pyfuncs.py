@@ -35,7 +35,8 @@ def fail(inputs):
 
 
 def behave(inputs):
-    """``inputs["action"]`` (int64 [1]): 0 echo, 1 raise, 2 os._exit(3), 3 SIGKILL itself, 4 SIGSEGV."""
+    """``inputs["action"]`` (int64 [1]): 1 raise, 2 os._exit(3), 3 SIGKILL itself, 4 SIGSEGV;
+    any other value is echoed back (so a result names its task)."""
     action = int(np.asarray(inputs["action"]).reshape(-1)[0])
     if action == 1:
         raise RuntimeError("asked to raise")

@@ -116,3 +116,22 @@ def _alive(pid: int) -> bool:
             return f.read().split(") ")[1][0] != "Z"
     except OSError:
         return False
+
+
+def test_results_stay_correct_after_crashes_and_retries():
+    with Farm("tests.pyfuncs:behave", schedule="0,1", threads_per_core=2, max_queue_size=8) as farm:
+        for crash in range(3):
+            with pytest.raises(WorkerCrashedError):
+                farm.run(action(2))
+            values = list(range(100 + crash * 1000, 300 + crash * 1000))
+            results = [int(out[0][0]) for out in farm.map([action(v) for v in values])]
+            assert results == values
+
+
+def test_a_worker_that_crashes_now_and_then_is_always_respawned():
+    with Farm("tests.pyfuncs:behave", schedule=0, max_retries=0) as farm:
+        for _ in range(8):  # more crashes than the crash-loop limit, each followed by good work
+            with pytest.raises(WorkerCrashedError):
+                farm.run(action(2))
+            assert farm.run(action(7))[0][0] == 7
+        assert farm.stats()["workers"][0]["restarts"] == 8

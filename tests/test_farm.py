@@ -328,3 +328,66 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+# ── regressions ───────────────────────────────────────────────────────────
+@pytest.mark.parametrize("copy_outputs", [False, True])
+def test_every_result_belongs_to_its_own_task(affine, copy_outputs):
+    frames = [np.full((1, 3, 8, 8), i, np.float32) for i in range(400)]
+    with Farm(affine, schedule="0,1", threads_per_core=2, copy_outputs=copy_outputs) as farm:
+        results = [out[0] for out in farm.map(frames)]
+        results += [farm.run({"x": f})[0] for f in frames[:50]]
+    expected = [2 * i + 1 for i in range(400)] + [2 * i + 1 for i in range(50)]
+    assert [float(r.mean()) for r in results] == expected
+    assert all(np.all(r == r.flat[0]) for r in results)
+
+
+def test_an_exception_in_a_callback_does_not_stop_later_callbacks(affine):
+    x = np.zeros((1, 3, 8, 8), np.float32)
+    seen = []
+    reported = []
+
+    def callback(results, user_data, err):
+        seen.append(user_data)
+        if user_data == 0:
+            raise ZeroDivisionError("user bug")
+
+    import sys
+
+    original = sys.unraisablehook
+    sys.unraisablehook = lambda args: reported.append(args.exc_value)
+    try:
+        with Farm(affine) as farm:
+            for i in range(3):
+                farm.run_async({"x": x}, callback, i)
+    finally:
+        sys.unraisablehook = original
+    assert seen == [0, 1, 2]
+    assert len(reported) == 1 and isinstance(reported[0], ZeroDivisionError)
+
+
+def test_an_exception_in_a_callback_is_printed_by_the_default_hook(affine, capfd):
+    import sys
+
+    original = sys.unraisablehook
+    sys.unraisablehook = sys.__unraisablehook__
+    try:
+        with Farm(affine) as farm:
+            farm.run_async({"x": np.zeros((1, 3, 8, 8), np.float32)}, lambda r, u, e: 1 / 0)
+    finally:
+        sys.unraisablehook = original
+    assert "ZeroDivisionError" in capfd.readouterr().err
+
+
+def test_a_saturated_core_spills_new_tasks_to_a_free_core():
+    with Farm("tests.pyfuncs:sleep", schedule="0,1", max_queue_size=1, submit_timeout_ms=5000) as farm:
+        started = time.perf_counter()
+        slow = farm.submit(seconds(1.5))  # task 0 -> core 0, which it keeps busy
+        quick = [farm.submit(seconds(0.0)) for _ in range(8)]
+        # Strict round robin would block here until core 0 drained its queue.
+        assert time.perf_counter() - started < 0.5, "admission waited for the busy core"
+        done, _ = concurrent.futures.wait(quick, timeout=0.8)
+        assert len(done) >= 5, "tasks spilled to the free core did not run at once"
+        slow.result(timeout=5)
+        cores = {w["core"]: w["tasks"] for w in farm.stats()["workers"]}
+        assert cores[1] >= 5

@@ -10,6 +10,7 @@ instead. A failing task is answered with its error; the thread goes on.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 import traceback
@@ -89,15 +90,15 @@ class ContextThread(threading.Thread):
         free_form = self.session.describe()["inputs"] is None
         try:
             while True:
-                frames = tasks.recv_multipart(copy=False)
-                message = protocol.unpack(frames[0])
+                message, frames = protocol.recv_message(tasks)
                 if message[0] == protocol.STOP:
                     return
-                results.send_multipart(self._handle(message, frames, free_form), copy=False)
+                header, out_frames = self._handle(message, frames, free_form)
+                protocol.send_message(results, header, out_frames)
         except zmq.ContextTerminated:
             return
 
-    def _handle(self, message: list[Any], frames: list[Any], free_form: bool) -> list[Any]:
+    def _handle(self, message: list[Any], frames: list[Any], free_form: bool) -> tuple[list[Any], list[Any]]:
         _, task_id, attempt, input_descriptors, out_region = message
         timings = [0, 0, 0, self.placement.context_index]
         try:
@@ -116,18 +117,16 @@ class ContextThread(threading.Thread):
         except Exception as exc:
             header = [protocol.FAILED, self._worker_id, self._generation, task_id, attempt]
             header += [f"{type(exc).__name__}: {exc}", traceback.format_exc(), timings]
-            return [protocol.pack(header)]
+            return header, []
         header = [protocol.RESULT, self._worker_id, self._generation, task_id, attempt, descriptors, timings]
-        return [protocol.pack(header), *frames_out]
+        return header, frames_out
 
     def _input_view(self, descriptor: list[Any], frames: list[Any]) -> np.ndarray:
         segment, offset, dtype, shape = descriptor[:4]
         if segment is None:  # inline frame (remote node)
-            return np.frombuffer(frames[offset].buffer, dtype=dtype).reshape(shape)
-        dtype = np.dtype(dtype)
-        count = int(np.prod(shape, dtype=np.int64))
+            return np.frombuffer(frames[offset].buffer, dtype=protocol.dtype_of(dtype)).reshape(shape)
         buf = self._segments.get(segment).buf
-        return np.frombuffer(buf, dtype=dtype, count=count, offset=offset).reshape(shape)
+        return np.frombuffer(buf, protocol.dtype_of(dtype), math.prod(shape), offset).reshape(shape)
 
     def _write_outputs(self, outputs: Any, out_region: Any) -> tuple[list[Any], list[Any]]:
         """Copy outputs into the reserved region, or send them as frames when they do not fit."""

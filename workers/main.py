@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -134,6 +135,7 @@ def _watch_parent(spec: dict[str, Any]) -> None:
         told_to_quit = told_to_quit or protocol.QUIT in chunk
     if not told_to_quit:
         unlink_segments_of(spec["segment_owner_prefix"])
+        shutil.rmtree(os.path.dirname(spec["result_address"][len("ipc://") :]), ignore_errors=True)
     os._exit(0)
 
 

@@ -4,7 +4,8 @@ Every message is a ZeroMQ multipart message whose first frame is a small
 msgpack array; tensors never travel inside it. Locally a tensor is a region
 of a shared-memory segment named in the header; for remote nodes (and for an
 output that did not fit its region) it is a raw frame that follows the
-header, sent with ``copy=False``.
+header, sent with ``copy=False``; a descriptor's ``frame_no`` counts the frames after the
+header from 0.
 
 Parent -> context thread (one PUSH socket per context)::
 
@@ -25,9 +26,13 @@ Context thread / worker -> parent (one PULL socket in the parent)::
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Sequence
 from typing import Any
 
 import msgpack
+import numpy as np
+import zmq
 
 __all__ = [
     "FAILED",
@@ -39,7 +44,10 @@ __all__ = [
     "ALIGNMENT",
     "QUIT",
     "align",
+    "dtype_of",
     "pack",
+    "recv_message",
+    "send_message",
     "unpack",
 ]
 
@@ -58,12 +66,41 @@ QUIT = b"q"
 ALIGNMENT = 64
 
 
+@functools.lru_cache(maxsize=64)
+def dtype_of(text: str) -> np.dtype:
+    """``np.dtype(text)``, parsed once per distinct string (the hot path sees few)."""
+    return np.dtype(text)
+
+
 def align(nbytes: int) -> int:
     return (nbytes + ALIGNMENT - 1) // ALIGNMENT * ALIGNMENT
 
 
 def pack(message: list[Any]) -> bytes:
     return msgpack.packb(message, use_bin_type=True)
+
+
+def send_message(socket: zmq.Socket, header: list[Any], frames: Sequence[Any] = (), flags: int = 0) -> None:
+    """Send a header and raw frames. Small headers are copied (cheaper than
+    zero-copy below ~64 kB); tensor frames go ``copy=False``."""
+    data = pack(header)
+    if not frames:
+        socket.send(data, flags)
+        return
+    socket.send(data, flags | zmq.SNDMORE)
+    last = len(frames) - 1
+    for index, frame in enumerate(frames):
+        socket.send(frame, flags | (zmq.SNDMORE if index < last else 0), copy=False)
+
+
+def recv_message(socket: zmq.Socket, flags: int = 0) -> tuple[list[Any], list[Any]]:
+    """Receive one message: the decoded header and the raw frames after it
+    (``zmq.Frame``; index them by the ``frame_no`` of a descriptor)."""
+    header = unpack(socket.recv(flags))
+    frames = []
+    while socket.getsockopt(zmq.RCVMORE):
+        frames.append(socket.recv(copy=False))
+    return header, frames
 
 
 def unpack(frame: Any) -> list[Any]:
