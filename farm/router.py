@@ -271,17 +271,22 @@ class Router:
             pass
 
     def _receive_loop(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self._inbound, zmq.POLLIN)
+        poller.register(self._wake_read, zmq.POLLIN)
+        watched: dict[int, WorkerHandle] = {}
         while True:
-            poller = zmq.Poller()
-            poller.register(self._inbound, zmq.POLLIN)
-            poller.register(self._wake_read, zmq.POLLIN)
             with self._cond:
                 if self._stopping and not any(w.process and w.exit_fd >= 0 for w in self.workers):
                     return
                 exit_fds = {w.exit_fd: w for w in self.workers if w.exit_fd >= 0}
                 timeout_ms = self._timer_ms()
-            for fd in exit_fds:
-                poller.register(fd, zmq.POLLIN)
+            if exit_fds != watched:  # a worker died or was (re)spawned
+                for fd in watched:
+                    poller.unregister(fd)
+                for fd in exit_fds:
+                    poller.register(fd, zmq.POLLIN)
+                watched = exit_fds
             events = dict(poller.poll(timeout_ms))
             if self._wake_read in events:
                 os.read(self._wake_read, 4096)

@@ -65,3 +65,13 @@ def test_metadata_of_a_dynamic_model(ppocr_models):
         assert spec.name == "x" and spec.shape == (None, 3, None, None) and spec.dtype == np.float32
         assert farm.outputs[0].shape == (None, 1, None, None)
         assert farm.runtime_version == ort.__version__
+
+
+def test_cli_run_on_the_det_model_prints_a_summary(ppocr_models, capsys):
+    from farm.cli import main
+
+    code = main(["run", ppocr_models["det"], "--schedule", "0,1", "-n", "6", "--shape", "x=1,3,96,96"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "throughput" in out and "tasks/s" in out
+    assert "latency p50" in out and "latency p99" in out
