@@ -14,6 +14,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import os
+import threading
 import weakref
 from collections.abc import Iterable, Iterator
 from typing import Any, Callable, Optional, Union
@@ -21,7 +22,7 @@ from typing import Any, Callable, Optional, Union
 import numpy as np
 
 from farm.backends import resolve_backend, resolve_model
-from farm.errors import FarmClosedError
+from farm.errors import FarmClosedError, FarmError
 from farm.options import FarmOptions, parse_options
 from farm.progress import ProgressLine
 from farm.router import _WINDOW, Router
@@ -126,6 +127,9 @@ class Farm:
         self.metadata: dict[str, str] = dict(description.get("metadata") or {})
         self._static_output_bytes = self._static_bytes(self._outputs)
         self._timeout_s = self.options.submit_timeout_ms / 1000
+        self._pipeline: collections.deque[concurrent.futures.Future] = collections.deque()
+        self._pipeline_depth = 0
+        self._pipeline_lock = threading.Lock()
 
     @staticmethod
     def _static_bytes(specs: Optional[list[TensorSpec]]) -> Optional[int]:
@@ -202,6 +206,40 @@ class Farm:
         finally:
             if bar is not None:
                 bar.close()
+
+    def run_pipeline(self, inputs: Any, depth: int = 3, reset: bool = False) -> Optional[list[np.ndarray]]:
+        """Submit ``inputs`` and return the outputs of the input given ``depth``
+        calls earlier (None while the pipeline fills): a synchronous-looking
+        loop that keeps ``depth`` tasks in flight, as the seed's run_pipeline.
+
+        The pipeline starts empty on the first call, and again when ``reset``
+        is true or ``depth`` differs from the previous call; the tasks it held
+        still run, their outputs are discarded. The clearing happens after
+        this call's submission, so this input is always in the new pipeline.
+        :meth:`drain_pipeline` returns what is still in flight at the end.
+        """
+        if isinstance(depth, bool) or not isinstance(depth, int) or depth < 0:
+            raise TypeError(f"pipeline depth must be a non-negative int, got {depth!r}")
+        if depth == 0:
+            raise FarmError("pipeline depth must be > 0")
+        future = self.submit(inputs)
+        with self._pipeline_lock:
+            if reset or depth != self._pipeline_depth:
+                self._pipeline.clear()
+                self._pipeline_depth = depth
+            self._pipeline.append(future)
+            if len(self._pipeline) <= depth:
+                return None
+            oldest = self._pipeline.popleft()
+        return oldest.result()
+
+    def drain_pipeline(self) -> list[list[np.ndarray]]:
+        """The outputs of every task still in the pipeline, oldest first; the
+        pipeline is empty afterwards."""
+        with self._pipeline_lock:
+            pending = list(self._pipeline)
+            self._pipeline.clear()
+        return [future.result() for future in pending]
 
     @staticmethod
     def _next_result(

@@ -66,6 +66,7 @@ _RESPAWN_BASE_S = 0.1
 _RESPAWN_MAX_S = 10.0
 _CRASH_LOOP_LIMIT = 5
 _OUTPUT_HINTS = 256
+_BATCH = 64  # answers handled per acquisition of the lock
 
 
 def _describe_exit(exitcode: Optional[int]) -> str:
@@ -299,67 +300,92 @@ class Router:
             self._run_timers()
 
     def _drain_inbound(self) -> None:
+        """Take every waiting message, do the bookkeeping of all of them under
+        one acquisition of the lock, then hand results over outside it."""
         while True:
-            try:
-                message, frames = protocol.recv_message(self._inbound, zmq.NOBLOCK)
-            except zmq.Again:
+            batch: list[tuple[list[Any], list[Any]]] = []
+            while len(batch) < _BATCH:
+                try:
+                    batch.append(protocol.recv_message(self._inbound, zmq.NOBLOCK))
+                except zmq.Again:
+                    break
+                except Exception as exc:  # undecodable: drop it, keep serving
+                    print(f"rknn-farm: dropped an undecodable worker message: {exc!r}", file=sys.stderr)
+            if not batch:
                 return
-            except Exception as exc:  # undecodable: drop it, keep serving
-                print(f"rknn-farm: dropped an undecodable worker message: {exc!r}", file=sys.stderr)
-                continue
-            try:
-                self._on_message(message, frames)
-            except Exception as exc:  # a malformed message must not kill the router
-                print(f"rknn-farm: dropped a malformed worker message: {exc!r}", file=sys.stderr)
+            answered = []
+            with self._cond:
+                for message, frames in batch:
+                    try:
+                        answer = self._on_message(message, frames)
+                    except Exception as exc:  # a malformed message must not kill the router
+                        print(f"rknn-farm: dropped a malformed worker message: {exc!r}", file=sys.stderr)
+                        continue
+                    if answer is not None:
+                        answered.append(answer)
+                self._cond.notify_all()
+            for worker, task, message, frames in answered:
+                self._hand_over_answer(worker, task, message, frames)
 
-    def _on_message(self, message: list[Any], frames: list[Any]) -> None:
+    def _on_message(self, message: list[Any], frames: list[Any]) -> Optional[tuple]:
+        """Under the lock: the state change a message makes. A task answer is
+        returned for :meth:`_hand_over_answer`."""
         kind, worker_id, generation = message[0], message[1], message[2]
         worker = self.workers[worker_id]
         if generation != worker.generation:
-            return  # from an incarnation that is gone
+            return None  # from an incarnation that is gone
         if kind == protocol.RESULT or kind == protocol.FAILED:
-            self._on_task_answer(worker, message, frames)
-        elif kind == protocol.READY:
+            task = self._take_answered_task(worker, message)
+            return None if task is None else (worker, task, message, frames)
+        if kind == protocol.READY:
             self._on_ready(worker, message[3], message[4])
         elif kind == protocol.START_FAILED:
             worker.last_error = f"{message[3]}\n{message[4]}"
+        return None
 
     def _on_ready(self, worker: WorkerHandle, pid: int, description: dict[str, Any]) -> None:
-        with self._cond:
-            worker.ready = True
-            worker.pid = pid
-            worker.description = description
-            if self.description is None:
-                self.description = description
-            self._dispatch(worker.core)
-            for core in self._queues:  # tasks moved off this core while it was down come back
-                self._dispatch(core)
-            self._cond.notify_all()
+        worker.ready = True
+        worker.pid = pid
+        worker.description = description
+        if self.description is None:
+            self.description = description
+        for core in self._queues:  # its own tasks, and any moved off it while it was down
+            self._dispatch(core)
 
-    def _on_task_answer(self, worker: WorkerHandle, message: list[Any], frames: list[Any]) -> None:
-        task_id, attempt = message[3], message[4]
-        timings = message[-1]
-        with self._cond:
-            slot = worker.slots[timings[3]]
-            task = slot.in_flight.get(task_id)
-            if task is None or task.attempt != attempt:
-                return
-            del slot.in_flight[task_id]
-            self._dispatch(worker.core)
-            if message[0] == protocol.RESULT:
-                self.pacer.record(timings[1])
-                worker.consecutive_failures = 0  # it serves again: the crash loop is over
-                worker.last_error = ""
+    def _take_answered_task(self, worker: WorkerHandle, message: list[Any]) -> Optional[Task]:
+        """Under the lock: the task this answer finishes, off its context's
+        books (None for a stale answer); refills the context."""
+        task_id, attempt, timings = message[3], message[4], message[-1]
+        slot = worker.slots[timings[3]]
+        task = slot.in_flight.get(task_id)
+        if task is None or task.attempt != attempt:
+            return None
+        del slot.in_flight[task_id]
+        self._dispatch(worker.core)
+        if message[0] == protocol.RESULT:
+            self.pacer.record(timings[1])
+            worker.consecutive_failures = 0  # it serves again: the crash loop is over
+            worker.last_error = ""
+        if not task.claim_finish():
+            return None
+        self._outstanding -= 1
+        return task
+
+    def _hand_over_answer(
+        self, worker: WorkerHandle, task: Task, message: list[Any], frames: list[Any]
+    ) -> None:
+        """Outside the lock: free the inputs, build the outputs, resolve the task."""
         self.arena.free(task.input_region)
         now = time.perf_counter()
+        timings = message[-1]
         if message[0] == protocol.RESULT:
             outputs = self._collect_outputs(task, message[5], frames)
             worker.stats.record_success(int((now - task.submitted_at) * 1e6), timings[1])
-            self._deliver(task, outputs, None)
+            self._resolve(task, outputs, None)
         else:
             self._free_out_region(task)
             worker.stats.record_failure()
-            self._deliver(task, None, TaskError(f"core {worker.core}: {message[5]}", message[6]))
+            self._resolve(task, None, TaskError(f"core {worker.core}: {message[5]}", message[6]))
         if self._perf_log:
             self._print_perf(task, worker, timings, now)
 
@@ -401,12 +427,17 @@ class Router:
             task.out_region = None
 
     def _deliver(self, task: Task, outputs: Optional[list], error: Optional[BaseException]) -> None:
+        """End ``task`` (if nobody has) and hand its outcome over."""
         if not task.claim_finish():
             return
         with self._cond:
             self._outstanding -= 1
             if self._outstanding == 0:
                 self._cond.notify_all()
+        self._resolve(task, outputs, error)
+
+    def _resolve(self, task: Task, outputs: Optional[list], error: Optional[BaseException]) -> None:
+        """Hand an ended task's outcome to its Future or its callback."""
         if task.future is not None:
             if task.future.cancelled():
                 return

@@ -8,6 +8,7 @@ the "exactly once": a second ending is ignored.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Sequence
@@ -18,6 +19,7 @@ import numpy as np
 
 from farm.shm import Region, SharedArena
 from farm.tensors import PreparedInput
+from workers.protocol import align
 
 __all__ = ["Task", "write_inputs"]
 
@@ -27,20 +29,18 @@ Callback = Callable[[Optional[list], Any, str], None]
 def write_inputs(arena: SharedArena, prepared: Sequence[PreparedInput]) -> tuple[Region, list[list[Any]]]:
     """Copy the inputs into one new region (one pass each: cast and transpose
     happen during the copy) and return the region and the wire descriptors."""
-    from workers.protocol import align
-
-    total = sum(align(p.nbytes) for p in prepared)
-    region = arena.allocate(total)
+    sizes = [align(p.nbytes) for p in prepared]
+    region = arena.allocate(sum(sizes))
     buf = region.segment.buf
+    name = region.segment.name
     descriptors = []
     offset = region.offset
-    for item in prepared:
-        count = int(np.prod(item.shape, dtype=np.int64))
-        destination = np.frombuffer(buf, dtype=item.dtype, count=count, offset=offset).reshape(item.shape)
+    for item, size in zip(prepared, sizes):
+        destination = np.frombuffer(buf, item.dtype, math.prod(item.shape), offset).reshape(item.shape)
         source = item.array if item.axes is None else item.array.transpose(item.axes)
         np.copyto(destination, source, casting="unsafe")
-        descriptors.append([region.segment.name, offset, item.dtype.str, list(item.shape), item.name])
-        offset += align(item.nbytes)
+        descriptors.append([name, offset, item.dtype.str, list(item.shape), item.name])
+        offset += size
     return region, descriptors
 
 

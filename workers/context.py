@@ -10,7 +10,6 @@ instead. A failing task is answered with its error; the thread goes on.
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 import traceback
@@ -125,8 +124,7 @@ class ContextThread(threading.Thread):
         segment, offset, dtype, shape = descriptor[:4]
         if segment is None:  # inline frame (remote node)
             return np.frombuffer(frames[offset].buffer, dtype=protocol.dtype_of(dtype)).reshape(shape)
-        buf = self._segments.get(segment).buf
-        return np.frombuffer(buf, protocol.dtype_of(dtype), math.prod(shape), offset).reshape(shape)
+        return self._segments.view(segment, offset, dtype, shape)
 
     def _write_outputs(self, outputs: Any, out_region: Any) -> tuple[list[Any], list[Any]]:
         """Copy outputs into the reserved region, or send them as frames when they do not fit."""
@@ -135,13 +133,12 @@ class ContextThread(threading.Thread):
         descriptors: list[list[Any]] = []
         frames: list[Any] = []
         if out_region is not None and needed <= out_region[2]:
-            buf = self._segments.get(out_region[0]).buf
+            segment, base, _ = out_region
             offset = 0
             for array in arrays:
-                start = out_region[1] + offset
-                view = np.frombuffer(buf, dtype=array.dtype, count=array.size, offset=start)
-                view[...] = array.reshape(-1)
-                descriptors.append([offset, array.dtype.str, list(array.shape)])
+                dtype = array.dtype.str
+                np.copyto(self._segments.view(segment, base + offset, dtype, array.shape), array)
+                descriptors.append([offset, dtype, list(array.shape)])
                 offset += protocol.align(array.nbytes)
         else:
             for array in arrays:

@@ -11,10 +11,16 @@ later start can reap the segments of a parent that was killed.
 
 from __future__ import annotations
 
+import math
 import mmap
 import os
 import tempfile
 import threading
+from collections.abc import Sequence
+
+import numpy as np
+
+from workers.protocol import dtype_of
 
 __all__ = ["SEGMENT_PREFIX", "Segment", "SegmentMap", "segment_dir", "unlink_segments_of"]
 
@@ -61,11 +67,28 @@ class Segment:
 
 
 class SegmentMap:
-    """A worker's lazily filled cache of attached segments, shared by its threads."""
+    """A worker's lazily filled cache of attached segments, shared by its
+    threads, and of numpy views into them: the parent reuses the same regions
+    task after task, so the same views serve again and again."""
+
+    _MAX_VIEWS = 1024
 
     def __init__(self) -> None:
         self._segments: dict[str, Segment] = {}
+        self._views: dict[tuple, np.ndarray] = {}
         self._lock = threading.Lock()
+
+    def view(self, name: str, offset: int, dtype: str, shape: Sequence[int]) -> np.ndarray:
+        """An array of ``dtype``/``shape`` over segment ``name`` at ``offset``."""
+        key = (name, offset, dtype, *shape)
+        array = self._views.get(key)
+        if array is None:
+            buf = self.get(name).buf
+            array = np.frombuffer(buf, dtype_of(dtype), math.prod(shape), offset).reshape(shape)
+            if len(self._views) >= self._MAX_VIEWS:
+                self._views.clear()  # shapes churn (dynamic models): start over
+            self._views[key] = array
+        return array
 
     def get(self, name: str) -> Segment:
         segment = self._segments.get(name)
@@ -79,6 +102,7 @@ class SegmentMap:
 
     def close(self) -> None:
         with self._lock:
+            self._views.clear()
             for segment in self._segments.values():
                 segment.close()
             self._segments.clear()
