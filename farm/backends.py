@@ -22,9 +22,9 @@ BACKENDS = ("auto", "onnxruntime", "python", "rknnlite", "rknn-sim")
 _RUNTIME_PACKAGES = {
     "onnxruntime": ("onnxruntime", "pip install 'rknn-farm[onnx]'  (or: pip install onnxruntime)"),
     "rknnlite": ("rknnlite", "pip install 'rknn-farm[rknn]' on an RK3588/RK3576/RK356x board"),
-    "rknn-sim": ("rknn", "install rknn-toolkit2 with its pinned torch/numpy (see docs/limits.md)"),
+    "rknn-sim": ("rknn", "install rknn-toolkit2 with its pinned torch/numpy (see docs/simulator.md)"),
 }
-_IMPLEMENTED = ("onnxruntime", "python")
+_IMPLEMENTED = ("onnxruntime", "python", "rknnlite", "rknn-sim")
 
 
 def _installed(module: str) -> bool:
@@ -84,8 +84,8 @@ def _auto_backend(model: str) -> str:
         raise BackendUnavailableError(
             f"{os.path.basename(model)} is an RKNN model, which runs only on a Rockchip NPU board with "
             "rknn-toolkit-lite2 (backend='rknnlite'). On this machine, run the model's ONNX source instead: "
-            "Farm('model.onnx') runs it on the CPU with ONNX Runtime (the RKNN simulator backend, "
-            "backend='rknn-sim', is planned)."
+            "Farm('model.onnx') runs it on the CPU with ONNX Runtime, or "
+            "Farm('model.onnx', backend='rknn-sim') runs the RKNN code path in rknn-toolkit2's simulator."
         )
     if lower.endswith(".onnx"):
         return "onnxruntime"

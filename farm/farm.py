@@ -28,7 +28,7 @@ from farm.progress import ProgressLine
 from farm.router import _WINDOW, Router
 from farm.shm import SharedArena, reap_stale_segments
 from farm.task import Task, write_inputs
-from farm.tensors import TensorSpec, prepare_feed, specs_from_description
+from farm.tensors import TensorSpec, prepare_feed, specs_from_description, user_spec
 from workers.protocol import align
 
 __all__ = ["Farm"]
@@ -121,7 +121,8 @@ class Farm:
             raise
         self._router = router
         description = router.description or {}
-        self._inputs = specs_from_description(description.get("inputs"))
+        self._native_layout: str = description.get("native_layout", "nchw")
+        self._native_inputs = specs_from_description(description.get("inputs"))
         self._outputs = specs_from_description(description.get("outputs"))
         self.runtime_version: str = description.get("runtime_version", "")
         self.metadata: dict[str, str] = dict(description.get("metadata") or {})
@@ -140,9 +141,12 @@ class Farm:
     # ── metadata ─────────────────────────────────────────────────────────
     @property
     def inputs(self) -> Optional[list[TensorSpec]]:
-        """The model's inputs (name, shape with None for dynamic dims, dtype);
-        None for a python backend that declares none."""
-        return self._inputs
+        """The model's inputs (name, shape with None for dynamic dims, dtype) as
+        a feed must give them: 4-D shapes follow the ``layout`` option. None
+        for a python backend that declares none."""
+        if self._native_inputs is None:
+            return None
+        return [user_spec(s, self.options.layout, self._native_layout) for s in self._native_inputs]
 
     @property
     def outputs(self) -> Optional[list[TensorSpec]]:
@@ -264,7 +268,7 @@ class Farm:
 
     def _make_task(self, feed: Any, **delivery: Any) -> Task:
         router = self._require_router()
-        prepared = prepare_feed(feed, self._inputs, self.options.layout)
+        prepared = prepare_feed(feed, self._native_inputs, self.options.layout, self._native_layout)
         input_key = tuple(p.shape for p in prepared)
         region, descriptors = write_inputs(self._arena, prepared)
         out_bytes = self._static_output_bytes or router.output_hint(input_key)

@@ -17,7 +17,14 @@ import numpy as np
 
 from farm.errors import InvalidInputError
 
-__all__ = ["PreparedInput", "TensorSpec", "prepare_feed", "specs_from_description"]
+__all__ = [
+    "PreparedInput",
+    "TensorSpec",
+    "prepare_feed",
+    "specs_from_description",
+    "transpose_axes",
+    "user_spec",
+]
 
 #: The input dtypes the seed library accepts (it rejects float64).
 ACCEPTED_DTYPES = frozenset(
@@ -26,6 +33,7 @@ ACCEPTED_DTYPES = frozenset(
 )
 
 _NHWC_TO_NCHW = (0, 3, 1, 2)
+_NCHW_TO_NHWC = (0, 2, 3, 1)
 
 
 @dataclass(frozen=True)
@@ -80,20 +88,58 @@ class PreparedInput:
         return math.prod(self.shape) * self.dtype.itemsize
 
 
+def transpose_axes(layout: str, native_layout: str) -> Optional[tuple[int, ...]]:
+    """How a 4-D input given in the user's ``layout`` is transposed on its way
+    into shared memory, for a backend whose tensors are ``native_layout``.
+
+    ONNX Runtime is NCHW: ``layout="nhwc"`` inputs are transposed to NCHW.
+    RKNN is NHWC: ``"nchw_software"`` inputs are transposed to NHWC here (the
+    seed does it with numpy on the caller's thread); with ``"nchw"`` the RKNN
+    runtime converts, so the tensor travels as given.
+    """
+    if native_layout == "nchw" and layout == "nhwc":
+        return _NHWC_TO_NCHW
+    if native_layout == "nhwc" and layout == "nchw_software":
+        return _NCHW_TO_NHWC
+    return None
+
+
+def user_spec(spec: TensorSpec, layout: str, native_layout: str) -> TensorSpec:
+    """``spec`` (in the backend's layout) as the user sees it under ``layout``:
+    what ``Farm.inputs`` reports and what a feed is checked against."""
+    if len(spec.shape) != 4:
+        return spec
+    if native_layout == "nchw" and layout == "nhwc":
+        order: Optional[tuple[int, ...]] = _NCHW_TO_NHWC
+    elif native_layout == "nhwc" and layout in ("nchw", "nchw_software"):
+        order = _NHWC_TO_NCHW
+    else:
+        order = None
+    if order is None:
+        return spec
+    return TensorSpec(spec.name, tuple(spec.shape[a] for a in order), spec.dtype)
+
+
 def prepare_feed(
-    feed: Any, specs: Optional[Sequence[TensorSpec]], layout: str = "nchw"
+    feed: Any,
+    specs: Optional[Sequence[TensorSpec]],
+    layout: str = "nchw",
+    native_layout: str = "nchw",
 ) -> list[PreparedInput]:
     """Check ``feed`` (one array, a list/tuple, or a dict name -> array) against
-    ``specs`` and return the inputs in model order.
+    ``specs`` (the model's inputs, in the backend's ``native_layout``) and
+    return the inputs in model order.
 
     ``specs=None`` accepts any named inputs as given (a ``python`` backend
-    that declares none). With ``layout="nhwc"`` a 4-D input is given NHWC and
-    is transposed to the model's NCHW while it is copied into shared memory.
+    that declares none). 4-D inputs are expected in the user's ``layout`` and
+    transposed, where :func:`transpose_axes` says so, while they are copied
+    into shared memory.
     """
     if specs is None:
         return _prepare_free_form(feed)
     pairs = _pair_with_specs(feed, specs)
-    return [_prepare_one(spec, value, layout) for spec, value in pairs]
+    axes = transpose_axes(layout, native_layout)
+    return [_prepare_one(user_spec(spec, layout, native_layout), value, axes) for spec, value in pairs]
 
 
 def _pair_with_specs(feed: Any, specs: Sequence[TensorSpec]) -> list[tuple[TensorSpec, Any]]:
@@ -131,7 +177,7 @@ def _as_array(name: str, value: Any) -> np.ndarray:
     return array
 
 
-def _prepare_one(spec: TensorSpec, value: Any, layout: str) -> PreparedInput:
+def _prepare_one(spec: TensorSpec, value: Any, axes: Optional[tuple[int, ...]]) -> PreparedInput:
     array = _as_array(spec.name, value)
     if array.dtype != spec.dtype and not (
         array.dtype in ACCEPTED_DTYPES and np.can_cast(array.dtype, spec.dtype, "safe")
@@ -140,9 +186,9 @@ def _prepare_one(spec: TensorSpec, value: Any, layout: str) -> PreparedInput:
             f"Input {spec.name!r} has dtype {array.dtype}, which the model's {spec.dtype} input does not "
             f"accept without losing precision; convert it first, e.g. array.astype(np.{spec.dtype.name})"
         )
-    axes = _NHWC_TO_NCHW if layout == "nhwc" and len(spec.shape) == 4 else None
-    expected = tuple(spec.shape[a] for a in (0, 2, 3, 1)) if axes else spec.shape
-    _check_shape(spec.name, expected, array.shape)
+    _check_shape(spec.name, spec.shape, array.shape)
+    if len(spec.shape) != 4:
+        axes = None
     shape = tuple(array.shape[a] for a in axes) if axes else array.shape
     return PreparedInput(spec.name, array, spec.dtype, shape, axes)
 

@@ -181,6 +181,7 @@ def test_copy_outputs_returns_arrays_that_own_their_memory(affine):
 def test_nhwc_layout_takes_nhwc_inputs(affine):
     x = np.random.default_rng(0).random((1, 3, 8, 8), dtype=np.float32)
     with Farm(affine, layout="nhwc") as farm:
+        assert farm.inputs[0].shape == (1, 8, 8, 3)
         (out,) = farm.run({"x": x.transpose(0, 2, 3, 1)})
         with pytest.raises(InvalidInputError, match=r"expected \[1, 8, 8, 3\]"):
             farm.run({"x": x})

@@ -16,6 +16,8 @@ __all__ = ["BACKEND_MODULES", "load_backend"]
 BACKEND_MODULES = {
     "onnxruntime": "workers.backends.onnxruntime_backend",
     "python": "workers.backends.python_backend",
+    "rknnlite": "workers.backends.rknnlite_backend",
+    "rknn-sim": "workers.backends.rknn_sim_backend",
 }
 
 

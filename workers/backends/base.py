@@ -3,13 +3,16 @@
 A model description is a plain dict (it crosses ZeroMQ as msgpack)::
 
     {"backend": "onnxruntime", "runtime_version": "1.20.1",
+     "native_layout": "nchw",
      "inputs":  [{"name": "x", "shape": [1, 3, None, None], "dtype": "float32"}, ...] | None,
      "outputs": [{"name": "y", "shape": [...], "dtype": "float32"}, ...] | None,
      "metadata": {"key": "value"}}
 
 ``None`` in a shape is a dynamic dimension; ``inputs is None`` means the
 backend accepts any named inputs (the ``python`` backend without declared
-inputs).
+inputs). ``native_layout`` ("nchw", the default, or "nhwc" for RKNN) is the
+layout of 4-D input shapes as reported; the parent maps the user's
+``layout`` option onto it (see ``farm.tensors.transpose_axes``).
 """
 
 from __future__ import annotations
