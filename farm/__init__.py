@@ -19,6 +19,7 @@ from farm.errors import (
     OptionError,
     SubmitTimeoutError,
     TaskError,
+    TaskTimeoutError,
     WorkerCrashedError,
     WorkerStartError,
 )
@@ -38,6 +39,7 @@ __all__ = [
     "OptionError",
     "SubmitTimeoutError",
     "TaskError",
+    "TaskTimeoutError",
     "TensorSpec",
     "WorkerCrashedError",
     "WorkerStartError",

@@ -12,6 +12,7 @@ stdlib's habit of subclassing the closest built-in (bad input is also a
      ├── WorkerStartError            a worker could not load the model
      ├── TaskError                   the model raised inside a worker
      ├── WorkerCrashedError          the worker running a task died
+     │    └── TaskTimeoutError (TimeoutError)  ... killed because the task hung
      ├── SubmitTimeoutError (TimeoutError)   the farm stayed full too long
      └── FarmClosedError             the farm is closed or closing
 """
@@ -26,6 +27,7 @@ __all__ = [
     "OptionError",
     "SubmitTimeoutError",
     "TaskError",
+    "TaskTimeoutError",
     "WorkerCrashedError",
     "WorkerStartError",
 ]
@@ -82,6 +84,12 @@ class WorkerCrashedError(FarmError):
         super().__init__(message)
         self.exitcode = exitcode
         self.core = core
+
+
+class TaskTimeoutError(WorkerCrashedError, TimeoutError):
+    """A task ran longer than ``task_timeout_ms``: its worker was killed (a
+    hung context cannot be interrupted any other way) and the task failed
+    after its retries."""
 
 
 class SubmitTimeoutError(FarmError, TimeoutError):

@@ -301,6 +301,12 @@ class Farm:
         )
         return snapshot
 
+    def health(self) -> dict[str, Any]:
+        """Readiness: ``{"ready": bool, "cores": {core: state}, "broken": str | None}``,
+        a state being "ready", "starting", "recycling" or "down". Not ready while
+        any core's worker is down or starting again after a crash."""
+        return self._require_router().health()
+
     def close(self, cancel: bool = False, timeout: Optional[float] = None) -> None:
         """Finish outstanding tasks (or, with ``cancel=True``, fail them with
         FarmClosedError), stop the workers and free the shared memory.

@@ -85,6 +85,11 @@ class FarmOptions:
     input_shapes: Optional[dict[str, tuple[int, ...]]] = field(default=None, hash=False)
     sim_quantize: bool = False
     sim_dataset: Optional[str] = None
+    task_timeout_ms: int = 0
+    heartbeat_interval_ms: int = 1000
+    heartbeat_liveness: int = 3
+    max_tasks_per_worker: int = 0
+    max_worker_rss_mb: int = 0
 
     @property
     def mode(self) -> str:
@@ -286,6 +291,11 @@ _PARSERS: dict[str, tuple[str, Callable[[Any, str], Any]]] = {
     "sim_quantize": ("sim_quantize", _bool_like),
     "start_timeout_s": ("start_timeout_s", _positive_float),
     "target_platform": ("target_platform", _target_platform),
+    "task_timeout_ms": ("task_timeout_ms", _non_negative_int),
+    "heartbeat_interval_ms": ("heartbeat_interval_ms", _positive_int),
+    "heartbeat_liveness": ("heartbeat_liveness", _positive_int),
+    "max_tasks_per_worker": ("max_tasks_per_worker", _non_negative_int),
+    "max_worker_rss_mb": ("max_worker_rss_mb", _non_negative_int),
 }
 #: Keys only the farm knows, sorted; they follow the seed's keys in the "Supported keys" message.
 FARM_KEYS: tuple[str, ...] = tuple(sorted(set(_PARSERS) - set(SEED_KEYS)))

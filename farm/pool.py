@@ -33,13 +33,14 @@ __all__ = ["ContextSlot", "WorkerHandle", "kill_process", "reap_process", "reque
 class ContextSlot:
     """One context of one worker, and the tasks the router has sent it."""
 
-    __slots__ = ("worker", "index", "socket", "in_flight")
+    __slots__ = ("worker", "index", "socket", "in_flight", "busy_since")
 
     def __init__(self, worker: WorkerHandle, index: int, socket: zmq.Socket) -> None:
         self.worker = worker
         self.index = index
         self.socket = socket
         self.in_flight: dict[int, Any] = {}
+        self.busy_since = 0.0  # when the task it is running now started (monotonic)
 
 
 class WorkerHandle:
@@ -62,7 +63,15 @@ class WorkerHandle:
         self.consecutive_failures = 0
         self.respawn_at: Optional[float] = None
         self.started_at = 0.0
+        self.last_seen = 0.0  # monotonic time of its last message (heartbeats included)
         self.last_error = ""
+        self.kill_reason = ""  # set when the router killed it (hang, timeout)
+        self.kill_is_timeout = False
+        self.retiring = False  # being recycled: no new work, replaced once idle
+        self.recycles = 0
+        self.tasks_this_life = 0
+        self.rss_mb = 0.0
+        self.rss_checked_at = 0.0
 
     @property
     def alive(self) -> bool:
@@ -80,6 +89,7 @@ def spawn_worker(
     """Start a new incarnation of ``handle``'s worker (sockets, process, life line)."""
     handle.generation += 1
     handle.ready = False
+    handle.tasks_this_life = 0
     handle.slots = []
     addresses = []
     for index in range(n_contexts):
@@ -117,7 +127,7 @@ def spawn_worker(
         os.close(exit_write)
     handle.exit_fd = exit_read
     handle.pid = handle.process.pid
-    handle.started_at = time.monotonic()
+    handle.started_at = handle.last_seen = time.monotonic()
     assert handle.process.stdin is not None
     handle.process.stdin.write(json.dumps(spec).encode() + b"\n")
     handle.process.stdin.flush()

@@ -31,7 +31,6 @@ import collections
 import math
 import os
 import shutil
-import signal
 import sys
 import tempfile
 import threading
@@ -55,6 +54,7 @@ from farm.pool import (
     spawn_worker,
 )
 from farm.shm import SharedArena
+from farm.supervision import Supervision
 from farm.task import Task
 from workers import protocol
 from workers.segments import SEGMENT_PREFIX
@@ -62,28 +62,11 @@ from workers.segments import SEGMENT_PREFIX
 __all__ = ["Router"]
 
 _WINDOW = 2
-_RESPAWN_BASE_S = 0.1
-_RESPAWN_MAX_S = 10.0
-_CRASH_LOOP_LIMIT = 5
 _OUTPUT_HINTS = 256
 _BATCH = 64  # answers handled per acquisition of the lock
 
 
-def _describe_exit(exitcode: Optional[int]) -> str:
-    if exitcode is None:
-        return "an unknown status"
-    if exitcode < 0:
-        try:
-            name = signal.Signals(-exitcode).name
-        except ValueError:
-            name = f"signal {-exitcode}"
-        if name == "SIGKILL":
-            return "SIGKILL (killed: out of memory, or by someone)"
-        return name
-    return f"exit code {exitcode}"
-
-
-class Router:
+class Router(Supervision):
     """Owns the workers, the queues and the receive loop of one farm."""
 
     def __init__(
@@ -248,6 +231,8 @@ class Router:
         out = None if task.out_region is None else task.out_region.descriptor()
         header = [protocol.TASK, task.task_id, task.attempt, task.input_descriptors, out]
         slot.socket.send(protocol.pack(header), flags=zmq.NOBLOCK)
+        if not slot.in_flight:
+            slot.busy_since = time.monotonic()
         slot.in_flight[task.task_id] = task
         task.slot = slot
         task.dispatched_at = time.perf_counter()
@@ -334,6 +319,7 @@ class Router:
         worker = self.workers[worker_id]
         if generation != worker.generation:
             return None  # from an incarnation that is gone
+        worker.last_seen = time.monotonic()
         if kind == protocol.RESULT or kind == protocol.FAILED:
             task = self._take_answered_task(worker, message)
             return None if task is None else (worker, task, message, frames)
@@ -361,6 +347,9 @@ class Router:
         if task is None or task.attempt != attempt:
             return None
         del slot.in_flight[task_id]
+        if slot.in_flight:
+            slot.busy_since = time.monotonic()  # the next task in its window starts now
+        self._note_task_served(worker)
         self._dispatch(worker.core)
         if message[0] == protocol.RESULT:
             self.pacer.record(timings[1])
@@ -449,6 +438,12 @@ class Router:
             args = (outputs, task.user_data, "" if error is None else str(error))
             self.callbacks.post(task.callback_seq, task.callback, args)
 
+    def _fail_task(self, task: Task, error: BaseException) -> None:
+        """End a task that will not run (again) with ``error``, freeing its memory."""
+        self.arena.free(task.input_region)
+        self._free_out_region(task)
+        self._deliver(task, None, error)
+
     def _print_perf(self, task: Task, worker: WorkerHandle, timings: list[int], now: float) -> None:
         set_input, infer, copy_output, thread_id = timings
         worker_us = set_input + infer + copy_output
@@ -462,111 +457,6 @@ class Router:
             flush=True,
         )
 
-    # ── worker death and respawn ─────────────────────────────────────────
-    def _on_worker_exit(self, worker: WorkerHandle) -> None:
-        exitcode = reap_process(worker)
-        close_slots(worker)
-        failed: list[tuple[Task, BaseException]] = []
-        with self._cond:
-            worker.ready = False
-            orphans = [t for slot in worker.slots for t in slot.in_flight.values()]
-            for slot in worker.slots:
-                slot.in_flight.clear()
-            if self._stopping:
-                failed = [(t, FarmClosedError("the farm closed before this task finished")) for t in orphans]
-            elif self._starting:
-                detail = worker.last_error or f"it exited with {_describe_exit(exitcode)}"
-                self._start_error = f"worker for core {worker.core} failed to start: {detail}"
-            else:
-                worker.stats.crashes += 1
-                cause = _describe_exit(exitcode)
-                failed = self._retry_or_fail(worker, orphans, exitcode, cause)
-                self._schedule_respawn(worker, cause)
-            self._cond.notify_all()
-        # Retried tasks keep their regions (the dead worker can no longer touch them).
-        for task, error in failed:
-            self._fail_task(task, error)
-
-    def _retry_or_fail(
-        self, worker: WorkerHandle, orphans: list[Task], exitcode: Optional[int], cause: str
-    ) -> list[tuple[Task, BaseException]]:
-        failed: list[tuple[Task, BaseException]] = []
-        for task in sorted(orphans, key=lambda t: t.task_id, reverse=True):
-            task.attempt += 1
-            if task.attempt > self.options.max_retries:
-                message = (
-                    f"the worker for core {worker.core} (pid {worker.pid}) died with {cause} while running "
-                    f"task {task.task_id}; it was tried {task.attempt} time(s) (max_retries="
-                    f"{self.options.max_retries})"
-                )
-                failed.append((task, WorkerCrashedError(message, exitcode, worker.core)))
-                continue
-            worker.stats.retried += 1
-            # Give the task to a healthy core, ahead of newer work.
-            target = self._core_for_retry(worker.core)
-            self._queues[target].appendleft(task)
-            self._dispatch(target)
-        return failed
-
-    def _core_for_retry(self, dead_core: int) -> int:
-        ready = [w.core for w in self.workers if w.ready and w.core != dead_core]
-        return min(ready, key=lambda c: len(self._queues[c])) if ready else dead_core
-
-    def _schedule_respawn(self, worker: WorkerHandle, cause: str) -> None:
-        worker.consecutive_failures += 1
-        worker.last_error = worker.last_error or cause
-        if worker.consecutive_failures > _CRASH_LOOP_LIMIT:
-            worker.respawn_at = None
-            if not any(w.ready or w.respawn_at is not None for w in self.workers):
-                self._broken = (
-                    f"every worker has crashed repeatedly; last: core {worker.core}: {worker.last_error}"
-                )
-                self._fail_all_queued(self._broken)
-            return
-        delay = min(_RESPAWN_MAX_S, _RESPAWN_BASE_S * 2 ** (worker.consecutive_failures - 1))
-        worker.respawn_at = time.monotonic() + delay
-        # Its queued tasks go to healthy cores rather than wait out the back-off.
-        queue = self._queues[worker.core]
-        target = self._core_for_retry(worker.core)
-        if target != worker.core:
-            while queue:
-                self._queues[target].append(queue.popleft())
-            self._dispatch(target)
-
-    def _fail_all_queued(self, reason: str) -> None:
-        for queue in self._queues.values():
-            while queue:
-                task = queue.popleft()
-                threading.Thread(
-                    target=self._fail_task, args=(task, WorkerCrashedError(reason)), daemon=True
-                ).start()
-
-    def _fail_task(self, task: Task, error: BaseException) -> None:
-        self.arena.free(task.input_region)
-        self._free_out_region(task)
-        self._deliver(task, None, error)
-
-    def _timer_ms(self) -> int:
-        due = [w.respawn_at for w in self.workers if w.respawn_at is not None]
-        if not due:
-            return 1000
-        return max(0, int((min(due) - time.monotonic()) * 1000) + 1)
-
-    def _run_timers(self) -> None:
-        now = time.monotonic()
-        for worker in self.workers:
-            with self._cond:
-                due = worker.respawn_at is not None and worker.respawn_at <= now and not self._stopping
-                if due:
-                    worker.respawn_at = None
-                    worker.restarts += 1
-            if due:
-                try:
-                    self._spawn(worker)
-                except OSError as exc:
-                    with self._cond:
-                        self._schedule_respawn(worker, f"could not start: {exc}")
-
     # ── introspection ────────────────────────────────────────────────────
     def snapshot(self) -> dict[str, Any]:
         with self._cond:
@@ -578,7 +468,10 @@ class Router:
                     "core_mask": w.core_mask,
                     "pid": w.pid,
                     "ready": w.ready,
+                    "state": self._state_of(w),
                     "restarts": w.restarts,
+                    "recycles": w.recycles,
+                    "rss_mb": round(w.rss_mb, 1) or None,
                     "queued": len(self._queues[w.core]),
                     "in_flight": sum(len(s.in_flight) for s in w.slots),
                     "contexts": len(w.slots),
@@ -596,6 +489,25 @@ class Router:
                     "admitted_per_s": round(self.pacer.admitted_rate(), 1),
                 },
                 "workers": workers,
+            }
+
+    def _state_of(self, worker: WorkerHandle) -> str:
+        if worker.ready:
+            return "ready"
+        if worker.retiring:
+            return "recycling"
+        if worker.respawn_at is not None or (worker.process is not None and worker.exit_fd >= 0):
+            return "starting"
+        return "down"
+
+    def health(self) -> dict[str, Any]:
+        """Readiness: ready when every core's worker is ready."""
+        with self._cond:
+            cores = {w.core: self._state_of(w) for w in self.workers}
+            return {
+                "ready": all(state == "ready" for state in cores.values()) and not self._closing,
+                "cores": cores,
+                "broken": self._broken or None,
             }
 
     # ── shutdown ─────────────────────────────────────────────────────────

@@ -34,8 +34,12 @@ def fail(inputs):
     raise ValueError("this model always fails")
 
 
+_leaked = []
+
+
 def behave(inputs):
-    """``inputs["action"]`` (int64 [1]): 1 raise, 2 os._exit(3), 3 SIGKILL itself, 4 SIGSEGV;
+    """``inputs["action"]`` (int64 [1]): 1 raise, 2 os._exit(3), 3 SIGKILL itself, 4 SIGSEGV,
+    5 hang in the task, 6 freeze the whole process (SIGSTOP), 8 leak 64 MiB then echo;
     any other value is echoed back (so a result names its task)."""
     action = int(np.asarray(inputs["action"]).reshape(-1)[0])
     if action == 1:
@@ -46,6 +50,12 @@ def behave(inputs):
         os.kill(os.getpid(), signal.SIGKILL)
     if action == 4:
         ctypes.string_at(0)
+    if action == 5:
+        time.sleep(3600)
+    if action == 6:
+        os.kill(os.getpid(), signal.SIGSTOP)
+    if action == 8:
+        _leaked.append(np.ones(64 << 20, dtype=np.uint8))
     return np.asarray(inputs["action"]).copy()
 
 

@@ -34,8 +34,9 @@ SEED_KEY_LIST = (
     "custom_op_default_path, load_custom_ops_from_default_path"
 )
 FARM_KEY_LIST = (
-    "copy_outputs, input_shapes, intra_op_threads, max_retries, sim_dataset, sim_quantize, "
-    "start_timeout_s, target_platform"
+    "copy_outputs, heartbeat_interval_ms, heartbeat_liveness, input_shapes, intra_op_threads, "
+    "max_retries, max_tasks_per_worker, max_worker_rss_mb, sim_dataset, sim_quantize, "
+    "start_timeout_s, target_platform, task_timeout_ms"
 )
 CONTAINER_ERROR = "provider_options must be a dict or a sequence whose first element is a dict"
 CONFLICT_ERROR = "provider_options 'tp_mode' conflicts with 'schedule'; set only one."
@@ -141,6 +142,11 @@ ACCEPTED = [
     ("input_shapes", {"a": (2,), "b": []}, "input_shapes", {"a": (2,), "b": ()}),
     ("sim_quantize", "true", "sim_quantize", True),
     ("sim_dataset", Path("/data/list.txt"), "sim_dataset", str(Path("/data/list.txt"))),
+    ("task_timeout_ms", " 2500 ", "task_timeout_ms", 2500),
+    ("heartbeat_interval_ms", 250, "heartbeat_interval_ms", 250),
+    ("heartbeat_liveness", "5", "heartbeat_liveness", 5),
+    ("max_tasks_per_worker", 1000, "max_tasks_per_worker", 1000),
+    ("max_worker_rss_mb", 0, "max_worker_rss_mb", 0),
 ]
 
 
@@ -181,6 +187,11 @@ def test_defaults():
         "input_shapes": None,
         "sim_quantize": False,
         "sim_dataset": None,
+        "task_timeout_ms": 0,
+        "heartbeat_interval_ms": 1000,
+        "heartbeat_liveness": 3,
+        "max_tasks_per_worker": 0,
+        "max_worker_rss_mb": 0,
     }
 
 
@@ -276,6 +287,11 @@ REJECTED = [
     ({"input_shapes": {"x": [True]}}, "input_shapes['x'] must be a sequence of positive integers"),
     ({"sim_quantize": "x"}, "sim_quantize must be a boolean"),
     ({"sim_dataset": 5}, "sim_dataset must be a path-like object or string"),
+    ({"task_timeout_ms": -5}, "task_timeout_ms must be >= 0"),
+    ({"heartbeat_interval_ms": 0}, "heartbeat_interval_ms must be > 0"),
+    ({"heartbeat_liveness": "x"}, "heartbeat_liveness must be an integer"),
+    ({"max_tasks_per_worker": 1.5}, "max_tasks_per_worker must be an integer"),
+    ({"max_worker_rss_mb": -1}, "max_worker_rss_mb must be >= 0"),
     ({"foo": 1}, f"Unknown provider_options key: foo. Supported keys: {SEED_KEY_LIST}, {FARM_KEY_LIST}"),
     (
         {"Layout": "nchw"},

@@ -72,9 +72,9 @@ def worker_main(spec: dict[str, Any]) -> None:
         os._exit(1)
     description = contexts[0].session.describe()
     control.send(protocol.pack([protocol.READY, worker_id, generation, os.getpid(), description]))
-    control.close()
+    _watch(contexts, spec, control)
+    control.close(linger=0)
     control_context.term()
-    _watch(contexts, spec)
     segments.close()
     zmq_context.term()
     # Skip interpreter finalisation: the parent-watch thread is blocked in a
@@ -116,11 +116,21 @@ def _start_contexts(
     return contexts
 
 
-def _watch(contexts: list[ContextThread], spec: dict[str, Any]) -> None:
+def _watch(contexts: list[ContextThread], spec: dict[str, Any], control: zmq.Socket) -> None:
+    """Beat the heart until every context thread has stopped. The beat comes
+    from this thread, which runs no model, so it says "the process is alive
+    and not wedged"; a context stuck in one task is the router's task timeout."""
     watcher = threading.Thread(target=_watch_parent, args=(spec,), name="rknnfarm-parent-watch", daemon=True)
     watcher.start()
+    interval = spec["options"]["heartbeat_interval_ms"] / 1000
+    heartbeat = protocol.pack([protocol.HEARTBEAT, spec["worker_id"], spec["generation"]])
     for thread in contexts:
-        thread.join()
+        while thread.is_alive():
+            thread.join(interval)
+            try:
+                control.send(heartbeat, zmq.NOBLOCK)
+            except zmq.ZMQError:
+                pass  # the parent is not reading; its life line tells us if it is gone
 
 
 def _watch_parent(spec: dict[str, Any]) -> None:

@@ -22,6 +22,7 @@ Context thread / worker -> parent (one PULL socket in the parent)::
     [FAILED, worker_id, generation, task_id, attempt, message, traceback, timings]
     [READY, worker_id, generation, pid, description]
     [START_FAILED, worker_id, generation, message, traceback]
+    [HEARTBEAT, worker_id, generation]      every heartbeat_interval_ms, from a ready worker
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ import zmq
 
 __all__ = [
     "FAILED",
+    "HEARTBEAT",
     "READY",
     "RESULT",
     "START_FAILED",
@@ -57,6 +59,7 @@ RESULT = 10
 FAILED = 11
 READY = 12
 START_FAILED = 13
+HEARTBEAT = 14
 
 #: What the parent writes on a worker's stdin (its life line) before closing it
 #: on purpose; end-of-file without it means the parent died.

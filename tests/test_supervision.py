@@ -1,0 +1,178 @@
+"""Hangs, timeouts, recycling, readiness, interrupts, and many tasks under random kills."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from farm import Farm, TaskTimeoutError, WorkerCrashedError
+
+pytestmark = pytest.mark.timeout(180)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def action(code: int) -> dict:
+    return {"action": np.array([code], dtype=np.int64)}
+
+
+def wait_ready(farm: Farm, within: float = 20.0) -> float:
+    started = time.monotonic()
+    while not farm.health()["ready"]:
+        assert time.monotonic() - started < within, f"not ready again within {within} s: {farm.health()}"
+        time.sleep(0.01)
+    return time.monotonic() - started
+
+
+def test_a_task_that_hangs_is_killed_after_task_timeout_and_fails_as_timeout():
+    with Farm("tests.pyfuncs:behave", schedule="0,1", task_timeout_ms=500, max_retries=1) as farm:
+        started = time.monotonic()
+        with pytest.raises(TaskTimeoutError, match="task_timeout_ms=500") as excinfo:
+            farm.run(action(5))
+        elapsed = time.monotonic() - started
+        assert isinstance(excinfo.value, TimeoutError) and isinstance(excinfo.value, WorkerCrashedError)
+        assert 1.0 <= elapsed < 4.0  # two attempts of ~0.5 s each, plus detection
+        wait_ready(farm)
+        assert farm.run(action(12))[0][0] == 12
+
+
+def test_a_frozen_worker_is_found_by_its_missing_heartbeats():
+    with Farm(
+        "tests.pyfuncs:behave", schedule="0,1", heartbeat_interval_ms=100, heartbeat_liveness=3
+    ) as farm:
+        frozen = farm.stats()["workers"][0]["pid"]
+        os.kill(frozen, signal.SIGSTOP)
+        started = time.monotonic()
+        while farm.stats()["workers"][0]["pid"] == frozen:
+            assert time.monotonic() - started < 5, "a frozen worker was not replaced"
+            time.sleep(0.01)
+        assert time.monotonic() - started < 2.0
+        wait_ready(farm)
+        assert [farm.run(action(20 + i))[0][0] for i in range(4)] == [20, 21, 22, 23]
+
+
+def test_health_turns_not_ready_while_a_core_is_down_and_ready_after():
+    with Farm("tests.pyfuncs:behave", schedule="0,1") as farm:
+        assert farm.health() == {"ready": True, "cores": {0: "ready", 1: "ready"}, "broken": None}
+        killed_at = time.monotonic()
+        os.kill(farm.stats()["workers"][1]["pid"], signal.SIGKILL)
+        while farm.health()["ready"]:
+            assert time.monotonic() - killed_at < 2
+            time.sleep(0.001)
+        detected = time.monotonic() - killed_at
+        assert farm.health()["cores"][1] == "starting"
+        back = wait_ready(farm)
+        assert detected < 0.5 and back < 10
+
+
+def test_workers_are_recycled_after_max_tasks_without_losing_tasks():
+    with Farm("tests.pyfuncs:behave", schedule="0,1", max_tasks_per_worker=25, max_queue_size=8) as farm:
+        values = list(range(100, 400))
+        results = [int(out[0][0]) for out in farm.map([action(v) for v in values])]
+        stats = farm.stats()["workers"]
+    assert results == values
+    assert sum(w["recycles"] for w in stats) >= 8
+    assert sum(w["crashes"] for w in stats) == 0
+
+
+def test_a_worker_above_the_rss_limit_is_recycled():
+    with Farm("tests.pyfuncs:behave", schedule=0, max_worker_rss_mb=150) as farm:
+        for _ in range(3):  # each leaks 64 MiB
+            farm.run(action(8))
+        deadline = time.monotonic() + 10
+        while farm.stats()["workers"][0]["recycles"] == 0:
+            assert time.monotonic() < deadline, farm.stats()["workers"][0]
+            time.sleep(0.05)
+        wait_ready(farm)
+        assert farm.run(action(9))[0][0] == 9
+
+
+def test_ten_thousand_tasks_under_random_kills_are_each_answered_once():
+    rng = random.Random(5)
+    answers: dict[int, list] = {}
+    lock = threading.Lock()
+    done = threading.Event()
+    total = 10_000
+
+    def callback(outputs, user_data, err):
+        with lock:
+            answers.setdefault(user_data, []).append((outputs, err))
+            if len(answers) == total:
+                done.set()
+
+    with Farm(
+        "tests.pyfuncs:behave", schedule="0,1", threads_per_core=2, max_retries=5, max_queue_size=64
+    ) as farm:
+        stop = threading.Event()
+
+        def killer():
+            while not stop.wait(rng.uniform(0.05, 0.3)):
+                pid = rng.choice(farm.stats()["workers"])["pid"]
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except (ProcessLookupError, TypeError):
+                    pass
+
+        thread = threading.Thread(target=killer)
+        thread.start()
+        try:
+            for i in range(total):
+                farm.run_async(action(100 + i), callback, i)
+            assert done.wait(150), f"only {len(answers)} of {total} tasks answered"
+        finally:
+            stop.set()
+            thread.join()
+        crashes = sum(w["crashes"] for w in farm.stats()["workers"])
+    assert crashes >= 5, "the test killed too few workers to mean anything"
+    assert sorted(answers) == list(range(total))
+    assert all(len(a) == 1 for a in answers.values()), "a task was answered twice"
+    failed = {i: a[0][1] for i, a in answers.items() if a[0][1]}
+    assert not failed, f"{len(failed)} tasks failed with retries on: {list(failed.values())[:3]}"
+    assert all(int(a[0][0][0][0]) == 100 + i for i, a in answers.items()), "a result does not match its input"
+
+
+def test_ctrl_c_in_the_app_leaves_no_worker_behind():
+    script = textwrap.dedent(
+        f"""
+        import sys, time, numpy as np
+        sys.path.insert(0, {ROOT!r})
+        from farm import Farm
+        with Farm("tests.pyfuncs:sleep", schedule="0,1", max_queue_size=16) as farm:
+            print(" ".join(str(w["pid"]) for w in farm.stats()["workers"]), flush=True)
+            for _ in range(20):
+                farm.submit({{"seconds": np.array([0.5])}})
+            time.sleep(60)
+        """
+    )
+    app = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    pids = [int(p) for p in app.stdout.readline().split()]
+    app.send_signal(signal.SIGINT)
+    _, err = app.communicate(timeout=30)
+    assert "KeyboardInterrupt" in err
+    deadline = time.monotonic() + 10
+    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(_alive(p) for p in pids)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[1][0] != "Z"
+    except OSError:
+        return False

@@ -1,0 +1,611 @@
+"""The ``rknnlite`` backend: ``rknnlite.api.RKNNLite`` (rknn-toolkit-lite2) on a Rockchip NPU.
+
+One ``RKNNLite`` object per farm context, created in the context's own thread
+inside the worker process (never in the parent, never shared between threads):
+``load_rknn(model)``, then ``init_runtime(core_mask=placement.core_mask)``
+(``1 << core`` in schedule mode, the tp mask in tp mode, 0 = NPU_CORE_AUTO),
+then one ``inference(inputs=[...], data_format=...)`` per task.
+
+**Layouts.** RKNN tensors are NHWC, so :meth:`RknnLiteSession.describe`
+reports ``native_layout="nhwc"`` and 4-D input shapes as the runtime does
+(NHWC). The parent maps the user's ``layout`` onto that
+(``farm.tensors.transpose_axes``) and this backend picks ``data_format``:
+
+=================  ================================  =====================
+layout             what arrives here (4-D inputs)    ``data_format``
+=================  ================================  =====================
+``nchw`` (default)  NCHW, as the user gave it         ``'nchw'``: the runtime converts
+``nchw_software``   NHWC, transposed by the parent    ``'nhwc'``
+``nhwc``, ``any``   NHWC, as the user gave it         ``'nhwc'``
+=================  ================================  =====================
+
+``data_format`` is always passed as a string, never a list (a list raises
+``KeyError`` inside older RKNNLite versions, airockchip/rknn-toolkit2#344),
+and only when an input is 4-D. ``data_type`` is left to RKNNLite (the array's
+own dtype).
+
+**Outputs** are float32 (RKNNLite asks the runtime for ``want_float``
+outputs). When the installed ``inference`` accepts ``reuse_outputs``
+(rknn-toolkit-lite2 2.5.0; the signature is inspected once), it is passed
+``reuse_outputs=True``: RKNNLite then returns its own staging arrays, which
+the *next* call overwrites, and this backend copies them. Either way the
+arrays :meth:`RknnLiteSession.run` returns belong to the caller and stay
+valid after later calls (the worker copies them into shared memory at once,
+or sends them as zero-copy ZeroMQ frames, which is why a copy is needed).
+
+**Errors.** RKNNLite reports failures by returning -1 (``load_rknn``,
+``init_runtime``) or None (``inference``) and logging. Each becomes an
+:class:`RKNNLiteError` (a ``RuntimeError``) naming the call, the model path,
+the core and core mask, and quoting the error lines the runtime printed
+during the call (``E RKNN: ...`` from librknnrt, ``E ...`` from RKNNLite).
+
+*How those lines are captured.* librknnrt is C code: it writes to file
+descriptor 2 (or 1; not verified which) with no Python object in between, so
+a ``logging`` handler on RKNNLite's logger would see only RKNNLite's own
+Python messages, never librknnrt's, which are the informative ones. So the
+backend captures file descriptors 1 and 2 around each RKNNLite call: they
+are pointed at a temporary file with ``os.dup2`` and pointed back afterwards;
+what the call printed is read back for the error message and always
+forwarded to the real stderr/stdout at the end of the call (nothing is
+swallowed; it appears when the call returns). ``dup2`` changes a table
+shared by every thread of the process, so it is made thread-safe this way:
+one process-wide lock guards every ``dup2``, and the redirection is *shared*:
+the first call to start redirects, overlapping calls of sibling contexts join
+it, the last one to finish restores the original descriptors. Nothing is
+ever restored to another call's temporary file, and calls never wait for
+each other's inference (the lock is held only around the bookkeeping). The
+cost: with ``threads_per_core > 1`` a call's message may also quote lines a
+sibling context printed at the same time, and anything any thread prints
+reaches the terminal at the end of the current call instead of at once. If
+the process dies during a call (SIGSEGV in librknnrt, ``failed to submit``),
+what the runtime printed just before is still in the temporary file
+(``$TMPDIR/rknn-farm-rtlog-<pid>-fd<n>.log``); the worker that the farm
+starts in its place prints it to stderr and deletes the file. Set
+``RKNN_FARM_CAPTURE_RUNTIME_LOG=0`` to leave the descriptors alone (the
+messages then say that the log was not captured).
+
+**Describing the model.** RKNNLite has no query API. On a board,
+:mod:`workers.backends.rknn_runtime` asks librknnrt through ctypes for the
+tensor attributes, the SDK version and the model's custom string. When
+librknnrt cannot be loaded (off-board, the test double), the backend uses a
+``rknn_farm_describe()`` method of the RKNNLite object if it has one (the
+test double does; the real RKNNLite does not), else reports ``inputs=None``
+and ``outputs=None``: the parent then accepts any named inputs unchecked, in
+the order given (give them in model order), and sizes outputs after the
+first result. Input dtypes are reported as what a caller should feed: the
+runtime converts, so 8-bit quantized inputs are reported ``uint8`` (image
+bytes, the fast path) and float16/float32 inputs ``float32``; the runtime's
+own type is in each entry's ``rknn_type``.
+
+**Single-core SoCs** (RK356x): when ``init_runtime`` fails for ``NPU_CORE_0``
+and the SoC is not known to have several NPU cores, it is retried with
+``NPU_CORE_AUTO`` (the only core), as the seed library tolerates
+``set_core_mask`` failing there; ``describe()["notes"]`` says so.
+"""
+
+from __future__ import annotations
+
+import glob
+import inspect
+import os
+import re
+import sys
+import tempfile
+import threading
+import warnings
+from collections.abc import Sequence
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+from workers.backends import rknn_runtime
+from workers.backends.base import Placement, tensor_entry
+
+__all__ = ["RKNNLiteError", "RknnLiteSession", "open_session"]
+
+#: RKNNLite's ``NPU_CORE_*`` names, by mask value.
+CORE_MASK_NAMES = {
+    0: "NPU_CORE_AUTO",
+    1: "NPU_CORE_0",
+    2: "NPU_CORE_1",
+    4: "NPU_CORE_2",
+    3: "NPU_CORE_0_1",
+    7: "NPU_CORE_0_1_2",
+    0xFFFF: "NPU_CORE_ALL",
+}
+#: The seed library warns below this runtime API version.
+MIN_RECOMMENDED_API = (2, 4, 1)
+ENV_CAPTURE = "RKNN_FARM_CAPTURE_RUNTIME_LOG"
+
+_DATA_FORMATS = {"nchw": "nchw", "nchw_software": "nhwc", "nhwc": "nhwc", "any": "nhwc"}
+
+
+def mask_text(mask: int) -> str:
+    name = CORE_MASK_NAMES.get(mask)
+    return f"0x{mask:x} ({name})" if name else f"0x{mask:x}"
+
+
+class RKNNLiteError(RuntimeError):
+    """An RKNNLite call failed. ``call`` is its name, ``runtime_log`` the
+    error lines the runtime printed meanwhile."""
+
+    def __init__(self, message: str, call: str, runtime_log: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.call = call
+        self.runtime_log = list(runtime_log)
+
+
+# ── capturing what the runtime prints ───────────────────────────────────────
+_LOG_PREFIX = "rknn-farm-rtlog-"
+_ERROR_LINE = re.compile(r"^\s*(?:[EWF] |[A-Za-z_]*(?:Error|Exception)\b:?)|RKNN_ERR_")
+_MAX_LINES = 20
+_MAX_LINE_CHARS = 400
+_TRUNCATE_BYTES = 4 << 20
+
+
+def _flush_python_streams() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:
+                stream.flush()
+        except (OSError, ValueError):
+            pass
+
+
+def _read_range(fd: int, start: int, end: int) -> bytes:
+    chunks = []
+    while start < end:
+        chunk = os.pread(fd, min(end - start, 1 << 20), start)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        start += len(chunk)
+    return b"".join(chunks)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        try:
+            written = os.write(fd, view)
+        except OSError:
+            return  # the terminal went away; forwarding is best effort
+        view = view[written:]
+
+
+class _OutputCapture:
+    """The process-wide, shared redirection of file descriptors 1 and 2 (see
+    the module docstring). ``begin()`` returns a token for ``end(token)``,
+    which returns what was written in between."""
+
+    FDS = (1, 2)
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._depth = 0
+        self._epoch = 0
+        self._files: dict[int, tuple[int, int, str]] = {}  # fd -> (file fd, saved original fd, path)
+        self._forwarded: dict[int, int] = {}
+        self._reaped = False
+        self.enabled = os.environ.get(ENV_CAPTURE, "1").strip().lower() not in ("0", "false", "off", "no")
+
+    def begin(self) -> Optional[tuple[int, dict[int, int]]]:
+        if not self.enabled:
+            return None
+        _flush_python_streams()
+        with self._lock:
+            if not self._reaped:
+                self._reaped = True
+                _report_logs_of_dead_workers()
+            if self._depth == 0 and not self._redirect():
+                return None
+            self._depth += 1
+            return self._epoch, {fd: os.fstat(f).st_size for fd, (f, _, _) in self._files.items()}
+
+    def end(self, token: Optional[tuple[int, dict[int, int]]]) -> str:
+        if token is None:
+            return ""
+        epoch, starts = token
+        _flush_python_streams()
+        with self._lock:
+            captured = []
+            for fd, (file_fd, saved, _) in self._files.items():
+                size = os.fstat(file_fd).st_size
+                start = starts.get(fd, 0) if epoch == self._epoch else 0
+                captured.append(_read_range(file_fd, min(start, size), size))
+                forwarded = self._forwarded[fd]
+                if size > forwarded:
+                    _write_all(saved, _read_range(file_fd, forwarded, size))
+                    self._forwarded[fd] = size
+            self._depth -= 1
+            if self._depth == 0:
+                self._restore()
+            elif any(os.fstat(f).st_size > _TRUNCATE_BYTES for f, _, _ in self._files.values()):
+                for fd, (file_fd, _, _) in self._files.items():  # everything was forwarded just now
+                    os.ftruncate(file_fd, 0)
+                    self._forwarded[fd] = 0
+                self._epoch += 1
+        return "".join(c.decode("utf-8", "replace") for c in captured)
+
+    def _redirect(self) -> bool:
+        opened: dict[int, tuple[int, int, str]] = {}
+        try:
+            for fd in self.FDS:
+                path = os.path.join(tempfile.gettempdir(), f"{_LOG_PREFIX}{os.getpid()}-fd{fd}.log")
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    pass
+                flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND | getattr(os, "O_CLOEXEC", 0)
+                file_fd = os.open(path, flags, 0o600)
+                try:
+                    saved = os.dup(fd)
+                except OSError:
+                    os.close(file_fd)
+                    os.unlink(path)
+                    continue  # this descriptor is not open: nothing to capture
+                opened[fd] = (file_fd, saved, path)
+            for fd, (file_fd, _, _) in opened.items():
+                os.dup2(file_fd, fd)
+        except OSError as exc:
+            for fd, (file_fd, saved, path) in opened.items():
+                os.dup2(saved, fd)
+                os.close(saved)
+                os.close(file_fd)
+                os.unlink(path)
+            self.enabled = False
+            print(
+                f"rknn-farm: cannot capture the RKNN runtime's output ({exc}); not trying again",
+                file=sys.stderr,
+            )
+            return False
+        self._files = opened
+        self._forwarded = {fd: 0 for fd in opened}
+        return True
+
+    def _restore(self) -> None:
+        for fd, (file_fd, saved, path) in self._files.items():
+            os.dup2(saved, fd)
+            os.close(saved)
+            os.close(file_fd)
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+        self._files = {}
+        self._forwarded = {}
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _report_logs_of_dead_workers() -> None:
+    """Print (to stderr) and delete what workers that died during an RKNNLite
+    call left in their capture files."""
+    pattern = os.path.join(tempfile.gettempdir(), f"{_LOG_PREFIX}*-fd*.log")
+    for path in sorted(glob.glob(pattern)):
+        match = re.search(rf"{_LOG_PREFIX}(\d+)-fd(\d+)\.log$", path)
+        if not match or int(match.group(1)) == os.getpid() or _pid_alive(int(match.group(1))):
+            continue
+        claimed = f"{path}.{os.getpid()}.claimed"
+        try:
+            os.rename(path, claimed)  # atomic: one reader per file, even with sibling workers
+            with open(claimed, "rb") as fh:
+                text = fh.read().decode("utf-8", "replace")
+            os.unlink(claimed)
+        except OSError:
+            continue
+        if text.strip():
+            stream = "stdout" if match.group(2) == "1" else "stderr"
+            body = "".join(f"  | {line}\n" for line in text.splitlines())
+            _write_all(
+                2,
+                f"rknn-farm: worker pid {match.group(1)} died during an RKNNLite call; "
+                f"what it had printed to {stream} meanwhile:\n{body}".encode(),
+            )
+
+
+_CAPTURE = _OutputCapture()
+
+
+def _error_lines(text: str) -> list[str]:
+    lines = [line.rstrip()[:_MAX_LINE_CHARS] for line in text.splitlines() if _ERROR_LINE.search(line)]
+    return lines[-_MAX_LINES:]
+
+
+def _guarded(call: Callable[[], Any]) -> tuple[Any, str]:
+    """Run ``call`` with the runtime's output captured: ``(result, output)``."""
+    token = _CAPTURE.begin()
+    try:
+        result = call()
+    finally:
+        output = _CAPTURE.end(token)
+    return result, output
+
+
+# ── versions ────────────────────────────────────────────────────────────────
+_API_VERSION = re.compile(r"API:\s*v?(\d+(?:\.\d+)+)")
+_DRV_VERSION = re.compile(r"DRV:\s*(?:[A-Za-z_]+:\s*)?v?(\d+(?:\.\d+)+)")
+_ANY_VERSION = re.compile(r"(\d+\.\d+\.\d+)")
+_warned_api = False
+
+
+def parse_sdk_version(text: Optional[str]) -> tuple[str, str]:
+    """``(api_version, driver_version)`` from ``get_sdk_version()`` text ("" when absent)."""
+    if not text:
+        return "", ""
+    api = _API_VERSION.search(text) or _ANY_VERSION.search(text)
+    driver = _DRV_VERSION.search(text)
+    return (api.group(1) if api else "", driver.group(1) if driver else "")
+
+
+def _version_tuple(text: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in re.findall(r"\d+", text)[:3])
+
+
+def _warn_if_outdated(api: str) -> None:
+    global _warned_api
+    if api and not _warned_api and _version_tuple(api) < MIN_RECOMMENDED_API:
+        _warned_api = True
+        warnings.warn(
+            f"RKNN API version {api} is likely outdated; behavior may be unstable. "
+            "Recommended minimum version is 2.4.1.",
+            UserWarning,
+            stacklevel=2,
+        )
+
+
+_REUSE_SUPPORT: dict[type, bool] = {}
+
+
+def _accepts_reuse_outputs(cls: type) -> bool:
+    """Does ``cls.inference`` take ``reuse_outputs`` (rknn-toolkit-lite2 >= 2.5.0)? Inspected once."""
+    if cls not in _REUSE_SUPPORT:
+        try:
+            parameters = inspect.signature(cls.inference).parameters  # type: ignore[attr-defined]
+            _REUSE_SUPPORT[cls] = "reuse_outputs" in parameters or any(
+                p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()
+            )
+        except (TypeError, ValueError, AttributeError):
+            _REUSE_SUPPORT[cls] = False
+    return _REUSE_SUPPORT[cls]
+
+
+# ── describing the model ────────────────────────────────────────────────────
+def _user_dtype(info: rknn_runtime.TensorInfo) -> str:
+    """The dtype a caller should feed for this input (the runtime converts)."""
+    if info.quantized and info.type in ("INT8", "UINT8"):
+        return "uint8"  # image bytes: the runtime normalises and quantises them (the fast path)
+    if info.dtype is None or info.quantized or info.type in ("FP16", "FP32"):
+        return "float32"
+    return info.dtype
+
+
+def _dims(dims: Sequence[int]) -> list[Optional[int]]:
+    return [None if d >= 2**31 or d < 0 else int(d) for d in dims]
+
+
+def _input_entry(info: rknn_runtime.TensorInfo) -> dict[str, Any]:
+    dims = list(info.dims)
+    if len(dims) == 4 and info.fmt == "NCHW":
+        dims = [dims[0], dims[2], dims[3], dims[1]]  # report NHWC, like every other 4-D input
+    entry = tensor_entry(info.name or f"input_{info.index}", _dims(dims), _user_dtype(info))
+    entry.update(rknn_type=info.type, fmt=info.fmt, qnt_type=info.qnt_type, zp=info.zp, scale=info.scale)
+    return entry
+
+
+def _output_entry(info: rknn_runtime.TensorInfo) -> dict[str, Any]:
+    entry = tensor_entry(info.name or f"output_{info.index}", _dims(info.dims), "float32")
+    entry.update(rknn_type=info.type, fmt=info.fmt)
+    return entry
+
+
+def _hook_entries(entries: Any, prefix: str, outputs: bool) -> Optional[list[dict[str, Any]]]:
+    if entries is None:
+        return None
+    result = []
+    for i, entry in enumerate(entries):
+        dtype = "float32" if outputs else entry.get("dtype", "float32")
+        result.append(tensor_entry(str(entry.get("name") or f"{prefix}_{i}"), entry.get("shape"), dtype))
+    return result
+
+
+# ── the session ─────────────────────────────────────────────────────────────
+class RknnLiteSession:
+    """One RKNNLite context (one farm context)."""
+
+    def __init__(self, model: str, options: dict[str, Any], placement: Placement) -> None:
+        from rknnlite.api import RKNNLite  # the worker's import; the parent never imports rknnlite
+
+        self._model = model
+        self._placement = placement
+        self._layout = str(options.get("layout") or "nchw")
+        self._data_format = _DATA_FORMATS.get(self._layout, "nchw")
+        self._notes: list[str] = []
+        if options.get("custom_op_paths"):
+            raise RuntimeError(
+                "custom_op_paths needs rknn_register_custom_ops from the RKNN C API, which RKNNLite does "
+                "not expose; the rknnlite backend cannot load custom-op plugins"
+            )
+        if options.get("custom_op_default_path"):
+            self._notes.append(
+                "custom_op_default_path: RKNNLite cannot register plugins; whether librknnrt loads "
+                "/usr/lib/rknpu/op_plugins/librkcst_*.so by itself is not verified"
+            )
+        self._rknn = RKNNLite()
+        self._closed = False
+        try:
+            self._load()
+            self.core_mask = self._init_runtime(placement.core_mask)
+            self._reuse_outputs = _accepts_reuse_outputs(type(self._rknn))
+            self._description = self._describe_model()
+        except BaseException:
+            self.close()
+            raise
+
+    # ── start-up ─────────────────────────────────────────────────────────
+    def _where(self, mask: int) -> str:
+        p = self._placement
+        where = f"core {p.core} (core_mask {mask_text(mask)}, context {p.context_index})"
+        return f"for model {self._model!r} on {where}"
+
+    def _failure(self, call: str, what: str, mask: int, output: str) -> RKNNLiteError:
+        lines = _error_lines(output)
+        message = f"RKNNLite.{call} {what} {self._where(mask)}"
+        if lines:
+            message += "; the runtime said:\n  " + "\n  ".join(lines)
+        elif not _CAPTURE.enabled:
+            message += f"; the runtime's log was not captured ({ENV_CAPTURE}=0): see the worker's stderr"
+        else:
+            message += "; the runtime printed no error line"
+        return RKNNLiteError(message, call, lines)
+
+    def _load(self) -> None:
+        mask = self._placement.core_mask
+        result, output = _guarded(lambda: self._rknn.load_rknn(self._model))
+        if result != 0:
+            raise self._failure("load_rknn", f"({self._model!r}) returned {result!r}", mask, output)
+
+    def _init_runtime(self, mask: int) -> int:
+        result, output = _guarded(lambda: self._rknn.init_runtime(core_mask=mask))
+        if result == 0:
+            return mask
+        error = self._failure(
+            "init_runtime", f"(core_mask={mask_text(mask)}) returned {result!r}", mask, output
+        )
+        soc = rknn_runtime.soc_info("/")
+        if mask == 1 and not (soc.npu_cores or 0) > 1:
+            # RK356x-class SoCs have one NPU core and refuse core masks
+            # (set_core_mask fails): NPU_CORE_AUTO is that core.
+            retry, retry_output = _guarded(lambda: self._rknn.init_runtime(core_mask=0))
+            if retry == 0:
+                self._notes.append(
+                    f"init_runtime refused core_mask {mask_text(mask)} (a single-core NPU"
+                    f"{' (' + soc.soc + ')' if soc.soc else ''}?); running with NPU_CORE_AUTO"
+                )
+                warnings.warn(f"rknn-farm: {self._notes[-1]}", UserWarning, stacklevel=2)
+                return 0
+        raise error
+
+    def _describe_model(self) -> dict[str, Any]:
+        sdk_text = ""
+        try:
+            sdk_text = self._rknn.get_sdk_version() or ""
+        except Exception as exc:  # a version string is not worth failing for
+            self._notes.append(f"get_sdk_version failed: {exc}")
+        api, driver = parse_sdk_version(sdk_text)
+        inputs: Optional[list[dict[str, Any]]] = None
+        outputs: Optional[list[dict[str, Any]]] = None
+        metadata: dict[str, str] = {}
+        source = "none"
+        probe, why = _guarded(lambda: rknn_runtime.probe_model(self._model))[0]
+        if probe is not None:
+            inputs = [_input_entry(t) for t in probe.inputs]
+            outputs = [_output_entry(t) for t in probe.outputs]
+            if probe.custom_string:
+                metadata["rknn_custom_string"] = probe.custom_string
+            api = api or probe.api_version
+            driver = driver or probe.driver_version
+            self._notes.extend(probe.notes)
+            source = "librknnrt"
+        else:
+            hook = getattr(self._rknn, "rknn_farm_describe", None)
+            described = hook() if callable(hook) else None
+            if described:
+                inputs = _hook_entries(described.get("inputs"), "input", outputs=False)
+                outputs = _hook_entries(described.get("outputs"), "output", outputs=True)
+                if described.get("custom_string"):
+                    metadata["rknn_custom_string"] = str(described["custom_string"])
+                source = "rknnlite"
+            else:
+                self._notes.append(
+                    f"tensor attributes unavailable ({why}); inputs are not validated by the parent"
+                )
+        _warn_if_outdated(api)
+        description = {
+            "backend": "rknnlite",
+            "runtime_version": " ".join(line.strip() for line in sdk_text.splitlines() if line.strip("= \t")),
+            "native_layout": "nhwc",
+            "inputs": inputs,
+            "outputs": outputs,
+            "metadata": metadata,
+            "sdk_version": api,
+            "driver_version": driver,
+            "sdk_version_text": sdk_text,
+            "core_mask": self.core_mask,
+            "requested_core_mask": self._placement.core_mask,
+            "data_format": self._data_format,
+            "reuse_outputs": self._reuse_outputs,
+            "tensor_info_source": source,
+            "rknnlite_version": _rknnlite_version(),
+            "notes": list(self._notes),
+        }
+        if probe is not None and probe.weight_bytes is not None:
+            description["weight_bytes"] = probe.weight_bytes
+            description["internal_bytes"] = probe.internal_bytes
+        return description
+
+    # ── the contract ─────────────────────────────────────────────────────
+    def describe(self) -> dict[str, Any]:
+        return self._description
+
+    def run(self, inputs: Sequence[np.ndarray], names: Optional[Sequence[str]] = None) -> list[np.ndarray]:
+        """Outputs of one inference, float32, owned by the caller."""
+        arrays = list(inputs)
+        if self._description["inputs"] is None and self._layout == "nchw_software":
+            # Free-form inputs are not transposed by the parent: do it here.
+            arrays = [np.ascontiguousarray(a.transpose(0, 2, 3, 1)) if a.ndim == 4 else a for a in arrays]
+        data_format = self._data_format if any(a.ndim == 4 for a in arrays) else None
+        reuse = self._reuse_outputs
+        if reuse:
+            call = lambda: self._rknn.inference(inputs=arrays, data_format=data_format, reuse_outputs=True)  # noqa: E731
+        else:
+            call = lambda: self._rknn.inference(inputs=arrays, data_format=data_format)  # noqa: E731
+        result, output = _guarded(call)
+        if result is None:
+            shapes = ", ".join(f"{list(a.shape)} {a.dtype}" for a in arrays)
+            raise self._failure(
+                "inference",
+                f"(data_format={data_format!r}, inputs: {shapes}) returned None",
+                self.core_mask,
+                output,
+            )
+        # With reuse_outputs the arrays are RKNNLite's and the next call overwrites them: copy.
+        return [
+            np.array(o, dtype=np.float32, order="C", copy=True) if reuse else _as_float32(o) for o in result
+        ]
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._rknn.release()
+        except Exception:
+            pass
+
+
+def _as_float32(array: Any) -> np.ndarray:
+    return np.ascontiguousarray(array, dtype=np.float32)
+
+
+def _rknnlite_version() -> str:
+    try:
+        from importlib.metadata import PackageNotFoundError, version
+    except ImportError:  # pragma: no cover
+        return ""
+    try:
+        return version("rknn-toolkit-lite2")
+    except PackageNotFoundError:
+        return ""
+
+
+def open_session(model: str, options: dict[str, Any], placement: Placement) -> RknnLiteSession:
+    return RknnLiteSession(model, options, placement)
