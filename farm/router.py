@@ -330,6 +330,8 @@ class Router(Supervision):
         return None
 
     def _on_ready(self, worker: WorkerHandle, pid: int, description: dict[str, Any]) -> None:
+        # It loaded the model: whatever killed its predecessors, this is no crash loop.
+        worker.consecutive_failures = 0
         worker.ready = True
         worker.pid = pid
         worker.description = description

@@ -11,7 +11,8 @@
                                                                              ▼
                         its tasks: retried on a healthy core (up to max_retries), else failed
                         the core:  respawned after 0.1 s · 2^(failures in a row - 1), at most 10 s;
-                                   after 5 failures in a row with no task served, it stays down
+                                   after 5 failures in a row without reaching READY (a model
+                                   that cannot load, a crash at start), it stays down
 
 :class:`Supervision` is a mixin of :class:`farm.router.Router`: its methods
 run on the router thread and use the router's lock, queues and workers.

@@ -52,3 +52,19 @@ def two_input_model(directory: str) -> str:
     nodes = [helper.make_node("Add", ["a", "b"], ["sum"]), helper.make_node("Mul", ["a", "b"], ["prod"])]
     graph = helper.make_graph(nodes, "two", [a, b], [s, p])
     return _save(graph, os.path.join(directory, "two_inputs.onnx"))
+
+
+def inverse_model(directory: str) -> str:
+    """y = inverse(x) for float32 [3, 3], through the custom op ``Inverse`` of
+    onnxruntime-extensions (domain ``ai.onnx.contrib``)."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 3])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, 3])
+    node = helper.make_node("Inverse", ["x"], ["y"], domain="ai.onnx.contrib")
+    graph = helper.make_graph([node], "inverse", [x], [y])
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 13), helper.make_opsetid("ai.onnx.contrib", 1)]
+    )
+    model.ir_version = 8
+    path = os.path.join(directory, "inverse.onnx")
+    onnx.save(model, path)
+    return path

@@ -114,13 +114,14 @@ def test_ten_thousand_tasks_under_random_kills_are_each_answered_once():
     ) as farm:
         stop = threading.Event()
 
-        def killer():
+        def killer():  # kills a serving worker every 0.05-0.3 s
             while not stop.wait(rng.uniform(0.05, 0.3)):
-                pid = rng.choice(farm.stats()["workers"])["pid"]
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except (ProcessLookupError, TypeError):
-                    pass
+                serving = [w["pid"] for w in farm.stats()["workers"] if w["ready"]]
+                if serving:
+                    try:
+                        os.kill(rng.choice(serving), signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
 
         thread = threading.Thread(target=killer)
         thread.start()
