@@ -14,6 +14,7 @@ import pytest
 
 from farm import Farm, WorkerCrashedError
 from farm.shm import reap_stale_segments
+from tests.processes import alive
 from workers.segments import SEGMENT_PREFIX, segment_dir
 
 pytestmark = pytest.mark.timeout(120)
@@ -76,10 +77,10 @@ def test_killing_the_parent_leaves_no_worker_and_no_segment(tmp_path):
         parent.wait(10)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and (
-            any(_alive(int(p)) for p in pids) or any(n.startswith(prefix) for n in os.listdir(segment_dir()))
+            any(alive(int(p)) for p in pids) or any(n.startswith(prefix) for n in os.listdir(segment_dir()))
         ):
             time.sleep(0.05)
-        assert not any(_alive(int(p)) for p in pids), "workers outlived their parent"
+        assert not any(alive(int(p)) for p in pids), "workers outlived their parent"
         assert not any(n.startswith(prefix) for n in os.listdir(segment_dir())), (
             "segments outlived the parent"
         )
@@ -104,18 +105,6 @@ def test_stale_segments_of_dead_parents_are_reaped():
         for path in (stale, mine):
             if os.path.exists(path):
                 os.unlink(path)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:  # a zombie child of the killed parent is dead for our purpose
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ")[1][0] != "Z"
-    except OSError:
-        return False
 
 
 def test_results_stay_correct_after_crashes_and_retries():

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import concurrent.futures
-import os
 import threading
 import time
 
@@ -21,6 +20,7 @@ from farm import (
     WorkerStartError,
 )
 from tests.onnx_models import affine_model, two_input_model
+from tests.processes import wait_gone
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -317,18 +317,7 @@ def test_a_dropped_farm_is_cleaned_up_by_its_finalizer(affine):
     import gc
 
     gc.collect()
-    deadline = time.monotonic() + 10
-    while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not any(_alive(pid) for pid in pids)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+    assert wait_gone(pids)
 
 
 # ── regressions ───────────────────────────────────────────────────────────

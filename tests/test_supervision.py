@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from farm import Farm, TaskTimeoutError, WorkerCrashedError
+from tests.processes import wait_gone
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -161,19 +162,4 @@ def test_ctrl_c_in_the_app_leaves_no_worker_behind():
     app.send_signal(signal.SIGINT)
     _, err = app.communicate(timeout=30)
     assert "KeyboardInterrupt" in err
-    deadline = time.monotonic() + 10
-    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not any(_alive(p) for p in pids)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ")[1][0] != "Z"
-    except OSError:
-        return False
+    assert wait_gone(pids)
