@@ -24,7 +24,9 @@ from farm.errors import (
     WorkerStartError,
 )
 from farm.farm import Farm
+from farm.iobinding import IOBinding, OrtValue, SessionIOBinding
 from farm.options import FarmOptions, make_provider_options, parse_options
+from farm.session import InferenceSession, ModelMetadata, NodeArg, RknnProviderOptions
 from farm.tensors import TensorSpec
 
 __version__ = "0.1.0"
@@ -35,8 +37,15 @@ __all__ = [
     "FarmClosedError",
     "FarmError",
     "FarmOptions",
+    "IOBinding",
+    "InferenceSession",
     "InvalidInputError",
+    "ModelMetadata",
+    "NodeArg",
     "OptionError",
+    "OrtValue",
+    "RknnProviderOptions",
+    "SessionIOBinding",
     "SubmitTimeoutError",
     "TaskError",
     "TaskTimeoutError",

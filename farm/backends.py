@@ -22,7 +22,7 @@ BACKENDS = ("auto", "onnxruntime", "python", "rknnlite", "rknn-sim")
 _RUNTIME_PACKAGES = {
     "onnxruntime": ("onnxruntime", "pip install 'rknn-farm[onnx]'  (or: pip install onnxruntime)"),
     "rknnlite": ("rknnlite", "pip install 'rknn-farm[rknn]' on an RK3588/RK3576/RK356x board"),
-    "rknn-sim": ("rknn", "install rknn-toolkit2 with its pinned torch/numpy (see docs/simulator.md)"),
+    "rknn-sim": ("rknn", "bash scripts/setup-sim-venv, then use .venv-sim/bin/python (docs/simulator.md)"),
 }
 _IMPLEMENTED = ("onnxruntime", "python", "rknnlite", "rknn-sim")
 

@@ -5,6 +5,7 @@
     rknn-farm info MODEL [--backend B]
     rknn-farm run MODEL [--schedule 0,1,2 | --tp-mode M] [-n 100] [--input random|FILE.npy|FILE.npz|DIR]
                         [--shape name=1,3,640,640 ...] [--warmup 2] [--json FILE] [--[no-]progress] ...
+    rknn-farm bench [--quick] [--workloads tiny,cls,rec,frame] [--methods ...] [--out DIR]
 
 ``info`` starts a one-worker farm and prints the model's inputs, outputs and
 metadata. ``run`` is a benchmark: warm-up tasks, then ``-n`` tasks through
@@ -27,8 +28,20 @@ from typing import Any, Optional
 
 import numpy as np
 
-from farm.backends import BACKENDS
-from farm.errors import FarmClosedError, FarmError, SubmitTimeoutError, TaskError, WorkerCrashedError
+from farm import bench as farm_bench
+from farm import convert as farm_convert
+from farm import doctor as farm_doctor
+from farm import node as farm_node
+from farm import top as farm_top
+from farm.backends import BACKENDS, resolve_backend
+from farm.errors import (
+    BackendUnavailableError,
+    FarmClosedError,
+    FarmError,
+    SubmitTimeoutError,
+    TaskError,
+    WorkerCrashedError,
+)
 from farm.farm import Farm
 from farm.tensors import TensorSpec
 
@@ -81,6 +94,9 @@ def _provider_options(args: argparse.Namespace) -> dict[str, Any]:
         "enable_pacing": True if args.enable_pacing else None,
         "layout": args.layout,
     }
+    if args.backend == "rknn-sim" and args.shape:
+        # RKNN builds need fixed input sizes: the random-input shapes are them.
+        given["input_shapes"] = _parse_shapes(args.shape)
     return {key: value for key, value in given.items() if value is not None}
 
 
@@ -208,6 +224,11 @@ class _TimedFeeds:
 
 # ── subcommands ──────────────────────────────────────────────────────────
 def cmd_info(args: argparse.Namespace) -> int:
+    if args.model.lower().endswith(".rknn") and args.backend == "auto":
+        try:
+            resolve_backend("auto", args.model)  # succeeds only where RKNNLite can run it
+        except BackendUnavailableError:
+            return farm_convert.print_rknn_info(args.model)  # read the file itself
     with Farm(args.model, backend=args.backend) as farm:
         print(f"model:    {farm.model}")
         print(f"backend:  {farm.backend}")
@@ -264,6 +285,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.input != "random" and not os.path.exists(args.input):
         raise CliError(f"--input {args.input!r}: no such file or directory (or use 'random')")
     with Farm(args.model, backend=args.backend, **_provider_options(args)) as farm:
+        if args.metrics_port is not None:
+            port = farm.serve_metrics(args.metrics_port, "0.0.0.0")
+            print(f"metrics: http://0.0.0.0:{port}/metrics", file=sys.stderr)
         feeds = _load_feeds(args, farm)
         for i in range(args.warmup):
             farm.run(feeds[i % len(feeds)])
@@ -328,6 +352,31 @@ def build_parser() -> argparse.ArgumentParser:
         help="a progress line on stderr (default: only when stderr is a terminal)",
     )
     run.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    run.add_argument(
+        "--metrics-port", type=int, metavar="PORT", help="serve Prometheus metrics during the run"
+    )
+    bench = commands.add_parser("bench", help="the farm vs in-process, threads, a process pool, bare ZeroMQ")
+    farm_bench.add_arguments(bench)
+    bench.set_defaults(handler=farm_bench.run)
+    convert = commands.add_parser(
+        "convert", help="build an ONNX model into an .rknn file (needs rknn-toolkit2)"
+    )
+    farm_convert.add_arguments(convert)
+    convert.set_defaults(handler=farm_convert.run)
+    node = commands.add_parser("node", help="serve a farm's router from this board (remote node)")
+    farm_node.add_node_arguments(node)
+    node.set_defaults(handler=farm_node.run_node)
+    keygen = commands.add_parser("keygen", help="create a CURVE key pair for remote nodes")
+    farm_node.add_keygen_arguments(keygen)
+    keygen.set_defaults(handler=farm_node.run_keygen)
+    top = commands.add_parser("top", help="a live per-core view of a farm, from its metrics endpoint")
+    farm_top.add_arguments(top)
+    top.set_defaults(handler=farm_top.run)
+    doctor = commands.add_parser(
+        "doctor", help="check this machine for RKNN: librknnrt, NPU driver, smoke run"
+    )
+    farm_doctor.add_arguments(doctor)
+    doctor.set_defaults(handler=farm_doctor.run)
     return parser
 
 

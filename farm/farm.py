@@ -34,7 +34,7 @@ from workers.protocol import align
 __all__ = ["Farm"]
 
 _PERF_VARIABLES = ("ZTU_EZRKNN_ASYNC_PRINT_PERF", "RKNN_FARM_PRINT_PERF")
-_PINNED_BACKENDS = ("onnxruntime", "python")
+_PINNED_BACKENDS = ("onnxruntime", "python", "rknn-sim")
 
 Callback = Callable[[Optional[list], Any, str], None]
 
@@ -94,6 +94,7 @@ class Farm:
         **provider_options: Any,
     ) -> None:
         self._router: Optional[Router] = None
+        self._metrics: Any = None
         self.options = parse_options(options, warn_stacklevel=3, **provider_options)
         self.model = resolve_model(model)
         self.backend = resolve_backend(backend, self.model)
@@ -120,17 +121,39 @@ class Farm:
             self._finalizer()
             raise
         self._router = router
-        description = router.description or {}
+        self._described = False
+        self._describe(router.description)
+        self._timeout_s = self.options.submit_timeout_ms / 1000
+        self._pipeline: collections.deque[concurrent.futures.Future] = collections.deque()
+        self._pipeline_depth = 0
+        self._pipeline_lock = threading.Lock()
+
+    def _describe(self, description: Optional[dict[str, Any]]) -> None:
+        """Take the model's inputs and outputs from a worker's description (a
+        farm of remote nodes only has one once the first node joins)."""
+        self._described = description is not None
+        description = description or {}
         self._native_layout: str = description.get("native_layout", "nchw")
+        self._converts_dtypes = bool(description.get("converts_input_dtypes"))
         self._native_inputs = specs_from_description(description.get("inputs"))
         self._outputs = specs_from_description(description.get("outputs"))
         self.runtime_version: str = description.get("runtime_version", "")
         self.metadata: dict[str, str] = dict(description.get("metadata") or {})
         self._static_output_bytes = self._static_bytes(self._outputs)
-        self._timeout_s = self.options.submit_timeout_ms / 1000
-        self._pipeline: collections.deque[concurrent.futures.Future] = collections.deque()
-        self._pipeline_depth = 0
-        self._pipeline_lock = threading.Lock()
+
+    @property
+    def description(self) -> dict[str, Any]:
+        """What the backend reported when it loaded the model: backend, runtime
+        version, inputs, outputs, metadata and backend-specific facts (RKNN
+        core mask, SDK version, weight bytes, ...)."""
+        return dict(self._require_router().description or {})
+
+    @property
+    def listen_address(self) -> Optional[str]:
+        """The address remote nodes connect to (with the real port when
+        ``listen`` asked for ``:*``), or None without ``listen``."""
+        remote = self._require_router().remote
+        return None if remote is None else remote.address
 
     @staticmethod
     def _static_bytes(specs: Optional[list[TensorSpec]]) -> Optional[int]:
@@ -203,7 +226,9 @@ class Farm:
         try:
             for item in inputs:
                 pending.append(self.submit(item))
-                while len(pending) >= window:
+                # Hand back what is already finished before reading more input:
+                # with a live source (a camera) that is what keeps latency low.
+                while pending and (len(pending) >= window or self._finished(pending, ordered)):
                     yield self._next_result(pending, ordered, bar)
             while pending:
                 yield self._next_result(pending, ordered, bar)
@@ -246,6 +271,10 @@ class Farm:
         return [future.result() for future in pending]
 
     @staticmethod
+    def _finished(pending: collections.deque[concurrent.futures.Future], ordered: bool) -> bool:
+        return pending[0].done() if ordered else any(f.done() for f in pending)
+
+    @staticmethod
     def _next_result(
         pending: collections.deque[concurrent.futures.Future], ordered: bool, bar: Optional[ProgressLine]
     ) -> list[np.ndarray]:
@@ -268,7 +297,11 @@ class Farm:
 
     def _make_task(self, feed: Any, **delivery: Any) -> Task:
         router = self._require_router()
-        prepared = prepare_feed(feed, self._native_inputs, self.options.layout, self._native_layout)
+        if not self._described and router.description is not None:
+            self._describe(router.description)
+        prepared = prepare_feed(
+            feed, self._native_inputs, self.options.layout, self._native_layout, self._converts_dtypes
+        )
         input_key = tuple(p.shape for p in prepared)
         region, descriptors = write_inputs(self._arena, prepared)
         out_bytes = self._static_output_bytes or router.output_hint(input_key)
@@ -301,6 +334,17 @@ class Farm:
         )
         return snapshot
 
+    def serve_metrics(self, port: int = 0, addr: str = "127.0.0.1") -> int:
+        """Serve Prometheus metrics at ``http://addr:port/metrics`` until the
+        farm closes; returns the port (``0`` picks a free one). Needs
+        ``prometheus-client`` (extra ``metrics``)."""
+        from farm.metrics import MetricsServer
+
+        router = self._require_router()
+        if self._metrics is None:
+            self._metrics = MetricsServer(router, port, addr)
+        return self._metrics.port
+
     def health(self) -> dict[str, Any]:
         """Readiness: ``{"ready": bool, "cores": {core: state}, "broken": str | None}``,
         a state being "ready", "starting", "recycling" or "down". Not ready while
@@ -315,6 +359,8 @@ class Farm:
         if router is None or not self._finalizer.alive:
             return
         self._finalizer.detach()
+        if self._metrics is not None:
+            self._metrics.close()
         try:
             router.close(cancel=cancel, timeout_s=timeout)
         finally:

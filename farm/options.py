@@ -90,6 +90,11 @@ class FarmOptions:
     heartbeat_liveness: int = 3
     max_tasks_per_worker: int = 0
     max_worker_rss_mb: int = 0
+    listen: Optional[str] = None
+    keys_dir: Optional[str] = None
+    insecure: bool = False
+    local_cores: bool = True
+    max_message_mb: int = 1024
 
     @property
     def mode(self) -> str:
@@ -255,6 +260,13 @@ def _target_platform(value: Any, key: str) -> str:
     return text
 
 
+def _endpoint(value: Any, key: str) -> str:
+    """A ZeroMQ TCP endpoint to bind, ``tcp://HOST:PORT``."""
+    if not isinstance(value, str) or not re.fullmatch(r"tcp://[^:/\s]+:(\d+|\*)", value.strip()):
+        raise OptionError(f"{key} must be an address like 'tcp://0.0.0.0:5555', got {value!r}")
+    return value.strip()
+
+
 def _input_shapes(value: Any, key: str) -> dict[str, tuple[int, ...]]:
     if not isinstance(value, Mapping) or not all(isinstance(name, str) for name in value):
         raise OptionError(f"{key} must be a dict mapping input names to shapes")
@@ -296,6 +308,11 @@ _PARSERS: dict[str, tuple[str, Callable[[Any, str], Any]]] = {
     "heartbeat_liveness": ("heartbeat_liveness", _positive_int),
     "max_tasks_per_worker": ("max_tasks_per_worker", _non_negative_int),
     "max_worker_rss_mb": ("max_worker_rss_mb", _non_negative_int),
+    "listen": ("listen", _endpoint),
+    "keys_dir": ("keys_dir", _path_like),
+    "insecure": ("insecure", _bool_like),
+    "local_cores": ("local_cores", _bool_like),
+    "max_message_mb": ("max_message_mb", _positive_int),
 }
 #: Keys only the farm knows, sorted; they follow the seed's keys in the "Supported keys" message.
 FARM_KEYS: tuple[str, ...] = tuple(sorted(set(_PARSERS) - set(SEED_KEYS)))

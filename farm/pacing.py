@@ -4,7 +4,10 @@ The seed's rule, computed in the router: an exponential moving average of
 successful inference times, ``avg = 0.95 * avg + 0.05 * infer_us`` (the first
 sample initialises it), and an admission interval of ``avg / n_cores``
 (distinct cores). Before the first completion nothing is paced. Unlike the
-seed, a submitter that is early sleeps until its slot instead of spinning.
+seed, a submitter that is early sleeps until its slot instead of spinning,
+and slots are kept on a schedule: a submitter that wakes a little late
+(sleeps are never exact) takes the slot it was due, so sub-millisecond
+intervals still average out to the paced rate instead of drifting below it.
 """
 
 from __future__ import annotations
@@ -45,7 +48,11 @@ class Pacer:
 
     def admit(self, now: Optional[float] = None) -> None:
         now = time.perf_counter() if now is None else now
-        self._last_admit = now
+        due = None if self._last_admit is None else self._last_admit + self.interval_s
+        if due is not None and due <= now < due + self.interval_s:
+            self._last_admit = due  # woke a little late: it takes the slot it was due
+        else:
+            self._last_admit = now  # the first, or the producer was idle: no burst credit
         if self._first_admit is None:
             self._first_admit = now
         self.admitted += 1

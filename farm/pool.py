@@ -35,7 +35,7 @@ class ContextSlot:
 
     __slots__ = ("worker", "index", "socket", "in_flight", "busy_since")
 
-    def __init__(self, worker: WorkerHandle, index: int, socket: zmq.Socket) -> None:
+    def __init__(self, worker: WorkerHandle, index: int, socket: Optional[zmq.Socket]) -> None:
         self.worker = worker
         self.index = index
         self.socket = socket
@@ -45,6 +45,8 @@ class ContextSlot:
 
 class WorkerHandle:
     """One worker slot of the farm (a core), across its incarnations."""
+
+    remote = False  # a node agent on another board (farm.remote.RemoteNode)
 
     def __init__(self, worker_id: int, core: int, core_mask: int, cpus: list[int]) -> None:
         self.worker_id = worker_id
@@ -147,7 +149,8 @@ def _worker_environment() -> dict[str, str]:
 
 def close_slots(handle: WorkerHandle) -> None:
     for slot in handle.slots:
-        slot.socket.close(linger=0)
+        if slot.socket is not None:
+            slot.socket.close(linger=0)
 
 
 def request_stop(handle: WorkerHandle) -> None:

@@ -42,6 +42,7 @@ import zmq
 
 from farm.callbacks import CallbackThread
 from farm.errors import FarmClosedError, SubmitTimeoutError, TaskError, WorkerCrashedError, WorkerStartError
+from farm.membership import Membership
 from farm.options import FarmOptions
 from farm.pacing import Pacer
 from farm.pool import (
@@ -53,6 +54,7 @@ from farm.pool import (
     request_stop,
     spawn_worker,
 )
+from farm.remote import RemoteListener, RemoteNode
 from farm.shm import SharedArena
 from farm.supervision import Supervision
 from farm.task import Task
@@ -66,7 +68,7 @@ _OUTPUT_HINTS = 256
 _BATCH = 64  # answers handled per acquisition of the lock
 
 
-class Router(Supervision):
+class Router(Supervision, Membership):
     """Owns the workers, the queues and the receive loop of one farm."""
 
     def __init__(
@@ -90,13 +92,25 @@ class Router(Supervision):
         self._inbound.setsockopt(zmq.RCVHWM, 0)
         self._base_spec["result_address"] = f"ipc://{self._ipc_dir}/in"
         self._inbound.bind(self._base_spec["result_address"])
-        self.workers = [
+        local_cores = options.cores if options.local_cores else ()
+        self.workers: list[WorkerHandle] = [
             WorkerHandle(i, core, options.core_mask_for(core), cpus_for_core[core])
-            for i, core in enumerate(options.cores)
+            for i, core in enumerate(local_cores)
         ]
         self._worker_of_core = {w.core: w for w in self.workers}
-        self._queues: dict[int, collections.deque[Task]] = {c: collections.deque() for c in options.cores}
+        self._queues: dict[int, collections.deque[Task]] = {c: collections.deque() for c in local_cores}
+        # Task k goes to _rotation[k % len]: the schedule, then each remote node once.
+        self._rotation: list[int] = list(options.schedule or options.cores) if options.local_cores else []
         self.pacer = Pacer(options.n_distinct_cores, options.enable_pacing)
+        self.remote: Optional[RemoteListener] = None
+        if options.listen:
+            try:
+                self.remote = RemoteListener(self._zmq, options, base_spec["model"])
+            except BaseException:
+                self._inbound.close(linger=0)
+                self._zmq.term()
+                shutil.rmtree(self._ipc_dir, ignore_errors=True)
+                raise
         self.callbacks = CallbackThread(options.sequential_callbacks)
         self.description: Optional[dict[str, Any]] = None
         self._output_hints: collections.OrderedDict[tuple, int] = collections.OrderedDict()
@@ -186,20 +200,23 @@ class Router(Supervision):
     def _core_with_room(self, index: int) -> Optional[int]:
         """Task ``index``'s core by the schedule, or, when that core's queue is
         full, the next core in schedule order that has room (a saturated core
-        must not hold up cores that are free); None when all are full."""
+        must not hold up cores that are free); None when all are full or no
+        core serves yet (a farm of remote nodes before the first joins)."""
+        rotation = self._rotation
+        if not rotation:
+            return None
         limit = self.options.max_queue_size
         core = self._core_for(index)
         if len(self._queues[core]) < limit:
             return core
-        schedule = self.options.schedule or self.options.cores
-        for step in range(1, len(schedule)):
-            other = schedule[(index + step) % len(schedule)]
+        for step in range(1, len(rotation)):
+            other = rotation[(index + step) % len(rotation)]
             if self._worker_of_core[other].ready and len(self._queues[other]) < limit:
                 return other
         return None
 
     def _core_for(self, index: int) -> int:
-        core = self.options.core_for_task(index)
+        core = self._rotation[index % len(self._rotation)]
         if self._worker_of_core[core].ready:
             return core
         # That core's worker is down: don't make its tasks wait for the respawn.
@@ -228,9 +245,13 @@ class Router(Supervision):
         self._cond.notify_all()
 
     def _send(self, slot: ContextSlot, task: Task) -> None:
-        out = None if task.out_region is None else task.out_region.descriptor()
-        header = [protocol.TASK, task.task_id, task.attempt, task.input_descriptors, out]
-        slot.socket.send(protocol.pack(header), flags=zmq.NOBLOCK)
+        if slot.worker.remote:
+            self._send_remote(slot, task)
+        else:
+            out = None if task.out_region is None else task.out_region.descriptor()
+            header = [protocol.TASK, task.task_id, task.attempt, task.input_descriptors, out]
+            assert slot.socket is not None
+            slot.socket.send(protocol.pack(header), flags=zmq.NOBLOCK)
         if not slot.in_flight:
             slot.busy_since = time.monotonic()
         slot.in_flight[task.task_id] = task
@@ -260,10 +281,14 @@ class Router(Supervision):
         poller = zmq.Poller()
         poller.register(self._inbound, zmq.POLLIN)
         poller.register(self._wake_read, zmq.POLLIN)
+        if self.remote is not None:
+            poller.register(self.remote.socket, zmq.POLLIN)
+            poller.register(self.remote.monitor, zmq.POLLIN)
         watched: dict[int, WorkerHandle] = {}
         while True:
             with self._cond:
                 if self._stopping and not any(w.process and w.exit_fd >= 0 for w in self.workers):
+                    self._close_remote()
                     return
                 exit_fds = {w.exit_fd: w for w in self.workers if w.exit_fd >= 0}
                 timeout_ms = self._timer_ms()
@@ -282,6 +307,8 @@ class Router(Supervision):
                 if fd in events:
                     self._drain_inbound()  # its last answers come before its death
                     self._on_worker_exit(worker)
+            if self.remote is not None:
+                self._serve_remote(events)
             self._run_timers()
 
     def _drain_inbound(self) -> None:
@@ -466,6 +493,7 @@ class Router(Supervision):
             for w in self.workers:
                 entry = {
                     "worker": w.worker_id,
+                    "node": w.name if isinstance(w, RemoteNode) else "local",
                     "core": w.core,
                     "core_mask": w.core_mask,
                     "pid": w.pid,
@@ -491,7 +519,18 @@ class Router(Supervision):
                     "admitted_per_s": round(self.pacer.admitted_rate(), 1),
                 },
                 "workers": workers,
+                "remote": None
+                if self.remote is None
+                else {"address": self.remote.address, **self.remote.counters},
             }
+
+    def metrics_snapshot(self) -> tuple[dict[str, Any], dict[int, tuple[list[int], float]]]:
+        """``snapshot()`` and, per worker, its cumulative latency buckets and sum."""
+        with self._cond:
+            histograms = {
+                w.worker_id: (list(w.stats.latency_buckets), w.stats.latency_sum_s) for w in self.workers
+            }
+            return self.snapshot(), histograms
 
     def _state_of(self, worker: WorkerHandle) -> str:
         if worker.ready:
@@ -540,6 +579,8 @@ class Router(Supervision):
                 self._fail_task(task, FarmClosedError("the farm closed before this task finished"))
             close_slots(worker)
         self.callbacks.stop(timeout=10.0)
+        if not self._thread.is_alive():
+            self._close_remote()
         self._inbound.close(linger=0)
         self._zmq.term()
         os.close(self._wake_read)

@@ -25,7 +25,7 @@ import tempfile
 import threading
 import weakref
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional
 
 import psutil
 
@@ -88,9 +88,10 @@ class SharedArena:
             self._bump += size
             return region
 
-    def free(self, region: Region) -> None:
-        """Return a region; safe from any thread and from finalizers."""
-        self._released.append(region)
+    def free(self, region: Optional[Region]) -> None:
+        """Return a region (None is ignored); safe from any thread and from finalizers."""
+        if region is not None:
+            self._released.append(region)
 
     def lease(self, region: Region) -> Any:
         """A buffer over ``region`` that returns it to the arena when garbage-collected."""

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import bisect
 import collections
 from typing import Any, Optional
 
 import numpy as np
 
-__all__ = ["WorkerStats", "percentiles"]
+__all__ = ["LATENCY_BUCKETS_S", "WorkerStats", "percentiles"]
 
 _LATENCY_SAMPLES = 4096
+#: Upper bounds (seconds) of the latency histogram's buckets, as Prometheus wants them.
+LATENCY_BUCKETS_S = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
 
 
 def percentiles(samples: Any) -> dict[str, Optional[float]]:
@@ -31,10 +34,16 @@ class WorkerStats:
         self.retried = 0
         self.infer_ema_us: Optional[float] = None
         self.latency_us: collections.deque[int] = collections.deque(maxlen=_LATENCY_SAMPLES)
+        # Cumulative since start: bucket counts (the last is +Inf) and the sum, in seconds.
+        self.latency_buckets = [0] * (len(LATENCY_BUCKETS_S) + 1)
+        self.latency_sum_s = 0.0
 
     def record_success(self, latency_us: int, infer_us: int) -> None:
         self.tasks += 1
         self.latency_us.append(latency_us)
+        seconds = latency_us / 1e6
+        self.latency_sum_s += seconds
+        self.latency_buckets[bisect.bisect_left(LATENCY_BUCKETS_S, seconds)] += 1
         ema = self.infer_ema_us
         self.infer_ema_us = infer_us if ema is None else 0.95 * ema + 0.05 * infer_us
 

@@ -59,6 +59,7 @@ class Task:
         "callback_seq",
         "core",
         "attempt",
+        "requeues",
         "submitted_at",
         "dispatched_at",
         "slot",
@@ -87,6 +88,7 @@ class Task:
         self.callback_seq = -1
         self.core = -1
         self.attempt = 0
+        self.requeues = 0  # times a lost remote node handed it back (not the task's fault)
         self.submitted_at = time.perf_counter()
         self.dispatched_at = 0.0
         self.slot: Any = None

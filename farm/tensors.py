@@ -125,6 +125,7 @@ def prepare_feed(
     specs: Optional[Sequence[TensorSpec]],
     layout: str = "nchw",
     native_layout: str = "nchw",
+    converts_dtypes: bool = False,
 ) -> list[PreparedInput]:
     """Check ``feed`` (one array, a list/tuple, or a dict name -> array) against
     ``specs`` (the model's inputs, in the backend's ``native_layout``) and
@@ -133,13 +134,17 @@ def prepare_feed(
     ``specs=None`` accepts any named inputs as given (a ``python`` backend
     that declares none). 4-D inputs are expected in the user's ``layout`` and
     transposed, where :func:`transpose_axes` says so, while they are copied
-    into shared memory.
+    into shared memory. ``converts_dtypes``: the runtime converts any of the
+    seed's ten input dtypes itself (RKNN does), so they travel as given.
     """
     if specs is None:
         return _prepare_free_form(feed)
     pairs = _pair_with_specs(feed, specs)
     axes = transpose_axes(layout, native_layout)
-    return [_prepare_one(user_spec(spec, layout, native_layout), value, axes) for spec, value in pairs]
+    return [
+        _prepare_one(user_spec(spec, layout, native_layout), value, axes, converts_dtypes)
+        for spec, value in pairs
+    ]
 
 
 def _pair_with_specs(feed: Any, specs: Sequence[TensorSpec]) -> list[tuple[TensorSpec, Any]]:
@@ -177,9 +182,18 @@ def _as_array(name: str, value: Any) -> np.ndarray:
     return array
 
 
-def _prepare_one(spec: TensorSpec, value: Any, axes: Optional[tuple[int, ...]]) -> PreparedInput:
+def _prepare_one(
+    spec: TensorSpec, value: Any, axes: Optional[tuple[int, ...]], converts_dtypes: bool = False
+) -> PreparedInput:
     array = _as_array(spec.name, value)
-    if array.dtype != spec.dtype and not (
+    if converts_dtypes:
+        if array.dtype not in ACCEPTED_DTYPES:
+            raise InvalidInputError(
+                f"Input {spec.name!r} has dtype {array.dtype}, which the RKNN runtime does not take; "
+                f"use one of: {', '.join(sorted(d.name for d in ACCEPTED_DTYPES))}"
+            )
+        spec = TensorSpec(spec.name, spec.shape, array.dtype)  # travels as given; the runtime converts
+    elif array.dtype != spec.dtype and not (
         array.dtype in ACCEPTED_DTYPES and np.can_cast(array.dtype, spec.dtype, "safe")
     ):
         raise InvalidInputError(

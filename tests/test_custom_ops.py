@@ -25,7 +25,9 @@ def model(tmp_path):
 def test_a_custom_op_library_is_loaded_in_every_worker(model):
     x = np.diag([2.0, 4.0, 8.0]).astype(np.float32)
     with pytest.warns(UserWarning, match=SEED_WARNING):
-        farm = Farm(model, schedule="0,1", threads_per_core=2, custom_op_paths=[extensions.get_library_path()])
+        farm = Farm(
+            model, schedule="0,1", threads_per_core=2, custom_op_paths=[extensions.get_library_path()]
+        )
     with farm:
         assert farm.options.disable_dup_context
         results = [out[0] for out in farm.map([x] * 8)]

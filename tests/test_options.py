@@ -34,9 +34,9 @@ SEED_KEY_LIST = (
     "custom_op_default_path, load_custom_ops_from_default_path"
 )
 FARM_KEY_LIST = (
-    "copy_outputs, heartbeat_interval_ms, heartbeat_liveness, input_shapes, intra_op_threads, "
-    "max_retries, max_tasks_per_worker, max_worker_rss_mb, sim_dataset, sim_quantize, "
-    "start_timeout_s, target_platform, task_timeout_ms"
+    "copy_outputs, heartbeat_interval_ms, heartbeat_liveness, input_shapes, insecure, intra_op_threads, "
+    "keys_dir, listen, local_cores, max_message_mb, max_retries, max_tasks_per_worker, max_worker_rss_mb, "
+    "sim_dataset, sim_quantize, start_timeout_s, target_platform, task_timeout_ms"
 )
 CONTAINER_ERROR = "provider_options must be a dict or a sequence whose first element is a dict"
 CONFLICT_ERROR = "provider_options 'tp_mode' conflicts with 'schedule'; set only one."
@@ -147,6 +147,11 @@ ACCEPTED = [
     ("heartbeat_liveness", "5", "heartbeat_liveness", 5),
     ("max_tasks_per_worker", 1000, "max_tasks_per_worker", 1000),
     ("max_worker_rss_mb", 0, "max_worker_rss_mb", 0),
+    ("listen", " tcp://127.0.0.1:5555 ", "listen", "tcp://127.0.0.1:5555"),
+    ("keys_dir", Path("keys"), "keys_dir", "keys"),
+    ("insecure", "on", "insecure", True),
+    ("local_cores", False, "local_cores", False),
+    ("max_message_mb", 64, "max_message_mb", 64),
 ]
 
 
@@ -192,6 +197,11 @@ def test_defaults():
         "heartbeat_liveness": 3,
         "max_tasks_per_worker": 0,
         "max_worker_rss_mb": 0,
+        "listen": None,
+        "keys_dir": None,
+        "insecure": False,
+        "local_cores": True,
+        "max_message_mb": 1024,
     }
 
 
@@ -292,6 +302,11 @@ REJECTED = [
     ({"heartbeat_liveness": "x"}, "heartbeat_liveness must be an integer"),
     ({"max_tasks_per_worker": 1.5}, "max_tasks_per_worker must be an integer"),
     ({"max_worker_rss_mb": -1}, "max_worker_rss_mb must be >= 0"),
+    ({"listen": "0.0.0.0:5555"}, "listen must be an address like 'tcp://0.0.0.0:5555', got '0.0.0.0:5555'"),
+    ({"keys_dir": 3}, "keys_dir must be a path-like object or string"),
+    ({"insecure": "maybe"}, "insecure must be a boolean"),
+    ({"local_cores": 2.0}, "local_cores must be a boolean"),
+    ({"max_message_mb": 0}, "max_message_mb must be > 0"),
     ({"foo": 1}, f"Unknown provider_options key: foo. Supported keys: {SEED_KEY_LIST}, {FARM_KEY_LIST}"),
     (
         {"Layout": "nchw"},

@@ -23,6 +23,15 @@ Context thread / worker -> parent (one PULL socket in the parent)::
     [READY, worker_id, generation, pid, description]
     [START_FAILED, worker_id, generation, message, traceback]
     [HEARTBEAT, worker_id, generation]      every heartbeat_interval_ms, from a ready worker
+
+Between the router and a remote node agent (TCP, ROUTER/DEALER; tensors are
+always inline frames; a TASK carries the credit ``slot`` the node echoes in
+its timings)::
+
+    node -> router   [HELLO, name, info]          info: cores, contexts, backend, model_sha256, ...
+    router -> node   [WELCOME, worker_id, generation] | [REJECT, reason] | [MODEL, name, sha256] + bytes
+    router -> node   [TASK, task_id, attempt, inputs, None, slot] + frames
+    node -> router   RESULT / FAILED as above, HEARTBEAT both ways
 """
 
 from __future__ import annotations
@@ -38,6 +47,10 @@ import zmq
 __all__ = [
     "FAILED",
     "HEARTBEAT",
+    "HELLO",
+    "MODEL",
+    "REJECT",
+    "WELCOME",
     "READY",
     "RESULT",
     "START_FAILED",
@@ -60,6 +73,10 @@ FAILED = 11
 READY = 12
 START_FAILED = 13
 HEARTBEAT = 14
+HELLO = 20
+WELCOME = 21
+REJECT = 22
+MODEL = 23
 
 #: What the parent writes on a worker's stdin (its life line) before closing it
 #: on purpose; end-of-file without it means the parent died.

@@ -155,7 +155,8 @@ def read_onnx_io(model: str) -> tuple[list[OnnxTensor], list[OnnxTensor], dict[s
 
 def _example_dims(tensor: OnnxTensor) -> list[int]:
     return [
-        d if isinstance(d, int) and d > 0 else (1 if i == 0 else _FALLBACK_DIM) for i, d in enumerate(tensor.dims)
+        d if isinstance(d, int) and d > 0 else (1 if i == 0 else _FALLBACK_DIM)
+        for i, d in enumerate(tensor.dims)
     ]
 
 

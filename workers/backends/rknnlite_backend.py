@@ -11,13 +11,13 @@ reports ``native_layout="nhwc"`` and 4-D input shapes as the runtime does
 (NHWC). The parent maps the user's ``layout`` onto that
 (``farm.tensors.transpose_axes``) and this backend picks ``data_format``:
 
-=================  ================================  =====================
-layout             what arrives here (4-D inputs)    ``data_format``
-=================  ================================  =====================
-``nchw`` (default)  NCHW, as the user gave it         ``'nchw'``: the runtime converts
-``nchw_software``   NHWC, transposed by the parent    ``'nhwc'``
-``nhwc``, ``any``   NHWC, as the user gave it         ``'nhwc'``
-=================  ================================  =====================
+====================  ==============================  ==================================
+layout                what arrives here (4-D inputs)  ``data_format``
+====================  ==============================  ==================================
+``nchw`` (default)    NCHW, as the user gave it       ``'nchw'``: the runtime converts
+``nchw_software``     NHWC, transposed by the parent  ``'nhwc'``
+``nhwc``, ``any``     NHWC, as the user gave it       ``'nhwc'``
+====================  ==============================  ==================================
 
 ``data_format`` is always passed as a string, never a list (a list raises
 ``KeyError`` inside older RKNNLite versions, airockchip/rknn-toolkit2#344),
@@ -59,7 +59,7 @@ sibling context printed at the same time, and anything any thread prints
 reaches the terminal at the end of the current call instead of at once. If
 the process dies during a call (SIGSEGV in librknnrt, ``failed to submit``),
 what the runtime printed just before is still in the temporary file
-(``$TMPDIR/rknn-farm-rtlog-<pid>-fd<n>.log``); the worker that the farm
+(``$TMPDIR/rknn-farm-rtlog-<parent pid>-<pid>-fd<n>.log``); the worker that the farm
 starts in its place prints it to stderr and deletes the file. Set
 ``RKNN_FARM_CAPTURE_RUNTIME_LOG=0`` to leave the descriptors alone (the
 messages then say that the log was not captured).
@@ -75,7 +75,9 @@ the order given (give them in model order), and sizes outputs after the
 first result. Input dtypes are reported as what a caller should feed: the
 runtime converts, so 8-bit quantized inputs are reported ``uint8`` (image
 bytes, the fast path) and float16/float32 inputs ``float32``; the runtime's
-own type is in each entry's ``rknn_type``.
+own type is in each entry's ``rknn_type``. ``converts_input_dtypes: True`` in
+the description says that any dtype would do (the parent does not use it yet:
+it still casts to, and checks against, the reported dtype).
 
 **Single-core SoCs** (RK356x): when ``init_runtime`` fails for ``NPU_CORE_0``
 and the SoC is not known to have several NPU cores, it is retried with
@@ -231,7 +233,8 @@ class _OutputCapture:
         opened: dict[int, tuple[int, int, str]] = {}
         try:
             for fd in self.FDS:
-                path = os.path.join(tempfile.gettempdir(), f"{_LOG_PREFIX}{os.getpid()}-fd{fd}.log")
+                name = f"{_LOG_PREFIX}{os.getppid()}-{os.getpid()}-fd{fd}.log"
+                path = os.path.join(tempfile.gettempdir(), name)
                 try:
                     os.unlink(path)
                 except FileNotFoundError:
@@ -287,12 +290,17 @@ def _pid_alive(pid: int) -> bool:
 
 
 def _report_logs_of_dead_workers() -> None:
-    """Print (to stderr) and delete what workers that died during an RKNNLite
-    call left in their capture files."""
-    pattern = os.path.join(tempfile.gettempdir(), f"{_LOG_PREFIX}*-fd*.log")
+    """Print (to stderr) and delete what dead workers left in their capture
+    files: those of this farm (same parent process), and those of farms whose
+    parent is gone too. Files of another live farm are left to its workers."""
+    pattern = os.path.join(tempfile.gettempdir(), f"{_LOG_PREFIX}*-*-fd*.log")
+    parent = os.getppid()
     for path in sorted(glob.glob(pattern)):
-        match = re.search(rf"{_LOG_PREFIX}(\d+)-fd(\d+)\.log$", path)
-        if not match or int(match.group(1)) == os.getpid() or _pid_alive(int(match.group(1))):
+        match = re.search(rf"{_LOG_PREFIX}(\d+)-(\d+)-fd(\d+)\.log$", path)
+        if not match:
+            continue
+        their_parent, pid, fd = (int(g) for g in match.groups())
+        if pid == os.getpid() or _pid_alive(pid) or (their_parent != parent and _pid_alive(their_parent)):
             continue
         claimed = f"{path}.{os.getpid()}.claimed"
         try:
@@ -303,11 +311,12 @@ def _report_logs_of_dead_workers() -> None:
         except OSError:
             continue
         if text.strip():
-            stream = "stdout" if match.group(2) == "1" else "stderr"
+            stream = "stdout" if fd == 1 else "stderr"
+            farm = "" if their_parent == parent else f" (of an earlier farm, parent pid {their_parent})"
             body = "".join(f"  | {line}\n" for line in text.splitlines())
             _write_all(
                 2,
-                f"rknn-farm: worker pid {match.group(1)} died during an RKNNLite call; "
+                f"rknn-farm: worker pid {pid}{farm} died during an RKNNLite call; "
                 f"what it had printed to {stream} meanwhile:\n{body}".encode(),
             )
 
@@ -456,9 +465,9 @@ class RknnLiteSession:
         where = f"core {p.core} (core_mask {mask_text(mask)}, context {p.context_index})"
         return f"for model {self._model!r} on {where}"
 
-    def _failure(self, call: str, what: str, mask: int, output: str) -> RKNNLiteError:
+    def _failure(self, call: str, args: str, outcome: str, mask: int, output: str) -> RKNNLiteError:
         lines = _error_lines(output)
-        message = f"RKNNLite.{call} {what} {self._where(mask)}"
+        message = f"RKNNLite.{call}({args}) {outcome} {self._where(mask)}"
         if lines:
             message += "; the runtime said:\n  " + "\n  ".join(lines)
         elif not _CAPTURE.enabled:
@@ -471,20 +480,20 @@ class RknnLiteSession:
         mask = self._placement.core_mask
         result, output = _guarded(lambda: self._rknn.load_rknn(self._model))
         if result != 0:
-            raise self._failure("load_rknn", f"({self._model!r}) returned {result!r}", mask, output)
+            raise self._failure("load_rknn", repr(self._model), f"returned {result!r}", mask, output)
 
     def _init_runtime(self, mask: int) -> int:
         result, output = _guarded(lambda: self._rknn.init_runtime(core_mask=mask))
         if result == 0:
             return mask
         error = self._failure(
-            "init_runtime", f"(core_mask={mask_text(mask)}) returned {result!r}", mask, output
+            "init_runtime", f"core_mask={mask_text(mask)}", f"returned {result!r}", mask, output
         )
         soc = rknn_runtime.soc_info("/")
         if mask == 1 and not (soc.npu_cores or 0) > 1:
             # RK356x-class SoCs have one NPU core and refuse core masks
             # (set_core_mask fails): NPU_CORE_AUTO is that core.
-            retry, retry_output = _guarded(lambda: self._rknn.init_runtime(core_mask=0))
+            retry, _ = _guarded(lambda: self._rknn.init_runtime(core_mask=0))
             if retry == 0:
                 self._notes.append(
                     f"init_runtime refused core_mask {mask_text(mask)} (a single-core NPU"
@@ -542,6 +551,9 @@ class RknnLiteSession:
             "core_mask": self.core_mask,
             "requested_core_mask": self._placement.core_mask,
             "data_format": self._data_format,
+            # The runtime converts any of the seed's input dtypes itself (the seed
+            # checks no dtype): a parent that honours this can skip its cast.
+            "converts_input_dtypes": True,
             "reuse_outputs": self._reuse_outputs,
             "tensor_info_source": source,
             "rknnlite_version": _rknnlite_version(),
@@ -571,12 +583,8 @@ class RknnLiteSession:
         result, output = _guarded(call)
         if result is None:
             shapes = ", ".join(f"{list(a.shape)} {a.dtype}" for a in arrays)
-            raise self._failure(
-                "inference",
-                f"(data_format={data_format!r}, inputs: {shapes}) returned None",
-                self.core_mask,
-                output,
-            )
+            args = f"inputs=[{shapes}], data_format={data_format!r}"
+            raise self._failure("inference", args, "returned None", self.core_mask, output)
         # With reuse_outputs the arrays are RKNNLite's and the next call overwrites them: copy.
         return [
             np.array(o, dtype=np.float32, order="C", copy=True) if reuse else _as_float32(o) for o in result

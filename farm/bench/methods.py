@@ -1,0 +1,263 @@
+"""The five ways to run a workload, one function each; all return a :class:`Row`.
+
+The baselines call ONNX Runtime directly, as a user would without the farm:
+``inprocess`` (one session), ``threads`` (a thread pool, a session per
+thread), ``processpool`` (``ProcessPoolExecutor``, a session per process,
+arrays pickled both ways). ``zmq-floor`` runs no model: it is a bare pyzmq
+DEALER/ROUTER echo of a header the size of the farm's task header, the floor
+under any ZeroMQ design. ``farm`` is rknn-farm with as many workers.
+
+Functions named ``_child_*`` run in the spawned child processes.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import multiprocessing
+import os
+import shutil
+import tempfile
+import threading
+import time
+from typing import Any, Callable, Optional
+
+import numpy as np
+import zmq
+
+from farm.bench.measure import (
+    Config,
+    CpuMeter,
+    Row,
+    Timing,
+    consume,
+    pipelined_loop,
+    sync_loop,
+    timed_generator,
+    warm_up,
+)
+from farm.bench.workloads import Workload, task_header
+from farm.farm import Farm
+from workers.segments import SEGMENT_PREFIX
+
+__all__ = ["METHODS", "bench_farm", "ort_session", "run_method", "start_farm"]
+
+_STOP = b""
+_ECHO_JOIN_S = 5.0
+
+
+def ort_session(model: str) -> Any:
+    """An ONNX Runtime CPU session as the farm's workers make them: one
+    intra-op thread, one inter-op thread, sequential execution."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    return ort.InferenceSession(model, sess_options=options, providers=["CPUExecutionProvider"])
+
+
+def _first_answer(call: Callable[[], Any], started: float) -> float:
+    call()
+    return time.perf_counter() - started
+
+
+# ── inprocess ────────────────────────────────────────────────────────────
+def bench_inprocess(workload: Workload, config: Config) -> Row:
+    """One session in this process, one task after the other: its throughput
+    is simply its sequential rate."""
+    started = time.perf_counter()
+    session = ort_session(workload.model)
+    feed = workload.feed
+
+    def run() -> None:
+        session.run(None, feed)
+
+    row = Row(workload.name, "inprocess", 1, startup_s=_first_answer(run, started))
+    warm_up(run, config.warmup_s)
+    timing = sync_loop(run, config.duration_s)
+    row.set_sync(timing)
+    row.set_throughput(timing, in_flight=1)
+    return row
+
+
+# ── threads ──────────────────────────────────────────────────────────────
+def bench_threads(workload: Workload, config: Config) -> Row:
+    """A ThreadPoolExecutor of N threads, each with its own session."""
+    local = threading.local()
+
+    def open_session() -> None:
+        local.session = ort_session(workload.model)
+
+    def run(feed: dict[str, np.ndarray]) -> None:
+        local.session.run(None, feed)
+
+    feed, n = workload.feed, config.workers
+    started = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(n, initializer=open_session) as pool:
+        row = Row(workload.name, "threads", n)
+        row.startup_s = _first_answer(lambda: _all_busy(pool, run, feed, n), started)
+        warm_up(lambda: _all_busy(pool, run, feed, n), config.warmup_s)
+        row.set_sync(sync_loop(lambda: pool.submit(run, feed).result(), config.duration_s))
+        timing = pipelined_loop(lambda: pool.submit(run, feed), config.duration_s, config.window)
+        row.set_throughput(timing, config.window)
+    return row
+
+
+def _all_busy(pool: concurrent.futures.Executor, fn: Callable[..., Any], arg: Any, n: int) -> None:
+    """2N tasks at once, so that every thread/process starts and warms up."""
+    for future in [pool.submit(fn, arg) for _ in range(2 * n)]:
+        future.result()
+
+
+# ── processpool ──────────────────────────────────────────────────────────
+_child_session: Any = None
+
+
+def _child_open_session(model: str) -> None:
+    global _child_session
+    _child_session = ort_session(model)
+
+
+def _child_run(feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+    return list(_child_session.run(None, feed))
+
+
+def bench_processpool(workload: Workload, config: Config) -> Row:
+    """ProcessPoolExecutor (spawn) of N processes, a session each, created by
+    the initializer; inputs and outputs travel pickled."""
+    feed, n = workload.feed, config.workers
+    context = multiprocessing.get_context("spawn")
+    started = time.perf_counter()
+    with concurrent.futures.ProcessPoolExecutor(
+        n, mp_context=context, initializer=_child_open_session, initargs=(workload.model,)
+    ) as pool:
+        row = Row(workload.name, "processpool", n)
+        row.startup_s = _first_answer(lambda: _all_busy(pool, _child_run, feed, n), started)
+        warm_up(lambda: _all_busy(pool, _child_run, feed, n), config.warmup_s)
+        row.set_sync(sync_loop(lambda: pool.submit(_child_run, feed).result(), config.duration_s))
+        timing = pipelined_loop(lambda: pool.submit(_child_run, feed), config.duration_s, config.window)
+        row.set_throughput(timing, config.window)
+    return row
+
+
+# ── zmq-floor ────────────────────────────────────────────────────────────
+def _child_echo(address: str) -> None:
+    """A ROUTER that sends back every message it gets, until an empty one."""
+    context = zmq.Context()
+    socket = context.socket(zmq.ROUTER)
+    socket.setsockopt(zmq.LINGER, 0)
+    socket.connect(address)
+    try:
+        while True:
+            identity, payload = socket.recv_multipart()
+            if payload == _STOP:
+                return
+            socket.send_multipart([identity, payload])
+    finally:
+        socket.close()
+        context.term()
+
+
+def bench_zmq_floor(workload: Workload, config: Config) -> Row:
+    """Echo the workload's task header through a spawned process over ipc://:
+    sync round trips, then ``floor_window`` messages in flight."""
+    header = task_header(workload)
+    ipc_dir = tempfile.mkdtemp(prefix=f"{SEGMENT_PREFIX}{os.getpid()}-bench-")
+    address = f"ipc://{ipc_dir}/echo"
+    context = zmq.Context()
+    socket = context.socket(zmq.DEALER)
+    socket.setsockopt(zmq.LINGER, 0)
+    echo: Optional[Any] = None
+    try:
+        socket.bind(address)
+        started = time.perf_counter()
+        echo = multiprocessing.get_context("spawn").Process(target=_child_echo, args=(address,), daemon=True)
+        echo.start()
+
+        def round_trip() -> None:
+            socket.send(header)
+            socket.recv()
+
+        row = Row(workload.name, "zmq-floor", 1, startup_s=_first_answer(round_trip, started))
+        row.details["header_bytes"] = len(header)
+        warm_up(round_trip, config.warmup_s)
+        row.set_sync(sync_loop(round_trip, config.duration_s))
+        row.set_throughput(_echo_pipelined(socket, header, config), config.floor_window)
+        return row
+    finally:
+        _stop_echo(socket, echo)
+        socket.close(linger=0)
+        context.term()
+        shutil.rmtree(ipc_dir, ignore_errors=True)
+
+
+def _echo_pipelined(socket: zmq.Socket, header: bytes, config: Config) -> Timing:
+    """``floor_window`` messages in flight: a new one goes out as each comes back."""
+    in_flight, done = config.floor_window, 0
+    with CpuMeter() as cpu:
+        start = time.perf_counter()
+        deadline = start + config.duration_s
+        for _ in range(in_flight):
+            socket.send(header)
+        while in_flight:
+            socket.recv()
+            done += 1
+            in_flight -= 1
+            if time.perf_counter() < deadline:
+                socket.send(header)
+                in_flight += 1
+        wall = time.perf_counter() - start
+    return Timing(done, wall, [], cpu.parent_s, cpu.children_s)
+
+
+def _stop_echo(socket: zmq.Socket, echo: Optional[Any]) -> None:
+    if echo is None:
+        return
+    try:
+        socket.send(_STOP, zmq.NOBLOCK)
+    except zmq.ZMQError:
+        pass
+    echo.join(_ECHO_JOIN_S)
+    if echo.is_alive():
+        echo.terminate()
+        echo.join(_ECHO_JOIN_S)
+
+
+# ── farm ─────────────────────────────────────────────────────────────────
+def start_farm(workload: Workload, config: Config, **options: Any) -> Farm:
+    schedule = ",".join(str(core) for core in range(config.workers))
+    return Farm(workload.model, backend="onnxruntime", schedule=schedule, threads_per_core=1, **options)
+
+
+def bench_farm(workload: Workload, config: Config) -> Row:
+    """rknn-farm, one worker per core ("0,1" for two), one context each:
+    ``Farm.run`` for sync latency, ``Farm.map`` for throughput."""
+    feed = workload.feed
+    started = time.perf_counter()
+    with start_farm(workload, config) as farm:
+
+        def run() -> None:
+            farm.run(feed)
+
+        row = Row(workload.name, "farm", config.workers, startup_s=_first_answer(run, started))
+        warm_up(run, config.warmup_s)
+        row.set_sync(sync_loop(run, config.duration_s))
+        results = farm.map(timed_generator(feed, config.duration_s), max_in_flight=config.window)
+        row.set_throughput(consume(results), config.window)
+        emas = [w["infer_ema_us"] for w in farm.stats()["workers"] if w["infer_ema_us"] is not None]
+        row.details["worker_infer_ema_us"] = round(sum(emas) / len(emas), 1) if emas else None
+    return row
+
+
+METHODS: dict[str, Callable[[Workload, Config], Row]] = {
+    "inprocess": bench_inprocess,
+    "threads": bench_threads,
+    "processpool": bench_processpool,
+    "zmq-floor": bench_zmq_floor,
+    "farm": bench_farm,
+}
+
+
+def run_method(method: str, workload: Workload, config: Config) -> Row:
+    return METHODS[method](workload, config)

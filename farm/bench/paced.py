@@ -1,0 +1,114 @@
+"""The pacing measurement: a producer that submits three times faster than
+the farm can serve, into a farm with ``enable_pacing=True``.
+
+Pacing should hold the producer to the farm's own rate (its submissions are
+admitted at about the unpaced throughput) without the queues filling up.
+A sampler thread reads ``Farm.stats()`` every few milliseconds for the
+queue lengths.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from typing import Any
+
+import numpy as np
+
+from farm.bench.measure import Config, warm_up
+from farm.bench.methods import start_farm
+from farm.bench.workloads import Workload
+
+__all__ = ["OVERLOAD", "bench_pacing"]
+
+#: The producer offers this many times the farm's unpaced throughput.
+OVERLOAD = 3.0
+_SAMPLE_EVERY_S = 0.02  # a stats() call takes ~0.2 ms of the router lock
+_WARMUP_TASKS = 50  # enough completions for the EMA to settle before the measured window
+
+
+def bench_pacing(workload: Workload, config: Config, unpaced_per_s: float) -> dict[str, Any]:
+    """Offer ``OVERLOAD`` × ``unpaced_per_s`` submissions per second for
+    ``config.pacing_s`` seconds; report the admitted rate and queue lengths."""
+    with start_farm(workload, config, enable_pacing=True) as farm:
+        for _ in range(_WARMUP_TASKS):
+            farm.run(workload.feed)
+        warm_up(lambda: farm.run(workload.feed), config.warmup_s)
+        max_queue = farm.options.max_queue_size
+        samples: list[tuple[float, list[int]]] = []
+        stop = threading.Event()
+        sampler = threading.Thread(target=_sample_queues, args=(farm, samples, stop), daemon=True)
+        sampler.start()
+        try:
+            admitted, wall = _produce(farm, workload.feed, OVERLOAD * unpaced_per_s, config.pacing_s)
+        finally:
+            stop.set()
+            sampler.join()
+        pacing = farm.stats()["pacing"]
+    return _summary(admitted, wall, unpaced_per_s, samples, max_queue, pacing)
+
+
+def _produce(farm: Any, feed: Any, offered_per_s: float, seconds: float) -> tuple[int, float]:
+    """Submit on a fixed schedule of ``offered_per_s``; a submission that
+    pacing holds back delays the producer. Returns (submissions that
+    returned, wall time); every result is waited for before returning."""
+    interval = 1.0 / offered_per_s
+    pending: collections.deque[Any] = collections.deque()
+    start = time.perf_counter()
+    deadline = start + seconds
+    next_at = start
+    admitted = 0
+    while time.perf_counter() < deadline:
+        pending.append(farm.submit(feed))
+        admitted += 1
+        while pending and pending[0].done():
+            pending.popleft().result()
+        next_at += interval
+        delay = next_at - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+    wall = time.perf_counter() - start
+    while pending:
+        pending.popleft().result()
+    return admitted, wall
+
+
+def _sample_queues(farm: Any, samples: list[tuple[float, list[int]]], stop: threading.Event) -> None:
+    start = time.perf_counter()
+    while not stop.wait(_SAMPLE_EVERY_S):
+        queued = [w["queued"] for w in farm.stats()["workers"]]
+        samples.append((time.perf_counter() - start, queued))
+
+
+def _summary(
+    admitted: int,
+    wall: float,
+    unpaced_per_s: float,
+    samples: list[tuple[float, list[int]]],
+    max_queue: int,
+    pacing: dict[str, Any],
+) -> dict[str, Any]:
+    totals = np.array([sum(q) for _, q in samples] or [0], dtype=np.float64)
+    third = max(1, len(totals) // 3)
+    per_worker_max = max((max(q) for _, q in samples if q), default=0)
+    at_bound = sum(1 for _, q in samples if q and max(q) >= max_queue)
+    admitted_per_s = admitted / wall
+    return {
+        "offered_per_s": OVERLOAD * unpaced_per_s,
+        "unpaced_throughput_per_s": unpaced_per_s,
+        "seconds": wall,
+        "admitted": admitted,
+        "admitted_per_s": admitted_per_s,
+        # the router's own figure counts from the farm's first admission, warm-up included
+        "router_admitted_per_s": pacing["admitted_per_s"],
+        "router_interval_us": pacing["interval_us"],
+        "router_ema_infer_us": pacing["ema_infer_us"],
+        "queue_samples": len(samples),
+        "queued_max_per_worker": per_worker_max,
+        "queued_at_bound_fraction": at_bound / len(samples) if samples else 0.0,
+        "queued_total_max": int(totals.max()),
+        "queued_total_mean_first_third": float(totals[:third].mean()),
+        "queued_total_mean_last_third": float(totals[-third:].mean()),
+        "max_queue_size": max_queue,
+    }

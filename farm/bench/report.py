@@ -1,0 +1,402 @@
+"""Turning rows into ratios, target checks, a table, a JSON file and a plot."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import sys
+from collections.abc import Sequence
+from typing import Any, Optional
+
+from farm.bench.measure import Row
+from farm.bench.workloads import WORKLOADS
+
+__all__ = [
+    "check_targets",
+    "compute_ratios",
+    "format_table",
+    "load_average",
+    "machine_info",
+    "write_json",
+    "write_plot",
+]
+
+METHOD_ORDER = ("inprocess", "threads", "processpool", "zmq-floor", "farm")
+
+# The issue's targets.
+SCALING_MIN = 1.7  # farm rec throughput / inprocess
+SYNC_OVERHEAD_MAX = 2.0  # farm tiny sync p50 / zmq-floor round trip p50
+PIPELINED_MIN_PER_S = 10_000.0  # farm tiny tasks/s
+PROCESSPOOL_FACTOR_MIN = 10.0  # processpool frame sync p50 / farm frame sync p50
+PACING_TOLERANCE = 0.15
+
+
+# ── machine ──────────────────────────────────────────────────────────────
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith(("model name", "Model")):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _version(module: str) -> Optional[str]:
+    try:
+        return str(__import__(module).__version__)
+    except Exception:
+        return None
+
+
+def load_average() -> Optional[list[float]]:
+    """1, 5 and 15 minute load averages: other work on the machine skews every figure."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
+
+
+def machine_info() -> dict[str, Any]:
+    import zmq
+
+    from farm import __version__
+
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "platform": platform.platform(),
+        "cpu_model": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "cpus_usable": usable,
+        "python": platform.python_version(),
+        "numpy": _version("numpy"),
+        "onnxruntime": _version("onnxruntime"),
+        "pyzmq": zmq.__version__,
+        "libzmq": zmq.zmq_version(),
+        "msgpack": ".".join(map(str, __import__("msgpack").version)),
+        "rknn_farm": __version__,
+        "load_average_at_end": load_average(),
+    }
+
+
+# ── ratios and targets ───────────────────────────────────────────────────
+def _by_key(rows: Sequence[Row]) -> dict[tuple[str, str], Row]:
+    return {(r.workload, r.method): r for r in rows}
+
+
+def _workloads(rows: Sequence[Row]) -> list[str]:
+    return list(dict.fromkeys(r.workload for r in rows))
+
+
+def compute_ratios(
+    rows: Sequence[Row], frame_memcpy_ms: Optional[float], pacing: Optional[dict[str, Any]]
+) -> dict[str, Any]:
+    """Every ratio from the raw figures (each appears only when its inputs were measured):
+
+    - throughput_vs_inprocess[workload][method] = tasks/s ÷ inprocess tasks/s (not for
+      zmq-floor, which runs no model)
+    - sync_vs_zmq_floor[workload][method] = sync p50 ÷ zmq-floor sync p50 (same workload's header)
+    - frame: the transport budget = inprocess sync p50 + 2 memcpys of the frame + 2 zmq-floor
+      round trips, farm sync p50 ÷ budget, processpool ÷ farm (sync p50 and throughput)
+    - pacing: admitted per s ÷ the farm's unpaced throughput on cls
+    """
+    by = _by_key(rows)
+    ratios: dict[str, Any] = {"throughput_vs_inprocess": {}, "sync_vs_zmq_floor": {}}
+    for workload in _workloads(rows):
+        methods = [m for m in METHOD_ORDER if (workload, m) in by]
+        base = by.get((workload, "inprocess"))
+        if base is not None:
+            ratios["throughput_vs_inprocess"][workload] = {
+                m: by[workload, m].throughput_per_s / base.throughput_per_s
+                for m in methods
+                if m != "zmq-floor"
+            }
+        floor = by.get((workload, "zmq-floor"))
+        if floor is not None:
+            ratios["sync_vs_zmq_floor"][workload] = {
+                m: by[workload, m].sync_p50_ms / floor.sync_p50_ms for m in methods
+            }
+    frame = _frame_ratios(by, frame_memcpy_ms)
+    if frame:
+        ratios["frame"] = frame
+    if pacing:
+        ratios["pacing"] = {
+            "admitted_vs_unpaced": pacing["admitted_per_s"] / pacing["unpaced_throughput_per_s"],
+            "queue_grew": _queue_grew(pacing),
+        }
+    return ratios
+
+
+def _frame_ratios(by: dict[tuple[str, str], Row], memcpy_ms: Optional[float]) -> dict[str, float]:
+    farm, pool = by.get(("frame", "farm")), by.get(("frame", "processpool"))
+    inproc, floor = by.get(("frame", "inprocess")), by.get(("frame", "zmq-floor"))
+    out: dict[str, float] = {}
+    if memcpy_ms is not None:
+        out["memcpy_ms"] = memcpy_ms
+    if farm is None:
+        return out
+    out["farm_sync_p50_ms"] = farm.sync_p50_ms
+    if inproc is not None and floor is not None and memcpy_ms is not None:
+        out["inprocess_sync_p50_ms"] = inproc.sync_p50_ms
+        out["zmq_floor_sync_p50_ms"] = floor.sync_p50_ms
+        budget = inproc.sync_p50_ms + 2 * memcpy_ms + 2 * floor.sync_p50_ms
+        out["budget_ms"] = budget
+        out["farm_vs_budget"] = farm.sync_p50_ms / budget
+    if pool is not None:
+        out["processpool_vs_farm_sync"] = pool.sync_p50_ms / farm.sync_p50_ms
+        out["farm_vs_processpool_throughput"] = farm.throughput_per_s / pool.throughput_per_s
+    return out
+
+
+def _queue_grew(pacing: dict[str, Any]) -> bool:
+    """Growth: the queues were longer in the last third of the run than in the
+    first, or some worker's queue sat at its bound (``max_queue_size``, which
+    then held the producer back instead of pacing) in most samples."""
+    trend = pacing["queued_total_mean_last_third"] > pacing["queued_total_mean_first_third"] + 0.5
+    return bool(trend or pacing["queued_at_bound_fraction"] > 0.5)
+
+
+def check_targets(rows: Sequence[Row], ratios: dict[str, Any]) -> list[dict[str, Any]]:
+    """The issue's targets with their measured values; ``met`` is None when not measured."""
+    tiny = _by_key(rows).get(("tiny", "farm"))
+    frame, pacing = ratios.get("frame", {}), ratios.get("pacing")
+    checks: list[tuple[str, Optional[float], str, float]] = [
+        (
+            "compute scaling: farm rec tasks/s ÷ inprocess",
+            ratios["throughput_vs_inprocess"].get("rec", {}).get("farm"),
+            ">=",
+            SCALING_MIN,
+        ),
+        (
+            "sync overhead: farm tiny sync p50 ÷ zmq-floor p50",
+            ratios["sync_vs_zmq_floor"].get("tiny", {}).get("farm"),
+            "<=",
+            SYNC_OVERHEAD_MAX,
+        ),
+        (
+            "pipelined: farm tiny tasks/s",
+            None if tiny is None else tiny.throughput_per_s,
+            ">=",
+            PIPELINED_MIN_PER_S,
+        ),
+        ("transport: farm frame sync p50 ÷ budget", frame.get("farm_vs_budget"), "<=", 1.0),
+        (
+            "transport: processpool frame sync p50 ÷ farm",
+            frame.get("processpool_vs_farm_sync"),
+            ">=",
+            PROCESSPOOL_FACTOR_MIN,
+        ),
+        (
+            "pacing: admitted rate ÷ unpaced throughput",
+            None if pacing is None else pacing["admitted_vs_unpaced"],
+            "1 ±",
+            PACING_TOLERANCE,
+        ),
+        (
+            "pacing: queue grew (1 yes, 0 no)",
+            None if pacing is None else float(pacing["queue_grew"]),
+            "<=",
+            0.0,
+        ),
+    ]
+    return [
+        {"name": name, "value": value, "target": f"{op} {goal:g}", "met": _met(value, op, goal)}
+        for name, value, op, goal in checks
+    ]
+
+
+def _met(value: Optional[float], op: str, goal: float) -> Optional[bool]:
+    if value is None:
+        return None
+    if op == ">=":
+        return value >= goal
+    if op == "<=":
+        return value <= goal
+    return abs(value - 1) <= goal
+
+
+# ── table ────────────────────────────────────────────────────────────────
+_HEADERS = (
+    "method",
+    "workers",
+    "sync p50 ms",
+    "p99 ms",
+    "mean ms",
+    "tasks/s",
+    "in flight",
+    "x inproc",
+    "x floor",
+    "cpu us/task",
+    "startup s",
+)
+
+
+def _ms(value: float) -> str:
+    return f"{value:.3f}" if value < 10 else f"{value:.1f}"
+
+
+def _rate(value: float) -> str:
+    return f"{value:,.0f}" if value >= 100 else f"{value:.1f}"
+
+
+def _cpu(per_task: Optional[dict[str, float]]) -> str:
+    if not per_task:
+        return "-"
+    return f"{per_task['parent']:.0f}+{per_task['children']:.0f}"
+
+
+def _ratio(value: Optional[float]) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
+def _grid(headers: Sequence[str], rows: Sequence[Sequence[str]], right: int) -> list[str]:
+    """Columns from index ``right`` on are right-aligned (the numbers)."""
+    cells = [list(headers), *[list(r) for r in rows]]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = []
+    for r in cells:
+        parts = [c.ljust(w) if i < right else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))]
+        lines.append("  " + "  ".join(parts).rstrip())
+    return lines
+
+
+def format_table(report: dict[str, Any]) -> str:
+    rows = [Row(**r) for r in report["rows"]]
+    ratios, machine, config = report["ratios"], report["machine"], report["config"]
+    lines = [
+        f"rknn-farm bench: {config['workers']} workers, {config['duration_s']:g} s per measurement, "
+        f"{machine['cpus_usable']} CPUs ({machine['cpu_model']}), onnxruntime {machine['onnxruntime']}, "
+        f"Python {machine['python']}, {machine['date']}; load average at start"
+        f" {machine.get('load_average_at_start')}, at end {machine.get('load_average_at_end')}",
+        "sync: one task in flight (ms); tasks/s: pipelined, 'in flight' tasks at once;"
+        " x inproc: tasks/s ÷ inprocess's; x floor: sync p50 ÷ zmq-floor's;",
+        "cpu us/task: CPU time per pipelined task in this process + in child processes",
+    ]
+    for workload in _workloads(rows):
+        lines += ["", f"{workload}: {WORKLOADS[workload]}"]
+        speed = ratios["throughput_vs_inprocess"].get(workload, {})
+        floor = ratios["sync_vs_zmq_floor"].get(workload, {})
+        table = [
+            [
+                r.method,
+                str(r.workers),
+                _ms(r.sync_p50_ms),
+                _ms(r.sync_p99_ms),
+                _ms(r.sync_mean_ms),
+                _rate(r.throughput_per_s),
+                str(r.in_flight),
+                _ratio(speed.get(r.method)),
+                _ratio(floor.get(r.method)),
+                _cpu(r.details.get("pipelined_cpu_us_per_task")),
+                f"{r.startup_s:.2f}",
+            ]
+            for r in rows
+            if r.workload == workload
+        ]
+        lines += _grid(_HEADERS, table, right=1)
+    lines += _frame_lines(ratios.get("frame", {})) + _pacing_lines(report.get("pacing"))
+    lines += ["", "targets:"]
+    for t in report["targets"]:
+        verdict = {True: "met", False: "MISSED", None: "not measured"}[t["met"]]
+        value = t["value"]
+        shown = "-" if value is None else f"{value:.0f}" if float(value).is_integer() else f"{value:.3f}"
+        lines.append(f"  {verdict:<12} {t['name']}: {shown} (target {t['target']})")
+    for name, reason in report.get("skipped", {}).items():
+        lines.append(f"  skipped {name}: {reason}")
+    leftovers = report.get("leftovers") or {}
+    for kind in ("processes", "segments"):
+        for item in leftovers.get(kind, []):
+            lines.append(f"  LEFT BEHIND ({kind}): {item}")
+    return "\n".join(lines)
+
+
+def _frame_lines(frame: dict[str, float]) -> list[str]:
+    if "farm_sync_p50_ms" not in frame:
+        return []
+    lines = ["", "frame transport:"]
+    if "budget_ms" in frame:
+        lines.append(
+            f"  budget = inprocess {frame['inprocess_sync_p50_ms']:.3f} + 2 x memcpy {frame['memcpy_ms']:.3f}"
+            f" + 2 x zmq-floor {frame['zmq_floor_sync_p50_ms']:.3f} = {frame['budget_ms']:.3f} ms;"
+            f" farm sync p50 {frame['farm_sync_p50_ms']:.3f} ms = {frame['farm_vs_budget']:.2f}x budget"
+        )
+    if "processpool_vs_farm_sync" in frame:
+        lines.append(
+            f"  processpool sync p50 = {frame['processpool_vs_farm_sync']:.1f}x farm's;"
+            f" farm tasks/s = {frame['farm_vs_processpool_throughput']:.1f}x processpool's"
+        )
+    return lines
+
+
+def _pacing_lines(pacing: Optional[dict[str, Any]]) -> list[str]:
+    if not pacing:
+        return []
+    return [
+        "",
+        f"pacing (cls, enable_pacing=True): offered {pacing['offered_per_s']:,.0f}/s for"
+        f" {pacing['seconds']:.1f} s; admitted {pacing['admitted_per_s']:,.0f}/s vs unpaced"
+        f" {pacing['unpaced_throughput_per_s']:,.0f}/s"
+        f" ({pacing['admitted_per_s'] / pacing['unpaced_throughput_per_s']:.2f}x)",
+        f"  queued per worker: max {pacing['queued_max_per_worker']} (max_queue_size"
+        f" {pacing['max_queue_size']}, reached in {pacing['queued_at_bound_fraction']:.0%} of samples);"
+        " all workers, mean: first third"
+        f" {pacing['queued_total_mean_first_third']:.2f}, last third"
+        f" {pacing['queued_total_mean_last_third']:.2f};"
+        f" router EMA {pacing['router_ema_infer_us']} us, interval {pacing['router_interval_us']} us",
+    ]
+
+
+# ── files ────────────────────────────────────────────────────────────────
+def write_json(report: dict[str, Any], path: str) -> str:
+    with open(path, "w", encoding="utf-8") as fh:
+        json.dump(report, fh, indent=2)
+        fh.write("\n")
+    return path
+
+
+def write_plot(report: dict[str, Any], path: str) -> Optional[str]:
+    """Grouped bars: tasks/s and sync p50 per workload and method (log scales).
+    Returns None, saying so on stderr, when matplotlib is not installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print(
+            'rknn-farm bench: matplotlib is not installed, so no plot (pip install "rknn-farm[bench]")',
+            file=sys.stderr,
+        )
+        return None
+    rows = [Row(**r) for r in report["rows"]]
+    workloads = _workloads(rows)
+    methods = [m for m in METHOD_ORDER if any(r.method == m for r in rows)]
+    by = _by_key(rows)
+    figure, axes = plt.subplots(2, 1, figsize=(max(6.0, 2.2 * len(workloads) + 2), 7.5))
+    width = 0.8 / max(1, len(methods))
+    panels = (("throughput_per_s", "tasks/s (pipelined)"), ("sync_p50_ms", "sync latency p50 (ms)"))
+    for axis, (field, label) in zip(axes, panels):
+        for i, method in enumerate(methods):
+            xs = [w + (i - (len(methods) - 1) / 2) * width for w in range(len(workloads))]
+            values = [getattr(by[w, method], field) if (w, method) in by else 0.0 for w in workloads]
+            axis.bar(xs, values, width, label=method)
+        axis.set_yscale("log")
+        axis.set_xticks(range(len(workloads)))
+        axis.set_xticklabels(workloads)
+        axis.set_ylabel(label)
+        axis.grid(axis="y", which="both", alpha=0.3)
+    low, high = axes[0].get_ylim()
+    axes[0].set_ylim(low, high * 30)  # room for the legend above the bars (log scale)
+    axes[0].legend(ncol=len(methods), fontsize="small", loc="upper center")
+    machine, config = report["machine"], report["config"]
+    figure.suptitle(
+        f"rknn-farm bench: {config['workers']} workers, {machine['cpus_usable']} CPUs, {machine['date'][:10]}"
+    )
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path

@@ -1,0 +1,212 @@
+"""``rknn-farm bench`` / ``python benchmarks/bench.py``: options and the run."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from typing import Any, Optional
+
+import psutil
+
+from farm.bench.measure import Config, Row, memcpy_ms
+from farm.bench.methods import METHODS, bench_farm, run_method
+from farm.bench.paced import bench_pacing
+from farm.bench.report import (
+    check_targets,
+    compute_ratios,
+    format_table,
+    load_average,
+    machine_info,
+    write_json,
+    write_plot,
+)
+from farm.bench.workloads import WORKLOADS, BenchError, Workload, WorkloadUnavailable, load_workload
+from workers.segments import SEGMENT_PREFIX, segment_dir
+
+__all__ = ["add_arguments", "main", "run"]
+
+_DEFAULT_DURATION_S = 3.0
+_QUICK_DURATION_S = 0.25
+_FLOOR_WINDOW = 16
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The bench options (shared by ``rknn-farm bench`` and the script)."""
+    parser.add_argument("--quick", action="store_true", help="short runs, for tests and CI (under a minute)")
+    parser.add_argument(
+        "--duration",
+        type=float,
+        metavar="SECONDS",
+        help=f"per measurement (default {_DEFAULT_DURATION_S}; {_QUICK_DURATION_S} with --quick)",
+    )
+    parser.add_argument(
+        "--workloads", default=",".join(WORKLOADS), metavar="LIST", help=f"of {','.join(WORKLOADS)} (all)"
+    )
+    parser.add_argument(
+        "--methods", default=",".join(METHODS), metavar="LIST", help=f"of {','.join(METHODS)} (all)"
+    )
+    parser.add_argument("--workers", type=int, default=2, metavar="N", help="workers/threads/processes (2)")
+    parser.add_argument(
+        "--window", type=int, metavar="N", help="tasks in flight for the pipelined figures (4 x workers)"
+    )
+    parser.add_argument(
+        "--pacing",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="measure pacing on the cls workload (default: when cls is run)",
+    )
+    parser.add_argument("--out", default="bench-results", metavar="DIR", help="for bench.json, bench.png")
+
+
+def _choices(text: str, known: Sequence[str], what: str) -> list[str]:
+    chosen = [item.strip() for item in text.split(",") if item.strip()]
+    unknown = [item for item in chosen if item not in known]
+    if unknown or not chosen:
+        raise BenchError(f"--{what} {text!r}: choose from {','.join(known)}")
+    return list(dict.fromkeys(chosen))
+
+
+def _config(args: argparse.Namespace) -> Config:
+    duration = args.duration
+    if duration is None:
+        duration = _QUICK_DURATION_S if args.quick else _DEFAULT_DURATION_S
+    if duration <= 0 or args.workers < 1 or (args.window is not None and args.window < 1):
+        raise BenchError("--duration, --workers and --window must be positive")
+    return Config(
+        duration_s=duration,
+        warmup_s=min(1.0, duration / 4),
+        workers=args.workers,
+        window=args.window or 4 * args.workers,
+        floor_window=_FLOOR_WINDOW,
+        pacing_s=max(1.0, 1.6 * duration),
+    )
+
+
+def _note(text: str) -> None:
+    print(f"[bench] {text}", file=sys.stderr, flush=True)
+
+
+def _pacing(workload: Workload, config: Config, rows: list[Row]) -> dict[str, Any]:
+    farm = next((r for r in rows if r.workload == workload.name and r.method == "farm"), None)
+    unpaced = (farm or bench_farm(workload, config)).throughput_per_s
+    _note(f"pacing on {workload.name}: offering 3 x {unpaced:,.0f} tasks/s")
+    return bench_pacing(workload, config, unpaced)
+
+
+@dataclasses.dataclass
+class _Measured:
+    rows: list[Row] = dataclasses.field(default_factory=list)
+    skipped: dict[str, str] = dataclasses.field(default_factory=dict)
+    frame_memcpy_ms: Optional[float] = None
+    pacing: Optional[dict[str, Any]] = None
+
+
+def _measure(workloads: list[str], methods: list[str], config: Config, pacing: bool) -> _Measured:
+    """Every (workload, method), then the extras: the frame's memcpy, pacing."""
+    measured = _Measured()
+    with tempfile.TemporaryDirectory(prefix="rknn-farm-bench-") as model_dir:
+        for name in workloads:
+            try:
+                workload = load_workload(name, model_dir)
+            except WorkloadUnavailable as exc:
+                measured.skipped[name] = str(exc)
+                _note(f"skipped {name}: {exc}")
+                continue
+            for method in methods:
+                started = time.perf_counter()
+                measured.rows.append(run_method(method, workload, config))
+                _note(f"{name:<6} {method:<12} {time.perf_counter() - started:5.1f} s")
+            if name == "frame":
+                measured.frame_memcpy_ms = memcpy_ms(workload.array)
+            if name == "cls" and pacing:
+                measured.pacing = _pacing(workload, config, measured.rows)
+    if pacing and measured.pacing is None:
+        measured.skipped["pacing"] = (
+            "the pacing measurement runs on the cls workload (add cls to --workloads)"
+        )
+    return measured
+
+
+def _leftovers(grace_s: float = 5.0) -> dict[str, list[str]]:
+    """What the run failed to clean up: child processes (multiprocessing's
+    resource tracker, which lives as long as this process, aside) and
+    shared-memory segments or socket directories named after this process."""
+    mine = f"{SEGMENT_PREFIX}{os.getpid()}-"
+    deadline = time.monotonic() + grace_s
+    while True:
+        processes = []
+        for child in psutil.Process().children(recursive=True):
+            try:
+                command = " ".join(child.cmdline())
+            except psutil.Error:
+                continue
+            if "resource_tracker" not in command:
+                processes.append(f"{child.pid}: {command}")
+        if not processes or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    segments = sorted(
+        os.path.join(directory, name)
+        for directory in {segment_dir(), tempfile.gettempdir()}
+        for name in os.listdir(directory)
+        if name.startswith(mine)
+    )
+    return {"processes": processes, "segments": segments}
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the suite as ``args`` say; print the table, write JSON and PNG."""
+    try:
+        config = _config(args)
+        workloads = _choices(args.workloads, list(WORKLOADS), "workloads")
+        methods = _choices(args.methods, list(METHODS), "methods")
+    except BenchError as exc:
+        print(f"rknn-farm bench: error: {exc}", file=sys.stderr)
+        return 2
+    began = time.perf_counter()
+    load_at_start = load_average()
+    measured = _measure(workloads, methods, config, args.pacing)
+    ratios = compute_ratios(measured.rows, measured.frame_memcpy_ms, measured.pacing)
+    report = {
+        "machine": dict(machine_info(), load_average_at_start=load_at_start),
+        "config": dict(dataclasses.asdict(config), quick=args.quick, workloads=workloads, methods=methods),
+        "rows": [r.to_dict() for r in measured.rows],
+        "frame_memcpy_ms": measured.frame_memcpy_ms,
+        "pacing": measured.pacing,
+        "ratios": ratios,
+        "targets": check_targets(measured.rows, ratios),
+        "skipped": measured.skipped,
+        "leftovers": _leftovers(),
+        "elapsed_s": time.perf_counter() - began,
+    }
+    print(format_table(report))
+    os.makedirs(args.out, exist_ok=True)
+    print(f"json: {write_json(report, os.path.join(args.out, 'bench.json'))}")
+    png = write_plot(report, os.path.join(args.out, "bench.png"))
+    if png:
+        print(f"plot: {png}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rknn-farm bench",
+        description="Measure the farm against in-process ONNX Runtime, threads, a process pool, bare ZeroMQ.",
+    )
+    add_arguments(parser)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of ``python benchmarks/bench.py``; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except KeyboardInterrupt:
+        print("rknn-farm bench: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,493 @@
+"""I/O binding over the farm's shared memory: ``OrtValue``, ``SessionIOBinding``.
+
+The seed binds dma-buf memory straight into the NPU. A farm's workers are
+other processes, so the nearest thing is the farm's shared memory: an
+``"rknpu2"`` OrtValue made for a session *is* a region of that session's
+shared-memory arena, ``numpy()`` is a writable view of it, and a run reads
+it in place::
+
+    value = OrtValue.ortvalue_from_shape_and_type([1, 3, 8, 8], np.float32, "rknpu2",
+                                                  session=sess, name="x", io_kind="input")
+    binding = sess.io_binding()
+    binding.bind_ortvalue_input("x", value)
+    binding.bind_output("y")
+    value.numpy()[:] = frame                  # fill it in place
+    sess.run_with_iobinding(binding)          # the worker reads the region: no copy
+    y = binding.get_outputs()[0].numpy()      # a view of the output's shared memory
+
+    bound input ── task header names its region ══► worker maps it, runs ══► output region ──► OrtValue view
+
+What still copies: ``bind_cpu_input`` (once, at bind time, as in the seed),
+an input the worker needs transposed (``layout="nhwc"`` on ONNX Runtime),
+and an output bound with ``bind_ortvalue_output`` (copied into that value).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import ctypes
+import math
+import operator
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Optional
+
+import numpy as np
+
+from farm.errors import FarmError, InvalidInputError
+from farm.farm import Farm
+from farm.task import Task, write_inputs
+from farm.tensors import PreparedInput, TensorSpec, transpose_axes
+
+if TYPE_CHECKING:
+    from farm.session import InferenceSession
+
+__all__ = [
+    "IOBinding",
+    "OrtValue",
+    "SessionIOBinding",
+    "format_shape",
+    "ort_type_name",
+    "run_with_binding",
+    "submit_in_place",
+]
+
+_ORT_TYPE_NAMES: dict[np.dtype, str] = {
+    np.dtype(np.float32): "tensor(float)",
+    np.dtype(np.float16): "tensor(float16)",
+    np.dtype(np.float64): "tensor(double)",
+    np.dtype(np.int8): "tensor(int8)",
+    np.dtype(np.uint8): "tensor(uint8)",
+    np.dtype(np.int16): "tensor(int16)",
+    np.dtype(np.uint16): "tensor(uint16)",
+    np.dtype(np.int32): "tensor(int32)",
+    np.dtype(np.uint32): "tensor(uint32)",
+    np.dtype(np.int64): "tensor(int64)",
+    np.dtype(np.uint64): "tensor(uint64)",
+    np.dtype(np.bool_): "tensor(bool)",
+}
+_DTYPES_BY_ORT_NAME: dict[str, np.dtype] = {name: dtype for dtype, name in _ORT_TYPE_NAMES.items()}
+_DEVICES = ("cpu", "rknpu2")
+_MEM_FLAGS = ("default", "cacheable", "non_cacheable", "non-cacheable", "uncached", "try_sram", "sram")
+_IO_KINDS = ("input", "output")
+
+
+def ort_type_name(dtype: Any) -> str:
+    """``tensor(float)`` for float32, ...; ``tensor(unknown)`` for what ORT has no name for."""
+    return _ORT_TYPE_NAMES.get(np.dtype(dtype), "tensor(unknown)")
+
+
+class OrtValue:
+    """A tensor for I/O binding: ``"cpu"`` (wraps a numpy array) or ``"rknpu2"``
+    (lives in a session's shared memory; a run reads it in place). Make one
+    with :meth:`ortvalue_from_numpy` or :meth:`ortvalue_from_shape_and_type`."""
+
+    __slots__ = ("_array", "_device", "_location", "__weakref__")
+
+    def __init__(self, array: np.ndarray, device: str, location: Optional[tuple[str, int]] = None) -> None:
+        self._array = array
+        self._device = device
+        self._location = location  # (segment name, byte offset) when in a farm's shared memory
+
+    # ── constructors ─────────────────────────────────────────────────────
+    @staticmethod
+    def ortvalue_from_numpy(
+        arr: Any,
+        device_type: str = "cpu",
+        device_id: int = 0,
+        *,
+        name: Optional[str] = None,
+        session: Optional[InferenceSession] = None,
+        io_kind: Optional[str] = None,
+        layout: str = "onnx",
+        sync: bool = True,
+    ) -> OrtValue:
+        """``"cpu"``: wraps ``arr`` (no copy when it is C-contiguous). ``"rknpu2"``:
+        a shared-memory value for tensor ``name`` of ``session``, ``arr`` cast to
+        its dtype and copied in. ``device_id``, ``layout`` and ``sync`` are ignored."""
+        if _device(device_type) == "cpu":
+            return OrtValue(np.ascontiguousarray(arr), "cpu")
+        spec = _tensor_of(session, name, io_kind)
+        array = np.asarray(arr)
+        _check_tensor(spec, io_kind or "", array.shape, spec.dtype)
+        assert session is not None
+        value = _shared_value(session._open_farm(), array.shape, spec.dtype)
+        np.copyto(value._array, array, casting="unsafe")
+        return value
+
+    @staticmethod
+    def ortvalue_from_shape_and_type(
+        shape: Any,
+        element_type: Any,
+        device_type: str = "cpu",
+        device_id: int = 0,
+        *,
+        name: Optional[str] = None,
+        session: Optional[InferenceSession] = None,
+        io_kind: Optional[str] = None,
+        layout: str = "native",
+        mem_flags: Any = "cacheable",
+    ) -> OrtValue:
+        """A zero-filled value. ``"rknpu2"`` needs ``session``, ``name`` and
+        ``io_kind`` and must match that tensor (a dynamic dimension takes any
+        size). ``mem_flags`` is checked and unused, as in the seed."""
+        dims = _dims(shape)
+        dtype = _element_dtype(element_type)
+        _check_mem_flags(mem_flags)
+        if _device(device_type) == "cpu":
+            return OrtValue(np.zeros(dims, dtype), "cpu")
+        spec = _tensor_of(session, name, io_kind)
+        _check_tensor(spec, io_kind or "", dims, dtype)
+        assert session is not None
+        return _shared_value(session._open_farm(), dims, dtype)
+
+    @staticmethod
+    def ortvalue_from_dmabuf(*args: Any, **kwargs: Any) -> OrtValue:
+        raise FarmError(
+            "ortvalue_from_dmabuf is not supported by rknn-farm: a dma-buf cannot reach the worker "
+            "processes (ZeroMQ carries no file descriptors, and RKNNLite has no API to import one); "
+            "use ortvalue_from_shape_and_type(..., 'rknpu2', session=..., name=..., io_kind=...)"
+        )
+
+    # ── contents ─────────────────────────────────────────────────────────
+    def numpy(self) -> np.ndarray:
+        """The tensor: for ``"rknpu2"`` a writable view of its shared memory
+        (write into it, then run: the worker sees the new values)."""
+        return self._array
+
+    def update_inplace(self, arr: Any) -> None:
+        """Copy ``arr`` in; its shape and dtype must be the value's exactly."""
+        source = np.asarray(arr)
+        if source.shape != self._array.shape:
+            raise InvalidInputError(
+                f"update_inplace source shape mismatch: expected {list(self._array.shape)}, "
+                f"got {list(source.shape)}"
+            )
+        if source.dtype != self._array.dtype:
+            raise InvalidInputError(
+                f"update_inplace source element type mismatch: expected {self._array.dtype.name}, "
+                f"got {source.dtype.name}"
+            )
+        np.copyto(self._array, source)
+
+    def data_ptr(self) -> int:
+        return int(self._array.__array_interface__["data"][0])
+
+    def device_name(self) -> str:
+        return self._device
+
+    def device_type(self) -> str:
+        return self._device
+
+    def device_id(self) -> int:
+        return 0
+
+    def shape(self) -> list[int]:
+        return list(self._array.shape)
+
+    def element_type(self) -> str:
+        return ort_type_name(self._array.dtype)
+
+    def data_type(self) -> str:
+        return ort_type_name(self._array.dtype)
+
+    def is_tensor(self) -> bool:
+        return True
+
+    def has_value(self) -> bool:
+        return True
+
+    def sync_to_device(self) -> None:
+        """Nothing to do: shared memory is coherent between processes."""
+
+    def sync_from_device(self) -> None:
+        """Nothing to do: shared memory is coherent between processes."""
+
+    def memory_info(self) -> dict[str, Any]:
+        info: dict[str, Any] = {"device_type": self._device, "device_id": 0, "size": int(self._array.nbytes)}
+        info["shared_memory"] = self._location is not None
+        if self._location is not None:
+            info["segment"], info["offset"] = self._location
+        return info
+
+    def __repr__(self) -> str:
+        return f"OrtValue({self._device}, {self.element_type()}, shape={self.shape()})"
+
+
+class SessionIOBinding:
+    """Inputs and outputs bound to one session for :meth:`InferenceSession.run_with_iobinding`."""
+
+    def __init__(self, session: InferenceSession) -> None:
+        self._session = session
+        self._inputs: dict[str, OrtValue] = {}
+        self._outputs: dict[str, Optional[OrtValue]] = {}  # first-bind order; None: the farm allocates
+        self._results: dict[str, OrtValue] = {}
+
+    # ── inputs ───────────────────────────────────────────────────────────
+    def bind_cpu_input(self, name: str, arr: Any) -> None:
+        """Copy ``arr`` (exact shape and dtype) into a new shared-memory value now."""
+        spec = self._session._input_spec(name)
+        array = np.asarray(arr)
+        _check_tensor(spec, "input", array.shape, array.dtype)
+        value = _shared_value(self._session._open_farm(), array.shape, array.dtype)
+        np.copyto(value._array, array)
+        self._inputs[name] = value
+
+    def bind_input(self, *args: Any, **kwargs: Any) -> None:
+        raise FarmError(
+            "bind_input with a raw buffer pointer is not supported: use bind_cpu_input(name, array), or "
+            "bind_ortvalue_input(name, value) with an OrtValue made by ortvalue_from_shape_and_type or "
+            "ortvalue_from_numpy(..., 'rknpu2', session=..., name=..., io_kind='input') "
+            "(ortvalue_from_dmabuf is not available in rknn-farm)"
+        )
+
+    def bind_ortvalue_input(self, name: str, value: OrtValue) -> None:
+        """Bind a shared-memory value: each run reads it in place."""
+        spec = self._session._input_spec(name)
+        if not isinstance(value, OrtValue) or value._device != "rknpu2":
+            raise InvalidInputError(
+                "bind_ortvalue_input requires an RKNN OrtValue (device 'rknpu2': "
+                "ortvalue_from_shape_and_type(..., 'rknpu2', session=..., name=..., io_kind='input'))"
+            )
+        _check_tensor(spec, "input", value._array.shape, value._array.dtype)
+        self._inputs[name] = value
+
+    def clear_binding_inputs(self) -> None:
+        self._inputs.clear()
+
+    def synchronize_inputs(self) -> None:
+        """Nothing to do: shared memory is coherent between processes."""
+
+    # ── outputs ──────────────────────────────────────────────────────────
+    def bind_output(
+        self,
+        name: str,
+        device_type: str = "cpu",
+        device_id: int = 0,
+        element_type: Any = None,
+        shape: Any = None,
+        buffer_ptr: Any = None,
+        *,
+        layout: str = "native",
+        mem_flags: Any = "cacheable",
+    ) -> None:
+        """Ask for output ``name``: each run hands back a fresh shared-memory
+        view (earlier results stay valid). ``element_type``/``shape``, when
+        given, must match the model's."""
+        spec = self._session._output_spec(name)
+        if buffer_ptr is not None:
+            raise FarmError(
+                "bind_output with raw buffer_ptr is not implemented; bind an OrtValue with "
+                "bind_ortvalue_output(name, value) instead"
+            )
+        _device(device_type)
+        _check_mem_flags(mem_flags)
+        dims = spec.shape if shape is None else _dims(shape)
+        dtype = spec.dtype if element_type is None else _element_dtype(element_type)
+        _check_tensor(spec, "output", dims, dtype)
+        self._outputs[name] = None
+        self._results.pop(name, None)
+
+    def bind_ortvalue_output(self, name: str, value: OrtValue) -> None:
+        """Each run copies output ``name`` into ``value`` (reused, overwritten)."""
+        spec = self._session._output_spec(name)
+        if not isinstance(value, OrtValue):
+            raise InvalidInputError("bind_ortvalue_output requires an OrtValue")
+        _check_tensor(spec, "output", value._array.shape, value._array.dtype)
+        self._outputs[name] = value
+        self._results[name] = value
+
+    def get_outputs(self) -> list[OrtValue]:
+        """The bound outputs, in the order they were first bound."""
+        missing = [name for name in self._outputs if name not in self._results]
+        if missing:
+            raise FarmError(
+                f"no value yet for output '{missing[0]}': call session.run_with_iobinding(binding) first"
+            )
+        return [self._results[name] for name in self._outputs]
+
+    def copy_outputs_to_cpu(self) -> list[np.ndarray]:
+        """Copies of the outputs (``get_outputs()[i].numpy()`` are views)."""
+        return [value.numpy().copy() for value in self.get_outputs()]
+
+    def clear_binding_outputs(self) -> None:
+        self._outputs.clear()
+        self._results.clear()
+
+    def synchronize_outputs(self) -> None:
+        """Nothing to do: shared memory is coherent between processes."""
+
+
+IOBinding = SessionIOBinding
+
+
+# ── running ──────────────────────────────────────────────────────────────────
+def run_with_binding(session: InferenceSession, binding: SessionIOBinding) -> None:
+    """``session.run_with_iobinding(binding)``: run on the bound inputs in
+    place, then set the binding's outputs."""
+    if not isinstance(binding, SessionIOBinding) or binding._session is not session:
+        raise FarmError("IOBinding belongs to a different session")
+    specs = session._inputs or []
+    missing = [spec.name for spec in specs if spec.name not in binding._inputs]
+    if missing or session._inputs is None:
+        raise InvalidInputError("All model inputs must be bound before run_with_iobinding")
+    if not binding._outputs:
+        raise InvalidInputError("No output is bound: call bind_output(name) before run_with_iobinding")
+    farm = session._open_farm()
+    outputs = submit_in_place(farm, [binding._inputs[spec.name] for spec in specs]).result()
+    by_name = dict(zip(session.output_names, outputs))
+    for name, target in binding._outputs.items():
+        array = by_name[name]
+        if target is None:
+            binding._results[name] = OrtValue(array, "rknpu2", _locate(farm, array))
+            continue
+        if target._array.shape != array.shape:
+            raise FarmError(
+                f"OrtValue for output '{name}' shape mismatch: expected {list(target._array.shape)}, "
+                f"got {list(array.shape)}"
+            )
+        np.copyto(target._array, array)
+
+
+def submit_in_place(farm: Farm, values: Sequence[OrtValue]) -> concurrent.futures.Future:
+    """Queue one task whose inputs are ``values`` (model order), read where
+    they lie in shared memory. Values that are not in shared memory, or that
+    the worker needs transposed, are copied into a region the task owns.
+
+    This reaches into the farm (its arena, router and ``_admit``): Farm has
+    no public way yet to submit inputs that already sit in shared memory."""
+    native_specs = farm._native_inputs or []
+    axes = transpose_axes(farm.options.layout, farm._native_layout)
+    copies: list[PreparedInput] = []
+    plan: list[Optional[list[Any]]] = []
+    for spec, value in zip(native_specs, values):
+        array = value._array
+        turn = axes if axes is not None and array.ndim == 4 else None
+        if value._location is None or turn is not None:
+            shape = tuple(array.shape[a] for a in turn) if turn else array.shape
+            copies.append(PreparedInput(spec.name, array, spec.dtype, shape, turn))
+            plan.append(None)
+        else:
+            segment, offset = value._location
+            plan.append([segment, offset, array.dtype.str, list(array.shape), spec.name])
+    # The task's own region holds the copies (none: a minimal one); the router
+    # frees it when the task ends. The bound values' regions stay theirs.
+    region, copied = write_inputs(farm._arena, copies)
+    copied_descriptors = iter(copied)
+    descriptors = [d if d is not None else next(copied_descriptors) for d in plan]
+    input_key = tuple(tuple(d[3]) for d in descriptors)
+    try:
+        out_bytes = farm._static_output_bytes or farm._require_router().output_hint(input_key)
+        out_region = farm._arena.allocate(out_bytes) if out_bytes else None
+    except BaseException:
+        farm._arena.free(region)
+        raise
+    future: concurrent.futures.Future = concurrent.futures.Future()
+
+    def hold(_future: concurrent.futures.Future, _values: tuple = tuple(values)) -> None:
+        """Nothing to do: the task holds the future, the future this function,
+        so the bound regions stay reserved until the task ends, even if the
+        caller stops waiting."""
+
+    future.add_done_callback(hold)
+    farm._admit(Task(region, descriptors, input_key, out_region, future=future))
+    return future
+
+
+# ── helpers ──────────────────────────────────────────────────────────────────
+def _shared_value(farm: Farm, shape: Sequence[int], dtype: np.dtype) -> OrtValue:
+    """A zeroed value in ``farm``'s shared memory; its region returns to the
+    arena when the value (and every view of it) is garbage-collected."""
+    count = math.prod(shape)
+    region = farm._arena.allocate(count * dtype.itemsize)
+    lease = farm._arena.lease(region)
+    array = np.frombuffer(lease, dtype, count).reshape(tuple(shape))
+    array.fill(0)
+    return OrtValue(array, "rknpu2", (region.segment.name, region.offset))
+
+
+def _locate(farm: Farm, array: np.ndarray) -> Optional[tuple[str, int]]:
+    """Where ``array`` lies in ``farm``'s shared memory, or None (a copy)."""
+    if not array.flags.c_contiguous:
+        return None
+    address = array.__array_interface__["data"][0]
+    for segment in list(farm._arena._segments):
+        try:
+            base = ctypes.addressof(ctypes.c_char.from_buffer(segment.buf))
+        except (ValueError, TypeError):  # unmapped
+            continue
+        if base <= address < base + segment.size:
+            return segment.name, address - base
+    return None
+
+
+def _tensor_of(session: Any, name: Optional[str], io_kind: Optional[str]) -> TensorSpec:
+    if session is None or name is None or io_kind is None:
+        raise InvalidInputError(
+            "session, name, and io_kind are required for RKNN OrtValue "
+            "(rknn-farm has no generic RKNN OrtValue: it lives in a session's shared memory)"
+        )
+    if io_kind not in _IO_KINDS:
+        raise InvalidInputError(f"io_kind must be 'input' or 'output', got {io_kind!r}")
+    if not hasattr(session, "_input_spec"):
+        raise InvalidInputError(f"session must be a farm.InferenceSession, not {type(session).__name__}")
+    return session._input_spec(name) if io_kind == "input" else session._output_spec(name)
+
+
+def _check_tensor(spec: TensorSpec, kind: str, shape: Sequence[Optional[int]], dtype: np.dtype) -> None:
+    """A value's shape and dtype against the model's (None dims take any size)."""
+    fits = len(shape) == len(spec.shape) and all(
+        want is None or want == got for want, got in zip(spec.shape, shape)
+    )
+    if not fits:
+        raise InvalidInputError(
+            f"OrtValue for {kind} '{spec.name}' shape mismatch: expected {format_shape(spec.shape)}, "
+            f"got {format_shape(shape)}"
+        )
+    if np.dtype(dtype) != spec.dtype:
+        raise InvalidInputError(
+            f"OrtValue for {kind} '{spec.name}' element type mismatch: expected {spec.dtype.name}, "
+            f"got {np.dtype(dtype).name}"
+        )
+
+
+def format_shape(shape: Sequence[Optional[int]]) -> str:
+    """``[1, 3, ?, ?]``: a shape in messages, ``?`` for a dynamic dimension."""
+    return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
+
+
+def _dims(shape: Any) -> tuple[int, ...]:
+    if isinstance(shape, (str, bytes, Mapping)) or not hasattr(shape, "__iter__"):
+        raise InvalidInputError("shape must be a sequence of integers")
+    try:
+        dims = tuple(operator.index(d) for d in shape)
+    except TypeError:
+        raise InvalidInputError("shape must be a sequence of integers") from None
+    if any(d < 0 for d in dims):
+        raise InvalidInputError("shape dims must be >= 0")
+    return dims
+
+
+def _element_dtype(element_type: Any) -> np.dtype:
+    if isinstance(element_type, str) and element_type in _DTYPES_BY_ORT_NAME:
+        return _DTYPES_BY_ORT_NAME[element_type]
+    try:
+        return np.dtype(element_type)
+    except TypeError:
+        raise InvalidInputError(
+            f"element_type must be a numpy dtype or an ONNX Runtime type such as 'tensor(float)', "
+            f"got {element_type!r}"
+        ) from None
+
+
+def _device(device_type: Any) -> str:
+    device = device_type.lower() if isinstance(device_type, str) else device_type
+    if device not in _DEVICES:
+        raise InvalidInputError("device_type must be 'cpu' or 'rknpu2'")
+    return str(device)
+
+
+def _check_mem_flags(mem_flags: Any) -> None:
+    if mem_flags is None or (isinstance(mem_flags, int) and not isinstance(mem_flags, bool)):
+        return
+    if not (isinstance(mem_flags, str) and mem_flags.lower() in _MEM_FLAGS):
+        raise InvalidInputError("mem_flags must be one of: default, cacheable, non_cacheable, try_sram")

@@ -1,0 +1,174 @@
+"""Membership: remote nodes joining, serving and leaving the farm.
+
+A mixin of :class:`farm.router.Router`; its methods run on the router
+thread, which alone touches the listener's socket (:mod:`farm.remote`).
+A node that joins becomes one more core in the rotation; a node that goes
+silent for ``heartbeat_interval_ms × heartbeat_liveness``, or cannot be
+reached, is dropped and the tasks it held go back to the queues (not counted
+as attempts: losing a board is not the task's fault; after
+``_MAX_REQUEUES`` hand-backs a task fails).
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from typing import TYPE_CHECKING, Any, Optional
+
+from farm.errors import WorkerCrashedError
+from farm.pool import ContextSlot, WorkerHandle
+from farm.remote import REMOTE_CORE_BASE, RemoteListener, RemoteNode
+from farm.task import Task
+from workers import protocol
+
+__all__ = ["Membership"]
+
+_MAX_REQUEUES = 10
+_BATCH = 64
+
+
+class Membership:
+    """Remote-node handling for the router (a mixin: see the module docstring)."""
+
+    remote: Optional[RemoteListener]
+    workers: list[WorkerHandle]
+    description: Optional[dict[str, Any]]
+    options: Any
+    pacer: Any
+    _cond: threading.Condition
+    _queues: dict[int, collections.deque[Task]]
+    _worker_of_core: dict[int, WorkerHandle]
+    _rotation: list[int]
+    _last_node_beat = 0.0
+
+    if TYPE_CHECKING:
+
+        def _dispatch(self, core: int) -> None: ...
+        def _wake(self) -> None: ...
+        def _fail_task(self, task: Task, error: BaseException) -> None: ...
+        def _core_for_retry(self, dead_core: int) -> int: ...
+        def _move_queue_off(self, worker: WorkerHandle) -> None: ...
+        def _on_message(self, message: list[Any], frames: list[Any]) -> Optional[tuple]: ...
+        def _hand_over_answer(
+            self, worker: WorkerHandle, task: Task, message: list[Any], frames: list[Any]
+        ) -> None: ...
+
+    # ── router thread ────────────────────────────────────────────────────
+    def _serve_remote(self, events: dict[Any, int]) -> None:
+        remote = self.remote
+        assert remote is not None
+        if remote.monitor in events:
+            remote.read_monitor()
+        answered = []
+        lost: list[tuple[Task, BaseException]] = []
+        with self._cond:
+            if remote.socket in events:
+                for _ in range(_BATCH):
+                    item = remote.receive()
+                    if item is None:
+                        break
+                    identity, header, frames = item
+                    if header[0] == protocol.HELLO:
+                        lost += self._on_hello(identity, header[1], header[2])
+                        continue
+                    answer = self._on_message(header, frames)
+                    if answer is not None:
+                        answered.append(answer)
+            lost += self._check_nodes(time.monotonic())
+            self._cond.notify_all()
+        for answer in answered:
+            self._hand_over_answer(*answer)
+        lost += self._flush_remote()
+        for task, error in lost:
+            self._fail_task(task, error)
+
+    def _flush_remote(self) -> list[tuple[Task, BaseException]]:
+        assert self.remote is not None
+        unreachable = self.remote.flush()
+        failed: list[tuple[Task, BaseException]] = []
+        if unreachable:
+            with self._cond:
+                for identity in unreachable:
+                    node = self.remote.by_identity.get(identity)
+                    if node is not None:
+                        failed += self._drop_node(node, "it could not be reached")
+        return failed
+
+    def _close_remote(self) -> None:
+        if self.remote is not None:
+            self.remote.close()
+            self.remote = None
+
+    # ── under the lock ───────────────────────────────────────────────────
+    def _on_hello(self, identity: bytes, name: str, info: dict[str, Any]) -> list[tuple[Task, BaseException]]:
+        assert self.remote is not None
+        failed: list[tuple[Task, BaseException]] = []
+        previous = self.remote.by_identity.get(identity)
+        if previous is not None:  # it reconnected: its old incarnation is gone
+            failed = self._drop_node(previous, "it registered again")
+        worker_id = len(self.workers)
+        if not self.remote.answer_hello(identity, info, worker_id):
+            return failed
+        node = RemoteNode(worker_id, REMOTE_CORE_BASE + worker_id, identity, name, info)
+        node.ready = True
+        node.last_seen = time.monotonic()
+        node.description = info.get("description")
+        self.workers.append(node)
+        self._worker_of_core[node.core] = node
+        self._queues[node.core] = collections.deque()
+        self._rotation.append(node.core)
+        self.remote.by_identity[identity] = node
+        self.pacer.n_cores = len(set(self._rotation))
+        if self.description is None and node.description:
+            self.description = node.description
+        self._wake()
+        return failed
+
+    def _send_remote(self, slot: ContextSlot, task: Task) -> None:
+        assert self.remote is not None and isinstance(slot.worker, RemoteNode)
+        self.remote.queue_task(slot.worker, slot, task)
+        self._wake()
+
+    def _check_nodes(self, now: float) -> list[tuple[Task, BaseException]]:
+        assert self.remote is not None
+        interval = self.options.heartbeat_interval_ms / 1000
+        failed: list[tuple[Task, BaseException]] = []
+        for node in list(self.remote.by_identity.values()):
+            if now - node.last_seen > interval * self.options.heartbeat_liveness:
+                failed += self._drop_node(node, f"it sent nothing for {now - node.last_seen:.1f} s")
+        if now - self._last_node_beat >= interval:
+            self._last_node_beat = now
+            beat = protocol.pack([protocol.HEARTBEAT])
+            for node in self.remote.by_identity.values():
+                self.remote.send(node.identity, [beat])
+        return failed
+
+    def _drop_node(self, node: RemoteNode, reason: str) -> list[tuple[Task, BaseException]]:
+        """Take a lost node out of the rotation; its tasks go back to the queues."""
+        assert self.remote is not None
+        if self.remote.by_identity.get(node.identity) is not node:
+            return []
+        del self.remote.by_identity[node.identity]
+        self.remote.counters["lost"] += 1
+        node.ready = False
+        node.last_error = f"node {node.name!r} was dropped: {reason}"
+        self._rotation.remove(node.core)
+        self.pacer.n_cores = max(1, len(set(self._rotation)))
+        orphans = [t for slot in node.slots for t in slot.in_flight.values()]
+        for slot in node.slots:
+            slot.in_flight.clear()
+        failed: list[tuple[Task, BaseException]] = []
+        for task in sorted(orphans, key=lambda t: t.task_id, reverse=True):
+            task.requeues += 1
+            if task.requeues > _MAX_REQUEUES:
+                failed.append(
+                    (task, WorkerCrashedError(f"task {task.task_id} was on {_MAX_REQUEUES} lost nodes"))
+                )
+                continue
+            node.stats.retried += 1
+            target = self._core_for_retry(node.core)
+            self._queues[target].appendleft(task)
+            self._dispatch(target)
+        self._move_queue_off(node)
+        return failed

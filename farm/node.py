@@ -1,0 +1,362 @@
+"""The node agent: serve a farm's router from another board.
+
+::
+
+    rknn-farm node --connect tcp://ROUTER:5555 --model yolo.rknn --cores 0,1,2 [--keys DIR]
+
+The agent runs a local :class:`~farm.farm.Farm` on this board's cores (the
+same worker processes, shared memory and crash handling as any farm) and
+connects to the router with a DEALER socket. It says HELLO with what it
+offers (contexts, backend, the model's sha256); the router answers WELCOME,
+or ships the model when this board lacks it (checked by hash), or REJECT.
+Then tasks arrive with their tensors as frames; each goes into the local farm
+and its outputs go back as frames, straight out of this board's shared memory.
+
+Heartbeats run both ways. When the router falls silent the agent reconnects
+and says HELLO again, with back-off (0.5 s doubling to 32 s); its local farm
+keeps running. A malformed message is dropped and counted, never fatal.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import queue
+import socket as stdlib_socket
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from concurrent.futures import Future
+from typing import Any, Optional
+
+import numpy as np
+import zmq
+
+from farm.farm import Farm
+from farm.keys import generate_keys, make_curve_client
+from farm.options import parse_options
+from farm.remote import model_fingerprint
+from workers import protocol
+
+__all__ = ["NodeAgent", "add_keygen_arguments", "add_node_arguments", "run_keygen", "run_node"]
+
+_BACKOFF_START_S = 0.5
+_BACKOFF_MAX_S = 32.0
+_NUMERIC_KINDS = frozenset("biuf")
+
+
+class NodeAgent:
+    """Connects to a router at ``connect`` and serves its tasks on local cores.
+
+    ``model`` may be None (or differ from the router's): the router then
+    ships its model, which is kept in ``cache_dir``. ``farm_options`` go to
+    the local Farm (``schedule``, ``threads_per_core``, ...).
+    """
+
+    def __init__(
+        self,
+        connect: str,
+        *,
+        model: Optional[str] = None,
+        name: Optional[str] = None,
+        backend: str = "auto",
+        keys_dir: Optional[str] = None,
+        cache_dir: Optional[str] = None,
+        heartbeat_interval_ms: int = 1000,
+        heartbeat_liveness: int = 3,
+        **farm_options: Any,
+    ) -> None:
+        self.connect = connect
+        self.model = model
+        self.name = name or f"{stdlib_socket.gethostname()}-{os.getpid()}"
+        self.backend = backend
+        self.keys_dir = keys_dir
+        self.cache_dir = cache_dir or os.path.join(tempfile.gettempdir(), "rknn-farm-models")
+        self.interval_s = heartbeat_interval_ms / 1000
+        self.liveness = heartbeat_liveness
+        self.farm_options = farm_options
+        self.counters = {"tasks": 0, "malformed": 0, "reconnects": 0}
+        self.farm: Optional[Farm] = None
+        self._stop = threading.Event()
+        self._results: queue.SimpleQueue = queue.SimpleQueue()
+        self._wake_read, self._wake_write = os.pipe()
+        self._zmq = zmq.Context()
+
+    # ── lifecycle ────────────────────────────────────────────────────────
+    def serve(self) -> None:
+        """Serve until :meth:`stop` (or KeyboardInterrupt); reconnects as needed."""
+        backoff = _BACKOFF_START_S
+        try:
+            if self.model is not None:
+                self._start_farm(self.model)
+            while not self._stop.is_set():
+                served = self._session()
+                if self._stop.is_set():
+                    break
+                self.counters["reconnects"] += 1
+                backoff = _BACKOFF_START_S if served else min(backoff * 2, _BACKOFF_MAX_S)
+                self._stop.wait(backoff)
+        finally:
+            if self.farm is not None:
+                self.farm.close(cancel=True)
+            os.close(self._wake_read)
+            os.close(self._wake_write)
+            self._zmq.term()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake()
+
+    def _start_farm(self, model: str) -> None:
+        if self.farm is not None:
+            self.farm.close(cancel=True)
+        contexts = self._contexts()
+        options = {"max_queue_size": contexts * 2 + 1, "submit_timeout_ms": 600000, **self.farm_options}
+        self.farm = Farm(model, backend=self.backend, **options)
+        self.model = model
+
+    def _contexts(self) -> int:
+        """How many contexts this node offers: its credit with the router."""
+        options = self.farm.options if self.farm is not None else parse_options(**self.farm_options)
+        return len(options.cores) * options.threads_per_core
+
+    # ── one connection ───────────────────────────────────────────────────
+    def _session(self) -> bool:
+        """One connection: HELLO until welcomed, then serve until the router
+        goes silent. True if it served (so the back-off starts over)."""
+        sock = self._zmq.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.IDENTITY, f"{self.name}/{uuid.uuid4().hex[:8]}".encode())
+        if self.keys_dir is not None:
+            make_curve_client(sock, self.keys_dir, self.name)
+        sock.connect(self.connect)
+        try:
+            welcome = self._register(sock)
+            if welcome is None:
+                return False
+            self._serve_router(sock, *welcome)
+            return True
+        finally:
+            sock.close(linger=0)
+
+    def _hello(self) -> list[Any]:
+        assert self.farm is not None or self.model is None
+        info: dict[str, Any] = {
+            "contexts": self._contexts(),
+            "backend": self.farm.backend if self.farm else self.backend,
+            "model_sha256": model_fingerprint(self.farm.model) if self.farm else None,
+            "description": self.farm._router.description if self.farm and self.farm._router else None,
+            "pid": os.getpid(),
+            "host": stdlib_socket.gethostname(),
+        }
+        return [protocol.HELLO, self.name, info]
+
+    def _register(self, sock: zmq.Socket) -> Optional[tuple[int, int]]:
+        """Say HELLO until WELCOME (returns worker id, generation); None when
+        the router stays silent or says REJECT."""
+        for _ in range(3):  # HELLO, maybe MODEL, HELLO again
+            sock.send(protocol.pack(self._hello()))
+            reply = self._await(sock, self.interval_s * self.liveness + 2)
+            if reply is None:
+                return None
+            header, frames = reply
+            if header[0] == protocol.WELCOME and len(header) == 3:
+                return int(header[1]), int(header[2])
+            if header[0] == protocol.MODEL and len(header) == 3 and len(frames) == 1:
+                self._start_farm(self._store_model(str(header[1]), str(header[2]), frames[0].bytes))
+                continue
+            if header[0] == protocol.REJECT:
+                print(f"rknn-farm node: the router refused this node: {header[1:]}", file=sys.stderr)
+            return None
+        return None
+
+    def _await(self, sock: zmq.Socket, timeout_s: float) -> Optional[tuple[list[Any], list[Any]]]:
+        deadline = time.monotonic() + timeout_s
+        while not self._stop.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not sock.poll(int(remaining * 1000)):
+                return None
+            frames = sock.recv_multipart(copy=False)
+            header = _decode(frames[0])
+            if header is None or header[0] == protocol.HEARTBEAT:
+                continue
+            return header, frames[1:]
+        return None
+
+    def _store_model(self, name: str, sha256: str, payload: bytes) -> str:
+        if hashlib.sha256(payload).hexdigest() != sha256:
+            raise RuntimeError("the model the router sent does not match its sha256")
+        if not os.path.splitext(name)[1]:  # a "module:function" spec, not a file
+            return payload.decode()
+        os.makedirs(self.cache_dir, exist_ok=True)
+        path = os.path.join(self.cache_dir, f"{sha256[:16]}-{os.path.basename(name)}")
+        if not os.path.exists(path):
+            with open(path + ".part", "wb") as f:
+                f.write(payload)
+            os.replace(path + ".part", path)
+        return path
+
+    def _serve_router(self, sock: zmq.Socket, worker_id: int, generation: int) -> None:
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        poller.register(self._wake_read, zmq.POLLIN)
+        beat = protocol.pack([protocol.HEARTBEAT, worker_id, generation])
+        last_heard = last_beat = time.monotonic()
+        while not self._stop.is_set():
+            events = dict(poller.poll(int(self.interval_s * 500)))
+            if self._wake_read in events:
+                os.read(self._wake_read, 4096)
+            if sock in events:
+                while True:
+                    try:
+                        frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                    except zmq.Again:
+                        break
+                    last_heard = time.monotonic()
+                    self._on_router_message(frames, worker_id, generation)
+            self._send_results(sock)
+            now = time.monotonic()
+            if now - last_beat >= self.interval_s:
+                sock.send(beat, zmq.NOBLOCK)
+                last_beat = now
+            if now - last_heard > self.interval_s * self.liveness:
+                print("rknn-farm node: the router went silent; reconnecting", file=sys.stderr)
+                return
+
+    def _on_router_message(self, frames: list[Any], worker_id: int, generation: int) -> None:
+        header = _decode(frames[0])
+        if header is None:
+            self.counters["malformed"] += 1
+            return
+        if header[0] != protocol.TASK:
+            return  # heartbeats (already counted as liveness), late WELCOMEs
+        task = _parse_task(header, frames[1:])
+        if task is None:
+            self.counters["malformed"] += 1
+            return
+        task_id, attempt, slot, inputs = task
+        started = time.perf_counter()
+        reply = (worker_id, generation, task_id, attempt, slot, started)
+        assert self.farm is not None
+        try:
+            future = self.farm.submit(inputs)
+        except Exception as exc:  # bad input: answer at once
+            self._results.put((reply, None, exc))
+            self._wake()
+            return
+        future.add_done_callback(lambda f: self._on_done(reply, f))
+
+    def _on_done(self, reply: tuple, future: Future) -> None:
+        error = future.exception()
+        self._results.put((reply, None if error else future.result(), error))
+        self._wake()
+
+    def _send_results(self, sock: zmq.Socket) -> None:
+        while True:
+            try:
+                (worker_id, generation, task_id, attempt, slot, started), outputs, error = (
+                    self._results.get_nowait()
+                )
+            except queue.Empty:
+                return
+            timings = [0, int((time.perf_counter() - started) * 1e6), 0, slot]
+            if error is not None:
+                header = [protocol.FAILED, worker_id, generation, task_id, attempt, str(error), "", timings]
+                protocol.send_message(sock, header, (), zmq.NOBLOCK)
+                continue
+            self.counters["tasks"] += 1
+            arrays = [np.ascontiguousarray(o) for o in outputs]
+            descriptors = [[-1, a.dtype.str, list(a.shape)] for a in arrays]
+            header = [protocol.RESULT, worker_id, generation, task_id, attempt, descriptors, timings]
+            protocol.send_message(sock, header, arrays, zmq.NOBLOCK)
+
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_write, b"\0")
+        except OSError:
+            pass
+
+
+def _decode(frame: Any) -> Optional[list[Any]]:
+    try:
+        header = protocol.unpack(frame)
+    except Exception:
+        return None
+    if not isinstance(header, list) or not header or type(header[0]) is not int:
+        return None
+    return header
+
+
+def _parse_task(
+    header: list[Any], frames: list[Any]
+) -> Optional[tuple[int, int, int, dict[str, np.ndarray]]]:
+    """A TASK from the router, checked field by field: (task_id, attempt, slot, inputs)."""
+    if len(header) != 6 or not all(type(v) is int and v >= 0 for v in (header[1], header[2], header[5])):
+        return None
+    descriptors = header[3]
+    if not isinstance(descriptors, list) or len(descriptors) != len(frames):
+        return None
+    inputs = {}
+    for number, (descriptor, frame) in enumerate(zip(descriptors, frames)):
+        if not isinstance(descriptor, list) or len(descriptor) != 5 or descriptor[0] is not None:
+            return None
+        _, frame_no, dtype_text, shape, name = descriptor
+        if frame_no != number or not isinstance(name, str) or not isinstance(shape, list) or len(shape) > 16:
+            return None
+        if not all(type(d) is int and 0 <= d < 2**40 for d in shape):
+            return None
+        try:
+            dtype = np.dtype(dtype_text)
+        except TypeError:
+            return None
+        if dtype.kind not in _NUMERIC_KINDS or len(frame) != math.prod(shape) * dtype.itemsize:
+            return None
+        inputs[name] = np.frombuffer(frame.buffer, dtype).reshape(shape)
+    return header[1], header[2], header[5], inputs
+
+
+# ── command line: rknn-farm node / rknn-farm keygen ──────────────────────
+def add_node_arguments(parser: Any) -> None:
+    parser.add_argument("--connect", required=True, metavar="tcp://HOST:PORT", help="the router's address")
+    parser.add_argument("--model", help="the model here (default: the router sends its own)")
+    parser.add_argument("--name", help="this node's name (and its key pair's name with --keys)")
+    parser.add_argument("--cores", default="0", help="local cores to serve, e.g. 0,1,2 (default 0)")
+    parser.add_argument("--threads-per-core", type=int, default=1)
+    parser.add_argument("--backend", default="auto")
+    parser.add_argument("--keys", metavar="DIR", help="CURVE keys: server.key and NAME.key_secret")
+    parser.add_argument("--cache-dir", help="where models sent by the router are kept")
+    parser.add_argument("--heartbeat-ms", type=int, default=1000)
+
+
+def run_node(args: Any) -> int:
+    agent = NodeAgent(
+        args.connect,
+        model=args.model,
+        name=args.name,
+        backend=args.backend,
+        keys_dir=args.keys,
+        cache_dir=args.cache_dir,
+        heartbeat_interval_ms=args.heartbeat_ms,
+        schedule=args.cores,
+        threads_per_core=args.threads_per_core,
+    )
+    print(f"rknn-farm node {agent.name}: serving cores {args.cores} for {args.connect}", file=sys.stderr)
+    try:
+        agent.serve()
+    except KeyboardInterrupt:
+        agent.stop()
+    return 0
+
+
+def add_keygen_arguments(parser: Any) -> None:
+    parser.add_argument("directory", help="where to write NAME.key and NAME.key_secret")
+    parser.add_argument("--name", default="server", help="'server' for the router, a node's name otherwise")
+
+
+def run_keygen(args: Any) -> int:
+    public, secret = generate_keys(args.directory, args.name)
+    print(f"wrote {public} (share it) and {secret} (keep it here)")
+    return 0

@@ -1,0 +1,317 @@
+"""Remote nodes, the router's side: a TCP listener that other boards join.
+
+::
+
+    node agent (board B) ══ DEALER ═══ tcp ═══ ROUTER (this module, polled by the router thread)
+        HELLO{cores, contexts, model sha256}  ──►  WELCOME{worker_id}  (or MODEL bytes, or REJECT)
+        ◄── TASK + input frames (sent zero-copy from this host's shared memory)
+        RESULT + output frames ──►                 (checked against limits before use)
+        HEARTBEAT ◄──►                             (silence for interval × liveness: the node is lost,
+                                                    its tasks go back to the queues)
+
+A node joins the farm as one more "core" (numbered from :data:`REMOTE_CORE_BASE`)
+with one credit slot per context: the router sends it at most ``contexts ×
+2`` tasks at a time, so a slow or distant node gets less work. All use of the
+ROUTER socket happens on the router thread: other threads queue messages in
+an outbox and wake it.
+
+Everything a peer sends is untrusted: headers are validated field by field,
+frame sizes are bounded (``max_message_mb``, enforced by libzmq before any
+allocation), and a malformed message is dropped and counted, never raised.
+With ``keys_dir`` the socket is a CURVE server that admits only the public
+keys in ``keys_dir/authorized`` (pyzmq's ThreadAuthenticator); without keys
+the farm refuses to listen beyond loopback unless ``insecure=True``.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import ipaddress
+import math
+import os
+import socket as stdlib_socket
+from typing import Any, Optional
+
+import numpy as np
+import zmq
+import zmq.auth.thread
+import zmq.utils.monitor
+
+from farm.errors import OptionError
+from farm.keys import server_keys
+from farm.pool import ContextSlot, WorkerHandle
+from farm.task import Task
+from workers import protocol
+
+__all__ = ["REMOTE_CORE_BASE", "RemoteListener", "RemoteNode", "model_fingerprint"]
+
+#: Remote nodes are numbered as cores from here, clear of any NPU core number.
+REMOTE_CORE_BASE = 1000
+_MAX_REQUEUES = 10
+_NUMERIC_KINDS = frozenset("biuf")
+
+
+def model_fingerprint(model: str) -> str:
+    """sha256 of a model file, or of a ``module:function`` spec string."""
+    if not os.path.isfile(model):
+        return hashlib.sha256(model.encode()).hexdigest()
+    digest = hashlib.sha256()
+    with open(model, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class RemoteNode(WorkerHandle):
+    """A node agent, seen by the router as one worker with many contexts."""
+
+    remote = True
+
+    def __init__(self, worker_id: int, core: int, identity: bytes, name: str, info: dict[str, Any]) -> None:
+        super().__init__(worker_id, core, 0, [])
+        self.identity = identity
+        self.name = name
+        self.info = info
+        self.generation = 1
+        self.pid = info.get("pid")
+        self.slots = [ContextSlot(self, i, None) for i in range(int(info["contexts"]))]
+
+
+def _is_loopback(address: str) -> bool:
+    host = address[len("tcp://") :].rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        try:
+            return ipaddress.ip_address(stdlib_socket.gethostbyname(host)).is_loopback
+        except OSError:
+            return False
+
+
+class RemoteListener:
+    """The ROUTER socket, its security, its outbox and its counters."""
+
+    def __init__(self, zmq_context: zmq.Context, options: Any, model: str) -> None:
+        self.options = options
+        self.model = model
+        self.fingerprint = model_fingerprint(model)
+        self.counters = collections.Counter(
+            {"joined": 0, "lost": 0, "malformed": 0, "rejected_auth": 0, "rejected_model": 0}
+        )
+        self.outbox: collections.deque[tuple[bytes, list[Any]]] = collections.deque()
+        self.by_identity: dict[bytes, RemoteNode] = {}
+        self._authenticator: Optional[zmq.auth.thread.ThreadAuthenticator] = None
+        keys = self._security_policy(options)
+        self.socket = zmq_context.socket(zmq.ROUTER)
+        self.monitor: Optional[zmq.Socket] = None
+        try:
+            self.socket.setsockopt(zmq.LINGER, 0)
+            self.socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
+            self.socket.setsockopt(zmq.MAXMSGSIZE, options.max_message_mb << 20)
+            self.socket.setsockopt(zmq.SNDHWM, 10000)
+            self.socket.setsockopt(zmq.RCVHWM, 10000)
+            if keys is not None:
+                self._become_curve_server(zmq_context, *keys)
+            self.monitor = self.socket.get_monitor_socket(
+                zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+            )
+            self.socket.bind(options.listen)
+        except BaseException:
+            self.close()
+            raise
+        self.address: str = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
+
+    @staticmethod
+    def _security_policy(options: Any) -> Optional[tuple[bytes, bytes, str]]:
+        """The router's keys, or None for plain TCP (allowed on loopback, or
+        when the user says ``insecure``)."""
+        if options.keys_dir is not None:
+            return server_keys(options.keys_dir)
+        if not (options.insecure or _is_loopback(options.listen)):
+            raise OptionError(
+                f"refusing to listen on {options.listen} without keys: anyone who can reach it could "
+                "run tasks. Give keys_dir= (see rknn-farm keygen), listen on 127.0.0.1, or pass "
+                "insecure=True on a network you trust"
+            )
+        return None
+
+    def _become_curve_server(
+        self, zmq_context: zmq.Context, public: bytes, secret: bytes, authorized: str
+    ) -> None:
+        self._authenticator = zmq.auth.thread.ThreadAuthenticator(zmq_context)
+        self._authenticator.start()
+        self._authenticator.configure_curve(domain="*", location=authorized)
+        self.socket.curve_server = True
+        self.socket.curve_publickey = public
+        self.socket.curve_secretkey = secret
+
+    # ── incoming ─────────────────────────────────────────────────────────
+    def read_monitor(self) -> None:
+        """Count failed handshakes (unauthorised keys, garbage instead of ZMTP)."""
+        assert self.monitor is not None
+        while True:
+            try:
+                event = zmq.utils.monitor.recv_monitor_message(self.monitor, zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+                self.counters["rejected_auth"] += 1
+            else:
+                self.counters["malformed"] += 1
+
+    def receive(self) -> Optional[tuple[bytes, list[Any], list[Any]]]:
+        """One message as (identity, header, tensor frames), None when there is
+        none; malformed messages are counted and skipped."""
+        while True:
+            try:
+                frames = self.socket.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return None
+            parsed = self._parse(frames)
+            if parsed is not None:
+                return parsed
+            self.counters["malformed"] += 1
+
+    def _parse(self, frames: list[Any]) -> Optional[tuple[bytes, list[Any], list[Any]]]:
+        if len(frames) < 2:
+            return None
+        try:
+            header = protocol.unpack(frames[1])
+        except Exception:
+            return None
+        if not isinstance(header, list) or not header or type(header[0]) is not int:
+            return None
+        identity = frames[0].bytes
+        tensors = frames[2:]
+        kind = header[0]
+        if kind == protocol.HELLO:
+            return (identity, header, tensors) if _valid_hello(header) and not tensors else None
+        node = self.by_identity.get(identity)
+        if node is None or len(header) < 3 or header[1] != node.worker_id or header[2] != node.generation:
+            return None
+        if kind == protocol.HEARTBEAT:
+            return (identity, header, tensors) if not tensors else None
+        if kind == protocol.RESULT and _valid_result(header, tensors, len(node.slots)):
+            return identity, header, tensors
+        if kind == protocol.FAILED and _valid_failure(header, len(node.slots)) and not tensors:
+            return identity, header, tensors
+        return None
+
+    # ── joining ──────────────────────────────────────────────────────────
+    def answer_hello(self, identity: bytes, info: dict[str, Any], worker_id: int) -> bool:
+        """Queue the answer to a HELLO; True when the node may join as ``worker_id``."""
+        if info.get("model_sha256") == self.fingerprint:
+            self.send(identity, [protocol.pack([protocol.WELCOME, worker_id, 1])])
+            self.counters["joined"] += 1
+            return True
+        if os.path.isfile(self.model) or ":" in self.model:
+            # The node lacks this model (or has another version): ship it.
+            payload = _read_model(self.model)
+            header = protocol.pack([protocol.MODEL, os.path.basename(self.model), self.fingerprint])
+            self.send(identity, [header, payload])
+        else:
+            self.counters["rejected_model"] += 1
+            self.send(identity, [protocol.pack([protocol.REJECT, "the router's model cannot be shipped"])])
+        return False
+
+    # ── outgoing (queued from any thread, sent by the router thread) ─────
+    def send(self, identity: bytes, frames: list[Any]) -> None:
+        self.outbox.append((identity, frames))
+
+    def queue_task(self, node: RemoteNode, slot: ContextSlot, task: Task) -> None:
+        """Queue ``task`` for ``node``: input tensors go as frames straight out
+        of this host's shared memory (``copy=False``: no serialisation)."""
+        buf = task.input_region.segment.buf
+        descriptors, frames = [], []
+        for number, (_, offset, dtype, shape, name) in enumerate(task.input_descriptors):
+            nbytes = math.prod(shape) * protocol.dtype_of(dtype).itemsize
+            frames.append(memoryview(buf)[offset : offset + nbytes])
+            descriptors.append([None, number, dtype, shape, name])
+        header = protocol.pack([protocol.TASK, task.task_id, task.attempt, descriptors, None, slot.index])
+        self.send(node.identity, [header, *frames])
+
+    def flush(self) -> list[bytes]:
+        """Send what is queued; returns identities that could not be reached."""
+        unreachable = []
+        while self.outbox:
+            identity, frames = self.outbox.popleft()
+            try:
+                self.socket.send_multipart([identity, *frames], copy=False)
+            except zmq.ZMQError:
+                unreachable.append(identity)
+        return unreachable
+
+    def close(self) -> None:
+        if self.monitor is not None:
+            self.socket.disable_monitor()
+            self.monitor.close(linger=0)
+            self.monitor = None
+        self.socket.close(linger=0)
+        if self._authenticator is not None:
+            self._authenticator.stop()
+            self._authenticator = None
+
+
+def _read_model(model: str) -> bytes:
+    if os.path.isfile(model):
+        with open(model, "rb") as f:
+            return f.read()
+    return model.encode()
+
+
+# ── validation of untrusted headers ──────────────────────────────────────
+def _is_int(value: Any, low: int = 0, high: int = 2**62) -> bool:
+    return type(value) is int and low <= value <= high
+
+
+def _valid_hello(header: list[Any]) -> bool:
+    if len(header) != 3 or not isinstance(header[1], str) or not isinstance(header[2], dict):
+        return False
+    info = header[2]
+    return _is_int(info.get("contexts"), 1, 4096) and isinstance(info.get("model_sha256"), (str, type(None)))
+
+
+def _valid_failure(header: list[Any], n_slots: int) -> bool:
+    return (
+        len(header) == 8
+        and _is_int(header[3])
+        and _is_int(header[4])
+        and isinstance(header[5], str)
+        and isinstance(header[6], str)
+        and _valid_timings(header[7], n_slots)
+    )
+
+
+def _valid_timings(timings: Any, n_slots: int) -> bool:
+    return (
+        isinstance(timings, list)
+        and len(timings) == 4
+        and all(_is_int(t) for t in timings[:3])
+        and _is_int(timings[3], 0, n_slots - 1)
+    )
+
+
+def _valid_result(header: list[Any], frames: list[Any], n_slots: int) -> bool:
+    if len(header) != 7 or not (_is_int(header[3]) and _is_int(header[4])):
+        return False
+    descriptors = header[5]
+    if not isinstance(descriptors, list) or len(descriptors) != len(frames) or not descriptors:
+        return False
+    for descriptor, frame in zip(descriptors, frames):
+        if not isinstance(descriptor, list) or len(descriptor) != 3 or descriptor[0] != -1:
+            return False
+        _, dtype_text, shape = descriptor
+        if not isinstance(dtype_text, str) or not isinstance(shape, list) or len(shape) > 16:
+            return False
+        if not all(_is_int(d, 0, 2**40) for d in shape):
+            return False
+        try:
+            dtype = np.dtype(dtype_text)
+        except TypeError:
+            return False
+        if dtype.kind not in _NUMERIC_KINDS or len(frame) != math.prod(shape) * dtype.itemsize:
+            return False
+    return _valid_timings(header[6], n_slots)

@@ -1,0 +1,148 @@
+"""``rknn-farm bench --quick``: every figure measured, ratios consistent, files written.
+
+The suite runs in a child process: its process pool and echo process use the
+``spawn`` start method, whose resource tracker would otherwise outlive the
+test inside the pytest process. The suite checks its own leftovers (child
+processes, shared memory) and reports them in the JSON; the tests also look
+for the child's segments after it exits.
+"""
+
+from __future__ import annotations
+
+import glob
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from farm.bench import main as bench_main
+from workers.segments import SEGMENT_PREFIX, segment_dir
+
+REPO = Path(__file__).resolve().parents[1]
+METHODS = ["inprocess", "threads", "processpool", "zmq-floor", "farm"]
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _run_suite(command: list[str], out: Path) -> tuple[dict, str]:
+    """Run the suite in a child process; return its report and stdout."""
+    child = subprocess.Popen(
+        [sys.executable, *command, "--quick", "--out", str(out)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        stdout, stderr = child.communicate(timeout=240)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert child.returncode == 0, stderr
+    left = glob.glob(os.path.join(segment_dir(), f"{SEGMENT_PREFIX}{child.pid}-*"))
+    left += glob.glob(os.path.join(tempfile.gettempdir(), f"{SEGMENT_PREFIX}{child.pid}-*"))
+    assert not left, f"shared memory left behind: {left}"
+    report = json.loads((out / "bench.json").read_text(encoding="utf-8"))
+    assert report["leftovers"] == {"processes": [], "segments": []}
+    return report, stdout
+
+
+def _row(report: dict, workload: str, method: str) -> dict:
+    return next(r for r in report["rows"] if r["workload"] == workload and r["method"] == method)
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """One quick run of ``rknn-farm bench`` (as ``python -m farm``) for this module's tests."""
+    out = tmp_path_factory.mktemp("bench")
+    report, stdout = _run_suite(["-m", "farm", "bench", "--workloads", "tiny,frame"], out)
+    assert "frame transport:" in stdout and "targets:" in stdout
+    return out, report
+
+
+@pytest.mark.timeout(300)
+def test_quick_run_measures_every_workload_and_method(quick_run: tuple[Path, dict]) -> None:
+    report = quick_run[1]
+    assert {(r["workload"], r["method"]) for r in report["rows"]} == {
+        (w, m) for w in ("tiny", "frame") for m in METHODS
+    }
+    for row in report["rows"]:
+        assert row["throughput_per_s"] > 0 and row["tasks"] > 0 and row["seconds"] > 0, row
+        assert 0 < row["sync_p50_ms"] <= row["sync_p99_ms"], row
+        assert row["sync_mean_ms"] > 0 and row["sync_n"] >= 5, row
+        assert row["throughput_per_s"] == pytest.approx(row["tasks"] / row["seconds"])
+    machine = report["machine"]
+    for key in ("cpu_count", "python", "numpy", "onnxruntime", "pyzmq"):
+        assert machine[key], key
+    assert report["frame_memcpy_ms"] > 0
+    assert "pacing" in report["skipped"]  # pacing needs the cls workload
+
+
+@pytest.mark.timeout(300)
+def test_ratios_follow_from_the_raw_figures(quick_run: tuple[Path, dict]) -> None:
+    report = quick_run[1]
+    ratios = report["ratios"]
+    for workload in ("tiny", "frame"):
+        inprocess = _row(report, workload, "inprocess")
+        floor = _row(report, workload, "zmq-floor")
+        for method in METHODS:
+            row = _row(report, workload, method)
+            assert ratios["sync_vs_zmq_floor"][workload][method] == pytest.approx(
+                row["sync_p50_ms"] / floor["sync_p50_ms"]
+            )
+            if method != "zmq-floor":
+                assert ratios["throughput_vs_inprocess"][workload][method] == pytest.approx(
+                    row["throughput_per_s"] / inprocess["throughput_per_s"]
+                )
+    frame = ratios["frame"]
+    farm, pool = _row(report, "frame", "farm"), _row(report, "frame", "processpool")
+    budget = (
+        _row(report, "frame", "inprocess")["sync_p50_ms"]
+        + 2 * report["frame_memcpy_ms"]
+        + 2 * _row(report, "frame", "zmq-floor")["sync_p50_ms"]
+    )
+    assert frame["budget_ms"] == pytest.approx(budget)
+    assert frame["farm_vs_budget"] == pytest.approx(farm["sync_p50_ms"] / budget)
+    assert frame["processpool_vs_farm_sync"] == pytest.approx(pool["sync_p50_ms"] / farm["sync_p50_ms"])
+    targets = {t["name"].split(":")[0]: t for t in report["targets"]}
+    assert targets["sync overhead"]["value"] == pytest.approx(ratios["sync_vs_zmq_floor"]["tiny"]["farm"])
+    assert targets["sync overhead"]["met"] == (targets["sync overhead"]["value"] <= 2.0)
+    assert targets["compute scaling"]["value"] is None and targets["compute scaling"]["met"] is None
+
+
+@pytest.mark.timeout(300)
+def test_quick_run_writes_a_png(quick_run: tuple[Path, dict]) -> None:
+    pytest.importorskip("matplotlib")
+    data = (quick_run[0] / "bench.png").read_bytes()
+    assert data[:8] == PNG_SIGNATURE
+    assert len(data) > 1000
+
+
+@pytest.mark.timeout(300)
+def test_pacing_on_cls(tmp_path: Path) -> None:
+    if importlib.util.find_spec("rapidocr_onnxruntime") is None:
+        pytest.skip("the cls workload needs rapidocr-onnxruntime")
+    command = ["benchmarks/bench.py", "--workloads", "cls", "--methods", "inprocess,farm"]
+    report, stdout = _run_suite(command, tmp_path)
+    pacing = report["pacing"]
+    farm = _row(report, "cls", "farm")
+    assert pacing["unpaced_throughput_per_s"] == pytest.approx(farm["throughput_per_s"])
+    assert pacing["offered_per_s"] == pytest.approx(3 * farm["throughput_per_s"])
+    assert pacing["admitted"] > 0 and pacing["queue_samples"] > 0
+    assert report["ratios"]["pacing"]["admitted_vs_unpaced"] == pytest.approx(
+        pacing["admitted_per_s"] / pacing["unpaced_throughput_per_s"]
+    )
+    assert 0 <= pacing["queued_max_per_worker"] <= pacing["max_queue_size"]
+    assert "pacing (cls, enable_pacing=True)" in stdout
+
+
+def test_bad_options_are_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert bench_main(["--workloads", "tiny,nope", "--out", str(tmp_path)]) == 2
+    assert "choose from tiny,cls,rec,frame" in capsys.readouterr().err
+    assert bench_main(["--workers", "0", "--out", str(tmp_path)]) == 2
+    assert not (tmp_path / "bench.json").exists()

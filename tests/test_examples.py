@@ -1,0 +1,76 @@
+"""The scripts in examples/ run as a user would run them, and print right answers."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.timeout(300)
+
+ROOT = Path(__file__).resolve().parent.parent
+PAGE = ["Hello World 2024", "Invoice No 12345", "quick brown fox"]
+
+
+def run_example(script: str, *args: str) -> str:
+    """Run ``examples/<script>`` in a fresh interpreter; its stdout, after checking it exited 0."""
+    done = subprocess.run(
+        [sys.executable, f"examples/{script}", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, f"{script} exited {done.returncode}\n{done.stdout}\n{done.stderr}"
+    return done.stdout
+
+
+def normalise(text: str) -> str:
+    """Lower case, letters and digits only: spaces, case and punctuation do not count."""
+    return re.sub(r"[^0-9a-z]", "", text.lower())
+
+
+def check_page_read(out: str) -> None:
+    texts = re.findall(r"^\s+#\d+ box=\[[-\d, ]+\] det=[\d.]+ conf=[\d.]+ text=(.*)$", out, re.M)
+    assert texts, f"no recognised line printed:\n{out}"
+    read = {normalise(t) for t in texts}
+    exact = [line for line in PAGE if normalise(line) in read]
+    assert len(exact) >= 2, f"only {exact} of {PAGE} recognised exactly; read {texts}"
+    words = [w for line in PAGE for w in line.split()]
+    joined = "".join(normalise(t) for t in texts)
+    found = [w for w in words if normalise(w) in joined]
+    assert len(found) >= 0.8 * len(words), f"words found: {found} of {words}; read {texts}"
+
+
+def test_ocr_pipeline_reads_the_synthetic_page(ppocr_models, tmp_path):
+    page = tmp_path / "page.png"
+    text_args = [a for line in PAGE for a in ("--text", line)]
+    models = ["--det-model", ppocr_models["det"], "--rec-model", ppocr_models["rec"]]
+    out = run_example("ocr_pipeline.py", *text_args, *models, "--save-page", str(page))
+    assert "rendered: " + " | ".join(PAGE) in out
+    check_page_read(out)
+    assert re.search(r"^  det core 0: 1 tasks", out, re.M)
+    assert re.search(r"^  rec core 1: \d+ tasks", out, re.M), "the rec farm has no core 1"
+
+    # The same page as an image file, on other schedules.
+    out = run_example("ocr_pipeline.py", str(page), *models, "--det-schedule", "0", "--rec-schedule", "0,1,1")
+    assert f"{page}: " in out
+    check_page_read(out)
+    assert not re.search(r"^  det core 1:", out, re.M)
+
+
+def test_video_loop_prints_frames_in_order(ppocr_models):
+    n = 8
+    out = run_example(
+        "video_loop.py", "--frames", str(n), "--max-in-flight", "3", "--model", ppocr_models["det"]
+    )
+    frames = re.findall(r"^frame (\d+): (\d+) text boxes", out, re.M)
+    assert [int(i) for i, _ in frames] == list(range(n)), out
+    assert all(int(boxes) >= 1 for _, boxes in frames), f"a frame without its caption detected:\n{out}"
+    summary = re.search(rf"^{n} frames in [\d.]+ s: ([\d.]+) fps, latency p50 ([\d.]+) ms", out, re.M)
+    assert summary and float(summary.group(1)) > 0 and float(summary.group(2)) > 0, out
+    per_core = [int(t) for t in re.findall(r"^  core \d+: (\d+) frames", out, re.M)]
+    assert per_core == [n // 2, n // 2], out

@@ -1,0 +1,275 @@
+"""Remote nodes on loopback: spread, node loss, joining mid-stream, keys, fuzzing, scaling."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import msgpack
+import numpy as np
+import pytest
+import zmq
+
+from farm import Farm, OptionError
+from farm.keys import generate_keys
+from tests.onnx_models import affine_model
+from tests.processes import wait_gone
+from workers import protocol
+from workers.segments import SEGMENT_PREFIX, segment_dir
+
+pytestmark = pytest.mark.timeout(180)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FAST = {"heartbeat_interval_ms": 200, "heartbeat_liveness": 3}
+
+
+class Nodes:
+    """Node agents started as `rknn-farm node` processes; all stopped at the end."""
+
+    def __init__(self) -> None:
+        self.processes: list[subprocess.Popen] = []
+
+    def start(
+        self, address: str, *extra: str, model: str = "tests.pyfuncs:behave", name: str = ""
+    ) -> subprocess.Popen:
+        name = name or f"node{len(self.processes)}"
+        args = [
+            sys.executable,
+            "-m",
+            "farm",
+            "node",
+            "--connect",
+            address,
+            "--name",
+            name,
+            "--heartbeat-ms",
+            "200",
+        ]
+        if model:
+            args += ["--model", model]
+        process = subprocess.Popen([*args, *extra], cwd=ROOT, stderr=subprocess.DEVNULL)
+        self.processes.append(process)
+        return process
+
+    def stop(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGINT)
+        for process in self.processes:
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+@pytest.fixture
+def nodes():
+    started = Nodes()
+    yield started
+    started.stop()
+    pids = [p.pid for p in started.processes]
+    assert wait_gone(pids)
+    time.sleep(0.2)
+    leftovers = [
+        n for n in os.listdir(segment_dir()) for pid in pids if n.startswith(f"{SEGMENT_PREFIX}{pid}-")
+    ]
+    assert not leftovers, f"node segments left behind: {leftovers}"
+
+
+def wait_for(predicate, within: float = 20.0) -> float:
+    started = time.monotonic()
+    while not predicate():
+        assert time.monotonic() - started < within, "timed out waiting"
+        time.sleep(0.01)
+    return time.monotonic() - started
+
+
+def joined(farm: Farm) -> int:
+    return sum(1 for w in farm.stats()["workers"] if w["node"] != "local" and w["ready"])
+
+
+def action(value: int) -> dict:
+    return {"action": np.array([value], dtype=np.int64)}
+
+
+def test_tasks_spread_over_local_and_remote_cores(nodes):
+    with Farm("tests.pyfuncs:behave", schedule="0", listen="tcp://127.0.0.1:*", **FAST) as farm:
+        nodes.start(farm.listen_address)
+        nodes.start(farm.listen_address, "--threads-per-core", "2")
+        wait_for(lambda: joined(farm) == 2)
+        values = list(range(100, 700))
+        assert [int(o[0][0]) for o in farm.map([action(v) for v in values])] == values
+        served = {w["node"]: w["tasks"] for w in farm.stats()["workers"]}
+    assert set(served) == {"local", "node0", "node1"} and all(n > 50 for n in served.values()), served
+
+
+def test_a_node_killed_mid_stream_loses_no_task(nodes):
+    with Farm(
+        "tests.pyfuncs:behave", schedule="0", listen="tcp://127.0.0.1:*", max_queue_size=16, **FAST
+    ) as farm:
+        victim = nodes.start(farm.listen_address)
+        nodes.start(farm.listen_address)
+        wait_for(lambda: joined(farm) == 2)
+        futures = [farm.submit(action(1000 + i)) for i in range(300)]
+        victim.kill()
+        futures += [farm.submit(action(1300 + i)) for i in range(300)]
+        values = [int(f.result(timeout=60)[0][0]) for f in futures]
+        assert values == list(range(1000, 1600))
+        assert farm.stats()["remote"]["lost"] == 1
+
+
+def test_a_node_joining_mid_stream_gets_work_within_a_second(nodes):
+    with Farm("tests.pyfuncs:sleep", local_cores=False, listen="tcp://127.0.0.1:*", **FAST) as farm:
+        nodes.start(farm.listen_address, "--backend", "python", model="tests.pyfuncs:sleep")
+        wait_for(lambda: joined(farm) == 1)
+        stream = farm.map(({"seconds": np.array([0.01])} for _ in range(400)), max_in_flight=8)
+        for _ in range(20):
+            next(stream)
+        nodes.start(farm.listen_address, model="tests.pyfuncs:sleep", name="late")
+        wait_for(lambda: joined(farm) == 2)
+        joined_at = time.monotonic()
+
+        def late_tasks() -> int:
+            next(stream)
+            return next(w["tasks"] for w in farm.stats()["workers"] if w["node"] == "late")
+
+        assert wait_for(lambda: late_tasks() > 0, within=5) < 1.0
+        assert time.monotonic() - joined_at < 1.0
+        for _ in stream:
+            pass
+
+
+def test_a_node_without_the_model_receives_it_checked_by_hash(nodes, tmp_path):
+    model = affine_model(str(tmp_path), shape=(1, 4))
+    with Farm(model, local_cores=False, listen="tcp://127.0.0.1:*", **FAST) as farm:
+        nodes.start(farm.listen_address, "--cache-dir", str(tmp_path / "cache"), model="")
+        wait_for(lambda: joined(farm) == 1)
+        (out,) = farm.run({"x": np.ones((1, 4), np.float32)})
+        assert np.all(out == 3)
+        assert farm.inputs[0].name == "x"  # learnt from the node's description
+    (cached,) = os.listdir(tmp_path / "cache")
+    assert cached.endswith("affine.onnx")
+
+
+def test_listening_beyond_loopback_needs_keys_or_insecure():
+    with pytest.raises(OptionError, match="without keys"):
+        Farm("tests.pyfuncs:behave", listen="tcp://0.0.0.0:*")
+    with Farm("tests.pyfuncs:behave", listen="tcp://0.0.0.0:*", insecure=True) as farm:
+        assert farm.listen_address.startswith("tcp://0.0.0.0:")
+
+
+def test_only_authorised_keys_join(nodes, tmp_path):
+    router_keys, good_keys, bad_keys = tmp_path / "router", tmp_path / "good", tmp_path / "bad"
+    generate_keys(str(router_keys), "server")
+    for directory, name in ((good_keys, "good"), (bad_keys, "bad")):
+        generate_keys(str(directory), name)
+        (directory / "server.key").write_bytes((router_keys / "server.key").read_bytes())
+    (router_keys / "authorized").mkdir()
+    (router_keys / "authorized" / "good.key").write_bytes((good_keys / "good.key").read_bytes())
+    options = dict(listen="tcp://127.0.0.1:*", keys_dir=str(router_keys), **FAST)
+    with Farm("tests.pyfuncs:behave", schedule="0", **options) as farm:
+        nodes.start(farm.listen_address, "--keys", str(bad_keys), name="bad")
+        wait_for(lambda: farm.stats()["remote"]["rejected_auth"] >= 1)
+        nodes.start(farm.listen_address, "--keys", str(good_keys), name="good")
+        wait_for(lambda: joined(farm) == 1)
+        assert [w["node"] for w in farm.stats()["workers"] if w["node"] != "local"] == ["good"]
+        assert [int(o[0][0]) for o in farm.map([action(v) for v in range(100, 140)])] == list(range(100, 140))
+
+
+def _garbage(rng: random.Random) -> list[bytes]:
+    """Random multipart messages: noise, truncated msgpack, well-formed lies."""
+    valid_result = msgpack.packb([protocol.RESULT, 1, 1, 0, 0, [[-1, "<f4", [4]]], [0, 0, 0, 0]])
+    choices = [
+        [rng.randbytes(rng.randint(0, 64))],
+        [msgpack.packb([protocol.HELLO, "x", {"contexts": 1}])[: rng.randint(1, 8)]],
+        [msgpack.packb([protocol.HELLO, 5, "not a dict"])],
+        [msgpack.packb([protocol.HELLO, "huge", {"contexts": 10**9, "model_sha256": "0"}])],
+        [msgpack.packb({"not": "a list"})],
+        [valid_result, b"\0" * 3],
+        [msgpack.packb([protocol.RESULT, 99, 1, 0, 0, [], []])],
+        [msgpack.packb([protocol.HEARTBEAT, "a", None])],
+        [msgpack.packb([protocol.TASK] * 6), rng.randbytes(10)],
+    ]
+    return rng.choice(choices)
+
+
+def test_fuzzing_the_router_drops_and_counts_but_keeps_serving(nodes):
+    rng = random.Random(11)
+    with Farm("tests.pyfuncs:behave", schedule="0", listen="tcp://127.0.0.1:*", **FAST) as farm:
+        nodes.start(farm.listen_address)
+        wait_for(lambda: joined(farm) == 1)
+        host, port = farm.listen_address[len("tcp://") :].rsplit(":", 1)
+        with socket.create_connection((host, int(port))) as raw:  # not even ZMTP
+            raw.sendall(rng.randbytes(4096))
+        context = zmq.Context()
+        fuzzer = context.socket(zmq.DEALER)
+        fuzzer.setsockopt(zmq.LINGER, 0)
+        fuzzer.connect(farm.listen_address)
+        for _ in range(300):
+            fuzzer.send_multipart(_garbage(rng))
+        time.sleep(0.5)
+        values = [int(o[0][0]) for o in farm.map([action(v) for v in range(100, 300)])]
+        stats = farm.stats()
+        fuzzer.close()
+        context.term()
+    assert values == list(range(100, 300))
+    assert stats["remote"]["malformed"] >= 250
+    assert sum(w["tasks"] for w in stats["workers"] if w["node"] != "local") > 0
+
+
+def test_fuzzing_a_node_drops_and_counts_but_keeps_serving(nodes):
+    rng = random.Random(12)
+    context = zmq.Context()
+    router = context.socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    try:
+        node = nodes.start(f"tcp://127.0.0.1:{port}")
+        assert router.poll(20000), "the node never said HELLO"
+        identity, hello = router.recv_multipart()
+        assert msgpack.unpackb(hello)[0] == protocol.HELLO
+        router.send_multipart([identity, msgpack.packb([protocol.WELCOME, 0, 1])])
+        for _ in range(300):
+            router.send_multipart([identity, *_garbage(rng)])
+        x = np.array([42], dtype=np.int64)
+        task = [protocol.TASK, 7, 0, [[None, 0, x.dtype.str, [1], "action"]], None, 0]
+        router.send_multipart([identity, msgpack.packb(task), x.tobytes()])
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            assert router.poll(int((deadline - time.monotonic()) * 1000)), "no answer to the valid task"
+            frames = router.recv_multipart()
+            header = msgpack.unpackb(frames[1])
+            if header[0] == protocol.RESULT:
+                break
+        assert header[3] == 7 and np.frombuffer(frames[2], np.int64)[0] == 42
+        assert node.poll() is None, "the node died of the garbage"
+    finally:
+        router.close()
+        context.term()
+
+
+def _throughput(n_nodes: int, nodes: Nodes) -> float:
+    with Farm("tests.pyfuncs:sleep", local_cores=False, listen="tcp://127.0.0.1:*", **FAST) as farm:
+        for i in range(n_nodes):
+            nodes.start(farm.listen_address, model="tests.pyfuncs:sleep", name=f"s{n_nodes}-{i}")
+        wait_for(lambda: joined(farm) == n_nodes)
+        work = [{"seconds": np.array([0.02])} for _ in range(60 * n_nodes)]
+        for _ in farm.map(work[:8]):
+            pass  # warm up every path
+        started = time.perf_counter()
+        for _ in farm.map(work, max_in_flight=4 * n_nodes):
+            pass
+        return len(work) / (time.perf_counter() - started)
+
+
+def test_four_single_core_nodes_give_at_least_3_5_times_one(nodes):
+    one = _throughput(1, nodes)
+    four = _throughput(4, nodes)
+    print(f"\nscaling: 1 node {one:.1f} tasks/s, 4 nodes {four:.1f} tasks/s, x{four / one:.2f}")
+    assert four >= 3.5 * one
