@@ -355,28 +355,48 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--metrics-port", type=int, metavar="PORT", help="serve Prometheus metrics during the run"
     )
-    bench = commands.add_parser("bench", help="the farm vs in-process, threads, a process pool, bare ZeroMQ")
-    farm_bench.add_arguments(bench)
-    bench.set_defaults(handler=farm_bench.run)
-    convert = commands.add_parser(
-        "convert", help="build an ONNX model into an .rknn file (needs rknn-toolkit2)"
-    )
-    farm_convert.add_arguments(convert)
-    convert.set_defaults(handler=farm_convert.run)
-    node = commands.add_parser("node", help="serve a farm's router from this board (remote node)")
-    farm_node.add_node_arguments(node)
-    node.set_defaults(handler=farm_node.run_node)
-    keygen = commands.add_parser("keygen", help="create a CURVE key pair for remote nodes")
-    farm_node.add_keygen_arguments(keygen)
-    keygen.set_defaults(handler=farm_node.run_keygen)
-    top = commands.add_parser("top", help="a live per-core view of a farm, from its metrics endpoint")
-    farm_top.add_arguments(top)
-    top.set_defaults(handler=farm_top.run)
-    doctor = commands.add_parser(
-        "doctor", help="check this machine for RKNN: librknnrt, NPU driver, smoke run"
-    )
-    farm_doctor.add_arguments(doctor)
-    doctor.set_defaults(handler=farm_doctor.run)
+    # Commands whose arguments and handler live in their own module.
+    for name, help_text, add_arguments, handler in (
+        (
+            "bench",
+            "the farm vs in-process, threads, a process pool, bare ZeroMQ",
+            farm_bench.add_arguments,
+            farm_bench.run,
+        ),
+        (
+            "convert",
+            "build an ONNX model into an .rknn file (needs rknn-toolkit2)",
+            farm_convert.add_arguments,
+            farm_convert.run,
+        ),
+        (
+            "node",
+            "serve a farm's router from this board (remote node)",
+            farm_node.add_node_arguments,
+            farm_node.run_node,
+        ),
+        (
+            "keygen",
+            "create a CURVE key pair for remote nodes",
+            farm_node.add_keygen_arguments,
+            farm_node.run_keygen,
+        ),
+        (
+            "top",
+            "a live per-core view of a farm, from its metrics endpoint",
+            farm_top.add_arguments,
+            farm_top.run,
+        ),
+        (
+            "doctor",
+            "check this machine for RKNN: librknnrt, NPU driver, smoke run",
+            farm_doctor.add_arguments,
+            farm_doctor.run,
+        ),
+    ):
+        command = commands.add_parser(name, help=help_text)
+        add_arguments(command)
+        command.set_defaults(handler=handler)
     return parser
 
 

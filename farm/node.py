@@ -20,7 +20,6 @@ keeps running. A malformed message is dropped and counted, never fatal.
 from __future__ import annotations
 
 import hashlib
-import math
 import os
 import queue
 import socket as stdlib_socket
@@ -45,7 +44,6 @@ __all__ = ["NodeAgent", "add_keygen_arguments", "add_node_arguments", "run_keyge
 
 _BACKOFF_START_S = 0.5
 _BACKOFF_MAX_S = 32.0
-_NUMERIC_KINDS = frozenset("biuf")
 
 
 class NodeAgent:
@@ -304,15 +302,8 @@ def _parse_task(
         if not isinstance(descriptor, list) or len(descriptor) != 5 or descriptor[0] is not None:
             return None
         _, frame_no, dtype_text, shape, name = descriptor
-        if frame_no != number or not isinstance(name, str) or not isinstance(shape, list) or len(shape) > 16:
-            return None
-        if not all(type(d) is int and 0 <= d < 2**40 for d in shape):
-            return None
-        try:
-            dtype = np.dtype(dtype_text)
-        except TypeError:
-            return None
-        if dtype.kind not in _NUMERIC_KINDS or len(frame) != math.prod(shape) * dtype.itemsize:
+        dtype = protocol.checked_frame_dtype(dtype_text, shape, len(frame))
+        if frame_no != number or not isinstance(name, str) or dtype is None:
             return None
         inputs[name] = np.frombuffer(frame.buffer, dtype).reshape(shape)
     return header[1], header[2], header[5], inputs

@@ -33,7 +33,6 @@ import os
 import socket as stdlib_socket
 from typing import Any, Optional
 
-import numpy as np
 import zmq
 import zmq.auth.thread
 import zmq.utils.monitor
@@ -49,7 +48,6 @@ __all__ = ["REMOTE_CORE_BASE", "RemoteListener", "RemoteNode", "model_fingerprin
 #: Remote nodes are numbered as cores from here, clear of any NPU core number.
 REMOTE_CORE_BASE = 1000
 _MAX_REQUEUES = 10
-_NUMERIC_KINDS = frozenset("biuf")
 
 
 def model_fingerprint(model: str) -> str:
@@ -303,15 +301,6 @@ def _valid_result(header: list[Any], frames: list[Any], n_slots: int) -> bool:
     for descriptor, frame in zip(descriptors, frames):
         if not isinstance(descriptor, list) or len(descriptor) != 3 or descriptor[0] != -1:
             return False
-        _, dtype_text, shape = descriptor
-        if not isinstance(dtype_text, str) or not isinstance(shape, list) or len(shape) > 16:
-            return False
-        if not all(_is_int(d, 0, 2**40) for d in shape):
-            return False
-        try:
-            dtype = np.dtype(dtype_text)
-        except TypeError:
-            return False
-        if dtype.kind not in _NUMERIC_KINDS or len(frame) != math.prod(shape) * dtype.itemsize:
+        if protocol.checked_frame_dtype(descriptor[1], descriptor[2], len(frame)) is None:
             return False
     return _valid_timings(header[6], n_slots)

@@ -37,6 +37,7 @@ its timings)::
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -59,6 +60,7 @@ __all__ = [
     "ALIGNMENT",
     "QUIT",
     "align",
+    "checked_frame_dtype",
     "dtype_of",
     "pack",
     "recv_message",
@@ -90,6 +92,26 @@ ALIGNMENT = 64
 def dtype_of(text: str) -> np.dtype:
     """``np.dtype(text)``, parsed once per distinct string (the hot path sees few)."""
     return np.dtype(text)
+
+
+_NUMERIC_KINDS = frozenset("biuf")
+
+
+def checked_frame_dtype(dtype_text: Any, shape: Any, nbytes: int) -> Any:
+    """For a tensor frame from an untrusted peer: its numpy dtype when
+    ``dtype_text`` names a numeric dtype, ``shape`` is a list of at most 16
+    sane dims and the frame holds exactly that many bytes; else None."""
+    if not isinstance(dtype_text, str) or not isinstance(shape, list) or len(shape) > 16:
+        return None
+    if not all(type(d) is int and 0 <= d < 2**40 for d in shape):
+        return None
+    try:
+        dtype = np.dtype(dtype_text)
+    except TypeError:
+        return None
+    if dtype.kind not in _NUMERIC_KINDS or nbytes != math.prod(shape) * dtype.itemsize:
+        return None
+    return dtype
 
 
 def align(nbytes: int) -> int:
