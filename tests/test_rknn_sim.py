@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -243,3 +244,41 @@ def test_convert_int8_and_toolkit_errors(toolkit, models, dataset, tmp_path, cap
     assert farm_convert.main([models["affine"], "-o", str(tmp_path / "x.rknn"), "--target", "rk9999"]) == 2
     assert "rknn-toolkit2 config failed for affine.onnx" in capsys.readouterr().err
     assert not Path(tmp_path / "x.rknn").exists()
+
+
+def test_the_seed_session_api_on_the_simulator(toolkit, models):
+    """farm.InferenceSession over the rknn-sim backend: run with output filtering,
+    run_async, run_pipeline and multi-batch dispatch, against ONNX Runtime."""
+    from farm import InferenceSession, make_provider_options
+
+    rng = np.random.default_rng(9)
+    a, b = (rng.random((2, 4), dtype=np.float32) for _ in range(2))
+    options = make_provider_options(schedule="0,1", threads_per_core=1)
+    session = InferenceSession(models["two"], provider_options=options, backend="rknn-sim")
+    try:
+        assert session.get_providers()[0] != "CPUExecutionProvider"
+        assert [i.name for i in session.get_inputs()] == ["a", "b"]
+        (product,) = session.run(["prod"], {"a": a, "b": b})
+        np.testing.assert_allclose(product, a * b, atol=AFFINE_ATOL)
+        got = []
+        session.run_async(
+            None, [a, b], lambda results, user_data, err: got.append((results, user_data, err)), 5
+        )
+        deadline = time.monotonic() + 60
+        while not got and time.monotonic() < deadline:
+            time.sleep(0.01)
+        ((results, user_data, err),) = got
+        assert err == "" and user_data == 5
+        np.testing.assert_allclose(results[0], a + b, atol=AFFINE_ATOL)
+        outputs = [session.run_pipeline({"a": a * k, "b": b}, depth=2) for k in range(1, 5)]
+        assert outputs[:2] == [None, None]
+        np.testing.assert_allclose(outputs[2][1], a * b, atol=AFFINE_ATOL)
+    finally:
+        session.close()
+    affine = InferenceSession(models["affine"], provider_options={"schedule": "0,1"}, backend="rknn-sim")
+    try:
+        batch = rng.random((4, 3, 8, 8), dtype=np.float32)
+        (y,) = affine.run(None, {"x": batch}, run_options={"ztu_modelrt_dispatch_batch": True})
+        np.testing.assert_allclose(y, batch * 2 + 1, atol=AFFINE_ATOL)
+    finally:
+        affine.close()
