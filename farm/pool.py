@@ -19,6 +19,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from typing import Any, Optional
 
@@ -55,6 +56,7 @@ class WorkerHandle:
         self.cpus = cpus
         self.generation = 0
         self.process: Optional[subprocess.Popen] = None
+        self.stdin_lock = threading.Lock()
         self.exit_fd = -1
         self.slots: list[ContextSlot] = []
         self.ready = False
@@ -157,15 +159,19 @@ def request_stop(handle: WorkerHandle) -> None:
     """Say "quit" on the worker's life line and close it: the worker exits at
     once (its contexts idle or not). The word tells it the parent is alive."""
     process = handle.process
-    if process is not None and process.stdin is not None and not process.stdin.closed:
+    if process is None or process.stdin is None:
+        return
+    with handle.stdin_lock:  # the router thread and close() may both get here
+        if process.stdin.closed:
+            return
         try:
             process.stdin.write(QUIT)
             process.stdin.flush()
-        except OSError:
+        except (OSError, ValueError):
             pass  # the worker is already gone
         try:
             process.stdin.close()
-        except OSError:
+        except (OSError, ValueError):
             pass
 
 

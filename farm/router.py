@@ -35,6 +35,7 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 from typing import Any, Optional
 
 import numpy as np
@@ -299,17 +300,25 @@ class Router(Supervision, Membership):
                     poller.register(fd, zmq.POLLIN)
                 watched = exit_fds
             events = dict(poller.poll(timeout_ms))
-            if self._wake_read in events:
-                os.read(self._wake_read, 4096)
-            if self._inbound in events:
-                self._drain_inbound()
-            for fd, worker in exit_fds.items():
-                if fd in events:
-                    self._drain_inbound()  # its last answers come before its death
-                    self._on_worker_exit(worker)
-            if self.remote is not None:
-                self._serve_remote(events)
-            self._run_timers()
+            try:
+                self._handle_events(events, exit_fds)
+            except Exception:  # a bug here must not leave every future waiting forever
+                print("rknn-farm: the router hit an unexpected error and carries on:", file=sys.stderr)
+                traceback.print_exc()
+                time.sleep(0.01)
+
+    def _handle_events(self, events: dict[Any, int], exit_fds: dict[int, WorkerHandle]) -> None:
+        if self._wake_read in events:
+            os.read(self._wake_read, 4096)
+        if self._inbound in events:
+            self._drain_inbound()
+        for fd, worker in exit_fds.items():
+            if fd in events:
+                self._drain_inbound()  # its last answers come before its death
+                self._on_worker_exit(worker)
+        if self.remote is not None:
+            self._serve_remote(events)
+        self._run_timers()
 
     def _drain_inbound(self) -> None:
         """Take every waiting message, do the bookkeeping of all of them under
