@@ -381,3 +381,15 @@ def test_a_saturated_core_spills_new_tasks_to_a_free_core():
         slow.result(timeout=5)
         cores = {w["core"]: w["tasks"] for w in farm.stats()["workers"]}
         assert cores[1] >= 5
+
+
+def test_large_static_outputs_written_in_place_stay_correct(tmp_path):
+    # 192 KiB outputs: ONNX Runtime writes them straight into shared memory.
+    model = affine_model(str(tmp_path), shape=(1, 3, 128, 128))
+    frames = [np.full((1, 3, 128, 128), i, np.float32) for i in range(60)]
+    with Farm(model, schedule="0,1", threads_per_core=2) as farm:
+        kept = farm.run({"x": frames[0]})
+        results = [out[0] for out in farm.map(frames)]
+        assert np.all(kept[0] == 1), "an output was overwritten by later tasks"
+    assert [float(r.mean()) for r in results] == [2 * i + 1 for i in range(60)]
+    assert all(np.all(r == r.flat[0]) for r in results)

@@ -10,10 +10,11 @@ instead. A failing task is answered with its error; the thread goes on.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 import traceback
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 import zmq
@@ -23,6 +24,11 @@ from workers.backends.base import Placement
 from workers.segments import SegmentMap
 
 __all__ = ["ContextThread"]
+
+
+#: Outputs at least this large are written by the runtime straight into shared
+#: memory (ONNX Runtime IOBinding): ~10 µs of binding against a copy saved.
+_DIRECT_OUTPUT_BYTES = 64 << 10
 
 
 def _us_since(start: float) -> int:
@@ -58,6 +64,7 @@ class ContextThread(threading.Thread):
         self._worker_id, self._generation = header
         self._loaded = loaded
         self.session: Any = None
+        self._static_outputs: Optional[tuple[list[tuple[int, str, tuple[int, ...]]], int]] = None
         self.load_error: BaseException | None = None
         self.load_traceback = ""
 
@@ -87,6 +94,7 @@ class ContextThread(threading.Thread):
 
     def _serve(self, tasks: zmq.Socket, results: zmq.Socket) -> None:
         free_form = self.session.describe()["inputs"] is None
+        self._plan_static_outputs()
         try:
             while True:
                 message, frames = protocol.recv_message(tasks)
@@ -105,20 +113,57 @@ class ContextThread(threading.Thread):
             inputs = [self._input_view(d, frames) for d in input_descriptors]
             timings[0] = _us_since(start)
             start = time.perf_counter()
-            if free_form:
-                outputs = self.session.run(inputs, [d[4] for d in input_descriptors])
+            direct = self._direct_outputs(out_region)
+            if direct is not None:  # the runtime writes the outputs into shared memory itself
+                self.session.run_into(inputs, [view for view, _ in direct])
+                descriptors = [descriptor for _, descriptor in direct]
+                frames_out: list[Any] = []
+                timings[1] = _us_since(start)
             else:
-                outputs = self.session.run(inputs)
-            timings[1] = _us_since(start)
-            start = time.perf_counter()
-            descriptors, frames_out = self._write_outputs(outputs, out_region)
-            timings[2] = _us_since(start)
+                if free_form:
+                    outputs = self.session.run(inputs, [d[4] for d in input_descriptors])
+                else:
+                    outputs = self.session.run(inputs)
+                timings[1] = _us_since(start)
+                start = time.perf_counter()
+                descriptors, frames_out = self._write_outputs(outputs, out_region)
+                timings[2] = _us_since(start)
         except Exception as exc:
             header = [protocol.FAILED, self._worker_id, self._generation, task_id, attempt]
             header += [f"{type(exc).__name__}: {exc}", traceback.format_exc(), timings]
             return header, []
         header = [protocol.RESULT, self._worker_id, self._generation, task_id, attempt, descriptors, timings]
         return header, frames_out
+
+    def _direct_outputs(self, out_region: Any) -> Optional[list[tuple[np.ndarray, list[Any]]]]:
+        """Views of the output region to run into, with their descriptors, when
+        the backend can write there itself, the outputs have static shapes,
+        they fit, and they are large enough for that to beat a copy."""
+        layout = self._static_outputs
+        if layout is None or out_region is None or layout[1] > out_region[2]:
+            return None
+        segment, base, _ = out_region
+        return [
+            (self._segments.view(segment, base + offset, dtype, shape), [offset, dtype, list(shape)])
+            for offset, dtype, shape in layout[0]
+        ]
+
+    def _plan_static_outputs(self) -> None:
+        """Where each output goes in an output region, if the backend supports
+        running into buffers and every output shape is fixed and large."""
+        self._static_outputs = None
+        outputs = self.session.describe().get("outputs")
+        if not hasattr(self.session, "run_into") or not outputs:
+            return
+        if any(d is None for entry in outputs for d in entry["shape"]):
+            return
+        plan, offset = [], 0
+        for entry in outputs:
+            dtype = np.dtype(entry["dtype"])
+            plan.append((offset, dtype.str, tuple(entry["shape"])))
+            offset += protocol.align(math.prod(entry["shape"]) * dtype.itemsize)
+        if offset >= _DIRECT_OUTPUT_BYTES:
+            self._static_outputs = (plan, offset)
 
     def _input_view(self, descriptor: list[Any], frames: list[Any]) -> np.ndarray:
         segment, offset, dtype, shape = descriptor[:4]
