@@ -34,8 +34,6 @@ import socket as stdlib_socket
 from typing import Any, Optional
 
 import zmq
-import zmq.auth.thread
-import zmq.utils.monitor
 
 from farm.errors import OptionError
 from farm.keys import server_keys
@@ -101,7 +99,7 @@ class RemoteListener:
         )
         self.outbox: collections.deque[tuple[bytes, list[Any]]] = collections.deque()
         self.by_identity: dict[bytes, RemoteNode] = {}
-        self._authenticator: Optional[zmq.auth.thread.ThreadAuthenticator] = None
+        self._authenticator: Any = None  # zmq.auth.thread.ThreadAuthenticator, imported when keys are used
         keys = self._security_policy(options)
         self.socket = zmq_context.socket(zmq.ROUTER)
         self.monitor: Optional[zmq.Socket] = None
@@ -149,10 +147,12 @@ class RemoteListener:
     # ── incoming ─────────────────────────────────────────────────────────
     def read_monitor(self) -> None:
         """Count failed handshakes (unauthorised keys, garbage instead of ZMTP)."""
+        from zmq.utils.monitor import recv_monitor_message
+
         assert self.monitor is not None
         while True:
             try:
-                event = zmq.utils.monitor.recv_monitor_message(self.monitor, zmq.NOBLOCK)
+                event = recv_monitor_message(self.monitor, zmq.NOBLOCK)
             except zmq.Again:
                 return
             if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
