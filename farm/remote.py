@@ -137,7 +137,9 @@ class RemoteListener:
     def _become_curve_server(
         self, zmq_context: zmq.Context, public: bytes, secret: bytes, authorized: str
     ) -> None:
-        self._authenticator = zmq.auth.thread.ThreadAuthenticator(zmq_context)
+        from zmq.auth.thread import ThreadAuthenticator  # only farms with keys pay for importing it
+
+        self._authenticator = ThreadAuthenticator(zmq_context)
         self._authenticator.start()
         self._authenticator.configure_curve(domain="*", location=authorized)
         self.socket.curve_server = True
