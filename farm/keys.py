@@ -20,14 +20,13 @@ import os
 from typing import Optional
 
 import zmq
+import zmq.auth
 
 __all__ = ["client_keys", "generate_keys", "server_keys"]
 
 
 def generate_keys(directory: str, name: str) -> tuple[str, str]:
     """Write ``NAME.key`` (public) and ``NAME.key_secret`` into ``directory``."""
-    import zmq.auth
-
     os.makedirs(directory, exist_ok=True)
     public, secret = zmq.auth.create_certificates(directory, name)
     os.chmod(secret, 0o600)
