@@ -69,6 +69,15 @@ _OUTPUT_HINTS = 256
 _BATCH = 64  # answers handled per acquisition of the lock
 
 
+_RUNTIME_FACTS = ("backend", "runtime_version", "sdk_version", "driver_version", "core_mask", "simulated")
+
+
+def _runtime_facts(description: Optional[dict[str, Any]]) -> dict[str, Any]:
+    """What a worker's backend said about itself (RKNN: SDK and driver versions,
+    the core mask it runs with; the simulator: that it simulates)."""
+    return {key: description[key] for key in _RUNTIME_FACTS if description and key in description}
+
+
 class Router(Supervision, Membership):
     """Owns the workers, the queues and the receive loop of one farm."""
 
@@ -516,6 +525,7 @@ class Router(Supervision, Membership):
                     "contexts": len(w.slots),
                 }
                 entry.update(w.stats.snapshot())
+                entry["runtime"] = _runtime_facts(w.description)
                 workers.append(entry)
             ema = self.pacer.avg_us
             return {

@@ -423,3 +423,10 @@ def test_backend_module_imports_without_rknnlite():
     assert module.mask_text(7) == "0x7 (NPU_CORE_0_1_2)" and module.mask_text(0xFFFF).endswith(
         "(NPU_CORE_ALL)"
     )
+
+
+def test_stats_report_the_runtime_of_each_core(fake):
+    with Farm(fake.model(), backend="rknnlite", schedule="0,1") as farm:
+        runtimes = [w["runtime"] for w in farm.stats()["workers"]]
+    assert [r["core_mask"] for r in runtimes] == [1, 2]
+    assert all(r["backend"] == "rknnlite" and r["sdk_version"] for r in runtimes)
