@@ -43,15 +43,14 @@ def affine_model(
     return _save(graph, os.path.join(directory, name))
 
 
-def two_input_model(directory: str) -> str:
-    """sum = a + b (float32 [2, 4]); prod = a * b; two inputs, two outputs."""
-    a = helper.make_tensor_value_info("a", TensorProto.FLOAT, [2, 4])
-    b = helper.make_tensor_value_info("b", TensorProto.FLOAT, [2, 4])
-    s = helper.make_tensor_value_info("sum", TensorProto.FLOAT, [2, 4])
-    p = helper.make_tensor_value_info("prod", TensorProto.FLOAT, [2, 4])
+def two_input_model(directory: str, shape: Sequence[int] = (2, 4), name: str = "two_inputs.onnx") -> str:
+    """sum = a + b; prod = a * b (float32 of ``shape``); two inputs, two outputs."""
+    a, b, s, p = (
+        helper.make_tensor_value_info(n, TensorProto.FLOAT, list(shape)) for n in ("a", "b", "sum", "prod")
+    )
     nodes = [helper.make_node("Add", ["a", "b"], ["sum"]), helper.make_node("Mul", ["a", "b"], ["prod"])]
     graph = helper.make_graph(nodes, "two", [a, b], [s, p])
-    return _save(graph, os.path.join(directory, "two_inputs.onnx"))
+    return _save(graph, os.path.join(directory, name))
 
 
 def inverse_model(directory: str) -> str:

@@ -76,12 +76,7 @@ def tile_model(directory: str) -> str:
 
 def pair_model(directory: str) -> str:
     """sum = a + b, prod = a * b, float [1, 4]: two batch-1 inputs."""
-    a = helper.make_tensor_value_info("a", TensorProto.FLOAT, [1, 4])
-    b = helper.make_tensor_value_info("b", TensorProto.FLOAT, [1, 4])
-    s = helper.make_tensor_value_info("sum", TensorProto.FLOAT, [1, 4])
-    p = helper.make_tensor_value_info("prod", TensorProto.FLOAT, [1, 4])
-    nodes = [helper.make_node("Add", ["a", "b"], ["sum"]), helper.make_node("Mul", ["a", "b"], ["prod"])]
-    return _save(helper.make_graph(nodes, "pair", [a, b], [s, p]), os.path.join(directory, "pair.onnx"))
+    return two_input_model(directory, (1, 4), "pair.onnx")
 
 
 def double_model(directory: str) -> str:
