@@ -112,6 +112,10 @@ class Router(Supervision, Membership):
         # Task k goes to _rotation[k % len]: the schedule, then each remote node once.
         self._rotation: list[int] = list(options.schedule or options.cores) if options.local_cores else []
         self.pacer = Pacer(options.n_distinct_cores, options.enable_pacing)
+        # With pacing, at most one task waits per core: the seed's EMA counts
+        # inference only, so its interval runs a little ahead of what a task
+        # really costs, and the queues would creep up to max_queue_size.
+        self._queue_limit = 1 if options.enable_pacing else options.max_queue_size
         self.remote: Optional[RemoteListener] = None
         if options.listen:
             try:
@@ -173,7 +177,7 @@ class Router(Supervision, Membership):
         """Queue ``task`` for its core; wait while the core's queue is full or
         pacing says not yet. Raises SubmitTimeoutError after ``timeout_s``."""
         deadline = time.perf_counter() + timeout_s
-        limit = self.options.max_queue_size
+        limit = self._queue_limit
         with self._cond:
             while True:
                 self._check_open()
@@ -215,7 +219,7 @@ class Router(Supervision, Membership):
         rotation = self._rotation
         if not rotation:
             return None
-        limit = self.options.max_queue_size
+        limit = self._queue_limit
         core = self._core_for(index)
         if len(self._queues[core]) < limit:
             return core

@@ -270,7 +270,9 @@ def format_table(report: dict[str, Any]) -> str:
     lines = [
         f"rknn-farm bench: {config['workers']} workers, {config['duration_s']:g} s per measurement, "
         f"{machine['cpus_usable']} CPUs ({machine['cpu_model']}), onnxruntime {machine['onnxruntime']}, "
-        f"Python {machine['python']}, {machine['date']}; load average at start"
+        f"Python {machine['python']}, {machine['date']}",
+        f"other processes used {machine.get('other_processes_cpus', 0.0):.2f} CPUs on average during the run"
+        f" (steal {machine.get('steal_cpu_s', 0.0):.1f} s); load average at start"
         f" {machine.get('load_average_at_start')}, at end {machine.get('load_average_at_end')}",
         "sync: one task in flight (ms); tasks/s: pipelined, 'in flight' tasks at once;"
         " x inproc: tasks/s ÷ inprocess's; x floor: sync p50 ÷ zmq-floor's;",

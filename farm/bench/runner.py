@@ -132,6 +132,31 @@ def _measure(workloads: list[str], methods: list[str], config: Config, pacing: b
     return measured
 
 
+def _cpu_snapshot() -> tuple[float, float, float]:
+    """(CPU seconds busy on the whole machine, used by this process and its
+    reaped children, stolen by the hypervisor)."""
+    machine = psutil.cpu_times()
+    busy = sum(getattr(machine, f, 0.0) for f in ("user", "nice", "system", "irq", "softirq"))
+    mine = psutil.Process().cpu_times()
+    return (
+        busy,
+        mine.user + mine.system + mine.children_user + mine.children_system,
+        getattr(machine, "steal", 0.0),
+    )
+
+
+def _other_load(start: tuple[float, float, float], wall_s: float) -> dict[str, float]:
+    """How much CPU other processes took during the run: every figure is
+    skewed by it (a run with much of it is worth repeating)."""
+    end = _cpu_snapshot()
+    others = max(0.0, (end[0] - start[0]) - (end[1] - start[1]))
+    return {
+        "other_processes_cpu_s": others,
+        "other_processes_cpus": others / wall_s,
+        "steal_cpu_s": end[2] - start[2],
+    }
+
+
 def _leftovers(grace_s: float = 5.0) -> dict[str, list[str]]:
     """What the run failed to clean up: child processes (multiprocessing's
     resource tracker, which lives as long as this process, aside) and
@@ -170,10 +195,14 @@ def run(args: argparse.Namespace) -> int:
         return 2
     began = time.perf_counter()
     load_at_start = load_average()
+    cpu_at_start = _cpu_snapshot()
     measured = _measure(workloads, methods, config, args.pacing)
+    elapsed = time.perf_counter() - began
     ratios = compute_ratios(measured.rows, measured.frame_memcpy_ms, measured.pacing)
     report = {
-        "machine": dict(machine_info(), load_average_at_start=load_at_start),
+        "machine": dict(
+            machine_info(), load_average_at_start=load_at_start, **_other_load(cpu_at_start, elapsed)
+        ),
         "config": dict(dataclasses.asdict(config), quick=args.quick, workloads=workloads, methods=methods),
         "rows": [r.to_dict() for r in measured.rows],
         "frame_memcpy_ms": measured.frame_memcpy_ms,
@@ -182,7 +211,7 @@ def run(args: argparse.Namespace) -> int:
         "targets": check_targets(measured.rows, ratios),
         "skipped": measured.skipped,
         "leftovers": _leftovers(),
-        "elapsed_s": time.perf_counter() - began,
+        "elapsed_s": elapsed,
     }
     print(format_table(report))
     os.makedirs(args.out, exist_ok=True)
