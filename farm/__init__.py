@@ -27,6 +27,7 @@ from farm.farm import Farm
 from farm.iobinding import IOBinding, OrtValue, SessionIOBinding
 from farm.options import FarmOptions, make_provider_options, parse_options
 from farm.session import InferenceSession, ModelMetadata, NodeArg, RknnProviderOptions
+from farm.stats import FarmStats, PacingStats, WorkerStatsEntry
 from farm.tensors import TensorSpec
 
 __version__ = "0.1.0"
@@ -37,12 +38,14 @@ __all__ = [
     "FarmClosedError",
     "FarmError",
     "FarmOptions",
+    "FarmStats",
     "IOBinding",
     "InferenceSession",
     "InvalidInputError",
     "ModelMetadata",
     "NodeArg",
     "OptionError",
+    "PacingStats",
     "OrtValue",
     "RknnProviderOptions",
     "SessionIOBinding",
@@ -52,6 +55,7 @@ __all__ = [
     "TensorSpec",
     "WorkerCrashedError",
     "WorkerStartError",
+    "WorkerStatsEntry",
     "make_provider_options",
     "parse_options",
 ]

@@ -23,7 +23,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Optional
 
 import numpy as np
@@ -242,7 +242,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _worker_rows(before: dict[str, Any], after: dict[str, Any]) -> list[dict[str, Any]]:
+def _worker_rows(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Per-core figures; tasks/failures counted over the measured run only."""
     done_before = {w["worker"]: (w["tasks"], w["failures"]) for w in before["workers"]}
     rows = []

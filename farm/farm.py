@@ -17,7 +17,7 @@ import os
 import threading
 import weakref
 from collections.abc import Iterable, Iterator
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Optional, Union, cast
 
 import numpy as np
 
@@ -27,6 +27,7 @@ from farm.options import FarmOptions, parse_options
 from farm.progress import ProgressLine
 from farm.router import _WINDOW, Router
 from farm.shm import SharedArena, reap_stale_segments
+from farm.stats import FarmStats
 from farm.task import Task, write_inputs
 from farm.tensors import TensorSpec, prepare_feed, specs_from_description, user_spec
 from workers.protocol import align
@@ -322,9 +323,10 @@ class Farm:
             raise
 
     # ── state ────────────────────────────────────────────────────────────
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> FarmStats:
         """A snapshot: per worker (core) tasks, failures, crashes, restarts,
-        latency p50/p99 (ms), inference-time EMA; farm-wide pacing figures."""
+        latency p50/p99 (ms), inference-time EMA; farm-wide pacing figures.
+        A plain dict; :class:`farm.stats.FarmStats` documents every key."""
         snapshot = self._require_router().snapshot()
         snapshot.update(
             backend=self.backend,
@@ -332,7 +334,7 @@ class Farm:
             mode=self.options.mode,
             shared_memory_bytes=self._arena.bytes_mapped,
         )
-        return snapshot
+        return cast(FarmStats, snapshot)
 
     def serve_metrics(self, port: int = 0, addr: str = "127.0.0.1") -> int:
         """Serve Prometheus metrics at ``http://addr:port/metrics`` until the

@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import bisect
 import collections
-from typing import Any, Optional
+from typing import Any, Optional, TypedDict
 
 import numpy as np
 
-__all__ = ["LATENCY_BUCKETS_S", "WorkerStats", "percentiles"]
+__all__ = [
+    "LATENCY_BUCKETS_S",
+    "FarmStats",
+    "PacingStats",
+    "WorkerStats",
+    "WorkerStatsEntry",
+    "percentiles",
+]
 
 _LATENCY_SAMPLES = 4096
 #: Upper bounds (seconds) of the latency histogram's buckets, as Prometheus wants them.
@@ -62,3 +69,52 @@ class WorkerStats:
             "latency_p99_ms": latency["p99_ms"],
             "infer_ema_us": ema,
         }
+
+
+class PacingStats(TypedDict):
+    """``stats()["pacing"]``: the router's pacing state (kept even when pacing is off)."""
+
+    enabled: bool
+    ema_infer_us: Optional[float]
+    interval_us: float
+    admitted_per_s: float
+
+
+class WorkerStatsEntry(TypedDict):
+    """One entry of ``stats()["workers"]``: a local core's worker, or a remote node."""
+
+    worker: int
+    node: str  # "local", or the remote node's name
+    core: int
+    core_mask: int
+    pid: Optional[int]
+    ready: bool
+    state: str  # "ready", "starting", "recycling" or "down"
+    restarts: int
+    recycles: int
+    rss_mb: Optional[float]  # measured only with max_worker_rss_mb
+    queued: int
+    in_flight: int
+    contexts: int
+    tasks: int
+    failures: int
+    crashes: int
+    retried: int
+    latency_p50_ms: Optional[float]
+    latency_p99_ms: Optional[float]
+    infer_ema_us: Optional[float]
+    runtime: dict[str, Any]  # backend, runtime/SDK/driver versions, core mask, ...
+
+
+class FarmStats(TypedDict):
+    """What ``Farm.stats()`` returns (a plain dict, typed for readers and type checkers)."""
+
+    submitted: int
+    outstanding: int
+    pacing: PacingStats
+    workers: list[WorkerStatsEntry]
+    remote: Optional[dict[str, Any]]  # address and counters, with listen=
+    backend: str
+    model: str
+    mode: str
+    shared_memory_bytes: int

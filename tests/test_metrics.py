@@ -68,3 +68,14 @@ def test_top_shows_each_core_of_a_running_farm(capsys):
     rows = [line.split() for line in lines[1:]]
     assert [(r[0], r[1], r[2]) for r in rows] == [("local", "0", "yes"), ("local", "1", "yes")]
     assert sum(int(r[3]) for r in rows) == 10
+
+
+def test_stats_has_every_key_its_typed_structure_documents():
+    from farm import FarmStats, PacingStats, WorkerStatsEntry
+
+    with Farm("tests.pyfuncs:behave", schedule="0,1") as farm:
+        farm.run({"action": np.array([10])})
+        stats = farm.stats()
+    assert set(stats) == set(FarmStats.__annotations__)
+    assert set(stats["pacing"]) == set(PacingStats.__annotations__)
+    assert all(set(w) == set(WorkerStatsEntry.__annotations__) for w in stats["workers"])

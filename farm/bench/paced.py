@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import threading
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -87,7 +88,7 @@ def _summary(
     unpaced_per_s: float,
     samples: list[tuple[float, list[int]]],
     max_queue: int,
-    pacing: dict[str, Any],
+    pacing: Mapping[str, Any],
 ) -> dict[str, Any]:
     totals = np.array([sum(q) for _, q in samples] or [0], dtype=np.float64)
     third = max(1, len(totals) // 3)
