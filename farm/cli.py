@@ -4,12 +4,15 @@
 
     rknn-farm info MODEL [--backend B]
     rknn-farm run MODEL [--schedule 0,1,2 | --tp-mode M] [-n 100] [--input random|FILE.npy|FILE.npz|DIR]
-                        [--shape name=1,3,640,640 ...] [--warmup 2] [--json FILE] [--[no-]progress] ...
+                        [--shape name=1,3,640,640 ...] [--warmup 2] [--json FILE] [--plot FILE.png]
+                        [--interval 0.25] [--[no-]progress] [--metrics-port PORT] ...
     rknn-farm bench [--quick] [--workloads tiny,cls,rec,frame] [--methods ...] [--out DIR]
 
 ``info`` starts a one-worker farm and prints the model's inputs, outputs and
 metadata. ``run`` is a benchmark: warm-up tasks, then ``-n`` tasks through
-``Farm.map``, then wall time, throughput, latency and per-core figures.
+``Farm.map``, then wall time, throughput, latency and per-core figures; with
+``--json`` and ``--plot`` also each core's throughput and latency over time
+(:mod:`farm.timeline`). The other commands live in their own modules.
 
 Exit codes: 0 success, 1 a task failed while running (model error, worker
 crash, submit time-out), 2 bad usage (option value, model or input file,
@@ -44,6 +47,7 @@ from farm.errors import (
 )
 from farm.farm import Farm
 from farm.tensors import TensorSpec
+from farm.timeline import StatsSampler, build_timeline, check_plotting, write_plot
 
 __all__ = ["main"]
 
@@ -279,11 +283,36 @@ def _print_summary(report: dict[str, Any]) -> None:
     print(_table(headers, [[w[k] for k in keys] for w in report["workers"]]))
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+def _check_run_args(args: argparse.Namespace) -> None:
+    """Usage errors found before any worker starts."""
     if args.n <= 0 or args.warmup < 0:
         raise CliError("-n must be > 0 and --warmup >= 0")
+    if not args.interval > 0:
+        raise CliError(f"--interval must be > 0 seconds, got {args.interval}")
     if args.input != "random" and not os.path.exists(args.input):
         raise CliError(f"--input {args.input!r}: no such file or directory (or use 'random')")
+    if args.plot:
+        try:
+            check_plotting()
+        except ImportError as exc:
+            raise CliError(f"--plot {args.plot}: {exc} (or leave out --plot)") from None
+
+
+def _write_outputs(args: argparse.Namespace, report: dict[str, Any]) -> None:
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as fh:
+            json.dump(report, fh, indent=2)
+    if args.plot:
+        title = (
+            f"rknn-farm run: {os.path.basename(report['model'])} on {report['backend']}, "
+            f"{report['tasks']} tasks in {report['wall_s']:.2f} s"
+        )
+        write_plot(report["timeline"], args.plot, title)
+        print(f"plot: {args.plot} (throughput and latency per core over time)")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    _check_run_args(args)
     with Farm(args.model, backend=args.backend, **_provider_options(args)) as farm:
         if args.metrics_port is not None:
             port = farm.serve_metrics(args.metrics_port, "0.0.0.0")
@@ -291,13 +320,19 @@ def cmd_run(args: argparse.Namespace) -> int:
         feeds = _load_feeds(args, farm)
         for i in range(args.warmup):
             farm.run(feeds[i % len(feeds)])
-        before = farm.stats()
+        sampler = StatsSampler(farm.stats, args.interval)
+        before = sampler.start()
         timed = _TimedFeeds(feeds, args.n)
-        latencies_ms = []
+        latencies_ms, done_at = [], []
         start = time.perf_counter()
-        for i, _outputs in enumerate(farm.map(timed, ordered=True, progress=_wants_progress(args))):
-            latencies_ms.append((time.perf_counter() - timed.taken_at[i]) * 1000)
-        wall = time.perf_counter() - start
+        try:
+            for i, _outputs in enumerate(farm.map(timed, ordered=True, progress=_wants_progress(args))):
+                now = time.perf_counter()
+                done_at.append(now)
+                latencies_ms.append((now - timed.taken_at[i]) * 1000)
+            wall = time.perf_counter() - start
+        finally:
+            after = sampler.stop()
         p50, p99 = (round(float(v), 3) for v in np.percentile(latencies_ms, [50, 99]))
         report = {
             "model": farm.model,
@@ -309,12 +344,11 @@ def cmd_run(args: argparse.Namespace) -> int:
             "wall_s": round(wall, 6),
             "throughput_per_s": round(args.n / wall, 3),
             "latency_ms": {"p50": p50, "p99": p99, "measured": _LATENCY_NOTE.replace("\n", " ")},
-            "workers": _worker_rows(before, farm.stats()),
+            "workers": _worker_rows(before, after),
+            "timeline": build_timeline(sampler.samples, done_at, latencies_ms, args.interval),
         }
     _print_summary(report)
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as fh:
-            json.dump(report, fh, indent=2)
+    _write_outputs(args, report)
     return 0
 
 
@@ -351,7 +385,21 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="a progress line on stderr (default: only when stderr is a terminal)",
     )
-    run.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    run.add_argument(
+        "--json", metavar="FILE", help="also write the figures as JSON, with per-core series over time"
+    )
+    run.add_argument(
+        "--plot",
+        metavar="FILE.png",
+        help="draw throughput and latency per core over time (needs matplotlib)",
+    )
+    run.add_argument(
+        "--interval",
+        type=float,
+        default=0.25,
+        metavar="S",
+        help="seconds per time bin of the --json/--plot series (default 0.25)",
+    )
     run.add_argument(
         "--metrics-port", type=int, metavar="PORT", help="serve Prometheus metrics during the run"
     )

@@ -246,3 +246,78 @@ def test_ctrl_c_exits_130_and_closes_the_farm(models, monkeypatch, capsys):
     monkeypatch.setattr(cli._TimedFeeds, "__iter__", interrupted)
     assert main(["run", models["static"], "--schedule", "0,1", "--no-progress"]) == 130
     assert "interrupted" in capsys.readouterr().err
+
+
+# ── --plot and the timeline in --json ────────────────────────────────────
+_SERIES_COLOURS = {"core 0": (0x1F, 0x77, 0xB4), "core 1": (0xFF, 0x7F, 0x0E), "third": (0x2C, 0xA0, 0x2C)}
+
+
+def _pixels_of(image, colour: tuple[int, int, int]) -> int:
+    """How many pixels of ``image`` have ``colour`` (give or take anti-aliasing)."""
+    rgb = np.asarray(image.convert("RGB"), dtype=np.int16)
+    return int((np.abs(rgb - np.array(colour)).max(axis=2) <= 8).sum())
+
+
+@pytest.mark.timeout(120)
+def test_run_plot_and_timeline_per_core(models, tmp_path, capsys):
+    from PIL import Image
+
+    plot, report_path = tmp_path / "run.png", tmp_path / "run.json"
+    argv = ["run", models["static"], "--schedule", "0,1", "-n", "600", "--no-progress", "--interval", "0.05"]
+    assert main([*argv, "--plot", str(plot), "--json", str(report_path)]) == 0
+    assert f"plot: {plot}" in capsys.readouterr().out
+
+    with Image.open(plot) as image:
+        assert image.format == "PNG" and image.size == (800, 650)
+        image.load()  # decodes every pixel: a truncated file fails here
+        # One line per core, in matplotlib's first two colours; no third series.
+        assert _pixels_of(image, _SERIES_COLOURS["core 0"]) > 200
+        assert _pixels_of(image, _SERIES_COLOURS["core 1"]) > 200
+        assert _pixels_of(image, _SERIES_COLOURS["third"]) == 0
+
+    report = json.loads(report_path.read_text())
+    timeline = report["timeline"]
+    bins = len(timeline["t_s"])
+    assert bins >= 1 and len(timeline["bin_s"]) == bins and timeline["interval_s"] == 0.05
+    assert timeline["t_s"] == sorted(timeline["t_s"]) and all(w > 0 for w in timeline["bin_s"])
+    assert abs(timeline["t_s"][-1] - report["wall_s"]) < 0.5
+    assert [(w["core"], w["node"], w["label"]) for w in timeline["workers"]] == [
+        (0, "local", "core 0"),
+        (1, "local", "core 1"),
+    ]
+    per_core_tasks = {w["core"]: w["tasks"] for w in report["workers"]}
+    for series in timeline["workers"]:
+        for key in ("completions", "failures", "throughput_per_s", "latency_p50_ms", "latency_p99_ms"):
+            assert len(series[key]) == bins, key
+        assert sum(series["completions"]) == per_core_tasks[series["core"]]
+        assert series["failures"] == [0] * bins
+        for done, width, rate, p50, p99 in zip(
+            series["completions"],
+            timeline["bin_s"],
+            series["throughput_per_s"],
+            series["latency_p50_ms"],
+            series["latency_p99_ms"],
+        ):
+            assert rate == pytest.approx(done / width, rel=1e-3, abs=1e-3)
+            assert (p50 is None) == (p99 is None) == (done == 0)
+            assert done == 0 or 0 < p50 <= p99
+    assert sum(sum(w["completions"]) for w in timeline["workers"]) == 600
+    every = timeline["all"]
+    assert sum(every["completions"]) == 600
+    assert all(0 < p50 <= p99 for p50, p99 in zip(every["latency_p50_ms"], every["latency_p99_ms"]) if p50)
+
+
+@pytest.mark.timeout(120)
+def test_plot_without_matplotlib_says_what_to_install(models, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
+    plot = tmp_path / "run.png"
+    assert main(["run", models["static"], "--no-progress", "--plot", str(plot)]) == 2
+    err = capsys.readouterr().err
+    assert 'pip install "rknn-farm[bench]"' in err and "Traceback" not in err
+    assert not plot.exists()
+
+
+@pytest.mark.timeout(120)
+def test_interval_must_be_positive(models, capsys):
+    assert main(["run", models["static"], "--interval", "0"]) == 2
+    assert "--interval must be > 0" in capsys.readouterr().err
