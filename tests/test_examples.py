@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.processes import wait_gone
+from workers.segments import SEGMENT_PREFIX, segment_dir
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -74,3 +78,17 @@ def test_video_loop_prints_frames_in_order(ppocr_models):
     assert summary and float(summary.group(1)) > 0 and float(summary.group(2)) > 0, out
     per_core = [int(t) for t in re.findall(r"^  core \d+: (\d+) frames", out, re.M)]
     assert per_core == [n // 2, n // 2], out
+
+
+def test_multi_board_spreads_tasks_over_the_router_and_its_nodes():
+    out = run_example("multi_board.py", "--nodes", "2", "--tasks", "240")
+    assert re.search(r"^router: tcp://127\.0\.0\.1:\d+, local core 0, CURVE keys$", out, re.M), out
+    assert re.search(r"^2 nodes joined in [\d.]+ s$", out, re.M), out
+    assert "every output equals the router's own answer: max |difference| 0" in out
+    served = {name: int(n) for name, n in re.findall(r"^  (\S+): (\d+) tasks \(", out, re.M)}
+    assert set(served) == {"local", "node-1", "node-2"}, out
+    assert sum(served.values()) == 240 and min(served.values()) >= 40, served
+    # The node agents (and their workers) are gone, with their shared memory.
+    pids = [int(p) for p in re.findall(r"^started node-\d \(pid (\d+)\)", out, re.M)]
+    assert len(pids) == 2 and wait_gone(pids)
+    assert not [n for n in os.listdir(segment_dir()) for p in pids if n.startswith(f"{SEGMENT_PREFIX}{p}-")]
