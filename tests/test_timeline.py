@@ -34,23 +34,32 @@ def test_bins_count_growth_and_a_node_that_joins_late():
             (10.0, [_worker(0, 5)]),
             (10.5, [_worker(0, 15, 1.5, 3.0)]),
             (11.0, [_worker(0, 15), _worker(1, 4, 9.0, 12.0, node="board-b")]),
-            (11.2, [_worker(0, 25, 1.2, 2.5), _worker(1, 6, 8.0, 11.0, node="board-b")]),
+            (11.25, [_worker(0, 25, 1.2, 2.5), _worker(1, 6, 8.0, 11.0, node="board-b")]),
         ]
     )
     done_at = [10.2] * 10 + [10.9] * 4 + [11.1] * 12
     timeline = build_timeline(samples, done_at, list(range(1, 27)), interval_s=0.5)
-    assert timeline["t_s"] == [0.5, 1.0, 1.2]
-    assert timeline["bin_s"] == [0.5, 0.5, 0.2] and timeline["interval_s"] == 0.5
+    assert timeline["t_s"] == [0.5, 1.0, 1.25]
+    assert timeline["bin_s"] == [0.5, 0.5, 0.25] and timeline["interval_s"] == 0.5
     local, node = timeline["workers"]
     assert local["label"] == "core 0" and node["label"] == "board-b core 1"
     assert local["completions"] == [10, 0, 10] and node["completions"] == [0, 4, 2]
-    assert local["throughput_per_s"] == [20.0, 0.0, 50.0]
+    assert local["throughput_per_s"] == [20.0, 0.0, 40.0]
     # Latency is what the bin's closing sample says, and only where the core finished something.
     assert local["latency_p50_ms"] == [1.5, None, 1.2] and local["latency_p99_ms"] == [3.0, None, 2.5]
     assert node["latency_p50_ms"] == [None, 9.0, 8.0]
     every = timeline["all"]
     assert every["completions"] == [10, 4, 12]
     assert every["latency_p50_ms"][0] == 5.5 and every["latency_p50_ms"][2] == 20.5
+
+
+def test_a_last_bin_under_half_the_interval_joins_the_one_before():
+    samples = _samples([(0.0, [_worker(0, 0)]), (0.5, [_worker(0, 10)]), (0.6, [_worker(0, 12, 3.0, 4.0)])])
+    timeline = build_timeline(samples, [0.2] * 10 + [0.55] * 2, [1.0] * 12, interval_s=0.5)
+    assert timeline["t_s"] == [0.6] and timeline["bin_s"] == [0.6]
+    (worker,) = timeline["workers"]
+    assert worker["completions"] == [12] and worker["throughput_per_s"] == [20.0]
+    assert worker["latency_p50_ms"] == [3.0] and timeline["all"]["completions"] == [12]
 
 
 def test_a_timeline_needs_a_start_and_an_end():
