@@ -170,8 +170,8 @@ def scratch(tmp_path: Path, ppocr_models: dict[str, str]) -> Path:
     for node in model.graph.node:
         node.input[:] = ["images" if name == "x" else name for name in node.input]
     onnx.save(model, path)
-    for path in ppocr_models.values():
-        (tmp_path / os.path.basename(path)).symlink_to(path)
+    for source in ppocr_models.values():
+        (tmp_path / os.path.basename(source)).symlink_to(source)
     return tmp_path
 
 
