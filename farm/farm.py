@@ -22,6 +22,7 @@ from typing import Any, Callable, Optional, Union, cast
 import numpy as np
 
 from farm.backends import resolve_backend, resolve_model
+from farm.channels import ReplyChannel
 from farm.errors import FarmClosedError, FarmError
 from farm.options import FarmOptions, parse_options
 from farm.progress import ProgressLine
@@ -30,7 +31,7 @@ from farm.shm import SharedArena, reap_stale_segments
 from farm.stats import FarmStats
 from farm.task import Task, write_inputs
 from farm.tensors import TensorSpec, prepare_feed, specs_from_description, user_spec
-from workers.protocol import align
+from workers.protocol import INLINE_BYTES, align
 
 __all__ = ["Farm"]
 
@@ -187,7 +188,12 @@ class Farm:
         died on it (after retries), SubmitTimeoutError when the farm stayed
         full longer than ``submit_timeout_ms``.
         """
-        return self.submit(inputs).result(timeout)
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        task = self._make_task(inputs, future=future)
+        sent = self._admit(task, direct=True)
+        if sent is None:  # it waits in a queue: the router thread will answer
+            return future.result(timeout)
+        return self._require_router().wait_direct(task, *sent, timeout)
 
     def submit(self, inputs: Any) -> concurrent.futures.Future:
         """Queue one inference; the Future resolves to the list of outputs."""
@@ -307,15 +313,15 @@ class Farm:
         region, descriptors = write_inputs(self._arena, prepared)
         out_bytes = self._static_output_bytes or router.output_hint(input_key)
         try:
-            out_region = self._arena.allocate(out_bytes) if out_bytes else None
+            out_region = self._arena.allocate(out_bytes) if out_bytes and out_bytes > INLINE_BYTES else None
         except BaseException:
             self._arena.free(region)
             raise
         return Task(region, descriptors, input_key, out_region, **delivery)
 
-    def _admit(self, task: Task) -> None:
+    def _admit(self, task: Task, direct: bool = False) -> Optional[tuple[ReplyChannel, Any]]:
         try:
-            self._require_router().admit(task, self._timeout_s)
+            return self._require_router().admit(task, self._timeout_s, direct)
         except BaseException:
             self._arena.free(task.input_region)
             if task.out_region is not None:

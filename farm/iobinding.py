@@ -377,6 +377,7 @@ def submit_in_place(farm: Farm, values: Sequence[OrtValue]) -> concurrent.future
     input_key = tuple(tuple(d[3]) for d in descriptors)
     try:
         out_bytes = farm._static_output_bytes or farm._require_router().output_hint(input_key)
+        # Outputs go to shared memory even when small: a bound output is a view of it.
         out_region = farm._arena.allocate(out_bytes) if out_bytes else None
     except BaseException:
         farm._arena.free(region)

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Optional
 from farm.errors import WorkerCrashedError
 from farm.pool import ContextSlot, WorkerHandle
 from farm.remote import REMOTE_CORE_BASE, RemoteListener, RemoteNode
+from farm.shm import SharedArena
 from farm.task import Task
 from workers import protocol
 
@@ -32,6 +33,7 @@ class Membership:
     """Remote-node handling for the router (a mixin: see the module docstring)."""
 
     remote: Optional[RemoteListener]
+    arena: SharedArena
     workers: list[WorkerHandle]
     description: Optional[dict[str, Any]]
     options: Any
@@ -127,7 +129,7 @@ class Membership:
 
     def _send_remote(self, slot: ContextSlot, task: Task) -> None:
         assert self.remote is not None and isinstance(slot.worker, RemoteNode)
-        self.remote.queue_task(slot.worker, slot, task)
+        self.remote.queue_task(slot.worker, slot, task, self.arena.buffer_of)
         self._wake()
 
     def _check_nodes(self, now: float) -> list[tuple[Task, BaseException]]:

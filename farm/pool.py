@@ -2,9 +2,10 @@
 
 Each worker is a fresh interpreter (``python -m workers.main``) serving one
 NPU core (or CPU slot) with ``threads_per_core`` contexts. For every context
-the parent holds one PUSH socket connected to that context's PULL (tasks go
-straight to a context, never through a queue inside the worker); all
-workers answer on the parent's one PULL socket. Each incarnation of a worker (``generation``) gets fresh
+the parent holds one DEALER socket, only ever sent on, connected to that
+context's ROUTER (tasks go straight to a context, never through a queue
+inside the worker); all workers answer on the parent's one PULL socket,
+except for direct tasks (see ``farm.channels``). Each incarnation of a worker (``generation``) gets fresh
 addresses, so no message meant for a dead worker reaches its successor.
 
 A worker's stdin is its life line: the parent writes the spec on it and
@@ -34,12 +35,15 @@ __all__ = ["ContextSlot", "WorkerHandle", "kill_process", "reap_process", "reque
 class ContextSlot:
     """One context of one worker, and the tasks the router has sent it."""
 
-    __slots__ = ("worker", "index", "socket", "in_flight", "busy_since")
+    __slots__ = ("worker", "index", "socket", "address", "in_flight", "busy_since")
 
-    def __init__(self, worker: WorkerHandle, index: int, socket: Optional[zmq.Socket]) -> None:
+    def __init__(
+        self, worker: WorkerHandle, index: int, socket: Optional[zmq.Socket], address: str = ""
+    ) -> None:
         self.worker = worker
         self.index = index
         self.socket = socket
+        self.address = address  # of the context's ROUTER (local workers)
         self.in_flight: dict[int, Any] = {}
         self.busy_since = 0.0  # when the task it is running now started (monotonic)
 
@@ -98,14 +102,14 @@ def spawn_worker(
     addresses = []
     for index in range(n_contexts):
         address = f"ipc://{ipc_dir}/w{handle.worker_id}g{handle.generation}c{index}"
-        socket = zmq_context.socket(zmq.PUSH)
+        socket = zmq_context.socket(zmq.DEALER)
         socket.setsockopt(zmq.LINGER, 0)
         socket.setsockopt(zmq.SNDHWM, 0)
         # The context binds and we connect: a connecting socket queues what we
         # send until the peer is there, so a task sent right after READY can
         # never find the pipe missing.
         socket.connect(address)
-        handle.slots.append(ContextSlot(handle, index, socket))
+        handle.slots.append(ContextSlot(handle, index, socket, address))
         addresses.append(address)
     spec = dict(
         base_spec,

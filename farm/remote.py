@@ -31,7 +31,7 @@ import ipaddress
 import math
 import os
 import socket as stdlib_socket
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import zmq
 
@@ -221,14 +221,20 @@ class RemoteListener:
     def send(self, identity: bytes, frames: list[Any]) -> None:
         self.outbox.append((identity, frames))
 
-    def queue_task(self, node: RemoteNode, slot: ContextSlot, task: Task) -> None:
+    def queue_task(
+        self, node: RemoteNode, slot: ContextSlot, task: Task, buffer_of: Callable[[str], Any]
+    ) -> None:
         """Queue ``task`` for ``node``: input tensors go as frames straight out
-        of this host's shared memory (``copy=False``: no serialisation)."""
-        buf = task.input_region.segment.buf
-        descriptors, frames = [], []
-        for number, (_, offset, dtype, shape, name) in enumerate(task.input_descriptors):
-            nbytes = math.prod(shape) * protocol.dtype_of(dtype).itemsize
-            frames.append(memoryview(buf)[offset : offset + nbytes])
+        of this host's shared memory (``copy=False``: no serialisation);
+        ``buffer_of`` maps a segment name to its buffer."""
+        descriptors: list[list[Any]] = []
+        frames: list[Any] = []
+        for number, (source, offset, dtype, shape, name) in enumerate(task.input_descriptors):
+            if type(source) is bytes:  # a small input, inline
+                frames.append(source)
+            else:
+                nbytes = math.prod(shape) * protocol.dtype_of(dtype).itemsize
+                frames.append(memoryview(buffer_of(source))[offset : offset + nbytes])
             descriptors.append([None, number, dtype, shape, name])
         header = protocol.pack([protocol.TASK, task.task_id, task.attempt, descriptors, None, slot.index])
         self.send(node.identity, [header, *frames])

@@ -42,6 +42,7 @@ import numpy as np
 import zmq
 
 from farm.callbacks import CallbackThread
+from farm.channels import ChannelPool, ReplyChannel
 from farm.errors import FarmClosedError, SubmitTimeoutError, TaskError, WorkerCrashedError, WorkerStartError
 from farm.membership import Membership
 from farm.options import FarmOptions
@@ -67,6 +68,7 @@ __all__ = ["Router"]
 _WINDOW = 2
 _OUTPUT_HINTS = 256
 _BATCH = 64  # answers handled per acquisition of the lock
+_LAST_WORDS_MS = 200  # how long a worker that died starting may take to tell why
 
 
 _RUNTIME_FACTS = ("backend", "runtime_version", "sdk_version", "driver_version", "core_mask", "simulated")
@@ -126,6 +128,8 @@ class Router(Supervision, Membership):
                 shutil.rmtree(self._ipc_dir, ignore_errors=True)
                 raise
         self.callbacks = CallbackThread(options.sequential_callbacks)
+        self._channels = ChannelPool(self._zmq)
+        self._adopted: list[ReplyChannel] = []  # channels of callers that stopped waiting
         self.description: Optional[dict[str, Any]] = None
         self._output_hints: collections.OrderedDict[tuple, int] = collections.OrderedDict()
         self._next_index = 0
@@ -163,6 +167,7 @@ class Router(Supervision, Membership):
             raise WorkerStartError(error)
 
     def _spawn(self, worker: WorkerHandle) -> None:
+        self._channels.epoch += 1  # its contexts get new addresses
         spawn_worker(
             worker,
             zmq_context=self._zmq,
@@ -173,9 +178,15 @@ class Router(Supervision, Membership):
         self._wake()
 
     # ── admission (caller threads) ───────────────────────────────────────
-    def admit(self, task: Task, timeout_s: float) -> None:
+    def admit(
+        self, task: Task, timeout_s: float, direct: bool = False
+    ) -> Optional[tuple[ReplyChannel, zmq.Socket]]:
         """Queue ``task`` for its core; wait while the core's queue is full or
-        pacing says not yet. Raises SubmitTimeoutError after ``timeout_s``."""
+        pacing says not yet. Raises SubmitTimeoutError after ``timeout_s``.
+
+        ``direct``: the caller will wait for the task in this thread; if the
+        task can start at once it is sent on a reply channel and the channel
+        and socket to wait on (:meth:`wait_direct`) are returned, else None."""
         deadline = time.perf_counter() + timeout_s
         limit = self._queue_limit
         with self._cond:
@@ -202,8 +213,13 @@ class Router(Supervision, Membership):
                 self._next_callback_seq += 1
             self.pacer.admit(now)
             self._outstanding += 1
+            if direct:
+                sent = self._send_direct(core, task)
+                if sent is not None:
+                    return sent
             self._queues[core].append(task)
             self._dispatch(core)
+            return None
 
     def _check_open(self) -> None:
         if self._closing:
@@ -272,6 +288,102 @@ class Router(Supervision, Membership):
         task.slot = slot
         task.dispatched_at = time.perf_counter()
 
+    def _send_direct(self, core: int, task: Task) -> Optional[tuple[ReplyChannel, zmq.Socket]]:
+        """Under the lock: send ``task`` on a reply channel if ``core`` is a
+        local one with nothing queued and a context with room; else None."""
+        worker = self._worker_of_core[core]
+        if worker.remote or not worker.ready or self._queues[core]:
+            return None
+        slot = min(worker.slots, key=lambda s: len(s.in_flight))
+        if len(slot.in_flight) >= _WINDOW:
+            return None
+        channel = self._channels.checkout(self._local_addresses)
+        if channel is None:
+            return None
+        socket = channel.socket_for(slot.address)
+        out = None if task.out_region is None else task.out_region.descriptor()
+        try:
+            header = [protocol.TASK, task.task_id, task.attempt, task.input_descriptors, out, True]
+            socket.send(protocol.pack(header))
+        except zmq.ZMQError:
+            self._channels.checkin(channel, reusable=False)
+            return None
+        if not slot.in_flight:
+            slot.busy_since = time.monotonic()
+        slot.in_flight[task.task_id] = task
+        task.slot = slot
+        task.dispatched_at = time.perf_counter()
+        return channel, socket
+
+    def _local_addresses(self) -> set[str]:
+        return {slot.address for w in self.workers if not w.remote for slot in w.slots}
+
+    def wait_direct(
+        self, task: Task, channel: ReplyChannel, socket: zmq.Socket, timeout: Optional[float]
+    ) -> list[np.ndarray]:
+        """Wait in the caller's thread for a task sent by :meth:`_send_direct`:
+        read its answer from ``socket`` and do the router's part for it. The
+        router may end the task instead (its worker died and a retry ran
+        elsewhere, the farm was closed): that is seen within ``DIRECT_POLL_MS``
+        (the socket's receive timeout)."""
+        assert task.future is not None
+        future = task.future
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            while not future.done():
+                if deadline is not None and time.monotonic() >= deadline:
+                    break
+                try:
+                    message, frames = protocol.recv_message(socket)
+                except zmq.Again:  # nothing within DIRECT_POLL_MS: look again
+                    continue
+                self._take_direct_answer(message, frames)
+        finally:
+            self._return_channel(channel, task)
+        return future.result(0)
+
+    def _take_direct_answer(self, message: list[Any], frames: list[Any]) -> None:
+        """The router's part for an answer that came on a reply channel."""
+        try:
+            with self._cond:
+                answer = self._on_message(message, frames)
+                self._cond.notify_all()
+        except Exception as exc:  # a malformed message must not break the caller
+            print(f"rknn-farm: dropped a malformed worker message: {exc!r}", file=sys.stderr)
+            return
+        if answer is not None:
+            self._hand_over_answer(*answer)
+
+    def _take_direct_answers(self, socket: zmq.Socket) -> None:
+        """Router thread: handle every answer waiting on an adopted channel's socket."""
+        while True:
+            try:
+                message, frames = protocol.recv_message(socket, zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            except Exception as exc:  # undecodable: drop it, keep serving
+                print(f"rknn-farm: dropped an undecodable worker message: {exc!r}", file=sys.stderr)
+                continue
+            self._take_direct_answer(message, frames)
+
+    def _return_channel(self, channel: ReplyChannel, task: Task) -> None:
+        """The caller is done waiting: its channel goes back to the pool, or,
+        if the answer is still to come, to the router thread, which reads it."""
+        with self._cond:
+            if task.future is not None and task.future.done():
+                self._channels.checkin(channel, reusable=not self._stopping)
+            else:
+                channel.task = task
+                self._adopted.append(channel)
+                self._wake()
+            self._cond.notify_all()
+
+    def _retire_adopted(self) -> None:
+        """Under the lock: close the adopted channels whose task has ended."""
+        for channel in [c for c in self._adopted if c.task.future.done() or self._stopping]:
+            self._adopted.remove(channel)
+            self._channels.checkin(channel, reusable=False)
+
     # ── output sizing ────────────────────────────────────────────────────
     def output_hint(self, input_key: tuple) -> Optional[int]:
         """Bytes the outputs took last time for inputs of these shapes."""
@@ -299,6 +411,7 @@ class Router(Supervision, Membership):
             poller.register(self.remote.socket, zmq.POLLIN)
             poller.register(self.remote.monitor, zmq.POLLIN)
         watched: dict[int, WorkerHandle] = {}
+        watched_channels: list[zmq.Socket] = []
         while True:
             with self._cond:
                 if self._stopping and not any(w.process and w.exit_fd >= 0 for w in self.workers):
@@ -306,14 +419,29 @@ class Router(Supervision, Membership):
                     return
                 exit_fds = {w.exit_fd: w for w in self.workers if w.exit_fd >= 0}
                 timeout_ms = self._timer_ms()
+                if self._adopted or watched_channels:
+                    self._retire_adopted()
+                    channel_sockets = [s for c in self._adopted for s in c.sockets()]
+                else:
+                    channel_sockets = watched_channels
             if exit_fds != watched:  # a worker died or was (re)spawned
                 for fd in watched:
                     poller.unregister(fd)
                 for fd in exit_fds:
                     poller.register(fd, zmq.POLLIN)
                 watched = exit_fds
+            if channel_sockets != watched_channels:  # a caller left a channel behind, or it closed
+                for socket in watched_channels:
+                    if socket in poller:
+                        poller.unregister(socket)
+                for socket in channel_sockets:
+                    poller.register(socket, zmq.POLLIN)
+                watched_channels = channel_sockets
             events = dict(poller.poll(timeout_ms))
             try:
+                for socket in watched_channels:
+                    if socket in events:
+                        self._take_direct_answers(socket)
                 self._handle_events(events, exit_fds)
             except Exception:  # a bug here must not leave every future waiting forever
                 print("rknn-farm: the router hit an unexpected error and carries on:", file=sys.stderr)
@@ -328,6 +456,8 @@ class Router(Supervision, Membership):
         for fd, worker in exit_fds.items():
             if fd in events:
                 self._drain_inbound()  # its last answers come before its death
+                if self._starting and not worker.last_error and self._inbound.poll(_LAST_WORDS_MS):
+                    self._drain_inbound()  # why it could not start may still be on its way
                 self._on_worker_exit(worker)
         if self.remote is not None:
             self._serve_remote(events)
@@ -338,9 +468,11 @@ class Router(Supervision, Membership):
         one acquisition of the lock, then hand results over outside it."""
         while True:
             batch: list[tuple[list[Any], list[Any]]] = []
-            while len(batch) < _BATCH:
+            inbound = self._inbound
+            # Asking for EVENTS is much cheaper than the exception of an empty NOBLOCK read.
+            while len(batch) < _BATCH and inbound.get(zmq.EVENTS) & zmq.POLLIN:  # type: ignore[operator, arg-type]
                 try:
-                    batch.append(protocol.recv_message(self._inbound, zmq.NOBLOCK))
+                    batch.append(protocol.recv_message(inbound, zmq.NOBLOCK))
                 except zmq.Again:
                     break
                 except Exception as exc:  # undecodable: drop it, keep serving
@@ -433,7 +565,7 @@ class Router(Supervision, Membership):
         """Outputs as arrays: views of the task's leased output region (or
         copies with ``copy_outputs``), or copies of inline frames."""
         region = task.out_region
-        uses_region = region is not None and any(d[0] >= 0 for d in descriptors)
+        uses_region = region is not None and any(type(d[0]) is int and d[0] >= 0 for d in descriptors)
         keep_views = uses_region and not self.options.copy_outputs
         source: Any = None
         if uses_region:
@@ -445,7 +577,9 @@ class Router(Supervision, Membership):
         for offset, dtype, shape in descriptors:
             dtype = protocol.dtype_of(dtype)
             count = math.prod(shape)
-            if offset >= 0:
+            if type(offset) is bytes:  # small: it came inside the header
+                array = np.frombuffer(offset, dtype, count).reshape(shape).copy()
+            elif offset >= 0:
                 array = np.frombuffer(source, dtype, count, base + offset).reshape(shape)
                 if not keep_views:
                     array = array.copy()
@@ -457,7 +591,7 @@ class Router(Supervision, Membership):
             task.out_region = None  # the lease returns it when the arrays die
         else:
             self._free_out_region(task)
-        if frames:
+        if not uses_region:
             self._remember_output_size(task.input_key, sum(protocol.align(a.nbytes) for a in outputs))
         return outputs
 
@@ -604,11 +738,32 @@ class Router(Supervision, Membership):
         self.callbacks.stop(timeout=10.0)
         if not self._thread.is_alive():
             self._close_remote()
+        channels_closed = self._close_channels(timeout_s=5.0)
         self._inbound.close(linger=0)
-        self._zmq.term()
+        if channels_closed:
+            self._zmq.term()
+        else:  # a caller never came back from its channel: do not wait for it forever
+            self._zmq.destroy(linger=0)
         os.close(self._wake_read)
         os.close(self._wake_write)
         shutil.rmtree(self._ipc_dir, ignore_errors=True)
+
+    def _close_channels(self, timeout_s: float) -> bool:
+        """Close every reply channel once the callers using them are back
+        (their tasks have ended: they notice within DIRECT_POLL_MS). False
+        if one is still out after ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            while self._channels.checked_out > len(self._adopted):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._cond.wait(remaining)
+            for channel in self._adopted:
+                self._channels.checkin(channel, reusable=False)
+            self._adopted.clear()
+            self._channels.close()
+            return self._channels.checked_out == 0
 
     def _wait_outstanding(self, timeout_s: Optional[float]) -> None:
         deadline = None if timeout_s is None else time.monotonic() + timeout_s

@@ -93,6 +93,13 @@ class SharedArena:
         if region is not None:
             self._released.append(region)
 
+    def buffer_of(self, segment_name: str) -> Any:
+        """The buffer of this arena's segment ``segment_name``."""
+        for segment in self._segments:
+            if segment.name == segment_name:
+                return segment.buf
+        raise KeyError(f"no shared-memory segment {segment_name!r} in this farm")
+
     def lease(self, region: Region) -> Any:
         """A buffer over ``region`` that returns it to the arena when garbage-collected."""
         buffer = (ctypes.c_ubyte * region.size).from_buffer(region.segment.buf, region.offset)

@@ -19,17 +19,25 @@ import numpy as np
 
 from farm.shm import Region, SharedArena
 from farm.tensors import PreparedInput
-from workers.protocol import align
+from workers.protocol import INLINE_BYTES, align
 
 __all__ = ["Task", "write_inputs"]
 
 Callback = Callable[[Optional[list], Any, str], None]
 
 
-def write_inputs(arena: SharedArena, prepared: Sequence[PreparedInput]) -> tuple[Region, list[list[Any]]]:
+def write_inputs(
+    arena: SharedArena, prepared: Sequence[PreparedInput]
+) -> tuple[Optional[Region], list[list[Any]]]:
     """Copy the inputs into one new region (one pass each: cast and transpose
-    happen during the copy) and return the region and the wire descriptors."""
+    happen during the copy) and return the region and the wire descriptors.
+    Inputs of at most ``INLINE_BYTES`` together travel in the header instead
+    (no region: None)."""
     sizes = [align(p.nbytes) for p in prepared]
+    if sum(sizes) <= INLINE_BYTES:
+        return None, [
+            [_c_order(item).tobytes(), -1, item.dtype.str, list(item.shape), item.name] for item in prepared
+        ]
     region = arena.allocate(sum(sizes))
     buf = region.segment.buf
     name = region.segment.name
@@ -37,11 +45,20 @@ def write_inputs(arena: SharedArena, prepared: Sequence[PreparedInput]) -> tuple
     offset = region.offset
     for item, size in zip(prepared, sizes):
         destination = np.frombuffer(buf, item.dtype, math.prod(item.shape), offset).reshape(item.shape)
-        source = item.array if item.axes is None else item.array.transpose(item.axes)
-        np.copyto(destination, source, casting="unsafe")
+        np.copyto(destination, _oriented(item), casting="unsafe")
         descriptors.append([name, offset, item.dtype.str, list(item.shape), item.name])
         offset += size
     return region, descriptors
+
+
+def _oriented(item: PreparedInput) -> np.ndarray:
+    """The input in the backend's layout (a view: transposed, not yet copied)."""
+    return item.array if item.axes is None else item.array.transpose(item.axes)
+
+
+def _c_order(item: PreparedInput) -> np.ndarray:
+    """The input in the backend's layout and dtype, C-contiguous."""
+    return np.ascontiguousarray(_oriented(item), dtype=item.dtype)
 
 
 class Task:
@@ -63,13 +80,12 @@ class Task:
         "submitted_at",
         "dispatched_at",
         "slot",
-        "_done",
-        "_lock",
+        "_ended",
     )
 
     def __init__(
         self,
-        input_region: Region,
+        input_region: Optional[Region],
         input_descriptors: list[list[Any]],
         input_key: tuple,
         out_region: Optional[Region],
@@ -92,13 +108,8 @@ class Task:
         self.submitted_at = time.perf_counter()
         self.dispatched_at = 0.0
         self.slot: Any = None
-        self._done = False
-        self._lock = threading.Lock()
+        self._ended = threading.Lock()  # taken, never released, by whoever ends the task
 
     def claim_finish(self) -> bool:
-        """True once: for whoever ends the task first."""
-        with self._lock:
-            if self._done:
-                return False
-            self._done = True
-            return True
+        """True once: for whoever ends the task first (any thread)."""
+        return self._ended.acquire(False)

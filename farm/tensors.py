@@ -148,6 +148,8 @@ def prepare_feed(
 
 
 def _pair_with_specs(feed: Any, specs: Sequence[TensorSpec]) -> list[tuple[TensorSpec, Any]]:
+    if isinstance(feed, Mapping) and len(feed) == len(specs) and all(s.name in feed for s in specs):
+        return [(s, feed[s.name]) for s in specs]  # the common case, checked at once
     names = ", ".join(s.name for s in specs)
     if isinstance(feed, np.ndarray):
         if len(specs) != 1:

@@ -64,7 +64,7 @@ def test_killing_the_parent_leaves_no_worker_and_no_segment(tmp_path):
         sys.path.insert(0, {ROOT!r})
         from farm import Farm
         farm = Farm("tests.pyfuncs:echo", schedule="0,1")
-        farm.run({{"x": __import__("numpy").zeros(4)}})
+        farm.run({{"x": __import__("numpy").zeros(1 << 16)}})  # beyond INLINE_BYTES: in shared memory
         print(" ".join(str(w["pid"]) for w in farm.stats()["workers"]), farm._arena.owner_prefix, flush=True)
         time.sleep(60)
         """

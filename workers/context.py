@@ -1,11 +1,14 @@
 """One context thread: owns one backend session and serves the tasks the
 router sends to it, one at a time.
 
-The thread reads task headers from its own PULL socket, maps the input
+The thread reads task headers from its own ROUTER socket, maps the input
 regions of shared memory as numpy views (no copy), runs the session, writes
 the outputs into the output region the router reserved, and answers with a
-header. An output that does not fit the region travels as a raw frame
-instead. A failing task is answered with its error; the thread goes on.
+header: on the parent's shared result socket, or, for a task marked
+``direct``, back to the very socket that sent it (a caller waiting in
+``Farm.run``, which then needs no thread hop to get its answer). An output
+that does not fit the region travels as a raw frame instead. A failing task
+is answered with its error; the thread goes on.
 """
 
 from __future__ import annotations
@@ -69,7 +72,7 @@ class ContextThread(threading.Thread):
         self.load_traceback = ""
 
     def run(self) -> None:
-        tasks = self._zmq_context.socket(zmq.PULL)
+        tasks = self._zmq_context.socket(zmq.ROUTER)
         results = self._zmq_context.socket(zmq.PUSH)
         tasks.setsockopt(zmq.LINGER, 0)
         results.setsockopt(zmq.LINGER, 2000)
@@ -97,16 +100,21 @@ class ContextThread(threading.Thread):
         self._plan_static_outputs()
         try:
             while True:
+                sender = tasks.recv()
                 message, frames = protocol.recv_message(tasks)
                 if message[0] == protocol.STOP:
                     return
                 header, out_frames = self._handle(message, frames, free_form)
-                protocol.send_message(results, header, out_frames)
+                if len(message) > 5 and message[5]:  # direct: back to the caller's own socket
+                    tasks.send(sender, zmq.SNDMORE)
+                    protocol.send_message(tasks, header, out_frames)
+                else:
+                    protocol.send_message(results, header, out_frames)
         except zmq.ContextTerminated:
             return
 
     def _handle(self, message: list[Any], frames: list[Any], free_form: bool) -> tuple[list[Any], list[Any]]:
-        _, task_id, attempt, input_descriptors, out_region = message
+        task_id, attempt, input_descriptors, out_region = message[1:5]
         timings = [0, 0, 0, self.placement.context_index]
         try:
             start = time.perf_counter()
@@ -167,17 +175,22 @@ class ContextThread(threading.Thread):
 
     def _input_view(self, descriptor: list[Any], frames: list[Any]) -> np.ndarray:
         segment, offset, dtype, shape = descriptor[:4]
-        if segment is None:  # inline frame (remote node)
+        if type(segment) is bytes:  # a small input, inside the header (writable, as views are)
+            return np.frombuffer(bytearray(segment), dtype=protocol.dtype_of(dtype)).reshape(shape)
+        if segment is None:  # a frame after the header (remote node)
             return np.frombuffer(frames[offset].buffer, dtype=protocol.dtype_of(dtype)).reshape(shape)
         return self._segments.view(segment, offset, dtype, shape)
 
     def _write_outputs(self, outputs: Any, out_region: Any) -> tuple[list[Any], list[Any]]:
-        """Copy outputs into the reserved region, or send them as frames when they do not fit."""
+        """Copy outputs into the reserved region, or into the header when they
+        are small and no region was reserved, or else send them as frames."""
         arrays = [np.ascontiguousarray(o) for o in outputs]
         needed = sum(protocol.align(a.nbytes) for a in arrays)
         descriptors: list[list[Any]] = []
         frames: list[Any] = []
-        if out_region is not None and needed <= out_region[2]:
+        if out_region is None and needed <= protocol.INLINE_BYTES:
+            descriptors = [[array.tobytes(), array.dtype.str, list(array.shape)] for array in arrays]
+        elif out_region is not None and needed <= out_region[2]:
             segment, base, _ = out_region
             offset = 0
             for array in arrays:

@@ -1,23 +1,29 @@
 """The messages between the router (parent) and the workers, and their layout.
 
 Every message is a ZeroMQ multipart message whose first frame is a small
-msgpack array; tensors never travel inside it. Locally a tensor is a region
-of a shared-memory segment named in the header; for remote nodes (and for an
-output that did not fit its region) it is a raw frame that follows the
-header, sent with ``copy=False``; a descriptor's ``frame_no`` counts the frames after the
-header from 0.
+msgpack array. Locally a tensor is a region of a shared-memory segment named
+in the header; for remote nodes (and for an output that did not fit its
+region) it is a raw frame that follows the header, sent with ``copy=False``;
+a descriptor's ``frame_no`` counts the frames after the header from 0. A
+tensor of at most :data:`INLINE_BYTES` travels inside the header itself, as
+msgpack ``bin``: for a few hundred bytes, leasing shared memory costs more
+than the copy (as Ray keeps small objects in the task spec).
 
-Parent -> context thread (one PUSH socket per context)::
+Parent -> context thread (a DEALER per context, and one per context in each
+reply channel of ``farm.channels``; the context binds a ROUTER)::
 
-    [TASK, task_id, attempt, inputs, out_region]
-        inputs     = [[segment, offset, dtype, shape, name] | [None, frame_no, dtype, shape, name], ...]
+    [TASK, task_id, attempt, inputs, out_region, direct]
+        direct     = true: answer on the socket the task came from, not on the shared PULL
+        inputs     = [[segment, offset, dtype, shape, name] | [None, frame_no, dtype, shape, name]
+                      | [data, -1, dtype, shape, name], ...]           data: the bytes, inline
         out_region = [segment, offset, size] | None
     [STOP]
 
-Context thread / worker -> parent (one PULL socket in the parent)::
+Context thread / worker -> parent (one PULL socket in the parent; a direct
+task's RESULT / FAILED goes back through the context's ROUTER instead)::
 
     [RESULT, worker_id, generation, task_id, attempt, outputs, timings]
-        outputs = [[offset, dtype, shape], ...]   offset -1: the next inline frame
+        outputs = [[offset, dtype, shape], ...]   offset -1: the next frame; bytes: the data inline
         timings = [set_input_us, infer_us, copy_output_us, thread_id]
     [FAILED, worker_id, generation, task_id, attempt, message, traceback, timings]
     [READY, worker_id, generation, pid, description]
@@ -58,6 +64,7 @@ __all__ = [
     "STOP",
     "TASK",
     "ALIGNMENT",
+    "INLINE_BYTES",
     "QUIT",
     "align",
     "checked_frame_dtype",
@@ -83,6 +90,10 @@ MODEL = 23
 #: What the parent writes on a worker's stdin (its life line) before closing it
 #: on purpose; end-of-file without it means the parent died.
 QUIT = b"q"
+
+#: Tensors up to this size (all of one task's inputs, or all of its outputs,
+#: together) travel inside the message header instead of shared memory.
+INLINE_BYTES = 16 << 10
 
 #: Every tensor starts on a 64-byte boundary (a cache line; what SIMD kernels like).
 ALIGNMENT = 64
