@@ -192,9 +192,12 @@ class NodeAgent:
         os.makedirs(self.cache_dir, exist_ok=True)
         path = os.path.join(self.cache_dir, f"{sha256[:16]}-{os.path.basename(name)}")
         if not os.path.exists(path):
-            with open(path + ".part", "wb") as f:
+            # Nodes may share a cache directory: each writes its own part file,
+            # and the rename is atomic (the same bytes win either way).
+            part = f"{path}.{os.getpid()}.part"
+            with open(part, "wb") as f:
                 f.write(payload)
-            os.replace(path + ".part", path)
+            os.replace(part, path)
         return path
 
     def _serve_router(self, sock: zmq.Socket, worker_id: int, generation: int) -> None:
