@@ -11,15 +11,19 @@ marked ``direct`` on it, and reads the answer from the same socket: the
 context's ROUTER sends it back there. The caller then does the router's
 bookkeeping for its task itself, under the router's lock.
 
-A channel is used by one thread at a time: checked out of the
-:class:`ChannelPool` for one ``run()``, returned after it. A caller that
-stops waiting before its answer came (a timeout, Ctrl-C) hands its channel
-to the router thread, which reads the late answer (so the context's books
-stay right) and then closes it; such a channel is never reused.
+A channel is used by one thread at a time, the holder of its ``owner``
+lock: a ``run()`` caller for the whole call; a ``map()`` (``farm.direct``)
+while it is inside one of its own calls, not while the caller holds a
+result or the input iterable produces the next item. The router thread
+sweeps the channels that nobody holds and handles the answers waiting there,
+so a slow consumer never keeps contexts booked, and a caller that gave up
+waiting (a timeout, Ctrl-C) still has its late answer read; such a channel
+is closed once its tasks have ended, never reused.
 """
 
 from __future__ import annotations
 
+import threading
 from typing import Any, Callable, Optional
 
 import zmq
@@ -37,13 +41,15 @@ DIRECT_POLL_MS = 10
 class ReplyChannel:
     """DEALER sockets to local contexts, keyed by the context's address."""
 
-    __slots__ = ("_zmq", "_sockets", "epoch", "task")
+    __slots__ = ("_zmq", "_sockets", "epoch", "tasks", "closed", "owner")
 
     def __init__(self, zmq_context: zmq.Context, epoch: int) -> None:
         self._zmq = zmq_context
         self._sockets: dict[str, zmq.Socket] = {}
         self.epoch = epoch  # the pool's epoch when this channel last pruned
-        self.task: Any = None  # the direct task it carries (while handed to the router)
+        self.tasks: list[Any] = []  # its unanswered tasks, once its caller gave it up
+        self.closed = False
+        self.owner = threading.Lock()  # held by the one thread that may use its sockets
 
     def socket_for(self, address: str) -> zmq.Socket:
         """The socket to the context at ``address``, connected on first use (a
@@ -69,6 +75,7 @@ class ReplyChannel:
         self.epoch = epoch
 
     def close(self) -> None:
+        self.closed = True
         for socket in self._sockets.values():
             socket.close(linger=0)
         self._sockets.clear()
@@ -82,7 +89,7 @@ class ChannelPool:
         self._zmq = zmq_context
         self._limit = limit
         self._idle: list[ReplyChannel] = []
-        self.checked_out = 0
+        self._out: set[ReplyChannel] = set()
         self.epoch = 0  # bumped whenever a local worker gets new addresses
 
     def checkout(self, live_addresses: Callable[[], set[str]]) -> Optional[ReplyChannel]:
@@ -90,25 +97,43 @@ class ChannelPool:
         ``live_addresses()`` gives the contexts that exist now."""
         if self._idle:
             channel = self._idle.pop()
-        elif self.checked_out < self._limit:
+        elif len(self._out) < self._limit:
             channel = ReplyChannel(self._zmq, self.epoch)
         else:
             return None
         if channel.epoch != self.epoch:
             channel.prune(live_addresses(), self.epoch)
-        self.checked_out += 1
+        self._out.add(channel)
+        channel.owner.acquire()  # free: idle and new channels have no holder
         return channel
 
+    @property
+    def checked_out(self) -> int:
+        return len(self._out)
+
+    @property
+    def any_held(self) -> bool:
+        return any(channel.owner.locked() for channel in self._out)
+
+    def out(self) -> list[ReplyChannel]:
+        return list(self._out)
+
     def checkin(self, channel: ReplyChannel, reusable: bool) -> None:
-        """Take a channel back: idle for the next caller, or closed."""
-        self.checked_out -= 1
-        if reusable:
+        """Take a channel back from its holder (this releases its owner lock):
+        idle for the next caller, or closed."""
+        self._out.discard(channel)
+        channel.owner.release()
+        if reusable and not channel.closed:
             self._idle.append(channel)
         else:
             channel.close()
 
     def close(self) -> None:
-        """Close the idle channels (call once none is out)."""
-        for channel in self._idle:
+        """Close every channel, also those still out: the caller of one that
+        is out must not be inside a socket call (see ``Router.close``)."""
+        for channel in [*self._idle, *self._out]:
             channel.close()
+            if channel.owner.locked():
+                channel.owner.release()
         self._idle.clear()
+        self._out.clear()

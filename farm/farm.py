@@ -22,11 +22,12 @@ from typing import Any, Callable, Optional, Union, cast
 import numpy as np
 
 from farm.backends import resolve_backend, resolve_model
-from farm.channels import ReplyChannel
+from farm.channels import DIRECT_POLL_MS, ReplyChannel
+from farm.direct import WINDOW, DirectStream
 from farm.errors import FarmClosedError, FarmError
 from farm.options import FarmOptions, parse_options
 from farm.progress import ProgressLine
-from farm.router import _WINDOW, Router
+from farm.router import Router
 from farm.shm import SharedArena, reap_stale_segments
 from farm.stats import FarmStats
 from farm.task import Task, write_inputs
@@ -62,6 +63,13 @@ def _cpus_for_cores(options: FarmOptions, backend: str) -> dict[int, list[int]]:
     mask = options.core_mask_for(0)
     chosen = [cpu for i, cpu in enumerate(cpus) if mask >> i & 1] if mask else cpus[:1]
     return {0: chosen or cpus[:1]}
+
+
+_END = object()
+
+
+def _nothing() -> None:
+    pass
 
 
 class Farm:
@@ -225,21 +233,42 @@ class Farm:
         ``progress=True`` draws a progress line on stderr."""
         router = self._require_router()
         window = max_in_flight or (
-            router.options.threads_per_core * len(router.workers) * _WINDOW + self.options.max_queue_size
+            router.options.threads_per_core * len(router.workers) * WINDOW + self.options.max_queue_size
         )
         total = len(inputs) if hasattr(inputs, "__len__") else None  # type: ignore[arg-type]
         bar = ProgressLine(total) if progress else None
         pending: collections.deque[concurrent.futures.Future] = collections.deque()
+        # This thread reads its tasks' answers itself (see farm.direct).
+        stream = router.open_stream(lambda task: router.admit(task, self._timeout_s), self._timeout_s)
+        # Between its own calls (while the caller has a result, or while the
+        # input iterable produces the next item) the stream is suspended, so
+        # that close() from another thread need not wait for either.
+        suspend = stream.suspend if stream is not None else _nothing
+        resume = stream.resume if stream is not None else _nothing
+        items = iter(inputs)
         try:
-            for item in inputs:
-                pending.append(self.submit(item))
+            while True:
+                suspend()
+                item = next(items, _END)
+                resume()
+                if item is _END:
+                    break
+                pending.append(self._submit_to(stream, item))
                 # Hand back what is already finished before reading more input:
                 # with a live source (a camera) that is what keeps latency low.
                 while pending and (len(pending) >= window or self._finished(pending, ordered)):
-                    yield self._next_result(pending, ordered, bar)
+                    result = self._next_result(pending, ordered, bar, stream)
+                    suspend()
+                    yield result
+                    resume()
             while pending:
-                yield self._next_result(pending, ordered, bar)
+                result = self._next_result(pending, ordered, bar, stream)
+                suspend()
+                yield result
+                resume()
         finally:
+            if stream is not None:
+                stream.close()
             if bar is not None:
                 bar.close()
 
@@ -277,14 +306,34 @@ class Farm:
             self._pipeline.clear()
         return [future.result() for future in pending]
 
+    def _submit_to(self, stream: Optional[DirectStream], item: Any) -> concurrent.futures.Future:
+        if stream is None:
+            return self.submit(item)
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        task = self._make_task(item, future=future)
+        try:
+            stream.submit(task)
+        except BaseException:
+            self._free_regions(task)
+            raise
+        stream.pump()
+        return future
+
     @staticmethod
     def _finished(pending: collections.deque[concurrent.futures.Future], ordered: bool) -> bool:
         return pending[0].done() if ordered else any(f.done() for f in pending)
 
-    @staticmethod
+    @classmethod
     def _next_result(
-        pending: collections.deque[concurrent.futures.Future], ordered: bool, bar: Optional[ProgressLine]
+        cls,
+        pending: collections.deque[concurrent.futures.Future],
+        ordered: bool,
+        bar: Optional[ProgressLine],
+        stream: Optional[DirectStream] = None,
     ) -> list[np.ndarray]:
+        if stream is not None:
+            while not cls._finished(pending, ordered):
+                stream.pump(DIRECT_POLL_MS)
         if ordered:
             future = pending.popleft()
         else:
@@ -323,10 +372,13 @@ class Farm:
         try:
             return self._require_router().admit(task, self._timeout_s, direct)
         except BaseException:
-            self._arena.free(task.input_region)
-            if task.out_region is not None:
-                self._arena.free(task.out_region)
+            self._free_regions(task)
             raise
+
+    def _free_regions(self, task: Task) -> None:
+        """Give back the memory of a task that was never admitted."""
+        self._arena.free(task.input_region)
+        self._arena.free(task.out_region)
 
     # ── state ────────────────────────────────────────────────────────────
     def stats(self) -> FarmStats:

@@ -17,7 +17,7 @@
 Task ``k`` is bound to core ``schedule[k % len(schedule)]`` when admitted
 (or, if that core's queue is full or its worker is down, to the next core in
 the schedule that can take it). Each core has its own queue, so a busy core
-never holds up tasks for idle ones (the seed's single FIFO does). A context gets at most ``_WINDOW`` tasks at
+never holds up tasks for idle ones (the seed's single FIFO does). A context gets at most ``WINDOW`` tasks at
 once: the one it runs and the next, which waits in its socket so the context
 never idles for a round trip.
 
@@ -43,6 +43,7 @@ import zmq
 
 from farm.callbacks import CallbackThread
 from farm.channels import ChannelPool, ReplyChannel
+from farm.direct import WINDOW, DirectPath
 from farm.errors import FarmClosedError, SubmitTimeoutError, TaskError, WorkerCrashedError, WorkerStartError
 from farm.membership import Membership
 from farm.options import FarmOptions
@@ -65,7 +66,6 @@ from workers.segments import SEGMENT_PREFIX
 
 __all__ = ["Router"]
 
-_WINDOW = 2
 _OUTPUT_HINTS = 256
 _BATCH = 64  # answers handled per acquisition of the lock
 _LAST_WORDS_MS = 200  # how long a worker that died starting may take to tell why
@@ -80,7 +80,7 @@ def _runtime_facts(description: Optional[dict[str, Any]]) -> dict[str, Any]:
     return {key: description[key] for key in _RUNTIME_FACTS if description and key in description}
 
 
-class Router(Supervision, Membership):
+class Router(DirectPath, Supervision, Membership):
     """Owns the workers, the queues and the receive loop of one farm."""
 
     def __init__(
@@ -129,7 +129,6 @@ class Router(Supervision, Membership):
                 raise
         self.callbacks = CallbackThread(options.sequential_callbacks)
         self._channels = ChannelPool(self._zmq)
-        self._adopted: list[ReplyChannel] = []  # channels of callers that stopped waiting
         self.description: Optional[dict[str, Any]] = None
         self._output_hints: collections.OrderedDict[tuple, int] = collections.OrderedDict()
         self._next_index = 0
@@ -257,17 +256,17 @@ class Router(Supervision, Membership):
     def _dispatch(self, core: int) -> None:
         worker = self._worker_of_core[core]
         queue = self._queues[core]
-        if not worker.ready:
+        if not queue or not worker.ready:
             return
         while queue:
             slot = min(worker.slots, key=lambda s: len(s.in_flight))
-            if len(slot.in_flight) >= _WINDOW:
+            if len(slot.in_flight) >= WINDOW:
                 return
             task = queue.popleft()
             try:
                 self._send(slot, task)
             except zmq.ZMQError as exc:
-                # Cannot happen on a connecting PUSH without a high-water mark;
+                # Cannot happen on a connecting DEALER without a high-water mark;
                 # if it does, the task waits for the next dispatch, not lost.
                 print(f"rknn-farm: could not send to core {core}: {exc}", file=sys.stderr)
                 queue.appendleft(task)
@@ -288,102 +287,6 @@ class Router(Supervision, Membership):
         task.slot = slot
         task.dispatched_at = time.perf_counter()
 
-    def _send_direct(self, core: int, task: Task) -> Optional[tuple[ReplyChannel, zmq.Socket]]:
-        """Under the lock: send ``task`` on a reply channel if ``core`` is a
-        local one with nothing queued and a context with room; else None."""
-        worker = self._worker_of_core[core]
-        if worker.remote or not worker.ready or self._queues[core]:
-            return None
-        slot = min(worker.slots, key=lambda s: len(s.in_flight))
-        if len(slot.in_flight) >= _WINDOW:
-            return None
-        channel = self._channels.checkout(self._local_addresses)
-        if channel is None:
-            return None
-        socket = channel.socket_for(slot.address)
-        out = None if task.out_region is None else task.out_region.descriptor()
-        try:
-            header = [protocol.TASK, task.task_id, task.attempt, task.input_descriptors, out, True]
-            socket.send(protocol.pack(header))
-        except zmq.ZMQError:
-            self._channels.checkin(channel, reusable=False)
-            return None
-        if not slot.in_flight:
-            slot.busy_since = time.monotonic()
-        slot.in_flight[task.task_id] = task
-        task.slot = slot
-        task.dispatched_at = time.perf_counter()
-        return channel, socket
-
-    def _local_addresses(self) -> set[str]:
-        return {slot.address for w in self.workers if not w.remote for slot in w.slots}
-
-    def wait_direct(
-        self, task: Task, channel: ReplyChannel, socket: zmq.Socket, timeout: Optional[float]
-    ) -> list[np.ndarray]:
-        """Wait in the caller's thread for a task sent by :meth:`_send_direct`:
-        read its answer from ``socket`` and do the router's part for it. The
-        router may end the task instead (its worker died and a retry ran
-        elsewhere, the farm was closed): that is seen within ``DIRECT_POLL_MS``
-        (the socket's receive timeout)."""
-        assert task.future is not None
-        future = task.future
-        deadline = None if timeout is None else time.monotonic() + timeout
-        try:
-            while not future.done():
-                if deadline is not None and time.monotonic() >= deadline:
-                    break
-                try:
-                    message, frames = protocol.recv_message(socket)
-                except zmq.Again:  # nothing within DIRECT_POLL_MS: look again
-                    continue
-                self._take_direct_answer(message, frames)
-        finally:
-            self._return_channel(channel, task)
-        return future.result(0)
-
-    def _take_direct_answer(self, message: list[Any], frames: list[Any]) -> None:
-        """The router's part for an answer that came on a reply channel."""
-        try:
-            with self._cond:
-                answer = self._on_message(message, frames)
-                self._cond.notify_all()
-        except Exception as exc:  # a malformed message must not break the caller
-            print(f"rknn-farm: dropped a malformed worker message: {exc!r}", file=sys.stderr)
-            return
-        if answer is not None:
-            self._hand_over_answer(*answer)
-
-    def _take_direct_answers(self, socket: zmq.Socket) -> None:
-        """Router thread: handle every answer waiting on an adopted channel's socket."""
-        while True:
-            try:
-                message, frames = protocol.recv_message(socket, zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            except Exception as exc:  # undecodable: drop it, keep serving
-                print(f"rknn-farm: dropped an undecodable worker message: {exc!r}", file=sys.stderr)
-                continue
-            self._take_direct_answer(message, frames)
-
-    def _return_channel(self, channel: ReplyChannel, task: Task) -> None:
-        """The caller is done waiting: its channel goes back to the pool, or,
-        if the answer is still to come, to the router thread, which reads it."""
-        with self._cond:
-            if task.future is not None and task.future.done():
-                self._channels.checkin(channel, reusable=not self._stopping)
-            else:
-                channel.task = task
-                self._adopted.append(channel)
-                self._wake()
-            self._cond.notify_all()
-
-    def _retire_adopted(self) -> None:
-        """Under the lock: close the adopted channels whose task has ended."""
-        for channel in [c for c in self._adopted if c.task.future.done() or self._stopping]:
-            self._adopted.remove(channel)
-            self._channels.checkin(channel, reusable=False)
-
     # ── output sizing ────────────────────────────────────────────────────
     def output_hint(self, input_key: tuple) -> Optional[int]:
         """Bytes the outputs took last time for inputs of these shapes."""
@@ -391,6 +294,8 @@ class Router(Supervision, Membership):
 
     def _remember_output_size(self, input_key: tuple, nbytes: int) -> None:
         hints = self._output_hints
+        if hints.get(input_key) == nbytes:
+            return  # the common case: nothing new (recency is not worth the cost here)
         hints[input_key] = nbytes
         hints.move_to_end(input_key)
         while len(hints) > _OUTPUT_HINTS:
@@ -411,7 +316,6 @@ class Router(Supervision, Membership):
             poller.register(self.remote.socket, zmq.POLLIN)
             poller.register(self.remote.monitor, zmq.POLLIN)
         watched: dict[int, WorkerHandle] = {}
-        watched_channels: list[zmq.Socket] = []
         while True:
             with self._cond:
                 if self._stopping and not any(w.process and w.exit_fd >= 0 for w in self.workers):
@@ -419,30 +323,16 @@ class Router(Supervision, Membership):
                     return
                 exit_fds = {w.exit_fd: w for w in self.workers if w.exit_fd >= 0}
                 timeout_ms = self._timer_ms()
-                if self._adopted or watched_channels:
-                    self._retire_adopted()
-                    channel_sockets = [s for c in self._adopted for s in c.sockets()]
-                else:
-                    channel_sockets = watched_channels
             if exit_fds != watched:  # a worker died or was (re)spawned
                 for fd in watched:
                     poller.unregister(fd)
                 for fd in exit_fds:
                     poller.register(fd, zmq.POLLIN)
                 watched = exit_fds
-            if channel_sockets != watched_channels:  # a caller left a channel behind, or it closed
-                for socket in watched_channels:
-                    if socket in poller:
-                        poller.unregister(socket)
-                for socket in channel_sockets:
-                    poller.register(socket, zmq.POLLIN)
-                watched_channels = channel_sockets
             events = dict(poller.poll(timeout_ms))
             try:
-                for socket in watched_channels:
-                    if socket in events:
-                        self._take_direct_answers(socket)
                 self._handle_events(events, exit_fds)
+                self._sweep_channels()
             except Exception:  # a bug here must not leave every future waiting forever
                 print("rknn-farm: the router hit an unexpected error and carries on:", file=sys.stderr)
                 traceback.print_exc()
@@ -470,9 +360,9 @@ class Router(Supervision, Membership):
             batch: list[tuple[list[Any], list[Any]]] = []
             inbound = self._inbound
             # Asking for EVENTS is much cheaper than the exception of an empty NOBLOCK read.
-            while len(batch) < _BATCH and inbound.get(zmq.EVENTS) & zmq.POLLIN:  # type: ignore[operator, arg-type]
+            while len(batch) < _BATCH and inbound.get(protocol.EVENTS) & protocol.POLLIN:  # type: ignore[operator]
                 try:
-                    batch.append(protocol.recv_message(inbound, zmq.NOBLOCK))
+                    batch.append(protocol.recv_message(inbound, protocol.NOBLOCK))
                 except zmq.Again:
                     break
                 except Exception as exc:  # undecodable: drop it, keep serving
@@ -747,23 +637,6 @@ class Router(Supervision, Membership):
         os.close(self._wake_read)
         os.close(self._wake_write)
         shutil.rmtree(self._ipc_dir, ignore_errors=True)
-
-    def _close_channels(self, timeout_s: float) -> bool:
-        """Close every reply channel once the callers using them are back
-        (their tasks have ended: they notice within DIRECT_POLL_MS). False
-        if one is still out after ``timeout_s``."""
-        deadline = time.monotonic() + timeout_s
-        with self._cond:
-            while self._channels.checked_out > len(self._adopted):
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                self._cond.wait(remaining)
-            for channel in self._adopted:
-                self._channels.checkin(channel, reusable=False)
-            self._adopted.clear()
-            self._channels.close()
-            return self._channels.checked_out == 0
 
     def _wait_outstanding(self, timeout_s: Optional[float]) -> None:
         deadline = None if timeout_s is None else time.monotonic() + timeout_s

@@ -110,6 +110,11 @@ class Task:
         self.slot: Any = None
         self._ended = threading.Lock()  # taken, never released, by whoever ends the task
 
+    @property
+    def ended(self) -> bool:
+        """Whether someone has ended it (its outcome may still be on its way to the future)."""
+        return self._ended.locked()
+
     def claim_finish(self) -> bool:
         """True once: for whoever ends the task first (any thread)."""
         return self._ended.acquire(False)

@@ -150,3 +150,77 @@ def test_small_tensors_travel_in_the_header_and_large_ones_in_shared_memory(tmp_
         (y,) = farm.run({"x": x})
         np.testing.assert_array_equal(y, x * 2 + 1)
         assert farm._arena.bytes_mapped > 0
+
+
+# ── map(): one stream per iteration ───────────────────────────────────────
+def test_map_is_answered_in_the_iterating_thread(tmp_path, answering_threads):
+    with Farm(affine_model(str(tmp_path), shape=(1, 4)), schedule="0,1") as farm:
+        feeds = [{"x": np.full((1, 4), i, dtype=np.float32)} for i in range(200)]
+        outputs = [y for (y,) in farm.map(feeds)]
+        assert [float(y[0, 0]) for y in outputs] == [2.0 * i + 1 for i in range(200)]
+        assert set(answering_threads) == {"MainThread"}
+
+
+def test_map_beside_other_submitters_keeps_order_and_answers(tmp_path):
+    with Farm(affine_model(str(tmp_path), shape=(1, 4)), schedule="0,1", max_queue_size=4) as farm:
+        stop = threading.Event()
+
+        def other() -> int:
+            done = 0
+            while not stop.is_set():
+                x = np.full((1, 4), -1.0, dtype=np.float32)
+                futures = [farm.submit({"x": x}) for _ in range(4)]
+                assert all(f.result(timeout=30)[0][0, 0] == -1.0 for f in futures)
+                done += 4
+            return done
+
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            others = [pool.submit(other) for _ in range(2)]
+            feeds = ({"x": np.full((1, 4), i, dtype=np.float32)} for i in range(500))
+            got = [float(y[0, 0]) for (y,) in farm.map(feeds, ordered=True)]
+            unordered = sorted(
+                float(y[0, 0])
+                for (y,) in farm.map(
+                    [{"x": np.full((1, 4), i, np.float32)} for i in range(100)], ordered=False
+                )
+            )
+            stop.set()
+            assert all(o.result(timeout=60) > 0 for o in others)
+        assert got == [2.0 * i + 1 for i in range(500)]
+        assert unordered == [2.0 * i + 1 for i in range(100)]
+        assert wait_until(lambda: idle(farm))
+
+
+def test_map_survives_a_worker_killed_mid_stream():
+    with Farm("tests.pyfuncs:sleep", schedule="0,1", threads_per_core=2) as farm:
+        victim = farm.stats()["workers"][1]["pid"]
+        killer = threading.Timer(0.3, os.kill, (victim, signal.SIGKILL))
+        killer.start()
+        try:
+            results = [float(out[0]) for (out,) in farm.map(seconds(0.05 + i * 1e-6) for i in range(40))]
+        finally:
+            killer.cancel()
+        assert results == [0.05 + i * 1e-6 for i in range(40)]
+        assert sum(w["crashes"] for w in farm.stats()["workers"]) == 1
+
+
+def test_a_map_abandoned_midway_gives_its_channel_back(tmp_path):
+    with Farm(affine_model(str(tmp_path), shape=(1, 4)), schedule="0,1") as farm:
+        for _ in range(3):
+            for k, _outputs in enumerate(farm.map({"x": np.full((1, 4), i, np.float32)} for i in range(100))):
+                if k == 5:
+                    break  # the generator is closed here, with tasks still in flight
+        assert wait_until(lambda: idle(farm))
+        assert wait_until(lambda: farm._router._channels.checked_out == 0)
+        assert farm.run({"x": np.ones((1, 4), np.float32)})[0][0, 0] == 3.0
+
+
+def test_closing_the_farm_under_a_suspended_map_is_prompt_and_the_map_then_fails(tmp_path):
+    farm = Farm(affine_model(str(tmp_path), shape=(1, 4)), schedule="0,1")
+    results = farm.map({"x": np.full((1, 4), i, np.float32)} for i in range(100))
+    next(results)  # the map holds a channel and has tasks in flight; it is not iterated now
+    started = time.monotonic()
+    farm.close()
+    assert time.monotonic() - started < 3
+    with pytest.raises(FarmClosedError):
+        list(results)

@@ -106,7 +106,7 @@ class ContextThread(threading.Thread):
                     return
                 header, out_frames = self._handle(message, frames, free_form)
                 if len(message) > 5 and message[5]:  # direct: back to the caller's own socket
-                    tasks.send(sender, zmq.SNDMORE)
+                    tasks.send(sender, protocol.SNDMORE)
                     protocol.send_message(tasks, header, out_frames)
                 else:
                     protocol.send_message(results, header, out_frames)

@@ -64,7 +64,12 @@ __all__ = [
     "STOP",
     "TASK",
     "ALIGNMENT",
+    "EVENTS",
     "INLINE_BYTES",
+    "NOBLOCK",
+    "POLLIN",
+    "RCVMORE",
+    "SNDMORE",
     "QUIT",
     "align",
     "checked_frame_dtype",
@@ -94,6 +99,14 @@ QUIT = b"q"
 #: Tensors up to this size (all of one task's inputs, or all of its outputs,
 #: together) travel inside the message header instead of shared memory.
 INLINE_BYTES = 16 << 10
+
+#: ZeroMQ constants as plain ints: pyzmq's enum members cost ~1.5 µs a use
+#: on the hot path (converting them), the ints nothing.
+NOBLOCK = int(zmq.NOBLOCK)
+SNDMORE = int(zmq.SNDMORE)
+RCVMORE = int(zmq.RCVMORE)
+EVENTS = int(zmq.EVENTS)
+POLLIN = int(zmq.POLLIN)
 
 #: Every tensor starts on a 64-byte boundary (a cache line; what SIMD kernels like).
 ALIGNMENT = 64
@@ -140,10 +153,10 @@ def send_message(socket: zmq.Socket, header: list[Any], frames: Sequence[Any] = 
     if not frames:
         socket.send(data, flags)
         return
-    socket.send(data, flags | zmq.SNDMORE)
+    socket.send(data, flags | SNDMORE)
     last = len(frames) - 1
     for index, frame in enumerate(frames):
-        socket.send(frame, flags | (zmq.SNDMORE if index < last else 0), copy=False)
+        socket.send(frame, flags | (SNDMORE if index < last else 0), copy=False)
 
 
 def recv_message(socket: zmq.Socket, flags: int = 0) -> tuple[list[Any], list[Any]]:
@@ -151,7 +164,7 @@ def recv_message(socket: zmq.Socket, flags: int = 0) -> tuple[list[Any], list[An
     (``zmq.Frame``; index them by the ``frame_no`` of a descriptor)."""
     header = unpack(socket.recv(flags))
     frames = []
-    while socket.getsockopt(zmq.RCVMORE):
+    while socket.get(RCVMORE):
         frames.append(socket.recv(copy=False))
     return header, frames
 

@@ -1,0 +1,365 @@
+"""The direct path: a caller that waits for its own tasks reads their answers
+itself, from a reply channel (``farm.channels``), instead of through the
+router thread.
+
+Two users:
+
+- ``Farm.run``: one task. If it can start at once (its core is local and
+  ready, nothing is queued for it, a context has room) it is sent on a
+  checked-out channel and :meth:`DirectPath.wait_direct` reads the answer.
+- ``Farm.map``: a :class:`DirectStream` holds one channel for the whole
+  iteration. Each task goes direct when its core has room; when the core is
+  full of the stream's own tasks, the stream reads answers until one frees a
+  context; when the core is held by others (or is remote, or pacing is on)
+  the task takes the router's path, and the stream is woken when the router
+  ends it.
+
+In both, the caller does the router's bookkeeping for an answer (under the
+router's lock) and resolves the task's future itself. The router still owns
+every task: if a worker dies, it retries the direct tasks it held through its
+own path, and the caller sees their futures end.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from concurrent.futures import Future
+from typing import TYPE_CHECKING, Any, Callable, Optional
+
+import numpy as np
+import zmq
+
+from farm.channels import DIRECT_POLL_MS, ChannelPool, ReplyChannel
+from farm.errors import FarmClosedError, SubmitTimeoutError
+from farm.task import Task
+from workers import protocol
+
+if TYPE_CHECKING:
+    from farm.pacing import Pacer
+    from farm.pool import ContextSlot, WorkerHandle
+
+__all__ = ["DirectPath", "DirectStream"]
+
+#: Tasks a context holds at once: the one it runs and the next, waiting in
+#: its socket so that the context never idles for a round trip.
+WINDOW = 2
+
+
+class DirectPath:
+    """The router's side of the direct path (a mixin of ``Router``)."""
+
+    # Provided by Router.
+    _cond: threading.Condition
+    _queues: dict[int, Any]
+    _worker_of_core: dict[int, WorkerHandle]
+    _channels: ChannelPool
+    _stopping: bool
+    _next_index: int
+    _outstanding: int
+    _rotation: list[int]
+    workers: list[WorkerHandle]
+    pacer: Pacer
+
+    if TYPE_CHECKING:
+
+        def _wake(self) -> None: ...
+        def _check_open(self) -> None: ...
+        def _core_for(self, index: int) -> int: ...
+        def _on_message(self, message: list[Any], frames: list[Any]) -> Optional[tuple]: ...
+        def _hand_over_answer(
+            self, worker: WorkerHandle, task: Task, message: list[Any], frames: list[Any]
+        ) -> None: ...
+
+    # ── sending (under the lock) ─────────────────────────────────────────
+    def _direct_slot(self, core: int) -> Optional[ContextSlot]:
+        """The context of local ``core`` that can take a direct task now, if any."""
+        worker = self._worker_of_core[core]
+        if worker.remote or not worker.ready or self._queues[core]:
+            return None
+        slot = min(worker.slots, key=lambda s: len(s.in_flight))
+        return slot if len(slot.in_flight) < WINDOW else None
+
+    def _send_on(self, channel: ReplyChannel, slot: ContextSlot, task: Task) -> Optional[zmq.Socket]:
+        """Under the lock: send ``task`` (its id set) to ``slot`` on ``channel``
+        and put it on the context's books; None if the send failed."""
+        socket = channel.socket_for(slot.address)
+        out = None if task.out_region is None else task.out_region.descriptor()
+        try:
+            header = [protocol.TASK, task.task_id, task.attempt, task.input_descriptors, out, True]
+            socket.send(protocol.pack(header))
+        except zmq.ZMQError:
+            return None
+        if not slot.in_flight:
+            slot.busy_since = time.monotonic()
+        slot.in_flight[task.task_id] = task
+        task.slot = slot
+        task.dispatched_at = time.perf_counter()
+        return socket
+
+    def _send_direct(self, core: int, task: Task) -> Optional[tuple[ReplyChannel, zmq.Socket]]:
+        """Under the lock, for ``run()``: send ``task`` on a channel of its own
+        if ``core`` can take it at once; else None."""
+        slot = self._direct_slot(core)
+        if slot is None:
+            return None
+        channel = self._channels.checkout(self._local_addresses)
+        if channel is None:
+            return None
+        socket = self._send_on(channel, slot, task)
+        if socket is None:
+            self._channels.checkin(channel, reusable=False)
+            return None
+        return channel, socket
+
+    def _local_addresses(self) -> set[str]:
+        return {slot.address for w in self.workers if not w.remote for slot in w.slots}
+
+    # ── answers ──────────────────────────────────────────────────────────
+    def wait_direct(
+        self, task: Task, channel: ReplyChannel, socket: zmq.Socket, timeout: Optional[float]
+    ) -> list[np.ndarray]:
+        """Wait in the caller's thread for a task sent by :meth:`_send_direct`:
+        read its answer from ``socket`` and do the router's part for it. The
+        router may end the task instead (its worker died and a retry ran
+        elsewhere, the farm was closed): that is seen within ``DIRECT_POLL_MS``
+        (the socket's receive timeout)."""
+        assert task.future is not None
+        future = task.future
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            while not future.done():
+                if deadline is not None and time.monotonic() >= deadline:
+                    break
+                try:
+                    message, frames = protocol.recv_message(socket)
+                except zmq.Again:  # nothing within DIRECT_POLL_MS: look again
+                    continue
+                self._take_direct_answer(message, frames)
+        finally:
+            self._return_channel(channel, [task])
+        return future.result(0)
+
+    def _take_direct_answer(self, message: list[Any], frames: list[Any]) -> None:
+        """The router's part for an answer that came on a reply channel."""
+        try:
+            with self._cond:
+                answer = self._on_message(message, frames)
+                self._cond.notify_all()
+        except Exception as exc:  # a malformed message must not break the caller
+            print(f"rknn-farm: dropped a malformed worker message: {exc!r}", file=sys.stderr)
+            return
+        if answer is not None:
+            self._hand_over_answer(*answer)
+
+    def _take_one_direct_answer(self, socket: zmq.Socket) -> bool:
+        """Handle one answer waiting on ``socket`` (a poll said so); False if none was there."""
+        try:
+            message, frames = protocol.recv_message(socket, protocol.NOBLOCK)
+        except zmq.Again:
+            return False
+        except Exception as exc:  # undecodable: drop it, keep serving
+            print(f"rknn-farm: dropped an undecodable worker message: {exc!r}", file=sys.stderr)
+            return True
+        self._take_direct_answer(message, frames)
+        return True
+
+    def _take_direct_answers(self, socket: zmq.Socket) -> None:
+        """Handle every answer waiting on a channel's socket, without blocking."""
+        while socket.get(protocol.EVENTS) & protocol.POLLIN:  # type: ignore[operator]
+            if not self._take_one_direct_answer(socket):
+                return
+
+    # ── giving channels back ─────────────────────────────────────────────
+    def _return_channel(self, channel: ReplyChannel, tasks: list[Task]) -> None:
+        """A caller is done with ``channel``: it goes back to the pool, or, if
+        answers for ``tasks`` are still to come, to the router thread's sweep."""
+        with self._cond:
+            unfinished = [t for t in tasks if not t.ended]
+            if unfinished and not channel.closed:
+                channel.tasks = unfinished
+                channel.owner.release()
+            elif not channel.closed:
+                self._channels.checkin(channel, reusable=not self._stopping)
+            self._cond.notify_all()
+
+    def _sweep_channels(self) -> None:
+        """Router thread: handle the answers waiting on channels that nobody
+        holds (a suspended ``map()``, a caller that gave up), and close those
+        given up whose tasks have all ended."""
+        with self._cond:
+            channels = self._channels.out()
+        for channel in channels:
+            if not channel.owner.acquire(False):
+                continue  # its caller is using it
+            keep = True
+            try:
+                if not channel.closed:
+                    for socket in channel.sockets():
+                        self._take_direct_answers(socket)
+                    if channel.tasks and all(t.ended for t in channel.tasks):
+                        with self._cond:
+                            self._channels.checkin(channel, reusable=False)  # releases the owner
+                        keep = False
+            finally:
+                if keep:
+                    channel.owner.release()
+
+    def _close_channels(self, timeout_s: float) -> bool:
+        """Close every reply channel once no caller holds one (every task has
+        ended by now: a waiting caller notices within DIRECT_POLL_MS). The
+        channel of a ``map()`` that is not being iterated is closed too; that
+        map raises FarmClosedError if resumed. False if a caller still holds
+        one after ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            while self._channels.any_held:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._cond.wait(min(remaining, DIRECT_POLL_MS / 1000))
+            self._channels.close()
+            return True
+
+    # ── streams (Farm.map) ───────────────────────────────────────────────
+    def open_stream(self, admit: Callable[[Task], Any], timeout_s: float) -> Optional[DirectStream]:
+        """A :class:`DirectStream` for one ``map()``, or None (no channel free,
+        or pacing on: pacing admits at its own rhythm, through the router)."""
+        if self.pacer.enabled:
+            return None
+        with self._cond:
+            channel = self._channels.checkout(self._local_addresses)
+        return None if channel is None else DirectStream(self, channel, admit, timeout_s)
+
+    def _try_stream_send(self, channel: ReplyChannel, task: Task) -> str:
+        """Send ``task`` direct on ``channel`` if its core has room: "sent";
+        "full" when its core is local and ready but its contexts are full;
+        "router" when the task should take the router's path."""
+        with self._cond:
+            self._check_open()
+            if not self._rotation:
+                return "router"
+            index = self._next_index
+            core = self._core_for(index)
+            worker = self._worker_of_core[core]
+            if worker.remote or not worker.ready or self._queues[core]:
+                return "router"
+            slot = self._direct_slot(core)
+            if slot is None:
+                return "full"
+            task.task_id = index
+            task.core = core
+            if self._send_on(channel, slot, task) is None:
+                return "router"
+            self._next_index += 1
+            self.pacer.admit(time.perf_counter())
+            self._outstanding += 1
+            return "sent"
+
+
+class DirectStream:
+    """One ``map()``'s channel: sends its tasks direct, reads their answers.
+
+    Used by one thread at a time (the one iterating the map)."""
+
+    def __init__(
+        self, router: DirectPath, channel: ReplyChannel, admit: Callable[[Task], Any], timeout_s: float
+    ) -> None:
+        self._router = router
+        self._channel = channel
+        self._admit = admit  # the router's path, for tasks that cannot go direct
+        self._timeout_s = timeout_s
+        self._direct: list[Task] = []  # sent on the channel, maybe unanswered
+        self._held = True  # this thread holds the channel's owner lock (checked out so)
+        self._wake_lock = threading.Lock()  # the wake pipe is not closed under a writer
+        self._wake_read, self._wake_write = os.pipe()
+        os.set_blocking(self._wake_write, False)
+        self._poller = zmq.Poller()
+        self._poller.register(self._wake_read, zmq.POLLIN)
+        self._watched: set[zmq.Socket] = set()
+
+    def suspend(self) -> None:
+        """The caller stops using the stream for a while (``map`` yields): the
+        router thread may read its answers meanwhile."""
+        self._held = False
+        self._channel.owner.release()
+
+    def resume(self) -> None:
+        """The caller uses the stream again; FarmClosedError if the farm closed meanwhile."""
+        self._hold()
+        if self._channel.closed:
+            raise FarmClosedError("the farm was closed while this map() was suspended")
+
+    def _hold(self) -> None:
+        if not self._held:
+            self._channel.owner.acquire()  # at most a sweep of the router thread to wait for
+            self._held = True
+
+    def submit(self, task: Task) -> None:
+        """Send ``task``: direct when its core has room, else (when the core
+        is full of this stream's own tasks) after reading answers until it
+        has, else through the router."""
+        deadline = time.monotonic() + self._timeout_s
+        while True:
+            outcome = self._router._try_stream_send(self._channel, task)
+            if outcome == "sent":
+                self._direct.append(task)
+                return
+            if outcome == "router" or not self._has_direct_in_flight():
+                assert task.future is not None
+                task.future.add_done_callback(self._on_routed_done)
+                self._admit(task)
+                return
+            if time.monotonic() >= deadline:
+                raise SubmitTimeoutError(
+                    f"submit timed out after {self._timeout_s * 1000:.0f} ms: every context of core "
+                    f"{task.core} stayed busy (raise submit_timeout_ms, or submit more slowly)"
+                )
+            self.pump(DIRECT_POLL_MS)
+
+    def wait(self, future: Future) -> None:
+        """Read answers until ``future`` is done."""
+        while not future.done():
+            self.pump(DIRECT_POLL_MS)
+
+    def pump(self, timeout_ms: int = 0) -> None:
+        """Handle the answers that have come (waiting up to ``timeout_ms`` for one)."""
+        sockets = self._channel.sockets()
+        if len(sockets) != len(self._watched):
+            for socket in sockets:
+                if socket not in self._watched:
+                    self._poller.register(socket, zmq.POLLIN)
+                    self._watched.add(socket)
+        for item, _ in self._poller.poll(timeout_ms):
+            if item == self._wake_read:
+                os.read(self._wake_read, 4096)
+            else:  # one answer: if more wait, the next poll says so at once
+                self._router._take_one_direct_answer(item)
+
+    def close(self) -> None:
+        """Give the channel back (to the router thread if answers are still due)."""
+        for socket in self._watched:
+            self._poller.unregister(socket)
+        self._watched.clear()
+        self._hold()
+        self._router._return_channel(self._channel, self._direct)
+        with self._wake_lock:
+            os.close(self._wake_read)
+            os.close(self._wake_write)
+            self._wake_write = -1
+
+    def _has_direct_in_flight(self) -> bool:
+        self._direct = [t for t in self._direct if not t.ended]
+        return bool(self._direct)
+
+    def _on_routed_done(self, _future: Future) -> None:
+        """Runs in the thread that ended a routed task: wake a waiting pump."""
+        with self._wake_lock:
+            if self._wake_write < 0:
+                return  # the stream has ended
+            try:
+                os.write(self._wake_write, b"\0")
+            except BlockingIOError:
+                pass  # full: a wake is pending anyway
