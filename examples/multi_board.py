@@ -129,7 +129,9 @@ def main() -> None:
                 spec = farm.inputs[0] if farm.inputs else None
                 if spec is None:
                     sys.exit("the model declares no inputs; give a model with one input")
-                shape = [1 if d is None else d for d in spec.shape]
+                # A dynamic batch is 1; other dynamic dims 64 (image models downsample:
+                # a 1x1 image would come out of their pooling with no pixels left).
+                shape = [(1 if axis == 0 else 64) if d is None else d for axis, d in enumerate(spec.shape)]
                 rng = np.random.default_rng(0)
                 feeds = [rng.random(shape, dtype=np.float32).astype(spec.dtype) for _ in range(N_INPUTS)]
                 expected = [farm.run(feed)[0].copy() for feed in feeds]  # the router's own answers

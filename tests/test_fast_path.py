@@ -102,7 +102,7 @@ def test_a_run_whose_worker_is_killed_is_retried_and_returns():
 
 def test_a_run_that_times_out_leaves_the_books_right_and_the_farm_serving():
     with Farm("tests.pyfuncs:sleep", schedule="0") as farm:
-        with pytest.raises(TimeoutError):
+        with pytest.raises(concurrent.futures.TimeoutError):  # the builtin only from Python 3.11
             farm.run(seconds(0.5), timeout=0.05)
         # The late answer is read by the router thread: the context is free again.
         assert wait_until(lambda: idle(farm))
