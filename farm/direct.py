@@ -43,6 +43,10 @@ if TYPE_CHECKING:
 
 __all__ = ["DirectPath", "DirectStream"]
 
+#: A stream forgets its ended tasks (and the outputs their futures hold)
+#: whenever it holds more than this many.
+_PRUNE_AT = 8
+
 #: Tasks a context holds at once: the one it runs and the next, waiting in
 #: its socket so that the context never idles for a round trip.
 WINDOW = 2
@@ -306,6 +310,8 @@ class DirectStream:
             outcome = self._router._try_stream_send(self._channel, task)
             if outcome == "sent":
                 self._direct.append(task)
+                if len(self._direct) > _PRUNE_AT:  # drop ended tasks (and the outputs they hold)
+                    self._has_direct_in_flight()
                 return
             if outcome == "router" or not self._has_direct_in_flight():
                 assert task.future is not None
@@ -317,11 +323,6 @@ class DirectStream:
                     f"submit timed out after {self._timeout_s * 1000:.0f} ms: every context of core "
                     f"{task.core} stayed busy (raise submit_timeout_ms, or submit more slowly)"
                 )
-            self.pump(DIRECT_POLL_MS)
-
-    def wait(self, future: Future) -> None:
-        """Read answers until ``future`` is done."""
-        while not future.done():
             self.pump(DIRECT_POLL_MS)
 
     def pump(self, timeout_ms: int = 0) -> None:

@@ -224,3 +224,14 @@ def test_closing_the_farm_under_a_suspended_map_is_prompt_and_the_map_then_fails
     assert time.monotonic() - started < 3
     with pytest.raises(FarmClosedError):
         list(results)
+
+
+def test_a_long_map_with_a_slow_consumer_holds_no_old_outputs(tmp_path):
+    shape = (1, 3, 256, 256)  # 768 KiB out: each output leases a 1 MiB region
+    with Farm(affine_model(str(tmp_path), shape=shape), schedule="0,1") as farm:
+        x = np.ones(shape, np.float32)
+        for k, (y,) in enumerate(farm.map({"x": x} for _ in range(300))):
+            assert y[0, 0, 0, 0] == 3.0, k
+            time.sleep(0.002)  # slower than the farm: every task finds a free context
+        # 300 leases held on to would need five segments of 64 MiB
+        assert farm._arena.bytes_mapped <= 64 << 20
