@@ -4,22 +4,27 @@
 
     caller threads                      router thread (one per farm)
     ──────────────                      ─────────────────────────────
-    admit(task) ── per-core queue ──►   dispatch to a free context  ══ PUSH ══► worker core c, context i
-      waits (sleeping) while the core's         ▲                                    │
-      queue is full, or pacing says             │ frees a context slot               │
-      "not yet", up to submit_timeout           │                                    ▼
-                                        receive loop ◄══════════════ PULL ═══ RESULT / FAILED / READY
+    admit(task) ── per-core queue ──►   dispatch to a free context  ══ DEALER ══► worker core c, context i
+      waits (sleeping) while the core's         ▲                                      │ (its ROUTER)
+      queue is full, or pacing says             │ frees a context slot                 │
+      "not yet", up to submit_timeout           │                                      ▼
+                                        receive loop ◄════════════════ PULL ═══ RESULT / FAILED / READY
                                           ├─ result: outputs as views of shared memory → future / callback
                                           ├─ worker exit (its exit pipe reads EOF): retry or fail its tasks,
                                           │    respawn the core with back-off
+                                          ├─ channels nobody holds: their answers (farm.direct)
                                           └─ timers: respawns that are due
+
+    run() / map() callers (farm.direct): a task that can start at once goes
+    straight to its context on the caller's own reply channel, and the caller
+    reads its answer and does the bookkeeping below itself, under the lock.
 
 Task ``k`` is bound to core ``schedule[k % len(schedule)]`` when admitted
 (or, if that core's queue is full or its worker is down, to the next core in
 the schedule that can take it). Each core has its own queue, so a busy core
-never holds up tasks for idle ones (the seed's single FIFO does). A context gets at most ``WINDOW`` tasks at
-once: the one it runs and the next, which waits in its socket so the context
-never idles for a round trip.
+never holds up tasks for idle ones (the seed's single FIFO does). A context
+gets at most ``WINDOW`` tasks at once: the one it runs and the next, which
+waits in its socket so the context never idles for a round trip.
 
 All state below is guarded by ``self._cond``; sends on the context sockets
 happen under it too (a ZeroMQ socket must not be used by two threads at once).
