@@ -73,40 +73,35 @@ class DirectPath:
         def _check_open(self) -> None: ...
         def _core_for(self, index: int) -> int: ...
         def _on_message(self, message: list[Any], frames: list[Any]) -> Optional[tuple]: ...
+        def _slot_with_room(self, worker: WorkerHandle) -> Optional[ContextSlot]: ...
+        def _task_header(self, task: Task, direct: bool) -> bytes: ...
+        def _book(self, slot: ContextSlot, task: Task) -> None: ...
         def _hand_over_answer(
             self, worker: WorkerHandle, task: Task, message: list[Any], frames: list[Any]
         ) -> None: ...
 
     # ── sending (under the lock) ─────────────────────────────────────────
-    def _direct_slot(self, core: int) -> Optional[ContextSlot]:
-        """The context of local ``core`` that can take a direct task now, if any."""
+    def _takes_direct(self, core: int) -> bool:
+        """Whether ``core`` is local, ready and has nothing queued (a direct
+        task must not overtake the router's queue)."""
         worker = self._worker_of_core[core]
-        if worker.remote or not worker.ready or self._queues[core]:
-            return None
-        slot = min(worker.slots, key=lambda s: len(s.in_flight))
-        return slot if len(slot.in_flight) < WINDOW else None
+        return not worker.remote and worker.ready and not self._queues[core]
 
     def _send_on(self, channel: ReplyChannel, slot: ContextSlot, task: Task) -> Optional[zmq.Socket]:
         """Under the lock: send ``task`` (its id set) to ``slot`` on ``channel``
         and put it on the context's books; None if the send failed."""
         socket = channel.socket_for(slot.address)
-        out = None if task.out_region is None else task.out_region.descriptor()
         try:
-            header = [protocol.TASK, task.task_id, task.attempt, task.input_descriptors, out, True]
-            socket.send(protocol.pack(header))
+            socket.send(self._task_header(task, direct=True))
         except zmq.ZMQError:
             return None
-        if not slot.in_flight:
-            slot.busy_since = time.monotonic()
-        slot.in_flight[task.task_id] = task
-        task.slot = slot
-        task.dispatched_at = time.perf_counter()
+        self._book(slot, task)
         return socket
 
     def _send_direct(self, core: int, task: Task) -> Optional[tuple[ReplyChannel, zmq.Socket]]:
         """Under the lock, for ``run()``: send ``task`` on a channel of its own
         if ``core`` can take it at once; else None."""
-        slot = self._direct_slot(core)
+        slot = self._slot_with_room(self._worker_of_core[core]) if self._takes_direct(core) else None
         if slot is None:
             return None
         channel = self._channels.checkout(self._local_addresses)
@@ -193,6 +188,8 @@ class DirectPath:
         """Router thread: handle the answers waiting on channels that nobody
         holds (a suspended ``map()``, a caller that gave up), and close those
         given up whose tasks have all ended."""
+        if not self._channels.checked_out:
+            return  # the common case on the router's busy path: nothing to look at
         with self._cond:
             channels = self._channels.out()
         for channel in channels:
@@ -247,10 +244,9 @@ class DirectPath:
                 return "router"
             index = self._next_index
             core = self._core_for(index)
-            worker = self._worker_of_core[core]
-            if worker.remote or not worker.ready or self._queues[core]:
+            if not self._takes_direct(core):
                 return "router"
-            slot = self._direct_slot(core)
+            slot = self._slot_with_room(self._worker_of_core[core])
             if slot is None:
                 return "full"
             task.task_id = index

@@ -264,8 +264,8 @@ class Router(DirectPath, Supervision, Membership):
         if not queue or not worker.ready:
             return
         while queue:
-            slot = min(worker.slots, key=lambda s: len(s.in_flight))
-            if len(slot.in_flight) >= WINDOW:
+            slot = self._slot_with_room(worker)
+            if slot is None:
                 return
             task = queue.popleft()
             try:
@@ -278,14 +278,29 @@ class Router(DirectPath, Supervision, Membership):
                 return
         self._cond.notify_all()
 
+    @staticmethod
+    def _slot_with_room(worker: WorkerHandle) -> Optional[ContextSlot]:
+        """The least busy context of ``worker``, if it holds fewer than WINDOW tasks."""
+        slot = min(worker.slots, key=lambda s: len(s.in_flight))
+        return slot if len(slot.in_flight) < WINDOW else None
+
     def _send(self, slot: ContextSlot, task: Task) -> None:
         if slot.worker.remote:
             self._send_remote(slot, task)
         else:
-            out = None if task.out_region is None else task.out_region.descriptor()
-            header = [protocol.TASK, task.task_id, task.attempt, task.input_descriptors, out]
             assert slot.socket is not None
-            slot.socket.send(protocol.pack(header), flags=zmq.NOBLOCK)
+            slot.socket.send(self._task_header(task, direct=False), flags=zmq.NOBLOCK)
+        self._book(slot, task)
+
+    @staticmethod
+    def _task_header(task: Task, direct: bool) -> bytes:
+        """A local context's TASK message (``direct``: answer on the sending socket)."""
+        out = None if task.out_region is None else task.out_region.descriptor()
+        return protocol.pack([protocol.TASK, task.task_id, task.attempt, task.input_descriptors, out, direct])
+
+    @staticmethod
+    def _book(slot: ContextSlot, task: Task) -> None:
+        """Under the lock: ``task`` was sent to ``slot``; put it on the context's books."""
         if not slot.in_flight:
             slot.busy_since = time.monotonic()
         slot.in_flight[task.task_id] = task

@@ -105,7 +105,7 @@ class ContextThread(threading.Thread):
                 if message[0] == protocol.STOP:
                     return
                 header, out_frames = self._handle(message, frames, free_form)
-                if len(message) > 5 and message[5]:  # direct: back to the caller's own socket
+                if message[5]:  # direct: back to the caller's own socket
                     tasks.send(sender, protocol.SNDMORE)
                     protocol.send_message(tasks, header, out_frames)
                 else:
