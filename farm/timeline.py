@@ -32,7 +32,7 @@ import numpy as np
 
 from farm.errors import FarmError
 
-__all__ = ["PLOT_HINT", "Sample", "StatsSampler", "build_timeline", "check_plotting", "write_plot"]
+__all__ = ["PLOT_HINT", "Sample", "StatsSampler", "build_timeline", "check_plotting", "pyplot", "write_plot"]
 
 #: Per worker id: the figures a sample keeps of ``stats()["workers"]``.
 Sample = tuple[float, dict[int, dict[str, Any]]]
@@ -190,15 +190,22 @@ def check_plotting() -> None:
         raise ImportError(PLOT_HINT) from None
 
 
-def write_plot(timeline: Mapping[str, Any], path: str, title: str) -> str:
-    """Two panels against time: tasks/s per core; latency p50 (solid) and p99
-    (dashed) per core, with all cores' end-to-end p50/p99 in grey. Returns ``path``."""
+def pyplot() -> Any:
+    """``matplotlib.pyplot`` on the file-only Agg backend (no display needed);
+    ImportError saying what to install when matplotlib is missing."""
     check_plotting()
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def write_plot(timeline: Mapping[str, Any], path: str, title: str) -> str:
+    """Two panels against time: tasks/s per core; latency p50 (solid) and p99
+    (dashed) per core, with all cores' end-to-end p50/p99 in grey. Returns ``path``."""
+    plt = pyplot()
     # Each point sits at the middle of its bin.
     mids = [t - w / 2 for t, w in zip(timeline["t_s"], timeline["bin_s"])]
     figure, (rate_axis, latency_axis) = plt.subplots(2, 1, sharex=True, figsize=(8.0, 6.5))

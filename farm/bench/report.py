@@ -12,6 +12,7 @@ from typing import Any, Optional
 
 from farm.bench.measure import Row
 from farm.bench.workloads import WORKLOADS
+from farm.timeline import pyplot
 
 __all__ = [
     "check_targets",
@@ -364,15 +365,9 @@ def write_plot(report: dict[str, Any], path: str) -> Optional[str]:
     """Grouped bars: tasks/s and sync p50 per workload and method (log scales).
     Returns None, saying so on stderr, when matplotlib is not installed."""
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print(
-            'rknn-farm bench: matplotlib is not installed, so no plot (pip install "rknn-farm[bench]")',
-            file=sys.stderr,
-        )
+        plt = pyplot()
+    except ImportError as exc:
+        print(f"rknn-farm bench: no plot: {exc}", file=sys.stderr)
         return None
     rows = [Row(**r) for r in report["rows"]]
     workloads = _workloads(rows)
