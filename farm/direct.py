@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 import numpy as np
 import zmq
 
-from farm.channels import DIRECT_POLL_MS, ChannelPool, ReplyChannel
+from farm.channels import DIRECT_POLL_MS, AnswerSpin, ChannelPool, ReplyChannel
 from farm.errors import FarmClosedError, SubmitTimeoutError
 from farm.task import Task
 from workers import protocol
@@ -60,6 +60,7 @@ class DirectPath:
     _queues: dict[int, Any]
     _worker_of_core: dict[int, WorkerHandle]
     _channels: ChannelPool
+    _spin: AnswerSpin
     _stopping: bool
     _next_index: int
     _outstanding: int
@@ -129,6 +130,7 @@ class DirectPath:
         future = task.future
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
+            self._spin.wait(socket)
             while not future.done():
                 if deadline is not None and time.monotonic() >= deadline:
                     break
@@ -139,6 +141,8 @@ class DirectPath:
                 self._take_direct_answer(message, frames)
         finally:
             self._return_channel(channel, [task])
+        if future.done():
+            self._spin.record(time.perf_counter() - task.submitted_at)
         return future.result(0)
 
     def _take_direct_answer(self, message: list[Any], frames: list[Any]) -> None:

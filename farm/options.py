@@ -95,6 +95,7 @@ class FarmOptions:
     insecure: bool = False
     local_cores: bool = True
     max_message_mb: int = 1024
+    spin_us: int = 500
 
     @property
     def mode(self) -> str:
@@ -313,6 +314,7 @@ _PARSERS: dict[str, tuple[str, Callable[[Any, str], Any]]] = {
     "insecure": ("insecure", _bool_like),
     "local_cores": ("local_cores", _bool_like),
     "max_message_mb": ("max_message_mb", _positive_int),
+    "spin_us": ("spin_us", _non_negative_int),
 }
 #: Keys only the farm knows, sorted; they follow the seed's keys in the "Supported keys" message.
 FARM_KEYS: tuple[str, ...] = tuple(sorted(set(_PARSERS) - set(SEED_KEYS)))

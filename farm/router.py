@@ -47,7 +47,7 @@ import numpy as np
 import zmq
 
 from farm.callbacks import CallbackThread
-from farm.channels import ChannelPool, ReplyChannel
+from farm.channels import AnswerSpin, ChannelPool, ReplyChannel
 from farm.direct import WINDOW, DirectPath
 from farm.errors import FarmClosedError, SubmitTimeoutError, TaskError, WorkerCrashedError, WorkerStartError
 from farm.membership import Membership
@@ -134,6 +134,7 @@ class Router(DirectPath, Supervision, Membership):
                 raise
         self.callbacks = CallbackThread(options.sequential_callbacks)
         self._channels = ChannelPool(self._zmq)
+        self._spin = AnswerSpin(options.spin_us)
         self.description: Optional[dict[str, Any]] = None
         self._output_hints: collections.OrderedDict[tuple, int] = collections.OrderedDict()
         self._next_index = 0

@@ -36,7 +36,7 @@ SEED_KEY_LIST = (
 FARM_KEY_LIST = (
     "copy_outputs, heartbeat_interval_ms, heartbeat_liveness, input_shapes, insecure, intra_op_threads, "
     "keys_dir, listen, local_cores, max_message_mb, max_retries, max_tasks_per_worker, max_worker_rss_mb, "
-    "sim_dataset, sim_quantize, start_timeout_s, target_platform, task_timeout_ms"
+    "sim_dataset, sim_quantize, spin_us, start_timeout_s, target_platform, task_timeout_ms"
 )
 CONTAINER_ERROR = "provider_options must be a dict or a sequence whose first element is a dict"
 CONFLICT_ERROR = "provider_options 'tp_mode' conflicts with 'schedule'; set only one."
@@ -152,6 +152,7 @@ ACCEPTED = [
     ("insecure", "on", "insecure", True),
     ("local_cores", False, "local_cores", False),
     ("max_message_mb", 64, "max_message_mb", 64),
+    ("spin_us", "0", "spin_us", 0),
 ]
 
 
@@ -202,6 +203,7 @@ def test_defaults():
         "insecure": False,
         "local_cores": True,
         "max_message_mb": 1024,
+        "spin_us": 500,
     }
 
 
@@ -307,6 +309,7 @@ REJECTED = [
     ({"insecure": "maybe"}, "insecure must be a boolean"),
     ({"local_cores": 2.0}, "local_cores must be a boolean"),
     ({"max_message_mb": 0}, "max_message_mb must be > 0"),
+    ({"spin_us": -1}, "spin_us must be >= 0"),
     ({"foo": 1}, f"Unknown provider_options key: foo. Supported keys: {SEED_KEY_LIST}, {FARM_KEY_LIST}"),
     (
         {"Layout": "nchw"},
