@@ -27,7 +27,7 @@ import sys
 import threading
 import time
 from concurrent.futures import Future
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 import zmq
@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from farm.pacing import Pacer
     from farm.pool import ContextSlot, WorkerHandle
 
-__all__ = ["DirectPath", "DirectStream"]
+__all__ = ["STREAM_DEPTH", "WINDOW", "DirectPath", "DirectStream", "stream_depth"]
 
 #: A stream forgets its ended tasks (and the outputs their futures hold)
 #: whenever it holds more than this many.
@@ -50,6 +50,22 @@ _PRUNE_AT = 8
 #: Tasks a context holds at once: the one it runs and the next, waiting in
 #: its socket so that the context never idles for a round trip.
 WINDOW = 2
+
+#: A ``map()`` may queue more tasks in a context when they are short: about
+#: this much work (by the core's inference-time average), at most
+#: ``STREAM_DEPTH`` tasks. Each message then finds the next ones already
+#: waiting, so the ZeroMQ I/O threads and the context wake once for several
+#: tasks: on a tiny model that is most of what a task costs.
+STREAM_QUEUE_US = 500
+STREAM_DEPTH = 16
+
+
+def stream_depth(infer_us: Optional[float]) -> int:
+    """Tasks a ``map()`` may keep in one context of a core whose inferences
+    take ``infer_us`` on average (None: not measured yet, so ``WINDOW``)."""
+    if infer_us is None:
+        return WINDOW
+    return max(WINDOW, min(STREAM_DEPTH, int(STREAM_QUEUE_US / max(infer_us, 1.0))))
 
 
 class DirectPath:
@@ -71,10 +87,11 @@ class DirectPath:
     if TYPE_CHECKING:
 
         def _wake(self) -> None: ...
+        def admit(self, task: Task, timeout_s: float, direct: bool = False) -> Any: ...
         def _check_open(self) -> None: ...
         def _core_for(self, index: int) -> int: ...
         def _on_message(self, message: list[Any], frames: list[Any]) -> Optional[tuple]: ...
-        def _slot_with_room(self, worker: WorkerHandle) -> Optional[ContextSlot]: ...
+        def _slot_with_room(self, worker: WorkerHandle, limit: int = WINDOW) -> Optional[ContextSlot]: ...
         def _task_header(self, task: Task, direct: bool) -> bytes: ...
         def _book(self, slot: ContextSlot, task: Task) -> None: ...
         def _hand_over_answer(
@@ -229,14 +246,14 @@ class DirectPath:
             return True
 
     # ── streams (Farm.map) ───────────────────────────────────────────────
-    def open_stream(self, admit: Callable[[Task], Any], timeout_s: float) -> Optional[DirectStream]:
+    def open_stream(self, timeout_s: float) -> Optional[DirectStream]:
         """A :class:`DirectStream` for one ``map()``, or None (no channel free,
         or pacing on: pacing admits at its own rhythm, through the router)."""
         if self.pacer.enabled:
             return None
         with self._cond:
             channel = self._channels.checkout(self._local_addresses)
-        return None if channel is None else DirectStream(self, channel, admit, timeout_s)
+        return None if channel is None else DirectStream(self, channel, timeout_s)
 
     def _try_stream_send(self, channel: ReplyChannel, task: Task) -> str:
         """Send ``task`` direct on ``channel`` if its core has room: "sent";
@@ -250,7 +267,8 @@ class DirectPath:
             core = self._core_for(index)
             if not self._takes_direct(core):
                 return "router"
-            slot = self._slot_with_room(self._worker_of_core[core])
+            worker = self._worker_of_core[core]
+            slot = self._slot_with_room(worker, stream_depth(worker.stats.infer_ema_us))
             if slot is None:
                 return "full"
             task.task_id = index
@@ -268,14 +286,12 @@ class DirectStream:
 
     Used by one thread at a time (the one iterating the map)."""
 
-    def __init__(
-        self, router: DirectPath, channel: ReplyChannel, admit: Callable[[Task], Any], timeout_s: float
-    ) -> None:
+    def __init__(self, router: DirectPath, channel: ReplyChannel, timeout_s: float) -> None:
         self._router = router
         self._channel = channel
-        self._admit = admit  # the router's path, for tasks that cannot go direct
         self._timeout_s = timeout_s
         self._direct: list[Task] = []  # sent on the channel, maybe unanswered
+        self._prune_at = _PRUNE_AT
         self._held = True  # this thread holds the channel's owner lock (checked out so)
         self._wake_lock = threading.Lock()  # the wake pipe is not closed under a writer
         self._wake_read, self._wake_write = os.pipe()
@@ -310,20 +326,38 @@ class DirectStream:
             outcome = self._router._try_stream_send(self._channel, task)
             if outcome == "sent":
                 self._direct.append(task)
-                if len(self._direct) > _PRUNE_AT:  # drop ended tasks (and the outputs they hold)
+                if len(self._direct) > self._prune_at:  # drop ended tasks (and the outputs they hold)
                     self._has_direct_in_flight()
+                    self._prune_at = max(_PRUNE_AT, 2 * len(self._direct))
                 return
             if outcome == "router" or not self._has_direct_in_flight():
-                assert task.future is not None
-                task.future.add_done_callback(self._on_routed_done)
-                self._admit(task)
+                self._route(task, deadline)
                 return
-            if time.monotonic() >= deadline:
-                raise SubmitTimeoutError(
-                    f"submit timed out after {self._timeout_s * 1000:.0f} ms: every context of core "
-                    f"{task.core} stayed busy (raise submit_timeout_ms, or submit more slowly)"
-                )
-            self.pump(DIRECT_POLL_MS)
+            self._wait_for_answers(deadline, f"every context of core {task.core} stayed busy")
+
+    def _route(self, task: Task, deadline: float) -> None:
+        """Hand ``task`` to the router's path. If its queue is full, wait for
+        room only once none of this stream's own tasks are out: their answers
+        are read by this thread alone, and contexts they hold cannot take the
+        queued tasks that would make room."""
+        assert task.future is not None
+        task.future.add_done_callback(self._on_routed_done)
+        try:
+            self._router.admit(task, 0.0)  # at once, if there is room
+            return
+        except SubmitTimeoutError:
+            pass
+        while self._has_direct_in_flight():
+            self._wait_for_answers(deadline, "every core's queue stayed full")
+        self._router.admit(task, max(0.0, deadline - time.monotonic()))
+
+    def _wait_for_answers(self, deadline: float, reason: str) -> None:
+        if time.monotonic() >= deadline:
+            raise SubmitTimeoutError(
+                f"submit timed out after {self._timeout_s * 1000:.0f} ms: {reason} "
+                "(raise submit_timeout_ms, or submit more slowly)"
+            )
+        self.pump(DIRECT_POLL_MS)
 
     def pump(self, timeout_ms: int = 0) -> None:
         """Handle the answers that have come (waiting up to ``timeout_ms`` for one)."""

@@ -23,7 +23,7 @@ import numpy as np
 
 from farm.backends import resolve_backend, resolve_model
 from farm.channels import DIRECT_POLL_MS, ReplyChannel
-from farm.direct import WINDOW, DirectStream
+from farm.direct import DirectStream
 from farm.errors import FarmClosedError, FarmError
 from farm.options import FarmOptions, parse_options
 from farm.progress import ProgressLine
@@ -232,20 +232,19 @@ class Farm:
         endless or huge iterable is consumed as fast as the farm can serve it.
         ``progress=True`` draws a progress line on stderr."""
         router = self._require_router()
-        window = max_in_flight or (
-            router.options.threads_per_core * len(router.workers) * WINDOW + self.options.max_queue_size
-        )
+        window = max_in_flight or router.map_window()
         total = len(inputs) if hasattr(inputs, "__len__") else None  # type: ignore[arg-type]
         bar = ProgressLine(total) if progress else None
         pending: collections.deque[concurrent.futures.Future] = collections.deque()
         # This thread reads its tasks' answers itself (see farm.direct).
-        stream = router.open_stream(lambda task: router.admit(task, self._timeout_s), self._timeout_s)
+        stream = router.open_stream(self._timeout_s)
         # Between its own calls (while the caller has a result, or while the
         # input iterable produces the next item) the stream is suspended, so
         # that close() from another thread need not wait for either.
         suspend = stream.suspend if stream is not None else _nothing
         resume = stream.resume if stream is not None else _nothing
         items = iter(inputs)
+        submitted = 0
         try:
             while True:
                 suspend()
@@ -254,6 +253,9 @@ class Farm:
                 if item is _END:
                     break
                 pending.append(self._submit_to(stream, item))
+                submitted += 1
+                if not max_in_flight and submitted % 64 == 0:  # deeper once short tasks are measured
+                    window = router.map_window()
                 # Hand back what is already finished before reading more input:
                 # with a live source (a camera) that is what keeps latency low.
                 while pending and (len(pending) >= window or self._finished(pending, ordered)):

@@ -24,7 +24,8 @@ Task ``k`` is bound to core ``schedule[k % len(schedule)]`` when admitted
 the schedule that can take it). Each core has its own queue, so a busy core
 never holds up tasks for idle ones (the seed's single FIFO does). A context
 gets at most ``WINDOW`` tasks at once: the one it runs and the next, which
-waits in its socket so the context never idles for a round trip.
+waits in its socket so the context never idles for a round trip (a ``map()``
+queues deeper when tasks are short: ``farm.direct.stream_depth``).
 
 All state below is guarded by ``self._cond``; sends on the context sockets
 happen under it too (a ZeroMQ socket must not be used by two threads at once).
@@ -48,7 +49,7 @@ import zmq
 
 from farm.callbacks import CallbackThread
 from farm.channels import AnswerSpin, ChannelPool, ReplyChannel
-from farm.direct import WINDOW, DirectPath
+from farm.direct import WINDOW, DirectPath, stream_depth
 from farm.errors import FarmClosedError, SubmitTimeoutError, TaskError, WorkerCrashedError, WorkerStartError
 from farm.membership import Membership
 from farm.options import FarmOptions
@@ -280,10 +281,21 @@ class Router(DirectPath, Supervision, Membership):
         self._cond.notify_all()
 
     @staticmethod
-    def _slot_with_room(worker: WorkerHandle) -> Optional[ContextSlot]:
-        """The least busy context of ``worker``, if it holds fewer than WINDOW tasks."""
+    def _slot_with_room(worker: WorkerHandle, limit: int = WINDOW) -> Optional[ContextSlot]:
+        """The least busy context of ``worker``, if it holds fewer than ``limit`` tasks."""
         slot = min(worker.slots, key=lambda s: len(s.in_flight))
-        return slot if len(slot.in_flight) < WINDOW else None
+        return slot if len(slot.in_flight) < limit else None
+
+    def map_window(self) -> int:
+        """Tasks a ``map()`` keeps in flight by default: what fills every
+        context (deeper for short tasks, see ``stream_depth``), plus a queue."""
+        with self._cond:
+            contexts = self.options.threads_per_core
+            held = sum(
+                len(w.slots) * WINDOW if w.remote else contexts * stream_depth(w.stats.infer_ema_us)
+                for w in self.workers
+            )
+        return held + self.options.max_queue_size
 
     def _send(self, slot: ContextSlot, task: Task) -> None:
         if slot.worker.remote:

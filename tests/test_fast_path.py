@@ -15,6 +15,7 @@ import zmq
 
 from farm import Farm, FarmClosedError
 from farm.channels import MAX_CHANNELS, AnswerSpin
+from farm.direct import STREAM_DEPTH, WINDOW, stream_depth
 from farm.router import Router
 from tests.onnx_models import affine_model
 from workers.protocol import INLINE_BYTES
@@ -304,3 +305,44 @@ def test_run_learns_its_round_trip_and_spin_us_zero_turns_spinning_off(tmp_path)
         assert farm._router._spin.limit_s == 0
         (y,) = farm.run({"x": x})
         assert y.shape == (1, 3, 8, 8)
+
+
+def test_stream_depth_is_deeper_only_for_short_tasks():
+    assert stream_depth(None) == WINDOW  # nothing measured yet
+    assert stream_depth(20_000) == WINDOW  # 20 ms: the one running and the next
+    assert stream_depth(100) == 5  # about STREAM_QUEUE_US of work
+    assert stream_depth(1) == stream_depth(0) == STREAM_DEPTH
+
+
+@pytest.fixture
+def deepest_context(monkeypatch):
+    """The most tasks any context held at once."""
+    deepest = [0]
+    original = Router._book
+
+    def booking(slot, task):
+        original(slot, task)
+        deepest[0] = max(deepest[0], len(slot.in_flight))
+
+    monkeypatch.setattr(Router, "_book", staticmethod(booking))
+    return deepest
+
+
+def test_a_map_of_short_tasks_queues_deeper_in_each_context(tmp_path, deepest_context):
+    x = np.arange(3 * 8 * 8, dtype=np.float32).reshape(1, 3, 8, 8)
+    with Farm(affine_model(str(tmp_path)), schedule="0") as farm:
+        assert farm._router.map_window() == WINDOW + farm.options.max_queue_size  # nothing measured yet
+        for _ in range(150):  # the inference-time average forgets the slow first runs
+            farm.run({"x": x})
+        assert farm._router.map_window() > WINDOW + farm.options.max_queue_size
+        results = list(farm.map([x] * 400))
+        assert all(np.array_equal(y, x * 2 + 1) for (y,) in results)
+        assert WINDOW < deepest_context[0] <= STREAM_DEPTH
+
+
+def test_a_map_of_slow_tasks_keeps_two_per_context(deepest_context):
+    with Farm("tests.pyfuncs:sleep", schedule="0,1") as farm:
+        results = list(farm.map([seconds(0.005)] * 40))
+        assert len(results) == 40
+        assert farm._router.map_window() == 2 * WINDOW + farm.options.max_queue_size
+        assert deepest_context[0] == WINDOW

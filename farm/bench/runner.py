@@ -52,7 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--workers", type=int, default=2, metavar="N", help="workers/threads/processes (2)")
     parser.add_argument(
-        "--window", type=int, metavar="N", help="tasks in flight for the pipelined figures (4 x workers)"
+        "--window", type=int, metavar="N", help="tasks in flight for the pipelined figures (16 x workers)"
     )
     parser.add_argument(
         "--pacing",
@@ -81,7 +81,7 @@ def _config(args: argparse.Namespace) -> Config:
         duration_s=duration,
         warmup_s=min(1.0, duration / 4),
         workers=args.workers,
-        window=args.window or 4 * args.workers,
+        window=args.window or 16 * args.workers,
         floor_window=_FLOOR_WINDOW,
         pacing_s=max(1.0, 1.6 * duration),
     )
