@@ -31,7 +31,7 @@ from farm.router import Router
 from farm.shm import SharedArena, reap_stale_segments
 from farm.stats import FarmStats
 from farm.task import Task, write_inputs
-from farm.tensors import TensorSpec, prepare_feed, specs_from_description, user_spec
+from farm.tensors import InlineFeed, TensorSpec, prepare_feed, specs_from_description, user_spec
 from workers.protocol import INLINE_BYTES, align
 
 __all__ = ["Farm"]
@@ -150,6 +150,9 @@ class Farm:
         self.runtime_version: str = description.get("runtime_version", "")
         self.metadata: dict[str, str] = dict(description.get("metadata") or {})
         self._static_output_bytes = self._static_bytes(self._outputs)
+        self._inline_feed = InlineFeed.for_model(
+            self._native_inputs, self.options.layout, self._native_layout, self._converts_dtypes
+        )
 
     @property
     def description(self) -> dict[str, Any]:
@@ -357,11 +360,16 @@ class Farm:
         router = self._require_router()
         if not self._described and router.description is not None:
             self._describe(router.description)
-        prepared = prepare_feed(
-            feed, self._native_inputs, self.options.layout, self._native_layout, self._converts_dtypes
-        )
-        input_key = tuple(p.shape for p in prepared)
-        region, descriptors = write_inputs(self._arena, prepared)
+        shortcut = self._inline_feed
+        descriptors = None if shortcut is None else shortcut.descriptors(feed)
+        if shortcut is not None and descriptors is not None:  # a plain small feed, packed as it is
+            region, input_key = None, shortcut.input_key
+        else:
+            prepared = prepare_feed(
+                feed, self._native_inputs, self.options.layout, self._native_layout, self._converts_dtypes
+            )
+            input_key = tuple(p.shape for p in prepared)
+            region, descriptors = write_inputs(self._arena, prepared)
         out_bytes = self._static_output_bytes or router.output_hint(input_key)
         try:
             out_region = self._arena.allocate(out_bytes) if out_bytes and out_bytes > INLINE_BYTES else None

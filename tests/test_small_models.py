@@ -1,5 +1,7 @@
-"""A context runs a small fixed-shape model on buffers bound to its session
-once (``workers.context._BoundBuffers``), and everything else the general way."""
+"""The small-model shortcuts: a context runs a small fixed-shape model on
+buffers bound to its session once (``workers.context._BoundBuffers``), and
+the caller packs a plain small feed straight into the header
+(``farm.tensors.InlineFeed``); everything else goes the general way."""
 
 from __future__ import annotations
 
@@ -7,6 +9,9 @@ import numpy as np
 import pytest
 
 from farm import Farm
+from farm.shm import SharedArena
+from farm.task import write_inputs
+from farm.tensors import InlineFeed, TensorSpec, prepare_feed
 from tests.onnx_models import affine_model, two_input_model
 from workers.backends.base import Placement
 from workers.backends.onnxruntime_backend import open_session
@@ -89,3 +94,53 @@ def test_a_farm_of_a_small_model_answers_every_task_with_its_own_outputs(tmp_pat
             np.testing.assert_array_equal(product, feed["a"] * feed["b"])
         total, product = farm.run(feeds[0])
         np.testing.assert_array_equal(product, feeds[0]["a"] * feeds[0]["b"])
+
+
+# ── the caller's side: a plain small feed packed straight into the header ──
+def _specs(*entries):
+    return [TensorSpec(name, tuple(shape), np.dtype(dtype)) for name, shape, dtype in entries]
+
+
+TWO_SMALL = _specs(("a", (2, 4), "float32"), ("b", (1,), "int64"))
+
+
+def test_a_plain_small_feed_packs_as_the_general_path_does():
+    shortcut = InlineFeed.for_model(TWO_SMALL, "nchw", "nchw", False)
+    assert shortcut is not None
+    feed = {"b": np.array([7], np.int64), "a": np.arange(8, dtype=np.float32).reshape(2, 4)}
+    general = write_inputs(SharedArena(), prepare_feed(feed, TWO_SMALL))
+    assert general[0] is None  # small: no shared memory either way
+    assert shortcut.descriptors(feed) == general[1]
+    assert shortcut.input_key == ((2, 4), (1,))
+
+
+@pytest.mark.parametrize(
+    "feed",
+    [
+        [np.zeros((2, 4), np.float32), np.zeros(1, np.int64)],  # a list: the general path orders it
+        {"a": np.zeros((2, 4), np.float64), "b": np.zeros(1, np.int64)},  # a dtype to convert
+        {"a": np.zeros((4, 2), np.float32), "b": np.zeros(1, np.int64)},  # a wrong shape: the general error
+        {"a": np.zeros((2, 4), np.float32)},  # one missing
+        {"a": np.zeros((2, 4), np.float32), "b": np.zeros(1, np.int64), "c": 1},  # one too many
+        {"a": [[0.0] * 4] * 2, "b": np.zeros(1, np.int64)},  # not an array yet
+    ],
+    ids=["list", "dtype", "shape", "missing", "extra", "nested list"],
+)
+def test_any_other_feed_takes_the_general_path(feed):
+    shortcut = InlineFeed.for_model(TWO_SMALL, "nchw", "nchw", False)
+    assert shortcut is not None and shortcut.descriptors(feed) is None
+
+
+@pytest.mark.parametrize(
+    "specs, layout, converts",
+    [
+        (_specs(("x", (1, None), "float32")), "nchw", False),  # dynamic
+        (_specs(("x", (1, 3, 64, 64), "float32")), "nchw", False),  # 48 KiB: shared memory
+        (_specs(("x", (1, 3, 4, 4), "float32")), "nhwc", False),  # transposed on the way
+        (_specs(("x", (1, 4), "float32")), "nchw", True),  # RKNN converts dtypes itself
+        (None, "nchw", False),  # a backend that takes any inputs
+    ],
+    ids=["dynamic", "large", "transposed", "runtime converts", "free form"],
+)
+def test_no_shortcut_where_the_general_path_must_run(specs, layout, converts):
+    assert InlineFeed.for_model(specs, layout, "nchw", converts) is None
