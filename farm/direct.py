@@ -340,7 +340,7 @@ class DirectStream:
         room only once none of this stream's own tasks are out: their answers
         are read by this thread alone, and contexts they hold cannot take the
         queued tasks that would make room."""
-        assert task.future is not None
+        assert isinstance(task.future, Future)  # a map()'s tasks have real futures
         task.future.add_done_callback(self._on_routed_done)
         try:
             self._router.admit(task, 0.0)  # at once, if there is room

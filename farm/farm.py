@@ -30,7 +30,7 @@ from farm.progress import ProgressLine
 from farm.router import Router
 from farm.shm import SharedArena, reap_stale_segments
 from farm.stats import FarmStats
-from farm.task import Task, write_inputs
+from farm.task import Outcome, Task, write_inputs
 from farm.tensors import InlineFeed, TensorSpec, prepare_feed, specs_from_description, user_spec
 from workers.protocol import INLINE_BYTES, align
 
@@ -199,7 +199,7 @@ class Farm:
         died on it (after retries), SubmitTimeoutError when the farm stayed
         full longer than ``submit_timeout_ms``.
         """
-        future: concurrent.futures.Future = concurrent.futures.Future()
+        future = Outcome()
         task = self._make_task(inputs, future=future)
         sent = self._admit(task, direct=True)
         if sent is None:  # it waits in a queue: the router thread will answer

@@ -5,12 +5,15 @@ the caller packs a plain small feed straight into the header
 
 from __future__ import annotations
 
+import concurrent.futures
+import threading
+
 import numpy as np
 import pytest
 
 from farm import Farm
 from farm.shm import SharedArena
-from farm.task import write_inputs
+from farm.task import Outcome, write_inputs
 from farm.tensors import InlineFeed, TensorSpec, prepare_feed
 from tests.onnx_models import affine_model, two_input_model
 from workers.backends.base import Placement
@@ -144,3 +147,23 @@ def test_any_other_feed_takes_the_general_path(feed):
 )
 def test_no_shortcut_where_the_general_path_must_run(specs, layout, converts):
     assert InlineFeed.for_model(specs, layout, "nchw", converts) is None
+
+
+# ── what run() waits on ──────────────────────────────────────────────────
+def test_an_outcome_hands_over_a_result_or_an_error_once_set():
+    outcome = Outcome()
+    assert not outcome.done() and not outcome.cancelled()
+    outcome.set_result([1])
+    assert outcome.done() and outcome.result(0) == [1]
+    failed = Outcome()
+    failed.set_exception(KeyError("boom"))
+    with pytest.raises(KeyError):
+        failed.result()
+
+
+def test_an_outcome_wakes_a_caller_blocked_on_it_and_times_out_otherwise():
+    outcome = Outcome()
+    with pytest.raises(concurrent.futures.TimeoutError):
+        outcome.result(0.01)
+    threading.Timer(0.05, outcome.set_result, args=("late",)).start()
+    assert outcome.result(5) == "late"
