@@ -100,15 +100,16 @@ class ContextThread(threading.Thread):
         free_form = self.session.describe()["inputs"] is None
         self._plan_static_outputs()
         self._bound = _BoundBuffers.plan(self.session)
+        receive, send, stop = tasks.recv, tasks.send, protocol.STOP
         try:
             while True:
-                sender = tasks.recv()
+                sender = receive()
                 message, frames = protocol.recv_message(tasks)
-                if message[0] == protocol.STOP:
+                if message[0] == stop:
                     return
                 header, out_frames = self._handle(message, frames, free_form)
                 if message[5]:  # direct: back to the caller's own socket
-                    tasks.send(sender, protocol.SNDMORE)
+                    send(sender, protocol.SNDMORE)
                     protocol.send_message(tasks, header, out_frames)
                 else:
                     protocol.send_message(results, header, out_frames)
@@ -274,17 +275,19 @@ class _BoundBuffers:
 
     def run(self, descriptors: list[Any], timings: list[int]) -> list[list[Any]]:
         """Run one task (``takes`` said yes); its output descriptors, inline."""
-        start = time.perf_counter()
+        clock = time.perf_counter
+        start = clock()
         for descriptor, (view, _dtype, _shape) in zip(descriptors, self._inputs):
             view[:] = descriptor[0]
-        timings[0] = _us_since(start)
-        start = time.perf_counter()
+        copied_in = clock()
         self._run()
-        timings[1] = _us_since(start)
-        start = time.perf_counter()
+        ran = clock()
         answer = [
             [array.tobytes(), dtype, shape]
             for array, (dtype, shape) in zip(self._outputs, self._output_entries)
         ]
-        timings[2] = _us_since(start)
+        copied_out = clock()
+        timings[0] = int((copied_in - start) * 1e6)
+        timings[1] = int((ran - copied_in) * 1e6)
+        timings[2] = int((copied_out - ran) * 1e6)
         return answer
