@@ -23,16 +23,12 @@ is closed once its tasks have ended, never reused.
 
 from __future__ import annotations
 
-import os
 import threading
-import time
 from typing import Any, Callable, Optional
 
 import zmq
 
-from workers import protocol
-
-__all__ = ["AnswerSpin", "ChannelPool", "ReplyChannel"]
+__all__ = ["ChannelPool", "ReplyChannel"]
 
 #: Callers that can wait on channels at once; more wait through the router.
 MAX_CHANNELS = 16
@@ -40,51 +36,6 @@ MAX_CHANNELS = 16
 #: How long a blocking receive on a channel lasts before the caller looks
 #: whether the router ended its task some other way (a retry, a close).
 DIRECT_POLL_MS = 10
-
-
-_yield_cpu: Callable[[], Any] = getattr(os, "sched_yield", lambda: time.sleep(0))
-
-
-class AnswerSpin:
-    """Busy-waiting for an answer that is due very soon.
-
-    A caller that sleeps in a blocking receive pays a wake-up when the answer
-    comes: the kernel has to schedule its thread again, and on a virtual
-    machine an idle CPU has to be woken first (~45 µs on the 2-CPU VM of
-    ``docs/benchmarks.md``: half the round trip of a bare ZeroMQ echo). When
-    ``run()`` answers come back faster than ``limit_us`` (the ``spin_us``
-    option; by the moving average of the recent ones), the caller polls its
-    socket instead for up to twice that average, giving the CPU away between polls
-    (``sched_yield``) so that a worker pinned to the same CPU still runs.
-    Slower models never spin: their answers are far off, and one wake-up is
-    nothing next to them. One caller spins at a time; others sleep as usual.
-    """
-
-    __slots__ = ("limit_s", "_average_s", "_token")
-
-    def __init__(self, limit_us: int) -> None:
-        self.limit_s = limit_us / 1e6
-        self._average_s: Optional[float] = None
-        self._token = threading.Lock()
-
-    def wait(self, socket: zmq.Socket) -> None:
-        """Return once ``socket`` has a message, or at once when spinning does not pay."""
-        average = self._average_s
-        if average is None or average > self.limit_s or not self._token.acquire(False):
-            return
-        try:
-            end = time.perf_counter() + min(self.limit_s, 2 * average)
-            while not socket.get(protocol.EVENTS) & protocol.POLLIN:  # type: ignore[operator]
-                if time.perf_counter() >= end:
-                    return
-                _yield_cpu()
-        finally:
-            self._token.release()
-
-    def record(self, round_trip_s: float) -> None:
-        """Feed one round trip (submission to answer) into the moving average."""
-        average = self._average_s
-        self._average_s = round_trip_s if average is None else 0.9 * average + 0.1 * round_trip_s
 
 
 class ReplyChannel:

@@ -32,10 +32,11 @@ from typing import TYPE_CHECKING, Any, Optional
 import numpy as np
 import zmq
 
-from farm.channels import DIRECT_POLL_MS, AnswerSpin, ChannelPool, ReplyChannel
+from farm.channels import DIRECT_POLL_MS, ChannelPool, ReplyChannel
 from farm.errors import FarmClosedError, SubmitTimeoutError
 from farm.task import Task
 from workers import protocol
+from workers.spin import SpinWait
 
 if TYPE_CHECKING:
     from farm.pacing import Pacer
@@ -76,7 +77,7 @@ class DirectPath:
     _queues: dict[int, Any]
     _worker_of_core: dict[int, WorkerHandle]
     _channels: ChannelPool
-    _spin: AnswerSpin
+    _spin: SpinWait
     _stopping: bool
     _next_index: int
     _outstanding: int

@@ -48,7 +48,7 @@ import numpy as np
 import zmq
 
 from farm.callbacks import CallbackThread
-from farm.channels import AnswerSpin, ChannelPool, ReplyChannel
+from farm.channels import ChannelPool, ReplyChannel
 from farm.direct import WINDOW, DirectPath, stream_depth
 from farm.errors import FarmClosedError, SubmitTimeoutError, TaskError, WorkerCrashedError, WorkerStartError
 from farm.membership import Membership
@@ -69,6 +69,7 @@ from farm.supervision import Supervision
 from farm.task import Task
 from workers import protocol
 from workers.segments import SEGMENT_PREFIX
+from workers.spin import SpinWait
 
 __all__ = ["Router"]
 
@@ -135,7 +136,7 @@ class Router(DirectPath, Supervision, Membership):
                 raise
         self.callbacks = CallbackThread(options.sequential_callbacks)
         self._channels = ChannelPool(self._zmq)
-        self._spin = AnswerSpin(options.spin_us)
+        self._spin = SpinWait(options.spin_us)  # run() callers waiting for their answers
         self.description: Optional[dict[str, Any]] = None
         self._output_hints: collections.OrderedDict[tuple, int] = collections.OrderedDict()
         self._next_index = 0

@@ -10,15 +10,17 @@ import threading
 import time
 
 import numpy as np
+import psutil
 import pytest
 import zmq
 
 from farm import Farm, FarmClosedError
-from farm.channels import MAX_CHANNELS, AnswerSpin
+from farm.channels import MAX_CHANNELS
 from farm.direct import STREAM_DEPTH, WINDOW, stream_depth
 from farm.router import Router
 from tests.onnx_models import affine_model
 from workers.protocol import INLINE_BYTES
+from workers.spin import SpinWait
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -252,7 +254,7 @@ class _SocketAnsweringAfter:
 
 
 def test_a_caller_spins_until_an_answer_due_soon_is_there():
-    spin = AnswerSpin(limit_us=500)
+    spin = SpinWait(limit_us=500)
     spin.record(200e-6)  # answers have come in 200 µs
     socket = _SocketAnsweringAfter(polls=50)
     spin.wait(socket)
@@ -260,7 +262,7 @@ def test_a_caller_spins_until_an_answer_due_soon_is_there():
 
 
 def test_a_caller_spins_at_most_twice_the_usual_round_trip():
-    spin = AnswerSpin(limit_us=500)
+    spin = SpinWait(limit_us=500)
     spin.record(100e-6)
     socket = _SocketAnsweringAfter(polls=10**9)  # the answer never comes
     start = time.perf_counter()
@@ -274,7 +276,7 @@ def test_a_caller_spins_at_most_twice_the_usual_round_trip():
     ids=["no round trip yet", "answers slower than the limit", "spin_us=0"],
 )
 def test_a_caller_does_not_spin_when_it_does_not_pay(limit_us, round_trips_s):
-    spin = AnswerSpin(limit_us=limit_us)
+    spin = SpinWait(limit_us=limit_us)
     for seconds_ in round_trips_s:
         spin.record(seconds_)
     socket = _SocketAnsweringAfter(polls=10**9)
@@ -283,7 +285,7 @@ def test_a_caller_does_not_spin_when_it_does_not_pay(limit_us, round_trips_s):
 
 
 def test_only_one_caller_spins_at_a_time():
-    spin = AnswerSpin(limit_us=500)
+    spin = SpinWait(limit_us=500)
     spin.record(100e-6)
     spinning = _SocketAnsweringAfter(polls=10**9)
     other = _SocketAnsweringAfter(polls=10**9)
@@ -346,3 +348,28 @@ def test_a_map_of_slow_tasks_keeps_two_per_context(deepest_context):
         assert len(results) == 40
         assert farm._router.map_window() == 2 * WINDOW + farm.options.max_queue_size
         assert deepest_context[0] == WINDOW
+
+
+def test_one_long_wait_counts_as_twice_the_limit():
+    spin = SpinWait(limit_us=500)
+    for _ in range(10):
+        spin.record(100e-6)
+    spin.record(60.0)  # a minute's pause between two bursts
+    socket = _SocketAnsweringAfter(polls=3)
+    spin.wait(socket)
+    assert socket.checks == 4  # still spinning for the next burst
+
+
+def test_an_idle_farm_spins_nowhere(tmp_path):
+    """After a burst of tiny tasks (which makes callers and contexts spin),
+    an idle farm's workers use no CPU."""
+    x = np.zeros((1, 3, 8, 8), dtype=np.float32)
+    with Farm(affine_model(str(tmp_path)), schedule="0,1") as farm:
+        for _ in range(300):
+            farm.run({"x": x})
+        time.sleep(0.2)  # any spin has run out by now
+        workers = [psutil.Process(w["pid"]) for w in farm.stats()["workers"]]
+        before = [sum(p.cpu_times()[:2]) for p in workers]
+        time.sleep(1.0)
+        used = [sum(p.cpu_times()[:2]) - b for p, b in zip(workers, before)]
+    assert all(seconds_ < 0.05 for seconds_ in used), f"idle workers used {used} s of CPU in 1 s"

@@ -25,6 +25,7 @@ import zmq
 from workers import protocol
 from workers.backends.base import Placement
 from workers.segments import SegmentMap
+from workers.spin import SpinWait
 
 __all__ = ["ContextThread"]
 
@@ -54,6 +55,7 @@ class ContextThread(threading.Thread):
         segments: SegmentMap,
         header: tuple[int, int],
         loaded: threading.Barrier,
+        spin: Optional[SpinWait] = None,
     ) -> None:
         super().__init__(name=f"rknnfarm-C{placement.core}-T{placement.context_index}", daemon=True)
         self._zmq_context = zmq_context
@@ -66,6 +68,7 @@ class ContextThread(threading.Thread):
         self._segments = segments
         self._worker_id, self._generation = header
         self._loaded = loaded
+        self._spin = spin or SpinWait(0)  # waiting for the next task (shared by the worker's contexts)
         self.session: Any = None
         self._static_outputs: Optional[tuple[list[tuple[int, str, tuple[int, ...]]], int]] = None
         self._bound: Optional[_BoundBuffers] = None
@@ -101,9 +104,13 @@ class ContextThread(threading.Thread):
         self._plan_static_outputs()
         self._bound = _BoundBuffers.plan(self.session)
         receive, send, stop = tasks.recv, tasks.send, protocol.STOP
+        spin, clock = self._spin, time.perf_counter
+        answered = clock()
         try:
             while True:
+                spin.wait(tasks)  # when tasks have been coming that soon after each answer
                 sender = receive()
+                spin.record(clock() - answered)
                 message, frames = protocol.recv_message(tasks)
                 if message[0] == stop:
                     return
@@ -113,6 +120,7 @@ class ContextThread(threading.Thread):
                     protocol.send_message(tasks, header, out_frames)
                 else:
                     protocol.send_message(results, header, out_frames)
+                answered = clock()
         except zmq.ContextTerminated:
             return
 

@@ -32,6 +32,7 @@ from workers.backends import load_backend
 from workers.backends.base import Placement
 from workers.context import ContextThread
 from workers.segments import SegmentMap, unlink_segments_of
+from workers.spin import SpinWait
 
 __all__ = ["worker_main"]
 
@@ -89,6 +90,7 @@ def _start_contexts(
 ) -> list[ContextThread]:
     addresses = spec["task_addresses"]
     loaded = threading.Barrier(len(addresses) + 1)
+    spin = SpinWait(int(spec["options"].get("spin_us", 0)))  # one context of the process spins at a time
     contexts = []
     for index, address in enumerate(addresses):
         placement = Placement(spec["core"], spec["core_mask"], index, tuple(spec["cpus"]))
@@ -103,6 +105,7 @@ def _start_contexts(
             segments=segments,
             header=(spec["worker_id"], spec["generation"]),
             loaded=loaded,
+            spin=spin,
         )
         thread.start()
         contexts.append(thread)
