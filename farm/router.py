@@ -593,6 +593,7 @@ class Router(DirectPath, Supervision, Membership):
             return {
                 "submitted": self._next_index,
                 "outstanding": self._outstanding,
+                "queue_limit": self._queue_limit,
                 "pacing": {
                     "enabled": self.pacer.enabled,
                     "ema_infer_us": None if ema is None else round(ema, 1),

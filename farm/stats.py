@@ -111,6 +111,7 @@ class FarmStats(TypedDict):
 
     submitted: int
     outstanding: int
+    queue_limit: int  # tasks each core may queue: max_queue_size, or 1 with pacing on
     pacing: PacingStats
     workers: list[WorkerStatsEntry]
     remote: Optional[dict[str, Any]]  # address and counters, with listen=

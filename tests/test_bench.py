@@ -137,7 +137,7 @@ def test_pacing_on_cls(tmp_path: Path) -> None:
     assert report["ratios"]["pacing"]["admitted_vs_unpaced"] == pytest.approx(
         pacing["admitted_per_s"] / pacing["unpaced_throughput_per_s"]
     )
-    assert 0 <= pacing["queued_max_per_worker"] <= pacing["max_queue_size"]
+    assert 0 <= pacing["queued_max_per_worker"] <= pacing["queue_limit"] == 1  # pacing: one per core
     assert "pacing (cls, enable_pacing=True)" in stdout
 
 

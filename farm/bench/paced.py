@@ -36,7 +36,7 @@ def bench_pacing(workload: Workload, config: Config, unpaced_per_s: float) -> di
         for _ in range(_WARMUP_TASKS):
             farm.run(workload.feed)
         warm_up(lambda: farm.run(workload.feed), config.warmup_s)
-        max_queue = farm.options.max_queue_size
+        queue_limit = farm.stats()["queue_limit"]  # with pacing on, a core queues one task at most
         samples: list[tuple[float, list[int]]] = []
         stop = threading.Event()
         sampler = threading.Thread(target=_sample_queues, args=(farm, samples, stop), daemon=True)
@@ -47,7 +47,7 @@ def bench_pacing(workload: Workload, config: Config, unpaced_per_s: float) -> di
             stop.set()
             sampler.join()
         pacing = farm.stats()["pacing"]
-    return _summary(admitted, wall, unpaced_per_s, samples, max_queue, pacing)
+    return _summary(admitted, wall, unpaced_per_s, samples, queue_limit, pacing)
 
 
 def _produce(farm: Any, feed: Any, offered_per_s: float, seconds: float) -> tuple[int, float]:
@@ -87,13 +87,13 @@ def _summary(
     wall: float,
     unpaced_per_s: float,
     samples: list[tuple[float, list[int]]],
-    max_queue: int,
+    queue_limit: int,
     pacing: Mapping[str, Any],
 ) -> dict[str, Any]:
     totals = np.array([sum(q) for _, q in samples] or [0], dtype=np.float64)
     third = max(1, len(totals) // 3)
     per_worker_max = max((max(q) for _, q in samples if q), default=0)
-    at_bound = sum(1 for _, q in samples if q and max(q) >= max_queue)
+    at_bound = sum(1 for _, q in samples if q and max(q) >= queue_limit)
     admitted_per_s = admitted / wall
     return {
         "offered_per_s": OVERLOAD * unpaced_per_s,
@@ -111,5 +111,5 @@ def _summary(
         "queued_total_max": int(totals.max()),
         "queued_total_mean_first_third": float(totals[:third].mean()),
         "queued_total_mean_last_third": float(totals[-third:].mean()),
-        "max_queue_size": max_queue,
+        "queue_limit": queue_limit,
     }

@@ -155,8 +155,9 @@ def _frame_ratios(by: dict[tuple[str, str], Row], memcpy_ms: Optional[float]) ->
 
 def _queue_grew(pacing: dict[str, Any]) -> bool:
     """Growth: the queues were longer in the last third of the run than in the
-    first, or some worker's queue sat at its bound (``max_queue_size``, which
-    then held the producer back instead of pacing) in most samples."""
+    first, or some worker's queue sat at its bound (``stats()["queue_limit"]``:
+    one task per core with pacing on, which then held the producer back
+    instead of pacing) in most samples."""
     trend = pacing["queued_total_mean_last_third"] > pacing["queued_total_mean_first_third"] + 0.5
     return bool(trend or pacing["queued_at_bound_fraction"] > 0.5)
 
@@ -344,8 +345,8 @@ def _pacing_lines(pacing: Optional[dict[str, Any]]) -> list[str]:
         f" {pacing['seconds']:.1f} s; admitted {pacing['admitted_per_s']:,.0f}/s vs unpaced"
         f" {pacing['unpaced_throughput_per_s']:,.0f}/s"
         f" ({pacing['admitted_per_s'] / pacing['unpaced_throughput_per_s']:.2f}x)",
-        f"  queued per worker: max {pacing['queued_max_per_worker']} (max_queue_size"
-        f" {pacing['max_queue_size']}, reached in {pacing['queued_at_bound_fraction']:.0%} of samples);"
+        f"  queued per worker: max {pacing['queued_max_per_worker']} (queue limit"
+        f" {pacing['queue_limit']}, reached in {pacing['queued_at_bound_fraction']:.0%} of samples);"
         " all workers, mean: first third"
         f" {pacing['queued_total_mean_first_third']:.2f}, last third"
         f" {pacing['queued_total_mean_last_third']:.2f};"
