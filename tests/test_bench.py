@@ -146,3 +146,27 @@ def test_bad_options_are_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixt
     assert "choose from tiny,cls,rec,frame" in capsys.readouterr().err
     assert bench_main(["--workers", "0", "--out", str(tmp_path)]) == 2
     assert not (tmp_path / "bench.json").exists()
+
+
+def _pacing_samples(totals: list[float]) -> dict:
+    """A pacing summary for queue totals sampled every 20 ms (two workers)."""
+    from farm.bench.paced import _summary
+
+    samples = [(0.02 * i, [int(v // 2 + v % 2), int(v // 2)]) for i, v in enumerate(totals)]
+    pacing = {"admitted_per_s": 0.0, "interval_us": 0.0, "ema_infer_us": 0.0}
+    return _summary(100, 1.0, 100.0, samples, 1, pacing)
+
+
+@pytest.mark.parametrize(
+    "totals, grew",
+    [
+        ([0, 1, 1, 0, 2, 0, 1, 0] * 30, False),  # jumps about, no trend
+        ([0, 0, 0, 0, 0, 0, 1, 0] * 15 + [0, 0, 1, 0, 0, 0, 1, 0] * 15, False),  # a little more later: noise
+        ([min(2, i // 80) for i in range(240)], True),  # climbs to the bound and stays there
+    ],
+    ids=["noise", "settles", "climbs"],
+)
+def test_queue_growth_is_a_clear_rising_trend_or_a_queue_at_its_bound(totals, grew):
+    from farm.bench.report import _queue_grew
+
+    assert _queue_grew(_pacing_samples(totals)) is grew

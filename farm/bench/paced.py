@@ -92,8 +92,11 @@ def _summary(
 ) -> dict[str, Any]:
     totals = np.array([sum(q) for _, q in samples] or [0], dtype=np.float64)
     third = max(1, len(totals) // 3)
+    rise, t_value = _trend([t for t, _ in samples], totals)
     per_worker_max = max((max(q) for _, q in samples if q), default=0)
-    at_bound = sum(1 for _, q in samples if q and max(q) >= queue_limit)
+    # per worker, the share of samples its queue was full; the fullest worker counts
+    per_worker = np.array([q for _, q in samples if q] or [[0]], dtype=np.float64)
+    at_bound = float((per_worker >= queue_limit).mean(axis=0).max())
     admitted_per_s = admitted / wall
     return {
         "offered_per_s": OVERLOAD * unpaced_per_s,
@@ -107,9 +110,27 @@ def _summary(
         "router_ema_infer_us": pacing["ema_infer_us"],
         "queue_samples": len(samples),
         "queued_max_per_worker": per_worker_max,
-        "queued_at_bound_fraction": at_bound / len(samples) if samples else 0.0,
+        "queued_at_bound_fraction": at_bound if samples else 0.0,
         "queued_total_max": int(totals.max()),
         "queued_total_mean_first_third": float(totals[:third].mean()),
         "queued_total_mean_last_third": float(totals[-third:].mean()),
+        "queued_total_trend_rise": rise,
+        "queued_total_trend_t": t_value,
         "queue_limit": queue_limit,
     }
+
+
+def _trend(times: list[float], totals: np.ndarray) -> tuple[float, float]:
+    """The least-squares line through the queue totals: how much it rises
+    over the run (tasks) and its t-value (slope ÷ its standard error). The
+    totals jump between 0 and the bound from one 20 ms sample to the next, so
+    a rise means growth only if the line is also clearly not flat."""
+    if len(times) < 3:
+        return 0.0, 0.0
+    t = np.asarray(times, dtype=np.float64)
+    slope, intercept = np.polyfit(t, totals, 1)
+    residuals = totals - (slope * t + intercept)
+    spread = float(((t - t.mean()) ** 2).sum())
+    standard_error = float(np.sqrt((residuals**2).sum() / (len(t) - 2) / spread)) if spread else 0.0
+    t_value = float(slope / standard_error) if standard_error else (0.0 if slope == 0 else float("inf"))
+    return float(slope * (t[-1] - t[0])), t_value

@@ -154,11 +154,12 @@ def _frame_ratios(by: dict[tuple[str, str], Row], memcpy_ms: Optional[float]) ->
 
 
 def _queue_grew(pacing: dict[str, Any]) -> bool:
-    """Growth: the queues were longer in the last third of the run than in the
-    first, or some worker's queue sat at its bound (``stats()["queue_limit"]``:
-    one task per core with pacing on, which then held the producer back
-    instead of pacing) in most samples."""
-    trend = pacing["queued_total_mean_last_third"] > pacing["queued_total_mean_first_third"] + 0.5
+    """Growth: the least-squares line through the queue totals rises by more
+    than half a task over the run and is clearly not flat (t-value above 3),
+    or a worker's queue sat at its bound (``stats()["queue_limit"]``: one task
+    per core with pacing on, which then held the producer back instead of
+    pacing) in most samples."""
+    trend = pacing["queued_total_trend_rise"] > 0.5 and pacing["queued_total_trend_t"] > 3
     return bool(trend or pacing["queued_at_bound_fraction"] > 0.5)
 
 
@@ -346,10 +347,12 @@ def _pacing_lines(pacing: Optional[dict[str, Any]]) -> list[str]:
         f" {pacing['unpaced_throughput_per_s']:,.0f}/s"
         f" ({pacing['admitted_per_s'] / pacing['unpaced_throughput_per_s']:.2f}x)",
         f"  queued per worker: max {pacing['queued_max_per_worker']} (queue limit"
-        f" {pacing['queue_limit']}, reached in {pacing['queued_at_bound_fraction']:.0%} of samples);"
+        f" {pacing['queue_limit']}; the fullest worker's queue was at it in"
+        f" {pacing['queued_at_bound_fraction']:.0%} of samples);"
         " all workers, mean: first third"
         f" {pacing['queued_total_mean_first_third']:.2f}, last third"
-        f" {pacing['queued_total_mean_last_third']:.2f};"
+        f" {pacing['queued_total_mean_last_third']:.2f}, trend {pacing['queued_total_trend_rise']:+.2f}"
+        f" (t {pacing['queued_total_trend_t']:.1f});"
         f" router EMA {pacing['router_ema_infer_us']} us, interval {pacing['router_interval_us']} us",
     ]
 
