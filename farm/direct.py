@@ -44,8 +44,9 @@ if TYPE_CHECKING:
 
 __all__ = ["STREAM_DEPTH", "WINDOW", "DirectPath", "DirectStream", "stream_depth"]
 
-#: A stream forgets its ended tasks (and the outputs their futures hold)
-#: whenever it holds more than this many.
+#: A stream forgets its ended tasks (and the outputs their futures hold) when
+#: it holds more than this many, or than twice the tasks still out at its last
+#: pruning (a deep window is not scanned on every send).
 _PRUNE_AT = 8
 
 #: Tasks a context holds at once: the one it runs and the next, waiting in
