@@ -170,3 +170,15 @@ def test_queue_growth_is_a_clear_rising_trend_or_a_queue_at_its_bound(totals, gr
     from farm.bench.report import _queue_grew
 
     assert _queue_grew(_pacing_samples(totals)) is grew
+
+
+def test_run_stages_script_splits_a_run_into_its_stages() -> None:
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "run_stages.py"
+    done = subprocess.run(
+        [sys.executable, str(script), "--runs", "60"], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    figures = dict(line.split()[:2] for line in done.stdout.splitlines()[1:])
+    assert set(figures) == {"prepare", "admit", "send", "worker", "wire", "answer", "sum"}
+    assert all(float(value) >= 0 for name, value in figures.items() if name != "wire")
+    assert float(figures["worker"]) > 0  # the perf log was read
