@@ -31,8 +31,8 @@ from farm.router import Router
 from farm.shm import SharedArena, reap_stale_segments
 from farm.stats import FarmStats
 from farm.task import Outcome, Task, write_inputs
-from farm.tensors import InlineFeed, TensorSpec, prepare_feed, specs_from_description, user_spec
-from workers.protocol import INLINE_BYTES, align
+from farm.tensors import InlineFeed, TensorSpec, prepare_feed, specs_from_description, static_bytes, user_spec
+from workers.protocol import INLINE_BYTES
 
 __all__ = ["Farm"]
 
@@ -149,7 +149,7 @@ class Farm:
         self._outputs = specs_from_description(description.get("outputs"))
         self.runtime_version: str = description.get("runtime_version", "")
         self.metadata: dict[str, str] = dict(description.get("metadata") or {})
-        self._static_output_bytes = self._static_bytes(self._outputs)
+        self._static_output_bytes = static_bytes(self._outputs)
         self._inline_feed = InlineFeed.for_model(
             self._native_inputs, self.options.layout, self._native_layout, self._converts_dtypes
         )
@@ -167,12 +167,6 @@ class Farm:
         ``listen`` asked for ``:*``), or None without ``listen``."""
         remote = self._require_router().remote
         return None if remote is None else remote.address
-
-    @staticmethod
-    def _static_bytes(specs: Optional[list[TensorSpec]]) -> Optional[int]:
-        if not specs or not all(s.is_static for s in specs):
-            return None
-        return sum(align(s.nbytes or 0) for s in specs)
 
     # ── metadata ─────────────────────────────────────────────────────────
     @property

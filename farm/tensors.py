@@ -24,6 +24,7 @@ __all__ = [
     "TensorSpec",
     "prepare_feed",
     "specs_from_description",
+    "static_bytes",
     "transpose_axes",
     "user_spec",
 ]
@@ -61,6 +62,14 @@ class TensorSpec:
     def __repr__(self) -> str:
         dims = ", ".join("?" if d is None else str(d) for d in self.shape)
         return f"TensorSpec({self.name!r}, [{dims}], {self.dtype.name})"
+
+
+def static_bytes(specs: Optional[Sequence[TensorSpec]]) -> Optional[int]:
+    """What ``specs`` take together on the wire, each tensor aligned as the
+    farm lays it out; None when there are none or a shape is dynamic."""
+    if not specs or not all(s.is_static for s in specs):
+        return None
+    return sum(align(s.nbytes or 0) for s in specs)
 
 
 def specs_from_description(entries: Optional[Sequence[Mapping[str, Any]]]) -> Optional[list[TensorSpec]]:
@@ -276,12 +285,14 @@ class InlineFeed:
     ) -> Optional[InlineFeed]:
         """An InlineFeed for a model whose inputs all have fixed shapes, are
         not transposed on the way and fit a header together; else None."""
-        if not specs or converts_dtypes or not all(s.is_static for s in specs):
+        if not specs or converts_dtypes:
+            return None
+        total = static_bytes(specs)
+        if total is None or total > INLINE_BYTES:
             return None
         if transpose_axes(layout, native_layout) is not None and any(len(s.shape) == 4 for s in specs):
             return None
-        total = sum(align(math.prod(d or 0 for d in s.shape) * s.dtype.itemsize) for s in specs)
-        return cls(specs) if total <= INLINE_BYTES else None
+        return cls(specs)
 
     def descriptors(self, feed: Any) -> Optional[list[list[Any]]]:
         """The wire descriptors of ``feed``, or None if it is not the plain case."""

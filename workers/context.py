@@ -127,44 +127,50 @@ class ContextThread(threading.Thread):
     def _handle(self, message: list[Any], frames: list[Any], free_form: bool) -> tuple[list[Any], list[Any]]:
         task_id, attempt, input_descriptors, out_region = message[1:5]
         timings = [0, 0, 0, self.placement.context_index]
+        frames_out: list[Any] = []
         try:
             bound = self._bound
             if bound is not None and out_region is None and bound.takes(input_descriptors):
                 descriptors = bound.run(input_descriptors, timings)
-                return [
-                    protocol.RESULT,
-                    self._worker_id,
-                    self._generation,
-                    task_id,
-                    attempt,
-                    descriptors,
-                    timings,
-                ], []
-            start = time.perf_counter()
-            inputs = [self._input_view(d, frames) for d in input_descriptors]
-            timings[0] = _us_since(start)
-            start = time.perf_counter()
-            direct = self._direct_outputs(out_region)
-            if direct is not None:  # the runtime writes the outputs into shared memory itself
-                self.session.run_into(inputs, [view for view, _ in direct])
-                descriptors = [descriptor for _, descriptor in direct]
-                frames_out: list[Any] = []
-                timings[1] = _us_since(start)
             else:
-                if free_form:
-                    outputs = self.session.run(inputs, [d[4] for d in input_descriptors])
-                else:
-                    outputs = self.session.run(inputs)
-                timings[1] = _us_since(start)
-                start = time.perf_counter()
-                descriptors, frames_out = self._write_outputs(outputs, out_region)
-                timings[2] = _us_since(start)
+                descriptors, frames_out = self._run_general(
+                    input_descriptors, frames, out_region, free_form, timings
+                )
         except Exception as exc:
             header = [protocol.FAILED, self._worker_id, self._generation, task_id, attempt]
             header += [f"{type(exc).__name__}: {exc}", traceback.format_exc(), timings]
             return header, []
         header = [protocol.RESULT, self._worker_id, self._generation, task_id, attempt, descriptors, timings]
         return header, frames_out
+
+    def _run_general(
+        self,
+        input_descriptors: list[Any],
+        frames: list[Any],
+        out_region: Any,
+        free_form: bool,
+        timings: list[int],
+    ) -> tuple[list[Any], list[Any]]:
+        """The general path: inputs as views, the session's run, outputs into
+        the region (or the header, or frames); fills ``timings``."""
+        start = time.perf_counter()
+        inputs = [self._input_view(d, frames) for d in input_descriptors]
+        timings[0] = _us_since(start)
+        start = time.perf_counter()
+        direct = self._direct_outputs(out_region)
+        if direct is not None:  # the runtime writes the outputs into shared memory itself
+            self.session.run_into(inputs, [view for view, _ in direct])
+            timings[1] = _us_since(start)
+            return [descriptor for _, descriptor in direct], []
+        if free_form:
+            outputs = self.session.run(inputs, [d[4] for d in input_descriptors])
+        else:
+            outputs = self.session.run(inputs)
+        timings[1] = _us_since(start)
+        start = time.perf_counter()
+        written = self._write_outputs(outputs, out_region)
+        timings[2] = _us_since(start)
+        return written
 
     def _direct_outputs(self, out_region: Any) -> Optional[list[tuple[np.ndarray, list[Any]]]]:
         """Views of the output region to run into, with their descriptors, when
@@ -241,11 +247,10 @@ class _BoundBuffers:
     the runtime would convert) take the general path.
     """
 
-    __slots__ = ("_inputs", "_input_bytes", "_outputs", "_output_entries", "_run")
+    __slots__ = ("_inputs", "_outputs", "_output_entries", "_run")
 
     def __init__(self, inputs: list[np.ndarray], outputs: list[np.ndarray], run: Callable[[], None]) -> None:
         self._inputs = [(a.data.cast("B"), a.dtype.str, list(a.shape)) for a in inputs]
-        self._input_bytes = [a.nbytes for a in inputs]
         self._outputs = outputs
         self._output_entries = [(a.dtype.str, list(a.shape)) for a in outputs]
         self._run = run

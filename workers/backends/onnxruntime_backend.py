@@ -90,12 +90,7 @@ class OnnxRuntimeSession:
         """Run with ONNX Runtime writing each output straight into ``outputs``
         (views of shared memory): no output copy. Binding costs ~10 µs, so
         the context uses this only for large outputs."""
-        binding = self._session.io_binding()
-        for name, array in zip(self._input_names, inputs):
-            binding.bind_input(name, "cpu", 0, array.dtype, array.shape, array.ctypes.data)
-        for name, array in zip(self._output_names, outputs):
-            binding.bind_output(name, "cpu", 0, array.dtype, array.shape, array.ctypes.data)
-        self._session.run_with_iobinding(binding)
+        self.bind(inputs, outputs)()
 
     def bind(self, inputs: Sequence[np.ndarray], outputs: Sequence[np.ndarray]) -> Callable[[], None]:
         """Bind ``inputs`` and ``outputs`` (buffers the caller keeps) once, and
