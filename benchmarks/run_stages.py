@@ -6,6 +6,7 @@ log (``RKNN_FARM_PRINT_PERF``, captured here rather than printed). Medians
 over ``--runs`` calls after a warm-up, on the bench's workloads:
 
     python benchmarks/run_stages.py [--workload tiny|frame] [--runs 3000] [--schedule 0,1]
+                                    [--option KEY=VALUE ...]
 
     prepare   checking the feed and copying (or packing) the inputs
     admit     numbering the task and picking its context, under the router's lock
@@ -60,7 +61,7 @@ def _stamped(owner: type, name: str, marks: dict[str, float], before: str, after
         setattr(owner, name, original)
 
 
-def measure(workload_name: str, runs: int, schedule: str) -> dict[str, float]:
+def measure(workload_name: str, runs: int, schedule: str, **options: Any) -> dict[str, float]:
     """Median µs per stage over ``runs`` synchronous runs."""
     marks: dict[str, float] = {}
     stages: dict[str, list[float]] = {k: [] for k in ("prepare", "admit", "send", "worker", "wire", "answer")}
@@ -69,7 +70,7 @@ def measure(workload_name: str, runs: int, schedule: str) -> dict[str, float]:
     with contextlib.ExitStack() as stack:
         directory = stack.enter_context(tempfile.TemporaryDirectory(prefix="rknn-farm-stages-"))
         workload = load_workload(workload_name, directory)
-        farm = stack.enter_context(Farm(workload.model, schedule=schedule))
+        farm = stack.enter_context(Farm(workload.model, schedule=schedule, **options))
         stack.enter_context(contextlib.redirect_stderr(perf_log))
         for _ in range(max(200, runs // 5)):  # warm-up: caches, the spin averages
             farm.run(workload.feed)
@@ -100,8 +101,16 @@ def main() -> int:
     parser.add_argument("--workload", choices=("tiny", "frame"), default="tiny")
     parser.add_argument("--runs", type=int, default=3000)
     parser.add_argument("--schedule", default="0,1")
+    parser.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a farm option, e.g. spin_us=0 or copy_threads=1 (repeatable)",
+    )
     args = parser.parse_args()
-    medians = measure(args.workload, args.runs, args.schedule)
+    options = dict(option.split("=", 1) for option in args.option)
+    medians = measure(args.workload, args.runs, args.schedule, **options)
     print(f"{args.workload}: one Farm.run, schedule {args.schedule}, median of {args.runs} runs (µs)")
     for name, value in medians.items():
         print(f"  {name:<8} {value:8.1f}")

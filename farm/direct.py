@@ -148,6 +148,7 @@ class DirectPath:
         assert task.future is not None
         future = task.future
         deadline = None if timeout is None else time.monotonic() + timeout
+        waiting_since = time.perf_counter()
         try:
             self._spin.wait(socket)
             while not future.done():
@@ -161,7 +162,7 @@ class DirectPath:
         finally:
             self._return_channel(channel, [task])
         if future.done():
-            self._spin.record(time.perf_counter() - task.submitted_at)
+            self._spin.record(time.perf_counter() - waiting_since)
         return future.result(0)
 
     def _take_direct_answer(self, message: list[Any], frames: list[Any]) -> None:

@@ -12,7 +12,6 @@ import time
 import numpy as np
 import psutil
 import pytest
-import zmq
 
 from farm import Farm, FarmClosedError
 from farm.channels import MAX_CHANNELS
@@ -20,7 +19,6 @@ from farm.direct import STREAM_DEPTH, WINDOW, stream_depth
 from farm.router import Router
 from tests.onnx_models import affine_model
 from workers.protocol import INLINE_BYTES
-from workers.spin import SpinWait
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -241,61 +239,6 @@ def test_a_long_map_with_a_slow_consumer_holds_no_old_outputs(tmp_path):
         assert farm._arena.bytes_mapped <= 64 << 20
 
 
-class _SocketAnsweringAfter:
-    """Stands for a reply socket: readable once ``polls`` checks have been made."""
-
-    def __init__(self, polls: int) -> None:
-        self.polls = polls
-        self.checks = 0
-
-    def get(self, option: int) -> int:
-        self.checks += 1
-        return zmq.POLLIN if self.checks > self.polls else 0
-
-
-def test_a_caller_spins_until_an_answer_due_soon_is_there():
-    spin = SpinWait(limit_us=500)
-    spin.record(200e-6)  # answers have come in 200 µs
-    socket = _SocketAnsweringAfter(polls=50)
-    spin.wait(socket)
-    assert socket.checks == 51  # it looked until the answer was there, and no longer
-
-
-def test_a_caller_spins_at_most_twice_the_usual_round_trip():
-    spin = SpinWait(limit_us=500)
-    spin.record(100e-6)
-    socket = _SocketAnsweringAfter(polls=10**9)  # the answer never comes
-    start = time.perf_counter()
-    spin.wait(socket)
-    assert 150e-6 <= time.perf_counter() - start < 0.05  # ~200 µs, then it sleeps in the kernel instead
-
-
-@pytest.mark.parametrize(
-    "limit_us, round_trips_s",
-    [(500, []), (500, [2e-3, 2e-3]), (0, [50e-6])],
-    ids=["no round trip yet", "answers slower than the limit", "spin_us=0"],
-)
-def test_a_caller_does_not_spin_when_it_does_not_pay(limit_us, round_trips_s):
-    spin = SpinWait(limit_us=limit_us)
-    for seconds_ in round_trips_s:
-        spin.record(seconds_)
-    socket = _SocketAnsweringAfter(polls=10**9)
-    spin.wait(socket)
-    assert socket.checks == 0
-
-
-def test_only_one_caller_spins_at_a_time():
-    spin = SpinWait(limit_us=500)
-    spin.record(100e-6)
-    spinning = _SocketAnsweringAfter(polls=10**9)
-    other = _SocketAnsweringAfter(polls=10**9)
-    with spin._token:  # another caller is spinning
-        spin.wait(other)
-    assert other.checks == 0
-    spin.wait(spinning)
-    assert spinning.checks > 0
-
-
 def test_run_learns_its_round_trip_and_spin_us_zero_turns_spinning_off(tmp_path):
     x = np.zeros((1, 3, 8, 8), dtype=np.float32)
     with Farm(affine_model(str(tmp_path)), schedule="0") as farm:
@@ -348,16 +291,6 @@ def test_a_map_of_slow_tasks_keeps_two_per_context(deepest_context):
         assert len(results) == 40
         assert farm._router.map_window() == 2 * WINDOW + farm.options.max_queue_size
         assert deepest_context[0] == WINDOW
-
-
-def test_one_long_wait_counts_as_twice_the_limit():
-    spin = SpinWait(limit_us=500)
-    for _ in range(10):
-        spin.record(100e-6)
-    spin.record(60.0)  # a minute's pause between two bursts
-    socket = _SocketAnsweringAfter(polls=3)
-    spin.wait(socket)
-    assert socket.checks == 4  # still spinning for the next burst
 
 
 def test_an_idle_farm_spins_nowhere(tmp_path):

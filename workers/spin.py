@@ -1,22 +1,34 @@
-"""Busy-waiting for a message that is due very soon.
+"""Busy-waiting for a message that is due soon.
 
 A thread that sleeps in a blocking receive pays a wake-up when its message
 comes: the kernel has to schedule it again, and on a virtual machine an idle
 CPU has to be woken first (~45 µs on the 2-CPU VM of ``docs/benchmarks.md``,
 half the round trip of a bare ZeroMQ echo). Two threads wait that way on
 every task: the caller of ``Farm.run`` for its answer, and the context for
-its next task. When their messages have been coming sooner than a limit
-(the ``spin_us`` option), by a moving average, they poll the socket instead,
-for up to twice that average, giving the CPU away between polls
-(``sched_yield``) so that whatever else runs on that CPU (a worker pinned
-there, a ZeroMQ I/O thread) still runs. Messages that come seldom are waited
-for as usual: nothing spins between the tasks of a slow model or an idle
-farm.
+its next task. A :class:`SpinWait` keeps a moving average of how long their
+messages take to come, and when that is known it takes the wake-up out of
+the critical path:
+
+- a message due within the limit (the ``spin_us`` option) is polled for
+  from the start, for up to twice the average;
+- a message due later, up to ``LONGEST_WAIT_LIMITS`` limits away (a 1080p
+  frame, a model of a few milliseconds), is slept for until half a limit
+  before it is due, on the socket's file descriptor (so a message that comes
+  early still wakes the thread at once), and then polled for, for at most
+  one limit. The timer's wake-up then happens while the message is still on
+  its way.
+
+Pollers give the CPU away between polls (``sched_yield``), so whatever else
+runs on that CPU (a worker pinned there, a ZeroMQ I/O thread) still runs,
+and one thread per :class:`SpinWait` polls at a time. A thread polls for at
+most one limit per message; messages that come seldom are waited for as
+usual, so nothing polls between the tasks of a slow model or in an idle farm.
 """
 
 from __future__ import annotations
 
 import os
+import select
 import threading
 import time
 from typing import Any, Callable, Optional
@@ -25,26 +37,44 @@ import zmq
 
 from workers import protocol
 
-__all__ = ["SpinWait"]
+__all__ = ["LONGEST_WAIT_LIMITS", "SpinWait"]
 
 _yield_cpu: Callable[[], Any] = getattr(os, "sched_yield", lambda: time.sleep(0))
 
+#: Messages due later than this many limits are waited for in the kernel:
+#: the wake-up saved is too small a share of the wait to pay for the poll.
+LONGEST_WAIT_LIMITS = 8
+
+#: ``select`` takes file descriptors below this only.
+_SELECT_FD_LIMIT = 1024
+
+_FD = int(zmq.FD)
+
 
 class SpinWait:
-    """Polls a socket for a message expected within ``limit_us``; one spinner at a time."""
+    """Waits for a message on a socket that is expected within ``limit_us``
+    (polling) or within ``LONGEST_WAIT_LIMITS`` limits (a timed sleep, then
+    polling); one thread polls at a time."""
 
-    __slots__ = ("limit_s", "_average_s", "_token")
+    __slots__ = ("limit_s", "_longest_s", "_average_s", "_token")
 
     def __init__(self, limit_us: int) -> None:
         self.limit_s = limit_us / 1e6
+        self._longest_s = LONGEST_WAIT_LIMITS * self.limit_s
         self._average_s: Optional[float] = None
         self._token = threading.Lock()  # shared by the threads that would spin on one CPU set
 
     def wait(self, socket: zmq.Socket) -> None:
-        """Return once ``socket`` has a message, or at once when spinning does not pay."""
+        """Return once ``socket`` has a message, or when waiting in the kernel
+        (a blocking receive) is what is left to do."""
         average = self._average_s
-        if not self.limit_s or average is None or average > self.limit_s or not self._token.acquire(False):
+        if not self.limit_s or average is None or average > self._longest_s:
             return
+        start = time.perf_counter()
+        if average > self.limit_s and not _sleep_until(socket, start + average - self.limit_s / 2):
+            return  # it came while this thread slept (or this socket cannot be slept on)
+        if not self._token.acquire(False):
+            return  # another thread polls
         try:
             end = time.perf_counter() + min(self.limit_s, 2 * average)
             while not socket.get(protocol.EVENTS) & protocol.POLLIN:  # type: ignore[operator]
@@ -55,8 +85,25 @@ class SpinWait:
             self._token.release()
 
     def record(self, waited_s: float) -> None:
-        """Feed how long one message took to come. A long wait counts as twice
-        the limit: one pause must not turn spinning off for a hundred tasks."""
-        sample = min(waited_s, 2 * self.limit_s)
+        """Feed how long one message took to come, from the start of its wait.
+        A long wait counts as twice the longest worth polling for: one pause
+        between two bursts must not skew the average for a hundred tasks."""
+        sample = min(waited_s, 2 * self._longest_s)
         average = self._average_s
         self._average_s = sample if average is None else 0.9 * average + 0.1 * sample
+
+
+def _sleep_until(socket: zmq.Socket, until: float) -> bool:
+    """Sleep until ``until`` (``time.perf_counter``) unless a message comes
+    on ``socket`` first. True when the time came with no message yet."""
+    fd = socket.get(_FD)
+    if not isinstance(fd, int) or fd >= _SELECT_FD_LIMIT:
+        return False
+    # The descriptor signals edge-style that the socket's events changed:
+    # reading EVENTS clears it, so it is read before each sleep.
+    while not socket.get(protocol.EVENTS) & protocol.POLLIN:  # type: ignore[operator]
+        remaining = until - time.perf_counter()
+        if remaining <= 0:
+            return True
+        select.select((fd,), (), (), remaining)
+    return False
