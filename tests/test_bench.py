@@ -131,7 +131,12 @@ def test_pacing_on_cls(tmp_path: Path) -> None:
     report, stdout = _run_suite(command, tmp_path)
     pacing = report["pacing"]
     farm = _row(report, "cls", "farm")
-    assert pacing["unpaced_throughput_per_s"] == pytest.approx(farm["throughput_per_s"])
+    # the reference: the farm row's throughput (just before) and one measured just after
+    assert pacing["unpaced_before_per_s"] == pytest.approx(farm["throughput_per_s"])
+    assert pacing["unpaced_after_per_s"] > 0
+    assert pacing["unpaced_throughput_per_s"] == pytest.approx(
+        (pacing["unpaced_before_per_s"] + pacing["unpaced_after_per_s"]) / 2
+    )
     assert pacing["offered_per_s"] == pytest.approx(3 * farm["throughput_per_s"])
     assert pacing["admitted"] > 0 and pacing["queue_samples"] > 0
     assert report["ratios"]["pacing"]["admitted_vs_unpaced"] == pytest.approx(
@@ -154,7 +159,7 @@ def _pacing_samples(totals: list[float]) -> dict:
 
     samples = [(0.02 * i, [int(v // 2 + v % 2), int(v // 2)]) for i, v in enumerate(totals)]
     pacing = {"admitted_per_s": 0.0, "interval_us": 0.0, "ema_infer_us": 0.0}
-    return _summary(100, 1.0, 100.0, samples, 1, pacing)
+    return _summary(100, 1.0, samples, 1, pacing)
 
 
 @pytest.mark.parametrize(

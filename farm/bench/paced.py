@@ -5,6 +5,11 @@ Pacing should hold the producer to the farm's own rate (its submissions are
 admitted at about the unpaced throughput) without the queues filling up.
 A sampler thread reads ``Farm.stats()`` every few milliseconds for the
 queue lengths.
+
+The farm's own rate is what an unpaced farm serves just before the paced
+run (the bench's farm row, seconds earlier) and just after it, averaged: on
+a shared machine the rate drifts by tens of percent within a minute, and a
+reference taken on one side only would count that drift as pacing error.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from farm.bench.measure import Config, warm_up
+from farm.bench.measure import Config, consume, timed_generator, warm_up
 from farm.bench.methods import start_farm
 from farm.bench.workloads import Workload
 
@@ -29,9 +34,10 @@ _SAMPLE_EVERY_S = 0.02  # a stats() call takes ~0.2 ms of the router lock
 _WARMUP_TASKS = 50  # enough completions for the EMA to settle before the measured window
 
 
-def bench_pacing(workload: Workload, config: Config, unpaced_per_s: float) -> dict[str, Any]:
-    """Offer ``OVERLOAD`` × ``unpaced_per_s`` submissions per second for
-    ``config.pacing_s`` seconds; report the admitted rate and queue lengths."""
+def bench_pacing(workload: Workload, config: Config, unpaced_before_per_s: float) -> dict[str, Any]:
+    """Offer ``OVERLOAD`` × ``unpaced_before_per_s`` submissions per second for
+    ``config.pacing_s`` seconds, then measure the unpaced throughput again;
+    report the admitted rate, the reference rate and the queue lengths."""
     with start_farm(workload, config, enable_pacing=True) as farm:
         for _ in range(_WARMUP_TASKS):
             farm.run(workload.feed)
@@ -42,12 +48,29 @@ def bench_pacing(workload: Workload, config: Config, unpaced_per_s: float) -> di
         sampler = threading.Thread(target=_sample_queues, args=(farm, samples, stop), daemon=True)
         sampler.start()
         try:
-            admitted, wall = _produce(farm, workload.feed, OVERLOAD * unpaced_per_s, config.pacing_s)
+            admitted, wall = _produce(farm, workload.feed, OVERLOAD * unpaced_before_per_s, config.pacing_s)
         finally:
             stop.set()
             sampler.join()
         pacing = farm.stats()["pacing"]
-    return _summary(admitted, wall, unpaced_per_s, samples, queue_limit, pacing)
+    unpaced_after_per_s = unpaced_throughput(workload, config)
+    return {
+        "offered_per_s": OVERLOAD * unpaced_before_per_s,
+        "unpaced_throughput_per_s": (unpaced_before_per_s + unpaced_after_per_s) / 2,
+        "unpaced_before_per_s": unpaced_before_per_s,
+        "unpaced_after_per_s": unpaced_after_per_s,
+        **_summary(admitted, wall, samples, queue_limit, pacing),
+    }
+
+
+def unpaced_throughput(workload: Workload, config: Config) -> float:
+    """Tasks/s of a farm without pacing, measured now as the farm row measures it
+    (``Farm.map`` with the bench's window for ``config.duration_s``)."""
+    with start_farm(workload, config) as farm:
+        warm_up(lambda: farm.run(workload.feed), config.warmup_s)
+        results = farm.map(timed_generator(workload.feed, config.duration_s), max_in_flight=config.window)
+        timing = consume(results)
+    return timing.tasks / timing.wall_s
 
 
 def _produce(farm: Any, feed: Any, offered_per_s: float, seconds: float) -> tuple[int, float]:
@@ -85,7 +108,6 @@ def _sample_queues(farm: Any, samples: list[tuple[float, list[int]]], stop: thre
 def _summary(
     admitted: int,
     wall: float,
-    unpaced_per_s: float,
     samples: list[tuple[float, list[int]]],
     queue_limit: int,
     pacing: Mapping[str, Any],
@@ -99,8 +121,6 @@ def _summary(
     at_bound = float((per_worker >= queue_limit).mean(axis=0).max())
     admitted_per_s = admitted / wall
     return {
-        "offered_per_s": OVERLOAD * unpaced_per_s,
-        "unpaced_throughput_per_s": unpaced_per_s,
         "seconds": wall,
         "admitted": admitted,
         "admitted_per_s": admitted_per_s,

@@ -345,7 +345,8 @@ def _pacing_lines(pacing: Optional[dict[str, Any]]) -> list[str]:
         f"pacing (cls, enable_pacing=True): offered {pacing['offered_per_s']:,.0f}/s for"
         f" {pacing['seconds']:.1f} s; admitted {pacing['admitted_per_s']:,.0f}/s vs unpaced"
         f" {pacing['unpaced_throughput_per_s']:,.0f}/s"
-        f" ({pacing['admitted_per_s'] / pacing['unpaced_throughput_per_s']:.2f}x)",
+        f" ({pacing['admitted_per_s'] / pacing['unpaced_throughput_per_s']:.2f}x; unpaced is the mean of"
+        f" {pacing['unpaced_before_per_s']:,.0f}/s before and {pacing['unpaced_after_per_s']:,.0f}/s after)",
         f"  queued per worker: max {pacing['queued_max_per_worker']} (queue limit"
         f" {pacing['queue_limit']}; the fullest worker's queue was at it in"
         f" {pacing['queued_at_bound_fraction']:.0%} of samples);"
