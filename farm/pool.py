@@ -1,6 +1,6 @@
 """Worker processes as the parent sees them: start, address, watch, stop.
 
-Each worker is a fresh interpreter (``python -m workers.main``) serving one
+Each worker is a fresh interpreter (running ``workers.main``) serving one
 NPU core (or CPU slot) with ``threads_per_core`` contexts. For every context
 the parent holds one DEALER socket, only ever sent on, connected to that
 context's ROUTER (tasks go straight to a context, never through a queue
@@ -123,7 +123,7 @@ def spawn_worker(
     exit_read, exit_write = os.pipe()
     try:
         handle.process = subprocess.Popen(
-            [sys.executable, "-m", "workers.main"],
+            [sys.executable, "-c", _BOOTSTRAP],
             stdin=subprocess.PIPE,
             pass_fds=(exit_write,),
             env=_worker_environment(),
@@ -141,13 +141,25 @@ def spawn_worker(
     handle.process.stdin.flush()
 
 
+_PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+#: How a worker starts. ``python -c`` (like ``-m``) puts the working directory,
+#: the app's, first on ``sys.path``, where a ``workers`` package of the app's
+#: own would shadow ours; so this copy's package is imported from its own
+#: root first, and ``sys.path`` is then left as the app has it (the python
+#: backend imports the app's modules through it).
+_BOOTSTRAP = (
+    f"import sys; sys.path.insert(0, {_PACKAGE_ROOT!r}); import workers.main as entry; "
+    f"sys.path.remove({_PACKAGE_ROOT!r}); entry.main()"
+)
+
+
 def _worker_environment() -> dict[str, str]:
     env = dict(os.environ)
     # The worker must import this very copy of rknn-farm (and the user's
     # python-backend modules), installed or not.
     paths = [p for p in sys.path if p and os.path.isdir(p)]
-    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env["PYTHONPATH"] = os.pathsep.join([here, *paths])
+    env["PYTHONPATH"] = os.pathsep.join([_PACKAGE_ROOT, *paths])
     # Pinned processes must not each start a thread per CPU in OpenMP/BLAS.
     env.setdefault("OMP_NUM_THREADS", "1")
     return env

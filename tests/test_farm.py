@@ -393,3 +393,22 @@ def test_large_static_outputs_written_in_place_stay_correct(tmp_path):
         assert np.all(kept[0] == 1), "an output was overwritten by later tasks"
     assert [float(r.mean()) for r in results] == [2 * i + 1 for i in range(60)]
     assert all(np.all(r == r.flat[0]) for r in results)
+
+
+def test_an_apps_own_workers_package_in_its_directory_does_not_shadow_ours(tmp_path, monkeypatch):
+    """Workers start in the app's working directory, which Python puts first
+    on their sys.path; the app's modules there stay importable by the python
+    backend, but a ``workers`` package of the app's own must not replace ours."""
+    app = tmp_path / "app"
+    (app / "workers").mkdir(parents=True)
+    (app / "workers" / "__init__.py").write_text('raise ImportError("the app\'s own workers package")\n')
+    (app / "appmodel.py").write_text("def double(inputs):\n    return [inputs['x'] * 2]\n")
+    model = affine_model(str(tmp_path))
+    monkeypatch.chdir(app)
+    x = np.ones((1, 3, 8, 8), dtype=np.float32)
+    with Farm(model, schedule="0") as farm:
+        (y,) = farm.run({"x": x})
+    assert np.array_equal(y, x * 2 + 1)
+    with Farm("appmodel:double", schedule="0") as farm:  # the app's module, from its directory
+        (y,) = farm.run({"x": x})
+    assert np.array_equal(y, x * 2)
