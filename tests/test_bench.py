@@ -80,6 +80,7 @@ def test_quick_run_measures_every_workload_and_method(quick_run: tuple[Path, dic
     for key in ("cpu_count", "python", "numpy", "onnxruntime", "pyzmq"):
         assert machine[key], key
     assert report["frame_memcpy_ms"] > 0
+    assert report["frame_memcpy_after_pause_ms"] == report["ratios"]["frame"]["memcpy_after_pause_ms"] > 0
     assert "pacing" in report["skipped"]  # pacing needs the cls workload
 
 

@@ -27,6 +27,7 @@ __all__ = [
     "Row",
     "Timing",
     "consume",
+    "MEMCPY_PAUSE_S",
     "memcpy_ms",
     "pipelined_loop",
     "sync_loop",
@@ -199,12 +200,21 @@ def timed_generator(item: Any, seconds: float) -> Iterable[Any]:
         given += 1
 
 
-def memcpy_ms(array: np.ndarray, repeats: int = 20) -> float:
-    """Median time of one ``np.copyto`` of ``array`` into a warm buffer (ms)."""
+#: The pause before each copy of the "after a pause" memcpy: about the wait
+#: of a caller or a worker in a synchronous frame round trip.
+MEMCPY_PAUSE_S = 0.0005
+
+
+def memcpy_ms(array: np.ndarray, repeats: int = 20, pause_s: float = 0.0) -> float:
+    """Median time of one ``np.copyto`` of ``array`` into a warm buffer (ms),
+    the copies back to back, or each after sleeping ``pause_s`` seconds (as
+    every copy between processes follows a wait)."""
     destination = np.empty_like(array)
     np.copyto(destination, array)
     times = []
     for _ in range(repeats):
+        if pause_s:
+            time.sleep(pause_s)
         start = time.perf_counter()
         np.copyto(destination, array)
         times.append(time.perf_counter() - start)

@@ -13,7 +13,7 @@ from typing import Any, Optional
 
 import psutil
 
-from farm.bench.measure import Config, Row, memcpy_ms
+from farm.bench.measure import MEMCPY_PAUSE_S, Config, Row, memcpy_ms
 from farm.bench.methods import METHODS, bench_farm, run_method
 from farm.bench.paced import bench_pacing
 from farm.bench.report import (
@@ -103,6 +103,7 @@ class _Measured:
     rows: list[Row] = dataclasses.field(default_factory=list)
     skipped: dict[str, str] = dataclasses.field(default_factory=dict)
     frame_memcpy_ms: Optional[float] = None
+    frame_memcpy_after_pause_ms: Optional[float] = None
     pacing: Optional[dict[str, Any]] = None
 
 
@@ -123,6 +124,7 @@ def _measure(workloads: list[str], methods: list[str], config: Config, pacing: b
                 _note(f"{name:<6} {method:<12} {time.perf_counter() - started:5.1f} s")
             if name == "frame":
                 measured.frame_memcpy_ms = memcpy_ms(workload.array)
+                measured.frame_memcpy_after_pause_ms = memcpy_ms(workload.array, pause_s=MEMCPY_PAUSE_S)
             if name == "cls" and pacing:
                 measured.pacing = _pacing(workload, config, measured.rows)
     if pacing and measured.pacing is None:
@@ -198,7 +200,9 @@ def run(args: argparse.Namespace) -> int:
     cpu_at_start = _cpu_snapshot()
     measured = _measure(workloads, methods, config, args.pacing)
     elapsed = time.perf_counter() - began
-    ratios = compute_ratios(measured.rows, measured.frame_memcpy_ms, measured.pacing)
+    ratios = compute_ratios(
+        measured.rows, measured.frame_memcpy_ms, measured.pacing, measured.frame_memcpy_after_pause_ms
+    )
     report = {
         "machine": dict(
             machine_info(), load_average_at_start=load_at_start, **_other_load(cpu_at_start, elapsed)
@@ -206,6 +210,7 @@ def run(args: argparse.Namespace) -> int:
         "config": dict(dataclasses.asdict(config), quick=args.quick, workloads=workloads, methods=methods),
         "rows": [r.to_dict() for r in measured.rows],
         "frame_memcpy_ms": measured.frame_memcpy_ms,
+        "frame_memcpy_after_pause_ms": measured.frame_memcpy_after_pause_ms,
         "pacing": measured.pacing,
         "ratios": ratios,
         "targets": check_targets(measured.rows, ratios),
