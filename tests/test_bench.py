@@ -17,10 +17,13 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Optional
 
 import pytest
 
 from farm.bench import main as bench_main
+from tests.fake_rknnlite import FAKE_ROOT, write_fake_model
+from tests.onnx_models import affine_model
 from workers.segments import SEGMENT_PREFIX, segment_dir
 
 REPO = Path(__file__).resolve().parents[1]
@@ -28,7 +31,7 @@ METHODS = ["inprocess", "threads", "processpool", "zmq-floor", "farm"]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-def _run_suite(command: list[str], out: Path) -> tuple[dict, str]:
+def _run_suite(command: list[str], out: Path, env: Optional[dict] = None) -> tuple[dict, str]:
     """Run the suite in a child process; return its report and stdout."""
     child = subprocess.Popen(
         [sys.executable, *command, "--quick", "--out", str(out)],
@@ -36,6 +39,7 @@ def _run_suite(command: list[str], out: Path) -> tuple[dict, str]:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        env=env,
     )
     try:
         stdout, stderr = child.communicate(timeout=240)
@@ -188,3 +192,59 @@ def test_run_stages_script_splits_a_run_into_its_stages() -> None:
     assert set(figures) == {"prepare", "admit", "send", "worker", "wire", "answer", "sum"}
     assert all(float(value) >= 0 for name, value in figures.items() if name != "wire")
     assert float(figures["worker"]) > 0  # the perf log was read
+
+
+@pytest.mark.timeout(300)
+def test_your_own_rknn_model_against_rknnlite_in_process_and_in_threads(tmp_path: Path) -> None:
+    """``--model x.rknn`` (here the RKNNLite test double): the baselines are
+    RKNNLite itself, in process on core 0 and one instance per core in
+    threads, against a farm of one worker per core."""
+    model = write_fake_model(str(tmp_path / "yolo.rknn"), (1, 64, 64, 3))
+    log = tmp_path / "calls.jsonl"
+    env = dict(os.environ, PYTHONPATH=FAKE_ROOT, FAKE_RKNNLITE_LOG=str(log))
+    command = ["benchmarks/bench.py", "--model", model, "--backend", "rknnlite", "--workers", "3"]
+    report, stdout = _run_suite(command, tmp_path / "out", env)
+    assert [r["method"] for r in report["rows"]] == ["inprocess", "threads", "zmq-floor", "farm"]
+    assert {r["workload"] for r in report["rows"]} == {"model"}
+    assert _row(report, "model", "farm")["workers"] == _row(report, "model", "threads")["workers"] == 3
+    assert report["workloads"]["model"].startswith("yolo.rknn on rknnlite, x float32[1, 64, 64, 3]")
+    assert report["targets"] == [] and "pacing" not in report["skipped"]
+    assert "targets: none" in stdout
+    calls = [json.loads(line) for line in log.read_text().splitlines()]
+    masks: dict[int, list[int]] = {}
+    for call in calls:
+        if call["call"] == "init_runtime":
+            masks.setdefault(call["pid"], []).append(call["core_mask"])
+    bench_pid = next(pid for pid, m in masks.items() if len(m) > 1)
+    # the description probe and inprocess on core 0, then one thread per core
+    assert sorted(masks.pop(bench_pid)) == [1, 1, 1, 2, 4]
+    assert sorted(m for worker_masks in masks.values() for m in worker_masks) == [1, 2, 4]  # the farm
+    # every inference was given the arrays as the model takes them (NHWC), never transposed
+    shapes = {tuple(call["shapes"][0]) for call in calls if call["call"] == "inference" and "shapes" in call}
+    assert shapes <= {(1, 64, 64, 3)}
+
+
+def test_your_own_onnx_model(tmp_path: Path) -> None:
+    fixed = affine_model(str(tmp_path), shape=(1, 3, 16, 16))
+    command = ["benchmarks/bench.py", "--model", fixed, "--methods", "inprocess,farm"]
+    report, stdout = _run_suite(command, tmp_path / "out")
+    assert [r["method"] for r in report["rows"]] == ["inprocess", "farm"]
+    assert report["workloads"]["model"].startswith("affine.onnx on onnxruntime, x float32[1, 3, 16, 16]")
+    assert "model: affine.onnx on onnxruntime" in stdout
+
+
+def test_bad_model_arguments_are_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    dynamic = affine_model(str(tmp_path), shape=("batch", 3, 16, 16), name="dynamic.onnx")
+    assert bench_main(["--model", dynamic, "--out", str(tmp_path)]) == 2
+    assert (
+        "input 'x' has dynamic dims [None, 3, 16, 16]; the bench needs fixed shapes"
+        in capsys.readouterr().err
+    )
+    fixed = affine_model(str(tmp_path), shape=(1, 3, 16, 16))
+    assert bench_main(["--model", fixed, "--workloads", "tiny", "--out", str(tmp_path)]) == 2
+    assert "leave out --workloads" in capsys.readouterr().err
+    model = write_fake_model(str(tmp_path / "m.rknn"))
+    assert bench_main(["--model", model, "--methods", "processpool", "--out", str(tmp_path)]) == 2
+    assert "rknn" in capsys.readouterr().err  # auto: an .rknn needs a board, or processpool is ONNX-only
+    assert bench_main(["--model", str(tmp_path / "missing.onnx"), "--out", str(tmp_path)]) == 2
+    assert not (tmp_path / "bench.json").exists()

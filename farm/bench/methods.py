@@ -3,7 +3,10 @@
 The baselines call ONNX Runtime directly, as a user would without the farm:
 ``inprocess`` (one session), ``threads`` (a thread pool, a session per
 thread), ``processpool`` (``ProcessPoolExecutor``, a session per process,
-arrays pickled both ways). ``zmq-floor`` runs no model: it is a bare pyzmq
+arrays pickled both ways). A workload of another backend (``--model
+yolo.rknn`` on a board) runs ``inprocess`` and ``threads`` on that backend's
+own sessions instead, thread ``i`` on NPU core ``i``: the usual RKNNLite
+pattern of one instance per core. ``zmq-floor`` runs no model: it is a bare pyzmq
 DEALER/ROUTER echo of a header the size of the farm's task header, the floor
 under any ZeroMQ design. ``farm`` is rknn-farm with as many workers.
 
@@ -35,7 +38,7 @@ from farm.bench.measure import (
     timed_generator,
     warm_up,
 )
-from farm.bench.workloads import Workload, task_header
+from farm.bench.workloads import BenchError, Workload, backend_session, task_header
 from farm.farm import Farm
 from workers.segments import SEGMENT_PREFIX
 
@@ -57,6 +60,21 @@ def ort_session(model: str) -> Any:
     return ort.InferenceSession(model, sess_options=options, providers=["CPUExecutionProvider"])
 
 
+class _Runner:
+    """Runs a workload's feed on one session of its backend (core ``core``)."""
+
+    def __init__(self, workload: Workload, core: int = 0) -> None:
+        if workload.backend == "onnxruntime":
+            session = ort_session(workload.model)
+            self.run: Callable[[dict[str, np.ndarray]], Any] = lambda feed: session.run(None, feed)
+            self.close: Callable[[], None] = lambda: None
+        else:
+            names = list(workload.feed)
+            backend = backend_session(workload, core)
+            self.run = lambda feed: backend.run([feed[name] for name in names])
+            self.close = backend.close
+
+
 def _first_answer(call: Callable[[], Any], started: float) -> float:
     call()
     return time.perf_counter() - started
@@ -67,15 +85,18 @@ def bench_inprocess(workload: Workload, config: Config) -> Row:
     """One session in this process, one task after the other: its throughput
     is simply its sequential rate."""
     started = time.perf_counter()
-    session = ort_session(workload.model)
+    runner = _Runner(workload)
     feed = workload.feed
 
     def run() -> None:
-        session.run(None, feed)
+        runner.run(feed)
 
-    row = Row(workload.name, "inprocess", 1, startup_s=_first_answer(run, started))
-    warm_up(run, config.warmup_s)
-    timing = sync_loop(run, config.duration_s)
+    try:
+        row = Row(workload.name, "inprocess", 1, startup_s=_first_answer(run, started))
+        warm_up(run, config.warmup_s)
+        timing = sync_loop(run, config.duration_s)
+    finally:
+        runner.close()
     row.set_sync(timing)
     row.set_throughput(timing, in_flight=1)
     return row
@@ -83,24 +104,46 @@ def bench_inprocess(workload: Workload, config: Config) -> Row:
 
 # ── threads ──────────────────────────────────────────────────────────────
 def bench_threads(workload: Workload, config: Config) -> Row:
-    """A ThreadPoolExecutor of N threads, each with its own session."""
+    """A ThreadPoolExecutor of N threads, each with its own session (thread
+    ``i`` on core ``i``)."""
     local = threading.local()
+    runners: list[_Runner] = []
+    lock = threading.Lock()
 
     def open_session() -> None:
-        local.session = ort_session(workload.model)
+        with lock:
+            local.runner = _Runner(workload, core=len(runners))
+            runners.append(local.runner)
 
     def run(feed: dict[str, np.ndarray]) -> None:
-        local.session.run(None, feed)
+        local.runner.run(feed)
 
     feed, n = workload.feed, config.workers
     started = time.perf_counter()
-    with concurrent.futures.ThreadPoolExecutor(n, initializer=open_session) as pool:
-        row = Row(workload.name, "threads", n)
-        row.startup_s = _first_answer(lambda: _all_busy(pool, run, feed, n), started)
-        warm_up(lambda: _all_busy(pool, run, feed, n), config.warmup_s)
-        row.set_sync(sync_loop(lambda: pool.submit(run, feed).result(), config.duration_s))
-        timing = pipelined_loop(lambda: pool.submit(run, feed), config.duration_s, config.window)
-        row.set_throughput(timing, config.window)
+    try:
+        with concurrent.futures.ThreadPoolExecutor(n, initializer=open_session) as pool:
+            return _measure_pool(Row(workload.name, "threads", n), pool, run, feed, config, started)
+    finally:
+        for runner in runners:
+            runner.close()
+
+
+def _measure_pool(
+    row: Row,
+    pool: concurrent.futures.Executor,
+    fn: Callable[[dict[str, np.ndarray]], Any],
+    feed: dict[str, np.ndarray],
+    config: Config,
+    started: float,
+) -> Row:
+    """Fill ``row`` for an executor of ``row.workers`` threads or processes
+    running ``fn(feed)``: startup, warm-up, sync latency, pipelined throughput."""
+    n = row.workers
+    row.startup_s = _first_answer(lambda: _all_busy(pool, fn, feed, n), started)
+    warm_up(lambda: _all_busy(pool, fn, feed, n), config.warmup_s)
+    row.set_sync(sync_loop(lambda: pool.submit(fn, feed).result(), config.duration_s))
+    timing = pipelined_loop(lambda: pool.submit(fn, feed), config.duration_s, config.window)
+    row.set_throughput(timing, config.window)
     return row
 
 
@@ -126,19 +169,15 @@ def _child_run(feed: dict[str, np.ndarray]) -> list[np.ndarray]:
 def bench_processpool(workload: Workload, config: Config) -> Row:
     """ProcessPoolExecutor (spawn) of N processes, a session each, created by
     the initializer; inputs and outputs travel pickled."""
+    if workload.backend != "onnxruntime":
+        raise BenchError(f"the processpool baseline runs ONNX models only, not {workload.backend}")
     feed, n = workload.feed, config.workers
     context = multiprocessing.get_context("spawn")
     started = time.perf_counter()
     with concurrent.futures.ProcessPoolExecutor(
         n, mp_context=context, initializer=_child_open_session, initargs=(workload.model,)
     ) as pool:
-        row = Row(workload.name, "processpool", n)
-        row.startup_s = _first_answer(lambda: _all_busy(pool, _child_run, feed, n), started)
-        warm_up(lambda: _all_busy(pool, _child_run, feed, n), config.warmup_s)
-        row.set_sync(sync_loop(lambda: pool.submit(_child_run, feed).result(), config.duration_s))
-        timing = pipelined_loop(lambda: pool.submit(_child_run, feed), config.duration_s, config.window)
-        row.set_throughput(timing, config.window)
-    return row
+        return _measure_pool(Row(workload.name, "processpool", n), pool, _child_run, feed, config, started)
 
 
 # ── zmq-floor ────────────────────────────────────────────────────────────
@@ -227,7 +266,14 @@ def _stop_echo(socket: zmq.Socket, echo: Optional[Any]) -> None:
 # ── farm ─────────────────────────────────────────────────────────────────
 def start_farm(workload: Workload, config: Config, **options: Any) -> Farm:
     schedule = ",".join(str(core) for core in range(config.workers))
-    return Farm(workload.model, backend="onnxruntime", schedule=schedule, threads_per_core=1, **options)
+    return Farm(
+        workload.model,
+        backend=workload.backend,
+        schedule=schedule,
+        threads_per_core=1,
+        layout=workload.layout,
+        **options,
+    )
 
 
 def bench_farm(workload: Workload, config: Config) -> Row:

@@ -288,7 +288,8 @@ def format_table(report: dict[str, Any]) -> str:
         "cpu us/task: CPU time per pipelined task in this process + in child processes",
     ]
     for workload in _workloads(rows):
-        lines += ["", f"{workload}: {WORKLOADS[workload]}"]
+        what = report.get("workloads", {}).get(workload) or WORKLOADS.get(workload, "")
+        lines += ["", f"{workload}: {what}"]
         speed = ratios["throughput_vs_inprocess"].get(workload, {})
         floor = ratios["sync_vs_zmq_floor"].get(workload, {})
         table = [
@@ -310,7 +311,10 @@ def format_table(report: dict[str, Any]) -> str:
         ]
         lines += _grid(_HEADERS, table, right=1)
     lines += _frame_lines(ratios.get("frame", {})) + _pacing_lines(report.get("pacing"))
-    lines += ["", "targets:"]
+    lines += [
+        "",
+        "targets:" if report["targets"] else "targets: none (they are set on the built-in workloads)",
+    ]
     for t in report["targets"]:
         verdict = {True: "met", False: "MISSED", None: "not measured"}[t["met"]]
         value = t["value"]

@@ -9,7 +9,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import psutil
 
@@ -25,7 +25,15 @@ from farm.bench.report import (
     write_json,
     write_plot,
 )
-from farm.bench.workloads import WORKLOADS, BenchError, Workload, WorkloadUnavailable, load_workload
+from farm.bench.workloads import (
+    WORKLOADS,
+    BenchError,
+    Workload,
+    WorkloadUnavailable,
+    load_workload,
+    model_workload,
+)
+from farm.errors import FarmError
 from workers.segments import SEGMENT_PREFIX, segment_dir
 
 __all__ = ["add_arguments", "main", "run"]
@@ -45,10 +53,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"per measurement (default {_DEFAULT_DURATION_S}; {_QUICK_DURATION_S} with --quick)",
     )
     parser.add_argument(
-        "--workloads", default=",".join(WORKLOADS), metavar="LIST", help=f"of {','.join(WORKLOADS)} (all)"
+        "--workloads", metavar="LIST", help=f"of {','.join(WORKLOADS)} (all; none with --model)"
     )
     parser.add_argument(
-        "--methods", default=",".join(METHODS), metavar="LIST", help=f"of {','.join(METHODS)} (all)"
+        "--model",
+        metavar="PATH",
+        help="measure your own model instead (a .rknn on a board, a fixed-shape .onnx), with random inputs",
+    )
+    parser.add_argument(
+        "--backend",
+        default="auto",
+        metavar="NAME",
+        help="the backend for --model (auto: rknnlite for .rknn, onnxruntime for .onnx)",
+    )
+    parser.add_argument(
+        "--methods",
+        metavar="LIST",
+        help=f"of {','.join(METHODS)} (all; without processpool for a --model that is not ONNX)",
     )
     parser.add_argument("--workers", type=int, default=2, metavar="N", help="workers/threads/processes (2)")
     parser.add_argument(
@@ -105,19 +126,27 @@ class _Measured:
     frame_memcpy_ms: Optional[float] = None
     frame_memcpy_after_pause_ms: Optional[float] = None
     pacing: Optional[dict[str, Any]] = None
+    descriptions: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
-def _measure(workloads: list[str], methods: list[str], config: Config, pacing: bool) -> _Measured:
+def _measure(
+    workloads: list[Union[str, Workload]], methods: list[str], config: Config, pacing: bool
+) -> _Measured:
     """Every (workload, method), then the extras: the frame's memcpy, pacing."""
     measured = _Measured()
     with tempfile.TemporaryDirectory(prefix="rknn-farm-bench-") as model_dir:
-        for name in workloads:
-            try:
-                workload = load_workload(name, model_dir)
-            except WorkloadUnavailable as exc:
-                measured.skipped[name] = str(exc)
-                _note(f"skipped {name}: {exc}")
-                continue
+        for name_or_workload in workloads:
+            if isinstance(name_or_workload, Workload):
+                workload = name_or_workload
+            else:
+                try:
+                    workload = load_workload(name_or_workload, model_dir)
+                except WorkloadUnavailable as exc:
+                    measured.skipped[name_or_workload] = str(exc)
+                    _note(f"skipped {name_or_workload}: {exc}")
+                    continue
+            name = workload.name
+            measured.descriptions[name] = workload.what
             for method in methods:
                 started = time.perf_counter()
                 measured.rows.append(run_method(method, workload, config))
@@ -190,15 +219,14 @@ def run(args: argparse.Namespace) -> int:
     """Run the suite as ``args`` say; print the table, write JSON and PNG."""
     try:
         config = _config(args)
-        workloads = _choices(args.workloads, list(WORKLOADS), "workloads")
-        methods = _choices(args.methods, list(METHODS), "methods")
-    except BenchError as exc:
+        workloads, methods = _what_to_run(args)
+    except (BenchError, FarmError, ValueError, OSError) as exc:
         print(f"rknn-farm bench: error: {exc}", file=sys.stderr)
         return 2
     began = time.perf_counter()
     load_at_start = load_average()
     cpu_at_start = _cpu_snapshot()
-    measured = _measure(workloads, methods, config, args.pacing)
+    measured = _measure(workloads, methods, config, args.pacing and args.model is None)
     elapsed = time.perf_counter() - began
     ratios = compute_ratios(
         measured.rows, measured.frame_memcpy_ms, measured.pacing, measured.frame_memcpy_after_pause_ms
@@ -207,13 +235,20 @@ def run(args: argparse.Namespace) -> int:
         "machine": dict(
             machine_info(), load_average_at_start=load_at_start, **_other_load(cpu_at_start, elapsed)
         ),
-        "config": dict(dataclasses.asdict(config), quick=args.quick, workloads=workloads, methods=methods),
+        "config": dict(
+            dataclasses.asdict(config),
+            quick=args.quick,
+            workloads=[w if isinstance(w, str) else w.name for w in workloads],
+            methods=methods,
+            model=args.model,
+        ),
+        "workloads": measured.descriptions,
         "rows": [r.to_dict() for r in measured.rows],
         "frame_memcpy_ms": measured.frame_memcpy_ms,
         "frame_memcpy_after_pause_ms": measured.frame_memcpy_after_pause_ms,
         "pacing": measured.pacing,
         "ratios": ratios,
-        "targets": check_targets(measured.rows, ratios),
+        "targets": [] if args.model else check_targets(measured.rows, ratios),
         "skipped": measured.skipped,
         "leftovers": _leftovers(),
         "elapsed_s": elapsed,
@@ -225,6 +260,23 @@ def run(args: argparse.Namespace) -> int:
     if png:
         print(f"plot: {png}")
     return 0
+
+
+def _what_to_run(args: argparse.Namespace) -> tuple[list[Union[str, Workload]], list[str]]:
+    """The workloads (names, or the user's model) and methods the arguments ask for."""
+    if args.model is None:
+        workloads: list[Union[str, Workload]] = list(
+            _choices(args.workloads or ",".join(WORKLOADS), list(WORKLOADS), "workloads")
+        )
+        return workloads, _choices(args.methods or ",".join(METHODS), list(METHODS), "methods")
+    if args.workloads:
+        raise BenchError("--model measures your model alone: leave out --workloads")
+    workload = model_workload(args.model, args.backend)
+    default = [m for m in METHODS if m != "processpool" or workload.backend == "onnxruntime"]
+    methods = _choices(args.methods or ",".join(default), list(METHODS), "methods")
+    if "processpool" in methods and workload.backend != "onnxruntime":
+        raise BenchError(f"the processpool baseline runs ONNX models only, not {workload.backend} ones")
+    return [workload], methods
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,8 +1,10 @@
-"""The benchmark's workloads: a model, one input, and what it measures.
+"""The benchmark's workloads: a model, its input, and what it measures.
 
 ``tiny`` and ``frame`` are built on the fly with the ``onnx`` package (imported
 here only, lazily); ``cls`` and ``rec`` are the PP-OCR models that the
-``rapidocr-onnxruntime`` package ships.
+``rapidocr-onnxruntime`` package ships. ``model`` is the user's own model
+(``--model``, e.g. a ``.rknn`` on a board), run by its backend, with random
+inputs of the shapes and dtypes the backend reports.
 """
 
 from __future__ import annotations
@@ -15,10 +17,22 @@ from typing import Any
 
 import numpy as np
 
+from farm.backends import resolve_backend, resolve_model
+from farm.options import parse_options
 from workers import protocol
+from workers.backends import load_backend
+from workers.backends.base import Placement
 from workers.segments import SEGMENT_PREFIX
 
-__all__ = ["WORKLOADS", "BenchError", "Workload", "load_workload", "task_header"]
+__all__ = [
+    "WORKLOADS",
+    "BenchError",
+    "Workload",
+    "backend_session",
+    "load_workload",
+    "model_workload",
+    "task_header",
+]
 
 #: name -> what it measures (the table and the docs say the same).
 WORKLOADS = {
@@ -42,18 +56,31 @@ class WorkloadUnavailable(BenchError):
 
 @dataclass(frozen=True)
 class Workload:
+    """A model and one input for it: ``array`` for ``input_name``, and the
+    ``extra_inputs`` of a model with several. ``backend`` runs it (the
+    baselines call ONNX Runtime directly; any other backend's own session),
+    and the farm takes the input in ``layout``."""
+
     name: str
     model: str
     input_name: str
     array: np.ndarray
+    backend: str = "onnxruntime"
+    layout: str = "nchw"
+    extra_inputs: tuple[tuple[str, np.ndarray], ...] = ()
+    description: str = ""
 
     @property
     def feed(self) -> dict[str, np.ndarray]:
-        return {self.input_name: self.array}
+        return {self.input_name: self.array, **dict(self.extra_inputs)}
 
     @property
     def what(self) -> str:
-        return WORKLOADS[self.name]
+        return self.description or WORKLOADS[self.name]
+
+    def session_options(self) -> dict[str, Any]:
+        """The options the farm's workers open their sessions with."""
+        return parse_options(None, layout=self.layout).to_dict()
 
 
 def load_workload(name: str, model_dir: str) -> Workload:
@@ -135,6 +162,62 @@ def _ppocr(name: str) -> Workload:
         raise WorkloadUnavailable(f"{path} is missing: reinstall rapidocr-onnxruntime==1.4.4")
     array = np.random.default_rng(0).random(_PPOCR_SHAPES[name], dtype=np.float32)
     return Workload(name, path, "x", array)
+
+
+def backend_session(workload: Workload, core: int) -> Any:
+    """A session of ``workload.backend`` in this process, on NPU core ``core``
+    (RKNN core mask ``1 << core``), as a farm's worker for that core opens it."""
+    placement = Placement(core=core, core_mask=1 << core, context_index=0, cpus=())
+    return load_backend(workload.backend).open_session(workload.model, workload.session_options(), placement)
+
+
+def model_workload(model: str, backend: str = "auto") -> Workload:
+    """The workload of the user's own model: random inputs of the shapes and
+    dtypes its backend reports, given in the backend's native layout (so the
+    farm transposes nothing and the baselines get the same arrays)."""
+    path = resolve_model(model)
+    backend = resolve_backend(backend, path)
+    probe = Workload("model", path, "", np.zeros(0), backend=backend)
+    try:
+        session = backend_session(probe, 0)
+    except Exception as exc:
+        raise BenchError(f"{path}: the {backend} backend cannot open it: {exc}") from exc
+    try:
+        description = session.describe()
+    finally:
+        session.close()
+    inputs = description.get("inputs")
+    if not inputs:
+        raise BenchError(
+            f"{path}: the {backend} backend does not report the model's inputs, so none can be made"
+        )
+    rng = np.random.default_rng(0)
+    arrays = []
+    for entry in inputs:
+        shape = entry["shape"]
+        if any(d is None for d in shape):
+            raise BenchError(
+                f"{path}: input {entry['name']!r} has dynamic dims {shape}; the bench needs fixed shapes "
+                "(export the model with fixed input shapes)"
+            )
+        dtype = np.dtype(entry["dtype"])
+        if dtype.kind == "f":
+            array = rng.random(shape).astype(dtype)
+        else:
+            array = rng.integers(0, 2 if dtype.kind == "b" else 128, size=shape).astype(dtype)
+        arrays.append((entry["name"], array))
+    shapes = ", ".join(f"{name} {a.dtype}{list(a.shape)}" for name, a in arrays)
+    (first_name, first), *rest = arrays
+    return Workload(
+        "model",
+        path,
+        first_name,
+        first,
+        backend=backend,
+        layout=description.get("native_layout", "nchw"),
+        extra_inputs=tuple(rest),
+        description=f"{os.path.basename(path)} on {backend}, {shapes}: your model",
+    )
 
 
 def task_header(workload: Workload) -> bytes:
