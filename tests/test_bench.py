@@ -31,7 +31,9 @@ METHODS = ["inprocess", "threads", "processpool", "zmq-floor", "farm"]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-def _run_suite(command: list[str], out: Path, env: Optional[dict] = None) -> tuple[dict, str]:
+def _run_suite(
+    command: list[str], out: Path, env: Optional[dict] = None, exit_code: int = 0
+) -> tuple[dict, str]:
     """Run the suite in a child process; return its report and stdout."""
     child = subprocess.Popen(
         [sys.executable, *command, "--quick", "--out", str(out)],
@@ -47,7 +49,7 @@ def _run_suite(command: list[str], out: Path, env: Optional[dict] = None) -> tup
         if child.poll() is None:
             child.kill()
             child.wait()
-    assert child.returncode == 0, stderr
+    assert child.returncode == exit_code, stderr
     left = glob.glob(os.path.join(segment_dir(), f"{SEGMENT_PREFIX}{child.pid}-*"))
     left += glob.glob(os.path.join(tempfile.gettempdir(), f"{SEGMENT_PREFIX}{child.pid}-*"))
     assert not left, f"shared memory left behind: {left}"
@@ -248,3 +250,17 @@ def test_bad_model_arguments_are_usage_errors(tmp_path: Path, capsys: pytest.Cap
     assert "rknn" in capsys.readouterr().err  # auto: an .rknn needs a board, or processpool is ONNX-only
     assert bench_main(["--model", str(tmp_path / "missing.onnx"), "--out", str(tmp_path)]) == 2
     assert not (tmp_path / "bench.json").exists()
+
+
+@pytest.mark.timeout(300)
+def test_a_method_that_fails_is_reported_and_the_others_still_run(tmp_path: Path) -> None:
+    """Four workers of an RKNN model: the double, like a three-core RK3588,
+    has no NPU core 3, so the threads baseline and the farm cannot start."""
+    model = write_fake_model(str(tmp_path / "m.rknn"))
+    env = dict(os.environ, PYTHONPATH=FAKE_ROOT)
+    command = ["benchmarks/bench.py", "--model", model, "--backend", "rknnlite", "--workers", "4"]
+    report, stdout = _run_suite(command, tmp_path / "out", env, exit_code=1)
+    assert [r["method"] for r in report["rows"]] == ["inprocess", "zmq-floor"]
+    assert set(report["failed"]) == {"model threads", "model farm"}
+    assert "init_runtime" in report["failed"]["model threads"]
+    assert "FAILED model threads:" in stdout and "FAILED model farm:" in stdout

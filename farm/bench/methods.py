@@ -107,21 +107,21 @@ def bench_threads(workload: Workload, config: Config) -> Row:
     """A ThreadPoolExecutor of N threads, each with its own session (thread
     ``i`` on core ``i``)."""
     local = threading.local()
-    runners: list[_Runner] = []
-    lock = threading.Lock()
-
-    def open_session() -> None:
-        with lock:
-            local.runner = _Runner(workload, core=len(runners))
-            runners.append(local.runner)
-
-    def run(feed: dict[str, np.ndarray]) -> None:
-        local.runner.run(feed)
-
     feed, n = workload.feed, config.workers
     started = time.perf_counter()
+    runners: list[_Runner] = []
     try:
-        with concurrent.futures.ThreadPoolExecutor(n, initializer=open_session) as pool:
+        for core in range(n):  # opened here, so that a failure says what failed
+            runners.append(_Runner(workload, core))
+        unclaimed = list(reversed(runners))
+
+        def claim_runner() -> None:
+            local.runner = unclaimed.pop()  # list.pop is atomic
+
+        def run(feed: dict[str, np.ndarray]) -> None:
+            local.runner.run(feed)
+
+        with concurrent.futures.ThreadPoolExecutor(n, initializer=claim_runner) as pool:
             return _measure_pool(Row(workload.name, "threads", n), pool, run, feed, config, started)
     finally:
         for runner in runners:

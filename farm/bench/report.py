@@ -322,6 +322,8 @@ def format_table(report: dict[str, Any]) -> str:
         lines.append(f"  {verdict:<12} {t['name']}: {shown} (target {t['target']})")
     for name, reason in report.get("skipped", {}).items():
         lines.append(f"  skipped {name}: {reason}")
+    for name, reason in report.get("failed", {}).items():
+        lines.append(f"  FAILED {name}: {reason}")
     leftovers = report.get("leftovers") or {}
     for kind in ("processes", "segments"):
         for item in leftovers.get(kind, []):

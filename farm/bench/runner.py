@@ -9,7 +9,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from typing import Any, Optional, Union
+from typing import Any, Callable, Optional, TypeVar, Union
 
 import psutil
 
@@ -108,6 +108,9 @@ def _config(args: argparse.Namespace) -> Config:
     )
 
 
+_T = TypeVar("_T")
+
+
 def _note(text: str) -> None:
     print(f"[bench] {text}", file=sys.stderr, flush=True)
 
@@ -127,6 +130,7 @@ class _Measured:
     frame_memcpy_after_pause_ms: Optional[float] = None
     pacing: Optional[dict[str, Any]] = None
     descriptions: dict[str, str] = dataclasses.field(default_factory=dict)
+    failed: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 def _measure(
@@ -149,18 +153,31 @@ def _measure(
             measured.descriptions[name] = workload.what
             for method in methods:
                 started = time.perf_counter()
-                measured.rows.append(run_method(method, workload, config))
-                _note(f"{name:<6} {method:<12} {time.perf_counter() - started:5.1f} s")
+                row = _attempt(measured, f"{name} {method}", run_method, method, workload, config)
+                if row is not None:
+                    measured.rows.append(row)
+                    _note(f"{name:<6} {method:<12} {time.perf_counter() - started:5.1f} s")
             if name == "frame":
                 measured.frame_memcpy_ms = memcpy_ms(workload.array)
                 measured.frame_memcpy_after_pause_ms = memcpy_ms(workload.array, pause_s=MEMCPY_PAUSE_S)
             if name == "cls" and pacing:
-                measured.pacing = _pacing(workload, config, measured.rows)
-    if pacing and measured.pacing is None:
+                measured.pacing = _attempt(measured, "pacing", _pacing, workload, config, measured.rows)
+    if pacing and measured.pacing is None and "pacing" not in measured.failed:
         measured.skipped["pacing"] = (
             "the pacing measurement runs on the cls workload (add cls to --workloads)"
         )
     return measured
+
+
+def _attempt(measured: _Measured, what: str, measure: Callable[..., _T], *args: Any) -> Optional[_T]:
+    """``measure(*args)``, or None when it failed: the failure is noted in
+    ``measured.failed`` and the other measurements still run (the run exits 1)."""
+    try:
+        return measure(*args)
+    except Exception as exc:
+        measured.failed[what] = f"{type(exc).__name__}: {exc}"
+        _note(f"{what} FAILED: {measured.failed[what]}")
+        return None
 
 
 def _cpu_snapshot() -> tuple[float, float, float]:
@@ -250,6 +267,7 @@ def run(args: argparse.Namespace) -> int:
         "ratios": ratios,
         "targets": [] if args.model else check_targets(measured.rows, ratios),
         "skipped": measured.skipped,
+        "failed": measured.failed,
         "leftovers": _leftovers(),
         "elapsed_s": elapsed,
     }
@@ -259,7 +277,7 @@ def run(args: argparse.Namespace) -> int:
     png = write_plot(report, os.path.join(args.out, "bench.png"))
     if png:
         print(f"plot: {png}")
-    return 0
+    return 1 if measured.failed else 0
 
 
 def _what_to_run(args: argparse.Namespace) -> tuple[list[Union[str, Workload]], list[str]]:
