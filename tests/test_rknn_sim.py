@@ -10,6 +10,7 @@ quantised build): the simulator computes in the precision the NPU would.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -282,3 +283,18 @@ def test_the_seed_session_api_on_the_simulator(toolkit, models):
         np.testing.assert_allclose(y, batch * 2 + 1, atol=AFFINE_ATOL)
     finally:
         affine.close()
+
+
+def test_bench_measures_your_model_on_the_simulator(toolkit, models, tmp_path, capsys):
+    """``rknn-farm bench --model x.onnx --backend rknn-sim``: the baselines and
+    the farm run the simulator's own sessions (built from the ONNX model)."""
+    from farm.bench import main as bench_main
+
+    out = tmp_path / "out"
+    argv = ["--model", models["affine"], "--backend", "rknn-sim", "--methods", "inprocess,threads,farm"]
+    assert bench_main([*argv, "--quick", "--out", str(out)]) == 0
+    stdout = capsys.readouterr().out
+    assert "model: affine.onnx on rknn-sim, x float32[1, 3, 8, 8]" in stdout
+    report = json.loads((out / "bench.json").read_text(encoding="utf-8"))
+    assert report["failed"] == {}
+    assert [r["method"] for r in report["rows"]] == ["inprocess", "threads", "farm"]
