@@ -5,7 +5,7 @@ methods for the run (no change to the farm); the worker's come from the perf
 log (``RKNN_FARM_PRINT_PERF``, captured here rather than printed). Medians
 over ``--runs`` calls after a warm-up, on the bench's workloads:
 
-    python benchmarks/run_stages.py [--workload tiny|frame] [--runs 3000] [--schedule 0,1]
+    python benchmarks/run_stages.py [--workload tiny|cls|rec|frame] [--runs 3000] [--schedule 0,1]
                                     [--option KEY=VALUE ...]
 
     prepare   checking the feed and copying (or packing) the inputs
@@ -98,7 +98,7 @@ def measure(workload_name: str, runs: int, schedule: str, **options: Any) -> dic
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workload", choices=("tiny", "frame"), default="tiny")
+    parser.add_argument("--workload", choices=("tiny", "cls", "rec", "frame"), default="tiny")
     parser.add_argument("--runs", type=int, default=3000)
     parser.add_argument("--schedule", default="0,1")
     parser.add_argument(
