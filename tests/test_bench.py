@@ -249,6 +249,8 @@ def test_bad_model_arguments_are_usage_errors(tmp_path: Path, capsys: pytest.Cap
     assert bench_main(["--model", model, "--methods", "processpool", "--out", str(tmp_path)]) == 2
     assert "rknn" in capsys.readouterr().err  # auto: an .rknn needs a board, or processpool is ONNX-only
     assert bench_main(["--model", str(tmp_path / "missing.onnx"), "--out", str(tmp_path)]) == 2
+    assert bench_main(["--backend", "rknnlite", "--out", str(tmp_path)]) == 2
+    assert "--backend chooses the backend of --model" in capsys.readouterr().err
     assert not (tmp_path / "bench.json").exists()
 
 

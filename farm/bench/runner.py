@@ -282,6 +282,10 @@ def run(args: argparse.Namespace) -> int:
 
 def _what_to_run(args: argparse.Namespace) -> tuple[list[Union[str, Workload]], list[str]]:
     """The workloads (names, or the user's model) and methods the arguments ask for."""
+    if args.model is None and args.backend != "auto":
+        raise BenchError(
+            "--backend chooses the backend of --model; the built-in workloads run on ONNX Runtime"
+        )
     if args.model is None:
         workloads: list[Union[str, Workload]] = list(
             _choices(args.workloads or ",".join(WORKLOADS), list(WORKLOADS), "workloads")
