@@ -16,6 +16,8 @@ import threading
 import traceback
 from typing import Any, Callable, Optional
 
+from workers.threadnames import name_this_thread
+
 __all__ = ["CallbackThread"]
 
 _STOP = object()
@@ -74,6 +76,7 @@ class CallbackThread:
             self._thread.join(timeout)
 
     def _loop(self) -> None:
+        name_this_thread()
         while True:
             item = self._queue.get()
             if item is _STOP:

@@ -70,6 +70,7 @@ from farm.task import Task
 from workers import protocol
 from workers.segments import SEGMENT_PREFIX
 from workers.spin import SpinWait
+from workers.threadnames import name_this_thread
 
 __all__ = ["Router"]
 
@@ -343,6 +344,7 @@ class Router(DirectPath, Supervision, Membership):
             pass
 
     def _receive_loop(self) -> None:
+        name_this_thread()
         poller = zmq.Poller()
         poller.register(self._inbound, zmq.POLLIN)
         poller.register(self._wake_read, zmq.POLLIN)

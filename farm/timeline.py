@@ -31,6 +31,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from farm.errors import FarmError
+from workers.threadnames import name_this_thread
 
 __all__ = ["PLOT_HINT", "Sample", "StatsSampler", "build_timeline", "check_plotting", "pyplot", "write_plot"]
 
@@ -85,6 +86,7 @@ class StatsSampler:
         return self._sample()
 
     def _loop(self) -> None:
+        name_this_thread()
         origin = self.samples[0][0]
         k = 1
         while not self._stopped.wait(max(0.0, origin + k * self.interval_s - self._clock())):

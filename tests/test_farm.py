@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import concurrent.futures
+import os
+import sys
 import threading
 import time
 
@@ -21,6 +23,7 @@ from farm import (
 )
 from tests.onnx_models import affine_model, two_input_model
 from tests.processes import wait_gone
+from workers.threadnames import os_name
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -412,3 +415,30 @@ def test_an_apps_own_workers_package_in_its_directory_does_not_shadow_ours(tmp_p
     with Farm("appmodel:double", schedule="0") as farm:  # the app's module, from its directory
         (y,) = farm.run({"x": x})
     assert np.array_equal(y, x * 2)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="OS thread names are set on Linux")
+def test_the_os_sees_the_farms_threads_and_workers_by_name(tmp_path):
+    def os_names(pid: int) -> set[str]:
+        tasks = f"/proc/{pid}/task"
+        names = set()
+        for tid in os.listdir(tasks):
+            try:
+                with open(f"{tasks}/{tid}/comm") as comm:
+                    names.add(comm.read().strip())
+            except FileNotFoundError:
+                pass  # a thread that has just ended
+        return names
+
+    with Farm(affine_model(str(tmp_path)), schedule="0,1", threads_per_core=2) as farm:
+        farm.run_async({"x": np.zeros((1, 3, 8, 8), np.float32)}, lambda *_: None)
+        farm.run({"x": np.zeros((1, 3, 8, 8), np.float32)})
+        assert {"rf-router", "rf-callbacks"} <= os_names(os.getpid())
+        for worker in farm.stats()["workers"]:
+            core = worker["core"]
+            names = os_names(worker["pid"])
+            assert {f"rf-worker-{core}", f"rf-C{core}-T0", f"rf-C{core}-T1", "rf-parent-watch"} <= names
+            with open(f"/proc/{worker['pid']}/comm") as comm:
+                assert comm.read().strip() == f"rf-worker-{core}"  # what top and ps show
+    assert os_name("rknnfarm-parent-watch") == "rf-parent-watch"
+    assert os_name("a-very-long-thread-name") == "a-very-long-thr"  # the kernel keeps 15 bytes

@@ -26,6 +26,7 @@ from workers import protocol
 from workers.backends.base import Placement
 from workers.segments import SegmentMap
 from workers.spin import SpinWait
+from workers.threadnames import name_this_thread
 
 __all__ = ["ContextThread"]
 
@@ -76,6 +77,7 @@ class ContextThread(threading.Thread):
         self.load_traceback = ""
 
     def run(self) -> None:
+        name_this_thread()
         tasks = self._zmq_context.socket(zmq.ROUTER)
         results = self._zmq_context.socket(zmq.PUSH)
         tasks.setsockopt(zmq.LINGER, 0)

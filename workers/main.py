@@ -33,6 +33,7 @@ from workers.backends.base import Placement
 from workers.context import ContextThread
 from workers.segments import SegmentMap, unlink_segments_of
 from workers.spin import SpinWait
+from workers.threadnames import name_this_thread
 
 __all__ = ["worker_main"]
 
@@ -51,6 +52,7 @@ def worker_main(spec: dict[str, Any]) -> None:
     # Ctrl-C in a terminal reaches the whole process group; the parent decides
     # how to shut down, so a worker must not die of it on its own.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    name_this_thread(f"rf-worker-{spec['core']}")  # the process's name in top and ps
     _pin_to_cpus(spec["cpus"])
     worker_id, generation = spec["worker_id"], spec["generation"]
     zmq_context = zmq.Context()
@@ -140,6 +142,7 @@ def _watch_parent(spec: dict[str, Any]) -> None:
     """Block on stdin; at end-of-file, exit. Without the QUIT word first, the
     parent died (killed, or crashed): nobody will unlink its segments or stop
     us, so do both now."""
+    name_this_thread()
     told_to_quit = protocol.QUIT in spec.get("_stdin_leftover", b"")
     while True:
         chunk = os.read(sys.stdin.fileno(), 4096)
