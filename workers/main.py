@@ -52,7 +52,7 @@ def worker_main(spec: dict[str, Any]) -> None:
     # Ctrl-C in a terminal reaches the whole process group; the parent decides
     # how to shut down, so a worker must not die of it on its own.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    name_this_thread(f"rf-worker-{spec['core']}")  # the process's name in top and ps
+    name_this_thread(f"rknnfarm-worker-{spec['core']}")  # the process's name in top and ps
     _pin_to_cpus(spec["cpus"])
     worker_id, generation = spec["worker_id"], spec["generation"]
     zmq_context = zmq.Context()

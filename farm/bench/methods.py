@@ -42,7 +42,7 @@ from farm.bench.workloads import BenchError, Workload, backend_session, task_hea
 from farm.farm import Farm
 from workers.segments import SEGMENT_PREFIX
 
-__all__ = ["METHODS", "bench_farm", "ort_session", "run_method", "start_farm"]
+__all__ = ["METHODS", "bench_farm", "map_throughput", "ort_session", "run_method", "start_farm"]
 
 _STOP = b""
 _ECHO_JOIN_S = 5.0
@@ -276,6 +276,12 @@ def start_farm(workload: Workload, config: Config, **options: Any) -> Farm:
     )
 
 
+def map_throughput(farm: Farm, feed: dict[str, np.ndarray], config: Config) -> Timing:
+    """``Farm.map`` of ``feed`` for ``config.duration_s`` with the bench's window:
+    the farm's pipelined figure."""
+    return consume(farm.map(timed_generator(feed, config.duration_s), max_in_flight=config.window))
+
+
 def bench_farm(workload: Workload, config: Config) -> Row:
     """rknn-farm, one worker per core ("0,1" for two), one context each:
     ``Farm.run`` for sync latency, ``Farm.map`` for throughput."""
@@ -289,8 +295,7 @@ def bench_farm(workload: Workload, config: Config) -> Row:
         row = Row(workload.name, "farm", config.workers, startup_s=_first_answer(run, started))
         warm_up(run, config.warmup_s)
         row.set_sync(sync_loop(run, config.duration_s))
-        results = farm.map(timed_generator(feed, config.duration_s), max_in_flight=config.window)
-        row.set_throughput(consume(results), config.window)
+        row.set_throughput(map_throughput(farm, feed, config), config.window)
         emas = [w["infer_ema_us"] for w in farm.stats()["workers"] if w["infer_ema_us"] is not None]
         row.details["worker_infer_ema_us"] = round(sum(emas) / len(emas), 1) if emas else None
     return row

@@ -22,11 +22,11 @@ from typing import Any
 
 import numpy as np
 
-from farm.bench.measure import Config, consume, timed_generator, warm_up
-from farm.bench.methods import start_farm
+from farm.bench.measure import Config, warm_up
+from farm.bench.methods import map_throughput, start_farm
 from farm.bench.workloads import Workload
 
-__all__ = ["OVERLOAD", "bench_pacing"]
+__all__ = ["OVERLOAD", "bench_pacing", "unpaced_throughput"]
 
 #: The producer offers this many times the farm's unpaced throughput.
 OVERLOAD = 3.0
@@ -68,8 +68,7 @@ def unpaced_throughput(workload: Workload, config: Config) -> float:
     (``Farm.map`` with the bench's window for ``config.duration_s``)."""
     with start_farm(workload, config) as farm:
         warm_up(lambda: farm.run(workload.feed), config.warmup_s)
-        results = farm.map(timed_generator(workload.feed, config.duration_s), max_in_flight=config.window)
-        timing = consume(results)
+        timing = map_throughput(farm, workload.feed, config)
     return timing.tasks / timing.wall_s
 
 

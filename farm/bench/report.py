@@ -125,9 +125,7 @@ def compute_ratios(
             ratios["sync_vs_zmq_floor"][workload] = {
                 m: by[workload, m].sync_p50_ms / floor.sync_p50_ms for m in methods
             }
-    frame = _frame_ratios(by, frame_memcpy_ms)
-    if frame_memcpy_after_pause_ms is not None:
-        frame["memcpy_after_pause_ms"] = frame_memcpy_after_pause_ms
+    frame = _frame_ratios(by, frame_memcpy_ms, frame_memcpy_after_pause_ms)
     if frame:
         ratios["frame"] = frame
     if pacing:
@@ -138,12 +136,16 @@ def compute_ratios(
     return ratios
 
 
-def _frame_ratios(by: dict[tuple[str, str], Row], memcpy_ms: Optional[float]) -> dict[str, float]:
+def _frame_ratios(
+    by: dict[tuple[str, str], Row], memcpy_ms: Optional[float], memcpy_after_pause_ms: Optional[float]
+) -> dict[str, float]:
     farm, pool = by.get(("frame", "farm")), by.get(("frame", "processpool"))
     inproc, floor = by.get(("frame", "inprocess")), by.get(("frame", "zmq-floor"))
     out: dict[str, float] = {}
     if memcpy_ms is not None:
         out["memcpy_ms"] = memcpy_ms
+    if memcpy_after_pause_ms is not None:
+        out["memcpy_after_pause_ms"] = memcpy_after_pause_ms
     if farm is None:
         return out
     out["farm_sync_p50_ms"] = farm.sync_p50_ms

@@ -14,8 +14,8 @@ from typing import Any, Callable, Optional, TypeVar, Union
 import psutil
 
 from farm.bench.measure import MEMCPY_PAUSE_S, Config, Row, memcpy_ms
-from farm.bench.methods import METHODS, bench_farm, run_method
-from farm.bench.paced import bench_pacing
+from farm.bench.methods import METHODS, run_method
+from farm.bench.paced import bench_pacing, unpaced_throughput
 from farm.bench.report import (
     check_targets,
     compute_ratios,
@@ -117,7 +117,7 @@ def _note(text: str) -> None:
 
 def _pacing(workload: Workload, config: Config, rows: list[Row]) -> dict[str, Any]:
     farm = next((r for r in rows if r.workload == workload.name and r.method == "farm"), None)
-    unpaced = (farm or bench_farm(workload, config)).throughput_per_s
+    unpaced = farm.throughput_per_s if farm is not None else unpaced_throughput(workload, config)
     _note(f"pacing on {workload.name}: offering 3 x {unpaced:,.0f} tasks/s")
     return bench_pacing(workload, config, unpaced)
 
