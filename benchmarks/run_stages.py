@@ -35,6 +35,7 @@ from typing import Any, Callable
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from farm import Farm  # noqa: E402
+from farm.bench.methods import shared_feed  # noqa: E402
 from farm.bench.workloads import load_workload  # noqa: E402
 from farm.direct import DirectPath  # noqa: E402
 
@@ -61,8 +62,11 @@ def _stamped(owner: type, name: str, marks: dict[str, float], before: str, after
         setattr(owner, name, original)
 
 
-def measure(workload_name: str, runs: int, schedule: str, **options: Any) -> dict[str, float]:
-    """Median µs per stage over ``runs`` synchronous runs."""
+def measure(
+    workload_name: str, runs: int, schedule: str, in_place: bool = False, **options: Any
+) -> dict[str, float]:
+    """Median µs per stage over ``runs`` synchronous runs; ``in_place``: the
+    inputs written once into ``Farm.input_array`` arrays (no copy in)."""
     marks: dict[str, float] = {}
     stages: dict[str, list[float]] = {k: [] for k in ("prepare", "admit", "send", "worker", "wire", "answer")}
     perf_log = io.StringIO()
@@ -71,9 +75,10 @@ def measure(workload_name: str, runs: int, schedule: str, **options: Any) -> dic
         directory = stack.enter_context(tempfile.TemporaryDirectory(prefix="rknn-farm-stages-"))
         workload = load_workload(workload_name, directory)
         farm = stack.enter_context(Farm(workload.model, schedule=schedule, **options))
+        feed = shared_feed(farm, workload.feed) if in_place else workload.feed
         stack.enter_context(contextlib.redirect_stderr(perf_log))
         for _ in range(max(200, runs // 5)):  # warm-up: caches, the spin averages
-            farm.run(workload.feed)
+            farm.run(feed)
         stack.enter_context(_stamped(Farm, "_admit", marks, "admit"))
         stack.enter_context(_stamped(DirectPath, "_send_on", marks, "send", "sent"))
         stack.enter_context(_stamped(DirectPath, "_take_direct_answer", marks, "answered"))
@@ -82,7 +87,7 @@ def measure(workload_name: str, runs: int, schedule: str, **options: Any) -> dic
             perf_log.truncate()
             marks.clear()
             start = time.perf_counter()
-            farm.run(workload.feed)
+            farm.run(feed)
             end = time.perf_counter()
             worker_us = sum(int(v) for _, v in _PERF_FIELDS.findall(perf_log.getvalue()))
             if "sent" not in marks or "answered" not in marks:
@@ -106,12 +111,16 @@ def main() -> int:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="a farm option, e.g. spin_us=0 or copy_threads=1 (repeatable)",
+        help="a farm option, e.g. spin_us=0 (repeatable)",
+    )
+    parser.add_argument(
+        "--in-place", action="store_true", help="feed Farm.input_array arrays: no copy into shared memory"
     )
     args = parser.parse_args()
     options = dict(option.split("=", 1) for option in args.option)
-    medians = measure(args.workload, args.runs, args.schedule, **options)
-    print(f"{args.workload}: one Farm.run, schedule {args.schedule}, median of {args.runs} runs (µs)")
+    medians = measure(args.workload, args.runs, args.schedule, args.in_place, **options)
+    fed = ", inputs in place" if args.in_place else ""
+    print(f"{args.workload}: one Farm.run, schedule {args.schedule}{fed}, median of {args.runs} runs (µs)")
     for name, value in medians.items():
         print(f"  {name:<8} {value:8.1f}")
     print(f"  {'sum':<8} {sum(medians.values()):8.1f}   (a sum of medians, not the median round trip)")

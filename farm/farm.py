@@ -16,7 +16,7 @@ import concurrent.futures
 import os
 import threading
 import weakref
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Callable, Optional, Union, cast
 
 import numpy as np
@@ -31,7 +31,15 @@ from farm.router import Router
 from farm.shm import SharedArena, reap_stale_segments
 from farm.stats import FarmStats
 from farm.task import Outcome, Task, write_inputs
-from farm.tensors import InlineFeed, TensorSpec, prepare_feed, specs_from_description, static_bytes, user_spec
+from farm.tensors import (
+    InlineFeed,
+    TensorSpec,
+    prepare_feed,
+    shared_input_layout,
+    specs_from_description,
+    static_bytes,
+    user_spec,
+)
 from workers.protocol import INLINE_BYTES
 
 __all__ = ["Farm"]
@@ -182,6 +190,26 @@ class Farm:
     def outputs(self) -> Optional[list[TensorSpec]]:
         """The model's outputs, in the order ``run`` returns them."""
         return self._outputs
+
+    def input_array(self, name: Optional[str] = None, *, shape: Optional[Sequence[int]] = None) -> np.ndarray:
+        """A zeroed array in the farm's shared memory for input ``name`` (may
+        be omitted for a one-input model), shaped and typed as a feed gives
+        it: 4-D shapes follow ``layout``, and ``shape`` sets the size of
+        dynamic dimensions.
+
+        Write your data into it and put it in a feed: the worker reads it
+        where it lies, without the copy that any other input costs. The same
+        goes for the outputs of any open farm of this process (one stage's
+        outputs fed to the next). Do not write to it
+        again until the task that reads it has ended (its Future is done,
+        ``run`` has returned). Its memory goes back to the farm when the
+        array and every view of it are gone."""
+        self._described_router()
+        spec, native_shape, to_user = shared_input_layout(
+            self._native_inputs, name, shape, self.options.layout, self._native_layout
+        )
+        array = self._arena.new_array(native_shape, spec.dtype)
+        return array if to_user is None else array.transpose(to_user)
 
     # ── running ──────────────────────────────────────────────────────────
     def run(self, inputs: Any, *, timeout: Optional[float] = None) -> list[np.ndarray]:
@@ -350,12 +378,19 @@ class Farm:
             raise FarmClosedError("the farm is closed; create a new Farm to run more tasks")
         return self._router
 
-    def _make_task(self, feed: Any, **delivery: Any) -> Task:
+    def _described_router(self) -> Router:
+        """The router, once the model's description is taken from it (a farm of
+        remote nodes only has one once the first node joins)."""
         router = self._require_router()
         if not self._described and router.description is not None:
             self._describe(router.description)
+        return router
+
+    def _make_task(self, feed: Any, outputs_in_arena: bool = False, **delivery: Any) -> Task:
+        router = self._described_router()
         shortcut = self._inline_feed
         descriptors = None if shortcut is None else shortcut.descriptors(feed)
+        held: tuple[np.ndarray, ...] = ()
         if shortcut is not None and descriptors is not None:  # a plain small feed, packed as it is
             region, input_key = None, shortcut.input_key
         else:
@@ -363,14 +398,16 @@ class Farm:
                 feed, self._native_inputs, self.options.layout, self._native_layout, self._converts_dtypes
             )
             input_key = tuple(p.shape for p in prepared)
-            region, descriptors = write_inputs(self._arena, prepared)
+            region, descriptors, held = write_inputs(self._arena, prepared)
         out_bytes = self._static_output_bytes or router.output_hint(input_key)
         try:
-            out_region = self._arena.allocate(out_bytes) if out_bytes and out_bytes > INLINE_BYTES else None
+            out_region = None  # small outputs come back in the answer's header
+            if out_bytes and (out_bytes > INLINE_BYTES or outputs_in_arena):
+                out_region = self._arena.allocate(out_bytes)
         except BaseException:
             self._arena.free(region)
             raise
-        return Task(region, descriptors, input_key, out_region, **delivery)
+        return Task(region, descriptors, input_key, out_region, held_inputs=held, **delivery)
 
     def _admit(self, task: Task, direct: bool = False) -> Optional[tuple[ReplyChannel, Any]]:
         try:
@@ -381,7 +418,7 @@ class Farm:
 
     def _free_regions(self, task: Task) -> None:
         """Give back the memory of a task that was never admitted."""
-        self._arena.free(task.input_region)
+        task.release_inputs(self._arena)
         self._arena.free(task.out_region)
 
     # ── state ────────────────────────────────────────────────────────────

@@ -19,14 +19,14 @@ it in place::
 
 What still copies: ``bind_cpu_input`` (once, at bind time, as in the seed),
 an input the worker needs transposed (``layout="nhwc"`` on ONNX Runtime),
-and an output bound with ``bind_ortvalue_output`` (copied into that value).
+inputs of at most 16 KiB in all (they travel in the task's header, which
+costs less than reading them in place), and an output bound with
+``bind_ortvalue_output`` (copied into that value).
 """
 
 from __future__ import annotations
 
 import concurrent.futures
-import ctypes
-import math
 import operator
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Optional
@@ -35,8 +35,7 @@ import numpy as np
 
 from farm.errors import FarmError, InvalidInputError
 from farm.farm import Farm
-from farm.task import Task, write_inputs
-from farm.tensors import PreparedInput, TensorSpec, transpose_axes
+from farm.tensors import TensorSpec
 
 if TYPE_CHECKING:
     from farm.session import InferenceSession
@@ -338,7 +337,7 @@ def run_with_binding(session: InferenceSession, binding: SessionIOBinding) -> No
     for name, target in binding._outputs.items():
         array = by_name[name]
         if target is None:
-            binding._results[name] = OrtValue(array, "rknpu2", _locate(farm, array))
+            binding._results[name] = OrtValue(array, "rknpu2", farm._arena.locate(array))
             continue
         if target._array.shape != array.shape:
             raise FarmError(
@@ -349,48 +348,12 @@ def run_with_binding(session: InferenceSession, binding: SessionIOBinding) -> No
 
 
 def submit_in_place(farm: Farm, values: Sequence[OrtValue]) -> concurrent.futures.Future:
-    """Queue one task whose inputs are ``values`` (model order), read where
-    they lie in shared memory. Values that are not in shared memory, or that
-    the worker needs transposed, are copied into a region the task owns.
-
-    This reaches into the farm (its arena, router and ``_admit``): Farm has
-    no public way yet to submit inputs that already sit in shared memory."""
-    native_specs = farm._native_inputs or []
-    axes = transpose_axes(farm.options.layout, farm._native_layout)
-    copies: list[PreparedInput] = []
-    plan: list[Optional[list[Any]]] = []
-    for spec, value in zip(native_specs, values):
-        array = value._array
-        turn = axes if axes is not None and array.ndim == 4 else None
-        if value._location is None or turn is not None:
-            shape = tuple(array.shape[a] for a in turn) if turn else array.shape
-            copies.append(PreparedInput(spec.name, array, spec.dtype, shape, turn))
-            plan.append(None)
-        else:
-            segment, offset = value._location
-            plan.append([segment, offset, array.dtype.str, list(array.shape), spec.name])
-    # The task's own region holds the copies (none: a minimal one); the router
-    # frees it when the task ends. The bound values' regions stay theirs.
-    region, copied = write_inputs(farm._arena, copies)
-    copied_descriptors = iter(copied)
-    descriptors = [d if d is not None else next(copied_descriptors) for d in plan]
-    input_key = tuple(tuple(d[3]) for d in descriptors)
-    try:
-        out_bytes = farm._static_output_bytes or farm._require_router().output_hint(input_key)
-        # Outputs go to shared memory even when small: a bound output is a view of it.
-        out_region = farm._arena.allocate(out_bytes) if out_bytes else None
-    except BaseException:
-        farm._arena.free(region)
-        raise
+    """Queue one task whose inputs are ``values`` (model order). The farm reads
+    a value that lies in its shared memory where it lies (as it does any such
+    array); the outputs go to shared memory even when small, since a bound
+    output is a view of them. The task holds the values until it ends."""
     future: concurrent.futures.Future = concurrent.futures.Future()
-
-    def hold(_future: concurrent.futures.Future, _values: tuple = tuple(values)) -> None:
-        """Nothing to do: the task holds the future, the future this function,
-        so the bound regions stay reserved until the task ends, even if the
-        caller stops waiting."""
-
-    future.add_done_callback(hold)
-    farm._admit(Task(region, descriptors, input_key, out_region, future=future))
+    farm._admit(farm._make_task([value._array for value in values], outputs_in_arena=True, future=future))
     return future
 
 
@@ -398,27 +361,8 @@ def submit_in_place(farm: Farm, values: Sequence[OrtValue]) -> concurrent.future
 def _shared_value(farm: Farm, shape: Sequence[int], dtype: np.dtype) -> OrtValue:
     """A zeroed value in ``farm``'s shared memory; its region returns to the
     arena when the value (and every view of it) is garbage-collected."""
-    count = math.prod(shape)
-    region = farm._arena.allocate(count * dtype.itemsize)
-    lease = farm._arena.lease(region)
-    array = np.frombuffer(lease, dtype, count).reshape(tuple(shape))
-    array.fill(0)
-    return OrtValue(array, "rknpu2", (region.segment.name, region.offset))
-
-
-def _locate(farm: Farm, array: np.ndarray) -> Optional[tuple[str, int]]:
-    """Where ``array`` lies in ``farm``'s shared memory, or None (a copy)."""
-    if not array.flags.c_contiguous:
-        return None
-    address = array.__array_interface__["data"][0]
-    for segment in list(farm._arena._segments):
-        try:
-            base = ctypes.addressof(ctypes.c_char.from_buffer(segment.buf))
-        except (ValueError, TypeError):  # unmapped
-            continue
-        if base <= address < base + segment.size:
-            return segment.name, address - base
-    return None
+    array = farm._arena.new_array(tuple(shape), dtype)
+    return OrtValue(array, "rknpu2", farm._arena.locate(array))
 
 
 def _tensor_of(session: Any, name: Optional[str], io_kind: Optional[str]) -> TensorSpec:

@@ -473,7 +473,7 @@ class Router(DirectPath, Supervision, Membership):
         self, worker: WorkerHandle, task: Task, message: list[Any], frames: list[Any]
     ) -> None:
         """Outside the lock: free the inputs, build the outputs, resolve the task."""
-        self.arena.free(task.input_region)
+        task.release_inputs(self.arena)
         now = time.perf_counter()
         timings = message[-1]
         if message[0] == protocol.RESULT:
@@ -551,7 +551,7 @@ class Router(DirectPath, Supervision, Membership):
 
     def _fail_task(self, task: Task, error: BaseException) -> None:
         """End a task that will not run (again) with ``error``, freeing its memory."""
-        self.arena.free(task.input_region)
+        task.release_inputs(self.arena)
         self._free_out_region(task)
         self._deliver(task, None, error)
 

@@ -11,13 +11,18 @@ farm are views of the region, and the region goes back to the arena only
 when the last of those arrays is garbage-collected. The lease is a ctypes
 array over the region: numpy keeps it as the ``base`` of every view (numpy
 collapses ``base`` chains through arrays, but not through a ctypes object),
-and ``weakref.finalize`` on it returns the region.
+and ``weakref.finalize`` on it returns the region. Arrays that already lie
+in an arena (a leased output, a :meth:`Farm.input_array`) can be given to
+workers where they lie: :func:`locate_shared` finds them, in the farm's own
+arena or in another open farm's of this process (a worker maps any farm's
+segment by name).
 """
 
 from __future__ import annotations
 
 import collections
 import ctypes
+import math
 import os
 import secrets
 import shutil
@@ -27,12 +32,13 @@ import weakref
 from dataclasses import dataclass
 from typing import Any, Optional
 
+import numpy as np
 import psutil
 
 from workers.protocol import align
 from workers.segments import SEGMENT_PREFIX, Segment, segment_dir
 
-__all__ = ["Region", "SharedArena", "reap_stale_segments"]
+__all__ = ["Region", "SharedArena", "locate_shared", "reap_stale_segments"]
 
 _MIN_CLASS = 4096
 _DEFAULT_SEGMENT_BYTES = 64 << 20
@@ -57,10 +63,14 @@ def _size_class(nbytes: int) -> int:
 class SharedArena:
     """Allocates regions of shared memory for one farm."""
 
+    #: The arenas of this process that are not closed yet.
+    _open: weakref.WeakSet[SharedArena] = weakref.WeakSet()
+
     def __init__(self, segment_bytes: int = _DEFAULT_SEGMENT_BYTES) -> None:
         self.owner_prefix = f"{SEGMENT_PREFIX}{os.getpid()}-{secrets.token_hex(4)}-"
         self._segment_bytes = segment_bytes
         self._segments: list[Segment] = []
+        self._extents: tuple[tuple[int, int, str], ...] = ()  # (first address, end, name) per segment
         self._bump = 0  # next free byte of the newest segment
         self._free: dict[int, list[Region]] = collections.defaultdict(list)
         # Finalizers run inside the garbage collector, possibly while this
@@ -70,6 +80,7 @@ class SharedArena:
         self._lock = threading.Lock()
         self._closed = False
         self.bytes_mapped = 0
+        SharedArena._open.add(self)
 
     def allocate(self, nbytes: int) -> Region:
         """A region of at least ``nbytes``; creates a segment when none fits."""
@@ -94,11 +105,34 @@ class SharedArena:
             self._released.append(region)
 
     def buffer_of(self, segment_name: str) -> Any:
-        """The buffer of this arena's segment ``segment_name``."""
-        for segment in self._segments:
-            if segment.name == segment_name:
-                return segment.buf
-        raise KeyError(f"no shared-memory segment {segment_name!r} in this farm")
+        """The buffer of segment ``segment_name``: this arena's, or another
+        open arena's of this process (an input read where it lies)."""
+        for arena in (self, *list(SharedArena._open)):
+            for segment in list(arena._segments):
+                if segment.name == segment_name:
+                    return segment.buf
+        raise KeyError(f"no shared-memory segment {segment_name!r} in this process")
+
+    def locate(self, array: np.ndarray) -> Optional[tuple[str, int]]:
+        """``(segment name, offset)`` of ``array``'s data when it lies wholly
+        in one of this arena's segments, else None. It says nothing about
+        the memory's owner: only leased regions reach users' hands, and a
+        lease stays reserved while any array over it lives."""
+        start = array.__array_interface__["data"][0]
+        end = start + array.nbytes
+        for first, last, name in self._extents:
+            if first <= start and end <= last:
+                return name, start - first
+        return None
+
+    def new_array(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        """A zeroed array over a new leased region: the region returns to the
+        arena when the array, and every view of it, is garbage-collected."""
+        count = math.prod(shape)
+        region = self.allocate(count * dtype.itemsize)
+        array = np.frombuffer(self.lease(region), dtype, count).reshape(shape)
+        array.fill(0)
+        return array
 
     def lease(self, region: Region) -> Any:
         """A buffer over ``region`` that returns it to the arena when garbage-collected."""
@@ -111,10 +145,12 @@ class SharedArena:
         valid until those arrays die; the names are gone from /dev/shm at once."""
         with self._lock:
             self._closed = True
+            SharedArena._open.discard(self)
             for segment in self._segments:
                 segment.unlink()
                 segment.close()
             self._free.clear()
+            self._extents = ()
 
     def _take_back_released(self) -> None:
         released = self._released
@@ -131,9 +167,25 @@ class SharedArena:
             )
         segment = Segment(f"{self.owner_prefix}{len(self._segments)}", size, create=True)
         self._segments.append(segment)
+        first = np.frombuffer(segment.buf, np.uint8, 1).__array_interface__["data"][0]
+        self._extents = (*self._extents, (first, first + size, segment.name))
         self._bump = 0
         self.bytes_mapped += size
         return segment
+
+
+def locate_shared(array: np.ndarray, arena: SharedArena) -> Optional[tuple[str, int]]:
+    """``(segment name, offset)`` of ``array`` in ``arena``, or else in any
+    other open arena of this process; None when it is in none."""
+    place = arena.locate(array)
+    if place is not None:
+        return place
+    for other in list(SharedArena._open):
+        if other is not arena:
+            place = other.locate(array)
+            if place is not None:
+                return place
+    return None
 
 
 def reap_stale_segments() -> int:

@@ -18,7 +18,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from farm.shm import Region, SharedArena
+from farm.shm import Region, SharedArena, locate_shared
 from farm.tensors import PreparedInput
 from workers.protocol import INLINE_BYTES, align
 
@@ -29,27 +29,47 @@ Callback = Callable[[Optional[list], Any, str], None]
 
 def write_inputs(
     arena: SharedArena, prepared: Sequence[PreparedInput]
-) -> tuple[Optional[Region], list[list[Any]]]:
-    """Copy the inputs into one new region (one pass each: cast and transpose
-    happen during the copy) and return the region and the wire descriptors.
-    Inputs of at most ``INLINE_BYTES`` together travel in the header instead
-    (no region: None)."""
+) -> tuple[Optional[Region], list[list[Any]], tuple[np.ndarray, ...]]:
+    """Place the inputs where a worker reads them; return the new region
+    (None when nothing was copied), the wire descriptors, and the arrays the
+    worker reads where they lie (the task holds them, which keeps their
+    memory reserved, until it ends).
+
+    - Inputs of at most ``INLINE_BYTES`` together travel in the header.
+    - An input that already lies in shared memory (this farm's or another
+      open farm's: an output, a :meth:`Farm.input_array`) in the worker's
+      layout and dtype is read in place: no copy.
+    - The others are copied into one new region, one pass each: cast and
+      transpose happen during the copy.
+    """
     sizes = [align(p.nbytes) for p in prepared]
     if sum(sizes) <= INLINE_BYTES:
-        return None, [
-            [_c_order(item).tobytes(), -1, item.dtype.str, list(item.shape), item.name] for item in prepared
-        ]
-    region = arena.allocate(sum(sizes))
-    buf = region.segment.buf
-    name = region.segment.name
+        inline = [_c_order(item).tobytes() for item in prepared]
+        return None, [[data, -1, p.dtype.str, list(p.shape), p.name] for data, p in zip(inline, prepared)], ()
+    oriented = [_oriented(item) for item in prepared]
+    places = [_place_in(arena, item, array) for item, array in zip(prepared, oriented)]
+    held = tuple(array for array, place in zip(oriented, places) if place is not None)
+    copied = sum(size for size, place in zip(sizes, places) if place is None)
+    region = arena.allocate(copied) if copied else None
     descriptors = []
-    offset = region.offset
-    for item, size in zip(prepared, sizes):
-        destination = np.frombuffer(buf, item.dtype, math.prod(item.shape), offset).reshape(item.shape)
-        np.copyto(destination, _oriented(item), casting="unsafe")
-        descriptors.append([name, offset, item.dtype.str, list(item.shape), item.name])
-        offset += size
-    return region, descriptors
+    offset = 0 if region is None else region.offset
+    for item, array, size, place in zip(prepared, oriented, sizes, places):
+        if place is None:
+            assert region is not None
+            place = (region.segment.name, offset)
+            destination = np.frombuffer(region.segment.buf, item.dtype, math.prod(item.shape), offset)
+            np.copyto(destination.reshape(item.shape), array, casting="unsafe")
+            offset += size
+        descriptors.append([place[0], place[1], item.dtype.str, list(item.shape), item.name])
+    return region, descriptors, held
+
+
+def _place_in(arena: SharedArena, item: PreparedInput, array: np.ndarray) -> Optional[tuple[str, int]]:
+    """Where ``array`` (``item`` in the worker's layout) lies in ``arena``, if
+    the worker can read it there as it is."""
+    if array.dtype != item.dtype or not (array.flags.c_contiguous and array.flags.aligned):
+        return None
+    return locate_shared(array, arena)
 
 
 def _oriented(item: PreparedInput) -> np.ndarray:
@@ -68,6 +88,7 @@ class Task:
     __slots__ = (
         "task_id",
         "input_region",
+        "held_inputs",
         "input_descriptors",
         "input_key",
         "out_region",
@@ -93,9 +114,11 @@ class Task:
         future: Optional[Future | Outcome] = None,
         callback: Optional[Callback] = None,
         user_data: Any = None,
+        held_inputs: tuple[Any, ...] = (),
     ) -> None:
         self.task_id = -1
         self.input_region = input_region
+        self.held_inputs = held_inputs  # arrays the worker reads in place (see write_inputs)
         self.input_descriptors = input_descriptors
         self.input_key = input_key
         self.out_region = out_region
@@ -110,6 +133,13 @@ class Task:
         self.dispatched_at = 0.0
         self.slot: Any = None
         self._ended = threading.Lock()  # taken, never released, by whoever ends the task
+
+    def release_inputs(self, arena: SharedArena) -> None:
+        """The inputs are read for good: free the task's region and let go of
+        the arrays it read in place."""
+        arena.free(self.input_region)
+        self.input_region = None
+        self.held_inputs = ()
 
     @property
     def ended(self) -> bool:

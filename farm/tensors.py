@@ -24,6 +24,7 @@ __all__ = [
     "TensorSpec",
     "prepare_feed",
     "specs_from_description",
+    "shared_input_layout",
     "static_bytes",
     "transpose_axes",
     "user_spec",
@@ -129,6 +130,48 @@ def user_spec(spec: TensorSpec, layout: str, native_layout: str) -> TensorSpec:
     if order is None:
         return spec
     return TensorSpec(spec.name, tuple(spec.shape[a] for a in order), spec.dtype)
+
+
+def shared_input_layout(
+    specs: Optional[Sequence[TensorSpec]],
+    name: Optional[str],
+    shape: Optional[Sequence[int]],
+    layout: str,
+    native_layout: str,
+) -> tuple[TensorSpec, tuple[int, ...], Optional[tuple[int, ...]]]:
+    """For an input buffer in shared memory (``Farm.input_array``): the input's
+    spec, the buffer's shape in the backend's layout, and how to turn that
+    into the user's ``layout`` (axes for ``transpose``, or None)."""
+    if not specs:
+        raise InvalidInputError(
+            "this model declares no inputs (a python backend without them), so the farm cannot shape "
+            "an input array for it; pass plain numpy arrays instead"
+        )
+    names = ", ".join(s.name for s in specs)
+    if name is None:
+        if len(specs) != 1:
+            raise InvalidInputError(f"the model has {len(specs)} inputs ({names}): name the one you want")
+        native = specs[0]
+    else:
+        matches = [s for s in specs if s.name == name]
+        if not matches:
+            raise InvalidInputError(f"Unknown input: {name!r}. The model's inputs are: {names}")
+        native = matches[0]
+    spec = user_spec(native, layout, native_layout)
+    if shape is None:
+        if not spec.is_static:
+            raise InvalidInputError(
+                f"Input {spec.name!r} has dynamic dimensions {_format_shape(spec.shape)}: "
+                "pass shape=... with the size you will feed"
+            )
+        shape = tuple(d or 0 for d in spec.shape)
+    given = tuple(int(d) for d in shape)
+    _check_shape(spec.name, spec.shape, given)
+    axes = transpose_axes(layout, native_layout) if len(given) == 4 else None
+    if axes is None:
+        return spec, given, None
+    back = tuple(int(a) for a in np.argsort(axes))
+    return spec, tuple(given[a] for a in axes), back
 
 
 def prepare_feed(

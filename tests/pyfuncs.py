@@ -60,3 +60,12 @@ def behave(inputs):
 
 
 behave.inputs = [("action", [1], "int64")]
+
+
+def double_later(inputs):
+    """``inputs["data"]`` times two, after sleeping ``inputs["seconds"]``."""
+    time.sleep(float(np.asarray(inputs["seconds"]).reshape(-1)[0]))
+    return np.asarray(inputs["data"]) * 2
+
+
+double_later.inputs = [("data", [16384], "float32"), ("seconds", [1], "float64")]

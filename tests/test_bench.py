@@ -27,7 +27,7 @@ from tests.onnx_models import affine_model
 from workers.segments import SEGMENT_PREFIX, segment_dir
 
 REPO = Path(__file__).resolve().parents[1]
-METHODS = ["inprocess", "threads", "processpool", "zmq-floor", "farm"]
+METHODS = ["inprocess", "threads", "processpool", "zmq-floor", "farm", "farm-inplace"]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -74,9 +74,11 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
 @pytest.mark.timeout(300)
 def test_quick_run_measures_every_workload_and_method(quick_run: tuple[Path, dict]) -> None:
     report = quick_run[1]
+    # farm-inplace is skipped on tiny: its input travels in the task header, never in shared memory.
     assert {(r["workload"], r["method"]) for r in report["rows"]} == {
-        (w, m) for w in ("tiny", "frame") for m in METHODS
+        (w, m) for w in ("tiny", "frame") for m in METHODS if (w, m) != ("tiny", "farm-inplace")
     }
+    assert "travel in the task header" in report["skipped"]["tiny farm-inplace"]
     for row in report["rows"]:
         assert row["throughput_per_s"] > 0 and row["tasks"] > 0 and row["seconds"] > 0, row
         assert 0 < row["sync_p50_ms"] <= row["sync_p99_ms"], row
@@ -97,7 +99,7 @@ def test_ratios_follow_from_the_raw_figures(quick_run: tuple[Path, dict]) -> Non
     for workload in ("tiny", "frame"):
         inprocess = _row(report, workload, "inprocess")
         floor = _row(report, workload, "zmq-floor")
-        for method in METHODS:
+        for method in METHODS if workload == "frame" else METHODS[:-1]:
             row = _row(report, workload, method)
             assert ratios["sync_vs_zmq_floor"][workload][method] == pytest.approx(
                 row["sync_p50_ms"] / floor["sync_p50_ms"]
@@ -115,6 +117,8 @@ def test_ratios_follow_from_the_raw_figures(quick_run: tuple[Path, dict]) -> Non
     )
     assert frame["budget_ms"] == pytest.approx(budget)
     assert frame["farm_vs_budget"] == pytest.approx(farm["sync_p50_ms"] / budget)
+    inplace = _row(report, "frame", "farm-inplace")
+    assert frame["farm_inplace_vs_budget"] == pytest.approx(inplace["sync_p50_ms"] / budget)
     assert frame["processpool_vs_farm_sync"] == pytest.approx(pool["sync_p50_ms"] / farm["sync_p50_ms"])
     targets = {t["name"].split(":")[0]: t for t in report["targets"]}
     assert targets["sync overhead"]["value"] == pytest.approx(ratios["sync_vs_zmq_floor"]["tiny"]["farm"])
@@ -206,7 +210,13 @@ def test_your_own_rknn_model_against_rknnlite_in_process_and_in_threads(tmp_path
     env = dict(os.environ, PYTHONPATH=FAKE_ROOT, FAKE_RKNNLITE_LOG=str(log))
     command = ["benchmarks/bench.py", "--model", model, "--backend", "rknnlite", "--workers", "3"]
     report, stdout = _run_suite(command, tmp_path / "out", env)
-    assert [r["method"] for r in report["rows"]] == ["inprocess", "threads", "zmq-floor", "farm"]
+    assert [r["method"] for r in report["rows"]] == [
+        "inprocess",
+        "threads",
+        "zmq-floor",
+        "farm",
+        "farm-inplace",
+    ]
     assert {r["workload"] for r in report["rows"]} == {"model"}
     assert _row(report, "model", "farm")["workers"] == _row(report, "model", "threads")["workers"] == 3
     assert report["workloads"]["model"].startswith("yolo.rknn on rknnlite, x float32[1, 64, 64, 3]")
@@ -220,7 +230,8 @@ def test_your_own_rknn_model_against_rknnlite_in_process_and_in_threads(tmp_path
     bench_pid = next(pid for pid, m in masks.items() if len(m) > 1)
     # the description probe and inprocess on core 0, then one thread per core
     assert sorted(masks.pop(bench_pid)) == [1, 1, 1, 2, 4]
-    assert sorted(m for worker_masks in masks.values() for m in worker_masks) == [1, 2, 4]  # the farm
+    # the two farms (farm, farm-inplace)
+    assert sorted(m for worker_masks in masks.values() for m in worker_masks) == [1, 1, 2, 2, 4, 4]
     # every inference was given the arrays as the model takes them (NHWC), never transposed
     shapes = {tuple(call["shapes"][0]) for call in calls if call["call"] == "inference" and "shapes" in call}
     assert shapes <= {(1, 64, 64, 3)}

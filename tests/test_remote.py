@@ -124,6 +124,19 @@ def test_a_node_killed_mid_stream_loses_no_task(nodes):
         assert farm.stats()["remote"]["lost"] == 1
 
 
+def test_an_input_in_the_parents_shared_memory_reaches_a_node_as_frames(nodes):
+    with Farm("tests.pyfuncs:double_later", local_cores=False, listen="tcp://127.0.0.1:*", **FAST) as farm:
+        nodes.start(farm.listen_address, model="tests.pyfuncs:double_later")
+        wait_for(lambda: joined(farm) == 1)
+        data = farm.input_array("data")
+        data[:] = np.arange(data.size, dtype=np.float32)
+        task = farm._make_task({"data": data, "seconds": np.array([0.0])})
+        assert task.input_descriptors[0][:2] == list(farm._arena.locate(data))  # not copied
+        farm._free_regions(task)
+        (out,) = farm.run({"data": data, "seconds": np.array([0.0])}, timeout=30)
+        np.testing.assert_array_equal(out, data * 2)
+
+
 def test_a_node_joining_mid_stream_gets_work_within_a_second(nodes):
     with Farm("tests.pyfuncs:sleep", local_cores=False, listen="tcp://127.0.0.1:*", **FAST) as farm:
         nodes.start(farm.listen_address, "--backend", "python", model="tests.pyfuncs:sleep")

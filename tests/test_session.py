@@ -102,7 +102,9 @@ def models(tmp_path):
     d = str(tmp_path)
     return {
         "affine": affine_model(d),
+        "affine_large": affine_model(d, shape=LARGE, name="affine_large.onnx"),  # beyond the header
         "two": two_input_model(d),
+        "two_large": two_input_model(d, shape=(64, 128), name="two_large.onnx"),
         "pair": pair_model(d),
         "tile": tile_model(d),
         "double": double_model(d),
@@ -125,6 +127,9 @@ def session():
     yield make
     for s in opened:
         s.close()
+
+
+LARGE = (1, 3, 64, 64)  # 48 KiB of float32: inputs of at most 16 KiB travel in the task header
 
 
 def x_like(shape=(1, 3, 8, 8), seed=0) -> np.ndarray:
@@ -820,15 +825,17 @@ def test_an_error_in_the_popped_task_raises_at_that_call(session):
 # ── §3.8 I/O binding over shared memory ───────────────────────────────────
 @pytest.fixture
 def copies(monkeypatch):
-    """How many inputs each run_with_iobinding copied into shared memory."""
+    """How many inputs each run copied (into shared memory, or into the
+    task's header), rather than have the worker read them where they lie."""
     counts = []
-    original = farm.iobinding.write_inputs
+    original = farm.farm.write_inputs
 
     def counting(arena, prepared):
-        counts.append(len(prepared))
-        return original(arena, prepared)
+        region, descriptors, held = original(arena, prepared)
+        counts.append(len(prepared) - len(held))
+        return region, descriptors, held
 
-    monkeypatch.setattr(farm.iobinding, "write_inputs", counting)
+    monkeypatch.setattr(farm.farm, "write_inputs", counting)
     return counts
 
 
@@ -839,9 +846,9 @@ def shared_input(s, shape=(1, 3, 8, 8), dtype=np.float32, name="x"):
 
 
 def test_a_shared_input_is_filled_in_place_and_read_without_a_copy(models, session, copies):
-    s = session(models["affine"], provider_options={"schedule": "0,1"})
-    value = shared_input(s)
-    assert value.device_name() == "rknpu2" and value.shape() == [1, 3, 8, 8]
+    s = session(models["affine_large"], provider_options={"schedule": "0,1"})
+    value = shared_input(s, LARGE)
+    assert value.device_name() == "rknpu2" and value.shape() == list(LARGE)
     assert value.element_type() == "tensor(float)" and value.memory_info()["shared_memory"]
     assert np.all(value.numpy() == 0)
     binding = s.io_binding()
@@ -856,9 +863,20 @@ def test_a_shared_input_is_filled_in_place_and_read_without_a_copy(models, sessi
         assert out.device_name() == "rknpu2" and out.memory_info()["shared_memory"], "a shared-memory view"
     assert copies == [0, 0, 0, 0], "the bound input was copied"
     pointer = value.data_ptr()
-    value.update_inplace(np.full((1, 3, 8, 8), 5, np.float32))
+    value.update_inplace(np.full(LARGE, 5, np.float32))
     s.run_with_iobinding(binding)
     assert value.data_ptr() == pointer and np.all(binding.copy_outputs_to_cpu()[0] == 11)
+
+
+def test_a_small_shared_input_travels_in_the_task_header(models, session, copies):
+    s = session(models["affine"])
+    value = shared_input(s)
+    value.numpy()[:] = 1
+    binding = s.io_binding()
+    binding.bind_ortvalue_input("x", value)
+    binding.bind_output("y")
+    s.run_with_iobinding(binding)
+    assert np.all(binding.get_outputs()[0].numpy() == 3) and copies == [1]
 
 
 def test_results_of_earlier_runs_stay_valid(models, session):
@@ -875,8 +893,8 @@ def test_results_of_earlier_runs_stay_valid(models, session):
 
 
 def test_bind_cpu_input_copies_once_at_bind_time(models, session, copies):
-    s = session(models["two"])
-    a, b = A * 2, A * 3
+    s = session(models["two_large"])
+    a, b = np.full((64, 128), 2, np.float32), np.full((64, 128), 3, np.float32)
     binding = s.io_binding()
     binding.bind_cpu_input("a", a)
     binding.bind_cpu_input("b", b)
@@ -927,10 +945,10 @@ def test_bind_ortvalue_output_reuses_the_users_value(models, session):
 
 
 def test_an_output_value_chains_into_another_session_without_a_copy(models, session, copies):
-    first = session(models["affine"])
-    second = session(models["affine"])
+    first = session(models["affine_large"])
+    second = session(models["affine_large"])
     b1 = first.io_binding()
-    b1.bind_cpu_input("x", np.ones((1, 3, 8, 8), np.float32))
+    b1.bind_cpu_input("x", np.ones(LARGE, np.float32))
     b1.bind_output("y")
     first.run_with_iobinding(b1)
     (middle,) = b1.get_outputs()
@@ -955,9 +973,9 @@ def test_io_binding_on_a_dynamic_model(ppocr_models, session):
 
 
 def test_an_input_the_worker_needs_transposed_is_copied(models, session, copies):
-    s = session(models["affine"], provider_options={"layout": "nhwc"})
-    x = x_like()
-    value = shared_input(s, (1, 8, 8, 3))
+    s = session(models["affine_large"], provider_options={"layout": "nhwc"})
+    x = x_like(LARGE)
+    value = shared_input(s, (1, 64, 64, 3))
     value.update_inplace(x.transpose(0, 2, 3, 1).copy())
     binding = s.io_binding()
     binding.bind_ortvalue_input("x", value)

@@ -1,4 +1,4 @@
-"""The five ways to run a workload, one function each; all return a :class:`Row`.
+"""The ways to run a workload, one function each; all return a :class:`Row`.
 
 The baselines call ONNX Runtime directly, as a user would without the farm:
 ``inprocess`` (one session), ``threads`` (a thread pool, a session per
@@ -8,7 +8,10 @@ yolo.rknn`` on a board) runs ``inprocess`` and ``threads`` on that backend's
 own sessions instead, thread ``i`` on NPU core ``i``: the usual RKNNLite
 pattern of one instance per core. ``zmq-floor`` runs no model: it is a bare pyzmq
 DEALER/ROUTER echo of a header the size of the farm's task header, the floor
-under any ZeroMQ design. ``farm`` is rknn-farm with as many workers.
+under any ZeroMQ design. ``farm`` is rknn-farm with as many workers, fed
+ordinary arrays (copied into shared memory on every task); ``farm-inplace``
+is the same farm fed arrays it handed out (``Farm.input_array``), which its
+workers read where they lie.
 
 Functions named ``_child_*`` run in the spawned child processes.
 """
@@ -40,9 +43,20 @@ from farm.bench.measure import (
 )
 from farm.bench.workloads import BenchError, Workload, backend_session, task_header
 from farm.farm import Farm
+from workers.protocol import INLINE_BYTES
 from workers.segments import SEGMENT_PREFIX
 
-__all__ = ["METHODS", "bench_farm", "map_throughput", "ort_session", "run_method", "start_farm"]
+__all__ = [
+    "METHODS",
+    "MethodNotApplicable",
+    "bench_farm",
+    "bench_farm_inplace",
+    "map_throughput",
+    "ort_session",
+    "run_method",
+    "shared_feed",
+    "start_farm",
+]
 
 _STOP = b""
 _ECHO_JOIN_S = 5.0
@@ -285,14 +299,45 @@ def map_throughput(farm: Farm, feed: dict[str, np.ndarray], config: Config) -> T
 def bench_farm(workload: Workload, config: Config) -> Row:
     """rknn-farm, one worker per core ("0,1" for two), one context each:
     ``Farm.run`` for sync latency, ``Farm.map`` for throughput."""
-    feed = workload.feed
+    return _bench_farm(workload, config, "farm", lambda farm: workload.feed)
+
+
+class MethodNotApplicable(BenchError):
+    """This method would measure nothing new on this workload."""
+
+
+def bench_farm_inplace(workload: Workload, config: Config) -> Row:
+    """As ``farm``, with the inputs written once into arrays the farm handed
+    out (``Farm.input_array``): no copy in. Not applicable to inputs small
+    enough to travel in the task header (they never touch shared memory)."""
+    if sum(array.nbytes for array in workload.feed.values()) <= INLINE_BYTES:
+        raise MethodNotApplicable(
+            f"its inputs ({sum(a.nbytes for a in workload.feed.values())} B) travel in the task header"
+        )
+
+    return _bench_farm(workload, config, "farm-inplace", lambda farm: shared_feed(farm, workload.feed))
+
+
+def shared_feed(farm: Farm, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``feed`` written into arrays ``farm`` handed out (``Farm.input_array``)."""
+    shared = {}
+    for name, array in feed.items():
+        shared[name] = farm.input_array(name, shape=array.shape)
+        np.copyto(shared[name], array, casting="unsafe")
+    return shared
+
+
+def _bench_farm(
+    workload: Workload, config: Config, method: str, make_feed: Callable[[Farm], dict[str, np.ndarray]]
+) -> Row:
     started = time.perf_counter()
     with start_farm(workload, config) as farm:
+        feed = make_feed(farm)
 
         def run() -> None:
             farm.run(feed)
 
-        row = Row(workload.name, "farm", config.workers, startup_s=_first_answer(run, started))
+        row = Row(workload.name, method, config.workers, startup_s=_first_answer(run, started))
         warm_up(run, config.warmup_s)
         row.set_sync(sync_loop(run, config.duration_s))
         row.set_throughput(map_throughput(farm, feed, config), config.window)
@@ -307,6 +352,7 @@ METHODS: dict[str, Callable[[Workload, Config], Row]] = {
     "processpool": bench_processpool,
     "zmq-floor": bench_zmq_floor,
     "farm": bench_farm,
+    "farm-inplace": bench_farm_inplace,
 }
 
 

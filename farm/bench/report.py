@@ -24,7 +24,7 @@ __all__ = [
     "write_plot",
 ]
 
-METHOD_ORDER = ("inprocess", "threads", "processpool", "zmq-floor", "farm")
+METHOD_ORDER = ("inprocess", "threads", "processpool", "zmq-floor", "farm", "farm-inplace")
 
 # The targets.
 SCALING_MIN = 1.7  # farm rec throughput / inprocess
@@ -140,6 +140,7 @@ def _frame_ratios(
     by: dict[tuple[str, str], Row], memcpy_ms: Optional[float], memcpy_after_pause_ms: Optional[float]
 ) -> dict[str, float]:
     farm, pool = by.get(("frame", "farm")), by.get(("frame", "processpool"))
+    inplace = by.get(("frame", "farm-inplace"))
     inproc, floor = by.get(("frame", "inprocess")), by.get(("frame", "zmq-floor"))
     out: dict[str, float] = {}
     if memcpy_ms is not None:
@@ -155,6 +156,9 @@ def _frame_ratios(
         budget = inproc.sync_p50_ms + 2 * memcpy_ms + 2 * floor.sync_p50_ms
         out["budget_ms"] = budget
         out["farm_vs_budget"] = farm.sync_p50_ms / budget
+        if inplace is not None:
+            out["farm_inplace_sync_p50_ms"] = inplace.sync_p50_ms
+            out["farm_inplace_vs_budget"] = inplace.sync_p50_ms / budget
     if pool is not None:
         out["processpool_vs_farm_sync"] = pool.sync_p50_ms / farm.sync_p50_ms
         out["farm_vs_processpool_throughput"] = farm.throughput_per_s / pool.throughput_per_s
@@ -342,6 +346,12 @@ def _frame_lines(frame: dict[str, float]) -> list[str]:
             f"  budget = inprocess {frame['inprocess_sync_p50_ms']:.3f} + 2 x memcpy {frame['memcpy_ms']:.3f}"
             f" + 2 x zmq-floor {frame['zmq_floor_sync_p50_ms']:.3f} = {frame['budget_ms']:.3f} ms;"
             f" farm sync p50 {frame['farm_sync_p50_ms']:.3f} ms = {frame['farm_vs_budget']:.2f}x budget"
+        )
+    if "farm_inplace_vs_budget" in frame:
+        lines.append(
+            "  farm-inplace (the frame written into the farm's shared memory, Farm.input_array: no copy in)"
+            f" sync p50 {frame['farm_inplace_sync_p50_ms']:.3f} ms"
+            f" = {frame['farm_inplace_vs_budget']:.2f}x budget"
         )
     if "memcpy_after_pause_ms" in frame:
         lines.append(

@@ -14,7 +14,7 @@ from typing import Any, Callable, Optional, TypeVar, Union
 import psutil
 
 from farm.bench.measure import MEMCPY_PAUSE_S, Config, Row, memcpy_ms
-from farm.bench.methods import METHODS, run_method
+from farm.bench.methods import METHODS, MethodNotApplicable, run_method
 from farm.bench.paced import bench_pacing, unpaced_throughput
 from farm.bench.report import (
     check_targets,
@@ -153,7 +153,11 @@ def _measure(
             measured.descriptions[name] = workload.what
             for method in methods:
                 started = time.perf_counter()
-                row = _attempt(measured, f"{name} {method}", run_method, method, workload, config)
+                try:
+                    row = _attempt(measured, f"{name} {method}", run_method, method, workload, config)
+                except MethodNotApplicable as exc:
+                    measured.skipped[f"{name} {method}"] = str(exc)
+                    continue
                 if row is not None:
                     measured.rows.append(row)
                     _note(f"{name:<6} {method:<12} {time.perf_counter() - started:5.1f} s")
@@ -174,6 +178,8 @@ def _attempt(measured: _Measured, what: str, measure: Callable[..., _T], *args: 
     ``measured.failed`` and the other measurements still run (the run exits 1)."""
     try:
         return measure(*args)
+    except MethodNotApplicable:
+        raise  # not a failure: the caller notes it as skipped
     except Exception as exc:
         measured.failed[what] = f"{type(exc).__name__}: {exc}"
         _note(f"{what} FAILED: {measured.failed[what]}")
