@@ -7,6 +7,7 @@ with no copy, and the task keeps it reserved until the task ends.
 
 from __future__ import annotations
 
+import concurrent.futures
 import gc
 import os
 import signal
@@ -16,7 +17,7 @@ import weakref
 import numpy as np
 import pytest
 
-from farm import Farm, FarmClosedError, InvalidInputError
+from farm import Farm, FarmClosedError, InvalidInputError, TaskError
 from tests.onnx_models import affine_model, two_input_model
 
 pytestmark = pytest.mark.timeout(120)
@@ -93,6 +94,19 @@ def test_an_output_of_one_farm_is_read_in_place_by_another(model):
         first.close()
         assert not read_in_place(second, {"x": middle}), "a closed farm's memory is copied from"
         np.testing.assert_allclose(second.run({"x": middle})[0], (x * 2 + 1) * 2 + 1, rtol=1e-6)
+
+
+def test_a_farm_closed_under_a_task_that_reads_its_memory_fails_that_task_clearly(model):
+    with Farm(model, schedule="0") as second:
+        first = Farm(model, schedule="0")
+        (middle,) = first.run({"x": np.ones(SHAPE, np.float32)})
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        task = second._make_task({"x": middle}, future=future)  # to be read in the first farm's memory
+        first.close()  # its segments leave /dev/shm before the second farm's worker opens them
+        second._admit(task)
+        with pytest.raises(TaskError, match="is gone: the farm that owned it was closed"):
+            future.result(timeout=30)
+        np.testing.assert_array_equal(second.run({"x": middle})[0], np.full(SHAPE, 7.0))  # copied now
 
 
 def test_arrays_the_worker_cannot_read_as_they_are_are_copied(model):

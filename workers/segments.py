@@ -96,7 +96,14 @@ class SegmentMap:
             with self._lock:
                 segment = self._segments.get(name)
                 if segment is None:
-                    segment = Segment(name)
+                    try:
+                        segment = Segment(name)
+                    except FileNotFoundError:
+                        raise FileNotFoundError(
+                            f"shared-memory segment {name!r} is gone: the farm that owned it was closed "
+                            "while a task still needed it (an input read in place from another farm "
+                            "needs that farm open until the task ends)"
+                        ) from None
                     self._segments[name] = segment
         return segment
 
