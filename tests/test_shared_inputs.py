@@ -191,3 +191,22 @@ def test_input_array_says_what_is_wrong(tmp_path):
         farm.input_array()
     with pytest.raises(FarmClosedError):
         farm.input_array()
+
+
+def test_an_ordered_map_needs_only_as_many_input_arrays_as_tasks_in_flight():
+    """An ordered ``map(..., max_in_flight=K)`` reads item i only once item
+    i-K has been handed back, so K arrays used in turn are never written while
+    a task reads them (what docs/concepts.md promises for camera loops)."""
+    window, count = 3, 40
+    rng = np.random.default_rng(5)
+    with Farm("tests.pyfuncs:double_later", schedule="0,1") as farm:
+        arrays = [farm.input_array("data") for _ in range(window)]
+
+        def frames():
+            for index in range(count):
+                data = arrays[index % window]
+                data[:] = index  # the frame is written into the array the farm reads
+                yield {"data": data, "seconds": np.array([rng.uniform(0, 0.02)])}
+
+        outputs = [out[0][0] for out in farm.map(frames(), max_in_flight=window)]
+    assert outputs == [2.0 * index for index in range(count)]
