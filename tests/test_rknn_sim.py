@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -157,6 +158,27 @@ def test_small_model_through_the_farm_with_nhwc_feeds(toolkit, models):
     for feed, have in zip(feeds, got):
         (want,) = ort_run(models["affine"], {"x": np.ascontiguousarray(feed.transpose(0, 3, 1, 2))})
         np.testing.assert_allclose(have, want, rtol=0, atol=AFFINE_ATOL)
+
+
+def test_a_farm_leaves_nothing_of_the_toolkit_in_the_temporary_directory(toolkit, models):
+    """The toolkit's build makes a directory there (holding check.onnx and
+    check.rknn) that only release() removes, and workers told to quit exit
+    without releasing: it goes to the farm's own directory instead, which the
+    farm removes when it closes."""
+    directory = tempfile.gettempdir()
+
+    def toolkit_leftovers() -> set[str]:
+        return {
+            entry.name
+            for entry in os.scandir(directory)
+            if entry.is_dir(follow_symlinks=False) and os.path.exists(os.path.join(entry.path, "check.rknn"))
+        }
+
+    before = toolkit_leftovers()
+    with Farm(models["affine"], backend="rknn-sim", schedule="0,1") as farm:
+        farm.run({"x": np.ones((1, 3, 8, 8), np.float32)})
+    time.sleep(0.5)  # the workers exit after close() returns
+    assert sorted(toolkit_leftovers() - before) == []
 
 
 def test_a_dynamic_model_without_input_shapes_fails_to_start_with_the_fix(toolkit, models):

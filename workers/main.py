@@ -23,13 +23,13 @@ import signal
 import sys
 import threading
 import traceback
-from typing import Any
+from typing import Any, Optional
 
 import zmq
 
 from workers import protocol
 from workers.backends import load_backend
-from workers.backends.base import Placement
+from workers.backends.base import SCRATCH_DIR_VARIABLE, Placement
 from workers.context import ContextThread
 from workers.segments import SegmentMap, unlink_segments_of
 from workers.spin import SpinWait
@@ -53,6 +53,9 @@ def worker_main(spec: dict[str, Any]) -> None:
     # how to shut down, so a worker must not die of it on its own.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     name_this_thread(f"rknnfarm-worker-{spec['core']}")  # the process's name in top and ps
+    scratch = _farm_directory(spec)
+    if scratch is not None:
+        os.environ[SCRATCH_DIR_VARIABLE] = scratch
     _pin_to_cpus(spec["cpus"])
     worker_id, generation = spec["worker_id"], spec["generation"]
     zmq_context = zmq.Context()
@@ -151,8 +154,17 @@ def _watch_parent(spec: dict[str, Any]) -> None:
         told_to_quit = told_to_quit or protocol.QUIT in chunk
     if not told_to_quit:
         unlink_segments_of(spec["segment_owner_prefix"])
-        shutil.rmtree(os.path.dirname(spec["result_address"][len("ipc://") :]), ignore_errors=True)
+        directory = _farm_directory(spec)
+        if directory is not None:
+            shutil.rmtree(directory, ignore_errors=True)
     os._exit(0)
+
+
+def _farm_directory(spec: dict[str, Any]) -> Optional[str]:
+    """The farm's private directory (its ipc sockets live there; it goes when
+    the farm closes), or None when the farm talks over TCP."""
+    address = spec["result_address"]
+    return os.path.dirname(address[len("ipc://") :]) if address.startswith("ipc://") else None
 
 
 def _read_spec() -> dict[str, Any]:

@@ -23,7 +23,14 @@ from typing import Any, Optional, Protocol
 
 import numpy as np
 
-__all__ = ["Placement", "Session", "tensor_entry"]
+__all__ = ["SCRATCH_DIR_VARIABLE", "Placement", "Session", "tensor_entry"]
+
+#: The environment variable that names, in a worker, a directory of the farm
+#: that the farm removes when it closes (or, when the app dies, the worker
+#: does): the place for a runtime's temporary files. A worker that is told to
+#: quit exits at once, without closing its sessions, so files a runtime
+#: would delete on release must not land in the machine's temporary directory.
+SCRATCH_DIR_VARIABLE = "RKNN_FARM_SCRATCH_DIR"
 
 
 @dataclass(frozen=True)

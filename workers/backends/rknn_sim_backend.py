@@ -49,7 +49,7 @@ from typing import Any, Callable, Optional, Union
 
 import numpy as np
 
-from workers.backends.base import Placement, tensor_entry
+from workers.backends.base import SCRATCH_DIR_VARIABLE, Placement, tensor_entry
 
 __all__ = [
     "INSTALL_HINT",
@@ -561,4 +561,9 @@ class RknnSimSession:
 
 
 def open_session(model: str, options: dict[str, Any], placement: Placement) -> RknnSimSession:
+    # The toolkit's build leaves a directory in the temporary directory that
+    # only release() removes, and a worker told to quit exits without it.
+    scratch = os.environ.get(SCRATCH_DIR_VARIABLE)
+    if scratch and os.path.isdir(scratch):
+        tempfile.tempdir = scratch
     return RknnSimSession(model, options, placement)
