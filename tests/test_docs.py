@@ -18,6 +18,7 @@ Markers are HTML comments (invisible on GitHub) on the lines right above a fence
 
     <!-- doctest: board-only (why: what the block needs of a board) -->
     <!-- doctest: skip (why it cannot run here) -->
+    <!-- doctest: sim-only (why) -->  runs where rknn-toolkit2 imports (scripts/test-sim), else skipped
     <!-- doctest: repo-root -->      run in the repository root (for paths like examples/...)
     <!-- doctest: continue -->       run after the block before it in the same file, in its directory
     <!-- doctest: setup
@@ -31,6 +32,7 @@ and no shared-memory segment of a process that has ended.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import os
 import re
 import signal
@@ -58,7 +60,8 @@ BLOCK_TIMEOUT_S = 120
 _FENCE = re.compile(r"^(?P<indent>\s*)(?P<fence>`{3,})(?P<lang>[^`\s]*)\s*$")
 _MARKER = re.compile(r"<!--\s*doctest:\s*(?P<body>.*?)\s*-->", re.S)
 _NEEDS_MARKING = re.compile(r"\b(pip install|sudo|apt-get|docker)\b")  # never run unmarked
-_REASONED = re.compile(r"^(?P<kind>board-only|skip)\s+\((?P<reason>.*\S.*)\)$", re.S)
+_REASONED = re.compile(r"^(?P<kind>board-only|skip|sim-only)\s+\((?P<reason>.*\S.*)\)$", re.S)
+HAS_TOOLKIT = importlib.util.find_spec("rknn") is not None
 
 
 @dataclasses.dataclass
@@ -69,7 +72,7 @@ class Block:
     line: int  # of the opening fence
     lang: str
     code: str
-    skip: Optional[str] = None  # "board-only: why" or "skip: why"
+    skip: Optional[str] = None  # "board-only: why", "skip: why" or "sim-only: why"
     repo_root: bool = False
     setup: str = ""
     previous: Optional[Block] = None  # with `continue`: the block to run first
@@ -106,7 +109,7 @@ def _apply_marker(block: Block, body: str, indent: str) -> None:
         block.repo_root = True
     elif kind == "setup":
         block.setup = textwrap.dedent("\n".join(line.removeprefix(indent) for line in rest.splitlines()))
-    elif kind.startswith(("board-only", "skip")):
+    elif kind.startswith(("board-only", "skip", "sim-only")):
         block.problem = f"{kind!r}: say why, in parentheses: <!-- doctest: skip (the reason) -->"
     else:
         block.problem = f"unknown doctest marker {kind!r}"
@@ -260,7 +263,7 @@ def run_block(block: Block, directory: Path) -> None:
 def test_block(block: Block, request: pytest.FixtureRequest) -> None:
     if block.problem:
         pytest.fail(f"{block.id}: {block.problem}")
-    if block.skip:
+    if block.skip and not (block.skip.startswith("sim-only") and HAS_TOOLKIT):
         pytest.skip(f"{block.id}: {block.skip}")
     if block.lang in NOT_CODE:
         return  # output or an illustration: nothing to run
@@ -280,6 +283,10 @@ def test_the_markers_parse() -> None:
         <!-- doctest: skip (needs a GPU) -->
         ```bash
         nvidia-smi
+        ```
+        <!-- doctest: sim-only (needs the toolkit) -->
+        ```python
+        import rknn
         ```
 
         1. A step:
@@ -313,14 +320,15 @@ def test_the_markers_parse() -> None:
         blocks, stray = parse_page(page)
     finally:
         page.unlink()
-    skipped, step, continued, bare, unreasoned, yaml = blocks
+    skipped, simulated, step, continued, bare, unreasoned, yaml = blocks
     assert skipped.skip == "skip: needs a GPU" and skipped.lang == "bash"
+    assert simulated.skip == "sim-only: needs the toolkit" and simulated.problem is None
     assert step.setup.strip() == "x = 1" and step.code == "print(x)\n" and step.skip is None
     assert continued.previous is step and continued.problem is None
     assert bare.problem and "no language" in bare.problem
     assert unreasoned.problem and "say why" in unreasoned.problem
     assert yaml.problem and "'yaml'" in yaml.problem
-    assert stray == [24]  # the repo-root marker with a blank line before its fence
+    assert stray == [28]  # the repo-root marker with a blank line before its fence
 
 
 def test_cli_md_names_every_command_and_flag() -> None:
