@@ -348,10 +348,11 @@ def run_with_binding(session: InferenceSession, binding: SessionIOBinding) -> No
 
 
 def submit_in_place(farm: Farm, values: Sequence[OrtValue]) -> concurrent.futures.Future:
-    """Queue one task whose inputs are ``values`` (model order). The farm reads
-    a value that lies in its shared memory where it lies (as it does any such
-    array); the outputs go to shared memory even when small, since a bound
-    output is a view of them. The task holds the values until it ends."""
+    """Queue one task whose inputs are ``values`` (model order), fed like any
+    feed: a value in shared memory is read where it lies, unless the inputs
+    are small enough to travel in the task's header. The outputs go to shared
+    memory even when small, since a bound output is a view of them. The task
+    holds the values until it ends."""
     future: concurrent.futures.Future = concurrent.futures.Future()
     farm._admit(farm._make_task([value._array for value in values], outputs_in_arena=True, future=future))
     return future

@@ -310,11 +310,9 @@ def bench_farm_inplace(workload: Workload, config: Config) -> Row:
     """As ``farm``, with the inputs written once into arrays the farm handed
     out (``Farm.input_array``): no copy in. Not applicable to inputs small
     enough to travel in the task header (they never touch shared memory)."""
-    if sum(array.nbytes for array in workload.feed.values()) <= INLINE_BYTES:
-        raise MethodNotApplicable(
-            f"its inputs ({sum(a.nbytes for a in workload.feed.values())} B) travel in the task header"
-        )
-
+    nbytes = sum(array.nbytes for array in workload.feed.values())
+    if nbytes <= INLINE_BYTES:
+        raise MethodNotApplicable(f"its inputs ({nbytes} B) travel in the task header")
     return _bench_farm(workload, config, "farm-inplace", lambda farm: shared_feed(farm, workload.feed))
 
 
