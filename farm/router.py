@@ -10,6 +10,7 @@
       "not yet", up to submit_timeout           │                                      ▼
                                         receive loop ◄════════════════ PULL ═══ RESULT / FAILED / READY
                                           ├─ result: outputs as views of shared memory → future / callback
+                                          │    (farm.answers)
                                           ├─ worker exit (its exit pipe reads EOF): retry or fail its tasks,
                                           │    respawn the core with back-off
                                           ├─ channels nobody holds: their answers (farm.direct)
@@ -34,7 +35,6 @@ happen under it too (a ZeroMQ socket must not be used by two threads at once).
 from __future__ import annotations
 
 import collections
-import math
 import os
 import shutil
 import sys
@@ -44,13 +44,13 @@ import time
 import traceback
 from typing import Any, Optional
 
-import numpy as np
 import zmq
 
+from farm.answers import Answers
 from farm.callbacks import CallbackThread
 from farm.channels import ChannelPool, ReplyChannel
 from farm.direct import WINDOW, DirectPath, stream_depth
-from farm.errors import FarmClosedError, SubmitTimeoutError, TaskError, WorkerCrashedError, WorkerStartError
+from farm.errors import FarmClosedError, SubmitTimeoutError, WorkerCrashedError, WorkerStartError
 from farm.membership import Membership
 from farm.options import FarmOptions
 from farm.pacing import Pacer
@@ -74,7 +74,6 @@ from workers.threadnames import name_this_thread
 
 __all__ = ["Router"]
 
-_OUTPUT_HINTS = 256
 _BATCH = 64  # answers handled per acquisition of the lock
 _LAST_WORDS_MS = 200  # how long a worker that died starting may take to tell why
 
@@ -88,7 +87,7 @@ def _runtime_facts(description: Optional[dict[str, Any]]) -> dict[str, Any]:
     return {key: description[key] for key in _RUNTIME_FACTS if description and key in description}
 
 
-class Router(DirectPath, Supervision, Membership):
+class Router(DirectPath, Supervision, Membership, Answers):
     """Owns the workers, the queues and the receive loop of one farm."""
 
     def __init__(
@@ -322,20 +321,6 @@ class Router(DirectPath, Supervision, Membership):
         task.slot = slot
         task.dispatched_at = time.perf_counter()
 
-    # ── output sizing ────────────────────────────────────────────────────
-    def output_hint(self, input_key: tuple) -> Optional[int]:
-        """Bytes the outputs took last time for inputs of these shapes."""
-        return self._output_hints.get(input_key)
-
-    def _remember_output_size(self, input_key: tuple, nbytes: int) -> None:
-        hints = self._output_hints
-        if hints.get(input_key) == nbytes:
-            return  # the common case: nothing new (recency is not worth the cost here)
-        hints[input_key] = nbytes
-        hints.move_to_end(input_key)
-        while len(hints) > _OUTPUT_HINTS:
-            hints.popitem(last=False)
-
     # ── receive loop (router thread) ─────────────────────────────────────
     def _wake(self) -> None:
         try:
@@ -446,127 +431,6 @@ class Router(DirectPath, Supervision, Membership):
             self.description = description
         for core in self._queues:  # its own tasks, and any moved off it while it was down
             self._dispatch(core)
-
-    def _take_answered_task(self, worker: WorkerHandle, message: list[Any]) -> Optional[Task]:
-        """Under the lock: the task this answer finishes, off its context's
-        books (None for a stale answer); refills the context."""
-        task_id, attempt, timings = message[3], message[4], message[-1]
-        slot = worker.slots[timings[3]]
-        task = slot.in_flight.get(task_id)
-        if task is None or task.attempt != attempt:
-            return None
-        del slot.in_flight[task_id]
-        if slot.in_flight:
-            slot.busy_since = time.monotonic()  # the next task in its window starts now
-        self._note_task_served(worker)
-        self._dispatch(worker.core)
-        if message[0] == protocol.RESULT:
-            self.pacer.record(timings[1])
-            worker.consecutive_failures = 0  # it serves again: the crash loop is over
-            worker.last_error = ""
-        if not task.claim_finish():
-            return None
-        self._outstanding -= 1
-        return task
-
-    def _hand_over_answer(
-        self, worker: WorkerHandle, task: Task, message: list[Any], frames: list[Any]
-    ) -> None:
-        """Outside the lock: free the inputs, build the outputs, resolve the task."""
-        task.release_inputs(self.arena)
-        now = time.perf_counter()
-        timings = message[-1]
-        if message[0] == protocol.RESULT:
-            outputs = self._collect_outputs(task, message[5], frames)
-            worker.stats.record_success(int((now - task.submitted_at) * 1e6), timings[1])
-            self._resolve(task, outputs, None)
-        else:
-            self._free_out_region(task)
-            worker.stats.record_failure()
-            self._resolve(task, None, TaskError(f"core {worker.core}: {message[5]}", message[6]))
-        if self._perf_log:
-            self._print_perf(task, worker, timings, now)
-
-    def _collect_outputs(self, task: Task, descriptors: list[Any], frames: list[Any]) -> list[np.ndarray]:
-        """Outputs as arrays: views of the task's leased output region (or
-        copies with ``copy_outputs``), or copies of inline frames."""
-        region = task.out_region
-        uses_region = region is not None and any(type(d[0]) is int and d[0] >= 0 for d in descriptors)
-        keep_views = uses_region and not self.options.copy_outputs
-        source: Any = None
-        if uses_region:
-            assert region is not None
-            source = self.arena.lease(region) if keep_views else region.segment.buf
-        base = 0 if keep_views or region is None else region.offset
-        outputs = []
-        inline = iter(frames)
-        for offset, dtype, shape in descriptors:
-            dtype = protocol.dtype_of(dtype)
-            count = math.prod(shape)
-            if type(offset) is bytes:  # small: it came inside the header
-                array = np.frombuffer(offset, dtype, count).reshape(shape).copy()
-            elif offset >= 0:
-                array = np.frombuffer(source, dtype, count, base + offset).reshape(shape)
-                if not keep_views:
-                    array = array.copy()
-            else:
-                frame = next(inline)
-                array = np.frombuffer(frame.buffer, dtype, count).reshape(shape).copy()
-            outputs.append(array)
-        if keep_views:
-            task.out_region = None  # the lease returns it when the arrays die
-        else:
-            self._free_out_region(task)
-        if not uses_region:
-            self._remember_output_size(task.input_key, sum(protocol.align(a.nbytes) for a in outputs))
-        return outputs
-
-    def _free_out_region(self, task: Task) -> None:
-        if task.out_region is not None:
-            self.arena.free(task.out_region)
-            task.out_region = None
-
-    def _deliver(self, task: Task, outputs: Optional[list], error: Optional[BaseException]) -> None:
-        """End ``task`` (if nobody has) and hand its outcome over."""
-        if not task.claim_finish():
-            return
-        with self._cond:
-            self._outstanding -= 1
-            if self._outstanding == 0:
-                self._cond.notify_all()
-        self._resolve(task, outputs, error)
-
-    def _resolve(self, task: Task, outputs: Optional[list], error: Optional[BaseException]) -> None:
-        """Hand an ended task's outcome to its Future or its callback."""
-        if task.future is not None:
-            if task.future.cancelled():
-                return
-            if error is None:
-                task.future.set_result(outputs)
-            else:
-                task.future.set_exception(error)
-        elif task.callback is not None:
-            args = (outputs, task.user_data, "" if error is None else str(error))
-            self.callbacks.post(task.callback_seq, task.callback, args)
-
-    def _fail_task(self, task: Task, error: BaseException) -> None:
-        """End a task that will not run (again) with ``error``, freeing its memory."""
-        task.release_inputs(self.arena)
-        self._free_out_region(task)
-        self._deliver(task, None, error)
-
-    def _print_perf(self, task: Task, worker: WorkerHandle, timings: list[int], now: float) -> None:
-        set_input, infer, copy_output, thread_id = timings
-        worker_us = set_input + infer + copy_output
-        queue_us = int((task.dispatched_at - task.submitted_at) * 1e6)
-        ipc_us = max(0, int((now - task.dispatched_at) * 1e6) - worker_us)
-        print(
-            f"[ztu_ez_rknn_async_perf] task_id={task.task_id} thread_id={thread_id} core_id={worker.core} "
-            f"set_input_us={set_input} infer_us={infer} copy_output_us={copy_output} total_us={worker_us} "
-            f"queue_us={queue_us} ipc_us={ipc_us} worker_pid={worker.pid} node=local",
-            file=sys.stderr,
-            flush=True,
-        )
 
     # ── introspection ────────────────────────────────────────────────────
     def snapshot(self) -> dict[str, Any]:

@@ -1,0 +1,195 @@
+"""Answers: what the router does when a task comes back, or will not.
+
+::
+
+    RESULT / FAILED from a context
+      └─ _take_answered_task (under the lock): off the context's books, the
+         context refilled, the pacing EMA fed; the task claimed, exactly once
+      └─ _hand_over_answer (outside the lock): inputs released, outputs as
+         views of the task's leased region (or copies), the Future resolved or
+         the callback posted, the perf line printed
+    a task that will not run (again)
+      └─ _fail_task: its memory freed, the error delivered
+
+The router thread runs these for answers that come through it; a ``run()`` or
+``map()`` caller runs them for its own direct answers (``farm.direct``).
+:class:`Answers` is a mixin of :class:`farm.router.Router`.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+import sys
+import threading
+import time
+from typing import TYPE_CHECKING, Any, Optional
+
+import numpy as np
+
+from farm.callbacks import CallbackThread
+from farm.errors import TaskError
+from farm.pacing import Pacer
+from farm.pool import WorkerHandle
+from farm.shm import SharedArena
+from farm.task import Task
+from workers import protocol
+
+__all__ = ["Answers"]
+
+#: Input shapes whose output size is remembered (dynamic models).
+_OUTPUT_HINTS = 256
+
+
+class Answers:
+    """The router's handling of answers and failed tasks (a mixin: see the module docstring)."""
+
+    # Provided by Router.
+    _cond: threading.Condition
+    _outstanding: int
+    _perf_log: bool
+    _output_hints: collections.OrderedDict[tuple, int]
+    arena: SharedArena
+    callbacks: CallbackThread
+    options: Any
+    pacer: Pacer
+
+    if TYPE_CHECKING:  # declared for type checkers only
+
+        def _dispatch(self, core: int) -> None: ...
+        def _note_task_served(self, worker: WorkerHandle) -> None: ...
+
+    # ── output sizing ────────────────────────────────────────────────────
+    def output_hint(self, input_key: tuple) -> Optional[int]:
+        """Bytes the outputs took last time for inputs of these shapes."""
+        return self._output_hints.get(input_key)
+
+    def _remember_output_size(self, input_key: tuple, nbytes: int) -> None:
+        hints = self._output_hints
+        if hints.get(input_key) == nbytes:
+            return  # the common case: nothing new (recency is not worth the cost here)
+        hints[input_key] = nbytes
+        hints.move_to_end(input_key)
+        while len(hints) > _OUTPUT_HINTS:
+            hints.popitem(last=False)
+
+    def _take_answered_task(self, worker: WorkerHandle, message: list[Any]) -> Optional[Task]:
+        """Under the lock: the task this answer finishes, off its context's
+        books (None for a stale answer); refills the context."""
+        task_id, attempt, timings = message[3], message[4], message[-1]
+        slot = worker.slots[timings[3]]
+        task = slot.in_flight.get(task_id)
+        if task is None or task.attempt != attempt:
+            return None
+        del slot.in_flight[task_id]
+        if slot.in_flight:
+            slot.busy_since = time.monotonic()  # the next task in its window starts now
+        self._note_task_served(worker)
+        self._dispatch(worker.core)
+        if message[0] == protocol.RESULT:
+            self.pacer.record(timings[1])
+            worker.consecutive_failures = 0  # it serves again: the crash loop is over
+            worker.last_error = ""
+        if not task.claim_finish():
+            return None
+        self._outstanding -= 1
+        return task
+
+    def _hand_over_answer(
+        self, worker: WorkerHandle, task: Task, message: list[Any], frames: list[Any]
+    ) -> None:
+        """Outside the lock: free the inputs, build the outputs, resolve the task."""
+        task.release_inputs(self.arena)
+        now = time.perf_counter()
+        timings = message[-1]
+        if message[0] == protocol.RESULT:
+            outputs = self._collect_outputs(task, message[5], frames)
+            worker.stats.record_success(int((now - task.submitted_at) * 1e6), timings[1])
+            self._resolve(task, outputs, None)
+        else:
+            self._free_out_region(task)
+            worker.stats.record_failure()
+            self._resolve(task, None, TaskError(f"core {worker.core}: {message[5]}", message[6]))
+        if self._perf_log:
+            self._print_perf(task, worker, timings, now)
+
+    def _collect_outputs(self, task: Task, descriptors: list[Any], frames: list[Any]) -> list[np.ndarray]:
+        """Outputs as arrays: views of the task's leased output region (or
+        copies with ``copy_outputs``), or copies of inline frames."""
+        region = task.out_region
+        uses_region = region is not None and any(type(d[0]) is int and d[0] >= 0 for d in descriptors)
+        keep_views = uses_region and not self.options.copy_outputs
+        source: Any = None
+        if uses_region:
+            assert region is not None
+            source = self.arena.lease(region) if keep_views else region.segment.buf
+        base = 0 if keep_views or region is None else region.offset
+        outputs = []
+        inline = iter(frames)
+        for offset, dtype, shape in descriptors:
+            dtype = protocol.dtype_of(dtype)
+            count = math.prod(shape)
+            if type(offset) is bytes:  # small: it came inside the header
+                array = np.frombuffer(offset, dtype, count).reshape(shape).copy()
+            elif offset >= 0:
+                array = np.frombuffer(source, dtype, count, base + offset).reshape(shape)
+                if not keep_views:
+                    array = array.copy()
+            else:
+                frame = next(inline)
+                array = np.frombuffer(frame.buffer, dtype, count).reshape(shape).copy()
+            outputs.append(array)
+        if keep_views:
+            task.out_region = None  # the lease returns it when the arrays die
+        else:
+            self._free_out_region(task)
+        if not uses_region:
+            self._remember_output_size(task.input_key, sum(protocol.align(a.nbytes) for a in outputs))
+        return outputs
+
+    def _free_out_region(self, task: Task) -> None:
+        if task.out_region is not None:
+            self.arena.free(task.out_region)
+            task.out_region = None
+
+    def _deliver(self, task: Task, outputs: Optional[list], error: Optional[BaseException]) -> None:
+        """End ``task`` (if nobody has) and hand its outcome over."""
+        if not task.claim_finish():
+            return
+        with self._cond:
+            self._outstanding -= 1
+            if self._outstanding == 0:
+                self._cond.notify_all()
+        self._resolve(task, outputs, error)
+
+    def _resolve(self, task: Task, outputs: Optional[list], error: Optional[BaseException]) -> None:
+        """Hand an ended task's outcome to its Future or its callback."""
+        if task.future is not None:
+            if task.future.cancelled():
+                return
+            if error is None:
+                task.future.set_result(outputs)
+            else:
+                task.future.set_exception(error)
+        elif task.callback is not None:
+            args = (outputs, task.user_data, "" if error is None else str(error))
+            self.callbacks.post(task.callback_seq, task.callback, args)
+
+    def _fail_task(self, task: Task, error: BaseException) -> None:
+        """End a task that will not run (again) with ``error``, freeing its memory."""
+        task.release_inputs(self.arena)
+        self._free_out_region(task)
+        self._deliver(task, None, error)
+
+    def _print_perf(self, task: Task, worker: WorkerHandle, timings: list[int], now: float) -> None:
+        set_input, infer, copy_output, thread_id = timings
+        worker_us = set_input + infer + copy_output
+        queue_us = int((task.dispatched_at - task.submitted_at) * 1e6)
+        ipc_us = max(0, int((now - task.dispatched_at) * 1e6) - worker_us)
+        print(
+            f"[ztu_ez_rknn_async_perf] task_id={task.task_id} thread_id={thread_id} core_id={worker.core} "
+            f"set_input_us={set_input} infer_us={infer} copy_output_us={copy_output} total_us={worker_us} "
+            f"queue_us={queue_us} ipc_us={ipc_us} worker_pid={worker.pid} node=local",
+            file=sys.stderr,
+            flush=True,
+        )
