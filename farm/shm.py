@@ -29,6 +29,7 @@ import shutil
 import tempfile
 import threading
 import weakref
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -107,7 +108,7 @@ class SharedArena:
     def buffer_of(self, segment_name: str) -> Any:
         """The buffer of segment ``segment_name``: this arena's, or another
         open arena's of this process (an input read where it lies)."""
-        for arena in (self, *list(SharedArena._open)):
+        for arena in _this_then_the_others(self):
             for segment in list(arena._segments):
                 if segment.name == segment_name:
                     return segment.buf
@@ -177,15 +178,17 @@ class SharedArena:
 def locate_shared(array: np.ndarray, arena: SharedArena) -> Optional[tuple[str, int]]:
     """``(segment name, offset)`` of ``array`` in ``arena``, or else in any
     other open arena of this process; None when it is in none."""
-    place = arena.locate(array)
-    if place is not None:
-        return place
-    for other in list(SharedArena._open):
-        if other is not arena:
-            place = other.locate(array)
-            if place is not None:
-                return place
+    for candidate in _this_then_the_others(arena):
+        place = candidate.locate(array)
+        if place is not None:
+            return place
     return None
+
+
+def _this_then_the_others(arena: SharedArena) -> Iterator[SharedArena]:
+    """``arena``, then every other open arena of this process."""
+    yield arena
+    yield from (other for other in list(SharedArena._open) if other is not arena)
 
 
 def reap_stale_segments() -> int:

@@ -43,7 +43,7 @@ from farm.bench.measure import (
 )
 from farm.bench.workloads import BenchError, Workload, backend_session, task_header
 from farm.farm import Farm
-from workers.protocol import INLINE_BYTES
+from workers.protocol import INLINE_BYTES, align
 from workers.segments import SEGMENT_PREFIX
 
 __all__ = [
@@ -310,7 +310,7 @@ def bench_farm_inplace(workload: Workload, config: Config) -> Row:
     """As ``farm``, with the inputs written once into arrays the farm handed
     out (``Farm.input_array``): no copy in. Not applicable to inputs small
     enough to travel in the task header (they never touch shared memory)."""
-    nbytes = sum(array.nbytes for array in workload.feed.values())
+    nbytes = sum(align(array.nbytes) for array in workload.feed.values())  # as the farm counts them
     if nbytes <= INLINE_BYTES:
         raise MethodNotApplicable(f"its inputs ({nbytes} B) travel in the task header")
     return _bench_farm(workload, config, "farm-inplace", lambda farm: shared_feed(farm, workload.feed))

@@ -153,11 +153,7 @@ def _measure(
             measured.descriptions[name] = workload.what
             for method in methods:
                 started = time.perf_counter()
-                try:
-                    row = _attempt(measured, f"{name} {method}", run_method, method, workload, config)
-                except MethodNotApplicable as exc:
-                    measured.skipped[f"{name} {method}"] = str(exc)
-                    continue
+                row = _attempt(measured, f"{name} {method}", run_method, method, workload, config)
                 if row is not None:
                     measured.rows.append(row)
                     _note(f"{name:<6} {method:<12} {time.perf_counter() - started:5.1f} s")
@@ -174,12 +170,14 @@ def _measure(
 
 
 def _attempt(measured: _Measured, what: str, measure: Callable[..., _T], *args: Any) -> Optional[_T]:
-    """``measure(*args)``, or None when it failed: the failure is noted in
-    ``measured.failed`` and the other measurements still run (the run exits 1)."""
+    """``measure(*args)``, or None when it did not apply (noted in
+    ``measured.skipped``) or failed: the failure is noted in ``measured.failed``
+    and the other measurements still run (the run exits 1)."""
     try:
         return measure(*args)
-    except MethodNotApplicable:
-        raise  # not a failure: the caller notes it as skipped
+    except MethodNotApplicable as exc:
+        measured.skipped[what] = str(exc)
+        return None
     except Exception as exc:
         measured.failed[what] = f"{type(exc).__name__}: {exc}"
         _note(f"{what} FAILED: {measured.failed[what]}")
