@@ -163,14 +163,19 @@ class Answers:
         self._resolve(task, outputs, error)
 
     def _resolve(self, task: Task, outputs: Optional[list], error: Optional[BaseException]) -> None:
-        """Hand an ended task's outcome to its Future or its callback."""
-        if task.future is not None:
-            if task.future.cancelled():
+        """Hand an ended task's outcome to its Future or its callback.
+
+        The task lets go of its Future first: whoever still holds the ended
+        task (a map's stream keeps a few) must not keep the outputs, and the
+        shared memory under them, alive after the caller has dropped them."""
+        future, task.future = task.future, None
+        if future is not None:
+            if future.cancelled():
                 return
             if error is None:
-                task.future.set_result(outputs)
+                future.set_result(outputs)
             else:
-                task.future.set_exception(error)
+                future.set_exception(error)
         elif task.callback is not None:
             args = (outputs, task.user_data, "" if error is None else str(error))
             self.callbacks.post(task.callback_seq, task.callback, args)

@@ -8,6 +8,7 @@ import os
 import signal
 import threading
 import time
+import weakref
 
 import numpy as np
 import psutil
@@ -237,6 +238,19 @@ def test_a_long_map_with_a_slow_consumer_holds_no_old_outputs(tmp_path):
             time.sleep(0.002)  # slower than the farm: every task finds a free context
         # 300 leases held on to would need five segments of 64 MiB
         assert farm._arena.bytes_mapped <= 64 << 20
+
+
+def test_a_map_lets_go_of_each_output_once_the_consumer_has_dropped_it(tmp_path):
+    # Outputs kept alive after the consumer is done with them keep their
+    # shared memory leased: every new task then writes into a colder region.
+    shape = (1, 3, 256, 256)
+    with Farm(affine_model(str(tmp_path), shape=shape), schedule="0,1") as farm:
+        x = np.ones(shape, np.float32)
+        handed_back: list[weakref.ref] = []
+        for (y,) in farm.map(({"x": x} for _ in range(40)), max_in_flight=2):
+            handed_back.append(weakref.ref(y))
+            del y
+            assert all(ref() is None for ref in handed_back[:-1]), [ref() is None for ref in handed_back]
 
 
 def test_run_learns_its_round_trip_and_spin_us_zero_turns_spinning_off(tmp_path):
