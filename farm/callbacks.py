@@ -77,20 +77,26 @@ class CallbackThread:
 
     def _loop(self) -> None:
         name_this_thread()
-        while True:
-            item = self._queue.get()
-            if item is _STOP:
-                self._flush_early()
-                return
-            seq, callback, args = item
-            if not self.sequential:
-                self._call(callback, args)
-                continue
-            self._early[seq] = (callback, args)
-            while self._next_seq in self._early:
-                callback, args = self._early.pop(self._next_seq)
-                self._next_seq += 1
-                self._call(callback, args)
+        while self._take(self._queue.get()):
+            pass
+
+    def _take(self, item: Any) -> bool:
+        """Run what ``item`` makes due; False at the stop. Its own frame, so
+        that nothing of the last callback's arguments (its outputs, and the
+        shared memory under them) stays referenced while the thread waits."""
+        if item is _STOP:
+            self._flush_early()
+            return False
+        seq, callback, args = item
+        if not self.sequential:
+            self._call(callback, args)
+            return True
+        self._early[seq] = (callback, args)
+        while self._next_seq in self._early:
+            callback, args = self._early.pop(self._next_seq)
+            self._next_seq += 1
+            self._call(callback, args)
+        return True
 
     def _flush_early(self) -> None:
         # Only reached when the farm closes with gaps (tasks that never ended

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 
 import numpy as np
 import pytest
@@ -104,6 +105,27 @@ def test_run_inside_a_callback_does_not_deadlock():
         farm.run_async(value(10), callback)
         assert done.wait(10), "run() inside a callback deadlocked"
     assert results == [11]
+
+
+@pytest.mark.parametrize("sequential", [True, False])
+def test_the_callback_thread_keeps_no_outputs_once_their_callback_has_run(sequential):
+    # The thread waits for the next callback for as long as the app likes:
+    # the last outputs it handed over must not stay alive (and keep their
+    # shared memory leased) meanwhile.
+    handed_over = []
+    called = threading.Event()
+
+    def callback(outputs, user_data, err):
+        handed_over.append(weakref.ref(outputs[0]))
+        called.set()
+
+    with Farm("tests.pyfuncs:behave", sequential_callbacks=sequential) as farm:
+        farm.run_async(value(10), callback)
+        assert called.wait(10)
+        deadline = time.monotonic() + 5
+        while handed_over[0]() is not None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert handed_over[0]() is None, "the callback thread still holds the outputs"
 
 
 # ── pacing ───────────────────────────────────────────────────────────────
