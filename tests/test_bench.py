@@ -89,6 +89,8 @@ def test_quick_run_measures_every_workload_and_method(quick_run: tuple[Path, dic
         assert machine[key], key
     assert report["frame_memcpy_ms"] > 0
     assert report["frame_memcpy_after_pause_ms"] == report["ratios"]["frame"]["memcpy_after_pause_ms"] > 0
+    # copying the frame and running Identity on it cannot take less than the copy
+    assert report["frame_copy_then_model_ms"] > report["frame_memcpy_ms"]
     assert "pacing" in report["skipped"]  # pacing needs the cls workload
 
 
@@ -117,6 +119,7 @@ def test_ratios_follow_from_the_raw_figures(quick_run: tuple[Path, dict]) -> Non
     )
     assert frame["budget_ms"] == pytest.approx(budget)
     assert frame["farm_vs_budget"] == pytest.approx(farm["sync_p50_ms"] / budget)
+    assert frame["copy_then_model_vs_budget"] == pytest.approx(report["frame_copy_then_model_ms"] / budget)
     inplace = _row(report, "frame", "farm-inplace")
     assert frame["farm_inplace_vs_budget"] == pytest.approx(inplace["sync_p50_ms"] / budget)
     assert frame["processpool_vs_farm_sync"] == pytest.approx(pool["sync_p50_ms"] / farm["sync_p50_ms"])

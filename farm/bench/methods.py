@@ -31,11 +31,14 @@ import numpy as np
 import zmq
 
 from farm.bench.measure import (
+    MEMCPY_PAUSE_S,
     Config,
     CpuMeter,
     Row,
     Timing,
     consume,
+    copy_then_run_ms,
+    memcpy_ms,
     pipelined_loop,
     sync_loop,
     timed_generator,
@@ -51,6 +54,7 @@ __all__ = [
     "MethodNotApplicable",
     "bench_farm",
     "bench_farm_inplace",
+    "frame_figures",
     "map_throughput",
     "ort_session",
     "run_method",
@@ -87,6 +91,25 @@ class _Runner:
             backend = backend_session(workload, core)
             self.run = lambda feed: backend.run([feed[name] for name in names])
             self.close = backend.close
+
+
+def frame_figures(workload: Workload) -> dict[str, float]:
+    """The frame's figures besides the methods' rows: the memcpy of the
+    budget (back to back), and for scale the same memcpy after a pause and
+    the copy followed by an in-process run of the model (see
+    :func:`copy_then_run_ms`)."""
+    runner = _Runner(workload)
+    others = dict(workload.extra_inputs)
+    try:
+        return {
+            "memcpy_ms": memcpy_ms(workload.array),
+            "memcpy_after_pause_ms": memcpy_ms(workload.array, pause_s=MEMCPY_PAUSE_S),
+            "copy_then_model_ms": copy_then_run_ms(
+                workload.array, lambda copy: runner.run({workload.input_name: copy, **others})
+            ),
+        }
+    finally:
+        runner.close()
 
 
 def _first_answer(call: Callable[[], Any], started: float) -> float:

@@ -93,11 +93,12 @@ def _workloads(rows: Sequence[Row]) -> list[str]:
     return list(dict.fromkeys(r.workload for r in rows))
 
 
+#: The frame's figures measured besides the rows (``methods.frame_figures``).
+FRAME_FIGURES = ("memcpy_ms", "memcpy_after_pause_ms", "copy_then_model_ms")
+
+
 def compute_ratios(
-    rows: Sequence[Row],
-    frame_memcpy_ms: Optional[float],
-    pacing: Optional[dict[str, Any]],
-    frame_memcpy_after_pause_ms: Optional[float] = None,
+    rows: Sequence[Row], frame_figures: dict[str, float], pacing: Optional[dict[str, Any]]
 ) -> dict[str, Any]:
     """Every ratio from the raw figures (each appears only when its inputs were measured):
 
@@ -106,7 +107,8 @@ def compute_ratios(
     - sync_vs_zmq_floor[workload][method] = sync p50 ÷ zmq-floor sync p50 (same workload's header)
     - frame: the transport budget = inprocess sync p50 + 2 memcpys of the frame + 2 zmq-floor
       round trips, farm sync p50 ÷ budget, processpool ÷ farm (sync p50 and throughput);
-      for scale, the memcpy after a pause (not in the budget)
+      for scale (not in the budget), the memcpy after a pause and the copy followed
+      by an in-process run
     - pacing: admitted per s ÷ the farm's unpaced throughput on cls
     """
     by = _by_key(rows)
@@ -125,7 +127,7 @@ def compute_ratios(
             ratios["sync_vs_zmq_floor"][workload] = {
                 m: by[workload, m].sync_p50_ms / floor.sync_p50_ms for m in methods
             }
-    frame = _frame_ratios(by, frame_memcpy_ms, frame_memcpy_after_pause_ms)
+    frame = _frame_ratios(by, frame_figures)
     if frame:
         ratios["frame"] = frame
     if pacing:
@@ -136,17 +138,12 @@ def compute_ratios(
     return ratios
 
 
-def _frame_ratios(
-    by: dict[tuple[str, str], Row], memcpy_ms: Optional[float], memcpy_after_pause_ms: Optional[float]
-) -> dict[str, float]:
+def _frame_ratios(by: dict[tuple[str, str], Row], figures: dict[str, float]) -> dict[str, float]:
     farm, pool = by.get(("frame", "farm")), by.get(("frame", "processpool"))
     inplace = by.get(("frame", "farm-inplace"))
     inproc, floor = by.get(("frame", "inprocess")), by.get(("frame", "zmq-floor"))
-    out: dict[str, float] = {}
-    if memcpy_ms is not None:
-        out["memcpy_ms"] = memcpy_ms
-    if memcpy_after_pause_ms is not None:
-        out["memcpy_after_pause_ms"] = memcpy_after_pause_ms
+    out = dict(figures)
+    memcpy_ms = figures.get("memcpy_ms")
     if farm is None:
         return out
     out["farm_sync_p50_ms"] = farm.sync_p50_ms
@@ -156,6 +153,8 @@ def _frame_ratios(
         budget = inproc.sync_p50_ms + 2 * memcpy_ms + 2 * floor.sync_p50_ms
         out["budget_ms"] = budget
         out["farm_vs_budget"] = farm.sync_p50_ms / budget
+        if "copy_then_model_ms" in figures:
+            out["copy_then_model_vs_budget"] = figures["copy_then_model_ms"] / budget
         if inplace is not None:
             out["farm_inplace_sync_p50_ms"] = inplace.sync_p50_ms
             out["farm_inplace_vs_budget"] = inplace.sync_p50_ms / budget
@@ -357,6 +356,13 @@ def _frame_lines(frame: dict[str, float]) -> list[str]:
         lines.append(
             f"  (for scale, not in the budget: the same memcpy after a {MEMCPY_PAUSE_S * 1e3:g} ms pause,"
             f" as each copy in a round trip follows a wait, takes {frame['memcpy_after_pause_ms']:.3f} ms)"
+        )
+    if "copy_then_model_vs_budget" in frame:
+        lines.append(
+            "  (for scale: copying the frame, then running the model on the copy, back to back in this"
+            f" process with no transport at all, takes {frame['copy_then_model_ms']:.3f} ms"
+            f" = {frame['copy_then_model_vs_budget']:.2f}x budget: it touches three frame-sized buffers,"
+            " each budget term two)"
         )
     if "processpool_vs_farm_sync" in frame:
         lines.append(

@@ -13,10 +13,11 @@ from typing import Any, Callable, Optional, TypeVar, Union
 
 import psutil
 
-from farm.bench.measure import MEMCPY_PAUSE_S, Config, Row, memcpy_ms
-from farm.bench.methods import METHODS, MethodNotApplicable, run_method
+from farm.bench.measure import Config, Row
+from farm.bench.methods import METHODS, MethodNotApplicable, frame_figures, run_method
 from farm.bench.paced import bench_pacing, unpaced_throughput
 from farm.bench.report import (
+    FRAME_FIGURES,
     check_targets,
     compute_ratios,
     format_table,
@@ -126,8 +127,7 @@ def _pacing(workload: Workload, config: Config, rows: list[Row]) -> dict[str, An
 class _Measured:
     rows: list[Row] = dataclasses.field(default_factory=list)
     skipped: dict[str, str] = dataclasses.field(default_factory=dict)
-    frame_memcpy_ms: Optional[float] = None
-    frame_memcpy_after_pause_ms: Optional[float] = None
+    frame_figures: dict[str, float] = dataclasses.field(default_factory=dict)
     pacing: Optional[dict[str, Any]] = None
     descriptions: dict[str, str] = dataclasses.field(default_factory=dict)
     failed: dict[str, str] = dataclasses.field(default_factory=dict)
@@ -158,8 +158,7 @@ def _measure(
                     measured.rows.append(row)
                     _note(f"{name:<6} {method:<12} {time.perf_counter() - started:5.1f} s")
             if name == "frame":
-                measured.frame_memcpy_ms = memcpy_ms(workload.array)
-                measured.frame_memcpy_after_pause_ms = memcpy_ms(workload.array, pause_s=MEMCPY_PAUSE_S)
+                measured.frame_figures = frame_figures(workload)
             if name == "cls" and pacing:
                 measured.pacing = _attempt(measured, "pacing", _pacing, workload, config, measured.rows)
     if pacing and measured.pacing is None and "pacing" not in measured.failed:
@@ -249,9 +248,7 @@ def run(args: argparse.Namespace) -> int:
     cpu_at_start = _cpu_snapshot()
     measured = _measure(workloads, methods, config, args.pacing and args.model is None)
     elapsed = time.perf_counter() - began
-    ratios = compute_ratios(
-        measured.rows, measured.frame_memcpy_ms, measured.pacing, measured.frame_memcpy_after_pause_ms
-    )
+    ratios = compute_ratios(measured.rows, measured.frame_figures, measured.pacing)
     report = {
         "machine": dict(
             machine_info(), load_average_at_start=load_at_start, **_other_load(cpu_at_start, elapsed)
@@ -265,8 +262,7 @@ def run(args: argparse.Namespace) -> int:
         ),
         "workloads": measured.descriptions,
         "rows": [r.to_dict() for r in measured.rows],
-        "frame_memcpy_ms": measured.frame_memcpy_ms,
-        "frame_memcpy_after_pause_ms": measured.frame_memcpy_after_pause_ms,
+        **{f"frame_{name}": measured.frame_figures.get(name) for name in FRAME_FIGURES},
         "pacing": measured.pacing,
         "ratios": ratios,
         "targets": [] if args.model else check_targets(measured.rows, ratios),
