@@ -124,3 +124,15 @@ def test_a_worker_that_crashes_now_and_then_is_always_respawned():
                 farm.run(action(2))
             assert farm.run(action(7))[0][0] == 7
         assert farm.stats()["workers"][0]["restarts"] == 8
+
+
+@pytest.mark.parametrize("remote", [False, True], ids=["local", "with-a-node"])
+def test_a_soak_of_every_kind_of_call_with_workers_killed_under_it(remote):
+    # benchmarks/soak.py: four threads calling run, run(timeout), submit, map,
+    # run_async and input_array at random, every answer checked, while a
+    # worker (or the node) is SIGKILLed every 0.3-1 s; nothing may hang, go
+    # wrong or be left behind.
+    command = [sys.executable, os.path.join(ROOT, "benchmarks", "soak.py"), "--seconds", "8", "--kill"]
+    done = subprocess.run(command + ["--remote"] * remote, capture_output=True, text=True, timeout=100)
+    assert done.returncode == 0 and "soak passed" in done.stdout, done.stdout + done.stderr
+    assert "worker killed" in done.stdout
