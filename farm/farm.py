@@ -200,10 +200,11 @@ class Farm:
         Write your data into it and put it in a feed: the worker reads it
         where it lies, without the copy that any other input costs. The same
         goes for the outputs of any open farm of this process (one stage's
-        outputs fed to the next). Do not write to it
-        again until the task that reads it has ended (its Future is done,
-        ``run`` has returned). Its memory goes back to the farm when the
-        array and every view of it are gone."""
+        outputs fed to the next). The array is read-only until the task
+        that reads it has ended (its Future is done, ``run`` has returned):
+        a write meanwhile raises numpy's "assignment destination is
+        read-only". Its memory goes back to the farm when the array and
+        every view of it are gone."""
         self._described_router()
         spec, native_shape, to_user = shared_input_layout(
             self._native_inputs, name, shape, self.options.layout, self._native_layout

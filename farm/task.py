@@ -31,9 +31,9 @@ def write_inputs(
     arena: SharedArena, prepared: Sequence[PreparedInput]
 ) -> tuple[Optional[Region], list[list[Any]], tuple[np.ndarray, ...]]:
     """Place the inputs where a worker reads them; return the new region
-    (None when nothing was copied), the wire descriptors, and the arrays the
-    worker reads where they lie (the task holds them, which keeps their
-    memory reserved, until it ends).
+    (None when nothing was copied), the wire descriptors, and the caller's
+    arrays that the worker reads where they lie (the task holds them, which
+    keeps their memory reserved and them read-only, until it ends).
 
     - Inputs of at most ``INLINE_BYTES`` together travel in the header.
     - An input that already lies in shared memory (this farm's or another
@@ -48,7 +48,7 @@ def write_inputs(
         return None, [[data, -1, p.dtype.str, list(p.shape), p.name] for data, p in zip(inline, prepared)], ()
     oriented = [_oriented(item) for item in prepared]
     places = [_place_in(arena, item, array) for item, array in zip(prepared, oriented)]
-    held = tuple(array for array, place in zip(oriented, places) if place is not None)
+    held = tuple(item.array for item, place in zip(prepared, places) if place is not None)
     copied = sum(size for size, place in zip(sizes, places) if place is None)
     region = arena.allocate(copied) if copied else None
     descriptors = []
@@ -62,6 +62,53 @@ def write_inputs(
             offset += size
         descriptors.append([place[0], place[1], item.dtype.str, list(item.shape), item.name])
     return region, descriptors, held
+
+
+class _InPlaceReads:
+    """The caller's arrays that tasks read where they lie, read-only while
+    any task holds them: writing into one then raises numpy's "assignment
+    destination is read-only" instead of changing what the worker reads.
+
+    Process-wide, as an array may be fed to several farms at once. Only the
+    array objects given in the feed are guarded: a write through another
+    view of the same memory is not caught (docs/concepts.md).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._held: dict[int, list[Any]] = {}  # id(array) -> [array, holders, was writeable]
+
+    def hold(self, arrays: tuple[np.ndarray, ...]) -> None:
+        with self._lock:
+            for array in arrays:
+                entry = self._held.get(id(array))
+                if entry is not None:
+                    entry[1] += 1
+                    continue
+                self._held[id(array)] = [array, 1, array.flags.writeable]
+                array.flags.writeable = False
+
+    def release(self, task: Task) -> None:
+        """Let go of ``task``'s arrays (once, whichever thread asks first)."""
+        with self._lock:
+            arrays, task.held_inputs = task.held_inputs, ()
+            for array in arrays:
+                entry = self._held[id(array)]
+                entry[1] -= 1
+                if entry[1] == 0:
+                    del self._held[id(array)]
+                    if entry[2]:
+                        _make_writeable(array)
+
+
+def _make_writeable(array: np.ndarray) -> None:
+    try:
+        array.flags.writeable = True
+    except ValueError:  # a view whose base another task holds read-only: it stays so
+        pass
+
+
+_IN_PLACE_READS = _InPlaceReads()
 
 
 def _place_in(arena: SharedArena, item: PreparedInput, array: np.ndarray) -> Optional[tuple[str, int]]:
@@ -119,6 +166,8 @@ class Task:
         self.task_id = -1
         self.input_region = input_region
         self.held_inputs = held_inputs  # arrays the worker reads in place (see write_inputs)
+        if held_inputs:
+            _IN_PLACE_READS.hold(held_inputs)
         self.input_descriptors = input_descriptors
         self.input_key = input_key
         self.out_region = out_region
@@ -136,10 +185,11 @@ class Task:
 
     def release_inputs(self, arena: SharedArena) -> None:
         """The inputs are read for good: free the task's region and let go of
-        the arrays it read in place."""
+        the arrays it read in place (writeable again once no task holds them)."""
         arena.free(self.input_region)
         self.input_region = None
-        self.held_inputs = ()
+        if self.held_inputs:
+            _IN_PLACE_READS.release(self)
 
     @property
     def ended(self) -> bool:

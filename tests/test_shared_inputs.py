@@ -210,3 +210,45 @@ def test_an_ordered_map_needs_only_as_many_input_arrays_as_tasks_in_flight():
 
         outputs = [out[0][0] for out in farm.map(frames(), max_in_flight=window)]
     assert outputs == [2.0 * index for index in range(count)]
+
+
+def test_an_input_read_in_place_is_read_only_until_every_task_reading_it_has_ended():
+    with Farm("tests.pyfuncs:double_later", schedule="0,1") as farm:
+        data = farm.input_array("data")
+        data[:] = 1.0
+        slow = farm.submit({"data": data, "seconds": np.array([0.6])})
+        quick = farm.submit({"data": data, "seconds": np.array([0.1])})
+        with pytest.raises(ValueError, match="read-only"):
+            data[:] = 5.0  # the workers are reading it
+        quick.result(timeout=30)
+        with pytest.raises(ValueError, match="read-only"):
+            data[0] = 5.0  # the slow task still reads it
+        np.testing.assert_array_equal(slow.result(timeout=30)[0], np.full(data.shape, 2.0, np.float32))
+        data[:] = 5.0  # both ended: the caller's again
+        np.testing.assert_array_equal(farm.run({"data": data, "seconds": np.array([0.0])})[0], data * 2)
+        assert data.flags.writeable
+
+
+def test_an_input_that_was_read_only_stays_read_only():
+    with Farm("tests.pyfuncs:double_later", schedule="0") as farm:
+        data = farm.input_array("data")
+        data.flags.writeable = False
+        farm.run({"data": data, "seconds": np.array([0.0])})
+        assert not data.flags.writeable
+
+
+def test_a_map_with_fewer_input_arrays_than_tasks_in_flight_fails_instead_of_changing_a_read_input():
+    """With K arrays in turn and K+1 tasks in flight, item K is written into
+    the array that task 0 still reads: numpy refuses the write."""
+    window = 3
+    with Farm("tests.pyfuncs:double_later", schedule="0,1") as farm:
+        arrays = [farm.input_array("data") for _ in range(window - 1)]
+
+        def frames():
+            for index in range(10):
+                data = arrays[index % len(arrays)]
+                data[:] = index
+                yield {"data": data, "seconds": np.array([0.2])}
+
+        with pytest.raises(ValueError, match="read-only"):
+            list(farm.map(frames(), max_in_flight=window))
