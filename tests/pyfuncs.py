@@ -69,3 +69,4 @@ def double_later(inputs):
 
 
 double_later.inputs = [("data", [16384], "float32"), ("seconds", [1], "float64")]
+double_later.outputs = [("doubled", [16384], "float32")]

@@ -944,6 +944,27 @@ def test_bind_ortvalue_output_reuses_the_users_value(models, session):
     assert np.all(out.numpy() == 1), "overwritten by the next run"
 
 
+def test_a_bound_shared_value_is_read_only_while_a_run_reads_it(session):
+    s = session("tests.pyfuncs:double_later")
+    data = OrtValue.ortvalue_from_shape_and_type(
+        [16384], "tensor(float)", "rknpu2", session=s, name="data", io_kind="input"
+    )
+    data.update_inplace(np.ones(16384, np.float32))
+    binding = s.io_binding()
+    binding.bind_ortvalue_input("data", data)
+    binding.bind_cpu_input("seconds", np.array([0.5]))
+    binding.bind_output("doubled")
+    running = threading.Thread(target=s.run_with_iobinding, args=(binding,))
+    running.start()
+    time.sleep(0.2)
+    with pytest.raises(ValueError, match="read-only"):
+        data.update_inplace(np.zeros(16384, np.float32))  # the worker is reading it
+    running.join(30)
+    assert np.all(binding.get_outputs()[0].numpy() == 2)
+    data.update_inplace(np.zeros(16384, np.float32))  # the run has ended
+    assert np.all(data.numpy() == 0)
+
+
 def test_an_output_value_chains_into_another_session_without_a_copy(models, session, copies):
     first = session(models["affine_large"])
     second = session(models["affine_large"])
