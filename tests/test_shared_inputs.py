@@ -12,6 +12,7 @@ import gc
 import os
 import signal
 import threading
+import time
 import weakref
 
 import numpy as np
@@ -107,6 +108,28 @@ def test_a_farm_closed_under_a_task_that_reads_its_memory_fails_that_task_clearl
         with pytest.raises(TaskError, match="is gone: the farm that owned it was closed"):
             future.result(timeout=30)
         np.testing.assert_array_equal(second.run({"x": middle})[0], np.full(SHAPE, 7.0))  # copied now
+
+
+def test_a_worker_unmaps_another_farms_memory_once_that_farm_has_closed(model):
+    def mapped(pid: int, segment: str) -> bool:
+        with open(f"/proc/{pid}/maps") as maps:
+            return segment in maps.read()
+
+    with Farm(model, schedule="0", heartbeat_interval_ms=100) as second:
+        first = Farm(model, schedule="0")
+        x = first.input_array("x")
+        x[...] = 1.0
+        segment = first._arena.locate(x)[0]
+        np.testing.assert_array_equal(second.run({"x": x})[0], np.full(SHAPE, 3.0))
+        worker = second.stats()["workers"][0]["pid"]
+        assert mapped(worker, segment), "the worker did not read the first farm's memory in place"
+        del x
+        first.close()
+        deadline = time.monotonic() + 10
+        while mapped(worker, segment) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not mapped(worker, segment), "the worker still maps a closed farm's memory"
+        np.testing.assert_array_equal(second.run({"x": np.ones(SHAPE, np.float32)})[0], np.full(SHAPE, 3.0))
 
 
 def test_arrays_the_worker_cannot_read_as_they_are_are_copied(model):

@@ -78,7 +78,7 @@ def worker_main(spec: dict[str, Any]) -> None:
         os._exit(1)
     description = contexts[0].session.describe()
     control.send(protocol.pack([protocol.READY, worker_id, generation, os.getpid(), description]))
-    _watch(contexts, spec, control)
+    _watch(contexts, spec, control, segments)
     control.close(linger=0)
     control_context.term()
     segments.close()
@@ -124,10 +124,13 @@ def _start_contexts(
     return contexts
 
 
-def _watch(contexts: list[ContextThread], spec: dict[str, Any], control: zmq.Socket) -> None:
+def _watch(
+    contexts: list[ContextThread], spec: dict[str, Any], control: zmq.Socket, segments: SegmentMap
+) -> None:
     """Beat the heart until every context thread has stopped. The beat comes
     from this thread, which runs no model, so it says "the process is alive
-    and not wedged"; a context stuck in one task is the router's task timeout."""
+    and not wedged"; a context stuck in one task is the router's task timeout.
+    At each beat, unmap what is left of other farms that have closed."""
     watcher = threading.Thread(target=_watch_parent, args=(spec,), name="rknnfarm-parent-watch", daemon=True)
     watcher.start()
     interval = spec["options"]["heartbeat_interval_ms"] / 1000
@@ -139,6 +142,7 @@ def _watch(contexts: list[ContextThread], spec: dict[str, Any], control: zmq.Soc
                 control.send(heartbeat, zmq.NOBLOCK)
             except zmq.ZMQError:
                 pass  # the parent is not reading; its life line tells us if it is gone
+            segments.forget_removed(spec["segment_owner_prefix"])
 
 
 def _watch_parent(spec: dict[str, Any]) -> None:

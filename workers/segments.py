@@ -107,6 +107,26 @@ class SegmentMap:
                     self._segments[name] = segment
         return segment
 
+    def forget_removed(self, own_prefix: str) -> int:
+        """Unmap the segments of other farms that have been removed (their
+        farm closed): without this, a worker that once read an input in
+        another farm's memory would keep that memory mapped, and so alive,
+        until it exits. The worker's own farm's segments are left alone.
+        Returns how many were forgotten."""
+        with self._lock:
+            gone = [
+                name
+                for name, segment in self._segments.items()
+                if not name.startswith(own_prefix) and not os.path.exists(segment.path)
+            ]
+            if not gone:
+                return 0
+            self._views = {key: view for key, view in self._views.items() if key[0] not in gone}
+            for name in gone:
+                # A view still in a context's hands keeps the mapping until it dies.
+                self._segments.pop(name).close()
+        return len(gone)
+
     def close(self) -> None:
         with self._lock:
             self._views.clear()
