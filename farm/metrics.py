@@ -62,6 +62,9 @@ class _FarmCollector:
             "ready": GaugeMetricFamily("rknnfarm_worker_ready", "1 when the core serves", labels=labels),
         }
         ema = GaugeMetricFamily("rknnfarm_infer_ema_seconds", "EMA of inference time", labels=labels)
+        resident = GaugeMetricFamily(
+            "rknnfarm_worker_resident_bytes", "Resident memory of a worker, all its contexts", labels=labels
+        )
         latency = HistogramMetricFamily("rknnfarm_task_latency_seconds", "Submit to result", labels=labels)
         for worker in snapshot["workers"]:
             values = [str(worker["core"]), worker["node"]]
@@ -71,6 +74,8 @@ class _FarmCollector:
                 gauge.add_metric(values, float(worker[key]))
             if worker["infer_ema_us"] is not None:
                 ema.add_metric(values, worker["infer_ema_us"] / 1e6)
+            if worker["rss_mb"] is not None:
+                resident.add_metric(values, worker["rss_mb"] * 2**20)
             buckets, total = histograms[worker["worker"]]
             cumulative, running = [], 0
             for bound, count in zip((*LATENCY_BUCKETS_S, float("inf")), buckets):
@@ -80,6 +85,7 @@ class _FarmCollector:
         yield from counters.values()
         yield from gauges.values()
         yield ema
+        yield resident
         yield latency
         pacing = snapshot["pacing"]
         yield GaugeMetricFamily(

@@ -92,7 +92,7 @@ class WorkerStatsEntry(TypedDict):
     state: str  # "ready", "starting", "recycling" or "down"
     restarts: int
     recycles: int
-    rss_mb: Optional[float]  # measured only with max_worker_rss_mb
+    rss_mb: Optional[float]  # resident memory of a local worker (all its contexts), sampled every second
     queued: int
     in_flight: int
     contexts: int

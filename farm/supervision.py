@@ -206,17 +206,20 @@ class Supervision:
                         self._kill(
                             worker, f"a task ran longer than task_timeout_ms={options.task_timeout_ms}", True
                         )
-            if options.max_worker_rss_mb and now - worker.rss_checked_at > _RSS_EVERY_S:
+            if now - worker.rss_checked_at > _RSS_EVERY_S:
                 worker.rss_checked_at = now
                 self._check_rss(worker)
 
     def _check_rss(self, worker: WorkerHandle) -> None:
+        """Sample the worker's resident memory (``stats()`` reports it: every
+        context holds its own weights) and recycle it past ``max_worker_rss_mb``."""
         try:
             rss_mb = psutil.Process(worker.pid).memory_info().rss / 2**20
         except (psutil.Error, TypeError):
             return
         worker.rss_mb = rss_mb
-        if rss_mb > self.options.max_worker_rss_mb:
+        limit = self.options.max_worker_rss_mb
+        if limit and rss_mb > limit:
             self._retire(worker, f"recycled: RSS {rss_mb:.0f} MiB > max_worker_rss_mb")
 
     def _note_task_served(self, worker: WorkerHandle) -> None:

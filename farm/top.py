@@ -28,6 +28,7 @@ _COLUMNS = (
     "queued",
     "in_flight",
     "infer_ms",
+    "rss_mb",
 )
 
 
@@ -54,6 +55,7 @@ def render(rows: dict[tuple[str, str], dict[str, float]], previous: dict, elapse
             (tasks - previous.get(key, {}).get("rknnfarm_tasks_total", tasks)) / elapsed if elapsed else 0.0
         )
         ema = series.get("rknnfarm_infer_ema_seconds")
+        resident = series.get("rknnfarm_worker_resident_bytes")
         cells = [
             key[0],
             key[1],
@@ -65,6 +67,7 @@ def render(rows: dict[tuple[str, str], dict[str, float]], previous: dict, elapse
             f"{series.get('rknnfarm_queue_depth', 0):.0f}",
             f"{series.get('rknnfarm_in_flight', 0):.0f}",
             "-" if ema is None else f"{ema * 1000:.2f}",
+            "-" if resident is None else f"{resident / 2**20:.0f}",
         ]
         lines.append("  ".join(f"{c:>9}" for c in cells))
     return "\n".join(lines)

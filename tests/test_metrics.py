@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 import urllib.request
 
 import numpy as np
@@ -24,6 +25,14 @@ def scrape(port: int) -> dict[tuple[str, str], float]:
     return samples
 
 
+def wait_for_memory_samples(farm: Farm) -> None:
+    """Until every worker's resident memory has been sampled (once a second)."""
+    deadline = time.monotonic() + 10
+    while not all(w["rss_mb"] for w in farm.stats()["workers"]):
+        assert time.monotonic() < deadline, farm.stats()["workers"]
+        time.sleep(0.05)
+
+
 def test_scraped_counters_match_stats():
     with Farm("tests.pyfuncs:behave", schedule="0,1", enable_pacing=True) as farm:
         port = farm.serve_metrics(0)
@@ -31,6 +40,7 @@ def test_scraped_counters_match_stats():
             farm.run({"action": np.array([value])})
         with pytest.raises(Exception, match="asked to raise"):
             farm.run({"action": np.array([1])})
+        wait_for_memory_samples(farm)
         stats = farm.stats()
         samples = scrape(port)
     for worker in stats["workers"]:
@@ -38,6 +48,9 @@ def test_scraped_counters_match_stats():
         assert samples[("rknnfarm_tasks_total", labels)] == worker["tasks"]
         assert samples[("rknnfarm_task_failures_total", labels)] == worker["failures"]
         assert samples[("rknnfarm_worker_ready", labels)] == 1.0
+        assert samples[("rknnfarm_worker_resident_bytes", labels)] == pytest.approx(
+            worker["rss_mb"] * 2**20, rel=0.2
+        )
         assert samples[("rknnfarm_task_latency_seconds_count", labels)] == worker["tasks"]
         inf_bucket = f'{{core="{worker["core"]}",le="+Inf",node="local"}}'
         assert samples[("rknnfarm_task_latency_seconds_bucket", inf_bucket)] == worker["tasks"]
@@ -62,12 +75,16 @@ def test_top_shows_each_core_of_a_running_farm(capsys):
         port = farm.serve_metrics(0)
         for value in range(100, 110):
             farm.run({"action": np.array([value])})
+        wait_for_memory_samples(farm)
+        resident = [w["rss_mb"] for w in farm.stats()["workers"]]
         assert main(["top", f"http://127.0.0.1:{port}/metrics", "--once"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split()[:4] == ["node", "core", "ready", "tasks"]
     rows = [line.split() for line in lines[1:]]
     assert [(r[0], r[1], r[2]) for r in rows] == [("local", "0", "yes"), ("local", "1", "yes")]
     assert sum(int(r[3]) for r in rows) == 10
+    assert lines[0].split()[-1] == "rss_mb"
+    assert [float(r[-1]) for r in rows] == pytest.approx(resident, rel=0.2)
 
 
 def test_stats_has_every_key_its_typed_structure_documents():

@@ -12,6 +12,7 @@ import threading
 import time
 
 import numpy as np
+import psutil
 import pytest
 
 from farm import Farm, TaskTimeoutError, WorkerCrashedError
@@ -95,6 +96,22 @@ def test_a_worker_above_the_rss_limit_is_recycled():
             time.sleep(0.05)
         wait_ready(farm)
         assert farm.run(action(9))[0][0] == 9
+
+
+def test_stats_report_each_workers_resident_memory_without_a_limit():
+    # Every context holds its own weights: stats() says what each worker holds.
+    with Farm("tests.pyfuncs:behave", schedule="0,1") as farm:
+        farm.run(action(8))  # one worker takes 64 MiB more
+        deadline = time.monotonic() + 10
+        while not all(w["rss_mb"] for w in farm.stats()["workers"]):
+            assert time.monotonic() < deadline, farm.stats()["workers"]
+            time.sleep(0.05)
+        time.sleep(1.2)  # a sample taken after the leak
+        workers = farm.stats()["workers"]
+        for w in workers:
+            assert w["rss_mb"] == pytest.approx(psutil.Process(w["pid"]).memory_info().rss / 2**20, rel=0.1)
+        assert abs(workers[0]["rss_mb"] - workers[1]["rss_mb"]) > 50
+        assert all(w["recycles"] == 0 for w in workers)
 
 
 def test_ten_thousand_tasks_under_random_kills_are_each_answered_once():
