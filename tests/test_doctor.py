@@ -71,6 +71,20 @@ def test_fake_rk3588_board_report(board):
     assert "rknn-farm[rknn]" in found["rknn-toolkit-lite2"].hint
 
 
+@pytest.mark.parametrize(
+    ("options", "status"),
+    [("rw,nosuid,nodev,size=4023296k", "INFO"), ("rw,size=4023296k,huge=advise", "OK")],
+    ids=["4k-pages", "huge=advise"],
+)
+def test_the_report_says_whether_shared_memory_may_use_huge_pages(board, options, status):
+    # Mounts can be stacked: the last one on /dev/shm is in use.
+    mounts = ["proc /proc proc rw", "tmpfs /dev/shm tmpfs rw,huge=never", f"tmpfs /dev/shm tmpfs {options}"]
+    _write(board / "proc/mounts", "".join(f"{line} 0 0\n" for line in mounts))
+    check = _by_name(doctor.collect(str(board), machine="aarch64", environ={})[0])["shm huge pages"]
+    assert check.status == status, check
+    assert ("remount,huge=advise /dev/shm" in check.hint) == (status == "INFO")
+
+
 def test_board_problems_are_failures_with_hints(board, tmp_path):
     (board / "usr/lib/librknnrt.so").unlink()
     (board / "dev/dri/renderD129").unlink()

@@ -442,3 +442,29 @@ def test_the_os_sees_the_farms_threads_and_workers_by_name(tmp_path):
                 assert comm.read().strip() == f"rf-worker-{core}"  # what top and ps show
     assert os_name("rknnfarm-parent-watch") == "rf-parent-watch"
     assert os_name("a-very-long-thread-name") == "a-very-long-thr"  # the kernel keeps 15 bytes
+
+
+def _huge_page_advice(pid: int, segment_prefix: str) -> list[bool]:
+    """For each mapping of a farm segment in process ``pid``: whether it was
+    advised to use huge pages (``hg`` in its VmFlags)."""
+    advised, inside = [], False
+    with open(f"/proc/{pid}/smaps") as smaps:
+        for line in smaps:
+            fields = line.split()
+            if "-" in fields[0] and len(fields) >= 5:  # a mapping's header line
+                inside = len(fields) >= 6 and os.path.basename(fields[5]).startswith(segment_prefix)
+            elif inside and fields[0] == "VmFlags:":
+                advised.append("hg" in fields[1:])
+    return advised
+
+
+def test_shared_memory_asks_for_huge_pages_in_the_app_and_in_the_workers(tmp_path):
+    # Huge pages come only where /dev/shm allows them (mount option huge=advise),
+    # but both sides must ask: a frame's copy and its reads then miss the TLB less.
+    shape = (1, 3, 256, 256)
+    with Farm(affine_model(str(tmp_path), shape=shape), schedule="0") as farm:
+        farm.run({"x": np.ones(shape, np.float32)})
+        prefix = farm._arena.owner_prefix
+        assert _huge_page_advice(os.getpid(), prefix) and all(_huge_page_advice(os.getpid(), prefix))
+        worker = farm.stats()["workers"][0]["pid"]
+        assert _huge_page_advice(worker, prefix) and all(_huge_page_advice(worker, prefix))
