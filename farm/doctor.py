@@ -48,6 +48,7 @@ import numpy as np
 import psutil
 
 from workers.backends import rknn_runtime
+from workers.segments import shm_huge_pages
 
 __all__ = ["Check", "add_arguments", "collect", "format_report", "run"]
 
@@ -251,17 +252,9 @@ def _check_shm(root: str) -> Check:
 def _check_shm_huge_pages(root: str) -> Optional[Check]:
     """Whether ``/dev/shm`` may back the farm's segments with huge pages (the
     segments ask for them): frames copy in and are read with fewer TLB misses."""
-    try:
-        with open(_under(root, "/proc/mounts"), encoding="utf-8") as fh:
-            mounts = [line.split() for line in fh]
-    except OSError:
+    huge = shm_huge_pages(_under(root, "/proc/mounts"))
+    if huge is None:
         return None
-    # The last mount on /dev/shm is the one in use (mounts can be stacked).
-    shm_mounts = [m[3].split(",") for m in mounts if len(m) > 3 and m[1] == "/dev/shm"]
-    if not shm_mounts:
-        return None
-    options = shm_mounts[-1]
-    huge = next((o.split("=", 1)[1] for o in options if o.startswith("huge=")), "never")
     if huge in ("advise", "within_size", "always"):
         return Check(OK, "shm huge pages", f"/dev/shm huge={huge}")
     hint = "frames and other large tensors move faster: sudo mount -o remount,huge=advise /dev/shm"

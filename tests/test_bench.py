@@ -87,6 +87,7 @@ def test_quick_run_measures_every_workload_and_method(quick_run: tuple[Path, dic
     machine = report["machine"]
     for key in ("cpu_count", "python", "numpy", "onnxruntime", "pyzmq"):
         assert machine[key], key
+    assert machine["shm_huge_pages"] in ("never", "advise", "within_size", "always", "deny", "force", None)
     assert report["frame_memcpy_ms"] > 0
     assert report["frame_memcpy_after_pause_ms"] == report["ratios"]["frame"]["memcpy_after_pause_ms"] > 0
     # copying the frame and running Identity on it cannot take less than the copy

@@ -17,12 +17,13 @@ import os
 import tempfile
 import threading
 from collections.abc import Sequence
+from typing import Optional
 
 import numpy as np
 
 from workers.protocol import dtype_of
 
-__all__ = ["SEGMENT_PREFIX", "Segment", "SegmentMap", "segment_dir", "unlink_segments_of"]
+__all__ = ["SEGMENT_PREFIX", "Segment", "SegmentMap", "segment_dir", "shm_huge_pages", "unlink_segments_of"]
 
 SEGMENT_PREFIX = "rknnfarm-"
 
@@ -30,6 +31,21 @@ SEGMENT_PREFIX = "rknnfarm-"
 def segment_dir() -> str:
     """The directory that holds segments: ``/dev/shm`` where it exists."""
     return "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
+
+
+def shm_huge_pages(proc_mounts: str = "/proc/mounts") -> Optional[str]:
+    """The ``huge=`` option of the mount on ``/dev/shm`` ("never" when it has
+    none; the last mount when several are stacked), or None when the mount
+    table cannot be read or has no ``/dev/shm``."""
+    try:
+        with open(proc_mounts, encoding="utf-8") as fh:
+            mounts = [line.split() for line in fh]
+    except OSError:
+        return None
+    shm_mounts = [m[3].split(",") for m in mounts if len(m) > 3 and m[1] == "/dev/shm"]
+    if not shm_mounts:
+        return None
+    return next((o.split("=", 1)[1] for o in shm_mounts[-1] if o.startswith("huge=")), "never")
 
 
 def _advise_huge_pages(buf: mmap.mmap) -> None:

@@ -13,6 +13,7 @@ from typing import Any, Optional
 from farm.bench.measure import MEMCPY_PAUSE_S, Row
 from farm.bench.workloads import WORKLOADS
 from farm.timeline import pyplot
+from workers.segments import shm_huge_pages
 
 __all__ = [
     "check_targets",
@@ -80,6 +81,7 @@ def machine_info() -> dict[str, Any]:
         "libzmq": zmq.zmq_version(),
         "msgpack": ".".join(map(str, __import__("msgpack").version)),
         "rknn_farm": __version__,
+        "shm_huge_pages": shm_huge_pages(),  # the huge= option of /dev/shm's mount
         "load_average_at_end": load_average(),
     }
 
@@ -284,7 +286,7 @@ def format_table(report: dict[str, Any]) -> str:
     lines = [
         f"rknn-farm bench: {config['workers']} workers, {config['duration_s']:g} s per measurement, "
         f"{machine['cpus_usable']} CPUs ({machine['cpu_model']}), onnxruntime {machine['onnxruntime']}, "
-        f"Python {machine['python']}, {machine['date']}",
+        f"Python {machine['python']}, /dev/shm huge={machine.get('shm_huge_pages')}, {machine['date']}",
         f"other processes used {machine.get('other_processes_cpus', 0.0):.2f} CPUs on average during the run"
         f" (steal {machine.get('steal_cpu_s', 0.0):.1f} s); load average at start"
         f" {machine.get('load_average_at_start')}, at end {machine.get('load_average_at_end')}",
