@@ -211,15 +211,7 @@ def memcpy_ms(array: np.ndarray, repeats: int = 20, pause_s: float = 0.0) -> flo
     the copies back to back, or each after sleeping ``pause_s`` seconds (as
     every copy between processes follows a wait)."""
     destination = np.empty_like(array)
-    np.copyto(destination, array)
-    times = []
-    for _ in range(repeats):
-        if pause_s:
-            time.sleep(pause_s)
-        start = time.perf_counter()
-        np.copyto(destination, array)
-        times.append(time.perf_counter() - start)
-    return float(np.median(times)) * 1000
+    return _median_ms(lambda: np.copyto(destination, array), repeats, pause_s)
 
 
 def copy_then_run_ms(array: np.ndarray, run: Callable[[np.ndarray], Any], repeats: int = 20) -> float:
@@ -230,12 +222,23 @@ def copy_then_run_ms(array: np.ndarray, run: Callable[[np.ndarray], Any], repeat
     copy, the model's output) where the budget's memcpy and in-process run
     each touch two."""
     copy = np.empty_like(array)
-    np.copyto(copy, array)
-    run(copy)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+
+    def step() -> None:
         np.copyto(copy, array)
         run(copy)
+
+    return _median_ms(step, repeats)
+
+
+def _median_ms(step: Callable[[], Any], repeats: int, pause_s: float = 0.0) -> float:
+    """Median time (ms) of ``step()`` over ``repeats`` calls after one to warm
+    up, each after sleeping ``pause_s`` seconds when that is not 0."""
+    step()
+    times = []
+    for _ in range(repeats):
+        if pause_s:
+            time.sleep(pause_s)
+        start = time.perf_counter()
+        step()
         times.append(time.perf_counter() - start)
     return float(np.median(times)) * 1000
