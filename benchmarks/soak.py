@@ -37,9 +37,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from farm import Farm  # noqa: E402
+from farm.bench.runner import leftovers  # noqa: E402
 from farm.errors import WorkerCrashedError  # noqa: E402
 from tests.onnx_models import affine_model  # noqa: E402
-from workers.segments import SEGMENT_PREFIX, segment_dir  # noqa: E402
 
 SHAPE = (1, 3, 128, 128)
 #: Longest any one call may take before the soak calls it lost.
@@ -231,13 +231,6 @@ def soak(seconds: float, callers: int, kill: bool, remote: bool) -> Soak:
     return state
 
 
-def _leftovers() -> list[str]:
-    mine = f"{SEGMENT_PREFIX}{os.getpid()}-"
-    segments = [name for name in os.listdir(segment_dir()) if name.startswith(mine)]
-    children = [f"pid {child.pid}" for child in psutil.Process().children()]
-    return segments + children
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=60.0)
@@ -247,7 +240,7 @@ def main() -> int:
     args = parser.parse_args()
     state = soak(args.seconds, args.callers, args.kill, args.remote)
     time.sleep(0.5)  # the farm's reaper has had its turn
-    left = _leftovers()
+    left = [item for items in leftovers(grace_s=0).values() for item in items]
     print("calls:", ", ".join(f"{name} {n}" for name, n in sorted(state.calls.items())))
     for problem in state.problems[:20]:
         print("PROBLEM:", problem)

@@ -37,7 +37,7 @@ from farm.bench.workloads import (
 from farm.errors import FarmError
 from workers.segments import SEGMENT_PREFIX, segment_dir
 
-__all__ = ["add_arguments", "main", "run"]
+__all__ = ["add_arguments", "leftovers", "main", "run"]
 
 _DEFAULT_DURATION_S = 3.0
 _QUICK_DURATION_S = 0.25
@@ -208,10 +208,11 @@ def _other_load(start: tuple[float, float, float], wall_s: float) -> dict[str, f
     }
 
 
-def _leftovers(grace_s: float = 5.0) -> dict[str, list[str]]:
+def leftovers(grace_s: float = 5.0) -> dict[str, list[str]]:
     """What the run failed to clean up: child processes (multiprocessing's
     resource tracker, which lives as long as this process, aside) and
-    shared-memory segments or socket directories named after this process."""
+    shared-memory segments or socket directories named after this process.
+    Children get ``grace_s`` seconds to exit."""
     mine = f"{SEGMENT_PREFIX}{os.getpid()}-"
     deadline = time.monotonic() + grace_s
     while True:
@@ -268,7 +269,7 @@ def run(args: argparse.Namespace) -> int:
         "targets": [] if args.model else check_targets(measured.rows, ratios),
         "skipped": measured.skipped,
         "failed": measured.failed,
-        "leftovers": _leftovers(),
+        "leftovers": leftovers(),
         "elapsed_s": elapsed,
     }
     print(format_table(report))
