@@ -1,10 +1,11 @@
-"""Helpers for tests that watch processes come and go."""
+"""Helpers for tests that watch processes come and go, and what they hold."""
 
 from __future__ import annotations
 
 import os
 import time
 from collections.abc import Iterable
+from typing import Any
 
 
 def alive(pid: int) -> bool:
@@ -29,3 +30,11 @@ def wait_gone(pids: Iterable[int], within: float = 10.0) -> bool:
             return False
         time.sleep(0.05)
     return True
+
+
+def wait_for_memory_samples(farm: Any) -> None:
+    """Until the router has sampled every worker's resident memory (once a second)."""
+    deadline = time.monotonic() + 10
+    while not all(w["rss_mb"] for w in farm.stats()["workers"]):
+        assert time.monotonic() < deadline, farm.stats()["workers"]
+        time.sleep(0.05)

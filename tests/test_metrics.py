@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import re
-import time
 import urllib.request
 
 import numpy as np
 import pytest
 
 from farm import Farm
+from tests.processes import wait_for_memory_samples
 
 pytestmark = pytest.mark.timeout(120)
 pytest.importorskip("prometheus_client")
@@ -23,14 +23,6 @@ def scrape(port: int) -> dict[tuple[str, str], float]:
         if match:
             samples[(match.group(1), match.group(2) or "")] = float(match.group(3))
     return samples
-
-
-def wait_for_memory_samples(farm: Farm) -> None:
-    """Until every worker's resident memory has been sampled (once a second)."""
-    deadline = time.monotonic() + 10
-    while not all(w["rss_mb"] for w in farm.stats()["workers"]):
-        assert time.monotonic() < deadline, farm.stats()["workers"]
-        time.sleep(0.05)
 
 
 def test_scraped_counters_match_stats():

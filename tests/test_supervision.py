@@ -16,7 +16,7 @@ import psutil
 import pytest
 
 from farm import Farm, TaskTimeoutError, WorkerCrashedError
-from tests.processes import wait_gone
+from tests.processes import wait_for_memory_samples, wait_gone
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -102,10 +102,7 @@ def test_stats_report_each_workers_resident_memory_without_a_limit():
     # Every context holds its own weights: stats() says what each worker holds.
     with Farm("tests.pyfuncs:behave", schedule="0,1") as farm:
         farm.run(action(8))  # one worker takes 64 MiB more
-        deadline = time.monotonic() + 10
-        while not all(w["rss_mb"] for w in farm.stats()["workers"]):
-            assert time.monotonic() < deadline, farm.stats()["workers"]
-            time.sleep(0.05)
+        wait_for_memory_samples(farm)
         time.sleep(1.2)  # a sample taken after the leak
         workers = farm.stats()["workers"]
         for w in workers:
