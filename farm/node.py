@@ -34,6 +34,7 @@ from typing import Any, Optional
 import numpy as np
 import zmq
 
+from farm.errors import FarmClosedError
 from farm.farm import Farm
 from farm.keys import generate_keys, make_curve_client
 from farm.options import parse_options
@@ -204,7 +205,6 @@ class NodeAgent:
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
         poller.register(self._wake_read, zmq.POLLIN)
-        beat = protocol.pack([protocol.HEARTBEAT, worker_id, generation])
         last_heard = last_beat = time.monotonic()
         while not self._stop.is_set():
             events = dict(poller.poll(int(self.interval_s * 500)))
@@ -221,11 +221,21 @@ class NodeAgent:
             self._send_results(sock)
             now = time.monotonic()
             if now - last_beat >= self.interval_s:
-                sock.send(beat, zmq.NOBLOCK)
+                beat = [protocol.HEARTBEAT, worker_id, generation, self._resident_mb()]
+                sock.send(protocol.pack(beat), zmq.NOBLOCK)
                 last_beat = now
             if now - last_heard > self.interval_s * self.liveness:
                 print("rknn-farm node: the router went silent; reconnecting", file=sys.stderr)
                 return
+
+    def _resident_mb(self) -> float:
+        """The resident memory of this node's workers in all, MiB: the router
+        reports it as the node's ``rss_mb``."""
+        try:
+            workers = self.farm.stats()["workers"] if self.farm is not None else []
+        except FarmClosedError:
+            return 0.0
+        return float(sum(w["rss_mb"] or 0.0 for w in workers))
 
     def _on_router_message(self, frames: list[Any], worker_id: int, generation: int) -> None:
         header = _decode(frames[0])

@@ -193,7 +193,7 @@ class RemoteListener:
         if node is None or len(header) < 3 or header[1] != node.worker_id or header[2] != node.generation:
             return None
         if kind == protocol.HEARTBEAT:
-            return (identity, header, tensors) if not tensors else None
+            return (identity, header, tensors) if _valid_heartbeat(header) and not tensors else None
         if kind == protocol.RESULT and _valid_result(header, tensors, len(node.slots)):
             return identity, header, tensors
         if kind == protocol.FAILED and _valid_failure(header, len(node.slots)) and not tensors:
@@ -278,6 +278,14 @@ def _valid_hello(header: list[Any]) -> bool:
         return False
     info = header[2]
     return _is_int(info.get("contexts"), 1, 4096) and isinstance(info.get("model_sha256"), (str, type(None)))
+
+
+def _valid_heartbeat(header: list[Any]) -> bool:
+    """[HEARTBEAT, worker_id, generation] from an older node, or with its resident MiB."""
+    if len(header) == 3:
+        return True
+    rss_mb = header[3] if len(header) == 4 else None
+    return isinstance(rss_mb, (int, float)) and not isinstance(rss_mb, bool) and 0 <= rss_mb < 2**40
 
 
 def _valid_failure(header: list[Any], n_slots: int) -> bool:

@@ -419,6 +419,8 @@ class Router(DirectPath, Supervision, Membership, Answers):
             self._on_ready(worker, message[3], message[4])
         elif kind == protocol.START_FAILED:
             worker.last_error = f"{message[3]}\n{message[4]}"
+        elif kind == protocol.HEARTBEAT and len(message) > 3:  # a node's: its workers' memory
+            worker.rss_mb = float(message[3])
         return None
 
     def _on_ready(self, worker: WorkerHandle, pid: int, description: dict[str, Any]) -> None:

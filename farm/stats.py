@@ -92,7 +92,7 @@ class WorkerStatsEntry(TypedDict):
     state: str  # "ready", "starting", "recycling" or "down"
     restarts: int
     recycles: int
-    rss_mb: Optional[float]  # resident memory of a local worker (all its contexts), sampled every second
+    rss_mb: Optional[float]  # resident memory of a worker (all its contexts) or a node (all its workers), MiB
     queued: int
     in_flight: int
     contexts: int

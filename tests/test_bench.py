@@ -128,6 +128,11 @@ def test_ratios_follow_from_the_raw_figures(quick_run: tuple[Path, dict]) -> Non
     assert targets["sync overhead"]["value"] == pytest.approx(ratios["sync_vs_zmq_floor"]["tiny"]["farm"])
     assert targets["sync overhead"]["met"] == (targets["sync overhead"]["value"] <= 2.0)
     assert targets["compute scaling"]["value"] is None and targets["compute scaling"]["met"] is None
+    budget_lines = [t for t in report["targets"] if t["name"].startswith("transport: farm")]
+    in_place, copied = sorted(budget_lines, key=lambda t: "farm-inplace" not in t["name"])
+    assert in_place["value"] == pytest.approx(frame["farm_inplace_vs_budget"])
+    assert copied["value"] == pytest.approx(frame["farm_vs_budget"])
+    assert [t["met"] for t in budget_lines] == [t["value"] <= 1.0 for t in budget_lines]
 
 
 @pytest.mark.timeout(300)

@@ -12,11 +12,13 @@ import time
 
 import msgpack
 import numpy as np
+import psutil
 import pytest
 import zmq
 
 from farm import Farm, OptionError
 from farm.keys import generate_keys
+from farm.remote import _valid_heartbeat
 from tests.onnx_models import affine_model
 from tests.processes import wait_gone
 from workers import protocol
@@ -107,6 +109,30 @@ def test_tasks_spread_over_local_and_remote_cores(nodes):
         assert [int(o[0][0]) for o in farm.map([action(v) for v in values])] == values
         served = {w["node"]: w["tasks"] for w in farm.stats()["workers"]}
     assert set(served) == {"local", "node0", "node1"} and all(n > 50 for n in served.values()), served
+
+
+def test_a_node_reports_its_workers_memory_in_its_heartbeats(nodes):
+    with Farm("tests.pyfuncs:behave", schedule="0", listen="tcp://127.0.0.1:*", **FAST) as farm:
+        node = nodes.start(farm.listen_address, "--threads-per-core", "2")
+        wait_for(lambda: joined(farm) == 1)
+
+        def node_rss_mb() -> float:
+            (entry,) = [w for w in farm.stats()["workers"] if w["node"] == "node0"]
+            return entry["rss_mb"] or 0.0
+
+        wait_for(lambda: node_rss_mb() > 0)
+        # The node's children are its workers: Python processes with numpy loaded.
+        expected = sum(c.memory_info().rss for c in psutil.Process(node.pid).children()) / 2**20
+        assert node_rss_mb() > 10 and node_rss_mb() == pytest.approx(expected, rel=0.5)
+
+
+def test_heartbeats_from_nodes_are_checked():
+    assert _valid_heartbeat([protocol.HEARTBEAT, 1, 1])  # a node of an older version
+    assert _valid_heartbeat([protocol.HEARTBEAT, 1, 1, 123.5])
+    assert _valid_heartbeat([protocol.HEARTBEAT, 1, 1, 0])
+    for rss_mb in (-1.0, "lots", True, None, 2.0**50, [1]):
+        assert not _valid_heartbeat([protocol.HEARTBEAT, 1, 1, rss_mb]), rss_mb
+    assert not _valid_heartbeat([protocol.HEARTBEAT, 1, 1, 1.0, 2.0])
 
 
 def test_a_node_killed_mid_stream_loses_no_task(nodes):
