@@ -155,7 +155,7 @@ def shared_input_layout(
     else:
         matches = [s for s in specs if s.name == name]
         if not matches:
-            raise InvalidInputError(f"Unknown input: {name!r}. The model's inputs are: {names}")
+            raise _unknown_input(name, names)
         native = matches[0]
     spec = user_spec(native, layout, native_layout)
     if shape is None:
@@ -201,6 +201,10 @@ def prepare_feed(
     ]
 
 
+def _unknown_input(name: object, names: str) -> InvalidInputError:
+    return InvalidInputError(f"Unknown input: {name!r}. The model's inputs are: {names}")
+
+
 def _pair_with_specs(feed: Any, specs: Sequence[TensorSpec]) -> list[tuple[TensorSpec, Any]]:
     if isinstance(feed, Mapping) and len(feed) == len(specs) and all(s.name in feed for s in specs):
         return [(s, feed[s.name]) for s in specs]  # the common case, checked at once
@@ -214,7 +218,7 @@ def _pair_with_specs(feed: Any, specs: Sequence[TensorSpec]) -> list[tuple[Tenso
     if isinstance(feed, Mapping):
         unknown = [k for k in feed if k not in {s.name for s in specs}]
         if unknown:
-            raise InvalidInputError(f"Unknown input: {unknown[0]!r}. The model's inputs are: {names}")
+            raise _unknown_input(unknown[0], names)
         missing = [s.name for s in specs if s.name not in feed]
         if missing:
             raise InvalidInputError(f"Missing input: {missing[0]!r}. The model's inputs are: {names}")

@@ -209,6 +209,23 @@ def test_run_stages_script_splits_a_run_into_its_stages() -> None:
     assert float(figures["worker"]) > 0  # the perf log was read
 
 
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="the probe pins two processes to two CPUs")
+def test_cross_core_probe_times_all_four_cases_and_leaves_nothing_behind() -> None:
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "cross_core.py"
+    done = subprocess.run(
+        [sys.executable, str(script), "--rounds", "40", "--repeats", "2"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    cases = [line.split("  ") for line in done.stdout.splitlines()[1:]]
+    assert len(cases) == 4
+    medians = [[float(v.replace(",", "")) for v in case[-1].split(", ")] for case in cases]
+    assert all(len(values) == 2 and min(values) > 0 for values in medians)
+    assert not [name for name in os.listdir("/dev/shm") if name.startswith("cross-core-probe-")]
+
+
 @pytest.mark.timeout(300)
 def test_your_own_rknn_model_against_rknnlite_in_process_and_in_threads(tmp_path: Path) -> None:
     """``--model x.rknn`` (here the RKNNLite test double): the baselines are
