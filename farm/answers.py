@@ -23,12 +23,13 @@ import math
 import sys
 import threading
 import time
+from concurrent.futures import InvalidStateError
 from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 
 from farm.callbacks import CallbackThread
-from farm.errors import TaskError
+from farm.errors import FarmError, TaskError
 from farm.pacing import Pacer
 from farm.pool import WorkerHandle
 from farm.shm import SharedArena
@@ -98,18 +99,25 @@ class Answers:
     def _hand_over_answer(
         self, worker: WorkerHandle, task: Task, message: list[Any], frames: list[Any]
     ) -> None:
-        """Outside the lock: free the inputs, build the outputs, resolve the task."""
-        task.release_inputs(self.arena)
+        """Outside the lock: free the inputs, build the outputs, resolve the
+        task. The task is claimed: whatever goes wrong here, it ends here."""
         now = time.perf_counter()
         timings = message[-1]
-        if message[0] == protocol.RESULT:
-            outputs = self._collect_outputs(task, message[5], frames)
-            worker.stats.record_success(int((now - task.submitted_at) * 1e6), timings[1])
-            self._resolve(task, outputs, None)
-        else:
+        outputs: Optional[list] = None
+        error: Optional[BaseException] = None
+        try:
+            task.release_inputs(self.arena)
+            if message[0] == protocol.RESULT:
+                outputs = self._collect_outputs(task, message[5], frames)
+                worker.stats.record_success(int((now - task.submitted_at) * 1e6), timings[1])
+            else:
+                self._free_out_region(task)
+                worker.stats.record_failure()
+                error = TaskError(f"core {worker.core}: {message[5]}", message[6])
+        except Exception as exc:  # e.g. the farm's memory closed under it
             self._free_out_region(task)
-            worker.stats.record_failure()
-            self._resolve(task, None, TaskError(f"core {worker.core}: {message[5]}", message[6]))
+            outputs, error = None, FarmError(f"task {task.task_id}: its answer could not be read: {exc}")
+        self._resolve(task, outputs, error)
         if self._perf_log:
             self._print_perf(task, worker, timings, now)
 
@@ -170,12 +178,13 @@ class Answers:
         shared memory under them, alive after the caller has dropped them."""
         future, task.future = task.future, None
         if future is not None:
-            if future.cancelled():
-                return
-            if error is None:
-                future.set_result(outputs)
-            else:
-                future.set_exception(error)
+            try:
+                if error is None:
+                    future.set_result(outputs)
+                else:
+                    future.set_exception(error)
+            except InvalidStateError:
+                pass  # its holder cancelled it: nobody wants the outcome
         elif task.callback is not None:
             args = (outputs, task.user_data, "" if error is None else str(error))
             self.callbacks.post(task.callback_seq, task.callback, args)

@@ -110,8 +110,8 @@ class DirectPath:
     def _send_on(self, channel: ReplyChannel, slot: ContextSlot, task: Task) -> Optional[zmq.Socket]:
         """Under the lock: send ``task`` (its id set) to ``slot`` on ``channel``
         and put it on the context's books; None if the send failed."""
-        socket = channel.socket_for(slot.address)
         try:
+            socket = channel.socket_for(slot.address)  # a new socket can fail too (EMFILE)
             socket.send(self._task_header(task, direct=True))
         except zmq.ZMQError:
             return None

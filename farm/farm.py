@@ -132,7 +132,7 @@ class Farm:
             cpus_for_core=_cpus_for_cores(self.options, self.backend),
             perf_log=perf_log_enabled(),
         )
-        self._finalizer = weakref.finalize(self, _close_quietly, router, self._arena)
+        self._finalizer = weakref.finalize(self, _close_router_then_arena, router, self._arena, True)
         try:
             router.start(self.options.start_timeout_s)
         except BaseException:
@@ -463,10 +463,7 @@ class Farm:
         self._finalizer.detach()
         if self._metrics is not None:
             self._metrics.close()
-        try:
-            router.close(cancel=cancel, timeout_s=timeout)
-        finally:
-            self._arena.close()
+        _close_router_then_arena(router, self._arena, cancel, timeout)
 
     def __enter__(self) -> Farm:
         return self
@@ -481,9 +478,20 @@ class Farm:
         return f"Farm({self.model!r}, backend={self.backend!r}, cores={list(self.options.cores)}, {state})"
 
 
-def _close_quietly(router: Router, arena: SharedArena) -> None:
-    """Finalizer: a farm dropped (or alive at exit) without close()."""
+def _close_router_then_arena(
+    router: Router, arena: SharedArena, cancel: bool, timeout: Optional[float] = None
+) -> None:
+    """Close the router, then free the shared memory (also the finalizer of a
+    farm dropped, or alive at exit, without close()). Called on the router
+    thread (from a future's done-callback), both happen on a thread beside it:
+    the router thread cannot wait for itself, and the memory must outlive the
+    tasks that the closing still drains."""
+    if router.on_own_thread():
+        threading.Thread(
+            target=_close_router_then_arena, args=(router, arena, cancel, timeout), name="rknnfarm-close"
+        ).start()
+        return
     try:
-        router.close(cancel=True)
+        router.close(cancel=cancel, timeout_s=timeout)
     finally:
         arena.close()

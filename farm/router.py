@@ -50,7 +50,7 @@ from farm.answers import Answers
 from farm.callbacks import CallbackThread
 from farm.channels import ChannelPool, ReplyChannel
 from farm.direct import WINDOW, DirectPath, stream_depth
-from farm.errors import FarmClosedError, SubmitTimeoutError, WorkerCrashedError, WorkerStartError
+from farm.errors import FarmClosedError, FarmError, SubmitTimeoutError, WorkerCrashedError, WorkerStartError
 from farm.membership import Membership
 from farm.options import FarmOptions
 from farm.pacing import Pacer
@@ -279,6 +279,9 @@ class Router(DirectPath, Supervision, Membership, Answers):
                 print(f"rknn-farm: could not send to core {core}: {exc}", file=sys.stderr)
                 queue.appendleft(task)
                 return
+            except Exception as exc:  # this task cannot be sent at all (its input is gone): it fails
+                error = FarmError(f"task {task.task_id} could not be sent to core {core}: {exc}")
+                self._fail_soon(task, error)
         self._cond.notify_all()
 
     @staticmethod
@@ -502,9 +505,13 @@ class Router(DirectPath, Supervision, Membership, Answers):
             }
 
     # ── shutdown ─────────────────────────────────────────────────────────
+    def on_own_thread(self) -> bool:
+        """Whether the caller runs on the router thread (a future's done-callback)."""
+        return threading.current_thread() is self._thread
+
     def close(self, cancel: bool = False, timeout_s: Optional[float] = None) -> None:
         """Drain (or cancel) outstanding tasks, stop the workers, free everything."""
-        if threading.current_thread() is self._thread:
+        if self.on_own_thread():
             # Called from a future's done-callback: the router thread cannot
             # wait for itself, so the closing happens beside it.
             threading.Thread(target=self.close, args=(cancel, timeout_s), name="rknnfarm-close").start()

@@ -77,10 +77,12 @@ class Supervision:
     # ── a worker process ended ───────────────────────────────────────────
     def _on_worker_exit(self, worker: WorkerHandle) -> None:
         exitcode = reap_process(worker)
-        close_slots(worker)
         failed: list[tuple[Task, BaseException]] = []
         with self._cond:
             worker.ready = False
+            # Under the lock: a caller dispatching to this worker sends on these sockets
+            # under it too, and a ZeroMQ socket must never be used by two threads at once.
+            close_slots(worker)
             orphans = [t for slot in worker.slots for t in slot.in_flight.values()]
             for slot in worker.slots:
                 slot.in_flight.clear()
@@ -158,10 +160,12 @@ class Supervision:
     def _fail_all_queued(self, reason: str) -> None:
         for queue in self._queues.values():
             while queue:
-                task = queue.popleft()
-                threading.Thread(
-                    target=self._fail_task, args=(task, WorkerCrashedError(reason)), daemon=True
-                ).start()
+                self._fail_soon(queue.popleft(), WorkerCrashedError(reason))
+
+    def _fail_soon(self, task: Task, error: BaseException) -> None:
+        """Under the lock: fail ``task`` from a thread of its own, since its
+        future's callbacks must not run under the router's lock."""
+        threading.Thread(target=self._fail_task, args=(task, error), daemon=True).start()
 
     # ── hangs, timeouts, recycling (under the lock) ──────────────────────
     def _kill(self, worker: WorkerHandle, reason: str, timeout: bool = False) -> None:

@@ -15,6 +15,7 @@ from farm import (
     BackendUnavailableError,
     Farm,
     FarmClosedError,
+    FarmError,
     InvalidInputError,
     OptionError,
     SubmitTimeoutError,
@@ -304,6 +305,79 @@ def test_close_with_cancel_fails_what_has_not_finished():
     assert time.perf_counter() - started < 5
     outcomes = [f.exception(timeout=5) for f in futures]
     assert any(isinstance(e, FarmClosedError) for e in outcomes)
+
+
+def _doubling(value: float, seconds: float) -> dict:
+    return {"data": np.full(16384, value, np.float32), "seconds": np.array([seconds])}
+
+
+def test_close_from_a_done_callback_lets_the_other_tasks_finish_first():
+    # The callback runs on the router thread. The farm's shared memory used to be
+    # freed at once, under the tasks still draining: they never ended.
+    farm = Farm("tests.pyfuncs:double_later", schedule="0,1", copy_outputs=True)  # no view pins the memory
+    futures = [farm.submit(_doubling(i, 0.3 if i else 0.2)) for i in range(6)]
+    assert not futures[0].done()
+    futures[0].add_done_callback(lambda _: farm.close())
+    for i, future in enumerate(futures):
+        (doubled,) = future.result(timeout=30)
+        assert doubled[0] == 2 * i
+    deadline = time.monotonic() + 10
+    while repr(farm).endswith("running)") or farm._arena._segments[0].name in os.listdir("/dev/shm"):
+        assert time.monotonic() < deadline, "the farm never finished closing"
+        time.sleep(0.02)
+
+
+def test_a_future_cancelled_by_its_holder_does_not_break_the_answers_after_it():
+    with Farm("tests.pyfuncs:double_later", schedule="0") as farm:
+        futures = [farm.submit(_doubling(i, 0.02)) for i in range(8)]
+        assert futures[3].cancel()
+        outcomes = [f.result(timeout=30)[0][0] for i, f in enumerate(futures) if i != 3]
+        assert outcomes == [2 * i for i in range(8) if i != 3]
+        assert futures[3].cancelled()
+        (again,) = farm.run(_doubling(9, 0.0), timeout=30)
+        assert again[0] == 18
+
+
+def test_an_answer_that_cannot_be_read_fails_its_task_and_no_other(monkeypatch):
+    with Farm("tests.pyfuncs:double_later", schedule="0") as farm:
+        router = farm._router
+        real = router._collect_outputs
+        broken = {"task": None}
+
+        def collect(task, descriptors, frames):
+            if broken["task"] is None:
+                broken["task"] = task.task_id
+                raise ValueError("mmap closed or invalid")
+            return real(task, descriptors, frames)
+
+        monkeypatch.setattr(router, "_collect_outputs", collect)
+        futures = [farm.submit(_doubling(i, 0.01)) for i in range(5)]
+        errors = [f.exception(timeout=30) for f in futures]
+        assert isinstance(errors[0], FarmError) and "could not be read" in str(errors[0])
+        assert errors[1:] == [None] * 4
+        assert [f.result()[0][0] for f in futures[1:]] == [2.0, 4.0, 6.0, 8.0]
+
+
+def test_a_task_that_cannot_be_sent_fails_alone_and_close_does_not_wait_for_it(monkeypatch):
+    farm = Farm("tests.pyfuncs:double_later", schedule="0")
+    router = farm._router
+    real = router._send
+    calls = []
+
+    def send(slot, task):
+        calls.append(task.task_id)
+        if len(calls) == 1:
+            raise KeyError("no shared-memory segment 'rknnfarm-x' in this process")
+        real(slot, task)
+
+    monkeypatch.setattr(router, "_send", send)
+    futures = [farm.submit(_doubling(i, 0.0)) for i in range(4)]
+    error = futures[0].exception(timeout=30)
+    assert isinstance(error, FarmError) and "could not be sent to core 0" in str(error)
+    assert [f.result(timeout=30)[0][0] for f in futures[1:]] == [2.0, 4.0, 6.0]
+    started = time.monotonic()
+    farm.close()
+    assert time.monotonic() - started < 10
 
 
 def test_exiting_the_with_block_on_an_exception_cancels(affine):
