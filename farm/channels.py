@@ -68,6 +68,11 @@ class ReplyChannel:
     def sockets(self) -> list[zmq.Socket]:
         return list(self._sockets.values())
 
+    @property
+    def size(self) -> int:
+        """How many sockets it has."""
+        return len(self._sockets)
+
     def prune(self, live_addresses: set[str], epoch: int) -> None:
         """Close the sockets of contexts that are gone (a worker respawns with new addresses)."""
         for address in [a for a in self._sockets if a not in live_addresses]:

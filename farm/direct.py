@@ -274,6 +274,8 @@ class DirectPath:
             slot = self._slot_with_room(worker, stream_depth(worker.stats.infer_ema_us))
             if slot is None:
                 return "full"
+            if channel.epoch != self._channels.epoch:  # a worker respawned: close the sockets to the dead one
+                channel.prune(self._local_addresses(), self._channels.epoch)
             task.task_id = index
             task.core = core
             if self._send_on(channel, slot, task) is None:
@@ -302,6 +304,17 @@ class DirectStream:
         self._poller = zmq.Poller()
         self._poller.register(self._wake_read, zmq.POLLIN)
         self._watched: set[zmq.Socket] = set()
+        self._watched_epoch = channel.epoch
+
+    def _watch_channel(self) -> None:
+        """Poll the channel's sockets as they are now: new contexts in, pruned ones out."""
+        sockets = set(self._channel.sockets())
+        for socket in self._watched - sockets:
+            self._poller.unregister(socket)
+        for socket in sockets - self._watched:
+            self._poller.register(socket, zmq.POLLIN)
+        self._watched = sockets
+        self._watched_epoch = self._channel.epoch
 
     def suspend(self) -> None:
         """The caller stops using the stream for a while (``map`` yields): the
@@ -364,12 +377,8 @@ class DirectStream:
 
     def pump(self, timeout_ms: int = 0) -> None:
         """Handle the answers that have come (waiting up to ``timeout_ms`` for one)."""
-        sockets = self._channel.sockets()
-        if len(sockets) != len(self._watched):
-            for socket in sockets:
-                if socket not in self._watched:
-                    self._poller.register(socket, zmq.POLLIN)
-                    self._watched.add(socket)
+        if self._watched_epoch != self._channel.epoch or len(self._watched) != self._channel.size:
+            self._watch_channel()
         for item, _ in self._poller.poll(timeout_ms):
             if item == self._wake_read:
                 os.read(self._wake_read, 4096)

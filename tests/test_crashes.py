@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import subprocess
@@ -115,6 +116,28 @@ def test_results_stay_correct_after_crashes_and_retries():
             values = list(range(100 + crash * 1000, 300 + crash * 1000))
             results = [int(out[0][0]) for out in farm.map([action(v) for v in values])]
             assert results == values
+
+
+def test_a_long_map_lets_go_of_its_sockets_to_workers_that_died():
+    # A map() keeps its reply channel for the whole iteration, and every respawn
+    # gives the core new contexts: it used to keep a socket to each dead one.
+    with Farm("tests.pyfuncs:behave", schedule="0", threads_per_core=2) as farm:
+        stream = farm.map(action(v) for v in itertools.count(100))
+        expected = itertools.count(100)
+        for _ in range(4):
+            for _ in range(30):
+                assert int(next(stream)[0][0]) == next(expected)
+            dead = farm.stats()["workers"][0]["pid"]
+            os.kill(dead, signal.SIGKILL)
+            deadline = time.monotonic() + 20
+            while farm.stats()["workers"][0]["pid"] == dead or not farm.stats()["workers"][0]["ready"]:
+                assert time.monotonic() < deadline, "the worker was not respawned"
+                time.sleep(0.02)
+        for _ in range(30):
+            assert int(next(stream)[0][0]) == next(expected)
+        sizes = [len(channel.sockets()) for channel in farm._router._channels.out()]
+        stream.close()
+    assert sizes == [2], sizes  # the map's channel: one socket per live context
 
 
 def test_a_worker_that_crashes_now_and_then_is_always_respawned():
