@@ -450,7 +450,8 @@ class Farm:
     def health(self) -> dict[str, Any]:
         """Readiness: ``{"ready": bool, "cores": {core: state}, "broken": str | None}``,
         a state being "ready", "starting", "recycling" or "down". Not ready while
-        any core's worker is down or starting again after a crash."""
+        any local core's worker is down or starting again after a crash, or while
+        no core serves; a remote node that left is "down" but does not count."""
         return self._require_router().health()
 
     def close(self, cancel: bool = False, timeout: Optional[float] = None) -> None:

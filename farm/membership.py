@@ -51,6 +51,7 @@ class Membership:
         def _fail_task(self, task: Task, error: BaseException) -> None: ...
         def _core_for_retry(self, dead_core: int) -> int: ...
         def _move_queue_off(self, worker: WorkerHandle) -> None: ...
+        def _adopt_stranded(self) -> None: ...
         def _on_message(self, message: list[Any], frames: list[Any]) -> Optional[tuple]: ...
         def _hand_over_answer(
             self, worker: WorkerHandle, task: Task, message: list[Any], frames: list[Any]
@@ -109,23 +110,39 @@ class Membership:
         previous = self.remote.by_identity.get(identity)
         if previous is not None:  # it reconnected: its old incarnation is gone
             failed = self._drop_node(previous, "it registered again")
-        worker_id = len(self.workers)
-        if not self.remote.answer_hello(identity, info, worker_id):
+        # A node that comes back under its name takes its old place (its core,
+        # its stats, the tasks left on its queue) in a new generation.
+        returning = self._dropped_node_named(name)
+        worker_id = len(self.workers) if returning is None else returning.worker_id
+        generation = 1 if returning is None else returning.generation + 1
+        if not self.remote.answer_hello(identity, info, worker_id, generation):
             return failed
-        node = RemoteNode(worker_id, REMOTE_CORE_BASE + worker_id, identity, name, info)
+        if returning is None:
+            node = RemoteNode(worker_id, REMOTE_CORE_BASE + worker_id, identity, name, info)
+            self.workers.append(node)
+            self._worker_of_core[node.core] = node
+            self._queues[node.core] = collections.deque()
+        else:
+            node = returning
+            node.rejoin(identity, info, generation)
         node.ready = True
         node.last_seen = time.monotonic()
         node.description = info.get("description")
-        self.workers.append(node)
-        self._worker_of_core[node.core] = node
-        self._queues[node.core] = collections.deque()
         self._rotation.append(node.core)
         self.remote.by_identity[identity] = node
         self.pacer.n_cores = len(set(self._rotation))
         if self.description is None and node.description:
             self.description = node.description
+        self._dispatch(node.core)
+        self._adopt_stranded()
         self._wake()
         return failed
+
+    def _dropped_node_named(self, name: str) -> Optional[RemoteNode]:
+        assert self.remote is not None
+        connected = self.remote.by_identity
+        gone = (w for w in self.workers if isinstance(w, RemoteNode) and connected.get(w.identity) is not w)
+        return next((node for node in gone if node.name == name), None)
 
     def _send_remote(self, slot: ContextSlot, task: Task) -> None:
         assert self.remote is not None and isinstance(slot.worker, RemoteNode)

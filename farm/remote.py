@@ -73,6 +73,16 @@ class RemoteNode(WorkerHandle):
         self.pid = info.get("pid")
         self.slots = [ContextSlot(self, i, None) for i in range(int(info["contexts"]))]
 
+    def rejoin(self, identity: bytes, info: dict[str, Any], generation: int) -> None:
+        """The node came back (under the same name) as a new incarnation."""
+        self.identity = identity
+        self.info = info
+        self.generation = generation
+        self.pid = info.get("pid")
+        self.slots = [ContextSlot(self, i, None) for i in range(int(info["contexts"]))]
+        self.restarts += 1
+        self.last_error = ""
+
 
 def _is_loopback(address: str) -> bool:
     host = address[len("tcp://") :].rsplit(":", 1)[0].strip("[]")
@@ -201,10 +211,13 @@ class RemoteListener:
         return None
 
     # ── joining ──────────────────────────────────────────────────────────
-    def answer_hello(self, identity: bytes, info: dict[str, Any], worker_id: int) -> bool:
-        """Queue the answer to a HELLO; True when the node may join as ``worker_id``."""
+    def answer_hello(
+        self, identity: bytes, info: dict[str, Any], worker_id: int, generation: int = 1
+    ) -> bool:
+        """Queue the answer to a HELLO; True when the node may join as
+        ``worker_id`` (in incarnation ``generation``)."""
         if info.get("model_sha256") == self.fingerprint:
-            self.send(identity, [protocol.pack([protocol.WELCOME, worker_id, 1])])
+            self.send(identity, [protocol.pack([protocol.WELCOME, worker_id, generation])])
             self.counters["joined"] += 1
             return True
         if os.path.isfile(self.model) or ":" in self.model:

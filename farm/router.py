@@ -436,6 +436,7 @@ class Router(DirectPath, Supervision, Membership, Answers):
             self.description = description
         for core in self._queues:  # its own tasks, and any moved off it while it was down
             self._dispatch(core)
+        self._adopt_stranded()
 
     # ── introspection ────────────────────────────────────────────────────
     def snapshot(self) -> dict[str, Any]:
@@ -495,11 +496,13 @@ class Router(DirectPath, Supervision, Membership, Answers):
         return "down"
 
     def health(self) -> dict[str, Any]:
-        """Readiness: ready when every core's worker is ready."""
+        """Readiness: ready when every local core's worker is ready and some core
+        serves (a node that left is listed as "down" but does not count)."""
         with self._cond:
             cores = {w.core: self._state_of(w) for w in self.workers}
+            local_ready = all(w.ready for w in self.workers if not w.remote)
             return {
-                "ready": all(state == "ready" for state in cores.values()) and not self._closing,
+                "ready": local_ready and any(w.ready for w in self.workers) and not self._closing,
                 "cores": cores,
                 "broken": self._broken or None,
             }

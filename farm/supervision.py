@@ -143,6 +143,8 @@ class Supervision:
                     f"every worker has crashed repeatedly; last: core {worker.core}: {worker.last_error}"
                 )
                 self._fail_all_queued(self._broken)
+            else:
+                self._move_queue_off(worker)
             return
         delay = min(_RESPAWN_MAX_S, _RESPAWN_BASE_S * 2 ** (worker.consecutive_failures - 1))
         worker.respawn_at = time.monotonic() + delay
@@ -156,6 +158,14 @@ class Supervision:
             while queue:
                 self._queues[target].append(queue.popleft())
             self._dispatch(target)
+
+    def _adopt_stranded(self) -> None:
+        """Under the lock, when a core has become ready: tasks queued for cores
+        that are not (queued while no core was ready, or left by a worker that
+        stays down or a node that left) move to ready cores."""
+        for worker in self.workers:
+            if not worker.ready and self._queues[worker.core]:
+                self._move_queue_off(worker)
 
     def _fail_all_queued(self, reason: str) -> None:
         for queue in self._queues.values():

@@ -150,6 +150,39 @@ def test_a_node_killed_mid_stream_loses_no_task(nodes):
         assert farm.stats()["remote"]["lost"] == 1
 
 
+def test_a_node_that_comes_back_takes_its_old_place_and_the_tasks_waiting_there(nodes):
+    # With no other core, a lost node's tasks wait on its queue. The node used to
+    # come back as a new core, and they waited there for ever.
+    with Farm(
+        "tests.pyfuncs:double_later", local_cores=False, listen="tcp://127.0.0.1:*", max_queue_size=64, **FAST
+    ) as farm:
+        node = nodes.start(farm.listen_address, model="tests.pyfuncs:double_later", name="board-b")
+        wait_for(lambda: joined(farm) == 1)
+        feeds = [{"data": np.full(16384, i, np.float32), "seconds": np.array([0.02])} for i in range(40)]
+        futures = [farm.submit(feed) for feed in feeds]
+        node.send_signal(signal.SIGSTOP)  # silent: the router drops it
+        wait_for(lambda: farm.stats()["remote"]["lost"] == 1)
+        assert not farm.health()["ready"]  # nothing serves
+        node.send_signal(signal.SIGCONT)  # it notices the silence and says HELLO again
+        values = [float(f.result(timeout=60)[0][0]) for f in futures]
+        assert values == [2.0 * i for i in range(40)]
+        (entry,) = [w for w in farm.stats()["workers"] if w["node"] == "board-b"]
+        assert entry["restarts"] == 1 and entry["ready"]
+        assert farm.health()["ready"]
+
+
+def test_a_farm_stays_ready_when_a_node_leaves_for_good(nodes):
+    with Farm("tests.pyfuncs:behave", schedule="0", listen="tcp://127.0.0.1:*", **FAST) as farm:
+        node = nodes.start(farm.listen_address)
+        wait_for(lambda: joined(farm) == 1)
+        assert farm.health()["ready"]
+        node.kill()
+        wait_for(lambda: farm.stats()["remote"]["lost"] == 1)
+        health = farm.health()
+        assert health["ready"] and sorted(health["cores"].values()) == ["down", "ready"]
+        assert int(farm.run(action(42))[0][0]) == 42
+
+
 def test_an_input_in_the_parents_shared_memory_reaches_a_node_as_frames(nodes):
     with Farm("tests.pyfuncs:double_later", local_cores=False, listen="tcp://127.0.0.1:*", **FAST) as farm:
         nodes.start(farm.listen_address, model="tests.pyfuncs:double_later")
