@@ -123,6 +123,12 @@ class ChannelPool:
     def out(self) -> list[ReplyChannel]:
         return list(self._out)
 
+    def is_out(self, channel: ReplyChannel) -> bool:
+        """Whether ``channel`` is checked out. Read without the router's lock by
+        the holder of the channel's owner lock: a channel stays out while its
+        owner lock is held, since only its holder checks it in."""
+        return channel in self._out
+
     def checkin(self, channel: ReplyChannel, reusable: bool) -> None:
         """Take a channel back from its holder (this releases its owner lock):
         idle for the next caller, or closed."""

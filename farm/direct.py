@@ -219,6 +219,12 @@ class DirectPath:
         for channel in channels:
             if not channel.owner.acquire(False):
                 continue  # its caller is using it
+            if not self._channels.is_out(channel):
+                # Checked in since the snapshot, it may be checked out again by a
+                # caller that holds the lock: that caller waits for the owner, and
+                # this thread must not wait for the lock while it holds the owner.
+                channel.owner.release()
+                continue
             keep = True
             try:
                 if not channel.closed:

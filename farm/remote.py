@@ -286,11 +286,44 @@ def _is_int(value: Any, low: int = 0, high: int = 2**62) -> bool:
     return type(value) is int and low <= value <= high
 
 
+#: A node's timings (µs) beyond this (an hour) are lies: they would stall pacing.
+_LONGEST_TIMING_US = 3_600_000_000
+
+
 def _valid_hello(header: list[Any]) -> bool:
     if len(header) != 3 or not isinstance(header[1], str) or not isinstance(header[2], dict):
         return False
     info = header[2]
-    return _is_int(info.get("contexts"), 1, 4096) and isinstance(info.get("model_sha256"), (str, type(None)))
+    return (
+        _is_int(info.get("contexts"), 1, 4096)
+        and isinstance(info.get("model_sha256"), (str, type(None)))
+        and _valid_description(info.get("description"))
+    )
+
+
+def _valid_description(description: Any) -> bool:
+    """None, or the model's description as a worker makes it: a farm of nodes
+    only takes its inputs and outputs from there."""
+    if description is None:
+        return True
+    if not isinstance(description, dict) or description.get("native_layout", "nchw") not in ("nchw", "nhwc"):
+        return False
+    metadata = description.get("metadata") or {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        return False
+    tensors = [description.get("inputs") or [], description.get("outputs") or []]
+    return all(isinstance(entries, list) and all(map(_valid_tensor_entry, entries)) for entries in tensors)
+
+
+def _valid_tensor_entry(entry: Any) -> bool:
+    if not isinstance(entry, dict) or not isinstance(entry.get("name"), str) or "shape" not in entry:
+        return False
+    shape = entry.get("shape")
+    if shape is not None and not (
+        isinstance(shape, list) and len(shape) <= 16 and all(d is None or _is_int(d, 0, 2**40) for d in shape)
+    ):
+        return False
+    return protocol.numeric_dtype(entry.get("dtype")) is not None
 
 
 def _valid_heartbeat(header: list[Any]) -> bool:
@@ -316,7 +349,7 @@ def _valid_timings(timings: Any, n_slots: int) -> bool:
     return (
         isinstance(timings, list)
         and len(timings) == 4
-        and all(_is_int(t) for t in timings[:3])
+        and all(_is_int(t, 0, _LONGEST_TIMING_US) for t in timings[:3])
         and _is_int(timings[3], 0, n_slots - 1)
     )
 

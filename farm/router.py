@@ -174,7 +174,8 @@ class Router(DirectPath, Supervision, Membership, Answers):
             raise WorkerStartError(error)
 
     def _spawn(self, worker: WorkerHandle) -> None:
-        self._channels.epoch += 1  # its contexts get new addresses
+        with self._cond:
+            self._channels.epoch += 1  # its contexts get new addresses
         spawn_worker(
             worker,
             zmq_context=self._zmq,

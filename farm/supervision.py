@@ -269,3 +269,7 @@ class Supervision:
                 except OSError as exc:
                     with self._cond:
                         self._schedule_respawn(worker, f"could not start: {exc}")
+                    continue
+                with self._cond:
+                    if self._stopping:  # close() began while it started: it must not outlive the farm
+                        request_stop(worker)

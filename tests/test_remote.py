@@ -18,7 +18,7 @@ import zmq
 
 from farm import Farm, OptionError
 from farm.keys import generate_keys
-from farm.remote import _valid_heartbeat
+from farm.remote import _valid_heartbeat, _valid_hello, _valid_timings
 from tests.onnx_models import affine_model
 from tests.processes import wait_gone
 from workers import protocol
@@ -133,6 +133,33 @@ def test_heartbeats_from_nodes_are_checked():
     for rss_mb in (-1.0, "lots", True, None, 2.0**50, [1]):
         assert not _valid_heartbeat([protocol.HEARTBEAT, 1, 1, rss_mb]), rss_mb
     assert not _valid_heartbeat([protocol.HEARTBEAT, 1, 1, 1.0, 2.0])
+
+
+def test_hellos_and_timings_from_nodes_are_checked():
+    good = {"name": "x", "shape": [1, None, 8], "dtype": "float32"}
+    description = {"inputs": [good], "outputs": [good], "metadata": {"k": "v"}, "native_layout": "nhwc"}
+
+    def hello(**changes):
+        info = {"contexts": 2, "model_sha256": "ab", "description": description}
+        return [protocol.HELLO, "node", {**info, **changes}]
+
+    assert _valid_hello(hello()) and _valid_hello(hello(description=None))
+    bad_entries = [
+        "not a dict",
+        {"name": 3, "shape": [1], "dtype": "float32"},
+        {"name": "x", "dtype": "float32"},  # no shape
+        {"name": "x", "shape": [-1], "dtype": "float32"},
+        {"name": "x", "shape": "1,2", "dtype": "float32"},
+        {"name": "x", "shape": [1], "dtype": "object"},
+        {"name": "x", "shape": [1], "dtype": "no such type"},
+    ]
+    for entry in bad_entries:
+        assert not _valid_hello(hello(description={**description, "inputs": [entry]})), entry
+    assert not _valid_hello(hello(description="a string"))
+    for bad in ({"native_layout": "nchwc"}, {"metadata": {"k": 1}}, {"outputs": {"x": 1}}):
+        assert not _valid_hello(hello(description={**description, **bad})), bad
+    assert _valid_timings([1, 2, 3, 0], n_slots=1)
+    assert not _valid_timings([1, 2**62, 3, 0], n_slots=1)  # would stall pacing for ever
 
 
 def test_a_node_killed_mid_stream_loses_no_task(nodes):

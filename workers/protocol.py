@@ -47,7 +47,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Optional
 
 import msgpack
 import numpy as np
@@ -123,19 +123,28 @@ def dtype_of(text: str) -> np.dtype:
 _NUMERIC_KINDS = frozenset("biuf")
 
 
+def numeric_dtype(dtype_text: Any) -> Optional[np.dtype]:
+    """The numpy dtype ``dtype_text`` names, if it is a string naming a
+    numeric (or bool) dtype; else None. For text from an untrusted peer."""
+    if not isinstance(dtype_text, str):
+        return None
+    try:
+        dtype = np.dtype(dtype_text)
+    except (TypeError, ValueError):
+        return None
+    return dtype if dtype.kind in _NUMERIC_KINDS else None
+
+
 def checked_frame_dtype(dtype_text: Any, shape: Any, nbytes: int) -> Any:
     """For a tensor frame from an untrusted peer: its numpy dtype when
     ``dtype_text`` names a numeric dtype, ``shape`` is a list of at most 16
     sane dims and the frame holds exactly that many bytes; else None."""
-    if not isinstance(dtype_text, str) or not isinstance(shape, list) or len(shape) > 16:
+    if not isinstance(shape, list) or len(shape) > 16:
         return None
     if not all(type(d) is int and 0 <= d < 2**40 for d in shape):
         return None
-    try:
-        dtype = np.dtype(dtype_text)
-    except TypeError:
-        return None
-    if dtype.kind not in _NUMERIC_KINDS or nbytes != math.prod(shape) * dtype.itemsize:
+    dtype = numeric_dtype(dtype_text)
+    if dtype is None or nbytes != math.prod(shape) * dtype.itemsize:
         return None
     return dtype
 
