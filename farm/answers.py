@@ -203,7 +203,7 @@ class Answers:
         print(
             f"[ztu_ez_rknn_async_perf] task_id={task.task_id} thread_id={thread_id} core_id={worker.core} "
             f"set_input_us={set_input} infer_us={infer} copy_output_us={copy_output} total_us={worker_us} "
-            f"queue_us={queue_us} ipc_us={ipc_us} worker_pid={worker.pid} node=local",
+            f"queue_us={queue_us} ipc_us={ipc_us} worker_pid={worker.pid} node={worker.node_name}",
             file=sys.stderr,
             flush=True,
         )

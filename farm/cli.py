@@ -462,6 +462,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except _RUNTIME_FAILURES as exc:
         print(f"rknn-farm: error: {exc}", file=sys.stderr)
         return 1
-    except (FarmError, CliError, OSError, ValueError) as exc:
+    except (FarmError, CliError, OSError, ValueError, ImportError, MemoryError) as exc:
+        # ImportError: an optional package (prometheus-client, matplotlib) is missing;
+        # MemoryError: /dev/shm is too small. Both messages say what to do.
         print(f"rknn-farm: error: {exc}", file=sys.stderr)
         return 2

@@ -180,7 +180,7 @@ class Membership:
         failed: list[tuple[Task, BaseException]] = []
         for task in sorted(orphans, key=lambda t: t.task_id, reverse=True):
             task.requeues += 1
-            if task.requeues > _MAX_REQUEUES:
+            if task.requeues >= _MAX_REQUEUES:
                 failed.append(
                     (task, WorkerCrashedError(f"task {task.task_id} was on {_MAX_REQUEUES} lost nodes"))
                 )

@@ -45,6 +45,8 @@ __all__ = ["NodeAgent", "add_keygen_arguments", "add_node_arguments", "run_keyge
 
 _BACKOFF_START_S = 0.5
 _BACKOFF_MAX_S = 32.0
+#: The largest message taken from the router (a model it ships, a task's tensors).
+_MAX_MESSAGE_BYTES = 1024 << 20
 
 
 class NodeAgent:
@@ -128,6 +130,7 @@ class NodeAgent:
         goes silent. True if it served (so the back-off starts over)."""
         sock = self._zmq.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.MAXMSGSIZE, _MAX_MESSAGE_BYTES)  # refused by ZeroMQ before any allocation
         sock.setsockopt(zmq.IDENTITY, f"{self.name}/{uuid.uuid4().hex[:8]}".encode())
         if self.keys_dir is not None:
             make_curve_client(sock, self.keys_dir, self.name)
@@ -163,12 +166,17 @@ class NodeAgent:
                 return None
             header, frames = reply
             if header[0] == protocol.WELCOME and len(header) == 3:
-                return int(header[1]), int(header[2])
-            if header[0] == protocol.MODEL and len(header) == 3 and len(frames) == 1:
-                self._start_farm(self._store_model(str(header[1]), str(header[2]), frames[0].bytes))
-                continue
-            if header[0] == protocol.REJECT:
+                if type(header[1]) is int and type(header[2]) is int:
+                    return header[1], header[2]
+            elif header[0] == protocol.MODEL and len(header) == 3 and len(frames) == 1:
+                model = self._store_model(str(header[1]), str(header[2]), frames[0].bytes)
+                if model is not None:
+                    self._start_farm(model)
+                    continue
+            elif header[0] == protocol.REJECT:
                 print(f"rknn-farm node: the router refused this node: {header[1:]}", file=sys.stderr)
+                return None
+            self.counters["malformed"] += 1
             return None
         return None
 
@@ -185,9 +193,12 @@ class NodeAgent:
             return header, frames[1:]
         return None
 
-    def _store_model(self, name: str, sha256: str, payload: bytes) -> str:
+    def _store_model(self, name: str, sha256: str, payload: bytes) -> Optional[str]:
+        """Keep a model the router sent; its path (or function spec), or None
+        when it does not match its sha256 (the session starts over)."""
         if hashlib.sha256(payload).hexdigest() != sha256:
-            raise RuntimeError("the model the router sent does not match its sha256")
+            print("rknn-farm node: the model the router sent does not match its sha256", file=sys.stderr)
+            return None
         if not os.path.splitext(name)[1]:  # a "module:function" spec, not a file
             return payload.decode()
         os.makedirs(self.cache_dir, exist_ok=True)

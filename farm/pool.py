@@ -82,6 +82,11 @@ class WorkerHandle:
         self.rss_checked_at = 0.0
 
     @property
+    def node_name(self) -> str:
+        """Where it runs: "local", or a remote node's name."""
+        return "local"
+
+    @property
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
 

@@ -73,6 +73,10 @@ class RemoteNode(WorkerHandle):
         self.pid = info.get("pid")
         self.slots = [ContextSlot(self, i, None) for i in range(int(info["contexts"]))]
 
+    @property
+    def node_name(self) -> str:
+        return self.name
+
     def rejoin(self, identity: bytes, info: dict[str, Any], generation: int) -> None:
         """The node came back (under the same name) as a new incarnation."""
         self.identity = identity

@@ -63,7 +63,7 @@ from farm.pool import (
     request_stop,
     spawn_worker,
 )
-from farm.remote import RemoteListener, RemoteNode
+from farm.remote import RemoteListener
 from farm.shm import SharedArena
 from farm.supervision import Supervision
 from farm.task import Task
@@ -446,7 +446,7 @@ class Router(DirectPath, Supervision, Membership, Answers):
             for w in self.workers:
                 entry = {
                     "worker": w.worker_id,
-                    "node": w.name if isinstance(w, RemoteNode) else "local",
+                    "node": w.node_name,
                     "core": w.core,
                     "core_mask": w.core_mask,
                     "pid": w.pid,

@@ -198,6 +198,16 @@ def test_a_node_that_comes_back_takes_its_old_place_and_the_tasks_waiting_there(
         assert farm.health()["ready"]
 
 
+def test_the_perf_line_of_a_task_a_node_ran_names_the_node(nodes, monkeypatch, capfd):
+    monkeypatch.setenv("RKNN_FARM_PRINT_PERF", "1")
+    with Farm("tests.pyfuncs:behave", local_cores=False, listen="tcp://127.0.0.1:*", **FAST) as farm:
+        nodes.start(farm.listen_address, name="board-c")
+        wait_for(lambda: joined(farm) == 1)
+        assert int(farm.run(action(7))[0][0]) == 7
+    lines = [line for line in capfd.readouterr().err.splitlines() if "ztu_ez_rknn_async_perf" in line]
+    assert lines and lines[-1].endswith(" node=board-c"), lines
+
+
 def test_a_farm_stays_ready_when_a_node_leaves_for_good(nodes):
     with Farm("tests.pyfuncs:behave", schedule="0", listen="tcp://127.0.0.1:*", **FAST) as farm:
         node = nodes.start(farm.listen_address)
@@ -322,35 +332,57 @@ def test_fuzzing_the_router_drops_and_counts_but_keeps_serving(nodes):
     assert sum(w["tasks"] for w in stats["workers"] if w["node"] != "local") > 0
 
 
-def test_fuzzing_a_node_drops_and_counts_but_keeps_serving(nodes):
-    rng = random.Random(12)
+@pytest.fixture
+def fake_router():
+    """A bare ROUTER socket for a node to connect to: the test plays the farm."""
     context = zmq.Context()
     router = context.socket(zmq.ROUTER)
     router.setsockopt(zmq.LINGER, 0)
     port = router.bind_to_random_port("tcp://127.0.0.1")
-    try:
-        node = nodes.start(f"tcp://127.0.0.1:{port}")
-        assert router.poll(20000), "the node never said HELLO"
+    yield router, f"tcp://127.0.0.1:{port}"
+    router.close()
+    context.term()
+
+
+def test_fuzzing_a_node_drops_and_counts_but_keeps_serving(nodes, fake_router):
+    rng = random.Random(12)
+    router, address = fake_router
+    node = nodes.start(address)
+    assert router.poll(20000), "the node never said HELLO"
+    identity, hello = router.recv_multipart()
+    assert msgpack.unpackb(hello)[0] == protocol.HELLO
+    router.send_multipart([identity, msgpack.packb([protocol.WELCOME, 0, 1])])
+    for _ in range(300):
+        router.send_multipart([identity, *_garbage(rng)])
+    x = np.array([42], dtype=np.int64)
+    task = [protocol.TASK, 7, 0, [[None, 0, x.dtype.str, [1], "action"]], None, 0]
+    router.send_multipart([identity, msgpack.packb(task), x.tobytes()])
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        assert router.poll(int((deadline - time.monotonic()) * 1000)), "no answer to the valid task"
+        frames = router.recv_multipart()
+        header = msgpack.unpackb(frames[1])
+        if header[0] == protocol.RESULT:
+            break
+    assert header[3] == 7 and np.frombuffer(frames[2], np.int64)[0] == 42
+    assert node.poll() is None, "the node died of the garbage"
+
+
+def test_a_node_sent_a_corrupt_model_or_a_bad_welcome_says_hello_again(nodes, fake_router):
+    router, address = fake_router
+    node = nodes.start(address)
+    answers = [
+        [msgpack.packb([protocol.MODEL, "m.onnx", "0" * 64]), b"not the model"],  # wrong sha256
+        [msgpack.packb([protocol.WELCOME, "zero", None])],
+    ]
+    for answer in answers:
+        assert router.poll(20000), "the node did not say HELLO"
         identity, hello = router.recv_multipart()
         assert msgpack.unpackb(hello)[0] == protocol.HELLO
-        router.send_multipart([identity, msgpack.packb([protocol.WELCOME, 0, 1])])
-        for _ in range(300):
-            router.send_multipart([identity, *_garbage(rng)])
-        x = np.array([42], dtype=np.int64)
-        task = [protocol.TASK, 7, 0, [[None, 0, x.dtype.str, [1], "action"]], None, 0]
-        router.send_multipart([identity, msgpack.packb(task), x.tobytes()])
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            assert router.poll(int((deadline - time.monotonic()) * 1000)), "no answer to the valid task"
-            frames = router.recv_multipart()
-            header = msgpack.unpackb(frames[1])
-            if header[0] == protocol.RESULT:
-                break
-        assert header[3] == 7 and np.frombuffer(frames[2], np.int64)[0] == 42
-        assert node.poll() is None, "the node died of the garbage"
-    finally:
-        router.close()
-        context.term()
+        router.send_multipart([identity, *answer])
+    assert router.poll(20000), "the node did not say HELLO again"
+    assert msgpack.unpackb(router.recv_multipart()[1])[0] == protocol.HELLO
+    assert node.poll() is None, "the node died"
 
 
 def _throughput(n_nodes: int, nodes: Nodes) -> float:
