@@ -117,6 +117,7 @@ class Membership:
         generation = 1 if returning is None else returning.generation + 1
         if not self.remote.answer_hello(identity, info, worker_id, generation):
             return failed
+        self.remote.send(identity, [self._router_beat()])  # at once: the node learns the router's pace
         if returning is None:
             node = RemoteNode(worker_id, REMOTE_CORE_BASE + worker_id, identity, name, info)
             self.workers.append(node)
@@ -138,6 +139,9 @@ class Membership:
         self._wake()
         return failed
 
+    def _router_beat(self) -> bytes:
+        return protocol.pack([protocol.HEARTBEAT, self.options.heartbeat_interval_ms])
+
     def _dropped_node_named(self, name: str) -> Optional[RemoteNode]:
         assert self.remote is not None
         connected = self.remote.by_identity
@@ -154,11 +158,12 @@ class Membership:
         interval = self.options.heartbeat_interval_ms / 1000
         failed: list[tuple[Task, BaseException]] = []
         for node in list(self.remote.by_identity.values()):
-            if now - node.last_seen > interval * self.options.heartbeat_liveness:
+            # A node that beats more slowly than the router is given its own pace.
+            if now - node.last_seen > max(interval, node.heartbeat_s) * self.options.heartbeat_liveness:
                 failed += self._drop_node(node, f"it sent nothing for {now - node.last_seen:.1f} s")
         if now - self._last_node_beat >= interval:
             self._last_node_beat = now
-            beat = protocol.pack([protocol.HEARTBEAT])
+            beat = self._router_beat()
             for node in self.remote.by_identity.values():
                 self.remote.send(node.identity, [beat])
         return failed

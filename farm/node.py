@@ -45,6 +45,8 @@ __all__ = ["NodeAgent", "add_keygen_arguments", "add_node_arguments", "run_keyge
 
 _BACKOFF_START_S = 0.5
 _BACKOFF_MAX_S = 32.0
+#: A router's heartbeat interval is believed up to this (a minute).
+_LONGEST_HEARTBEAT_MS = 60_000
 #: The largest message taken from the router (a model it ships, a task's tensors).
 _MAX_MESSAGE_BYTES = 1024 << 20
 
@@ -77,6 +79,7 @@ class NodeAgent:
         self.keys_dir = keys_dir
         self.cache_dir = cache_dir or os.path.join(tempfile.gettempdir(), "rknn-farm-models")
         self.interval_s = heartbeat_interval_ms / 1000
+        self._router_interval_s = 0.0  # the router's heartbeat interval, once it has said
         self.liveness = heartbeat_liveness
         self.farm_options = farm_options
         self.counters = {"tasks": 0, "malformed": 0, "reconnects": 0}
@@ -153,6 +156,7 @@ class NodeAgent:
             "description": self.farm._router.description if self.farm and self.farm._router else None,
             "pid": os.getpid(),
             "host": stdlib_socket.gethostname(),
+            "heartbeat_ms": int(self.interval_s * 1000),
         }
         return [protocol.HELLO, self.name, info]
 
@@ -217,6 +221,7 @@ class NodeAgent:
         poller.register(sock, zmq.POLLIN)
         poller.register(self._wake_read, zmq.POLLIN)
         last_heard = last_beat = time.monotonic()
+        self._router_interval_s = 0.0  # a new router may beat at another pace
         while not self._stop.is_set():
             events = dict(poller.poll(int(self.interval_s * 500)))
             if self._wake_read in events:
@@ -235,7 +240,7 @@ class NodeAgent:
                 beat = [protocol.HEARTBEAT, worker_id, generation, self._resident_mb()]
                 sock.send(protocol.pack(beat), zmq.NOBLOCK)
                 last_beat = now
-            if now - last_heard > self.interval_s * self.liveness:
+            if now - last_heard > max(self.interval_s, self._router_interval_s) * self.liveness:
                 print("rknn-farm node: the router went silent; reconnecting", file=sys.stderr)
                 return
 
@@ -253,6 +258,8 @@ class NodeAgent:
         if header is None:
             self.counters["malformed"] += 1
             return
+        if header[0] == protocol.HEARTBEAT and len(header) == 2 and type(header[1]) is int:
+            self._router_interval_s = min(max(header[1], 1), _LONGEST_HEARTBEAT_MS) / 1000
         if header[0] != protocol.TASK:
             return  # heartbeats (already counted as liveness), late WELCOMEs
         task = _parse_task(header, frames[1:])

@@ -72,6 +72,7 @@ class RemoteNode(WorkerHandle):
         self.generation = 1
         self.pid = info.get("pid")
         self.slots = [ContextSlot(self, i, None) for i in range(int(info["contexts"]))]
+        self.heartbeat_s = _heartbeat_s(info)
 
     @property
     def node_name(self) -> str:
@@ -84,8 +85,15 @@ class RemoteNode(WorkerHandle):
         self.generation = generation
         self.pid = info.get("pid")
         self.slots = [ContextSlot(self, i, None) for i in range(int(info["contexts"]))]
+        self.heartbeat_s = _heartbeat_s(info)
         self.restarts += 1
         self.last_error = ""
+
+
+def _heartbeat_s(info: dict[str, Any]) -> float:
+    """The node's heartbeat interval, as its HELLO says (0: not said, an older node)."""
+    value = info.get("heartbeat_ms", 0)
+    return value / 1000 if _is_int(value, 1, 60_000) else 0.0
 
 
 def _is_loopback(address: str) -> bool:

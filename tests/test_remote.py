@@ -208,6 +208,20 @@ def test_the_perf_line_of_a_task_a_node_ran_names_the_node(nodes, monkeypatch, c
     assert lines and lines[-1].endswith(" node=board-c"), lines
 
 
+@pytest.mark.parametrize(("router_ms", "node_ms"), [(1000, 200), (200, 1000)])
+def test_a_node_and_a_router_that_beat_at_different_paces_stay_connected(nodes, router_ms, node_ms):
+    # Each side waits for the slower of the two paces. A node used to reconnect
+    # over and over when the router beat more slowly, and was dropped when it did.
+    with Farm(
+        "tests.pyfuncs:behave", schedule="0", listen="tcp://127.0.0.1:*", heartbeat_interval_ms=router_ms
+    ) as farm:
+        nodes.start(farm.listen_address, "--heartbeat-ms", str(node_ms))
+        wait_for(lambda: joined(farm) == 1)
+        time.sleep(3 * max(router_ms, node_ms) / 1000 + 0.5)
+        assert farm.stats()["remote"]["joined"] == 1 and farm.stats()["remote"]["lost"] == 0
+        assert [int(o[0][0]) for o in farm.map([action(v) for v in range(100, 120)])] == list(range(100, 120))
+
+
 def test_a_farm_stays_ready_when_a_node_leaves_for_good(nodes):
     with Farm("tests.pyfuncs:behave", schedule="0", listen="tcp://127.0.0.1:*", **FAST) as farm:
         node = nodes.start(farm.listen_address)

@@ -38,6 +38,7 @@ its timings)::
     router -> node   [WELCOME, worker_id, generation] | [REJECT, reason] | [MODEL, name, sha256] + bytes
     router -> node   [TASK, task_id, attempt, inputs, None, slot] + frames
     node -> router   RESULT / FAILED as above, HEARTBEAT both ways
+    router -> node   [HEARTBEAT, heartbeat_interval_ms]   (the node waits for the slower of the two)
     node -> router   [HEARTBEAT, worker_id, generation, rss_mb]   rss_mb: the node's workers' resident
                      memory in all, MiB (float; a node of an older version sends no rss_mb)
 """
