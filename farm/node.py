@@ -38,7 +38,7 @@ from farm.errors import FarmClosedError
 from farm.farm import Farm
 from farm.keys import generate_keys, make_curve_client
 from farm.options import parse_options
-from farm.remote import model_fingerprint
+from farm.remote import is_ipv6, model_fingerprint
 from workers import protocol
 
 __all__ = ["NodeAgent", "add_keygen_arguments", "add_node_arguments", "run_keygen", "run_node"]
@@ -134,6 +134,7 @@ class NodeAgent:
         sock = self._zmq.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.MAXMSGSIZE, _MAX_MESSAGE_BYTES)  # refused by ZeroMQ before any allocation
+        sock.setsockopt(zmq.IPV6, int(is_ipv6(self.connect)))
         sock.setsockopt(zmq.IDENTITY, f"{self.name}/{uuid.uuid4().hex[:8]}".encode())
         if self.keys_dir is not None:
             make_curve_client(sock, self.keys_dir, self.name)
@@ -351,6 +352,18 @@ def add_node_arguments(parser: Any) -> None:
     parser.add_argument("--keys", metavar="DIR", help="CURVE keys: server.key and NAME.key_secret")
     parser.add_argument("--cache-dir", help="where models sent by the router are kept")
     parser.add_argument("--heartbeat-ms", type=int, default=1000)
+    parser.add_argument(
+        "--max-tasks-per-worker",
+        type=int,
+        default=0,
+        help="recycle a local worker after this many tasks (0: never)",
+    )
+    parser.add_argument(
+        "--max-worker-rss-mb",
+        type=int,
+        default=0,
+        help="recycle a local worker whose resident memory exceeds this (0: never)",
+    )
 
 
 def run_node(args: Any) -> int:
@@ -364,6 +377,8 @@ def run_node(args: Any) -> int:
         heartbeat_interval_ms=args.heartbeat_ms,
         schedule=args.cores,
         threads_per_core=args.threads_per_core,
+        max_tasks_per_worker=args.max_tasks_per_worker,
+        max_worker_rss_mb=args.max_worker_rss_mb,
     )
     print(f"rknn-farm node {agent.name}: serving cores {args.cores} for {args.connect}", file=sys.stderr)
     try:

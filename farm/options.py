@@ -262,9 +262,12 @@ def _target_platform(value: Any, key: str) -> str:
 
 
 def _endpoint(value: Any, key: str) -> str:
-    """A ZeroMQ TCP endpoint to bind, ``tcp://HOST:PORT``."""
-    if not isinstance(value, str) or not re.fullmatch(r"tcp://[^:/\s]+:(\d+|\*)", value.strip()):
-        raise OptionError(f"{key} must be an address like 'tcp://0.0.0.0:5555', got {value!r}")
+    """A ZeroMQ TCP endpoint to bind, ``tcp://HOST:PORT`` (an IPv6 host in brackets)."""
+    host = r"(\[[0-9A-Fa-f:.]+\]|[^:/\s\[\]]+)"
+    if not isinstance(value, str) or not re.fullmatch(rf"tcp://{host}:(\d+|\*)", value.strip()):
+        raise OptionError(
+            f"{key} must be an address like 'tcp://0.0.0.0:5555' or 'tcp://[::]:5555', got {value!r}"
+        )
     return value.strip()
 
 

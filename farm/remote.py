@@ -96,6 +96,12 @@ def _heartbeat_s(info: dict[str, Any]) -> float:
     return value / 1000 if _is_int(value, 1, 60_000) else 0.0
 
 
+def is_ipv6(address: str) -> bool:
+    """Whether ``tcp://HOST:PORT`` names an IPv6 host (``[::1]``): ZeroMQ then
+    needs its IPV6 option on the socket."""
+    return address.startswith("tcp://[")
+
+
 def _is_loopback(address: str) -> bool:
     host = address[len("tcp://") :].rsplit(":", 1)[0].strip("[]")
     if host == "localhost":
@@ -131,6 +137,7 @@ class RemoteListener:
             self.socket.setsockopt(zmq.MAXMSGSIZE, options.max_message_mb << 20)
             self.socket.setsockopt(zmq.SNDHWM, 10000)
             self.socket.setsockopt(zmq.RCVHWM, 10000)
+            self.socket.setsockopt(zmq.IPV6, int(is_ipv6(options.listen)))
             if keys is not None:
                 self._become_curve_server(zmq_context, *keys)
             self.monitor = self.socket.get_monitor_socket(

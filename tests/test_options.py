@@ -304,7 +304,14 @@ REJECTED = [
     ({"heartbeat_liveness": "x"}, "heartbeat_liveness must be an integer"),
     ({"max_tasks_per_worker": 1.5}, "max_tasks_per_worker must be an integer"),
     ({"max_worker_rss_mb": -1}, "max_worker_rss_mb must be >= 0"),
-    ({"listen": "0.0.0.0:5555"}, "listen must be an address like 'tcp://0.0.0.0:5555', got '0.0.0.0:5555'"),
+    (
+        {"listen": "0.0.0.0:5555"},
+        "listen must be an address like 'tcp://0.0.0.0:5555' or 'tcp://[::]:5555', got '0.0.0.0:5555'",
+    ),
+    (
+        {"listen": "tcp://::1:5555"},
+        "listen must be an address like 'tcp://0.0.0.0:5555' or 'tcp://[::]:5555', got 'tcp://::1:5555'",
+    ),
     ({"keys_dir": 3}, "keys_dir must be a path-like object or string"),
     ({"insecure": "maybe"}, "insecure must be a boolean"),
     ({"local_cores": 2.0}, "local_cores must be a boolean"),

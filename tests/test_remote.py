@@ -222,6 +222,34 @@ def test_a_node_and_a_router_that_beat_at_different_paces_stay_connected(nodes, 
         assert [int(o[0][0]) for o in farm.map([action(v) for v in range(100, 120)])] == list(range(100, 120))
 
 
+def test_a_node_recycles_its_own_workers_when_told(nodes):
+    with Farm("tests.pyfuncs:behave", local_cores=False, listen="tcp://127.0.0.1:*", **FAST) as farm:
+        node = nodes.start(farm.listen_address, "--max-tasks-per-worker", "10")
+        wait_for(lambda: joined(farm) == 1)
+        first = {child.pid for child in psutil.Process(node.pid).children()}
+        values = list(range(100, 160))
+        assert [int(o[0][0]) for o in farm.map([action(v) for v in values])] == values
+        wait_for(lambda: {c.pid for c in psutil.Process(node.pid).children()} - first)
+
+
+def _has_ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _has_ipv6_loopback(), reason="no IPv6 loopback here")
+def test_a_node_joins_over_ipv6(nodes):
+    with Farm("tests.pyfuncs:behave", local_cores=False, listen="tcp://[::1]:*", **FAST) as farm:
+        assert farm.listen_address.startswith("tcp://[::1]:")
+        nodes.start(farm.listen_address)
+        wait_for(lambda: joined(farm) == 1)
+        assert [int(o[0][0]) for o in farm.map([action(v) for v in range(100, 110)])] == list(range(100, 110))
+
+
 def test_a_farm_stays_ready_when_a_node_leaves_for_good(nodes):
     with Farm("tests.pyfuncs:behave", schedule="0", listen="tcp://127.0.0.1:*", **FAST) as farm:
         node = nodes.start(farm.listen_address)
