@@ -23,7 +23,7 @@ import math
 import sys
 import threading
 import time
-from concurrent.futures import InvalidStateError
+from concurrent.futures import Future, InvalidStateError
 from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
@@ -117,6 +117,10 @@ class Answers:
         except Exception as exc:  # e.g. the farm's memory closed under it
             self._free_out_region(task)
             outputs, error = None, FarmError(f"task {task.task_id}: its answer could not be read: {exc}")
+        if isinstance(task.future, Future) and error is None:
+            # What the model took in the worker: a node agent reports this to its
+            # router (for pacing and the perf line) instead of its own round trip.
+            task.future.worker_timings = timings[:3]  # type: ignore[attr-defined]
         self._resolve(task, outputs, error)
         if self._perf_log:
             self._print_perf(task, worker, timings, now)

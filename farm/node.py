@@ -274,25 +274,31 @@ class NodeAgent:
         try:
             future = self.farm.submit(inputs)
         except Exception as exc:  # bad input: answer at once
-            self._results.put((reply, None, exc))
+            self._results.put((reply, None, exc, None))
             self._wake()
             return
         future.add_done_callback(lambda f: self._on_done(reply, f))
 
     def _on_done(self, reply: tuple, future: Future) -> None:
         error = future.exception()
-        self._results.put((reply, None if error else future.result(), error))
+        # The worker's own set_input/infer/copy_output (for the router's pacing
+        # and perf line), rather than this node's round trip with its queue wait.
+        worker_timings = None if error else getattr(future, "worker_timings", None)
+        self._results.put((reply, None if error else future.result(), error, worker_timings))
         self._wake()
 
     def _send_results(self, sock: zmq.Socket) -> None:
         while True:
             try:
-                (worker_id, generation, task_id, attempt, slot, started), outputs, error = (
+                (worker_id, generation, task_id, attempt, slot, started), outputs, error, worker_timings = (
                     self._results.get_nowait()
                 )
             except queue.Empty:
                 return
-            timings = [0, int((time.perf_counter() - started) * 1e6), 0, slot]
+            if worker_timings is not None:
+                timings = [*worker_timings, slot]
+            else:  # failed, or a local farm without them: the whole time here
+                timings = [0, int((time.perf_counter() - started) * 1e6), 0, slot]
             if error is not None:
                 header = [protocol.FAILED, worker_id, generation, task_id, attempt, str(error), "", timings]
                 protocol.send_message(sock, header, (), zmq.NOBLOCK)

@@ -250,6 +250,18 @@ def test_a_node_joins_over_ipv6(nodes):
         assert [int(o[0][0]) for o in farm.map([action(v) for v in range(100, 110)])] == list(range(100, 110))
 
 
+def test_a_node_reports_the_model_time_of_its_worker_not_its_own_queue_wait(nodes):
+    # The router's inference-time EMA (pacing, infer_ema_us) takes a node's figure.
+    # With two tasks in the node at a time, its round trip is about twice the model's.
+    with Farm("tests.pyfuncs:double_later", local_cores=False, listen="tcp://127.0.0.1:*", **FAST) as farm:
+        nodes.start(farm.listen_address, model="tests.pyfuncs:double_later")
+        wait_for(lambda: joined(farm) == 1)
+        feeds = [{"data": np.full(16384, i, np.float32), "seconds": np.array([0.05])} for i in range(12)]
+        assert [float(o[0][0]) for o in farm.map(feeds)] == [2.0 * i for i in range(12)]
+        (node,) = farm.stats()["workers"]
+        assert 45_000 < node["infer_ema_us"] < 75_000, node["infer_ema_us"]
+
+
 def test_a_farm_stays_ready_when_a_node_leaves_for_good(nodes):
     with Farm("tests.pyfuncs:behave", schedule="0", listen="tcp://127.0.0.1:*", **FAST) as farm:
         node = nodes.start(farm.listen_address)
