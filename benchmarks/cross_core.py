@@ -38,9 +38,9 @@ def _shared(path: str, nbytes: int) -> np.ndarray:
     return np.frombuffer(buffer, np.uint8).reshape(FRAME_SHAPE)
 
 
-def _worker(cpu: int, paths: tuple[str, str], command: int, answer: int) -> None:
+def _worker(cpu: int, source: np.ndarray, output: np.ndarray, command: int, answer: int) -> None:
+    """The forked "worker": it keeps the parent's shared mappings."""
     os.sched_setaffinity(0, {cpu})
-    source, output = (_shared(p, int(np.prod(FRAME_SHAPE))) for p in paths)
     while os.read(command, 1) == b"r":
         np.copyto(output, source)
         os.write(answer, b"d")
@@ -52,16 +52,17 @@ def measure(copied: bool, same_cpu: bool, cpus: tuple[int, int], rounds: int, di
     same CPU or on ``cpus[1]``."""
     caller_cpu, other_cpu = cpus
     os.sched_setaffinity(0, {caller_cpu})
-    paths = (os.path.join(directory, "input"), os.path.join(directory, "output"))
-    shared_input = _shared(paths[0], int(np.prod(FRAME_SHAPE)))
-    _shared(paths[1], int(np.prod(FRAME_SHAPE)))
+    shared_input, shared_output = (
+        _shared(os.path.join(directory, name), int(np.prod(FRAME_SHAPE))) for name in ("input", "output")
+    )
     frame = np.random.default_rng(0).integers(0, 255, FRAME_SHAPE, dtype=np.uint8)
     np.copyto(shared_input, frame)
     command_read, command_write = os.pipe()
     answer_read, answer_write = os.pipe()
     pid = os.fork()
     if pid == 0:
-        _worker(caller_cpu if same_cpu else other_cpu, paths, command_read, answer_write)
+        worker_cpu = caller_cpu if same_cpu else other_cpu
+        _worker(worker_cpu, shared_input, shared_output, command_read, answer_write)
     times = []
     for _ in range(rounds):
         started = time.perf_counter()
