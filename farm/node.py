@@ -45,8 +45,6 @@ __all__ = ["NodeAgent", "add_keygen_arguments", "add_node_arguments", "run_keyge
 
 _BACKOFF_START_S = 0.5
 _BACKOFF_MAX_S = 32.0
-#: A router's heartbeat interval is believed up to this (a minute).
-_LONGEST_HEARTBEAT_MS = 60_000
 #: The largest message taken from the router (a model it ships, a task's tensors).
 _MAX_MESSAGE_BYTES = 1024 << 20
 
@@ -260,7 +258,7 @@ class NodeAgent:
             self.counters["malformed"] += 1
             return
         if header[0] == protocol.HEARTBEAT and len(header) == 2 and type(header[1]) is int:
-            self._router_interval_s = min(max(header[1], 1), _LONGEST_HEARTBEAT_MS) / 1000
+            self._router_interval_s = min(max(header[1], 1), protocol.LONGEST_HEARTBEAT_MS) / 1000
         if header[0] != protocol.TASK:
             return  # heartbeats (already counted as liveness), late WELCOMEs
         task = _parse_task(header, frames[1:])

@@ -66,13 +66,8 @@ class RemoteNode(WorkerHandle):
 
     def __init__(self, worker_id: int, core: int, identity: bytes, name: str, info: dict[str, Any]) -> None:
         super().__init__(worker_id, core, 0, [])
-        self.identity = identity
         self.name = name
-        self.info = info
-        self.generation = 1
-        self.pid = info.get("pid")
-        self.slots = [ContextSlot(self, i, None) for i in range(int(info["contexts"]))]
-        self.heartbeat_s = _heartbeat_s(info)
+        self._take_incarnation(identity, info, 1)
 
     @property
     def node_name(self) -> str:
@@ -80,20 +75,20 @@ class RemoteNode(WorkerHandle):
 
     def rejoin(self, identity: bytes, info: dict[str, Any], generation: int) -> None:
         """The node came back (under the same name) as a new incarnation."""
+        self._take_incarnation(identity, info, generation)
+        self.restarts += 1
+        self.last_error = ""
+
+    def _take_incarnation(self, identity: bytes, info: dict[str, Any], generation: int) -> None:
+        """What one connection of the node says about it (its HELLO's ``info``)."""
         self.identity = identity
         self.info = info
         self.generation = generation
         self.pid = info.get("pid")
         self.slots = [ContextSlot(self, i, None) for i in range(int(info["contexts"]))]
-        self.heartbeat_s = _heartbeat_s(info)
-        self.restarts += 1
-        self.last_error = ""
-
-
-def _heartbeat_s(info: dict[str, Any]) -> float:
-    """The node's heartbeat interval, as its HELLO says (0: not said, an older node)."""
-    value = info.get("heartbeat_ms", 0)
-    return value / 1000 if _is_int(value, 1, 60_000) else 0.0
+        heartbeat_ms = info.get("heartbeat_ms", 0)  # 0: not said (an older node)
+        said = _is_int(heartbeat_ms, 1, protocol.LONGEST_HEARTBEAT_MS)
+        self.heartbeat_s = heartbeat_ms / 1000 if said else 0.0
 
 
 def is_ipv6(address: str) -> bool:
@@ -338,9 +333,7 @@ def _valid_tensor_entry(entry: Any) -> bool:
     if not isinstance(entry, dict) or not isinstance(entry.get("name"), str) or "shape" not in entry:
         return False
     shape = entry.get("shape")
-    if shape is not None and not (
-        isinstance(shape, list) and len(shape) <= 16 and all(d is None or _is_int(d, 0, 2**40) for d in shape)
-    ):
+    if shape is not None and not protocol.sane_shape(shape, unknown_dims=True):
         return False
     return protocol.numeric_dtype(entry.get("dtype")) is not None
 

@@ -514,12 +514,9 @@ class Router(DirectPath, Supervision, Membership, Answers):
         return threading.current_thread() is self._thread
 
     def close(self, cancel: bool = False, timeout_s: Optional[float] = None) -> None:
-        """Drain (or cancel) outstanding tasks, stop the workers, free everything."""
-        if self.on_own_thread():
-            # Called from a future's done-callback: the router thread cannot
-            # wait for itself, so the closing happens beside it.
-            threading.Thread(target=self.close, args=(cancel, timeout_s), name="rknnfarm-close").start()
-            return
+        """Drain (or cancel) outstanding tasks, stop the workers, free everything.
+        Not on the router thread, which cannot wait for itself: ``Farm.close``
+        moves a close from a done-callback to a thread of its own."""
         with self._cond:
             if self._stopping:
                 return

@@ -70,3 +70,9 @@ def double_later(inputs):
 
 double_later.inputs = [("data", [16384], "float32"), ("seconds", [1], "float64")]
 double_later.outputs = [("doubled", [16384], "float32")]
+
+
+def doubling(value: float, seconds: float) -> dict:
+    """A feed for :func:`double_later`: ``data`` all ``value`` (64 KiB: it goes
+    through shared memory), doubled after ``seconds``."""
+    return {"data": np.full(16384, value, np.float32), "seconds": np.array([seconds])}

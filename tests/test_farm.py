@@ -24,6 +24,7 @@ from farm import (
 )
 from tests.onnx_models import affine_model, two_input_model
 from tests.processes import wait_gone
+from tests.pyfuncs import doubling
 from workers.threadnames import os_name
 
 pytestmark = pytest.mark.timeout(120)
@@ -307,15 +308,11 @@ def test_close_with_cancel_fails_what_has_not_finished():
     assert any(isinstance(e, FarmClosedError) for e in outcomes)
 
 
-def _doubling(value: float, seconds: float) -> dict:
-    return {"data": np.full(16384, value, np.float32), "seconds": np.array([seconds])}
-
-
 def test_close_from_a_done_callback_lets_the_other_tasks_finish_first():
     # The callback runs on the router thread. The farm's shared memory used to be
     # freed at once, under the tasks still draining: they never ended.
     farm = Farm("tests.pyfuncs:double_later", schedule="0,1", copy_outputs=True)  # no view pins the memory
-    futures = [farm.submit(_doubling(i, 0.3 if i else 0.2)) for i in range(6)]
+    futures = [farm.submit(doubling(i, 0.3 if i else 0.2)) for i in range(6)]
     assert not futures[0].done()
     futures[0].add_done_callback(lambda _: farm.close())
     for i, future in enumerate(futures):
@@ -329,12 +326,12 @@ def test_close_from_a_done_callback_lets_the_other_tasks_finish_first():
 
 def test_a_future_cancelled_by_its_holder_does_not_break_the_answers_after_it():
     with Farm("tests.pyfuncs:double_later", schedule="0") as farm:
-        futures = [farm.submit(_doubling(i, 0.02)) for i in range(8)]
+        futures = [farm.submit(doubling(i, 0.02)) for i in range(8)]
         assert futures[3].cancel()
         outcomes = [f.result(timeout=30)[0][0] for i, f in enumerate(futures) if i != 3]
         assert outcomes == [2 * i for i in range(8) if i != 3]
         assert futures[3].cancelled()
-        (again,) = farm.run(_doubling(9, 0.0), timeout=30)
+        (again,) = farm.run(doubling(9, 0.0), timeout=30)
         assert again[0] == 18
 
 
@@ -351,7 +348,7 @@ def test_an_answer_that_cannot_be_read_fails_its_task_and_no_other(monkeypatch):
             return real(task, descriptors, frames)
 
         monkeypatch.setattr(router, "_collect_outputs", collect)
-        futures = [farm.submit(_doubling(i, 0.01)) for i in range(5)]
+        futures = [farm.submit(doubling(i, 0.01)) for i in range(5)]
         errors = [f.exception(timeout=30) for f in futures]
         assert isinstance(errors[0], FarmError) and "could not be read" in str(errors[0])
         assert errors[1:] == [None] * 4
@@ -371,7 +368,7 @@ def test_a_task_that_cannot_be_sent_fails_alone_and_close_does_not_wait_for_it(m
         real(slot, task)
 
     monkeypatch.setattr(router, "_send", send)
-    futures = [farm.submit(_doubling(i, 0.0)) for i in range(4)]
+    futures = [farm.submit(doubling(i, 0.0)) for i in range(4)]
     error = futures[0].exception(timeout=30)
     assert isinstance(error, FarmError) and "could not be sent to core 0" in str(error)
     assert [f.result(timeout=30)[0][0] for f in futures[1:]] == [2.0, 4.0, 6.0]

@@ -21,6 +21,7 @@ from farm.keys import generate_keys
 from farm.remote import _valid_heartbeat, _valid_hello, _valid_timings
 from tests.onnx_models import affine_model
 from tests.processes import wait_gone
+from tests.pyfuncs import doubling
 from workers import protocol
 from workers.segments import SEGMENT_PREFIX, segment_dir
 
@@ -185,7 +186,7 @@ def test_a_node_that_comes_back_takes_its_old_place_and_the_tasks_waiting_there(
     ) as farm:
         node = nodes.start(farm.listen_address, model="tests.pyfuncs:double_later", name="board-b")
         wait_for(lambda: joined(farm) == 1)
-        feeds = [{"data": np.full(16384, i, np.float32), "seconds": np.array([0.02])} for i in range(40)]
+        feeds = [doubling(i, 0.02) for i in range(40)]
         futures = [farm.submit(feed) for feed in feeds]
         node.send_signal(signal.SIGSTOP)  # silent: the router drops it
         wait_for(lambda: farm.stats()["remote"]["lost"] == 1)
@@ -256,7 +257,7 @@ def test_a_node_reports_the_model_time_of_its_worker_not_its_own_queue_wait(node
     with Farm("tests.pyfuncs:double_later", local_cores=False, listen="tcp://127.0.0.1:*", **FAST) as farm:
         nodes.start(farm.listen_address, model="tests.pyfuncs:double_later")
         wait_for(lambda: joined(farm) == 1)
-        feeds = [{"data": np.full(16384, i, np.float32), "seconds": np.array([0.05])} for i in range(12)]
+        feeds = [doubling(i, 0.05) for i in range(12)]
         assert [float(o[0][0]) for o in farm.map(feeds)] == [2.0 * i for i in range(12)]
         (node,) = farm.stats()["workers"]
         assert 45_000 < node["infer_ema_us"] < 75_000, node["infer_ema_us"]

@@ -111,6 +111,9 @@ RCVMORE = int(zmq.RCVMORE)
 EVENTS = int(zmq.EVENTS)
 POLLIN = int(zmq.POLLIN)
 
+#: A peer's heartbeat interval is believed up to this (a minute).
+LONGEST_HEARTBEAT_MS = 60_000
+
 #: Every tensor starts on a 64-byte boundary (a cache line; what SIMD kernels like).
 ALIGNMENT = 64
 
@@ -136,13 +139,19 @@ def numeric_dtype(dtype_text: Any) -> Optional[np.dtype]:
     return dtype if dtype.kind in _NUMERIC_KINDS else None
 
 
+def sane_shape(shape: Any, unknown_dims: bool = False) -> bool:
+    """For a shape from an untrusted peer: a list of at most 16 dims, each an
+    int in [0, 2**40) (or None, an unknown dim, with ``unknown_dims``)."""
+    if not isinstance(shape, list) or len(shape) > 16:
+        return False
+    return all((type(d) is int and 0 <= d < 2**40) or (unknown_dims and d is None) for d in shape)
+
+
 def checked_frame_dtype(dtype_text: Any, shape: Any, nbytes: int) -> Any:
     """For a tensor frame from an untrusted peer: its numpy dtype when
     ``dtype_text`` names a numeric dtype, ``shape`` is a list of at most 16
     sane dims and the frame holds exactly that many bytes; else None."""
-    if not isinstance(shape, list) or len(shape) > 16:
-        return None
-    if not all(type(d) is int and 0 <= d < 2**40 for d in shape):
+    if not sane_shape(shape):
         return None
     dtype = numeric_dtype(dtype_text)
     if dtype is None or nbytes != math.prod(shape) * dtype.itemsize:
