@@ -2,17 +2,18 @@
 
 ::
 
-    rknn-farm info MODEL [--backend B]
+    rknn-farm info MODEL [--backend B] [--full]
     rknn-farm run MODEL [--schedule 0,1,2 | --tp-mode M] [-n 100] [--input random|FILE.npy|FILE.npz|DIR]
                         [--shape name=1,3,640,640 ...] [--warmup 2] [--json FILE] [--plot FILE.png]
                         [--interval 0.25] [--[no-]progress] [--metrics-port PORT] ...
     rknn-farm bench [--quick] [--workloads tiny,cls,rec,frame] [--methods ...] [--out DIR]
 
 ``info`` starts a one-worker farm and prints the model's inputs, outputs and
-metadata. ``run`` is a benchmark: warm-up tasks, then ``-n`` tasks through
-``Farm.map``, then wall time, throughput, latency and per-core figures; with
-``--json`` and ``--plot`` also each core's throughput and latency over time
-(:mod:`farm.timeline`). The other commands live in their own modules.
+metadata (a long value as a preview unless ``--full``). ``run`` is a benchmark:
+warm-up tasks, then ``-n`` tasks through ``Farm.map``, then wall time,
+throughput, latency and per-core figures; with ``--json`` and ``--plot`` also
+each core's throughput and latency over time (:mod:`farm.timeline`). The other
+commands live in their own modules.
 
 Exit codes: 0 success, 1 a task failed while running (model error, worker
 crash, submit time-out), 2 bad usage (option value, model or input file,
@@ -54,6 +55,13 @@ __all__ = ["main"]
 _POOL_SIZE = 8  # distinct random inputs, cycled, so generating inputs is not what gets measured
 _DEFAULT_DYNAMIC_DIM = 64
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+# A metadata value longer than this, or of more than one line, is shown as a preview of
+# _PREVIEW_CHARS characters: PP-OCRv4 rec's `character` (its 6,625 labels, one a line) would
+# otherwise bury the inputs and outputs under 6,625 lines of output.
+_LONGEST_WHOLE_VALUE = 100
+_PREVIEW_CHARS = 40
+# In a preview, line breaks are drawn as escapes so the value stays on its key's line.
+_VISIBLE_BREAKS = str.maketrans({"\n": "\\n", "\r": "\\r", "\t": "\\t"})
 _RUNTIME_FAILURES = (TaskError, WorkerCrashedError, SubmitTimeoutError, FarmClosedError)
 _LATENCY_NOTE = (
     "latency: per task, measured in this process from farm.map taking the input to farm.map handing\n"
@@ -82,6 +90,18 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     cells = [list(headers)] + [[_fmt(c) for c in row] for row in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
     return "\n".join("  " + "  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells)
+
+
+def _metadata_line(key: str, value: str, full: bool) -> str:
+    """``key: value`` as ``info`` prints it: whole when short or ``full``, else a preview that
+    says how long the value is (its first characters, line breaks shown as ``\\n``)."""
+    if full or ("\n" not in value and len(value) <= _LONGEST_WHOLE_VALUE):
+        return f"  {key}: {value}"
+    lines = len(value.splitlines())
+    preview = value[:_PREVIEW_CHARS].translate(_VISIBLE_BREAKS)
+    more = "..." if len(value) > _PREVIEW_CHARS else ""
+    size = f"{lines:,} lines, {len(value):,} characters" if lines > 1 else f"{len(value):,} characters"
+    return f"  {key}: {preview}{more}  ({size}; --full shows it whole)"
 
 
 def _spec_rows(specs: Optional[list[TensorSpec]]) -> list[list[str]]:
@@ -228,6 +248,7 @@ class _TimedFeeds:
 
 # ── subcommands ──────────────────────────────────────────────────────────
 def cmd_info(args: argparse.Namespace) -> int:
+    """Print the model's runtime, inputs, outputs and metadata; exit code 0."""
     if args.model.lower().endswith(".rknn") and args.backend == "auto":
         try:
             resolve_backend("auto", args.model)  # succeeds only where RKNNLite can run it
@@ -242,7 +263,7 @@ def cmd_info(args: argparse.Namespace) -> int:
             print(_table(["name", "shape", "dtype"], _spec_rows(specs)) if specs else "  (not declared)")
         print("metadata:" + ("" if farm.metadata else " (none)"))
         for key, value in sorted(farm.metadata.items()):
-            print(f"  {key}: {value}")
+            print(_metadata_line(key, value, args.full))
     return 0
 
 
@@ -363,6 +384,9 @@ def build_parser() -> argparse.ArgumentParser:
     for sub in (info, run):
         sub.add_argument("model", metavar="MODEL", help=".onnx / .rknn file, or package.module:function")
         sub.add_argument("--backend", default="auto", choices=BACKENDS)
+    info.add_argument(
+        "--full", action="store_true", help="print long metadata values whole (default: a preview)"
+    )
     info.set_defaults(handler=cmd_info)
     run.set_defaults(handler=cmd_run)
     run.add_argument("--schedule", help="cores, e.g. 0,1,2 (data parallel; duplicates weight a core)")

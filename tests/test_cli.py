@@ -93,6 +93,43 @@ def test_info_lists_inputs_outputs_and_metadata(models, capsys):
     assert "author: tests" in out
 
 
+def _metadata_value(path: str, key: str) -> str:
+    return next(p.value for p in onnx.load(path, load_external_data=False).metadata_props if p.key == key)
+
+
+@pytest.mark.timeout(120)
+def test_info_shortens_ppocr_rec_character_list(ppocr_models, capsys):
+    assert main(["info", ppocr_models["rec"]]) == 0
+    out = capsys.readouterr().out
+    # Whole, the 6,625-label dictionary was one line per label after "character: '".
+    assert len(out.splitlines()) < 20
+    line = next(line for line in out.splitlines() if line.startswith("  character: "))
+    assert line.startswith("  character: '\\n疗\\n绚\\n诚")
+    assert line.endswith("...  (6,623 lines, 13,245 characters; --full shows it whole)")
+
+
+@pytest.mark.timeout(120)
+def test_info_full_prints_ppocr_rec_character_list_whole(ppocr_models, capsys):
+    assert main(["info", ppocr_models["rec"], "--full"]) == 0
+    out = capsys.readouterr().out
+    assert f"  character: {_metadata_value(ppocr_models['rec'], 'character')}\n" in out
+    assert "--full shows it whole" not in out
+
+
+@pytest.mark.timeout(120)
+def test_info_shortens_one_long_line_and_keeps_short_values(tmp_path, capsys):
+    long_value = "0123456789" * 50
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
+    metadata = {"long": long_value, "two_lines": "a\nb", "short": "s" * 100}
+    path = _save_model(tmp_path / "m.onnx", [x], [y], [helper.make_node("Identity", ["x"], ["y"])], metadata)
+    assert main(["info", path]) == 0
+    out = capsys.readouterr().out
+    assert f"  long: {long_value[:40]}...  (500 characters; --full shows it whole)" in out
+    assert "  two_lines: a\\nb  (2 lines, 3 characters; --full shows it whole)" in out
+    assert f"  short: {'s' * 100}\n" in out
+
+
 @pytest.mark.timeout(120)
 def test_info_marks_dynamic_dims(models, capsys):
     assert main(["info", models["dynamic"]]) == 0
