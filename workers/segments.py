@@ -31,7 +31,6 @@ __all__ = [
     "Segment",
     "SegmentMap",
     "segment_dir",
-    "shm_full_error",
     "shm_huge_pages",
     "unlink_segments_of",
 ]
@@ -72,12 +71,13 @@ def _advise_huge_pages(buf: mmap.mmap) -> None:
         pass  # a kernel without transparent huge pages
 
 
-def shm_full_error(needed: int, available: int) -> MemoryError:
+def _shm_full_error(needed: int, available: int) -> MemoryError:
     """The error for a segment of ``needed`` bytes that ``/dev/shm``, with
     ``available`` bytes free, cannot hold."""
     return MemoryError(
         f"rknn-farm needs {needed >> 20} MiB of shared memory but {segment_dir()} has only "
-        f"{available >> 20} MiB free; enlarge it (docker: --shm-size=1g) or use smaller inputs"
+        f"{available >> 20} MiB free; enlarge it (docker: --shm-size=1g), free space in it (other "
+        "programs' files, outputs this app still holds) or use smaller inputs"
     )
 
 
@@ -139,7 +139,7 @@ class Segment:
         if create:
             available = shutil.disk_usage(segment_dir()).free
             if size > available:  # no need to try
-                raise shm_full_error(size, available)
+                raise _shm_full_error(size, available)
         flags = os.O_RDWR | (os.O_CREAT | os.O_EXCL if create else 0)
         fd = os.open(self.path, flags, 0o600)
         try:
@@ -168,7 +168,7 @@ class Segment:
                 buf.close()
             self.unlink()
             if isinstance(exc, OSError) and exc.errno in _NO_ROOM:
-                raise shm_full_error(size, shutil.disk_usage(segment_dir()).free) from exc
+                raise _shm_full_error(size, shutil.disk_usage(segment_dir()).free) from exc
             raise
 
     def close(self) -> bool:
