@@ -68,6 +68,8 @@ def serve_until_full() -> None:
         os.unlink(FILLER)
         again = [farm.submit({"x": FRAME}) for _ in range(200)]
         assert all(np.array_equal(f.result(timeout=30)[0], FRAME) for f in again)
+        crashes = [(w["crashes"], w["restarts"]) for w in farm.stats()["workers"]]
+        assert crashes == [(0, 0)], f"a worker died (crashes, restarts): {crashes}"
         print("serves again", flush=True)
 
 
