@@ -160,12 +160,8 @@ class SharedArena:
             self._free[region.size].append(region)
 
     def _new_segment(self, size: int) -> Segment:
-        available = psutil.disk_usage(segment_dir()).free
-        if size > available:
-            raise MemoryError(
-                f"rknn-farm needs {size >> 20} MiB of shared memory but {segment_dir()} has only "
-                f"{available >> 20} MiB free; enlarge it (docker: --shm-size=1g) or use smaller inputs"
-            )
+        # MemoryError when /dev/shm cannot hold it: the segment reserves its
+        # memory now, so that no write into it can meet a full /dev/shm later.
         segment = Segment(f"{self.owner_prefix}{len(self._segments)}", size, create=True)
         self._segments.append(segment)
         first = np.frombuffer(segment.buf, np.uint8, 1).__array_interface__["data"][0]

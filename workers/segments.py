@@ -11,9 +11,12 @@ later start can reap the segments of a parent that was killed.
 
 from __future__ import annotations
 
+import errno
 import math
 import mmap
 import os
+import shutil
+import sys
 import tempfile
 import threading
 from collections.abc import Sequence
@@ -23,7 +26,14 @@ import numpy as np
 
 from workers.protocol import dtype_of
 
-__all__ = ["SEGMENT_PREFIX", "Segment", "SegmentMap", "segment_dir", "shm_huge_pages", "unlink_segments_of"]
+__all__ = [
+    "SEGMENT_PREFIX",
+    "Segment",
+    "SegmentMap",
+    "segment_dir",
+    "shm_huge_pages",
+    "unlink_segments_of",
+]
 
 SEGMENT_PREFIX = "rknnfarm-"
 
@@ -61,24 +71,105 @@ def _advise_huge_pages(buf: mmap.mmap) -> None:
         pass  # a kernel without transparent huge pages
 
 
+def _shm_full_error(needed: int, available: int) -> MemoryError:
+    """The error for a segment of ``needed`` bytes that ``/dev/shm``, with
+    ``available`` bytes free, cannot hold."""
+    return MemoryError(
+        f"rknn-farm needs {needed >> 20} MiB of shared memory but {segment_dir()} has only "
+        f"{available >> 20} MiB free; enlarge it (docker: --shm-size=1g), free space in it (other "
+        "programs' files, outputs this app still holds) or use smaller inputs"
+    )
+
+
+# Linux >= 5.14; Python's mmap module names it only from 3.13 on.
+_MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23) if sys.platform.startswith("linux") else None
+# What a kernel or file system answers when it cannot reserve that way.
+_CANNOT_RESERVE = {errno.EINVAL, errno.EOPNOTSUPP, errno.ENOSYS}
+# What reserving answers when the memory is not there: ENOSPC from tmpfs,
+# EFAULT from MADV_POPULATE_WRITE (the SIGBUS it spares us), ENOMEM.
+_NO_ROOM = {errno.ENOSPC, errno.EFAULT, errno.ENOMEM}
+
+
+def _reserve(fd: int, buf: mmap.mmap, size: int) -> None:
+    """Give every page of a new segment its memory now, or raise OSError.
+
+    ``ftruncate`` alone makes a sparse file: tmpfs gives a page its memory
+    only when it is first written, and a page that no longer fits is a
+    SIGBUS in whichever process writes it (the app copying an input, a
+    worker writing an output), long after the segment was made. Reserving at
+    creation turns a full ``/dev/shm`` into an error of the call that needs
+    the segment. In order of preference:
+
+    - ``MADV_POPULATE_WRITE`` (Linux 5.14) faults the pages in through the
+      mapping, so they follow its huge-page advice (``posix_fallocate`` on a
+      ``huge=advise`` tmpfs has no mapping to ask and makes 4 KiB pages);
+    - ``posix_fallocate`` on older kernels;
+    - writing zeros, as glibc's ``posix_fallocate`` itself does, where the
+      file system has no ``fallocate`` or Python no ``posix_fallocate``
+      (macOS): slower, and it reserves just the same.
+    """
+    if _MADV_POPULATE_WRITE is not None:
+        try:
+            buf.madvise(_MADV_POPULATE_WRITE)
+            return
+        except OSError as exc:
+            if exc.errno not in _CANNOT_RESERVE:
+                raise
+    if hasattr(os, "posix_fallocate"):
+        try:
+            os.posix_fallocate(fd, 0, size)
+            return
+        except OSError as exc:
+            if exc.errno not in _CANNOT_RESERVE:
+                raise
+    chunk = bytes(min(size, 1 << 20))
+    offset = 0
+    while offset < size:
+        offset += os.pwrite(fd, chunk[: size - offset], offset)
+
+
 class Segment:
-    """One mapped shared-memory file. The creator sizes it; others attach."""
+    """One mapped shared-memory file. The creator sizes it and reserves its
+    memory, or raises ``MemoryError`` when ``/dev/shm`` cannot hold it;
+    others attach."""
 
     def __init__(self, name: str, size: int = 0, create: bool = False) -> None:
         self.name = name
         self.path = os.path.join(segment_dir(), name)
+        if create:
+            available = shutil.disk_usage(segment_dir()).free
+            if size > available:  # no need to try
+                raise _shm_full_error(size, available)
         flags = os.O_RDWR | (os.O_CREAT | os.O_EXCL if create else 0)
         fd = os.open(self.path, flags, 0o600)
         try:
             if create:
-                os.ftruncate(fd, size)
+                self._make(fd, size)
             else:
-                size = os.fstat(fd).st_size
-            self.size = size
-            self.buf = mmap.mmap(fd, size)
-            _advise_huge_pages(self.buf)
+                self._map(fd, os.fstat(fd).st_size)
         finally:
             os.close(fd)
+
+    def _map(self, fd: int, size: int) -> None:
+        self.size = size
+        self.buf = mmap.mmap(fd, size)
+        _advise_huge_pages(self.buf)  # before a creator's _reserve makes the pages: they come huge
+
+    def _make(self, fd: int, size: int) -> None:
+        """Size, map and reserve a new segment; remove it again when that fails
+        (another program may have taken the space since the check)."""
+        try:
+            os.ftruncate(fd, size)
+            self._map(fd, size)
+            _reserve(fd, self.buf, size)
+        except BaseException as exc:
+            buf = getattr(self, "buf", None)
+            if buf is not None:
+                buf.close()
+            self.unlink()
+            if isinstance(exc, OSError) and exc.errno in _NO_ROOM:
+                raise _shm_full_error(size, shutil.disk_usage(segment_dir()).free) from exc
+            raise
 
     def close(self) -> bool:
         """Unmap; False while numpy views still use the mapping (it is then

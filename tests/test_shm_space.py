@@ -1,0 +1,106 @@
+"""Shared-memory segments reserve their space when they are made, so that a
+full ``/dev/shm`` is a ``MemoryError`` at creation and never a SIGBUS later."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from workers import segments
+from workers.segments import SEGMENT_PREFIX, Segment
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMALL_SHM = "size=100m"  # room for one 64 MiB segment and a filler
+
+
+def _in_private_shm(command: str) -> list[str]:
+    """``sh -c command`` in a mount namespace of its own, with a small fresh
+    tmpfs on /dev/shm: what it fills is not the machine's /dev/shm."""
+    mount = f"mount -t tmpfs -o {SMALL_SHM} tmpfs /dev/shm"
+    return ["unshare", "-m", "--propagation", "private", "sh", "-c", f"{mount} && exec {command}"]
+
+
+def _private_shm_or_skip() -> None:
+    if shutil.which("unshare") is None:
+        pytest.skip("needs unshare(1) (util-linux) to give the test a /dev/shm of its own")
+    probe = subprocess.run(_in_private_shm("true"), capture_output=True, text=True, timeout=10)
+    if probe.returncode != 0:
+        pytest.skip(
+            f"cannot mount a private tmpfs on /dev/shm (needs root or CAP_SYS_ADMIN): {probe.stderr.strip()}"
+        )
+
+
+def _run_in_private_shm(scenario: str) -> tuple[str, str]:
+    """Run ``scenario`` of tests/shm_full_app.py in a private small /dev/shm;
+    its stdout and a report for failed assertions."""
+    _private_shm_or_skip()
+    child = subprocess.run(
+        _in_private_shm(f"{sys.executable} -m tests.shm_full_app {scenario}"),
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=50,
+    )
+    report = f"exit {child.returncode}\nstdout:\n{child.stdout}\nstderr:\n{child.stderr}"
+    assert child.returncode == 0, report  # -7 is the SIGBUS this file is about
+    assert "SIGBUS" not in child.stderr, report  # nor may a worker die of one
+    return child.stdout, report
+
+
+@pytest.mark.timeout(60)
+def test_a_dev_shm_filled_after_the_segment_was_made_is_a_memory_error_not_sigbus():
+    out, report = _run_in_private_shm("serve")
+    assert "MemoryError: rknn-farm needs 64 MiB of shared memory but /dev/shm has only 4 MiB free" in out, (
+        report
+    )
+    assert "answered" in out and "serves again" in out, report
+
+
+@pytest.mark.timeout(60)
+def test_a_segment_whose_space_is_taken_after_the_check_is_a_memory_error_and_leaves_nothing():
+    out, report = _run_in_private_shm("reserve")
+    for way in ("populate", "fallocate", "zeros"):
+        assert f"{way}: MemoryError: rknn-farm needs 16 MiB of shared memory" in out, report
+
+
+def _unsupported(fd: int, offset: int, length: int) -> None:
+    raise OSError(errno.EOPNOTSUPP, "Operation not supported")
+
+
+def _allocated_bytes(segment: Segment) -> int:
+    return os.stat(segment.path).st_blocks * 512
+
+
+_REAL = object()
+
+
+@pytest.mark.parametrize(
+    "populate_advice, fallocate",
+    [
+        pytest.param(_REAL, _REAL, id="populate"),
+        pytest.param(9999, _REAL, id="fallocate-after-EINVAL"),  # how a kernel older than 5.14 answers
+        pytest.param(None, _REAL, id="fallocate"),
+        pytest.param(None, _unsupported, id="zeros-after-EOPNOTSUPP"),
+        pytest.param(None, None, id="zeros"),  # no os.posix_fallocate (macOS)
+    ],
+)
+def test_a_new_segment_has_all_its_memory_before_anything_is_written(monkeypatch, populate_advice, fallocate):
+    if populate_advice is not _REAL:
+        monkeypatch.setattr(segments, "_MADV_POPULATE_WRITE", populate_advice)
+    if fallocate is None:
+        monkeypatch.delattr(os, "posix_fallocate")
+    elif fallocate is not _REAL:
+        monkeypatch.setattr(os, "posix_fallocate", fallocate)
+    size = 3 << 20
+    segment = Segment(f"{SEGMENT_PREFIX}{os.getpid()}-reserve-test", size, create=True)
+    try:
+        assert _allocated_bytes(segment) >= size  # not a sparse file: no page is left to fail later
+        assert bytes(segment.buf[:: 1 << 16]) == bytes(size >> 16)  # and it reads as zeros
+    finally:
+        segment.unlink()
+        segment.close()
