@@ -70,6 +70,25 @@ print("parent closed in:", round(time.monotonic() - started, 2), flush=True)
 """
 
 
+def _run_app(script: str, timeout: float) -> subprocess.CompletedProcess:
+    """Run ``script`` in a session of its own: a child that hangs (or a worker
+    it holds) is killed with it rather than left behind."""
+    app = subprocess.Popen(
+        [sys.executable, "-c", script],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        out, err = app.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(app.pid, signal.SIGKILL)
+        out, err = app.communicate()
+        pytest.fail(f"the app did not finish within {timeout} s:\n{out}{err}")
+    return subprocess.CompletedProcess(app.args, app.returncode, out, err)
+
+
 def _segments_of(pid: int) -> list[str]:
     return [n for n in os.listdir(segment_dir()) if n.startswith(f"{SEGMENT_PREFIX}{pid}-")]
 
@@ -80,7 +99,7 @@ def test_a_forked_child_that_exits_leaves_the_parents_farm_serving(child_uses, t
     # stopped the workers through the life lines it inherited): the parent's
     # segment and socket directory were gone, its next run() timed out.
     script = _FORKING_APP.format(root=ROOT, child_uses=child_uses, model=affine_model(str(tmp_path)))
-    app = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=40)
+    app = _run_app(script, timeout=40)
     pairs = [line.split(": ", 1) for line in app.stdout.splitlines()]
     lines = dict(pairs)
     assert app.returncode == 0, app.stdout + app.stderr
