@@ -15,7 +15,7 @@ import pytest
 
 from farm import Farm, FarmClosedError
 from tests.onnx_models import affine_model
-from tests.processes import wait_gone
+from tests.processes import finish_or_kill, wait_gone
 from tests.pyfuncs import doubling
 from workers.segments import SEGMENT_PREFIX, segment_dir
 
@@ -80,11 +80,8 @@ def _run_app(script: str, timeout: float) -> subprocess.CompletedProcess:
         text=True,
         start_new_session=True,
     )
-    try:
-        out, err = app.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(app.pid, signal.SIGKILL)
-        out, err = app.communicate()
+    finished, out, err = finish_or_kill(app, timeout)
+    if not finished:
         pytest.fail(f"the app did not finish within {timeout} s:\n{out}{err}")
     return subprocess.CompletedProcess(app.args, app.returncode, out, err)
 
