@@ -113,6 +113,8 @@ class Farm:
     ) -> None:
         self._router: Optional[Router] = None
         self._metrics: Any = None
+        #: The process that created the farm: the only one that may use or close it.
+        self.owner_pid = os.getpid()
         self.options = parse_options(options, warn_stacklevel=3, **provider_options)
         self.model = resolve_model(model)
         self.backend = resolve_backend(backend, self.model)
@@ -132,7 +134,7 @@ class Farm:
             cpus_for_core=_cpus_for_cores(self.options, self.backend),
             perf_log=perf_log_enabled(),
         )
-        self._finalizer = weakref.finalize(self, _close_router_then_arena, router, self._arena, True)
+        self._finalizer = weakref.finalize(self, _close_in_owner, self.owner_pid, router, self._arena)
         try:
             router.start(self.options.start_timeout_s)
         except BaseException:
@@ -375,6 +377,7 @@ class Farm:
 
     # ── internals of a submission ────────────────────────────────────────
     def _require_router(self) -> Router:
+        self._check_owner()
         if self._router is None or self._finalizer.alive is False:
             raise FarmClosedError("the farm is closed; create a new Farm to run more tasks")
         return self._router
@@ -457,19 +460,47 @@ class Farm:
     def close(self, cancel: bool = False, timeout: Optional[float] = None) -> None:
         """Finish outstanding tasks (or, with ``cancel=True``, fail them with
         FarmClosedError), stop the workers and free the shared memory.
-        Outputs already returned stay valid. Safe to call twice."""
+        Outputs already returned stay valid. Safe to call twice.
+
+        ``timeout`` (seconds) bounds the wait for outstanding tasks: those
+        still running then fail with FarmClosedError and their workers are
+        stopped. ``close(cancel=True)`` from another thread also ends the
+        wait of a close() in progress. Interrupted while it waits (Ctrl-C),
+        the farm admits no new task but its tasks run on; call close() again
+        to finish closing (a ``with`` block does, cancelling them).
+
+        From a callback (a ``run_async`` callback, a Future's done-callback)
+        it returns at once, and the farm closes on a thread of its own.
+        Raises FarmError in a process forked from the one that created the
+        farm: it is that process's to close."""
+        self._check_owner()
         router = self._router
         if router is None or not self._finalizer.alive:
             return
-        self._finalizer.detach()
         if self._metrics is not None:
             self._metrics.close()
         _close_router_then_arena(router, self._arena, cancel, timeout)
+        # Only now: a close() interrupted before it finished is left to the
+        # next close(), or to the finalizer at exit.
+        self._finalizer.detach()
+
+    def _check_owner(self) -> None:
+        """A forked child shares the parent's workers, sockets and shared
+        memory: using them would answer its tasks to the wrong process and
+        stop the parent's workers."""
+        if os.getpid() != self.owner_pid:
+            raise FarmError(
+                f"this Farm belongs to process {self.owner_pid}, and process {os.getpid()} is a fork of it; "
+                "a farm serves only the process that created it: create the Farm in the child after "
+                "the fork (or start child processes with the 'spawn' method)"
+            )
 
     def __enter__(self) -> Farm:
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if os.getpid() != self.owner_pid:
+            return  # a forked child leaving the block: the farm is its parent's to close
         # An exception (KeyboardInterrupt included) cancels what is queued
         # rather than waiting for it.
         self.close(cancel=exc_type is not None)
@@ -479,20 +510,28 @@ class Farm:
         return f"Farm({self.model!r}, backend={self.backend!r}, cores={list(self.options.cores)}, {state})"
 
 
+def _close_in_owner(owner_pid: int, router: Router, arena: SharedArena) -> None:
+    """The finalizer of a farm dropped, or alive at exit, without close(): it
+    cancels what is outstanding and frees everything, in the process that
+    created the farm only. A forked child inherits the finalizer (and runs it
+    at its exit), but the workers, sockets and memory are the parent's."""
+    if os.getpid() == owner_pid:
+        _close_router_then_arena(router, arena, cancel=True)
+
+
 def _close_router_then_arena(
     router: Router, arena: SharedArena, cancel: bool, timeout: Optional[float] = None
 ) -> None:
-    """Close the router, then free the shared memory (also the finalizer of a
-    farm dropped, or alive at exit, without close()). Called on the router
-    thread (from a future's done-callback), both happen on a thread beside it:
-    the router thread cannot wait for itself, and the memory must outlive the
-    tasks that the closing still drains."""
+    """Close the router, then free the shared memory. The memory must outlive
+    the tasks that the closing still drains and the workers that may still
+    write into it: it is not freed when the router's close is interrupted
+    (KeyboardInterrupt) or fails. Called on a thread that the router's close
+    waits for (a done-callback, a ``run_async`` callback), both happen on a
+    thread beside it, and this returns at once."""
     if router.on_own_thread():
         threading.Thread(
             target=_close_router_then_arena, args=(router, arena, cancel, timeout), name="rknnfarm-close"
         ).start()
         return
-    try:
-        router.close(cancel=cancel, timeout_s=timeout)
-    finally:
-        arena.close()
+    router.close(cancel=cancel, timeout_s=timeout)
+    arena.close()

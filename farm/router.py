@@ -143,8 +143,11 @@ class Router(DirectPath, Supervision, Membership, Answers):
         self._next_callback_seq = 0
         self._outstanding = 0
         self._starting = True
-        self._closing = False
-        self._stopping = False
+        self._closing = False  # close() began: no new task is admitted
+        self._cancelling = False  # close(cancel=True) came: no close() waits for tasks any more
+        self._stopping = False  # the teardown began
+        self._teardown: Optional[threading.Thread] = None
+        self._torn_down = threading.Event()
         self._broken = ""
         self._start_error = ""
         self._wake_read, self._wake_write = os.pipe()
@@ -510,21 +513,71 @@ class Router(DirectPath, Supervision, Membership, Answers):
 
     # ── shutdown ─────────────────────────────────────────────────────────
     def on_own_thread(self) -> bool:
-        """Whether the caller runs on the router thread (a future's done-callback)."""
-        return threading.current_thread() is self._thread
+        """Whether the caller runs on a thread that a close waits for: the
+        router thread (a future's done-callback), the callback thread (a
+        ``run_async`` callback) or the teardown (a task it fails)."""
+        current = threading.current_thread()
+        return current is self._thread or current is self._teardown or current.ident == self.callbacks.ident
 
     def close(self, cancel: bool = False, timeout_s: Optional[float] = None) -> None:
-        """Drain (or cancel) outstanding tasks, stop the workers, free everything.
-        Not on the router thread, which cannot wait for itself: ``Farm.close``
-        moves a close from a done-callback to a thread of its own."""
+        """Drain (or, with ``cancel``, fail) outstanding tasks, stop the workers,
+        free everything.
+
+        The drain waits in the caller's thread, up to ``timeout_s``; a
+        ``cancel`` from another thread ends it too. Until it is over nothing
+        is torn down, so a KeyboardInterrupt there leaves the router closing
+        (it admits no task, its tasks run on) and a later close() resumes.
+        The teardown then runs on a thread of its own that every close()
+        waits for: an interrupt cannot leave it half done. Not on a thread
+        that the close waits for (:meth:`on_own_thread`): ``Farm.close``
+        moves such a close to a thread of its own."""
         with self._cond:
-            if self._stopping:
-                return
             self._closing = True
-            self._cond.notify_all()
-            if not cancel:
+            self._cancelling = self._cancelling or cancel
+            self._cond.notify_all()  # wakes admitters, and a close() that drains
+            if not self._stopping:
                 self._wait_outstanding(timeout_s)
+            # Deciding and starting under the lock: a second close() finds
+            # the teardown started, never merely decided.
+            here = not self._stopping and not self._start_teardown()
             self._stopping = True
+        if here:
+            self._tear_down()
+        self._torn_down.wait()
+
+    def _start_teardown(self) -> bool:
+        """Under the lock: start :meth:`_tear_down` on a thread of its own;
+        False where no thread can start (Python 3.12 refuses them in an exit
+        handler). Not a daemon: an app that exits meanwhile waits for it (it
+        is bounded)."""
+        thread = threading.Thread(target=self._tear_down, name="rknnfarm-teardown", daemon=False)
+        self._teardown = thread
+        try:
+            thread.start()
+        except RuntimeError:
+            return False
+        return True
+
+    def _wait_outstanding(self, timeout_s: Optional[float]) -> None:
+        """Under the lock: wait until no task is outstanding, ``timeout_s`` has
+        passed, or a close(cancel=True) came."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while self._outstanding and self._thread.is_alive() and not self._cancelling:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return
+            self._cond.wait(remaining)
+
+    def _tear_down(self) -> None:
+        """Fail what is queued, stop the workers, fail what they still held,
+        close every socket. Runs once, after ``_stopping`` is set."""
+        try:
+            self._stop_and_release()
+        finally:
+            self._torn_down.set()
+
+    def _stop_and_release(self) -> None:
+        with self._cond:
             queued = [t for q in self._queues.values() for t in q]
             for q in self._queues.values():
                 q.clear()
@@ -548,14 +601,6 @@ class Router(DirectPath, Supervision, Membership, Answers):
         os.close(self._wake_read)
         os.close(self._wake_write)
         shutil.rmtree(self._ipc_dir, ignore_errors=True)
-
-    def _wait_outstanding(self, timeout_s: Optional[float]) -> None:
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        while self._outstanding and self._thread.is_alive():
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                return
-            self._cond.wait(remaining)
 
     def _stop_workers(self) -> None:
         """Close every life line; the router thread reaps the exits and then

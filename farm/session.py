@@ -286,14 +286,17 @@ class InferenceSession:
         fail it with FarmClosedError; stop the workers, free the shared memory
         and remove the temporary model file. Outputs already returned stay
         valid. Safe to call twice."""
-        if cancel and self._finalizer.alive:
-            self._farm.close(cancel=True)
+        if self._finalizer.alive:
+            # First: interrupted (Ctrl-C), the session stays open for another close().
+            self._farm.close(cancel=cancel)
         self._finalizer()
 
     def __enter__(self) -> InferenceSession:
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if os.getpid() != self._farm.owner_pid:
+            return  # as Farm: a forked child leaving the block leaves the parent's session alone
         # As Farm: an exception (KeyboardInterrupt included) cancels what is queued.
         self.close(cancel=exc_type is not None)
 
@@ -532,7 +535,11 @@ def _model_path(path_or_bytes: Any, provider_options: Any) -> tuple[str, Optiona
 
 
 def _release(farm: Farm, owned_file: Optional[str]) -> None:
-    """Close the farm (draining it) and remove the model file: close() and the finalizer."""
+    """Close the farm (draining it) and remove the model file: close() and the
+    finalizer. Nothing in a forked child, which inherits the finalizer: the
+    parent's workers load that file again when they restart."""
+    if os.getpid() != farm.owner_pid:
+        return
     try:
         farm.close()
     finally:

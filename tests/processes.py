@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -19,6 +21,20 @@ def alive(pid: int) -> bool:
             return f.read().split(") ")[1][0] != "Z"
     except OSError:
         return False
+
+
+def finish_or_kill(process: subprocess.Popen, timeout: float) -> tuple[bool, str, str]:
+    """``(finished, stdout, stderr)`` of ``process``, started with
+    ``start_new_session=True``: when it runs longer than ``timeout`` seconds,
+    its whole session (its workers, a child it forked) is killed, so a hang
+    fails the test without leaving anything behind."""
+    try:
+        out, err = process.communicate(timeout=timeout)
+        return True, out, err
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        out, err = process.communicate()
+        return False, out, err
 
 
 def wait_gone(pids: Iterable[int], within: float = 10.0) -> bool:

@@ -49,6 +49,7 @@ import psutil
 import pytest
 
 from tests.onnx_models import affine_model
+from tests.processes import finish_or_kill
 from workers.segments import SEGMENT_PREFIX, segment_dir
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -242,11 +243,8 @@ def run_block(block: Block, directory: Path) -> None:
         text=True,
         start_new_session=True,
     )
-    try:
-        output, _ = process.communicate(timeout=BLOCK_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        output, _ = process.communicate()
+    finished, output, _ = finish_or_kill(process, BLOCK_TIMEOUT_S)
+    if not finished:
         pytest.fail(f"{block.id}: still running after {BLOCK_TIMEOUT_S} s\n{block.code}\n{output[-3000:]}")
     left = _left_running(process.pid)
     leaked = {s for s in _segments() - segments_before if not _owner_alive(s)}
