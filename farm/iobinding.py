@@ -104,8 +104,7 @@ class OrtValue:
         a shared-memory value for tensor ``name`` of ``session``, ``arr`` cast to
         its dtype and copied in. ``device_id``, ``layout`` and ``sync`` are ignored."""
         if _device(device_type) == "cpu":
-            array = np.asarray(arr)
-            return OrtValue(np.ascontiguousarray(array, dtype=native_dtype(array.dtype)), "cpu")
+            return OrtValue(np.ascontiguousarray(arr), "cpu")
         spec = _tensor_of(session, name, io_kind)
         array = np.asarray(arr)
         _check_tensor(spec, io_kind or "", array.shape, spec.dtype)
