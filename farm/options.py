@@ -11,12 +11,14 @@ from __future__ import annotations
 import math
 import os
 import re
+import threading
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Optional, Union
 
 from farm.errors import OptionError
+from workers.protocol import LONGEST_HEARTBEAT_MS
 
 __all__ = [
     "CORE_MASKS",
@@ -163,6 +165,19 @@ def _positive_int(value: Any, key: str) -> int:
     return number
 
 
+def _at_most(limit: int, why: str) -> Callable[[Any, str], int]:
+    """A parser of positive ints up to ``limit``: a larger value is a mistake
+    that would otherwise fail far from the option (``why`` says what fails)."""
+
+    def parse(value: Any, key: str) -> int:
+        number = _positive_int(value, key)
+        if number > limit:
+            raise OptionError(f"{key} must be at most {limit}, got {number} ({why})")
+        return number
+
+    return parse
+
+
 def _non_negative_int(value: Any, key: str) -> int:
     number = _int_like(value, key)
     if number < 0:
@@ -214,10 +229,30 @@ def _paths(value: Any, key: str) -> list[str]:
     raise OptionError(f"{key} must be a path-like object or sequence of path-like objects")
 
 
+#: The highest core index a schedule may name. An RK3588 has cores 0-2 and a
+#: core mask is a small bit field; on CPU backends core n is the n-th usable
+#: CPU, wrapping around. A larger index is a mistake (a task number, a pid)
+#: that would otherwise fail deep in the worker's start (its mask 1 << n).
+MAX_CORE = 255
+
+#: Contexts per worker: each is a thread with its own copy of the model and
+#: its own sockets, so thousands would run out of file descriptors at start.
+MAX_THREADS_PER_CORE = 64
+
+#: The longest wait Python's locks accept, in ms (a longer submit time-out
+#: would raise OverflowError once a submission has to wait).
+_LONGEST_WAIT_MS = int(threading.TIMEOUT_MAX * 1000)
+
+
 def _core(value: Any, key: str) -> int:
     core = _int_like(value, key)
     if core < 0:
         raise OptionError("schedule values must be >= 0")
+    if core > MAX_CORE:
+        raise OptionError(
+            f"schedule values must be at most {MAX_CORE}, got {core} "
+            "(a core index: 0-2 on an RK3588, the n-th CPU on CPU backends)"
+        )
     return core
 
 
@@ -288,8 +323,14 @@ _PARSERS: dict[str, tuple[str, Callable[[Any, str], Any]]] = {
     "layout": ("layout", _string),
     "zero_copy_layout": ("zero_copy_layout", _string),
     "max_queue_size": ("max_queue_size", _positive_int),
-    "threads_per_core": ("threads_per_core", _positive_int),
-    "submit_timeout_ms": ("submit_timeout_ms", _positive_int),
+    "threads_per_core": (
+        "threads_per_core",
+        _at_most(MAX_THREADS_PER_CORE, "each context is a thread with its own copy of the model"),
+    ),
+    "submit_timeout_ms": (
+        "submit_timeout_ms",
+        _at_most(_LONGEST_WAIT_MS, "the longest wait Python supports"),
+    ),
     "sequential_callbacks": ("sequential_callbacks", _bool_like),
     "schedule": ("schedule", _schedule),
     "tp_mode": ("tp_mode", _tp_mode),
@@ -308,7 +349,10 @@ _PARSERS: dict[str, tuple[str, Callable[[Any, str], Any]]] = {
     "start_timeout_s": ("start_timeout_s", _positive_float),
     "target_platform": ("target_platform", _target_platform),
     "task_timeout_ms": ("task_timeout_ms", _non_negative_int),
-    "heartbeat_interval_ms": ("heartbeat_interval_ms", _positive_int),
+    "heartbeat_interval_ms": (
+        "heartbeat_interval_ms",
+        _at_most(LONGEST_HEARTBEAT_MS, "a peer's heartbeat is believed up to a minute"),
+    ),
     "heartbeat_liveness": ("heartbeat_liveness", _positive_int),
     "max_tasks_per_worker": ("max_tasks_per_worker", _non_negative_int),
     "max_worker_rss_mb": ("max_worker_rss_mb", _non_negative_int),
