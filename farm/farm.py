@@ -84,8 +84,8 @@ class Farm:
     """A farm of worker processes running one model.
 
     Args:
-        model: a ``.onnx`` or ``.rknn`` file, or ``"package.module:function"``
-            for the ``python`` backend.
+        model: the path (str, bytes or os.PathLike) of a ``.onnx`` or ``.rknn``
+            file, or ``"package.module:function"`` for the ``python`` backend.
         backend: ``"auto"`` (by the model's file type and what is installed),
             ``"onnxruntime"``, ``"python"``, ``"rknnlite"`` or ``"rknn-sim"``.
         options: a dict from :func:`farm.make_provider_options` (or a list whose
@@ -99,13 +99,17 @@ class Farm:
 
     Raises:
         OptionError: an option has a bad value (a ``RuntimeError``).
+        ValueError: an unknown ``backend``; a ``python`` model that is not
+            ``"package.module:function"``; a model's content given as bytes.
+        TypeError: ``model`` is not a path.
+        FileNotFoundError: the model file does not exist.
         BackendUnavailableError: the backend cannot run here (says what to use).
         WorkerStartError: a worker could not load the model.
     """
 
     def __init__(
         self,
-        model: Union[str, os.PathLike[str]],
+        model: Union[str, bytes, os.PathLike[str]],
         *,
         backend: str = "auto",
         options: Any = None,
@@ -114,7 +118,7 @@ class Farm:
         self._router: Optional[Router] = None
         self._metrics: Any = None
         self.options = parse_options(options, warn_stacklevel=3, **provider_options)
-        self.model = resolve_model(model)
+        self.model = resolve_model(model, backend)
         self.backend = resolve_backend(backend, self.model)
         reap_stale_segments()
         self._arena = SharedArena()
