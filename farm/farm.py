@@ -30,7 +30,7 @@ from farm.progress import ProgressLine
 from farm.router import Router
 from farm.shm import SharedArena, reap_stale_segments
 from farm.stats import FarmStats
-from farm.task import Outcome, Task, write_inputs
+from farm.task import Outcome, Task, TaskFuture, write_inputs
 from farm.tensors import (
     InlineFeed,
     TensorSpec,
@@ -224,7 +224,9 @@ class Farm:
         array for a one-input model. Raises InvalidInputError for a bad feed,
         TaskError when the model fails, WorkerCrashedError when the worker
         died on it (after retries), SubmitTimeoutError when the farm stayed
-        full longer than ``submit_timeout_ms``.
+        full longer than ``submit_timeout_ms``, and ``TimeoutError`` naming the
+        task, ``timeout`` and where the task is when no answer came within
+        ``timeout`` seconds (the task goes on; its outputs are dropped).
         """
         future = Outcome()
         task = self._make_task(inputs, future=future)
@@ -234,8 +236,10 @@ class Farm:
         return self._require_router().wait_direct(task, *sent, timeout)
 
     def submit(self, inputs: Any) -> concurrent.futures.Future:
-        """Queue one inference; the Future resolves to the list of outputs."""
-        future: concurrent.futures.Future = concurrent.futures.Future()
+        """Queue one inference; the Future resolves to the list of outputs.
+        Its ``result(timeout)`` raises a ``TimeoutError`` that names the task,
+        the time waited and where the task is (queued, or running on core N)."""
+        future: concurrent.futures.Future = TaskFuture()
         self._admit(self._make_task(inputs, future=future))
         return future
 
@@ -341,7 +345,7 @@ class Farm:
     def _submit_to(self, stream: Optional[DirectStream], item: Any) -> concurrent.futures.Future:
         if stream is None:
             return self.submit(item)
-        future: concurrent.futures.Future = concurrent.futures.Future()
+        future: concurrent.futures.Future = TaskFuture()
         task = self._make_task(item, future=future)
         try:
             stream.submit(task)

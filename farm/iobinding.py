@@ -35,6 +35,7 @@ import numpy as np
 
 from farm.errors import FarmError, InvalidInputError
 from farm.farm import Farm
+from farm.task import TaskFuture
 from farm.tensors import TensorSpec, native_dtype
 
 if TYPE_CHECKING:
@@ -354,7 +355,7 @@ def submit_in_place(farm: Farm, values: Sequence[OrtValue]) -> concurrent.future
     are small enough to travel in the task's header. The outputs go to shared
     memory even when small, since a bound output is a view of them. The task
     holds the values until it ends."""
-    future: concurrent.futures.Future = concurrent.futures.Future()
+    future: concurrent.futures.Future = TaskFuture()
     farm._admit(farm._make_task([value._array for value in values], outputs_in_arena=True, future=future))
     return future
 
