@@ -80,6 +80,17 @@ def _nothing() -> None:
     pass
 
 
+def _map_item_error(index: int, error: Exception) -> Exception:
+    """``error`` of ``map()``'s item ``index``, its message saying which item
+    (of the same class, so that ``except InvalidInputError`` still catches it)."""
+    try:
+        named = type(error)(f"map item {index}: {error}")
+    except Exception:  # an error class that takes other arguments: raised as it is
+        return error
+    named.__cause__ = error
+    return named
+
+
 class Farm:
     """A farm of worker processes running one model.
 
@@ -264,7 +275,13 @@ class Farm:
         ``ordered``, else as they finish). At most ``max_in_flight`` tasks are
         outstanding (default: enough to keep every context busy), so an
         endless or huge iterable is consumed as fast as the farm can serve it.
-        ``progress=True`` draws a progress line on stderr."""
+        ``progress=True`` draws a progress line on stderr.
+
+        An item that cannot be submitted (a bad feed, a submit time-out) ends
+        the map at its turn: the items before it are run and yielded first,
+        no item after it is read, and its error is raised with its message
+        starting ``map item <index>:`` (counted from 0), the error's class
+        unchanged."""
         router = self._require_router()
         window = max_in_flight or router.map_window()
         total = len(inputs) if hasattr(inputs, "__len__") else None  # type: ignore[arg-type]
@@ -279,6 +296,7 @@ class Farm:
         resume = stream.resume if stream is not None else _nothing
         items = iter(inputs)
         submitted = 0
+        failure: Optional[Exception] = None  # the error of an item that could not be submitted
         try:
             while True:
                 suspend()
@@ -286,7 +304,11 @@ class Farm:
                 resume()
                 if item is _END:
                     break
-                pending.append(self._submit_to(stream, item))
+                try:
+                    pending.append(self._submit_to(stream, item))
+                except Exception as exc:  # a bad item: its turn comes after the items before it
+                    failure = _map_item_error(submitted, exc)
+                    break
                 submitted += 1
                 if not max_in_flight and submitted % 64 == 0:  # deeper once short tasks are measured
                     window = router.map_window()
@@ -302,6 +324,8 @@ class Farm:
                 suspend()
                 yield result
                 resume()
+            if failure is not None:
+                raise failure
         finally:
             if stream is not None:
                 stream.close()
