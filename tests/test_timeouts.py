@@ -36,7 +36,7 @@ def test_run_with_a_timeout_says_which_task_and_how_long_it_waited():
 
 def test_run_of_a_queued_task_with_a_timeout_says_it_is_queued():
     with Farm("tests.pyfuncs:sleep", backend="python", schedule=0, max_queue_size=4) as farm:
-        busy = [farm.submit(seconds(0.6)) for _ in range(2)]  # the context's window is full
+        busy = [farm.submit(seconds(1.0)) for _ in range(2)]  # the context's window is full
         message = timeout_message(farm.run, seconds(0.0), timeout=0.2)
         assert all(f.result(10) for f in busy)
     assert message == "task 2 got no answer within 0.2 s (still queued for core 0)"
@@ -44,7 +44,7 @@ def test_run_of_a_queued_task_with_a_timeout_says_it_is_queued():
 
 def test_future_result_with_a_timeout_names_the_task_and_where_it_is():
     with Farm("tests.pyfuncs:sleep", backend="python", schedule=0, max_queue_size=4) as farm:
-        futures = [farm.submit(seconds(0.6)) for _ in range(3)]
+        futures = [farm.submit(seconds(1.0)) for _ in range(3)]
         assert isinstance(futures[0], concurrent.futures.Future)
         running = timeout_message(futures[0].result, 0.2)
         queued = timeout_message(futures[2].result, 0.1)
