@@ -239,6 +239,12 @@ MAX_CORE = 255
 #: its own sockets, so thousands would run out of file descriptors at start.
 MAX_THREADS_PER_CORE = 64
 
+#: ONNX Runtime starts this many threads in each context's session.
+MAX_INTRA_OP_THREADS = 1024
+
+#: libzmq's message-size bound is a signed 64-bit count of bytes.
+_LARGEST_MESSAGE_MB = (2**63 - 1) >> 20
+
 #: The longest wait Python's locks accept, in ms (a longer submit time-out
 #: would raise OverflowError once a submission has to wait).
 _LONGEST_WAIT_MS = int(threading.TIMEOUT_MAX * 1000)
@@ -342,7 +348,10 @@ _PARSERS: dict[str, tuple[str, Callable[[Any, str], Any]]] = {
     "load_custom_ops_from_default_path": ("custom_op_default_path", _bool_like),
     "copy_outputs": ("copy_outputs", _bool_like),
     "input_shapes": ("input_shapes", _input_shapes),
-    "intra_op_threads": ("intra_op_threads", _positive_int),
+    "intra_op_threads": (
+        "intra_op_threads",
+        _at_most(MAX_INTRA_OP_THREADS, "ONNX Runtime starts that many threads in each context"),
+    ),
     "max_retries": ("max_retries", _non_negative_int),
     "sim_dataset": ("sim_dataset", _path_like),
     "sim_quantize": ("sim_quantize", _bool_like),
@@ -360,7 +369,7 @@ _PARSERS: dict[str, tuple[str, Callable[[Any, str], Any]]] = {
     "keys_dir": ("keys_dir", _path_like),
     "insecure": ("insecure", _bool_like),
     "local_cores": ("local_cores", _bool_like),
-    "max_message_mb": ("max_message_mb", _positive_int),
+    "max_message_mb": ("max_message_mb", _at_most(_LARGEST_MESSAGE_MB, "libzmq counts bytes in 63 bits")),
     "spin_us": ("spin_us", _non_negative_int),
 }
 #: Keys only the farm knows, sorted; they follow the seed's keys in the "Supported keys" message.

@@ -296,6 +296,11 @@ REJECTED = [
     ({"max_retries": "x"}, "max_retries must be an integer"),
     ({"copy_outputs": "x"}, "copy_outputs must be a boolean"),
     ({"intra_op_threads": 0}, "intra_op_threads must be > 0"),
+    (
+        {"intra_op_threads": 10**6},
+        "intra_op_threads must be at most 1024, got 1000000 "
+        "(ONNX Runtime starts that many threads in each context)",
+    ),
     ({"start_timeout_s": 0}, "start_timeout_s must be > 0"),
     ({"start_timeout_s": -1.5}, "start_timeout_s must be > 0"),
     ({"start_timeout_s": "abc"}, "start_timeout_s must be a finite number"),
@@ -337,6 +342,10 @@ REJECTED = [
     ({"insecure": "maybe"}, "insecure must be a boolean"),
     ({"local_cores": 2.0}, "local_cores must be a boolean"),
     ({"max_message_mb": 0}, "max_message_mb must be > 0"),
+    (
+        {"max_message_mb": 2**62},
+        f"max_message_mb must be at most {(2**63 - 1) >> 20}, got {2**62} (libzmq counts bytes in 63 bits)",
+    ),
     ({"spin_us": -1}, "spin_us must be >= 0"),
     ({"foo": 1}, f"Unknown provider_options key: foo. Supported keys: {SEED_KEY_LIST}, {FARM_KEY_LIST}"),
     (
