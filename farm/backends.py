@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import platform
-from typing import Union
+from typing import Any, Union
 
 from farm.errors import BackendUnavailableError
 
@@ -39,15 +39,48 @@ def _looks_like_callable_spec(model: str) -> bool:
     return bool(sep and module and attribute and not os.path.exists(model) and "/" not in module)
 
 
-def resolve_model(model: Union[str, os.PathLike[str]]) -> str:
+def resolve_model(model: Union[str, bytes, os.PathLike[str]], backend: str = "auto") -> str:
     """The model as the workers will open it: an absolute path, or a
-    ``"module:function"`` spec for the python backend."""
-    text = os.fspath(model)
+    ``"module:function"`` spec for the python backend.
+
+    A bytes path is decoded as ``os.fsdecode`` does. Raises TypeError for
+    something that is not a path, ValueError for the model's content given
+    as bytes (only :class:`farm.InferenceSession` takes that) and for a
+    ``backend="python"`` model that is no spec, FileNotFoundError for a
+    missing file."""
+    text = _model_text(model)
+    if backend == "python":
+        _check_callable_spec(text)  # before the file check: such a model is no file
+        return text
     if _looks_like_callable_spec(text):
         return text
     if not os.path.isfile(text):
-        raise FileNotFoundError(f"model file not found: {text!r}")
+        raise FileNotFoundError(
+            f"model file not found: {text!r} (give the path of a .onnx or .rknn file, "
+            "or 'package.module:function' with backend='python')"
+        )
     return os.path.abspath(text)
+
+
+def _model_text(model: Any) -> str:
+    if isinstance(model, (bytes, bytearray, memoryview)) and b"\0" in bytes(model):
+        # A path never holds a NUL byte; a model's content (ONNX, RKNN) does.
+        raise ValueError(
+            f"Farm takes the path of a model file, not the model's content ({len(model)} bytes); "
+            "write it to a file, or open it with farm.InferenceSession(data), which takes bytes"
+        )
+    try:
+        return os.fsdecode(os.fspath(bytes(model) if isinstance(model, (bytearray, memoryview)) else model))
+    except TypeError:
+        raise TypeError(
+            f"model must be a path (str, bytes or os.PathLike) or 'package.module:function', "
+            f"not {type(model).__name__}"
+        ) from None
+
+
+def _check_callable_spec(model: str) -> None:
+    if not _looks_like_callable_spec(model):
+        raise ValueError(f"the python backend needs a model like 'package.module:function', got {model!r}")
 
 
 def resolve_backend(backend: str, model: str) -> str:
@@ -58,10 +91,7 @@ def resolve_backend(backend: str, model: str) -> str:
     if backend == "auto":
         backend = _auto_backend(model)
     if backend == "python":
-        if not _looks_like_callable_spec(model):
-            raise ValueError(
-                f"the python backend needs a model like 'package.module:function', got {model!r}"
-            )
+        _check_callable_spec(model)
         return backend
     if backend not in _IMPLEMENTED:
         raise BackendUnavailableError(

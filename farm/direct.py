@@ -34,7 +34,7 @@ import zmq
 
 from farm.channels import DIRECT_POLL_MS, ChannelPool, ReplyChannel
 from farm.errors import FarmClosedError, SubmitTimeoutError
-from farm.task import Task
+from farm.task import Task, timed_out
 from workers import protocol
 from workers.spin import SpinWait
 
@@ -161,8 +161,9 @@ class DirectPath:
                 self._take_direct_answer(message, frames)
         finally:
             self._return_channel(channel, [task])
-        if future.done():
-            self._spin.record(time.perf_counter() - waiting_since)
+        if not future.done():
+            raise timed_out(task, timeout)  # the task goes on; the router's sweep reads its answer
+        self._spin.record(time.perf_counter() - waiting_since)
         return future.result(0)
 
     def _take_direct_answer(self, message: list[Any], frames: list[Any]) -> None:

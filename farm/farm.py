@@ -30,7 +30,7 @@ from farm.progress import ProgressLine
 from farm.router import Router
 from farm.shm import SharedArena, reap_stale_segments
 from farm.stats import FarmStats
-from farm.task import Outcome, Task, write_inputs
+from farm.task import Outcome, Task, TaskFuture, write_inputs
 from farm.tensors import (
     InlineFeed,
     TensorSpec,
@@ -80,12 +80,23 @@ def _nothing() -> None:
     pass
 
 
+def _map_item_error(index: int, error: Exception) -> Exception:
+    """``error`` of ``map()``'s item ``index``, its message saying which item
+    (of the same class, so that ``except InvalidInputError`` still catches it)."""
+    try:
+        named = type(error)(f"map item {index}: {error}")
+    except Exception:  # an error class that takes other arguments: raised as it is
+        return error
+    named.__cause__ = error
+    return named
+
+
 class Farm:
     """A farm of worker processes running one model.
 
     Args:
-        model: a ``.onnx`` or ``.rknn`` file, or ``"package.module:function"``
-            for the ``python`` backend.
+        model: the path (str, bytes or os.PathLike) of a ``.onnx`` or ``.rknn``
+            file, or ``"package.module:function"`` for the ``python`` backend.
         backend: ``"auto"`` (by the model's file type and what is installed),
             ``"onnxruntime"``, ``"python"``, ``"rknnlite"`` or ``"rknn-sim"``.
         options: a dict from :func:`farm.make_provider_options` (or a list whose
@@ -99,13 +110,17 @@ class Farm:
 
     Raises:
         OptionError: an option has a bad value (a ``RuntimeError``).
+        ValueError: an unknown ``backend``; a ``python`` model that is not
+            ``"package.module:function"``; a model's content given as bytes.
+        TypeError: ``model`` is not a path.
+        FileNotFoundError: the model file does not exist.
         BackendUnavailableError: the backend cannot run here (says what to use).
         WorkerStartError: a worker could not load the model.
     """
 
     def __init__(
         self,
-        model: Union[str, os.PathLike[str]],
+        model: Union[str, bytes, os.PathLike[str]],
         *,
         backend: str = "auto",
         options: Any = None,
@@ -116,7 +131,7 @@ class Farm:
         #: The process that created the farm: the only one that may use or close it.
         self.owner_pid = os.getpid()
         self.options = parse_options(options, warn_stacklevel=3, **provider_options)
-        self.model = resolve_model(model)
+        self.model = resolve_model(model, backend)
         self.backend = resolve_backend(backend, self.model)
         reap_stale_segments()
         self._arena = SharedArena()
@@ -222,7 +237,9 @@ class Farm:
         array for a one-input model. Raises InvalidInputError for a bad feed,
         TaskError when the model fails, WorkerCrashedError when the worker
         died on it (after retries), SubmitTimeoutError when the farm stayed
-        full longer than ``submit_timeout_ms``.
+        full longer than ``submit_timeout_ms``, and ``TimeoutError`` naming the
+        task, ``timeout`` and where the task is when no answer came within
+        ``timeout`` seconds (the task goes on; its outputs are dropped).
         """
         future = Outcome()
         task = self._make_task(inputs, future=future)
@@ -232,8 +249,10 @@ class Farm:
         return self._require_router().wait_direct(task, *sent, timeout)
 
     def submit(self, inputs: Any) -> concurrent.futures.Future:
-        """Queue one inference; the Future resolves to the list of outputs."""
-        future: concurrent.futures.Future = concurrent.futures.Future()
+        """Queue one inference; the Future resolves to the list of outputs.
+        Its ``result(timeout)`` raises a ``TimeoutError`` that names the task,
+        the time waited and where the task is (queued, or running on core N)."""
+        future: concurrent.futures.Future = TaskFuture()
         self._admit(self._make_task(inputs, future=future))
         return future
 
@@ -258,7 +277,13 @@ class Farm:
         ``ordered``, else as they finish). At most ``max_in_flight`` tasks are
         outstanding (default: enough to keep every context busy), so an
         endless or huge iterable is consumed as fast as the farm can serve it.
-        ``progress=True`` draws a progress line on stderr."""
+        ``progress=True`` draws a progress line on stderr.
+
+        An item that cannot be submitted (a bad feed, a submit time-out) ends
+        the map at its turn: the items before it are run and yielded first,
+        no item after it is read, and its error is raised with its message
+        starting ``map item <index>:`` (counted from 0), the error's class
+        unchanged."""
         router = self._require_router()
         window = max_in_flight or router.map_window()
         total = len(inputs) if hasattr(inputs, "__len__") else None  # type: ignore[arg-type]
@@ -273,6 +298,7 @@ class Farm:
         resume = stream.resume if stream is not None else _nothing
         items = iter(inputs)
         submitted = 0
+        failure: Optional[Exception] = None  # the error of an item that could not be submitted
         try:
             while True:
                 suspend()
@@ -280,7 +306,11 @@ class Farm:
                 resume()
                 if item is _END:
                     break
-                pending.append(self._submit_to(stream, item))
+                try:
+                    pending.append(self._submit_to(stream, item))
+                except Exception as exc:  # a bad item: its turn comes after the items before it
+                    failure = _map_item_error(submitted, exc)
+                    break
                 submitted += 1
                 if not max_in_flight and submitted % 64 == 0:  # deeper once short tasks are measured
                     window = router.map_window()
@@ -296,6 +326,8 @@ class Farm:
                 suspend()
                 yield result
                 resume()
+            if failure is not None:
+                raise failure
         finally:
             if stream is not None:
                 stream.close()
@@ -339,7 +371,7 @@ class Farm:
     def _submit_to(self, stream: Optional[DirectStream], item: Any) -> concurrent.futures.Future:
         if stream is None:
             return self.submit(item)
-        future: concurrent.futures.Future = concurrent.futures.Future()
+        future: concurrent.futures.Future = TaskFuture()
         task = self._make_task(item, future=future)
         try:
             stream.submit(task)

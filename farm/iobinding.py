@@ -35,7 +35,8 @@ import numpy as np
 
 from farm.errors import FarmError, InvalidInputError
 from farm.farm import Farm
-from farm.tensors import TensorSpec
+from farm.task import TaskFuture
+from farm.tensors import TensorSpec, native_dtype
 
 if TYPE_CHECKING:
     from farm.session import InferenceSession
@@ -72,7 +73,7 @@ _IO_KINDS = ("input", "output")
 
 def ort_type_name(dtype: Any) -> str:
     """``tensor(float)`` for float32, ...; ``tensor(unknown)`` for what ORT has no name for."""
-    return _ORT_TYPE_NAMES.get(np.dtype(dtype), "tensor(unknown)")
+    return _ORT_TYPE_NAMES.get(native_dtype(dtype), "tensor(unknown)")
 
 
 class OrtValue:
@@ -161,7 +162,7 @@ class OrtValue:
                 f"update_inplace source shape mismatch: expected {list(self._array.shape)}, "
                 f"got {list(source.shape)}"
             )
-        if source.dtype != self._array.dtype:
+        if native_dtype(source.dtype) != self._array.dtype:
             raise InvalidInputError(
                 f"update_inplace source element type mismatch: expected {self._array.dtype.name}, "
                 f"got {source.dtype.name}"
@@ -226,8 +227,9 @@ class SessionIOBinding:
         """Copy ``arr`` (exact shape and dtype) into a new shared-memory value now."""
         spec = self._session._input_spec(name)
         array = np.asarray(arr)
-        _check_tensor(spec, "input", array.shape, array.dtype)
-        value = _shared_value(self._session._open_farm(), array.shape, array.dtype)
+        dtype = native_dtype(array.dtype)  # the same values in this machine's byte order
+        _check_tensor(spec, "input", array.shape, dtype)
+        value = _shared_value(self._session._open_farm(), array.shape, dtype)
         np.copyto(value._array, array)
         self._inputs[name] = value
 
@@ -353,7 +355,7 @@ def submit_in_place(farm: Farm, values: Sequence[OrtValue]) -> concurrent.future
     are small enough to travel in the task's header. The outputs go to shared
     memory even when small, since a bound output is a view of them. The task
     holds the values until it ends."""
-    future: concurrent.futures.Future = concurrent.futures.Future()
+    future: concurrent.futures.Future = TaskFuture()
     farm._admit(farm._make_task([value._array for value in values], outputs_in_arena=True, future=future))
     return future
 
@@ -389,7 +391,7 @@ def _check_tensor(spec: TensorSpec, kind: str, shape: Sequence[Optional[int]], d
             f"OrtValue for {kind} '{spec.name}' shape mismatch: expected {format_shape(spec.shape)}, "
             f"got {format_shape(shape)}"
         )
-    if np.dtype(dtype) != spec.dtype:
+    if native_dtype(dtype) != spec.dtype:
         raise InvalidInputError(
             f"OrtValue for {kind} '{spec.name}' element type mismatch: expected {spec.dtype.name}, "
             f"got {np.dtype(dtype).name}"
@@ -417,7 +419,7 @@ def _element_dtype(element_type: Any) -> np.dtype:
     if isinstance(element_type, str) and element_type in _DTYPES_BY_ORT_NAME:
         return _DTYPES_BY_ORT_NAME[element_type]
     try:
-        return np.dtype(element_type)
+        return native_dtype(element_type)  # a value's memory is in this machine's byte order
     except TypeError:
         raise InvalidInputError(
             f"element_type must be a numpy dtype or an ONNX Runtime type such as 'tensor(float)', "

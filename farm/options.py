@@ -11,12 +11,14 @@ from __future__ import annotations
 import math
 import os
 import re
+import threading
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Optional, Union
 
 from farm.errors import OptionError
+from workers.protocol import LONGEST_HEARTBEAT_MS
 
 __all__ = [
     "CORE_MASKS",
@@ -163,6 +165,19 @@ def _positive_int(value: Any, key: str) -> int:
     return number
 
 
+def _at_most(limit: int, why: str) -> Callable[[Any, str], int]:
+    """A parser of positive ints up to ``limit``: a larger value is a mistake
+    that would otherwise fail far from the option (``why`` says what fails)."""
+
+    def parse(value: Any, key: str) -> int:
+        number = _positive_int(value, key)
+        if number > limit:
+            raise OptionError(f"{key} must be at most {limit}, got {number} ({why})")
+        return number
+
+    return parse
+
+
 def _non_negative_int(value: Any, key: str) -> int:
     number = _int_like(value, key)
     if number < 0:
@@ -214,10 +229,36 @@ def _paths(value: Any, key: str) -> list[str]:
     raise OptionError(f"{key} must be a path-like object or sequence of path-like objects")
 
 
+#: The highest core index a schedule may name. An RK3588 has cores 0-2 and a
+#: core mask is a small bit field; on CPU backends core n is the n-th usable
+#: CPU, wrapping around. A larger index is a mistake (a task number, a pid)
+#: that would otherwise fail deep in the worker's start (its mask 1 << n).
+MAX_CORE = 255
+
+#: Contexts per worker: each is a thread with its own copy of the model and
+#: its own sockets, so thousands would run out of file descriptors at start.
+MAX_THREADS_PER_CORE = 64
+
+#: ONNX Runtime starts this many threads in each context's session.
+MAX_INTRA_OP_THREADS = 1024
+
+#: libzmq's message-size bound is a signed 64-bit count of bytes.
+_LARGEST_MESSAGE_MB = (2**63 - 1) >> 20
+
+#: The longest wait Python's locks accept, in ms (a longer submit time-out
+#: would raise OverflowError once a submission has to wait).
+_LONGEST_WAIT_MS = int(threading.TIMEOUT_MAX * 1000)
+
+
 def _core(value: Any, key: str) -> int:
     core = _int_like(value, key)
     if core < 0:
         raise OptionError("schedule values must be >= 0")
+    if core > MAX_CORE:
+        raise OptionError(
+            f"schedule values must be at most {MAX_CORE}, got {core} "
+            "(a core index: 0-2 on an RK3588, the n-th CPU on CPU backends)"
+        )
     return core
 
 
@@ -288,8 +329,14 @@ _PARSERS: dict[str, tuple[str, Callable[[Any, str], Any]]] = {
     "layout": ("layout", _string),
     "zero_copy_layout": ("zero_copy_layout", _string),
     "max_queue_size": ("max_queue_size", _positive_int),
-    "threads_per_core": ("threads_per_core", _positive_int),
-    "submit_timeout_ms": ("submit_timeout_ms", _positive_int),
+    "threads_per_core": (
+        "threads_per_core",
+        _at_most(MAX_THREADS_PER_CORE, "each context is a thread with its own copy of the model"),
+    ),
+    "submit_timeout_ms": (
+        "submit_timeout_ms",
+        _at_most(_LONGEST_WAIT_MS, "the longest wait Python supports"),
+    ),
     "sequential_callbacks": ("sequential_callbacks", _bool_like),
     "schedule": ("schedule", _schedule),
     "tp_mode": ("tp_mode", _tp_mode),
@@ -301,14 +348,20 @@ _PARSERS: dict[str, tuple[str, Callable[[Any, str], Any]]] = {
     "load_custom_ops_from_default_path": ("custom_op_default_path", _bool_like),
     "copy_outputs": ("copy_outputs", _bool_like),
     "input_shapes": ("input_shapes", _input_shapes),
-    "intra_op_threads": ("intra_op_threads", _positive_int),
+    "intra_op_threads": (
+        "intra_op_threads",
+        _at_most(MAX_INTRA_OP_THREADS, "ONNX Runtime starts that many threads in each context"),
+    ),
     "max_retries": ("max_retries", _non_negative_int),
     "sim_dataset": ("sim_dataset", _path_like),
     "sim_quantize": ("sim_quantize", _bool_like),
     "start_timeout_s": ("start_timeout_s", _positive_float),
     "target_platform": ("target_platform", _target_platform),
     "task_timeout_ms": ("task_timeout_ms", _non_negative_int),
-    "heartbeat_interval_ms": ("heartbeat_interval_ms", _positive_int),
+    "heartbeat_interval_ms": (
+        "heartbeat_interval_ms",
+        _at_most(LONGEST_HEARTBEAT_MS, "a peer's heartbeat is believed up to a minute"),
+    ),
     "heartbeat_liveness": ("heartbeat_liveness", _positive_int),
     "max_tasks_per_worker": ("max_tasks_per_worker", _non_negative_int),
     "max_worker_rss_mb": ("max_worker_rss_mb", _non_negative_int),
@@ -316,7 +369,7 @@ _PARSERS: dict[str, tuple[str, Callable[[Any, str], Any]]] = {
     "keys_dir": ("keys_dir", _path_like),
     "insecure": ("insecure", _bool_like),
     "local_cores": ("local_cores", _bool_like),
-    "max_message_mb": ("max_message_mb", _positive_int),
+    "max_message_mb": ("max_message_mb", _at_most(_LARGEST_MESSAGE_MB, "libzmq counts bytes in 63 bits")),
     "spin_us": ("spin_us", _non_negative_int),
 }
 #: Keys only the farm knows, sorted; they follow the seed's keys in the "Supported keys" message.

@@ -35,7 +35,7 @@ from farm.errors import FarmClosedError, FarmError, InvalidInputError, OptionErr
 from farm.farm import Farm
 from farm.iobinding import SessionIOBinding, format_shape, ort_type_name, run_with_binding
 from farm.options import _bool_like, parse_options
-from farm.tensors import ACCEPTED_DTYPES, TensorSpec
+from farm.tensors import ACCEPTED_DTYPES, TensorSpec, native_dtype
 from workers.segments import SEGMENT_PREFIX
 
 __all__ = ["InferenceSession", "ModelMetadata", "NodeArg", "RknnProviderOptions"]
@@ -419,7 +419,7 @@ def _checked_array(spec: TensorSpec, value: Any, batch: bool) -> np.ndarray:
     takes any size; in batch mode dim 0 is free."""
     array = np.asarray(value)
     # The seed's ten dtypes, and the model's own (a float64 ONNX input takes float64).
-    if array.dtype not in ACCEPTED_DTYPES and array.dtype != spec.dtype:
+    if native_dtype(array.dtype) not in ACCEPTED_DTYPES and native_dtype(array.dtype) != spec.dtype:
         raise InvalidInputError("Unsupported numpy dtype for RKNN input")
     if array.ndim > _MAX_RANK:
         raise InvalidInputError("Input rank is too large")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+import weakref
 from collections.abc import Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeoutError
@@ -22,7 +23,7 @@ from farm.shm import Region, SharedArena, locate_shared
 from farm.tensors import PreparedInput
 from workers.protocol import INLINE_BYTES, align
 
-__all__ = ["Outcome", "Task", "write_inputs"]
+__all__ = ["Outcome", "Task", "TaskFuture", "timed_out", "write_inputs"]
 
 Callback = Callable[[Optional[list], Any, str], None]
 
@@ -150,6 +151,7 @@ class Task:
         "dispatched_at",
         "slot",
         "_ended",
+        "__weakref__",  # a TaskFuture or Outcome refers to its task weakly (to say where it is)
     )
 
     def __init__(
@@ -182,6 +184,8 @@ class Task:
         self.dispatched_at = 0.0
         self.slot: Any = None
         self._ended = threading.Lock()  # taken, never released, by whoever ends the task
+        if isinstance(future, (TaskFuture, Outcome)):
+            future._task = weakref.ref(self)
 
     def release_inputs(self, arena: SharedArena) -> None:
         """The inputs are read for good: free the task's region and let go of
@@ -213,13 +217,14 @@ class Outcome:
     an event to wait on.
     """
 
-    __slots__ = ("_done", "_value", "_error", "_event")
+    __slots__ = ("_done", "_value", "_error", "_event", "_task")
 
     def __init__(self) -> None:
         self._done = False
         self._value: Any = None
         self._error: Optional[BaseException] = None
         self._event: Optional[threading.Event] = None
+        self._task: Optional[weakref.ref[Task]] = None  # set by the Task it belongs to
 
     def cancelled(self) -> bool:
         return False  # nobody can cancel a run() but its own timeout
@@ -246,7 +251,62 @@ class Outcome:
         if not self._done:
             event = self._event = threading.Event()
             if not self._done and not event.wait(timeout):
-                raise FutureTimeoutError(f"no answer within {timeout} s")
+                raise timed_out(_referent(self._task), timeout)
         if self._error is not None:
             raise self._error
         return self._value
+
+
+class TaskFuture(Future):
+    """The ``concurrent.futures.Future`` of one task (``Farm.submit``, ``map``).
+
+    Its ``result(timeout)`` and ``exception(timeout)`` raise the same
+    ``TimeoutError`` class as any Future's, so ``except`` clauses keep working,
+    but with a message that says which task timed out, after how long, and
+    where it is (``Future``'s own is empty)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._task: Optional[weakref.ref[Task]] = None  # set by the Task it belongs to
+
+    def result(self, timeout: Optional[float] = None) -> Any:
+        try:
+            return super().result(timeout)
+        except FutureTimeoutError:
+            if self.done():  # ended meanwhile, or its own error is a TimeoutError: that is the outcome
+                return super().result(0)
+            raise timed_out(_referent(self._task), timeout) from None
+
+    def exception(self, timeout: Optional[float] = None) -> Optional[BaseException]:
+        try:
+            return super().exception(timeout)
+        except FutureTimeoutError:
+            if self.done():
+                return super().exception(0)
+            raise timed_out(_referent(self._task), timeout) from None
+
+
+def _referent(ref: Optional[weakref.ref[Task]]) -> Optional[Task]:
+    return None if ref is None else ref()
+
+
+def timed_out(task: Optional[Task], timeout: Optional[float]) -> FutureTimeoutError:
+    """The error for a wait of ``timeout`` seconds on ``task`` that saw no answer:
+    the builtin ``TimeoutError`` (``concurrent.futures.TimeoutError`` before
+    Python 3.11), saying which task, how long and where the task is now."""
+    name = "the task" if task is None or task.task_id < 0 else f"task {task.task_id}"
+    waited = "" if timeout is None else f" within {timeout:g} s"
+    where = "" if task is None else f" ({_whereabouts(task)})"
+    return FutureTimeoutError(f"{name} got no answer{waited}{where}")
+
+
+def _whereabouts(task: Task) -> str:
+    """Where ``task`` is, read without the router's lock (a snapshot for a message)."""
+    if task.task_id < 0:
+        return "not admitted yet"
+    slot = task.slot
+    if slot is not None and slot.in_flight.get(task.task_id) is task:
+        return f"still running on core {task.core}, for {time.perf_counter() - task.dispatched_at:.1f} s"
+    if task.ended:
+        return "it has just ended"
+    return f"still queued for core {task.core}"

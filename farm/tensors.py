@@ -26,6 +26,7 @@ __all__ = [
     "shared_input_layout",
     "specs_from_description",
     "static_bytes",
+    "native_dtype",
     "transpose_axes",
     "user_spec",
 ]
@@ -35,6 +36,16 @@ ACCEPTED_DTYPES = frozenset(
     np.dtype(t)
     for t in ("float32", "float16", "int8", "uint8", "int16", "uint16", "int32", "uint32", "int64", "bool")
 )
+
+
+
+def native_dtype(dtype: Any) -> np.dtype:
+    """``dtype`` in this machine's byte order (``>f4`` -> ``float32`` on a
+    little-endian board). A non-native array holds the same values in
+    swapped bytes: it converts without loss, while the workers and runtimes
+    read native bytes only, so every input is compared and copied as this."""
+    return np.dtype(dtype).newbyteorder("=")
+
 
 _NHWC_TO_NCHW = (0, 3, 1, 2)
 _NCHW_TO_NHWC = (0, 2, 3, 1)
@@ -235,27 +246,26 @@ def _pair_with_specs(feed: Any, specs: Sequence[TensorSpec]) -> list[tuple[Tenso
     )
 
 
-def _as_array(name: str, value: Any) -> np.ndarray:
+def _as_array(name: str, value: Any) -> tuple[np.ndarray, np.dtype]:
+    """The input as an array, and its dtype in native byte order (what it travels as)."""
     array = np.asarray(value)
     if array.dtype.kind not in "biuf":
         raise InvalidInputError(f"Input {name!r} has dtype {array.dtype}, which is not a numeric tensor")
-    return array
+    return array, native_dtype(array.dtype)
 
 
 def _prepare_one(
     spec: TensorSpec, value: Any, axes: Optional[tuple[int, ...]], converts_dtypes: bool = False
 ) -> PreparedInput:
-    array = _as_array(spec.name, value)
+    array, dtype = _as_array(spec.name, value)
     if converts_dtypes:
-        if array.dtype not in ACCEPTED_DTYPES:
+        if dtype not in ACCEPTED_DTYPES:
             raise InvalidInputError(
                 f"Input {spec.name!r} has dtype {array.dtype}, which the RKNN runtime does not take; "
                 f"use one of: {', '.join(sorted(d.name for d in ACCEPTED_DTYPES))}"
             )
-        spec = TensorSpec(spec.name, spec.shape, array.dtype)  # travels as given; the runtime converts
-    elif array.dtype != spec.dtype and not (
-        array.dtype in ACCEPTED_DTYPES and np.can_cast(array.dtype, spec.dtype, "safe")
-    ):
+        spec = TensorSpec(spec.name, spec.shape, dtype)  # its own type in native bytes; the runtime converts
+    elif dtype != spec.dtype and not (dtype in ACCEPTED_DTYPES and np.can_cast(dtype, spec.dtype, "safe")):
         raise InvalidInputError(
             f"Input {spec.name!r} has dtype {array.dtype}, which the model's {spec.dtype} input does not "
             f"accept without losing precision; convert it first, e.g. array.astype(np.{spec.dtype.name})"
@@ -298,8 +308,8 @@ def _prepare_free_form(feed: Any) -> list[PreparedInput]:
         )
     prepared = []
     for name, value in items:
-        array = _as_array(name, value)
-        prepared.append(PreparedInput(name, array, array.dtype, array.shape, None))
+        array, dtype = _as_array(name, value)
+        prepared.append(PreparedInput(name, array, dtype, array.shape, None))
     return prepared
 
 

@@ -76,3 +76,19 @@ def doubling(value: float, seconds: float) -> dict:
     """A feed for :func:`double_later`: ``data`` all ``value`` (64 KiB: it goes
     through shared memory), doubled after ``seconds``."""
     return {"data": np.full(16384, value, np.float32), "seconds": np.array([seconds])}
+
+
+_leaks = []
+
+
+def leak_20_mib(inputs):
+    """Keeps 20 MiB more (touched, so resident) at each call; returns
+    [task value, this process's resident memory in MiB after the leak]."""
+    _leaks.append(np.ones(20 << 20, dtype=np.uint8))
+    with open("/proc/self/statm") as statm:
+        resident_pages = int(statm.read().split()[1])
+    rss_mb = resident_pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+    return np.array([float(np.asarray(inputs["value"]).reshape(-1)[0]), rss_mb])
+
+
+leak_20_mib.inputs = [("value", [1], "float64")]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import threading
 import types
 import warnings
 from pathlib import Path
@@ -214,6 +215,9 @@ def test_none_value_means_not_given(key):
 
 # ---------------------------------------------------------------- rejected values
 
+CORE_INDEX = "a core index: 0-2 on an RK3588, the n-th CPU on CPU backends"
+LONGEST_WAIT_MS = int(threading.TIMEOUT_MAX * 1000)
+
 REJECTED = [
     # (options, exact message)
     ({"max_queue_size": 0}, "max_queue_size must be > 0"),
@@ -231,7 +235,17 @@ REJECTED = [
     ({"max_queue_size": [3]}, "max_queue_size must be an integer"),
     ({"threads_per_core": 0}, "threads_per_core must be > 0"),
     ({"threads_per_core": "two"}, "threads_per_core must be an integer"),
+    (
+        {"threads_per_core": 10**6},
+        "threads_per_core must be at most 64, got 1000000 "
+        "(each context is a thread with its own copy of the model)",
+    ),
     ({"submit_timeout_ms": 0}, "submit_timeout_ms must be > 0"),
+    (
+        {"submit_timeout_ms": 2**62},
+        f"submit_timeout_ms must be at most {LONGEST_WAIT_MS}, got {2**62} "
+        "(the longest wait Python supports)",
+    ),
     ({"submit_timeout_ms": 1e3}, "submit_timeout_ms must be an integer"),
     ({"sequential_callbacks": "maybe"}, "sequential_callbacks must be a boolean"),
     ({"sequential_callbacks": 1.0}, "sequential_callbacks must be a boolean"),
@@ -256,6 +270,8 @@ REJECTED = [
     ({"schedule": np.int64(0)}, "schedule must be an integer, string, or sequence"),
     ({"schedule": [0, 1.5]}, "schedule must be an integer"),  # items go through the int-like rule
     ({"schedule": [None]}, "schedule must be an integer"),
+    ({"schedule": [10**6]}, f"schedule values must be at most 255, got 1000000 ({CORE_INDEX})"),
+    ({"schedule": "0,256"}, f"schedule values must be at most 255, got 256 ({CORE_INDEX})"),
     ({"tp_mode": 1}, "tp_mode must be a string"),
     ({"tp_mode": ["0"]}, "tp_mode must be a string"),
     ({"tp_mode": "0, 1"}, f"invalid tp_mode: '0, 1', {TP_CHOICES}"),
@@ -280,6 +296,11 @@ REJECTED = [
     ({"max_retries": "x"}, "max_retries must be an integer"),
     ({"copy_outputs": "x"}, "copy_outputs must be a boolean"),
     ({"intra_op_threads": 0}, "intra_op_threads must be > 0"),
+    (
+        {"intra_op_threads": 10**6},
+        "intra_op_threads must be at most 1024, got 1000000 "
+        "(ONNX Runtime starts that many threads in each context)",
+    ),
     ({"start_timeout_s": 0}, "start_timeout_s must be > 0"),
     ({"start_timeout_s": -1.5}, "start_timeout_s must be > 0"),
     ({"start_timeout_s": "abc"}, "start_timeout_s must be a finite number"),
@@ -301,6 +322,11 @@ REJECTED = [
     ({"sim_dataset": 5}, "sim_dataset must be a path-like object or string"),
     ({"task_timeout_ms": -5}, "task_timeout_ms must be >= 0"),
     ({"heartbeat_interval_ms": 0}, "heartbeat_interval_ms must be > 0"),
+    (
+        {"heartbeat_interval_ms": 60_001},
+        "heartbeat_interval_ms must be at most 60000, got 60001 "
+        "(a peer's heartbeat is believed up to a minute)",
+    ),
     ({"heartbeat_liveness": "x"}, "heartbeat_liveness must be an integer"),
     ({"max_tasks_per_worker": 1.5}, "max_tasks_per_worker must be an integer"),
     ({"max_worker_rss_mb": -1}, "max_worker_rss_mb must be >= 0"),
@@ -316,6 +342,10 @@ REJECTED = [
     ({"insecure": "maybe"}, "insecure must be a boolean"),
     ({"local_cores": 2.0}, "local_cores must be a boolean"),
     ({"max_message_mb": 0}, "max_message_mb must be > 0"),
+    (
+        {"max_message_mb": 2**62},
+        f"max_message_mb must be at most {(2**63 - 1) >> 20}, got {2**62} (libzmq counts bytes in 63 bits)",
+    ),
     ({"spin_us": -1}, "spin_us must be >= 0"),
     ({"foo": 1}, f"Unknown provider_options key: foo. Supported keys: {SEED_KEY_LIST}, {FARM_KEY_LIST}"),
     (
@@ -334,6 +364,27 @@ REJECTED = [
 def test_rejected_value(options, message):
     with raises(message):
         parse_options(options)
+
+
+def test_integer_options_take_values_up_to_their_bound():
+    options = parse_options(
+        {
+            "schedule": [0, 255],
+            "threads_per_core": 64,
+            "submit_timeout_ms": LONGEST_WAIT_MS,
+            "heartbeat_interval_ms": 60_000,
+        }
+    )
+    assert options.schedule == (0, 255) and options.threads_per_core == 64
+    assert options.submit_timeout_ms == LONGEST_WAIT_MS and options.heartbeat_interval_ms == 60_000
+
+
+@pytest.mark.timeout(30)
+def test_a_farm_with_a_huge_core_index_raises_the_options_error():
+    from farm import Farm
+
+    with raises(f"schedule values must be at most 255, got 1000000 ({CORE_INDEX})"):
+        Farm("tests.pyfuncs:echo", backend="python", schedule=[10**6])
 
 
 def test_every_key_has_a_rejected_case():
