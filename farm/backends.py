@@ -20,8 +20,8 @@ __all__ = ["BACKENDS", "resolve_backend", "resolve_model"]
 BACKENDS = ("auto", "onnxruntime", "python", "rknnlite", "rknn-sim")
 
 _RUNTIME_PACKAGES = {
-    "onnxruntime": ("onnxruntime", "pip install 'rknn-farm[onnx]'  (or: pip install onnxruntime)"),
-    "rknnlite": ("rknnlite", "pip install 'rknn-farm[rknn]' on an RK3588/RK3576/RK356x board"),
+    "onnxruntime": ("onnxruntime", "pip install onnxruntime"),
+    "rknnlite": ("rknnlite", "pip install rknn-toolkit-lite2 on an RK3588/RK3576/RK356x board"),
     "rknn-sim": ("rknn", "bash scripts/setup-sim-venv, then use .venv-sim/bin/python (docs/simulator.md)"),
 }
 _IMPLEMENTED = ("onnxruntime", "python", "rknnlite", "rknn-sim")

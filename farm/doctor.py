@@ -231,7 +231,7 @@ def _check_toolkit(on_board: bool) -> Check:
             "rknn-toolkit-lite2",
             f"an 'rknnlite' module without package metadata: {where} (a test double?)",
         )
-    hint = 'pip install "rknn-farm[rknn]"  (or: pip install rknn-toolkit-lite2)'
+    hint = "pip install rknn-toolkit-lite2  (docs/board.md)"
     if on_board:
         return Check(FAIL, "rknn-toolkit-lite2", "not installed", hint)
     return Check(INFO, "rknn-toolkit-lite2", "not installed (its wheels are aarch64-only)")

@@ -1,4 +1,4 @@
-"""A Prometheus endpoint for a farm (``pip install 'rknn-farm[metrics]'``).
+"""A Prometheus endpoint for a farm (needs ``pip install prometheus-client``).
 
 ::
 
@@ -109,7 +109,7 @@ class MetricsServer:
             from prometheus_client import CollectorRegistry, make_wsgi_app
         except ImportError:
             raise ImportError(
-                "the metrics endpoint needs prometheus-client: pip install 'rknn-farm[metrics]'"
+                "the metrics endpoint needs prometheus-client: pip install prometheus-client"
             ) from None
         registry = CollectorRegistry(auto_describe=False)
         registry.register(_FarmCollector(router))

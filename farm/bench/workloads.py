@@ -101,7 +101,7 @@ def _onnx() -> Any:
     except ImportError:
         raise WorkloadUnavailable(
             "the tiny and frame workloads build their models with the onnx package: "
-            'pip install onnx (or pip install "rknn-farm[bench]")'
+            'pip install onnx'
         ) from None
     return onnx
 
