@@ -96,6 +96,9 @@ class SharedArena:
             segment = self._segments[-1] if self._segments else None
             if segment is None or self._bump + size > segment.size:
                 segment = self._new_segment(max(self._segment_bytes, size))
+            # MemoryError when /dev/shm cannot hold it: the region takes its
+            # memory now, so that no write into it can meet a full /dev/shm later.
+            segment.reserve(self._bump, size)
             region = Region(segment, self._bump, size)
             self._bump += size
             return region
@@ -160,8 +163,6 @@ class SharedArena:
             self._free[region.size].append(region)
 
     def _new_segment(self, size: int) -> Segment:
-        # MemoryError when /dev/shm cannot hold it: the segment reserves its
-        # memory now, so that no write into it can meet a full /dev/shm later.
         segment = Segment(f"{self.owner_prefix}{len(self._segments)}", size, create=True)
         self._segments.append(segment)
         first = np.frombuffer(segment.buf, np.uint8, 1).__array_interface__["data"][0]

@@ -1,4 +1,4 @@
-"""An app whose ``/dev/shm`` fills up after its farm made a segment.
+"""An app whose ``/dev/shm`` fills up while its farm serves.
 
 tests/test_shm_space.py runs this file inside a private mount namespace with
 a small tmpfs on ``/dev/shm``: never run it against the machine's own
@@ -78,9 +78,10 @@ def _fallocate_unsupported(fd: int, offset: int, length: int) -> None:
 
 
 def reserve_in_a_full_shm() -> None:
-    """A segment whose space another program takes between the free-space
+    """A region whose space another program takes between the free-space
     check and the reservation (the check is made to see plenty): each way of
-    reserving must fail with MemoryError and leave nothing behind."""
+    reserving must fail with MemoryError and keep nothing."""
+    segment = segments.Segment(f"{segments.SEGMENT_PREFIX}{os.getpid()}-reserve", 16 << 20, create=True)
     fill_shm()
     plenty = shutil.disk_usage("/dev/shm")._replace(free=1 << 40)
     no_populate = mock.patch.object(segments, "_MADV_POPULATE_WRITE", None)
@@ -92,18 +93,33 @@ def reserve_in_a_full_shm() -> None:
             for patch in patches:
                 stack.enter_context(patch)
             try:
-                segments.Segment(f"{segments.SEGMENT_PREFIX}{os.getpid()}-{way}", 16 << 20, create=True)
+                segment.reserve(0, 16 << 20)
             except MemoryError as exc:
                 print(f"{way}: MemoryError: {exc}", flush=True)
             else:
-                sys.exit(f"{way}: a 16 MiB segment was made in a /dev/shm with {LEAVE_FREE >> 20} MiB free")
-        left = sorted(set(os.listdir("/dev/shm")) - {os.path.basename(FILLER)})
-        assert not left, f"{way} left {left}"
-        assert shutil.disk_usage("/dev/shm").free >= LEAVE_FREE, (
-            f"{way} kept the memory of its failed segment"
-        )
+                sys.exit(f"{way}: 16 MiB were reserved in a /dev/shm with {LEAVE_FREE >> 20} MiB free")
+        assert shutil.disk_usage("/dev/shm").free >= LEAVE_FREE, f"{way} kept the memory of its failed region"
+    segment.unlink()
+    segment.close()
     os.unlink(FILLER)
+    left = os.listdir("/dev/shm")
+    assert not left, f"left in /dev/shm: {left}"
+
+
+def two_farms_in_dockers_default() -> None:
+    """Two farms in a container's 64 MiB /dev/shm: each takes only what its
+    regions use, not its segment's whole 64 MiB."""
+    echo = "tests.pyfuncs:echo"
+    with Farm(echo, schedule="0") as first, Farm(echo, schedule="0") as second:
+        for farm in (first, second, first):
+            np.testing.assert_array_equal(farm.run({"x": FRAME})[0], FRAME)
+        print(f"both serve, {shutil.disk_usage('/dev/shm').free >> 20} MiB free", flush=True)
 
 
 if __name__ == "__main__":
-    {"serve": serve_until_full, "reserve": reserve_in_a_full_shm}[sys.argv[1]]()
+    scenarios = {
+        "serve": serve_until_full,
+        "reserve": reserve_in_a_full_shm,
+        "two": two_farms_in_dockers_default,
+    }
+    scenarios[sys.argv[1]]()

@@ -1,27 +1,30 @@
-"""Shared-memory segments reserve their space when they are made, so that a
-full ``/dev/shm`` is a ``MemoryError`` at creation and never a SIGBUS later."""
+"""Shared-memory regions reserve their space before they are handed out, so
+that a full ``/dev/shm`` is a ``MemoryError`` of the call that needs one and
+never a SIGBUS later; segments stay sparse until then."""
 
 from __future__ import annotations
 
 import errno
 import os
+import re
 import shutil
 import subprocess
 import sys
 
 import pytest
 
+from farm.shm import SharedArena
 from workers import segments
 from workers.segments import SEGMENT_PREFIX, Segment
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SMALL_SHM = "size=100m"  # room for one 64 MiB segment and a filler
+SMALL_SHM = "size=100m"  # room for a farm's regions and a filler
 
 
-def _in_private_shm(command: str) -> list[str]:
+def _in_private_shm(command: str, size: str = SMALL_SHM) -> list[str]:
     """``sh -c command`` in a mount namespace of its own, with a small fresh
     tmpfs on /dev/shm: what it fills is not the machine's /dev/shm."""
-    mount = f"mount -t tmpfs -o {SMALL_SHM} tmpfs /dev/shm"
+    mount = f"mount -t tmpfs -o {size} tmpfs /dev/shm"
     return ["unshare", "-m", "--propagation", "private", "sh", "-c", f"{mount} && exec {command}"]
 
 
@@ -35,12 +38,12 @@ def _private_shm_or_skip() -> None:
         )
 
 
-def _run_in_private_shm(scenario: str) -> tuple[str, str]:
+def _run_in_private_shm(scenario: str, size: str = SMALL_SHM) -> tuple[str, str]:
     """Run ``scenario`` of tests/shm_full_app.py in a private small /dev/shm;
     its stdout and a report for failed assertions."""
     _private_shm_or_skip()
     child = subprocess.run(
-        _in_private_shm(f"{sys.executable} -m tests.shm_full_app {scenario}"),
+        _in_private_shm(f"{sys.executable} -m tests.shm_full_app {scenario}", size),
         capture_output=True,
         text=True,
         cwd=ROOT,
@@ -53,19 +56,25 @@ def _run_in_private_shm(scenario: str) -> tuple[str, str]:
 
 
 @pytest.mark.timeout(60)
-def test_a_dev_shm_filled_after_the_segment_was_made_is_a_memory_error_not_sigbus():
+def test_a_dev_shm_filled_while_the_farm_serves_is_a_memory_error_not_sigbus():
     out, report = _run_in_private_shm("serve")
-    assert "MemoryError: rknn-farm needs 64 MiB of shared memory but /dev/shm has only 4 MiB free" in out, (
-        report
-    )
+    assert re.search(
+        r"MemoryError: rknn-farm needs 64 KiB of shared memory but /dev/shm has only \d MiB free", out
+    ), report
     assert "answered" in out and "serves again" in out, report
 
 
 @pytest.mark.timeout(60)
-def test_a_segment_whose_space_is_taken_after_the_check_is_a_memory_error_and_leaves_nothing():
+def test_a_region_whose_space_is_taken_after_the_check_is_a_memory_error_and_keeps_nothing():
     out, report = _run_in_private_shm("reserve")
     for way in ("populate", "fallocate", "zeros"):
         assert f"{way}: MemoryError: rknn-farm needs 16 MiB of shared memory" in out, report
+
+
+@pytest.mark.timeout(60)
+def test_two_farms_serve_in_a_containers_64_mib_dev_shm():
+    out, report = _run_in_private_shm("two", size="size=64m")
+    assert "both serve" in out, report
 
 
 def _unsupported(fd: int, offset: int, length: int) -> None:
@@ -89,18 +98,35 @@ _REAL = object()
         pytest.param(None, None, id="zeros"),  # no os.posix_fallocate (macOS)
     ],
 )
-def test_a_new_segment_has_all_its_memory_before_anything_is_written(monkeypatch, populate_advice, fallocate):
+def test_a_reserved_region_has_its_memory_before_anything_is_written(monkeypatch, populate_advice, fallocate):
     if populate_advice is not _REAL:
         monkeypatch.setattr(segments, "_MADV_POPULATE_WRITE", populate_advice)
     if fallocate is None:
         monkeypatch.delattr(os, "posix_fallocate")
     elif fallocate is not _REAL:
         monkeypatch.setattr(os, "posix_fallocate", fallocate)
-    size = 3 << 20
+    size, offset, length = 16 << 20, 4 << 20, 1 << 20
     segment = Segment(f"{SEGMENT_PREFIX}{os.getpid()}-reserve-test", size, create=True)
     try:
-        assert _allocated_bytes(segment) >= size  # not a sparse file: no page is left to fail later
-        assert bytes(segment.buf[:: 1 << 16]) == bytes(size >> 16)  # and it reads as zeros
+        assert _allocated_bytes(segment) == 0  # a new segment takes no memory yet
+        segment.reserve(offset, length)
+        # the region's pages exist (no page is left to fail later); the rest of
+        # the segment stays sparse (a huge page may round the region up)
+        assert length <= _allocated_bytes(segment) <= length + (2 << 20)
+        assert bytes(segment.buf[offset : offset + length : 1 << 12]) == bytes(length >> 12)
     finally:
         segment.unlink()
         segment.close()
+
+
+def test_a_farm_arena_takes_from_dev_shm_only_what_its_regions_use():
+    arena = SharedArena()
+    try:
+        regions = [arena.allocate(48 << 10) for _ in range(4)]  # 64 KiB each, one 64 MiB segment
+        (segment,) = {r.segment for r in regions}
+        assert 4 * (64 << 10) <= _allocated_bytes(segment) <= (4 << 20)
+        arena.free(regions[0])
+        again = arena.allocate(48 << 10)  # a region given back serves again: no new reservation
+        assert again == regions[0]
+    finally:
+        arena.close()

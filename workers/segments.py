@@ -71,11 +71,16 @@ def _advise_huge_pages(buf: mmap.mmap) -> None:
         pass  # a kernel without transparent huge pages
 
 
-def _shm_full_error(needed: int, available: int) -> MemoryError:
-    """The error for a segment of ``needed`` bytes that ``/dev/shm``, with
-    ``available`` bytes free, cannot hold."""
+def _size_text(nbytes: int) -> str:
+    """``nbytes`` in the unit that reads best: "64 KiB", "12 MiB"."""
+    return f"{nbytes >> 20} MiB" if nbytes >= 1 << 20 else f"{max(nbytes >> 10, 1)} KiB"
+
+
+def shm_full_error(needed: int) -> MemoryError:
+    """The error for ``needed`` bytes that ``/dev/shm`` cannot hold now."""
+    available = shutil.disk_usage(segment_dir()).free
     return MemoryError(
-        f"rknn-farm needs {needed >> 20} MiB of shared memory but {segment_dir()} has only "
+        f"rknn-farm needs {_size_text(needed)} of shared memory but {segment_dir()} has only "
         f"{available >> 20} MiB free; enlarge it (docker: --shm-size=1g), free space in it (other "
         "programs' files, outputs this app still holds) or use smaller inputs"
     )
@@ -90,15 +95,15 @@ _CANNOT_RESERVE = {errno.EINVAL, errno.EOPNOTSUPP, errno.ENOSYS}
 _NO_ROOM = {errno.ENOSPC, errno.EFAULT, errno.ENOMEM}
 
 
-def _reserve(fd: int, buf: mmap.mmap, size: int) -> None:
-    """Give every page of a new segment its memory now, or raise OSError.
+def _reserve(path: str, buf: mmap.mmap, offset: int, length: int) -> None:
+    """Give every page of ``length`` bytes at ``offset`` (page-aligned) its
+    memory now, or raise OSError.
 
-    ``ftruncate`` alone makes a sparse file: tmpfs gives a page its memory
-    only when it is first written, and a page that no longer fits is a
-    SIGBUS in whichever process writes it (the app copying an input, a
-    worker writing an output), long after the segment was made. Reserving at
-    creation turns a full ``/dev/shm`` into an error of the call that needs
-    the segment. In order of preference:
+    A segment is a sparse file: tmpfs gives a page its memory only when it
+    is first written, and a page that no longer fits is a SIGBUS in whichever
+    process writes it (the app copying an input, a worker writing an output).
+    Reserving a region before it is handed out turns a full ``/dev/shm`` into
+    an error of the call that needs the region. In order of preference:
 
     - ``MADV_POPULATE_WRITE`` (Linux 5.14) faults the pages in through the
       mapping, so they follow its huge-page advice (``posix_fallocate`` on a
@@ -106,69 +111,81 @@ def _reserve(fd: int, buf: mmap.mmap, size: int) -> None:
     - ``posix_fallocate`` on older kernels;
     - writing zeros, as glibc's ``posix_fallocate`` itself does, where the
       file system has no ``fallocate`` or Python no ``posix_fallocate``
-      (macOS): slower, and it reserves just the same.
+      (macOS): slower, and it reserves just the same. The region is new:
+      nothing in it is overwritten.
     """
     if _MADV_POPULATE_WRITE is not None:
         try:
-            buf.madvise(_MADV_POPULATE_WRITE)
+            buf.madvise(_MADV_POPULATE_WRITE, offset, length)
             return
         except OSError as exc:
             if exc.errno not in _CANNOT_RESERVE:
                 raise
-    if hasattr(os, "posix_fallocate"):
+    fd = os.open(path, os.O_RDWR)
+    try:
+        if hasattr(os, "posix_fallocate"):
+            try:
+                os.posix_fallocate(fd, offset, length)
+                return
+            except OSError as exc:
+                if exc.errno not in _CANNOT_RESERVE:
+                    raise
+        chunk = bytes(min(length, 1 << 20))
+        done = 0
+        while done < length:
+            done += os.pwrite(fd, chunk[: length - done], offset + done)
+    finally:
+        os.close(fd)
+
+
+def _give_back(buf: mmap.mmap, offset: int, length: int) -> None:
+    """Free the pages of a region whose reservation failed half-way, so that
+    a full ``/dev/shm`` does not keep what the farm could not use."""
+    advice = getattr(mmap, "MADV_REMOVE", None)
+    if advice is not None:
         try:
-            os.posix_fallocate(fd, 0, size)
-            return
-        except OSError as exc:
-            if exc.errno not in _CANNOT_RESERVE:
-                raise
-    chunk = bytes(min(size, 1 << 20))
-    offset = 0
-    while offset < size:
-        offset += os.pwrite(fd, chunk[: size - offset], offset)
+            buf.madvise(advice, offset, length)
+        except OSError:
+            pass  # kept until the segment is removed
 
 
 class Segment:
-    """One mapped shared-memory file. The creator sizes it and reserves its
-    memory, or raises ``MemoryError`` when ``/dev/shm`` cannot hold it;
-    others attach."""
+    """One mapped shared-memory file. The creator sizes it (a sparse file: it
+    takes no memory yet) and reserves each region (:meth:`reserve`) before
+    handing it out; others attach."""
 
     def __init__(self, name: str, size: int = 0, create: bool = False) -> None:
         self.name = name
         self.path = os.path.join(segment_dir(), name)
-        if create:
-            available = shutil.disk_usage(segment_dir()).free
-            if size > available:  # no need to try
-                raise _shm_full_error(size, available)
         flags = os.O_RDWR | (os.O_CREAT | os.O_EXCL if create else 0)
         fd = os.open(self.path, flags, 0o600)
         try:
             if create:
-                self._make(fd, size)
+                try:
+                    os.ftruncate(fd, size)
+                except BaseException:
+                    self.unlink()
+                    raise
             else:
-                self._map(fd, os.fstat(fd).st_size)
+                size = os.fstat(fd).st_size
+            self.size = size
+            self.buf = mmap.mmap(fd, size)
+            _advise_huge_pages(self.buf)  # before reserve() makes the pages: they come huge
         finally:
             os.close(fd)
 
-    def _map(self, fd: int, size: int) -> None:
-        self.size = size
-        self.buf = mmap.mmap(fd, size)
-        _advise_huge_pages(self.buf)  # before a creator's _reserve makes the pages: they come huge
-
-    def _make(self, fd: int, size: int) -> None:
-        """Size, map and reserve a new segment; remove it again when that fails
-        (another program may have taken the space since the check)."""
+    def reserve(self, offset: int, length: int) -> None:
+        """Take the memory of ``length`` bytes at ``offset`` from ``/dev/shm``
+        now, so that no write into them can meet a full ``/dev/shm`` later;
+        ``MemoryError`` (and nothing kept) when it cannot hold them."""
+        if length > shutil.disk_usage(segment_dir()).free:  # no need to try
+            raise shm_full_error(length)
         try:
-            os.ftruncate(fd, size)
-            self._map(fd, size)
-            _reserve(fd, self.buf, size)
+            _reserve(self.path, self.buf, offset, length)
         except BaseException as exc:
-            buf = getattr(self, "buf", None)
-            if buf is not None:
-                buf.close()
-            self.unlink()
+            _give_back(self.buf, offset, length)
             if isinstance(exc, OSError) and exc.errno in _NO_ROOM:
-                raise _shm_full_error(size, shutil.disk_usage(segment_dir()).free) from exc
+                raise shm_full_error(length) from exc
             raise
 
     def close(self) -> bool:
