@@ -33,11 +33,10 @@ def generate_keys(directory: str, name: str) -> tuple[str, str]:
     return public, secret
 
 
-def _load(path: str, what: str) -> tuple[bytes, Optional[bytes]]:
+def _load(path: str, what: str, remedy: str = "") -> tuple[bytes, Optional[bytes]]:
     if not os.path.isfile(path):
-        raise FileNotFoundError(
-            f"{what} not found: {path} (create one with: rknn-farm keygen DIR --name NAME)"
-        )
+        remedy = remedy or "create one with: rknn-farm keygen DIR --name NAME"
+        raise FileNotFoundError(f"{what} not found: {path} ({remedy})")
     return zmq.auth.load_certificate(path)
 
 
@@ -55,14 +54,16 @@ def server_keys(directory: str) -> tuple[bytes, bytes, str]:
 
 def client_keys(directory: str, name: str) -> tuple[bytes, bytes, bytes]:
     """(own public, own secret, server public) of a node's key directory."""
-    public, secret = _load(os.path.join(directory, f"{name}.key_secret"), f"node key pair {name!r}")
-    server_public, _ = _load(os.path.join(directory, "server.key"), "the router's public key")
+    public, secret = _load(
+        os.path.join(directory, f"{name}.key_secret"),
+        f"node key pair {name!r}",
+        f"create it with: rknn-farm keygen {directory} --name {name}, then copy {name}.key into the "
+        "router's keys/authorized/",
+    )
+    server_public, _ = _load(
+        os.path.join(directory, "server.key"),
+        "the router's public key",
+        "copy server.key from the router's key directory here",
+    )
     assert secret is not None
     return public, secret, server_public
-
-
-def make_curve_client(socket: zmq.Socket, directory: str, name: str) -> None:
-    public, secret, server_public = client_keys(directory, name)
-    socket.curve_publickey = public
-    socket.curve_secretkey = secret
-    socket.curve_serverkey = server_public

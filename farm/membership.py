@@ -16,7 +16,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Optional
 
-from farm.errors import WorkerCrashedError
+from farm.errors import FarmClosedError, TaskTimeoutError, WorkerCrashedError
 from farm.pool import ContextSlot, WorkerHandle
 from farm.remote import REMOTE_CORE_BASE, RemoteListener, RemoteNode
 from farm.shm import SharedArena
@@ -43,6 +43,7 @@ class Membership:
     _worker_of_core: dict[int, WorkerHandle]
     _rotation: list[int]
     _last_node_beat = 0.0
+    _closing: bool
 
     if TYPE_CHECKING:
 
@@ -50,6 +51,7 @@ class Membership:
         def _wake(self) -> None: ...
         def _fail_task(self, task: Task, error: BaseException) -> None: ...
         def _core_for_retry(self, dead_core: int) -> int: ...
+        def _retry(self, worker: WorkerHandle, task: Task) -> bool: ...
         def _move_queue_off(self, worker: WorkerHandle) -> None: ...
         def _adopt_stranded(self) -> None: ...
         def _on_message(self, message: list[Any], frames: list[Any]) -> Optional[tuple]: ...
@@ -79,6 +81,8 @@ class Membership:
                     if answer is not None:
                         answered.append(answer)
             lost += self._check_nodes(time.monotonic())
+            if self._closing:
+                lost += self._take_unservable_tasks()
             self._cond.notify_all()
         for answer in answered:
             self._hand_over_answer(*answer)
@@ -107,9 +111,19 @@ class Membership:
     def _on_hello(self, identity: bytes, name: str, info: dict[str, Any]) -> list[tuple[Task, BaseException]]:
         assert self.remote is not None
         failed: list[tuple[Task, BaseException]] = []
-        previous = self.remote.by_identity.get(identity)
+        previous = self.remote.by_identity.get(identity) or self._same_process_named(name, info)
         if previous is not None:  # it reconnected: its old incarnation is gone
             failed = self._drop_node(previous, "it registered again")
+        live = self._live_node_named(name)
+        if live is not None:
+            self.remote.refuse(
+                identity,
+                "rejected_name",
+                f"a node named {name!r} is already connected (pid {live.pid} on "
+                f"{live.info.get('host', '?')}): give each node its own --name (this one joins "
+                "if that node leaves)",
+            )
+            return failed
         # A node that comes back under its name takes its old place (its core,
         # its stats, the tasks left on its queue) in a new generation.
         returning = self._dropped_node_named(name)
@@ -142,6 +156,21 @@ class Membership:
     def _router_beat(self) -> bytes:
         return protocol.pack([protocol.HEARTBEAT, self.options.heartbeat_interval_ms])
 
+    def _live_node_named(self, name: str) -> Optional[RemoteNode]:
+        """The connected node called ``name``: a name identifies one node."""
+        assert self.remote is not None
+        return next((node for node in self.remote.by_identity.values() if node.name == name), None)
+
+    def _same_process_named(self, name: str, info: dict[str, Any]) -> Optional[RemoteNode]:
+        """The connected node called ``name`` if the HELLO comes from its very
+        process (host and pid): that node reconnected before the router
+        noticed, so its old connection is gone, not a second node."""
+        live = self._live_node_named(name)
+        if live is None or live.pid is None or live.info.get("host") is None:
+            return None
+        same = live.pid == info.get("pid") and live.info.get("host") == info.get("host")
+        return live if same else None
+
     def _dropped_node_named(self, name: str) -> Optional[RemoteNode]:
         assert self.remote is not None
         connected = self.remote.by_identity
@@ -161,12 +190,59 @@ class Membership:
             # A node that beats more slowly than the router is given its own pace.
             if now - node.last_seen > max(interval, node.heartbeat_s) * self.options.heartbeat_liveness:
                 failed += self._drop_node(node, f"it sent nothing for {now - node.last_seen:.1f} s")
+            elif self.options.task_timeout_ms:
+                failed += self._time_out_node_tasks(node, now)
         if now - self._last_node_beat >= interval:
             self._last_node_beat = now
             beat = self._router_beat()
             for node in self.remote.by_identity.values():
                 self.remote.send(node.identity, [beat])
         return failed
+
+    def _time_out_node_tasks(self, node: RemoteNode, now: float) -> list[tuple[Task, BaseException]]:
+        """``task_timeout_ms`` for tasks on a node, by the rule for a local
+        context: its oldest task has run too long. The router cannot kill a
+        worker on another board, so it gives up on that one task (retried
+        elsewhere, or failed with the error of a local time-out) and ignores a
+        late answer; the node's own ``--task-timeout-ms`` frees its worker."""
+        timeout_ms = self.options.task_timeout_ms
+        failed: list[tuple[Task, BaseException]] = []
+        for slot in node.slots:
+            if not slot.in_flight or now - slot.busy_since <= timeout_ms / 1000:
+                continue
+            task = slot.in_flight.pop(next(iter(slot.in_flight)))
+            slot.busy_since = now  # the next task in its window starts its clock now
+            # A new attempt: the node's late answer to this one is stale, and dropped.
+            if not self._retry(node, task):
+                message = (
+                    f"task {task.task_id} ran longer than task_timeout_ms={timeout_ms} on node "
+                    f"{node.name!r} (core {node.core}); it was tried {task.attempt} time(s) "
+                    f"(max_retries={self.options.max_retries})"
+                )
+                failed.append((task, TaskTimeoutError(message, None, node.core)))
+        return failed
+
+    def _take_unservable_tasks(self) -> list[tuple[Task, BaseException]]:
+        """While ``close()`` drains: queued tasks that no core can run any more
+        (every node left, and no local worker serves or is starting) would
+        keep it waiting forever, so they fail."""
+        if any(w.ready or self._may_serve_again(w) for w in self.workers):
+            return []
+        error = FarmClosedError(
+            "the farm closed while this task waited for a core and none was left to run it "
+            "(every node had left)"
+        )
+        stranded = [task for queue in self._queues.values() for task in queue]
+        for queue in self._queues.values():
+            queue.clear()
+        return [(task, error) for task in stranded]
+
+    @staticmethod
+    def _may_serve_again(worker: WorkerHandle) -> bool:
+        """A local worker that is starting or due to respawn (a node that left
+        may never come back)."""
+        starting = worker.process is not None and worker.exit_fd >= 0
+        return not worker.remote and (worker.respawn_at is not None or starting)
 
     def _drop_node(self, node: RemoteNode, reason: str) -> list[tuple[Task, BaseException]]:
         """Take a lost node out of the rotation; its tasks go back to the queues."""

@@ -20,6 +20,7 @@ keeps running. A malformed message is dropped and counted, never fatal.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
 import queue
 import socket as stdlib_socket
@@ -34,9 +35,10 @@ from typing import Any, Optional
 import numpy as np
 import zmq
 
-from farm.errors import FarmClosedError
+from farm.backends import _looks_like_callable_spec as looks_like_callable_spec
+from farm.errors import FarmClosedError, WorkerStartError
 from farm.farm import Farm
-from farm.keys import generate_keys, make_curve_client
+from farm.keys import client_keys, generate_keys
 from farm.options import parse_options
 from farm.remote import is_ipv6, model_fingerprint
 from workers import protocol
@@ -75,12 +77,16 @@ class NodeAgent:
         self.name = name or f"{stdlib_socket.gethostname()}-{os.getpid()}"
         self.backend = backend
         self.keys_dir = keys_dir
+        # Read before any socket exists: a missing key file is an error at once,
+        # not a socket left open that Context.term() would wait for forever.
+        self._curve_keys = client_keys(keys_dir, self.name) if keys_dir is not None else None
         self.cache_dir = cache_dir or os.path.join(tempfile.gettempdir(), "rknn-farm-models")
         self.interval_s = heartbeat_interval_ms / 1000
         self._router_interval_s = 0.0  # the router's heartbeat interval, once it has said
         self.liveness = heartbeat_liveness
         self.farm_options = farm_options
-        self.counters = {"tasks": 0, "malformed": 0, "reconnects": 0}
+        self.counters = {"tasks": 0, "malformed": 0, "reconnects": 0, "unanswered": 0}
+        self._unanswered_in_a_row = 0  # HELLOs the router left unanswered since it last answered
         self.farm: Optional[Farm] = None
         self._stop = threading.Event()
         self._results: queue.SimpleQueue = queue.SimpleQueue()
@@ -115,10 +121,30 @@ class NodeAgent:
     def _start_farm(self, model: str) -> None:
         if self.farm is not None:
             self.farm.close(cancel=True)
+            self.farm = None
         contexts = self._contexts()
         options = {"max_queue_size": contexts * 2 + 1, "submit_timeout_ms": 600000, **self.farm_options}
         self.farm = Farm(model, backend=self.backend, **options)
         self.model = model
+
+    def _start_shipped_spec(self, spec: str) -> None:
+        """Run the router's ``module:function`` here: the function is imported
+        from this node's own Python packages (only its name travels)."""
+        module = spec.partition(":")[0]
+        try:
+            found = importlib.util.find_spec(module) is not None  # imports its parent packages only
+        except (ImportError, ValueError):
+            found = False
+        try:
+            if not found:
+                raise ImportError(f"no module named {module!r} here")
+            self._start_farm(spec)
+        except (WorkerStartError, ImportError) as exc:
+            raise WorkerStartError(
+                f"the router's model is the Python function {spec!r}, which this node cannot run: {exc} "
+                "(install the package that provides it on this node, with the same version as the "
+                "router's, or start the node with --model)"
+            ) from exc
 
     def _contexts(self) -> int:
         """How many contexts this node offers: its credit with the router."""
@@ -130,14 +156,14 @@ class NodeAgent:
         """One connection: HELLO until welcomed, then serve until the router
         goes silent. True if it served (so the back-off starts over)."""
         sock = self._zmq.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.MAXMSGSIZE, _MAX_MESSAGE_BYTES)  # refused by ZeroMQ before any allocation
-        sock.setsockopt(zmq.IPV6, int(is_ipv6(self.connect)))
-        sock.setsockopt(zmq.IDENTITY, f"{self.name}/{uuid.uuid4().hex[:8]}".encode())
-        if self.keys_dir is not None:
-            make_curve_client(sock, self.keys_dir, self.name)
-        sock.connect(self.connect)
-        try:
+        try:  # closed whatever happens: an open socket makes Context.term() wait forever
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.MAXMSGSIZE, _MAX_MESSAGE_BYTES)  # refused by ZeroMQ before any allocation
+            sock.setsockopt(zmq.IPV6, int(is_ipv6(self.connect)))
+            sock.setsockopt(zmq.IDENTITY, f"{self.name}/{uuid.uuid4().hex[:8]}".encode())
+            if self._curve_keys is not None:
+                sock.curve_publickey, sock.curve_secretkey, sock.curve_serverkey = self._curve_keys
+            sock.connect(self.connect)
             welcome = self._register(sock)
             if welcome is None:
                 return False
@@ -166,22 +192,59 @@ class NodeAgent:
             sock.send(protocol.pack(self._hello()))
             reply = self._await(sock, self.interval_s * self.liveness + 2)
             if reply is None:
+                if not self._stop.is_set():
+                    self._note_unanswered()
                 return None
+            self._unanswered_in_a_row = 0
             header, frames = reply
             if header[0] == protocol.WELCOME and len(header) == 3:
                 if type(header[1]) is int and type(header[2]) is int:
                     return header[1], header[2]
             elif header[0] == protocol.MODEL and len(header) == 3 and len(frames) == 1:
-                model = self._store_model(str(header[1]), str(header[2]), frames[0].bytes)
+                name, payload = str(header[1]), frames[0].bytes
+                if _is_shipped_spec(name, payload):
+                    self._start_shipped_spec(name)
+                    continue
+                model = self._store_model(name, str(header[2]), payload)
                 if model is not None:
                     self._start_farm(model)
                     continue
             elif header[0] == protocol.REJECT:
-                print(f"rknn-farm node: the router refused this node: {header[1:]}", file=sys.stderr)
+                reason = "; ".join(str(part) for part in header[1:]) or "no reason given"
+                print(
+                    f"rknn-farm node: the router refused this node: {reason}; trying again", file=sys.stderr
+                )
                 return None
             self.counters["malformed"] += 1
             return None
         return None
+
+    def _note_unanswered(self) -> None:
+        """A HELLO went unanswered: warn once per run of them, naming what
+        usually causes it (a CURVE handshake the router refuses is silent:
+        ZeroMQ drops the connection without telling this side why)."""
+        self.counters["unanswered"] += 1
+        self._unanswered_in_a_row += 1
+        if self._unanswered_in_a_row != 1:
+            return
+        if self._curve_keys is not None:
+            keys = (
+                f"the router does not know this node's key (copy {self.keys_dir}/{self.name}.key into the "
+                f"router's keys/authorized/), or {self.keys_dir}/server.key is not the router's public key, "
+                "or the router listens without keys_dir"
+            )
+        else:
+            keys = (
+                "the router requires CURVE keys (start this node with --keys DIR holding server.key and "
+                f"{self.name}.key_secret)"
+            )
+        print(
+            f"rknn-farm node {self.name}: warning: no answer from the router at {self.connect} "
+            f"after {self.interval_s * self.liveness + 2:.1f} s; likely causes: {keys}; or nothing "
+            "listens there (the farm is not running, or the address or port is wrong, or a firewall "
+            "drops it). Still trying.",
+            file=sys.stderr,
+        )
 
     def _await(self, sock: zmq.Socket, timeout_s: float) -> Optional[tuple[list[Any], list[Any]]]:
         deadline = time.monotonic() + timeout_s
@@ -197,13 +260,11 @@ class NodeAgent:
         return None
 
     def _store_model(self, name: str, sha256: str, payload: bytes) -> Optional[str]:
-        """Keep a model the router sent; its path (or function spec), or None
-        when it does not match its sha256 (the session starts over)."""
+        """Keep a model file the router sent; its path, or None when it does
+        not match its sha256 (the session starts over)."""
         if hashlib.sha256(payload).hexdigest() != sha256:
             print("rknn-farm node: the model the router sent does not match its sha256", file=sys.stderr)
             return None
-        if not os.path.splitext(name)[1]:  # a "module:function" spec, not a file
-            return payload.decode()
         os.makedirs(self.cache_dir, exist_ok=True)
         path = os.path.join(self.cache_dir, f"{sha256[:16]}-{os.path.basename(name)}")
         if not os.path.exists(path):
@@ -314,6 +375,13 @@ class NodeAgent:
             pass
 
 
+def _is_shipped_spec(name: str, payload: bytes) -> bool:
+    """Whether a MODEL from the router is a python-backend ``module:function``
+    spec rather than a file: a router ships a spec as its own text, under its
+    own name (a model file's bytes never equal its file name)."""
+    return payload == name.encode() and looks_like_callable_spec(name)
+
+
 def _decode(frame: Any) -> Optional[list[Any]]:
     try:
         header = protocol.unpack(frame)
@@ -368,6 +436,13 @@ def add_node_arguments(parser: Any) -> None:
         default=0,
         help="recycle a local worker whose resident memory exceeds this (0: never)",
     )
+    parser.add_argument(
+        "--task-timeout-ms",
+        type=int,
+        default=0,
+        help="kill a local worker whose task runs longer than this and fail the task (0: never); "
+        "the router's own task_timeout_ms gives up on the task but cannot free this node's worker",
+    )
 
 
 def run_node(args: Any) -> int:
@@ -383,6 +458,7 @@ def run_node(args: Any) -> int:
         threads_per_core=args.threads_per_core,
         max_tasks_per_worker=args.max_tasks_per_worker,
         max_worker_rss_mb=args.max_worker_rss_mb,
+        task_timeout_ms=args.task_timeout_ms,
     )
     print(f"rknn-farm node {agent.name}: serving cores {args.cores} for {args.connect}", file=sys.stderr)
     try:

@@ -118,7 +118,14 @@ class RemoteListener:
         self.model = model
         self.fingerprint = model_fingerprint(model)
         self.counters = collections.Counter(
-            {"joined": 0, "lost": 0, "malformed": 0, "rejected_auth": 0, "rejected_model": 0}
+            {
+                "joined": 0,
+                "lost": 0,
+                "malformed": 0,
+                "rejected_auth": 0,
+                "rejected_model": 0,
+                "rejected_name": 0,
+            }
         )
         self.outbox: collections.deque[tuple[bytes, list[Any]]] = collections.deque()
         self.by_identity: dict[bytes, RemoteNode] = {}
@@ -240,9 +247,13 @@ class RemoteListener:
             header = protocol.pack([protocol.MODEL, os.path.basename(self.model), self.fingerprint])
             self.send(identity, [header, payload])
         else:
-            self.counters["rejected_model"] += 1
-            self.send(identity, [protocol.pack([protocol.REJECT, "the router's model cannot be shipped"])])
+            self.refuse(identity, "rejected_model", "the router's model cannot be shipped")
         return False
+
+    def refuse(self, identity: bytes, counter: str, reason: str) -> None:
+        """Queue a REJECT saying ``reason`` (the node prints it) and count it."""
+        self.counters[counter] += 1
+        self.send(identity, [protocol.pack([protocol.REJECT, reason])])
 
     # ── outgoing (queued from any thread, sent by the router thread) ─────
     def send(self, identity: bytes, frames: list[Any]) -> None:

@@ -134,21 +134,27 @@ class Supervision:
         failed: list[tuple[Task, BaseException]] = []
         error_type = TaskTimeoutError if worker.kill_is_timeout else WorkerCrashedError
         for task in sorted(orphans, key=lambda t: t.task_id, reverse=True):
-            task.attempt += 1
-            if task.attempt > self.options.max_retries:
+            if not self._retry(worker, task):
                 message = (
                     f"the worker for core {worker.core} (pid {worker.pid}) died with {cause} while running "
                     f"task {task.task_id}; it was tried {task.attempt} time(s) (max_retries="
                     f"{self.options.max_retries})"
                 )
                 failed.append((task, error_type(message, exitcode, worker.core)))
-                continue
-            worker.stats.retried += 1
-            # Give the task to a healthy core, ahead of newer work.
-            target = self._core_for_retry(worker.core)
-            self._queues[target].appendleft(task)
-            self._dispatch(target)
         return failed
+
+    def _retry(self, worker: WorkerHandle, task: Task) -> bool:
+        """Count an attempt of ``task`` that ``worker`` did not finish and give
+        the task to a healthy core, ahead of newer work; False when it has had
+        its ``max_retries`` (the caller fails it)."""
+        task.attempt += 1
+        if task.attempt > self.options.max_retries:
+            return False
+        worker.stats.retried += 1
+        target = self._core_for_retry(worker.core)
+        self._queues[target].appendleft(task)
+        self._dispatch(target)
+        return True
 
     def _core_for_retry(self, dead_core: int) -> int:
         ready = [w.core for w in self.workers if w.ready and w.core != dead_core]

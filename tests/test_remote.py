@@ -8,7 +8,11 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Optional
 
 import msgpack
 import numpy as np
@@ -16,7 +20,7 @@ import psutil
 import pytest
 import zmq
 
-from farm import Farm, OptionError
+from farm import Farm, FarmClosedError, OptionError, TaskTimeoutError
 from farm.keys import generate_keys
 from farm.remote import _valid_heartbeat, _valid_hello, _valid_timings
 from tests.onnx_models import affine_model
@@ -38,8 +42,14 @@ class Nodes:
         self.processes: list[subprocess.Popen] = []
 
     def start(
-        self, address: str, *extra: str, model: str = "tests.pyfuncs:behave", name: str = ""
+        self,
+        address: str,
+        *extra: str,
+        model: str = "tests.pyfuncs:behave",
+        name: str = "",
+        log: Optional[str] = None,
     ) -> subprocess.Popen:
+        """``log``: a file for the node's stderr (else it is discarded)."""
         name = name or f"node{len(self.processes)}"
         args = [
             sys.executable,
@@ -55,7 +65,11 @@ class Nodes:
         ]
         if model:
             args += ["--model", model]
-        process = subprocess.Popen([*args, *extra], cwd=ROOT, stderr=subprocess.DEVNULL)
+        if log is None:
+            process = subprocess.Popen([*args, *extra], cwd=ROOT, stderr=subprocess.DEVNULL)
+        else:
+            with open(log, "wb") as stderr:
+                process = subprocess.Popen([*args, *extra], cwd=ROOT, stderr=stderr)
         self.processes.append(process)
         return process
 
@@ -459,3 +473,170 @@ def test_four_single_core_nodes_give_at_least_3_5_times_one(nodes):
     four = _throughput(4, nodes)
     print(f"\nscaling: 1 node {one:.1f} tasks/s, 4 nodes {four:.1f} tasks/s, x{four / one:.2f}")
     assert four >= 3.5 * one
+
+
+# ── issue 16: keys, shipped specs, time-outs, refused nodes, names ──────
+def _run_node(*extra: str, within: float = 30.0) -> subprocess.CompletedProcess:
+    """`rknn-farm node` run to its end (it must end by itself within ``within`` s)."""
+    command = [sys.executable, "-m", "farm", "node", "--heartbeat-ms", "200", *extra]
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=within)
+
+
+@pytest.mark.parametrize("missing", ["n1.key_secret", "server.key"])
+def test_a_node_missing_a_key_file_exits_at_once_naming_it(tmp_path, missing):
+    # It used to hang for ever in Context.term(): the socket made just before
+    # the key error was never closed.
+    generate_keys(str(tmp_path), "n1")
+    generate_keys(str(tmp_path / "router"), "server")
+    (tmp_path / "server.key").write_bytes((tmp_path / "router" / "server.key").read_bytes())
+    (tmp_path / missing).unlink()
+    started = time.monotonic()
+    result = _run_node("--connect", "tcp://127.0.0.1:9", "--name", "n1", "--keys", str(tmp_path))
+    assert result.returncode == 2, result.stderr
+    assert str(tmp_path / missing) in result.stderr
+    assert time.monotonic() - started < 20
+
+
+def test_a_python_model_is_shipped_to_a_node_as_its_spec(nodes, tmp_path):
+    # The node took "package.module:function" for a file name and exited with status 2.
+    with Farm("tests.pyfuncs:behave", local_cores=False, listen="tcp://127.0.0.1:*", **FAST) as farm:
+        nodes.start(farm.listen_address, "--cache-dir", str(tmp_path / "cache"), model="")
+        wait_for(lambda: joined(farm) == 1)
+        assert [int(o[0][0]) for o in farm.map([action(v) for v in range(100, 110)])] == list(range(100, 110))
+    assert not (tmp_path / "cache").exists()  # nothing was written as a model file
+
+
+def test_a_node_that_cannot_import_a_shipped_spec_says_so_and_exits(nodes, tmp_path):
+    # A farm of nodes only never imports its function itself.
+    spec = "no_such_package_16.stage:run"
+    with Farm(spec, local_cores=False, listen="tcp://127.0.0.1:*", **FAST) as farm:
+        log = tmp_path / "node.log"
+        node = nodes.start(farm.listen_address, model="", log=str(log))
+        assert node.wait(60) == 2  # as for a model file that is not there
+        assert joined(farm) == 0
+    text = log.read_text()
+    assert f"the router's model is the Python function '{spec}', which this node cannot run" in text
+    assert "no module named 'no_such_package_16.stage' here (install the package" in text
+
+
+def test_a_task_hung_on_a_node_times_out_like_a_local_one(nodes):
+    # task_timeout_ms did not cover nodes: the task, and the node's next, never ended.
+    options = dict(task_timeout_ms=800, max_retries=0, **FAST)
+    with Farm("tests.pyfuncs:behave", local_cores=False, listen="tcp://127.0.0.1:*", **options) as farm:
+        nodes.start(farm.listen_address)  # without a time-out of its own: its worker stays hung
+        wait_for(lambda: joined(farm) == 1)
+        hung, following = farm.submit(action(5)), farm.submit(action(7))
+        for future in (hung, following):
+            with pytest.raises(TaskTimeoutError, match="task_timeout_ms=800 on node 'node0'"):
+                future.result(timeout=15)
+        assert joined(farm) == 1  # the node itself is fine
+
+
+def _answer_from_node(router: zmq.Socket, identity: bytes, within: float = 30.0) -> tuple[list, list]:
+    """The next RESULT or FAILED from a node, heartbeating it meanwhile (a
+    silent router makes it reconnect)."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        router.send_multipart([identity, msgpack.packb([protocol.HEARTBEAT, 200])])
+        if router.poll(100):
+            frames = router.recv_multipart()
+            header = msgpack.unpackb(frames[1])
+            if header[0] in (protocol.RESULT, protocol.FAILED):
+                return header, frames[2:]
+    raise AssertionError("the node did not answer")
+
+
+def test_a_node_with_its_own_task_timeout_frees_its_hung_worker(nodes, fake_router):
+    router, address = fake_router
+    nodes.start(address, "--task-timeout-ms", "500")
+    assert router.poll(20000), "the node never said HELLO"
+    identity, _ = router.recv_multipart()
+    router.send_multipart([identity, msgpack.packb([protocol.WELCOME, 0, 1])])
+    answers = []
+    for task_id, value in ((7, 5), (8, 42)):  # action 5 hangs
+        x = np.array([value], dtype=np.int64)
+        task = [protocol.TASK, task_id, 0, [[None, 0, x.dtype.str, [1], "action"]], None, 0]
+        router.send_multipart([identity, msgpack.packb(task), x.tobytes()])
+        answers.append(_answer_from_node(router, identity))
+    (failed, _), (result, frames) = answers
+    assert failed[0] == protocol.FAILED and failed[3] == 7 and "task_timeout_ms=500" in failed[5]
+    assert result[0] == protocol.RESULT and result[3] == 8  # on a fresh worker
+    assert np.frombuffer(frames[0], np.int64)[0] == 42
+
+
+def test_close_fails_the_tasks_of_a_node_that_left_instead_of_waiting_forever(nodes):
+    farm = Farm("tests.pyfuncs:double_later", local_cores=False, listen="tcp://127.0.0.1:*", **FAST)
+    node = nodes.start(farm.listen_address, model="tests.pyfuncs:double_later")
+    try:
+        wait_for(lambda: joined(farm) == 1)
+        futures: list[Future] = [farm.submit(doubling(i, 1.0)) for i in range(3)]
+        node.send_signal(signal.SIGSTOP)  # silent: the router drops it, and no core is left
+        wait_for(lambda: farm.stats()["remote"]["lost"] == 1)
+        closer = threading.Thread(target=farm.close)
+        closer.start()
+        closer.join(10)
+        assert not closer.is_alive(), "close() waited for tasks no core could run"
+        for future in futures:
+            with pytest.raises(FarmClosedError, match="none was left to run it"):
+                future.result(timeout=1)
+    finally:
+        node.send_signal(signal.SIGCONT)
+        farm.close(cancel=True)
+
+
+def _router_keys(tmp_path: Path) -> Path:
+    keys = tmp_path / "router"
+    generate_keys(str(keys), "server")
+    (keys / "authorized").mkdir()
+    return keys
+
+
+def _wait_for_text(path: Path, text: str, within: float = 20.0) -> str:
+    wait_for(lambda: text in path.read_text(), within=within)
+    return path.read_text()
+
+
+@pytest.mark.parametrize("node_keys", ["none", "unknown"])
+def test_a_node_the_router_refuses_warns_its_user(nodes, tmp_path, node_keys):
+    # It printed "serving cores" and retried silently for ever.
+    router_keys = _router_keys(tmp_path)
+    extra: tuple[str, ...] = ()
+    if node_keys == "unknown":
+        generate_keys(str(tmp_path / "node"), "stranger")
+        (tmp_path / "node" / "server.key").write_bytes((router_keys / "server.key").read_bytes())
+        extra = ("--keys", str(tmp_path / "node"))
+    options = dict(listen="tcp://127.0.0.1:*", keys_dir=str(router_keys), **FAST)
+    with Farm("tests.pyfuncs:behave", schedule="0", **options) as farm:
+        log = tmp_path / "node.log"
+        node = nodes.start(farm.listen_address, *extra, name="stranger", log=str(log))
+        text = _wait_for_text(log, "warning: no answer from the router")
+        assert node.poll() is None  # it keeps trying
+    if node_keys == "none":
+        assert "the router requires CURVE keys (start this node with --keys DIR" in text
+    else:
+        assert (
+            "copy " + str(tmp_path / "node" / "stranger.key") + " into the router's keys/authorized/" in text
+        )
+    assert text.count("warning: no answer") == 1  # once, not at every retry
+
+
+def test_a_second_node_with_a_live_nodes_name_is_refused_until_that_node_leaves(nodes, tmp_path):
+    # A HELLO that reused a live node's name added a second entry with that name.
+    with Farm("tests.pyfuncs:behave", schedule="0", listen="tcp://127.0.0.1:*", **FAST) as farm:
+        first = nodes.start(farm.listen_address, name="twin")
+        wait_for(lambda: joined(farm) == 1)
+        log = tmp_path / "second.log"
+        second = nodes.start(farm.listen_address, name="twin", log=str(log))
+        text = _wait_for_text(log, "the router refused this node")
+        assert "a node named 'twin' is already connected" in text and "--name" in text
+        assert farm.stats()["remote"]["rejected_name"] >= 1
+        assert [w["pid"] for w in farm.stats()["workers"] if w["node"] == "twin"] == [first.pid]
+        first.send_signal(signal.SIGINT)
+        wait_for(
+            lambda: (
+                [w["pid"] for w in farm.stats()["workers"] if w["ready"] and w["node"] == "twin"]
+                == [second.pid]
+            ),
+            within=30,
+        )
+        assert [int(o[0][0]) for o in farm.map([action(v) for v in range(100, 120)])] == list(range(100, 120))
