@@ -15,7 +15,7 @@ from typing import Any, Union
 
 from farm.errors import BackendUnavailableError
 
-__all__ = ["BACKENDS", "resolve_backend", "resolve_model"]
+__all__ = ["BACKENDS", "looks_like_callable_spec", "resolve_backend", "resolve_model"]
 
 BACKENDS = ("auto", "onnxruntime", "python", "rknnlite", "rknn-sim")
 
@@ -34,7 +34,9 @@ def _installed(module: str) -> bool:
         return False
 
 
-def _looks_like_callable_spec(model: str) -> bool:
+def looks_like_callable_spec(model: str) -> bool:
+    """Whether ``model`` reads as the python backend's ``"package.module:function"``
+    rather than as a file (an existing path never does)."""
     module, sep, attribute = model.partition(":")
     return bool(sep and module and attribute and not os.path.exists(model) and "/" not in module)
 
@@ -52,7 +54,7 @@ def resolve_model(model: Union[str, bytes, os.PathLike[str]], backend: str = "au
     if backend == "python":
         _check_callable_spec(text)  # before the file check: such a model is no file
         return text
-    if _looks_like_callable_spec(text):
+    if looks_like_callable_spec(text):
         return text
     if not os.path.isfile(text):
         raise FileNotFoundError(
@@ -79,7 +81,7 @@ def _model_text(model: Any) -> str:
 
 
 def _check_callable_spec(model: str) -> None:
-    if not _looks_like_callable_spec(model):
+    if not looks_like_callable_spec(model):
         raise ValueError(f"the python backend needs a model like 'package.module:function', got {model!r}")
 
 
@@ -105,7 +107,7 @@ def resolve_backend(backend: str, model: str) -> str:
 
 
 def _auto_backend(model: str) -> str:
-    if _looks_like_callable_spec(model):
+    if looks_like_callable_spec(model):
         return "python"
     lower = model.lower()
     if lower.endswith(".rknn"):

@@ -35,7 +35,7 @@ from typing import Any, Optional
 import numpy as np
 import zmq
 
-from farm.backends import _looks_like_callable_spec as looks_like_callable_spec
+from farm.backends import looks_like_callable_spec
 from farm.errors import FarmClosedError, WorkerStartError
 from farm.farm import Farm
 from farm.keys import client_keys, generate_keys
