@@ -92,11 +92,18 @@ def nodes():
     started.stop()
     pids = [p.pid for p in started.processes]
     assert wait_gone(pids)
-    time.sleep(0.2)
-    leftovers = [
-        n for n in os.listdir(segment_dir()) for pid in pids if n.startswith(f"{SEGMENT_PREFIX}{pid}-")
-    ]
-    assert not leftovers, f"node segments left behind: {leftovers}"
+
+    def leftovers() -> list[str]:
+        prefixes = tuple(f"{SEGMENT_PREFIX}{pid}-" for pid in pids)
+        return [n for n in os.listdir(segment_dir()) if n.startswith(prefixes)]
+
+    # A node removes its segments on its way out or, where it could not (killed
+    # after its 10 s of grace), its workers do once they notice it is gone: on a
+    # loaded machine that takes longer than a fixed pause.
+    deadline = time.monotonic() + 5
+    while leftovers() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not leftovers(), f"node segments left behind: {leftovers()}"
 
 
 def wait_for(predicate, within: float = 20.0) -> float:
