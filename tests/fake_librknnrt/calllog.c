@@ -78,11 +78,6 @@ void fake_error(const char *format, ...)
     write_all(2, line, (size_t)length);
 }
 
-static long runs_of_process;
-
-/* 1 for the first rknn_run of this process (all contexts together), 2 for the next... */
-long fake_next_run_number(void) { return __atomic_add_fetch(&runs_of_process, 1, __ATOMIC_SEQ_CST); }
-
 static void sleep_ms(long ms)
 {
     struct timespec left = {ms / 1000, (ms % 1000) * 1000000L};
@@ -90,18 +85,23 @@ static void sleep_ms(long ms)
         ;
 }
 
-/* Memory that grows: allocated, every page written (so it counts in the RSS), never freed. */
+/* Memory that grows: allocated, every page written (so it counts in the RSS), never freed. The
+ * blocks are chained from a global so that the compiler cannot drop the malloc and the stores. */
+static void *volatile leaked;
+
 static void leak(int mib)
 {
     size_t size = (size_t)mib << 20;
-    char *block = malloc(size);
+    volatile char *block = malloc(size);
     if (!block)
         return;
     for (size_t i = 0; i < size; i += 4096)
         block[i] = 1;
+    *(void *volatile *)block = leaked;
+    leaked = (void *)block;
 }
 
-/* Applies the model's run faults to run number `run` (1-based); 0 or the code rknn_run returns. */
+/* Applies the model's run faults to its run number `run` (1-based); 0 or the code rknn_run returns. */
 int fake_before_run(const fake_faults *f, long run)
 {
     if (f->leak_mib > 0 && run > f->leak_after)
@@ -121,7 +121,7 @@ int fake_before_run(const fake_faults *f, long run)
             pause();
     }
     if (f->run_fail && run > f->run_fail_after) {
-        fake_error("rknn_run: failure %d requested by the fake model file (run %ld of this process)",
+        fake_error("rknn_run: failure %d requested by the fake model file (run %ld of this model)",
                    f->run_fail, run);
         return f->run_fail;
     }

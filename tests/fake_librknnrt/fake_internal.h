@@ -19,7 +19,7 @@
 #define FAKE_API_VERSION "2.5.0 (fake librknnrt of rknn-farm)"
 #define FAKE_DRV_VERSION "0.9.8"
 
-/* Faults a model file asks for; "after" = how many runs of the process succeed first. */
+/* Faults a model file asks for; "after" = how many runs of the loaded model succeed first. */
 typedef struct {
     int init_fail;            /* 0: none; else the code rknn_init returns */
     char init_message[512];   /* printed as "E RKNN: [time] <message>" */
@@ -46,6 +46,7 @@ typedef struct {
     char custom_string[1024];
     fake_faults faults;
     uint32_t model_bytes;
+    long runs; /* rknn_run calls so far, all contexts sharing this model together (atomic) */
 } fake_model;
 
 typedef struct {
@@ -103,6 +104,5 @@ void fake_nhwc_attr(const rknn_tensor_attr *native, rknn_tensor_attr *out);
 void fake_log(const char *format, ...) __attribute__((format(printf, 1, 2)));
 void fake_error(const char *format, ...) __attribute__((format(printf, 1, 2)));
 int fake_before_run(const fake_faults *faults, long run_number);
-long fake_next_run_number(void);
 
 #endif /* FAKE_INTERNAL_H */

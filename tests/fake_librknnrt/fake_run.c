@@ -293,7 +293,7 @@ EXPORT int rknn_run(rknn_context context, rknn_run_extend *extend)
         return RKNN_ERR_CTX_INVALID;
     pthread_mutex_lock(&c->lock);
     status = gather_inputs(c);
-    run = status ? 0 : fake_next_run_number();
+    run = status ? 0 : __atomic_add_fetch(&c->model->runs, 1, __ATOMIC_SEQ_CST);
     fake_log("call=run ctx=%llu run=%ld mask=%d", (unsigned long long)context, run, c->core_mask);
     if (!status)
         status = fake_before_run(&c->model->faults, run);
