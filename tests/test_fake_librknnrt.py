@@ -371,10 +371,18 @@ def test_a_model_not_written_by_fake_model_is_invalid_and_says_why(fake, tmp_pat
         fake.init(str(tmp_path / "bad.fkrn"))
     with pytest.raises(RknnError) as missing:
         fake.init(str(tmp_path / "nowhere.fkrn"))
-    assert random_bytes.value.code == bad_source.value.code == missing.value.code == -6
+    (tmp_path / "fmt.fkrn").write_text("FKRN 1\n\n# a comment\ninput x 0 9 0 0 1.0 1 4\n")
+    with pytest.raises(RknnError) as bad_fmt:
+        fake.init(str(tmp_path / "fmt.fkrn"))
+    codes = {e.value.code for e in (random_bytes, bad_source, missing, bad_fmt)}
+    assert codes == {-6}
     err = capfd.readouterr().err
-    assert len(E_RKNN.findall(err)) >= 5
-    assert 'must start with "FKRN 1"' in err and "line 3: an output's source must be" in err
+    assert len(E_RKNN.findall(err)) >= 7
+    assert "fake model line 4: fmt must be 0 (NCHW), 1 (NHWC) or 3 (UNDEFINED)" in err
+    assert (
+        'must start with "FKRN 1"' in err
+        and "output y: source 5 is neither -1 (sum) nor an input (0..0)" in err
+    )
     assert "cannot read the model file" in err
 
 
@@ -561,7 +569,10 @@ def test_processes_share_one_call_log_line_by_line(tmp_path, library):
 
 
 def test_the_model_writer_round_trips_and_refuses_what_the_fake_cannot_run(tmp_path):
-    model = three_way_model(tmp_path / "m.fkrn", custom_string="two words", faults={"slow_ms": (5, 2)})
+    model = three_way_model(
+        tmp_path / "m.fkrn", custom_string="two words", faults={"slow_ms": (5, 2), "hang": 1, "init_fail": -3}
+    )
+    assert model.faults == {"slow_ms": (5, 2), "hang": (1, 0), "init_fail": (-3, "")}
     assert read_model(tmp_path / "m.fkrn") == model
     with pytest.raises(ValueError, match="same number of elements"):
         write_model(tmp_path / "x", [Tensor("a", (2,))], [Tensor("b", (3,))])

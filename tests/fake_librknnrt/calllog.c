@@ -35,25 +35,34 @@ static void write_all(int fd, const char *text, size_t length)
     }
 }
 
+/* Formats the message after the `length` bytes of prefix already in line, ends it with a newline
+ * (cut to LINE_MAX_BYTES) and returns the line's length. */
+static size_t compose(char *line, int length, const char *format, va_list args)
+{
+    length += vsnprintf(line + length, LINE_MAX_BYTES - (size_t)length - 1, format, args);
+    if (length > LINE_MAX_BYTES - 2)
+        length = LINE_MAX_BYTES - 2;
+    line[length++] = '\n';
+    return (size_t)length;
+}
+
 void fake_log(const char *format, ...)
 {
     const char *path = getenv("RKNN_FAKE_CALL_LOG");
     char line[LINE_MAX_BYTES];
-    int length, fd;
+    size_t length;
+    int prefix, fd;
     va_list args;
     if (!path || !*path)
         return;
-    length = snprintf(line, sizeof line, "pid=%d tid=%ld ", (int)getpid(), (long)syscall(SYS_gettid));
+    prefix = snprintf(line, sizeof line, "pid=%d tid=%ld ", (int)getpid(), (long)syscall(SYS_gettid));
     va_start(args, format);
-    length += vsnprintf(line + length, sizeof line - (size_t)length - 1, format, args);
+    length = compose(line, prefix, format, args);
     va_end(args);
-    if (length > (int)sizeof line - 2)
-        length = (int)sizeof line - 2;
-    line[length++] = '\n';
     fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
     if (fd < 0)
         return;
-    write_all(fd, line, (size_t)length);
+    write_all(fd, line, length);
     close(fd);
 }
 
@@ -63,19 +72,17 @@ void fake_error(const char *format, ...)
     char line[LINE_MAX_BYTES];
     struct timeval now;
     struct tm local;
-    int length;
+    size_t length;
+    int prefix;
     va_list args;
     gettimeofday(&now, NULL);
     localtime_r(&now.tv_sec, &local);
-    length = snprintf(line, sizeof line, "E RKNN: [%02d:%02d:%02d.%03ld] ", local.tm_hour, local.tm_min,
+    prefix = snprintf(line, sizeof line, "E RKNN: [%02d:%02d:%02d.%03ld] ", local.tm_hour, local.tm_min,
                       local.tm_sec, (long)(now.tv_usec / 1000));
     va_start(args, format);
-    length += vsnprintf(line + length, sizeof line - (size_t)length - 1, format, args);
+    length = compose(line, prefix, format, args);
     va_end(args);
-    if (length > (int)sizeof line - 2)
-        length = (int)sizeof line - 2;
-    line[length++] = '\n';
-    write_all(2, line, (size_t)length);
+    write_all(2, line, length);
 }
 
 static void sleep_ms(long ms)

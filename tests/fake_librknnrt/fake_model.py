@@ -136,7 +136,8 @@ class FakeModel:
     outputs: list[Tensor]
     custom_op: str = ""
     custom_string: str = ""
-    faults: dict[str, FaultValue] = field(default_factory=dict)
+    #: kind -> (value, after), or (code, message) for init_fail
+    faults: dict[str, tuple[int, Union[int, str]]] = field(default_factory=dict)
 
     def to_text(self) -> str:
         lines = [MAGIC, "# written by tests/fake_librknnrt/fake_model.py"]
@@ -149,16 +150,25 @@ class FakeModel:
         return "\n".join([*lines, "end", ""])
 
 
-def _fault_line(kind: str, value: FaultValue) -> str:
+def _normal_fault(kind: str, value: FaultValue) -> tuple[int, Union[int, str]]:
+    """``(value, after)``, or ``(code, message)`` for init_fail."""
     if kind not in FAULTS:
         raise ValueError(f"unknown fault {kind!r}: one of {sorted(FAULTS)}")
-    main, extra = value if isinstance(value, tuple) else (value, 0)
+    main, extra = value if isinstance(value, tuple) else (value, "" if kind == "init_fail" else 0)
     if kind == "init_fail":
-        message = str(extra) if isinstance(extra, str) else ""
-        if "\n" in message:
-            raise ValueError("an init_fail message is one line")
-        return f"fault init_fail {int(main)} 0 {message}".rstrip()
-    return f"fault {kind} {int(main)} {int(extra)}"
+        if not isinstance(extra, str) or "\n" in extra:
+            raise ValueError(f"init_fail takes a code or (code, one-line message), not {value!r}")
+        return int(main), extra.strip()
+    if isinstance(extra, str) or int(extra) < 0:
+        raise ValueError(f"{kind} takes a value or (value, after runs >= 0), not {value!r}")
+    return int(main), int(extra)
+
+
+def _fault_line(kind: str, value: tuple[int, Union[int, str]]) -> str:
+    main, extra = value
+    if kind == "init_fail":
+        return f"fault init_fail {main} 0 {extra}".rstrip()
+    return f"fault {kind} {main} {extra}"
 
 
 def write_model(
@@ -177,7 +187,8 @@ def write_model(
     produces the outputs instead of the built-in math. ``faults``: kind ->
     value, or (value, after): the first ``after`` runs of the process are
     spared (see :data:`FAULTS`); init_fail takes (code, message)."""
-    model = FakeModel(list(inputs), list(outputs), custom_op, custom_string, dict(faults or {}))
+    normal = {kind: _normal_fault(kind, value) for kind, value in (faults or {}).items()}
+    model = FakeModel(list(inputs), list(outputs), custom_op, custom_string, dict(normal))
     if not model.inputs or not model.outputs:
         raise ValueError("a fake model needs at least one input and one output")
     sizes = {t.n_elems for t in [*model.inputs, *model.outputs]}
@@ -202,7 +213,7 @@ def read_model(path: Union[str, os.PathLike]) -> FakeModel:
     inputs: list[Tensor] = []
     outputs: list[Tensor] = []
     custom_op = custom_string = ""
-    faults: dict[str, FaultValue] = {}
+    faults: dict[str, tuple[int, Union[int, str]]] = {}
     for line in lines[1:]:
         key, _, rest = line.strip().partition(" ")
         words = rest.split()
@@ -213,8 +224,8 @@ def read_model(path: Union[str, os.PathLike]) -> FakeModel:
         elif key == "custom_string":
             custom_string = rest
         elif key == "fault":
-            message = " ".join(words[3:])
-            faults[words[0]] = (int(words[1]), message) if message else (int(words[1]), int(words[2]))
+            kind, value, after = words[0], int(words[1]), int(words[2])
+            faults[kind] = (value, " ".join(words[3:])) if kind == "init_fail" else (value, after)
     return FakeModel(inputs, outputs, custom_op, custom_string, faults)
 
 

@@ -167,13 +167,18 @@ static fake_model *load_model(void *bytes, uint32_t size, int *status)
     return model;
 }
 
-static fake_model *shared_model(uint32_t flag, const rknn_init_extend *extend)
+/* With RKNN_FLAG_SHARE_WEIGHT_MEM and extend->ctx, the model of that context (*status set to
+ * RKNN_ERR_CTX_INVALID when it does not exist); else NULL. */
+static fake_model *shared_model(uint32_t flag, const rknn_init_extend *extend, int *status)
 {
     fake_ctx *source;
+    *status = RKNN_SUCC;
     if (!(flag & RKNN_FLAG_SHARE_WEIGHT_MEM) || !extend || !extend->ctx)
         return NULL;
-    if (!(source = fake_find(extend->ctx, "rknn_init(RKNN_FLAG_SHARE_WEIGHT_MEM)")))
+    if (!(source = fake_find(extend->ctx, "rknn_init(RKNN_FLAG_SHARE_WEIGHT_MEM)"))) {
+        *status = RKNN_ERR_CTX_INVALID;
         return NULL;
+    }
     __atomic_add_fetch(&source->model->refs, 1, __ATOMIC_SEQ_CST);
     return source->model;
 }
@@ -183,15 +188,15 @@ EXPORT int rknn_init(rknn_context *context, void *model_data, uint32_t size, uin
 {
     int status;
     const char *source = size ? "bytes" : "path";
-    fake_model *model = shared_model(flag, extend);
+    fake_model *model;
     if (!context) {
         fake_error("rknn_init: the context pointer is NULL");
         return RKNN_ERR_PARAM_INVALID;
     }
     *context = 0;
-    if (model)
+    if ((model = shared_model(flag, extend, &status)))
         source = "shared";
-    else if (!(model = load_model(model_data, size, &status))) {
+    else if (status || !(model = load_model(model_data, size, &status))) {
         fake_log("call=init source=%s flag=0x%x size=%u status=%d", source, flag, size, status);
         return status;
     }

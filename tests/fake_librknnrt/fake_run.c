@@ -382,6 +382,7 @@ EXPORT int rknn_destroy_mem(rknn_context context, rknn_tensor_mem *mem)
         return RKNN_ERR_PARAM_INVALID;
     }
     owned = mem->priv_data;
+    __atomic_sub_fetch(&c->dma_bytes, mem->size, __ATOMIC_SEQ_CST);
     pthread_mutex_lock(&c->lock);
     for (uint32_t k = 0; k < FAKE_MAX_TENSORS; k++) {
         if (c->in_mem[k].mem == mem)
@@ -414,13 +415,14 @@ static int bind(fake_ctx *c, rknn_tensor_mem *mem, const rknn_tensor_attr *attr)
 {
     int i = find_tensor(c->model->inputs, c->model->n_inputs, attr->name);
     int j = i < 0 ? find_tensor(c->model->outputs, c->model->n_outputs, attr->name) : -1;
-    const rknn_tensor_attr *model_attr = i >= 0 ? &c->model->inputs[i].attr : &c->model->outputs[j].attr;
+    const rknn_tensor_attr *model_attr;
     size_t needed;
     if (i < 0 && j < 0) {
         fake_error("rknn_set_io_mem: no input or output is named \"%s\" (pass an attr from rknn_query)",
                    attr->name);
         return RKNN_ERR_PARAM_INVALID;
     }
+    model_attr = i >= 0 ? &c->model->inputs[i].attr : &c->model->outputs[j].attr;
     if (j >= 0 && attr->type != RKNN_TENSOR_FLOAT32 && attr->type != model_attr->type) {
         fake_error("rknn_set_io_mem: output %s: type %s, only FP32 or the model's %s", attr->name,
                    fake_type_name(attr->type), fake_type_name(model_attr->type));

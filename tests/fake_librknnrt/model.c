@@ -296,16 +296,23 @@ static int record(parser *p, char *key, fake_model *m)
 /* Every output's source names an input, and the built-in math needs equal element counts. */
 static int check(parser *p, fake_model *m)
 {
-    if (!m->n_inputs || !m->n_outputs)
-        return fail(p, "a model needs at least one input and one output");
-    for (uint32_t j = 0; j < m->n_outputs; j++) {
-        if (m->outputs[j].source < -1 || m->outputs[j].source >= (int)m->n_inputs)
-            return fail(p, "an output's source must be -1 (sum) or an input's index");
+    if (!m->n_inputs || !m->n_outputs) {
+        snprintf(p->why, p->why_size, "fake model: it needs at least one input and one output");
+        return -1;
     }
+    for (uint32_t j = 0; j < m->n_outputs; j++)
+        if (m->outputs[j].source < -1 || m->outputs[j].source >= (int)m->n_inputs) {
+            snprintf(p->why, p->why_size, "fake model: output %s: source %d is neither -1 (sum) nor an input (0..%u)",
+                     m->outputs[j].attr.name, m->outputs[j].source, m->n_inputs - 1);
+            return -1;
+        }
     for (uint32_t i = 0; i < m->n_inputs + m->n_outputs; i++) {
         const fake_tensor *t = i < m->n_inputs ? &m->inputs[i] : &m->outputs[i - m->n_inputs];
-        if (t->attr.n_elems != m->inputs[0].attr.n_elems)
-            return fail(p, "every input and output needs the same number of elements");
+        if (t->attr.n_elems != m->inputs[0].attr.n_elems) {
+            snprintf(p->why, p->why_size, "fake model: %s has %u elements, %s %u: all must be equal", t->attr.name,
+                     t->attr.n_elems, m->inputs[0].attr.name, m->inputs[0].attr.n_elems);
+            return -1;
+        }
     }
     return 0;
 }
@@ -313,7 +320,7 @@ static int check(parser *p, fake_model *m)
 int fake_model_parse(const char *bytes, size_t size, fake_model *m, char *why, size_t why_size)
 {
     parser p = {NULL, 1, why, why_size};
-    char *text = malloc(size + 1), *line_save = NULL, *line;
+    char *text = malloc(size + 1), *line, *next;
     int status = 0, ended = 0;
     if (!text)
         return fail(&p, "out of memory");
@@ -321,14 +328,16 @@ int fake_model_parse(const char *bytes, size_t size, fake_model *m, char *why, s
     text[size] = '\0';
     memset(m, 0, sizeof *m);
     m->model_bytes = (uint32_t)size;
-    if (size < 7 || strncmp(text, "FKRN 1\n", 7) != 0) {
+    if (size < 7 || strncmp(text, "FKRN 1\n", 7) != 0 || strlen(text) != size) {
         free(text);
         return fail(&p, "not a fake model: it must start with \"FKRN 1\" (write it with fake_model.py)");
     }
-    line = strtok_r(text + 7, "\n", &line_save);
-    for (; line && !status && !ended; line = strtok_r(NULL, "\n", &line_save)) {
+    for (line = text + 7; line && !status && !ended; line = next) {
         char *key;
-        p.line++; /* approximate when blank lines were skipped: strtok_r merges them */
+        next = strchr(line, '\n');
+        if (next)
+            *next++ = '\0';
+        p.line++;
         p.save = NULL;
         key = strtok_r(line, " \t\r", &p.save);
         if (!key || key[0] == '#')

@@ -2,9 +2,9 @@
  * rknn_api_fake.h: rknn-farm's OWN declarations of the part of the RKNN C API
  * (librknnrt) that RKNNLite 2.5.0 and rknn-farm call.
  *
- * Written from /work/shared/reference/rknn-c-api-facts.md (sizes, offsets,
- * constants measured against the real header); not copied from Rockchip's
- * proprietary rknn_api.h. The layouts are checked by
+ * Written from the sizes, offsets and constants measured by compiling a
+ * program against Rockchip's rknn_api.h and rknn_custom_op.h (SDK 2.3.2);
+ * not copied from those proprietary headers. The layouts are checked by
  * tests/test_fake_librknnrt.py (layout.c prints them; the test compares them
  * with the facts and with the ctypes structures of
  * workers/backends/rknn_runtime.py). Only for the FAKE runtime of the tests.
