@@ -247,6 +247,47 @@ def test_probe_model_reads_the_fake(library, tmp_path, monkeypatch):
     assert probe.weight_bytes == (tmp_path / "m.fkrn").stat().st_size
 
 
+def test_rknnlite_2_5_call_sequence_runs_and_the_log_shows_it(fake, tmp_path, call_log):
+    """The calls the real RKNNLite 2.5.0 makes for init_runtime(core_mask=1), one
+    inference(data_format="nhwc") and release(), as seen under qemu."""
+    model = three_way_model(tmp_path / "m.fkrn")
+    context = fake.init((tmp_path / "m.fkrn").read_bytes(), flag=0x1)
+    fake.set_core_mask(context, 1)
+    fake.query(context, rt.RKNN_QUERY_SDK_VERSION, rt.RknnSdkVersion())
+    dynamic = ctypes.create_string_buffer(33040)
+    assert fake.lib.rknn_query(context, rt.RKNN_QUERY_INPUT_DYNAMIC_RANGE, dynamic, 33040) == -1
+    n_inputs, _ = fake.counts(context)
+    for index in range(n_inputs):
+        fake.attr(context, rt.RKNN_QUERY_INPUT_ATTR, index)
+    outputs = fake.infer(context, feeds(5), formats=["NHWC", "NHWC"])
+    fake.destroy(context)
+    for got, want in zip(outputs, expected_outputs(model, feeds(5))):
+        np.testing.assert_array_equal(got, want)
+    calls = [
+        (c["call"], c.get("cmd", c.get("mask", c.get("fmt"))))
+        for c in read_call_log(call_log)
+        if c["call"] != "outputs_release"
+    ]
+    assert calls == [
+        ("init", None),
+        ("set_core_mask", 1),
+        ("query", 5),
+        ("query", 13),
+        ("query", 0),
+        ("query", 1),
+        ("query", 1),
+        ("inputs_set", 1),
+        ("inputs_set", 1),
+        ("run", 1),  # run with core mask 1
+        ("query", 0),
+        ("query", 2),
+        ("query", 2),
+        ("query", 2),
+        ("outputs_get", None),
+        ("destroy", None),
+    ]
+
+
 # ── contexts ────────────────────────────────────────────────────────────────
 def test_dup_context_shares_the_model_and_the_log_tells_init_from_dup(fake, tmp_path, call_log):
     model = three_way_model(tmp_path / "m.fkrn")
