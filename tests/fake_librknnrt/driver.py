@@ -9,6 +9,7 @@ raising :class:`RknnError` (with the code) when one fails.
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import os
 import shutil
 import subprocess
@@ -36,9 +37,13 @@ def missing_tools(arch: str) -> str:
 
 def build(arch: str = "x86_64") -> Path:
     """``make ARCH=<arch>`` in this folder; the folder with librknnrt.so and layout."""
-    done = subprocess.run(
-        ["make", "-s", f"ARCH={arch}"], cwd=HERE, capture_output=True, text=True, timeout=120
-    )
+    (HERE / "build").mkdir(exist_ok=True)
+    # One make at a time: two test sessions of this checkout must not write the same objects.
+    with open(HERE / "build" / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        done = subprocess.run(
+            ["make", "-s", f"ARCH={arch}"], cwd=HERE, capture_output=True, text=True, timeout=120
+        )
     if done.returncode != 0:
         raise RuntimeError(f"building the fake librknnrt for {arch} failed:\n{done.stdout}{done.stderr}")
     return HERE / "build" / arch
