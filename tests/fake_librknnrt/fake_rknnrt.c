@@ -128,12 +128,13 @@ static char *read_file(const char *path, size_t *size)
     return data;
 }
 
-static void print_lines(const char *prefix, const char *text)
+/* Each line of text as an "E RKNN:" line. */
+static void print_lines(const char *text)
 {
     char copy[512], *save = NULL;
     snprintf(copy, sizeof copy, "%s", text);
     for (char *line = strtok_r(copy, "\n", &save); line; line = strtok_r(NULL, "\n", &save))
-        fake_error("%s%s", prefix, line);
+        fake_error("%s", line);
 }
 
 /* The model of `bytes` (size 0: a path), parsed, or NULL with the E RKNN lines printed. */
@@ -201,8 +202,8 @@ EXPORT int rknn_init(rknn_context *context, void *model_data, uint32_t size, uin
         return status;
     }
     if (model->faults.init_fail) {
-        print_lines("", model->faults.init_message[0] ? model->faults.init_message
-                                                      : "rknn_init: failure requested by the fake model file");
+        print_lines(model->faults.init_message[0] ? model->faults.init_message
+                                                  : "rknn_init: failure requested by the fake model file (init_fail)");
         status = model->faults.init_fail;
         release_model(model);
         fake_log("call=init source=%s flag=0x%x size=%u status=%d", source, flag, size, status);
