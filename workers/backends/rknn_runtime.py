@@ -19,8 +19,11 @@ the header text; see docs/board.md): ``rknn_tensor_attr`` is
 (376 bytes with natural alignment on aarch64). Headers older than v1.3.0 had
 ``stride`` instead of ``w_stride`` and no ``h_stride``; the fields read here
 (index .. scale) sit at the same offsets in both, and a larger buffer than an
-old runtime expects is harmless. The layout was not checked against a running
-librknnrt: nothing here has run on a board.
+old runtime expects is harmless. The other structures (inputs, outputs,
+tensor mems, custom ops) are here for tests and later backends; every size
+and offset equals those measured against Rockchip's header
+(tests/test_fake_librknnrt.py checks them), but none was checked against a
+running librknnrt on a board.
 
 Also here, because the worker and ``rknn-farm doctor`` both need them:
 :func:`find_librknnrt` (where the library is) and :func:`soc_info` (which
@@ -40,8 +43,17 @@ from typing import Any, Optional
 __all__ = [
     "LIBRKNNRT_DIRS",
     "ModelProbe",
+    "RknnCustomOp",
+    "RknnCustomOpContext",
+    "RknnCustomOpTensor",
+    "RknnInitExtend",
+    "RknnInput",
+    "RknnOutput",
+    "RknnPerfRun",
+    "RknnRunExtend",
     "RknnSdkVersion",
     "RknnTensorAttr",
+    "RknnTensorMem",
     "SocInfo",
     "TensorInfo",
     "error_name",
@@ -58,9 +70,17 @@ RKNN_MAX_NAME_LEN = 256
 RKNN_QUERY_IN_OUT_NUM = 0
 RKNN_QUERY_INPUT_ATTR = 1
 RKNN_QUERY_OUTPUT_ATTR = 2
+RKNN_QUERY_PERF_RUN = 4
 RKNN_QUERY_SDK_VERSION = 5
 RKNN_QUERY_MEM_SIZE = 6
 RKNN_QUERY_CUSTOM_STRING = 7
+RKNN_QUERY_NATIVE_INPUT_ATTR = 8
+RKNN_QUERY_NATIVE_OUTPUT_ATTR = 9
+RKNN_QUERY_NATIVE_NHWC_INPUT_ATTR = 10
+RKNN_QUERY_NATIVE_NHWC_OUTPUT_ATTR = 11
+RKNN_QUERY_INPUT_DYNAMIC_RANGE = 13
+
+RKNN_FLAG_SHARE_WEIGHT_MEM = 0x20
 
 RKNN_TENSOR_NCHW = 0
 RKNN_TENSOR_NHWC = 1
@@ -167,6 +187,133 @@ class RknnMemSize(ctypes.Structure):
         ("total_sram_size", ctypes.c_uint32),
         ("free_sram_size", ctypes.c_uint32),
         ("reserved", ctypes.c_uint32 * 10),
+    ]
+
+
+class RknnPerfRun(ctypes.Structure):
+    """``RKNN_QUERY_PERF_RUN``: microseconds of the context's last ``rknn_run``."""
+
+    _fields_ = [("run_duration", ctypes.c_int64)]
+
+
+class RknnTensorMem(ctypes.Structure):
+    """``rknn_tensor_mem``: the tensor's bytes are at ``virt_addr + offset``."""
+
+    _fields_ = [
+        ("virt_addr", ctypes.c_void_p),
+        ("phys_addr", ctypes.c_uint64),
+        ("fd", ctypes.c_int32),
+        ("offset", ctypes.c_int32),
+        ("size", ctypes.c_uint32),
+        ("flags", ctypes.c_uint32),
+        ("priv_data", ctypes.c_void_p),
+    ]
+
+
+class RknnInput(ctypes.Structure):
+    """One entry of ``rknn_inputs_set``: ``type``/``fmt`` describe ``buf`` (converted unless
+    ``pass_through``)."""
+
+    _fields_ = [
+        ("index", ctypes.c_uint32),
+        ("buf", ctypes.c_void_p),
+        ("size", ctypes.c_uint32),
+        ("pass_through", ctypes.c_uint8),
+        ("type", ctypes.c_int),  # rknn_tensor_type
+        ("fmt", ctypes.c_int),  # rknn_tensor_format
+    ]
+
+
+class RknnOutput(ctypes.Structure):
+    """One entry of ``rknn_outputs_get``: float32 when ``want_float``; ``buf`` is the runtime's
+    (freed by ``rknn_outputs_release``) unless ``is_prealloc``."""
+
+    _fields_ = [
+        ("want_float", ctypes.c_uint8),
+        ("is_prealloc", ctypes.c_uint8),
+        ("index", ctypes.c_uint32),
+        ("buf", ctypes.c_void_p),
+        ("size", ctypes.c_uint32),
+    ]
+
+
+class RknnInitExtend(ctypes.Structure):
+    _fields_ = [
+        ("ctx", RknnContext),
+        ("real_model_offset", ctypes.c_int32),
+        ("real_model_size", ctypes.c_uint32),
+        ("model_buffer_fd", ctypes.c_int32),
+        ("model_buffer_flags", ctypes.c_uint32),
+        ("reserved", ctypes.c_uint8 * 112),
+    ]
+
+
+class RknnRunExtend(ctypes.Structure):
+    _fields_ = [
+        ("frame_id", ctypes.c_uint64),
+        ("non_block", ctypes.c_int32),
+        ("timeout_ms", ctypes.c_int32),
+        ("fence_fd", ctypes.c_int32),
+    ]
+
+
+# ── custom operators (rknn_custom_op.h) ─────────────────────────────────────
+RKNN_TARGET_TYPE_CPU = 1
+RKNN_TARGET_TYPE_GPU = 2
+
+
+class RknnGpuOpContext(ctypes.Structure):
+    _fields_ = [
+        ("cl_context", ctypes.c_void_p),
+        ("cl_command_queue", ctypes.c_void_p),
+        ("cl_kernel", ctypes.c_void_p),
+    ]
+
+
+class RknnCustomOpContext(ctypes.Structure):
+    _fields_ = [
+        ("target", ctypes.c_int),  # rknn_target_type
+        ("internal_ctx", ctypes.c_uint64),
+        ("gpu_ctx", RknnGpuOpContext),
+        ("priv_data", ctypes.c_void_p),
+    ]
+
+
+class RknnCustomOpTensor(ctypes.Structure):
+    """A custom op's view of a tensor: its data is at ``mem.virt_addr + mem.offset``."""
+
+    _fields_ = [("attr", RknnTensorAttr), ("mem", RknnTensorMem)]
+
+
+#: ``int init/prepare/compute/compute_native(op_ctx, inputs, n_inputs, outputs, n_outputs)``
+RknnCustomOpFunction = ctypes.CFUNCTYPE(
+    ctypes.c_int,
+    ctypes.POINTER(RknnCustomOpContext),
+    ctypes.POINTER(RknnCustomOpTensor),
+    ctypes.c_uint32,
+    ctypes.POINTER(RknnCustomOpTensor),
+    ctypes.c_uint32,
+)
+#: ``int destroy(op_ctx)``
+RknnCustomOpDestroy = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(RknnCustomOpContext))
+
+
+class RknnCustomOp(ctypes.Structure):
+    """One op for ``rknn_register_custom_ops`` (``compute`` is required)."""
+
+    _fields_ = [
+        ("version", ctypes.c_uint32),
+        ("target", ctypes.c_int),  # rknn_target_type
+        ("op_type", ctypes.c_char * 256),
+        ("cl_kernel_name", ctypes.c_char * 256),
+        ("cl_kernel_source", ctypes.c_char_p),
+        ("cl_source_size", ctypes.c_uint64),
+        ("cl_build_options", ctypes.c_char * 256),
+        ("init", RknnCustomOpFunction),
+        ("prepare", RknnCustomOpFunction),
+        ("compute", RknnCustomOpFunction),
+        ("compute_native", RknnCustomOpFunction),
+        ("destroy", RknnCustomOpDestroy),
     ]
 
 
