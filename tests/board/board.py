@@ -52,7 +52,10 @@ def two_in_two_out(path: str, fmt: str = "NHWC", faults: Optional[dict[str, Any]
     return write_model(
         path,
         inputs=[Tensor("image", dims, fmt=fmt), Tensor("bias", dims, fmt=fmt)],
-        outputs=[Tensor("total", dims, fmt=fmt, source=-1), Tensor("half", dims, type="FP16", fmt=fmt, source=0, k=0.5)],
+        outputs=[
+            Tensor("total", dims, fmt=fmt, source=-1),
+            Tensor("half", dims, type="FP16", fmt=fmt, source=0, k=0.5),
+        ],
         custom_string="board-suite",
         faults=faults,
     )
@@ -115,7 +118,9 @@ def python(
     )
 
 
-def cli(*args: str, env: Optional[dict[str, str]] = None, timeout: float = 180) -> subprocess.CompletedProcess:
+def cli(
+    *args: str, env: Optional[dict[str, str]] = None, timeout: float = 180
+) -> subprocess.CompletedProcess:
     """``rknn-farm ARGS`` (``python -m farm``) on the emulated board."""
     return python(["-m", "farm", *args], env=env, timeout=timeout)
 

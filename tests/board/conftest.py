@@ -43,7 +43,8 @@ def _wrong_board() -> str:
         return f"rknnlite does not import: {exc}"
     version, where = board.rknnlite_version(), os.path.realpath(rknnlite.__file__)
     if version != board.RKNNLITE_VERSION or not where.startswith(board.SITE):
-        return f"rknnlite is {version or 'a package without metadata'} at {where}, not {board.RKNNLITE_VERSION} in {board.SITE}"
+        found = version or "a package without metadata"
+        return f"rknnlite is {found} at {where}, not {board.RKNNLITE_VERSION} in {board.SITE}"
     return ""
 
 
@@ -52,7 +53,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if not mine:
         return
     if not os.environ.get(board.ENV):
-        skip = pytest.mark.skip(reason=f"the emulated-board suite runs only under qemu: bash scripts/test-board")
+        skip = pytest.mark.skip(
+            reason="the emulated-board suite runs only under qemu: bash scripts/test-board"
+        )
         for item in mine:
             item.add_marker(skip)
         return

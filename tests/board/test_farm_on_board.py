@@ -86,7 +86,9 @@ def test_a_wrong_shape_of_the_same_byte_size_is_refused(main):
     _, log, farm = main
     before = len(log.calls())
     nhwc = [a.transpose(0, 2, 3, 1).copy() for a in board.nchw_feed(3)]  # (1, 4, 5, 3): 60 floats too
-    with pytest.raises(InvalidInputError, match=r"shape mismatch: expected \[1, 3, 4, 5\], got \[1, 4, 5, 3\]"):
+    with pytest.raises(
+        InvalidInputError, match=r"shape mismatch: expected \[1, 3, 4, 5\], got \[1, 4, 5, 3\]"
+    ):
         farm.run(nhwc)
     assert len(log.calls()) == before
 

@@ -9,15 +9,24 @@ then one ``inference(inputs=[...], data_format=...)`` per task.
 **Layouts.** RKNN tensors are NHWC, so :meth:`RknnLiteSession.describe`
 reports ``native_layout="nhwc"`` and 4-D input shapes as the runtime does
 (NHWC). The parent maps the user's ``layout`` onto that
-(``farm.tensors.transpose_axes``) and this backend picks ``data_format``:
+(``farm.tensors.transpose_axes``); what arrives here for a 4-D input is NCHW
+for ``nchw`` (the default), NHWC for ``nchw_software`` (transposed by the
+parent), ``nhwc`` and ``any``.
 
-====================  ==============================  ==================================
-layout                what arrives here (4-D inputs)  ``data_format``
-====================  ==============================  ==================================
-``nchw`` (default)    NCHW, as the user gave it       ``'nchw'``: the runtime converts
-``nchw_software``     NHWC, transposed by the parent  ``'nhwc'``
-``nhwc``, ``any``     NHWC, as the user gave it       ``'nhwc'``
-====================  ==============================  ==================================
+This backend hands RKNNLite every 4-D input whose native layout the probe
+knows (from librknnrt's input attrs) in that layout, transposing the data
+itself when it arrives in the other one, and passes the matching
+``data_format``: ``'nhwc'`` for NHWC-native inputs (most models), ``'nchw'``
+when every known 4-D input is NCHW-native (in a model that mixes both, all
+go as NHWC, which the runtime converts). Measured with the real RKNNLite
+2.5.0 on the emulated board (tests/board): given ``'nchw'`` for an
+NHWC-native input it converts the data itself but prints, for every single
+inference, "W The input[i] need NHWC data format, but NCHW set, ..."; with
+no ``data_format`` it takes NCHW data as NHWC, silently wrong. For an
+NCHW-native input it prints "W The data format of input[i](nchw) is not
+supported currently, ..." at every inference whatever ``data_format`` says
+(nothing here can avoid that one). Inputs of an unknown or UNDEFINED layout
+are passed as they arrive, with the ``data_format`` of the arriving layout.
 
 ``data_format`` is always passed as a string, never a list (a list raises
 ``KeyError`` inside older RKNNLite versions, airockchip/rknn-toolkit2#344),
@@ -139,7 +148,11 @@ class RKNNLiteError(RuntimeError):
 
 # ── capturing what the runtime prints ───────────────────────────────────────
 _LOG_PREFIX = "rknn-farm-rtlog-"
-_ERROR_LINE = re.compile(r"^\s*(?:[EWF] |[A-Za-z_]*(?:Error|Exception)\b:?)|RKNN_ERR_")
+_ERROR_LINE = re.compile(r"^\s*(?:[EF] |[A-Za-z_]*(?:Error|Exception)\b:?)|RKNN_ERR_")
+# RKNNLite's warnings ("W Query dynamic range failed. Ret code: RKNN_ERR_FAIL ..." at every init,
+# "W The input[0] need NHWC data format ..." per inference) are not why a call failed: an error
+# message that quoted them would bury the E lines that say why.
+_WARNING_LINE = re.compile(r"^\s*W ")
 _MAX_LINES = 20
 _MAX_LINE_CHARS = 400
 _TRUNCATE_BYTES = 4 << 20
@@ -325,7 +338,11 @@ _CAPTURE = _OutputCapture()
 
 
 def _error_lines(text: str) -> list[str]:
-    lines = [line.rstrip()[:_MAX_LINE_CHARS] for line in text.splitlines() if _ERROR_LINE.search(line)]
+    lines = [
+        line.rstrip()[:_MAX_LINE_CHARS]
+        for line in text.splitlines()
+        if _ERROR_LINE.search(line) and not _WARNING_LINE.match(line)
+    ]
     return lines[-_MAX_LINES:]
 
 
@@ -455,6 +472,8 @@ class RknnLiteSession:
             self.core_mask = self._init_runtime(placement.core_mask)
             self._reuse_outputs = _accepts_reuse_outputs(type(self._rknn))
             self._description = self._describe_model()
+            self._transpose, self._feed_format = _feed_plan(self._description["inputs"], self._data_format)
+            self._description["data_format"] = self._feed_format
         except BaseException:
             self.close()
             raise
@@ -570,11 +589,7 @@ class RknnLiteSession:
 
     def run(self, inputs: Sequence[np.ndarray], names: Optional[Sequence[str]] = None) -> list[np.ndarray]:
         """Outputs of one inference, float32, owned by the caller."""
-        arrays = list(inputs)
-        if self._description["inputs"] is None and self._layout == "nchw_software":
-            # Free-form inputs are not transposed by the parent: do it here.
-            arrays = [np.ascontiguousarray(a.transpose(0, 2, 3, 1)) if a.ndim == 4 else a for a in arrays]
-        data_format = self._data_format if any(a.ndim == 4 for a in arrays) else None
+        arrays, data_format = self._feed(list(inputs))
         reuse = self._reuse_outputs
         if reuse:
             call = lambda: self._rknn.inference(inputs=arrays, data_format=data_format, reuse_outputs=True)  # noqa: E731
@@ -590,6 +605,15 @@ class RknnLiteSession:
             np.array(o, dtype=np.float32, order="C", copy=True) if reuse else _as_float32(o) for o in result
         ]
 
+    def _feed(self, arrays: list[np.ndarray]) -> tuple[list[np.ndarray], Optional[str]]:
+        """The arrays for ``inference`` and its ``data_format`` (see the module docstring)."""
+        if self._description["inputs"] is None and self._layout == "nchw_software":
+            # Free-form inputs are not transposed by the parent: do it here.
+            arrays = [_transposed(a, "nhwc") if a.ndim == 4 else a for a in arrays]
+        if any(self._transpose):
+            arrays = [_transposed(a, self._feed_format) if t else a for a, t in zip(arrays, self._transpose)]
+        return arrays, self._feed_format if any(a.ndim == 4 for a in arrays) else None
+
     def close(self) -> None:
         if self._closed:
             return
@@ -598,6 +622,27 @@ class RknnLiteSession:
             self._rknn.release()
         except Exception:
             pass
+
+
+def _feed_plan(inputs: Optional[list[dict[str, Any]]], arriving: str) -> tuple[list[bool], str]:
+    """Which inputs to transpose (their 4-D data arrives in ``arriving`` but
+    the runtime's native layout is the other one) and the ``data_format`` to
+    pass; ``([], arriving)`` when the probe gave no attrs."""
+    if inputs is None:
+        return [], arriving
+    natives = [
+        str(entry.get("fmt")).lower() if len(entry.get("shape") or ()) == 4 else None for entry in inputs
+    ]
+    known = [n for n in natives if n in ("nhwc", "nchw")]
+    if not known:
+        target = arriving
+    else:
+        target = "nchw" if all(n == "nchw" for n in known) else "nhwc"
+    return [n in ("nhwc", "nchw") and arriving != target for n in natives], target
+
+
+def _transposed(array: np.ndarray, to: str) -> np.ndarray:
+    return np.ascontiguousarray(array.transpose((0, 2, 3, 1) if to == "nhwc" else (0, 3, 1, 2)))
 
 
 def _as_float32(array: Any) -> np.ndarray:
