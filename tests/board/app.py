@@ -3,8 +3,10 @@
     python -m tests.board.app MODEL TASKS [FARM_OPTIONS_JSON]
 
 runs TASKS inferences of a :func:`tests.board.board.two_in_two_out` model fed
-as its ``layout`` option says (NCHW by default) and prints ``exact <n>``, the
-number of results equal to the fake's own prediction.
+as its ``layout`` option says (NCHW by default) and prints ``core_mask <mask>``
+(the first context's) and ``exact <n>``, the number of results equal to the
+fake's own prediction. A farm that fails to start prints ``error <type>`` and
+the message, and exits with 3.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import json
 import sys
 
-from farm import Farm
+from farm import Farm, FarmError
 from tests.board import board
 from tests.fake_librknnrt.fake_model import read_model
 
@@ -23,7 +25,13 @@ def main() -> None:
     model = read_model(path)
     nhwc = options.get("layout") in ("nhwc", "any")
     exact = 0
-    with Farm(path, **options) as farm:
+    try:
+        farm = Farm(path, **options)
+    except FarmError as exc:
+        print(f"error {type(exc).__name__}\n{exc}", flush=True)
+        sys.exit(3)
+    with farm:
+        print(f"core_mask {farm.description['core_mask']}", flush=True)
         for seed in range(tasks):
             feed = board.nchw_feed(seed)
             if nhwc:

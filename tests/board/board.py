@@ -7,6 +7,7 @@ Everything here runs inside the emulated board (aarch64 under qemu-user,
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -37,6 +38,13 @@ def rknnlite_version() -> str:
         return version("rknn-toolkit-lite2")
     except PackageNotFoundError:
         return ""
+
+
+def on_host(path: str) -> str:
+    """``path`` as the host has it, not the sysroot: qemu looks every absolute path
+    up in the sysroot first, but /proc/self/root is not in the sysroot, so the
+    path through it is the host's root."""
+    return os.path.join("/proc/self/root", path.lstrip("/"))
 
 
 def sysroot() -> str:
@@ -118,6 +126,15 @@ def python(
     )
 
 
+def app(
+    model: str, tasks: int, options: Optional[dict[str, Any]] = None, root: Optional[str] = None
+) -> subprocess.CompletedProcess:
+    """``python -m tests.board.app`` (see there), on the sysroot ``root`` when given."""
+    env = {"QEMU_LD_PREFIX": root} if root else None
+    args = ["-m", "tests.board.app", model, str(tasks), json.dumps(options or {})]
+    return python(args, env=env, cwd=CHECKOUT)
+
+
 def cli(
     *args: str, env: Optional[dict[str, str]] = None, timeout: float = 180
 ) -> subprocess.CompletedProcess:
@@ -130,6 +147,7 @@ def overlay(directory: Path, files: dict[str, bytes], hide: Sequence[str] = ()) 
     but with ``files`` (path -> content) of its own and the top-level entries of
     ``hide`` absent. The shared sysroot is never changed. Returns its path."""
     base = Path(sysroot())
+    directory.mkdir(parents=True, exist_ok=True)
     own_tops = {Path(p).parts[0] for p in files} | set(hide)
     for entry in base.iterdir():
         if entry.name not in own_tops:

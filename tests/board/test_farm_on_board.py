@@ -43,6 +43,14 @@ def test_the_suite_runs_the_real_rknnlite_2_5_0_on_aarch64_with_the_fake_runtime
     assert "fake librknnrt of rknn-farm" in described["runtime_version"]
 
 
+def test_the_fake_runtime_and_the_npu_node_exist_for_the_board_only():
+    assert os.path.exists("/usr/lib/librknnrt.so") and os.path.exists("/dev/dri/renderD129")
+    assert not os.path.exists(board.on_host("/usr/lib/librknnrt.so"))
+    assert os.path.exists(board.on_host("/proc/self/status"))  # the host's view works
+    with open("/proc/device-tree/compatible", "rb") as fh:
+        assert fh.read().split(b"\0")[:2] == [b"radxa,rock-5b", b"rockchip,rk3588"]
+
+
 def test_schedule_0_1_2_with_two_contexts_a_core_gives_exact_results(main):
     model, _, farm = main
     feeds = [board.nchw_feed(seed) for seed in range(24)]

@@ -337,6 +337,27 @@ def _report_logs_of_dead_workers() -> None:
 _CAPTURE = _OutputCapture()
 
 
+_CONTAINER_BANNER = "necessary files are missing in the container"
+
+
+def _container_hint(output: str) -> str:
+    """What to do when RKNNLite's container check failed ("" when it did not).
+
+    RKNNLite 2.5.0's ``init_runtime`` refuses to start when ``/.dockerenv``
+    exists but ``/dev/dri/renderD129`` or ``/proc/device-tree/compatible`` do
+    not: it prints a banner with the ``-v`` options to stdout and a bare
+    ``RuntimeError`` traceback (from ``_check_container``) to stderr."""
+    if _CONTAINER_BANNER not in output:
+        return ""
+    mounts = [line.strip() for line in output.splitlines() if line.strip().startswith("-v ")]
+    return (
+        "RKNNLite's container check failed: this is a container (/.dockerenv exists) without the NPU's "
+        "device node or the SoC's device tree. Start it with --device /dev/dri/renderD129 and "
+        "-v /proc/device-tree/compatible:/proc/device-tree/compatible:ro (RKNNLite suggests: "
+        f"{'; '.join(mounts) or 'see its banner on stdout'}); see docs/board.md, 'In a container'."
+    )
+
+
 def _error_lines(text: str) -> list[str]:
     lines = [
         line.rstrip()[:_MAX_LINE_CHARS]
@@ -465,6 +486,7 @@ class RknnLiteSession:
                 "custom_op_default_path: RKNNLite cannot register plugins; whether librknnrt loads "
                 "/usr/lib/rknpu/op_plugins/librkcst_*.so by itself is not verified"
             )
+        self._new_rknnlite = RKNNLite
         self._rknn = RKNNLite()
         self._closed = False
         try:
@@ -493,6 +515,9 @@ class RknnLiteSession:
             message += f"; the runtime's log was not captured ({ENV_CAPTURE}=0): see the worker's stderr"
         else:
             message += "; the runtime printed no error line"
+        container = _container_hint(output)
+        if container:
+            message += "\n" + container
         return RKNNLiteError(message, call, lines)
 
     def _load(self) -> None:
@@ -511,7 +536,9 @@ class RknnLiteSession:
         soc = rknn_runtime.soc_info("/")
         if mask == 1 and not (soc.npu_cores or 0) > 1:
             # RK356x-class SoCs have one NPU core and refuse core masks
-            # (set_core_mask fails): NPU_CORE_AUTO is that core.
+            # (set_core_mask fails): NPU_CORE_AUTO is that core. RKNNLite keeps
+            # a broken runtime after a failed init_runtime, so retry on a new object.
+            self._replace_rknnlite()
             retry, _ = _guarded(lambda: self._rknn.init_runtime(core_mask=0))
             if retry == 0:
                 self._notes.append(
@@ -521,6 +548,15 @@ class RknnLiteSession:
                 warnings.warn(f"rknn-farm: {self._notes[-1]}", UserWarning, stacklevel=2)
                 return 0
         raise error
+
+    def _replace_rknnlite(self) -> None:
+        """Release the RKNNLite object whose init failed and load the model into a new one."""
+        try:
+            self._rknn.release()
+        except Exception:  # a broken runtime may fail to release; it is dropped either way
+            pass
+        self._rknn = self._new_rknnlite()
+        self._load()
 
     def _describe_model(self) -> dict[str, Any]:
         sdk_text = ""
@@ -634,10 +670,8 @@ def _feed_plan(inputs: Optional[list[dict[str, Any]]], arriving: str) -> tuple[l
         str(entry.get("fmt")).lower() if len(entry.get("shape") or ()) == 4 else None for entry in inputs
     ]
     known = [n for n in natives if n in ("nhwc", "nchw")]
-    if not known:
-        target = arriving
-    else:
-        target = "nchw" if all(n == "nchw" for n in known) else "nhwc"
+    all_nchw = bool(known) and all(n == "nchw" for n in known)
+    target = arriving if not known else ("nchw" if all_nchw else "nhwc")
     return [n in ("nhwc", "nchw") and arriving != target for n in natives], target
 
 
