@@ -46,7 +46,11 @@ or sends them as zero-copy ZeroMQ frames, which is why a copy is needed).
 ``init_runtime``) or None (``inference``) and logging. Each becomes an
 :class:`RKNNLiteError` (a ``RuntimeError``) naming the call, the model path,
 the core and core mask, and quoting the error lines the runtime printed
-during the call (``E RKNN: ...`` from librknnrt, ``E ...`` from RKNNLite).
+during the call (``E RKNN: ...`` from librknnrt, ``E ...`` from RKNNLite;
+``W ...`` warnings are left out). RKNNLite 2.5.0's ``inference`` ignores a
+failed ``rknn_run`` and returns the stale output buffers, so an inference
+during which librknnrt printed an ``E RKNN:`` line fails too (with the log
+capture switched off, see below, such a failure goes unnoticed).
 
 *How those lines are captured.* librknnrt is C code: it writes to file
 descriptor 2 (or 1; not verified which) with no Python object in between, so
@@ -337,6 +341,15 @@ def _report_logs_of_dead_workers() -> None:
 _CAPTURE = _OutputCapture()
 
 
+# librknnrt's own error lines. RKNNLite 2.5.0's inference does not check rknn_run's return
+# code: when the run fails it still calls rknn_outputs_get and returns whatever the output
+# buffers hold, the previous task's results (seen on the emulated board, tests/board). The
+# runtime's "E RKNN:" line printed during the call is the only sign, so it fails the task.
+_RUNTIME_ERROR = re.compile(r"^\s*E RKNN:", re.MULTILINE)
+_IGNORED_RUN_FAILURE = (
+    "returned outputs although librknnrt reported an error during the call (RKNNLite does not check "
+    "rknn_run's result, so they may be an earlier task's; refused)"
+)
 _CONTAINER_BANNER = "necessary files are missing in the container"
 
 
@@ -632,10 +645,11 @@ class RknnLiteSession:
         else:
             call = lambda: self._rknn.inference(inputs=arrays, data_format=data_format)  # noqa: E731
         result, output = _guarded(call)
-        if result is None:
+        if result is None or _RUNTIME_ERROR.search(output):
             shapes = ", ".join(f"{list(a.shape)} {a.dtype}" for a in arrays)
             args = f"inputs=[{shapes}], data_format={data_format!r}"
-            raise self._failure("inference", args, "returned None", self.core_mask, output)
+            outcome = "returned None" if result is None else _IGNORED_RUN_FAILURE
+            raise self._failure("inference", args, outcome, self.core_mask, output)
         # With reuse_outputs the arrays are RKNNLite's and the next call overwrites them: copy.
         return [
             np.array(o, dtype=np.float32, order="C", copy=True) if reuse else _as_float32(o) for o in result
