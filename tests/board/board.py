@@ -127,10 +127,16 @@ def python(
 
 
 def app(
-    model: str, tasks: int, options: Optional[dict[str, Any]] = None, root: Optional[str] = None
+    model: str,
+    tasks: int,
+    options: Optional[dict[str, Any]] = None,
+    root: Optional[str] = None,
+    env: Optional[dict[str, str]] = None,
 ) -> subprocess.CompletedProcess:
     """``python -m tests.board.app`` (see there), on the sysroot ``root`` when given."""
-    env = {"QEMU_LD_PREFIX": root} if root else None
+    env = dict(env or {})
+    if root:
+        env["QEMU_LD_PREFIX"] = root
     args = ["-m", "tests.board.app", model, str(tasks), json.dumps(options or {})]
     return python(args, env=env, cwd=CHECKOUT)
 
