@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 
 from tests.board import board
-from tests.conftest import _our_segments, _worker_children
+from tests.conftest import _our_segments, _worker_children, check_no_leaks
 
 HERE = Path(__file__).resolve().parent
 
@@ -67,24 +67,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         )
 
 
-def _check_module_leaks(segments_before: set[str]) -> None:
-    deadline = time.monotonic() + 15
-    while _worker_children() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    leftover = _worker_children()
-    for process in leftover:
-        process.kill()
-    assert not leftover, f"worker processes left running: {[p.pid for p in leftover]}"
-    leaked = _our_segments() - segments_before
-    assert not leaked, f"shared-memory segments or socket directories left: {sorted(leaked)}"
-
-
 @pytest.fixture(scope="module", autouse=True)
 def no_module_leaks() -> Iterator[None]:
     """After a module's tests and its shared farms: no worker, no segment."""
     before = _our_segments()
     yield
-    _check_module_leaks(before)
+    check_no_leaks(before, within=15)
 
 
 @pytest.fixture(autouse=True)
