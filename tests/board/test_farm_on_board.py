@@ -138,3 +138,33 @@ def test_inference_session_with_the_seeds_provider_options(tmp_path):
     finally:
         session.close()
     assert Counter(log.values("set_core_mask", "mask")) == {1: 1, 2: 1, 4: 1}
+
+
+def test_a_quantized_model_takes_uint8_image_bytes_and_gives_exact_dequantized_outputs(tmp_path):
+    from tests.fake_librknnrt.fake_model import Tensor, write_model
+
+    path = str(tmp_path / "int8.rknn")
+    model = write_model(
+        path,
+        inputs=[
+            Tensor("image", (1, 4, 5, 3), type="INT8", fmt="NHWC", qnt_type="AFFINE", zp=-128, scale=1.0)
+        ],
+        outputs=[
+            Tensor(
+                "score",
+                (1, 4, 5, 3),
+                type="INT8",
+                fmt="NHWC",
+                qnt_type="AFFINE",
+                zp=0,
+                scale=0.5,
+                source=0,
+                k=0.25,
+            )
+        ],
+    )
+    image = np.arange(60, dtype=np.uint8).reshape(1, 3, 4, 5) * 4
+    with Farm(path, schedule="2") as farm:
+        (spec,) = farm.inputs
+        assert str(spec.dtype) == "uint8"  # image bytes: the runtime quantises them
+        board.assert_exact(farm.run([image]), board.expected(model, [image]))

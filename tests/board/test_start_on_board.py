@@ -55,3 +55,23 @@ def test_rknnlites_container_check_reads_as_a_clear_error_that_says_what_to_do(t
     assert "RKNNLite's container check failed" in message
     assert "--device /dev/dri/renderD129" in message
     assert "-v /proc/device-tree/compatible:/proc/device-tree/compatible" in message
+
+
+def test_doctor_on_a_single_core_soc_smoke_runs_its_one_core(tmp_path):
+    root = board.overlay(tmp_path / "rk3566", {"proc/device-tree/compatible": b"rockchip,rk3566\0"})
+    path = str(tmp_path / "model.rknn")
+    board.two_in_two_out(path)
+    done = board.python(["-m", "farm", "doctor", "--model", path], env={"QEMU_LD_PREFIX": root})
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "rockchip,rk3566: 1 NPU core; CPU aarch64" in done.stdout
+    assert "smoke core 0" in done.stdout and "smoke core 1" not in done.stdout
+
+
+@pytest.mark.skipif(
+    os.path.exists(board.on_host("/dev/dri/renderD129")), reason="the host has /dev/dri/renderD129"
+)
+def test_doctor_in_a_container_without_the_npu_node_says_which_device_to_pass(tmp_path):
+    root = board.overlay(tmp_path / "container", {".dockerenv": b""}, hide=["dev"])
+    done = board.python(["-m", "farm", "doctor"], env={"QEMU_LD_PREFIX": root})
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "FAIL  NPU device" in done.stdout and "--device /dev/dri/renderD129" in done.stdout
