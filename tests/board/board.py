@@ -40,6 +40,12 @@ def rknnlite_version() -> str:
         return ""
 
 
+#: Rockchip's librknnrt 1.5.2 (from the rknpu==1.5.2 wheel), where scripts/setup-board puts it.
+REAL_LIBRKNNRT = "/opt/rknn-farm-board/rknpu-1.5.2/librknnrt.so"
+#: Runs a command in a private mount namespace with a /dev of its own (see the script).
+PRIVATE_DEV = str(Path(__file__).resolve().parent / "private_dev.sh")
+
+
 def on_host(path: str) -> str:
     """``path`` as the host has it, not the sysroot: qemu looks every absolute path
     up in the sysroot first, but /proc/self/root is not in the sysroot, so the
@@ -149,17 +155,29 @@ def cli(
 
 
 def overlay(directory: Path, files: dict[str, bytes], hide: Sequence[str] = ()) -> str:
-    """A second sysroot in ``directory``: the board's, entry by entry (symlinks),
-    but with ``files`` (path -> content) of its own and the top-level entries of
-    ``hide`` absent. The shared sysroot is never changed. Returns its path."""
-    base = Path(sysroot())
-    directory.mkdir(parents=True, exist_ok=True)
-    own_tops = {Path(p).parts[0] for p in files} | set(hide)
-    for entry in base.iterdir():
-        if entry.name not in own_tops:
-            (directory / entry.name).symlink_to(entry)
+    """A second sysroot in ``directory``: the board's, by symlinks, but with
+    ``files`` (relative path -> content) of its own and the paths of ``hide``
+    absent. Folders on the way to those paths are real folders whose other
+    entries link to the board's. The shared sysroot is never changed."""
+    tree: dict[str, Any] = {}
+    for relative in [*files, *hide]:
+        node = tree
+        *folders, name = Path(relative).parts
+        for folder in folders:
+            node = node.setdefault(folder, {})
+        node[name] = None
+    _mirror(directory, Path(sysroot()), tree)
     for relative, content in files.items():
-        target = directory / relative
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(content)
+        (directory / relative).write_bytes(content)
     return str(directory)
+
+
+def _mirror(directory: Path, base: Path, own: dict[str, Any]) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    if base.is_dir():
+        for entry in base.iterdir():
+            if entry.name not in own:
+                (directory / entry.name).symlink_to(entry)
+    for name, below in own.items():
+        if below is not None:
+            _mirror(directory / name, base / name, below)

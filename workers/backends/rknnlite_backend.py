@@ -351,24 +351,34 @@ _IGNORED_RUN_FAILURE = (
     "rknn_run's result, so they may be an earlier task's; refused)"
 )
 _CONTAINER_BANNER = "necessary files are missing in the container"
+_NO_NPU = "failed to open rknpu module"
 
 
-def _container_hint(output: str) -> str:
-    """What to do when RKNNLite's container check failed ("" when it did not).
+def _hint(output: str) -> str:
+    """What to do, when the runtime's output names a cause the user can fix ("" otherwise).
 
-    RKNNLite 2.5.0's ``init_runtime`` refuses to start when ``/.dockerenv``
-    exists but ``/dev/dri/renderD129`` or ``/proc/device-tree/compatible`` do
-    not: it prints a banner with the ``-v`` options to stdout and a bare
-    ``RuntimeError`` traceback (from ``_check_container``) to stderr."""
-    if _CONTAINER_BANNER not in output:
-        return ""
-    mounts = [line.strip() for line in output.splitlines() if line.strip().startswith("-v ")]
-    return (
-        "RKNNLite's container check failed: this is a container (/.dockerenv exists) without the NPU's "
-        "device node or the SoC's device tree. Start it with --device /dev/dri/renderD129 and "
-        "-v /proc/device-tree/compatible:/proc/device-tree/compatible:ro (RKNNLite suggests: "
-        f"{'; '.join(mounts) or 'see its banner on stdout'}); see docs/board.md, 'In a container'."
-    )
+    - RKNNLite 2.5.0's ``init_runtime`` refuses to start when ``/.dockerenv``
+      exists but ``/dev/dri/renderD129`` or ``/proc/device-tree/compatible``
+      do not: it prints a banner with the ``-v`` options to stdout and a bare
+      ``RuntimeError`` traceback (from ``_check_container``) to stderr.
+    - librknnrt without a usable NPU device prints "E RKNN: ... failed to open
+      rknpu module, need to insmod rknpu dirver!" (seen with librknnrt 1.5.2)."""
+    if _CONTAINER_BANNER in output:
+        mounts = [line.strip() for line in output.splitlines() if line.strip().startswith("-v ")]
+        return (
+            "RKNNLite's container check failed: this is a container (/.dockerenv exists) without the "
+            "NPU's device node or the SoC's device tree. Start it with --device /dev/dri/renderD129 and "
+            "-v /proc/device-tree/compatible:/proc/device-tree/compatible:ro (RKNNLite suggests: "
+            f"{'; '.join(mounts) or 'see its banner on stdout'}); see docs/board.md, 'In a container'."
+        )
+    if _NO_NPU in output:
+        return (
+            "librknnrt found no NPU it can open: is the rknpu driver loaded (a Rockchip vendor kernel: "
+            "sudo cat /sys/kernel/debug/rknpu/version), and may this user read and write "
+            "/dev/dri/renderD129 (or /dev/rknpu)? In a container: --device /dev/dri/renderD129. "
+            "rknn-farm doctor checks each of these."
+        )
+    return ""
 
 
 def _error_lines(text: str) -> list[str]:
@@ -528,9 +538,9 @@ class RknnLiteSession:
             message += f"; the runtime's log was not captured ({ENV_CAPTURE}=0): see the worker's stderr"
         else:
             message += "; the runtime printed no error line"
-        container = _container_hint(output)
-        if container:
-            message += "\n" + container
+        hint = _hint(output)
+        if hint:
+            message += "\n" + hint
         return RKNNLiteError(message, call, lines)
 
     def _load(self) -> None:
