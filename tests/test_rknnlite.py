@@ -466,3 +466,16 @@ def test_rknnlite_gets_each_known_4d_input_in_its_native_layout(fmts, arriving, 
     ]
     assert _feed_plan(inputs, arriving) == (transpose, data_format)
     assert _feed_plan(None, arriving) == ([], arriving)
+
+
+def test_a_failed_run_that_rknnlite_does_not_notice_is_a_task_error_not_stale_outputs(fake):
+    with Farm(fake.model(stale_on=[-4.0]), backend="rknnlite", schedule="0") as farm:
+        (y,) = farm.run({"x": nchw(2.0)}, timeout=RESULT_TIMEOUT)
+        assert np.all(y == 5.0)
+        with pytest.raises(TaskError) as excinfo:  # RKNNLite returned the previous task's outputs
+            farm.run({"x": nchw(-4.0)}, timeout=RESULT_TIMEOUT)
+        message = str(excinfo.value)
+        assert "librknnrt reported an error during the call" in message
+        assert "E RKNN:" in message and "failed to submit" in message
+        (y,) = farm.run({"x": nchw(3.0)}, timeout=RESULT_TIMEOUT)
+        assert np.all(y == 7.0)
