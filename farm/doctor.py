@@ -188,6 +188,21 @@ def _group_of(path: str) -> str:
         return "?"
 
 
+def _opens_read_write(node: str) -> bool:
+    """Can this process open ``node`` read/write, as librknnrt does? Opening is
+    the real test: ``os.access`` asks about the real uid, not the effective one,
+    and qemu-user (the emulated board of tests/board) does not look
+    ``faccessat`` paths up in its sysroot, so there it says no for every node."""
+    try:
+        fd = os.open(node, os.O_RDWR | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except PermissionError:
+        return False
+    except OSError:  # busy, no such device behind the node, ...: let the permission bits answer
+        return os.access(node, os.R_OK | os.W_OK)
+    os.close(fd)
+    return True
+
+
 def _check_device(root: str, on_board: bool) -> Check:
     nodes = [_under(root, "/dev/dri/renderD129"), _under(root, "/dev/rknpu")]
     present = [n for n in nodes if os.path.exists(n)]
@@ -196,7 +211,7 @@ def _check_device(root: str, on_board: bool) -> Check:
             return Check(INFO, "NPU device", "no /dev/dri/renderD129 or /dev/rknpu (expected off-board)")
         hint = "in a container: --device /dev/dri/renderD129 (and mount /proc/device-tree/compatible)"
         return Check(FAIL, "NPU device", "no /dev/dri/renderD129 or /dev/rknpu", hint)
-    usable = [n for n in present if os.access(n, os.R_OK | os.W_OK)]
+    usable = [n for n in present if _opens_read_write(n)]
     if usable:
         return Check(OK, "NPU device", f"{_shown(root, usable[0])}: read/write")
     node = present[0]

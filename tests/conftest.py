@@ -35,12 +35,10 @@ def _worker_children() -> list[psutil.Process]:
     return found
 
 
-@pytest.fixture(autouse=True)
-def no_leaks():
-    """Every test must leave no worker process and no shared-memory segment."""
-    segments_before = _our_segments()
-    yield
-    deadline = time.monotonic() + 10
+def check_no_leaks(segments_before: set[str], within: float = 10) -> None:
+    """No worker process left (after ``within`` seconds to exit; then killed) and no
+    shared-memory segment beyond ``segments_before``."""
+    deadline = time.monotonic() + within
     while _worker_children() and time.monotonic() < deadline:
         time.sleep(0.05)
     leftover = _worker_children()
@@ -49,6 +47,14 @@ def no_leaks():
     assert not leftover, f"worker processes left running: {[p.pid for p in leftover]}"
     leaked = _our_segments() - segments_before
     assert not leaked, f"shared-memory segments or socket directories left: {sorted(leaked)}"
+
+
+@pytest.fixture(autouse=True)
+def no_leaks():
+    """Every test must leave no worker process and no shared-memory segment."""
+    segments_before = _our_segments()
+    yield
+    check_no_leaks(segments_before)
 
 
 @pytest.fixture(scope="session")

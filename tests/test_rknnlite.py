@@ -430,3 +430,52 @@ def test_stats_report_the_runtime_of_each_core(fake):
         runtimes = [w["runtime"] for w in farm.stats()["workers"]]
     assert [r["core_mask"] for r in runtimes] == [1, 2]
     assert all(r["backend"] == "rknnlite" and r["sdk_version"] for r in runtimes)
+
+
+def test_warning_lines_are_not_quoted_as_the_reason_a_call_failed():
+    from workers.backends.rknnlite_backend import _error_lines
+
+    printed = (
+        "W Query dynamic range failed. Ret code: RKNN_ERR_FAIL. (If it is a static shape RKNN model, ...)\n"
+        "W The input[0] need NHWC data format, but NCHW set, the data format and data buffer ...\n"
+        "E RKNN: [10:00:00.000] rknn_run: failed to submit!, op id: 1\n"
+        "E inference: Traceback ...\n"
+    )
+    assert _error_lines(printed) == [
+        "E RKNN: [10:00:00.000] rknn_run: failed to submit!, op id: 1",
+        "E inference: Traceback ...",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("fmts", "arriving", "transpose", "data_format"),
+    [
+        (["NHWC", "NHWC"], "nchw", [True, True], "nhwc"),  # the default layout on most models
+        (["NHWC"], "nhwc", [False], "nhwc"),
+        (["NCHW"], "nchw", [False], "nchw"),
+        (["NCHW"], "nhwc", [True], "nchw"),
+        (["NCHW", "NHWC"], "nchw", [True, True], "nhwc"),  # mixed: all NHWC, a string, never a list
+        (["UNDEFINED"], "nchw", [False], "nchw"),  # unknown layout: as it arrives
+    ],
+)
+def test_rknnlite_gets_each_known_4d_input_in_its_native_layout(fmts, arriving, transpose, data_format):
+    from workers.backends.rknnlite_backend import _feed_plan
+
+    inputs = [
+        {"name": f"x{i}", "shape": [1, 4, 5, 3], "dtype": "float32", "fmt": f} for i, f in enumerate(fmts)
+    ]
+    assert _feed_plan(inputs, arriving) == (transpose, data_format)
+    assert _feed_plan(None, arriving) == ([], arriving)
+
+
+def test_a_failed_run_that_rknnlite_does_not_notice_is_a_task_error_not_stale_outputs(fake):
+    with Farm(fake.model(stale_on=[-4.0]), backend="rknnlite", schedule="0") as farm:
+        (y,) = farm.run({"x": nchw(2.0)}, timeout=RESULT_TIMEOUT)
+        assert np.all(y == 5.0)
+        with pytest.raises(TaskError) as excinfo:  # RKNNLite returned the previous task's outputs
+            farm.run({"x": nchw(-4.0)}, timeout=RESULT_TIMEOUT)
+        message = str(excinfo.value)
+        assert "librknnrt reported an error during the call" in message
+        assert "E RKNN:" in message and "failed to submit" in message
+        (y,) = farm.run({"x": nchw(3.0)}, timeout=RESULT_TIMEOUT)
+        assert np.all(y == 7.0)

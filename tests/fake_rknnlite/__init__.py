@@ -17,7 +17,7 @@ FAKE_ROOT = os.path.dirname(os.path.abspath(__file__))
 def write_fake_model(path: str, nhwc_shape: tuple[int, ...] = (1, 8, 8, 3), **fields: Any) -> str:
     """A one-input model ``y = x * 2 + 1``: input ``x`` reported NHWC
     (``nhwc_shape``), output ``y`` NCHW float32. ``fields`` override or add
-    keys (``init_fail``, ``none_on``, ``segv_on``, ``custom_string``, ...)."""
+    keys (``init_fail``, ``none_on``, ``stale_on``, ``segv_on``, ``custom_string``, ...)."""
     if len(nhwc_shape) == 4:
         n, h, w, c = nhwc_shape
         out_shape: list[int] = [n, c, h, w]

@@ -9,15 +9,24 @@ then one ``inference(inputs=[...], data_format=...)`` per task.
 **Layouts.** RKNN tensors are NHWC, so :meth:`RknnLiteSession.describe`
 reports ``native_layout="nhwc"`` and 4-D input shapes as the runtime does
 (NHWC). The parent maps the user's ``layout`` onto that
-(``farm.tensors.transpose_axes``) and this backend picks ``data_format``:
+(``farm.tensors.transpose_axes``); what arrives here for a 4-D input is NCHW
+for ``nchw`` (the default), NHWC for ``nchw_software`` (transposed by the
+parent), ``nhwc`` and ``any``.
 
-====================  ==============================  ==================================
-layout                what arrives here (4-D inputs)  ``data_format``
-====================  ==============================  ==================================
-``nchw`` (default)    NCHW, as the user gave it       ``'nchw'``: the runtime converts
-``nchw_software``     NHWC, transposed by the parent  ``'nhwc'``
-``nhwc``, ``any``     NHWC, as the user gave it       ``'nhwc'``
-====================  ==============================  ==================================
+This backend hands RKNNLite every 4-D input whose native layout the probe
+knows (from librknnrt's input attrs) in that layout, transposing the data
+itself when it arrives in the other one, and passes the matching
+``data_format``: ``'nhwc'`` for NHWC-native inputs (most models), ``'nchw'``
+when every known 4-D input is NCHW-native (in a model that mixes both, all
+go as NHWC, which the runtime converts). Measured with the real RKNNLite
+2.5.0 on the emulated board (tests/board): given ``'nchw'`` for an
+NHWC-native input it converts the data itself but prints, for every single
+inference, "W The input[i] need NHWC data format, but NCHW set, ..."; with
+no ``data_format`` it takes NCHW data as NHWC, silently wrong. For an
+NCHW-native input it prints "W The data format of input[i](nchw) is not
+supported currently, ..." at every inference whatever ``data_format`` says
+(nothing here can avoid that one). Inputs of an unknown or UNDEFINED layout
+are passed as they arrive, with the ``data_format`` of the arriving layout.
 
 ``data_format`` is always passed as a string, never a list (a list raises
 ``KeyError`` inside older RKNNLite versions, airockchip/rknn-toolkit2#344),
@@ -37,7 +46,11 @@ or sends them as zero-copy ZeroMQ frames, which is why a copy is needed).
 ``init_runtime``) or None (``inference``) and logging. Each becomes an
 :class:`RKNNLiteError` (a ``RuntimeError``) naming the call, the model path,
 the core and core mask, and quoting the error lines the runtime printed
-during the call (``E RKNN: ...`` from librknnrt, ``E ...`` from RKNNLite).
+during the call (``E RKNN: ...`` from librknnrt, ``E ...`` from RKNNLite;
+``W ...`` warnings are left out). RKNNLite 2.5.0's ``inference`` ignores a
+failed ``rknn_run`` and returns the stale output buffers, so an inference
+during which librknnrt printed an ``E RKNN:`` line fails too (with the log
+capture switched off, see below, such a failure goes unnoticed).
 
 *How those lines are captured.* librknnrt is C code: it writes to file
 descriptor 2 (or 1; not verified which) with no Python object in between, so
@@ -139,7 +152,11 @@ class RKNNLiteError(RuntimeError):
 
 # ── capturing what the runtime prints ───────────────────────────────────────
 _LOG_PREFIX = "rknn-farm-rtlog-"
-_ERROR_LINE = re.compile(r"^\s*(?:[EWF] |[A-Za-z_]*(?:Error|Exception)\b:?)|RKNN_ERR_")
+_ERROR_LINE = re.compile(r"^\s*(?:[EF] |[A-Za-z_]*(?:Error|Exception)\b:?)|RKNN_ERR_")
+# RKNNLite's warnings ("W Query dynamic range failed. Ret code: RKNN_ERR_FAIL ..." at every init,
+# "W The input[0] need NHWC data format ..." per inference) are not why a call failed: an error
+# message that quoted them would bury the E lines that say why.
+_WARNING_LINE = re.compile(r"^\s*W ")
 _MAX_LINES = 20
 _MAX_LINE_CHARS = 400
 _TRUNCATE_BYTES = 4 << 20
@@ -324,8 +341,52 @@ def _report_logs_of_dead_workers() -> None:
 _CAPTURE = _OutputCapture()
 
 
+# librknnrt's own error lines. RKNNLite 2.5.0's inference does not check rknn_run's return
+# code: when the run fails it still calls rknn_outputs_get and returns whatever the output
+# buffers hold, the previous task's results (seen on the emulated board, tests/board). The
+# runtime's "E RKNN:" line printed during the call is the only sign, so it fails the task.
+_RUNTIME_ERROR = re.compile(r"^\s*E RKNN:", re.MULTILINE)
+_IGNORED_RUN_FAILURE = (
+    "returned outputs although librknnrt reported an error during the call (RKNNLite does not check "
+    "rknn_run's result, so they may be an earlier task's; refused)"
+)
+_CONTAINER_BANNER = "necessary files are missing in the container"
+_NO_NPU = "failed to open rknpu module"
+
+
+def _hint(output: str) -> str:
+    """What to do, when the runtime's output names a cause the user can fix ("" otherwise).
+
+    - RKNNLite 2.5.0's ``init_runtime`` refuses to start when ``/.dockerenv``
+      exists but ``/dev/dri/renderD129`` or ``/proc/device-tree/compatible``
+      do not: it prints a banner with the ``-v`` options to stdout and a bare
+      ``RuntimeError`` traceback (from ``_check_container``) to stderr.
+    - librknnrt without a usable NPU device prints "E RKNN: ... failed to open
+      rknpu module, need to insmod rknpu dirver!" (seen with librknnrt 1.5.2)."""
+    if _CONTAINER_BANNER in output:
+        mounts = [line.strip() for line in output.splitlines() if line.strip().startswith("-v ")]
+        return (
+            "RKNNLite's container check failed: this is a container (/.dockerenv exists) without the "
+            "NPU's device node or the SoC's device tree. Start it with --device /dev/dri/renderD129 and "
+            "-v /proc/device-tree/compatible:/proc/device-tree/compatible:ro (RKNNLite suggests: "
+            f"{'; '.join(mounts) or 'see its banner on stdout'}); see docs/board.md, 'In a container'."
+        )
+    if _NO_NPU in output:
+        return (
+            "librknnrt found no NPU it can open: is the rknpu driver loaded (a Rockchip vendor kernel: "
+            "sudo cat /sys/kernel/debug/rknpu/version), and may this user read and write "
+            "/dev/dri/renderD129 (or /dev/rknpu)? In a container: --device /dev/dri/renderD129. "
+            "rknn-farm doctor checks each of these."
+        )
+    return ""
+
+
 def _error_lines(text: str) -> list[str]:
-    lines = [line.rstrip()[:_MAX_LINE_CHARS] for line in text.splitlines() if _ERROR_LINE.search(line)]
+    lines = [
+        line.rstrip()[:_MAX_LINE_CHARS]
+        for line in text.splitlines()
+        if _ERROR_LINE.search(line) and not _WARNING_LINE.match(line)
+    ]
     return lines[-_MAX_LINES:]
 
 
@@ -448,6 +509,7 @@ class RknnLiteSession:
                 "custom_op_default_path: RKNNLite cannot register plugins; whether librknnrt loads "
                 "/usr/lib/rknpu/op_plugins/librkcst_*.so by itself is not verified"
             )
+        self._new_rknnlite = RKNNLite
         self._rknn = RKNNLite()
         self._closed = False
         try:
@@ -455,6 +517,8 @@ class RknnLiteSession:
             self.core_mask = self._init_runtime(placement.core_mask)
             self._reuse_outputs = _accepts_reuse_outputs(type(self._rknn))
             self._description = self._describe_model()
+            self._transpose, self._feed_format = _feed_plan(self._description["inputs"], self._data_format)
+            self._description["data_format"] = self._feed_format
         except BaseException:
             self.close()
             raise
@@ -474,6 +538,9 @@ class RknnLiteSession:
             message += f"; the runtime's log was not captured ({ENV_CAPTURE}=0): see the worker's stderr"
         else:
             message += "; the runtime printed no error line"
+        hint = _hint(output)
+        if hint:
+            message += "\n" + hint
         return RKNNLiteError(message, call, lines)
 
     def _load(self) -> None:
@@ -492,7 +559,9 @@ class RknnLiteSession:
         soc = rknn_runtime.soc_info("/")
         if mask == 1 and not (soc.npu_cores or 0) > 1:
             # RK356x-class SoCs have one NPU core and refuse core masks
-            # (set_core_mask fails): NPU_CORE_AUTO is that core.
+            # (set_core_mask fails): NPU_CORE_AUTO is that core. RKNNLite keeps
+            # a broken runtime after a failed init_runtime, so retry on a new object.
+            self._replace_rknnlite()
             retry, _ = _guarded(lambda: self._rknn.init_runtime(core_mask=0))
             if retry == 0:
                 self._notes.append(
@@ -502,6 +571,15 @@ class RknnLiteSession:
                 warnings.warn(f"rknn-farm: {self._notes[-1]}", UserWarning, stacklevel=2)
                 return 0
         raise error
+
+    def _replace_rknnlite(self) -> None:
+        """Release the RKNNLite object whose init failed and load the model into a new one."""
+        try:
+            self._rknn.release()
+        except Exception:  # a broken runtime may fail to release; it is dropped either way
+            pass
+        self._rknn = self._new_rknnlite()
+        self._load()
 
     def _describe_model(self) -> dict[str, Any]:
         sdk_text = ""
@@ -570,25 +648,31 @@ class RknnLiteSession:
 
     def run(self, inputs: Sequence[np.ndarray], names: Optional[Sequence[str]] = None) -> list[np.ndarray]:
         """Outputs of one inference, float32, owned by the caller."""
-        arrays = list(inputs)
-        if self._description["inputs"] is None and self._layout == "nchw_software":
-            # Free-form inputs are not transposed by the parent: do it here.
-            arrays = [np.ascontiguousarray(a.transpose(0, 2, 3, 1)) if a.ndim == 4 else a for a in arrays]
-        data_format = self._data_format if any(a.ndim == 4 for a in arrays) else None
+        arrays, data_format = self._feed(list(inputs))
         reuse = self._reuse_outputs
         if reuse:
             call = lambda: self._rknn.inference(inputs=arrays, data_format=data_format, reuse_outputs=True)  # noqa: E731
         else:
             call = lambda: self._rknn.inference(inputs=arrays, data_format=data_format)  # noqa: E731
         result, output = _guarded(call)
-        if result is None:
+        if result is None or _RUNTIME_ERROR.search(output):
             shapes = ", ".join(f"{list(a.shape)} {a.dtype}" for a in arrays)
             args = f"inputs=[{shapes}], data_format={data_format!r}"
-            raise self._failure("inference", args, "returned None", self.core_mask, output)
+            outcome = "returned None" if result is None else _IGNORED_RUN_FAILURE
+            raise self._failure("inference", args, outcome, self.core_mask, output)
         # With reuse_outputs the arrays are RKNNLite's and the next call overwrites them: copy.
         return [
             np.array(o, dtype=np.float32, order="C", copy=True) if reuse else _as_float32(o) for o in result
         ]
+
+    def _feed(self, arrays: list[np.ndarray]) -> tuple[list[np.ndarray], Optional[str]]:
+        """The arrays for ``inference`` and its ``data_format`` (see the module docstring)."""
+        if self._description["inputs"] is None and self._layout == "nchw_software":
+            # Free-form inputs are not transposed by the parent: do it here.
+            arrays = [_transposed(a, "nhwc") if a.ndim == 4 else a for a in arrays]
+        if any(self._transpose):
+            arrays = [_transposed(a, self._feed_format) if t else a for a, t in zip(arrays, self._transpose)]
+        return arrays, self._feed_format if any(a.ndim == 4 for a in arrays) else None
 
     def close(self) -> None:
         if self._closed:
@@ -598,6 +682,25 @@ class RknnLiteSession:
             self._rknn.release()
         except Exception:
             pass
+
+
+def _feed_plan(inputs: Optional[list[dict[str, Any]]], arriving: str) -> tuple[list[bool], str]:
+    """Which inputs to transpose (their 4-D data arrives in ``arriving`` but
+    the runtime's native layout is the other one) and the ``data_format`` to
+    pass; ``([], arriving)`` when the probe gave no attrs."""
+    if inputs is None:
+        return [], arriving
+    natives = [
+        str(entry.get("fmt")).lower() if len(entry.get("shape") or ()) == 4 else None for entry in inputs
+    ]
+    known = [n for n in natives if n in ("nhwc", "nchw")]
+    all_nchw = bool(known) and all(n == "nchw" for n in known)
+    target = arriving if not known else ("nchw" if all_nchw else "nhwc")
+    return [n in ("nhwc", "nchw") and arriving != target for n in natives], target
+
+
+def _transposed(array: np.ndarray, to: str) -> np.ndarray:
+    return np.ascontiguousarray(array.transpose((0, 2, 3, 1) if to == "nhwc" else (0, 3, 1, 2)))
 
 
 def _as_float32(array: Any) -> np.ndarray:

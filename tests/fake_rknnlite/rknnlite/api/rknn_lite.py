@@ -1,6 +1,8 @@
-"""A test double of ``rknnlite.api.RKNNLite`` (rknn-toolkit-lite2), following its documented behaviour.
+"""A test double of ``rknnlite.api.RKNNLite`` (rknn-toolkit-lite2), for fast x86 tests.
 
-What it shares with the real class (reference/rknn-ecosystem-notes.md §1):
+The real class (2.5.0, aarch64 only) runs in CI on the emulated board (tests/board, under
+qemu-user, against our fake librknnrt). This double follows what was observed there
+(``../shared/reference/rknn-c-api-facts.md``, "The real RKNNLite 2.5.0"):
 
 - the constants ``NPU_CORE_*`` and the method signatures of 2.5.0
   (``load_rknn(path, key_path=None)``, ``init_runtime(target=None, device_id=None,
@@ -11,15 +13,29 @@ What it shares with the real class (reference/rknn-ecosystem-notes.md §1):
   return -1, ``inference`` returns None;
 - messages: the "runtime" (librknnrt's part) writes ``E RKNN: [hh:mm:ss.mmm] ...``
   lines straight to file descriptor 2, as C code does; the Python part logs
-  ``E <method>: ...`` lines through the ``logging`` module to ``sys.stderr``;
+  ``E ...`` / ``W ...`` lines through the ``logging`` module to ``sys.stderr``;
+- ``init_runtime`` logs "W Query dynamic range failed ..." on every init (a static model);
 - ``load_rknn`` only reads the file; the model is parsed by ``init_runtime``;
-- ``data_format`` is a string, ``'nchw'`` or ``'nhwc'`` (None means NHWC), and
-  only matters for 4-D inputs; a *list* fails (airockchip/rknn-toolkit2#344:
-  old versions raise KeyError inside and return None); NCHW data is converted
-  to the model's NHWC ("the data format and data buffer will be changed to NHWC");
+- on a single-core SoC any core mask but AUTO fails with RKNNLite's own "E The core_mask
+  is only supported by ['RK3588', 'RK3576']" line;
+- ``inference`` refuses float64 (and other dtypes RKNNLite has no type code for):
+  "E Unsupport inputs[0].dtype: float64", None. It checks only the number of
+  dimensions and the byte size, not the shape: a wrong shape of the same size is
+  silently taken as the model's;
+- ``data_format`` is ``'nchw'`` or ``'nhwc'`` (None means NHWC), or a list of them, one per
+  input (2.5.0; with ``FAKE_RKNNLITE_API`` below 2.5 a list fails inside with KeyError,
+  airockchip/rknn-toolkit2#344), and only matters for 4-D inputs; NCHW data is converted to
+  the model's NHWC with "W The input[i] need NHWC data format, but NCHW set, ..." at every
+  inference;
+- a failed run that RKNNLite does not notice (``stale_on``): librknnrt prints its
+  ``E RKNN:`` line and RKNNLite returns the previous call's outputs;
 - outputs are float32; with ``reuse_outputs=True`` the same arrays come back
   on every call and are overwritten by the next one;
 - ``get_sdk_version()`` is None until ``init_runtime`` succeeded.
+
+Not mirrored: the container check (``/.dockerenv`` without ``/dev/dri/renderD129``: test hosts
+are often containers) and the ctypes ``ArgumentError`` of an object whose ``init_runtime``
+failed (here its ``inference`` says it is not initialised); both are tested on the emulated board.
 
 The "model" is a small JSON file (any extension, ``.rknn`` in the tests)::
 
@@ -32,6 +48,7 @@ The "model" is a small JSON file (any extension, ``.rknn`` in the tests)::
      "single_core": false,                # a single-core SoC: any core mask but AUTO fails
      "hide_attributes": false,            # rknn_farm_describe() returns None (nothing known)
      "none_on": [-1.0],                   # inference returns None when input 0's first value is one of these
+     "stale_on": [-4.0],                  # ... or the run fails and the previous outputs come back
      "segv_on": [-2.0], "exit_on": [-3.0]}  # ... or the process dies of SIGSEGV / os._exit(3)
 
 ``rknn_farm_describe()`` (not an RKNNLite method: a hook of this double)
@@ -58,7 +75,11 @@ import numpy as np
 
 __all__ = ["RKNNLite"]
 
+_API_BELOW_2_5 = os.environ.get("FAKE_RKNNLITE_API", "").startswith(("1.", "2.0", "2.1", "2.2", "2.3", "2.4"))
+
 _VALID_MASKS = {0, 1, 2, 4, 3, 7, 0xFFFF}
+#: The input dtypes RKNNLite 2.5.0 has a type code for.
+_TYPED = {"float32", "float16", "int8", "uint8", "int16", "uint16", "int32", "int64", "bool"}
 _LOG_LOCK = threading.Lock()
 
 
@@ -108,7 +129,7 @@ class RKNNLite:
         self._model: Optional[dict[str, Any]] = None
         self._core_mask: Optional[int] = None
         self._reused: Optional[list[np.ndarray]] = None
-        self._warned_nchw = False
+        self._last: Optional[list[np.ndarray]] = None
         self._log = _logger()
         _record(self, "__init__")
 
@@ -160,9 +181,16 @@ class RKNNLite:
             self._log.error(f"init_runtime: invalid core_mask: {core_mask}")
             return -1
         if model.get("single_core") and core_mask != self.NPU_CORE_AUTO:
-            self._log.warning("The core_mask is only supported by RK3588/RK3576, it will be ignored.")
-            _runtime_line("E", "rknn_set_core_mask: not support set core mask on this platform")
+            self._log.error(
+                "The core_mask is only supported by ['RK3588', 'RK3576']. Please do not set this "
+                "parameter on other platforms."
+            )
+            self._log.error("Catch exception when set npu core mode.")
             return -1
+        self._log.warning(
+            "Query dynamic range failed. Ret code: RKNN_ERR_FAIL. (If it is a static shape RKNN model, "
+            "please ignore the above warning message.)"
+        )
         self._model = model
         self._core_mask = core_mask
         return 0
@@ -215,41 +243,44 @@ class RKNNLite:
             self._log.error("Catch exception when running RKNN model!")
             self._log.error("Exception: rknn run error code: RKNN_ERR_TIMEOUT")
             return None
-        if isinstance(data_format, (list, tuple)):  # airockchip/rknn-toolkit2#344
-            self._log.error(f"Catch exception when setting inputs! KeyError: {data_format!r}")
-            return None
-        if data_format not in (None, "nhwc", "nchw"):
-            self._log.error(f"inference: data_format must be 'nhwc' or 'nchw', got {data_format!r}")
+        for i, array in enumerate(inputs):
+            if array.dtype.name not in _TYPED:
+                self._log.error(f"Unsupport inputs[{i}].dtype: {array.dtype.name}")
+                return None
+        formats = self._data_formats(data_format, len(inputs))
+        if formats is None:
             return None
         specs = model["inputs"]
         if len(inputs) != len(specs):
             _runtime_line("E", f"rknn_inputs_set: the number of inputs {len(inputs)} != {len(specs)}")
             self._log.error("Catch exception when setting inputs!")
             return None
+        if first is not None and first in model.get("stale_on", []):
+            _runtime_line("E", "rknn_run: failed to submit!, task number: 1, int status: 0")
+            return self._last  # RKNNLite 2.5.0 does not check rknn_run's result
         outputs = []
-        for i, (array, spec) in enumerate(zip(inputs, specs)):
+        for i, (array, spec, fmt) in enumerate(zip(inputs, specs, formats)):
             data = array
-            if array.ndim == 4 and data_format == "nchw":
-                if not self._warned_nchw:
-                    self._warned_nchw = True
-                    self._log.warning(
-                        f"The input[{i}] need NHWC data format, but NCHW set, the data format and data "
-                        "buffer will be changed to NHWC."
-                    )
+            if array.ndim == 4 and fmt == "nchw":
+                self._log.warning(
+                    f"The input[{i}] need NHWC data format, but NCHW set, the data format and data "
+                    "buffer will be changed to NHWC."
+                )
                 data = np.transpose(array, (0, 2, 3, 1))
-            if list(data.shape) != list(spec["shape"]):
+            if data.size != int(np.prod(spec["shape"])) or data.ndim != len(spec["shape"]):
                 expected, got = spec["shape"], list(data.shape)
                 _runtime_line(
                     "E", f"rknn_inputs_set: input[{i}] size mismatch: expected {expected}, got {got}"
                 )
                 self._log.error("Catch exception when setting inputs!")
                 return None
-            value = data.astype(np.float32)
+            value = np.ascontiguousarray(data).reshape(spec["shape"]).astype(np.float32)
             if value.ndim == 4:
                 value = np.transpose(value, (0, 3, 1, 2))  # outputs are NCHW, as the runtime's
             result = value * float(model.get("scale", 2.0)) + float(model.get("bias", 1.0))
             shape = model["outputs"][i]["shape"] if i < len(model["outputs"]) else list(result.shape)
             outputs.append(np.ascontiguousarray(result, dtype=np.float32).reshape(shape))
+        self._last = outputs
         if reuse_outputs:
             if self._reused is None or [o.shape for o in self._reused] != [o.shape for o in outputs]:
                 self._reused = [np.empty_like(o) for o in outputs]
@@ -259,6 +290,21 @@ class RKNNLite:
         if get_frame_id:
             outputs.append(0)  # type: ignore[arg-type]
         return outputs
+
+    def _data_formats(self, data_format: Any, n: int) -> Optional[list[Optional[str]]]:
+        """One format per input, or None (logged) when ``data_format`` is not one RKNNLite takes."""
+        if isinstance(data_format, (list, tuple)):
+            if _API_BELOW_2_5:  # airockchip/rknn-toolkit2#344
+                self._log.error(f"Catch exception when setting inputs! KeyError: {data_format!r}")
+                return None
+            formats = list(data_format)
+        else:
+            formats = [data_format] * n
+        for fmt in formats:
+            if fmt not in (None, "nhwc", "nchw"):
+                self._log.error(f"inference: data_format must be 'nhwc' or 'nchw', got {data_format!r}")
+                return None
+        return formats
 
     # ── versions, platforms, release ─────────────────────────────────────
     def get_sdk_version(self) -> Optional[str]:
@@ -292,9 +338,10 @@ class RKNNLite:
         self._model = None
         self._core_mask = None
         self._reused = None
+        self._last = None
 
 
-if os.environ.get("FAKE_RKNNLITE_API", "").startswith(("1.", "2.0", "2.1", "2.2", "2.3")):
+if _API_BELOW_2_5:
     _inference_with_reuse = RKNNLite.inference
 
     def _inference_without_reuse(  # the 2.3.2 signature: no reuse_outputs
