@@ -31,6 +31,7 @@ import psutil
 from farm.errors import FarmClosedError, TaskTimeoutError, WorkerCrashedError
 from farm.pool import WorkerHandle, close_slots, reap_process, request_stop
 from farm.task import Task
+from workers.backends.rknn_plugins import plugins_note, requested_plugins_note
 
 __all__ = ["Supervision", "describe_exit", "resident_mb"]
 
@@ -107,7 +108,7 @@ class Supervision:
             orphans = [t for slot in worker.slots for t in slot.in_flight.values()]
             for slot in worker.slots:
                 slot.in_flight.clear()
-            cause = worker.kill_reason or describe_exit(exitcode)
+            cause = self._with_plugins(worker, worker.kill_reason or describe_exit(exitcode))
             if self._stopping:
                 failed = [(t, FarmClosedError("the farm closed before this task finished")) for t in orphans]
             elif self._starting:
@@ -127,6 +128,16 @@ class Supervision:
         # Retried tasks keep their regions (the dead worker can no longer touch them).
         for task, error in failed:
             self._fail_task(task, error)
+
+    def _with_plugins(self, worker: WorkerHandle, cause: str) -> str:
+        """``cause`` and the custom-op plugins the worker had loaded (as it
+        reported at READY), or, when it died before it could tell, those the
+        options asked for: native plugin code is a likely culprit of a crash."""
+        reported = (worker.description or {}).get("plugins")
+        note = plugins_note(reported) if reported else ""
+        options = self.options
+        note = note or requested_plugins_note(options.custom_op_paths, options.custom_op_default_path)
+        return f"{cause} ({note})" if note else cause
 
     def _retry_or_fail(
         self, worker: WorkerHandle, orphans: list[Task], exitcode: Optional[int], cause: str

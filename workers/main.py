@@ -28,7 +28,7 @@ from typing import Any, Optional
 import zmq
 
 from workers import protocol
-from workers.backends import load_backend
+from workers.backends import load_backend, rknn_plugins
 from workers.backends.base import SCRATCH_DIR_VARIABLE, Placement
 from workers.context import ContextThread
 from workers.segments import SegmentMap, unlink_segments_of
@@ -76,7 +76,7 @@ def worker_main(spec: dict[str, Any]) -> None:
         control.close()
         control_context.term()
         os._exit(1)
-    description = contexts[0].session.describe()
+    description = _with_plugins(contexts[0].session.describe())
     control.send(protocol.pack([protocol.READY, worker_id, generation, os.getpid(), description]))
     _watch(contexts, spec, control, segments)
     control.close(linger=0)
@@ -88,6 +88,14 @@ def worker_main(spec: dict[str, Any]) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
+
+
+def _with_plugins(description: dict[str, Any]) -> dict[str, Any]:
+    """The description READY carries, with the custom-op plugin libraries this
+    process has loaded (key ``plugins``), so that the parent can name them
+    when the process dies: a crash in a plugin's code kills the worker."""
+    plugins = rknn_plugins.loaded_libraries()
+    return {**description, "plugins": plugins} if plugins else description
 
 
 def _start_contexts(
