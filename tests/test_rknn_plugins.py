@@ -21,7 +21,8 @@ from farm import Farm, WorkerCrashedError, WorkerStartError
 from tests import plugin_worker
 from tests.fake_librknnrt import driver
 from tests.fake_librknnrt.driver import FakeRuntime
-from tests.fake_librknnrt.fake_model import Tensor, read_call_log, write_model
+from tests.fake_librknnrt.fake_model import read_call_log
+from tests.plugin_worker import crash_script, op_model, run_op
 from workers.backends import rknn_plugins
 from workers.backends.rknn_plugins import PluginError, load_plugins, register
 
@@ -53,12 +54,6 @@ def fake(build) -> FakeRuntime:
 def call_log(tmp_path, monkeypatch) -> Path:
     path = tmp_path / "calls.log"
     monkeypatch.setenv("RKNN_FAKE_CALL_LOG", str(path))
-    return path
-
-
-def op_model(path: Path, op: str, type: str = "FP32") -> Path:
-    """One input x (4,) and one output y (4,) that the custom op ``op`` computes."""
-    write_model(path, [Tensor("x", (4,), type=type)], [Tensor("y", (4,))], custom_op=op)
     return path
 
 
@@ -151,12 +146,7 @@ def test_all_ops_are_registered_in_one_call_and_the_models_op_computes_exactly(
     tmp_path, plugins, fake, call_log
 ):
     loaded = load_plugins([str(plugins / "librkcst_crash.so"), str(plugins / "librkcst_scale.so")], None)
-    context = fake.init(op_model(tmp_path / "scale.fkrn", "farm_scale"))
-    try:
-        register(fake.lib, context, loaded)
-        out = fake.infer(context, [X])[0]
-    finally:
-        fake.destroy(context)
+    out = run_op(fake, op_model(tmp_path / "scale.fkrn", "farm_scale"), loaded, X)
     np.testing.assert_array_equal(out, X * np.float32(3) + np.float32(1))
     calls = [c for c in read_call_log(call_log) if c["call"] == "register_custom_ops"]
     assert [(c["n"], c["ops"], c["status"]) for c in calls] == [(2, "farm_crash,farm_scale", 0)]
@@ -219,20 +209,7 @@ def _run_python(code: str, timeout: float = 30) -> subprocess.CompletedProcess:
 
 def test_a_plugin_whose_compute_segfaults_kills_the_process_in_rknn_run(tmp_path, build, plugins):
     model = op_model(tmp_path / "crash.fkrn", "farm_crash")
-    done = _run_python(
-        f"""
-        import numpy as np
-        from tests.fake_librknnrt.driver import FakeRuntime
-        from workers.backends.rknn_plugins import load_plugins, register
-        fake = FakeRuntime({str(build / "librknnrt.so")!r})
-        loaded = load_plugins([{str(plugins / "librkcst_crash.so")!r}], None)
-        context = fake.init({str(model)!r})
-        register(fake.lib, context, loaded)
-        print("registered", flush=True)
-        fake.infer(context, [np.ones(4, np.float32)])
-        print("survived")
-        """
-    )
+    done = _run_python(crash_script(str(build / "librknnrt.so"), str(plugins / "librkcst_crash.so"), model))
     assert done.returncode == -signal.SIGSEGV, (done.returncode, done.stderr)
     assert done.stdout.splitlines() == ["registered"]
 
