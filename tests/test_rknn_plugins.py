@@ -141,6 +141,18 @@ def test_a_plugin_that_cannot_be_loaded_is_a_plugin_error_that_says_why(tmp_path
         load_plugins(chosen, None)
 
 
+def test_crash_messages_name_the_plugins_loaded_or_those_asked_for():
+    assert rknn_plugins.plugins_note([]) == ""
+    assert rknn_plugins.plugins_note(["/a/librkcst_x.so", "/b/librkcst_y.so"]) == (
+        "custom-op plugins loaded: /a/librkcst_x.so, /b/librkcst_y.so"
+    )
+    assert rknn_plugins.requested_plugins_note((), False) == ""
+    assert rknn_plugins.requested_plugins_note(("/a/librkcst_x.so",), True) == (
+        "custom-op plugins requested: /a/librkcst_x.so, librkcst_*.so in $RKNN_CSTOP_PLUGIN_DIR or "
+        "/usr/lib/rknpu/op_plugins"
+    )
+
+
 # ── registering and running ─────────────────────────────────────────────────
 def test_all_ops_are_registered_in_one_call_and_the_models_op_computes_exactly(
     tmp_path, plugins, fake, call_log
