@@ -103,7 +103,9 @@ class WorkerStatsEntry(TypedDict):
     latency_p50_ms: Optional[float]
     latency_p99_ms: Optional[float]
     infer_ema_us: Optional[float]
-    runtime: dict[str, Any]  # backend, runtime/SDK/driver versions, core mask, ...
+    # backend, runtime/SDK/driver versions, core mask; rknnrt: contexts_memory (per context:
+    # weight_bytes, internal_bytes, dma_bytes, shares_weights) and dup_context
+    runtime: dict[str, Any]
 
 
 class FarmStats(TypedDict):
@@ -118,4 +120,5 @@ class FarmStats(TypedDict):
     backend: str
     model: str
     mode: str
+    backend_note: str  # why backend="auto" chose rknnlite over rknnrt ("" otherwise)
     shared_memory_bytes: int

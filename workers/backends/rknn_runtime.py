@@ -35,8 +35,11 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import glob
+import mmap
 import os
+import re
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -58,8 +61,12 @@ __all__ = [
     "TensorInfo",
     "error_name",
     "find_librknnrt",
+    "library_version",
     "load_librknnrt",
+    "missing_symbols",
     "probe_model",
+    "query_model",
+    "type_code",
     "soc_info",
 ]
 
@@ -103,6 +110,14 @@ _TYPES: dict[int, tuple[str, Optional[str]]] = {
     10: ("INT4", None),
     11: ("BF16", None),
 }
+_TYPE_CODES = {dtype: code for code, (_, dtype) in _TYPES.items() if dtype is not None}
+
+
+def type_code(dtype: Any) -> Optional[int]:
+    """The ``rknn_tensor_type`` of a numpy dtype (None when RKNN has none, e.g. float64)."""
+    return _TYPE_CODES.get(getattr(dtype, "name", str(dtype)))
+
+
 _QNT_NAMES = {0: "NONE", 1: "DFP", 2: "AFFINE"}
 
 _ERRORS = {
@@ -388,6 +403,27 @@ def _declare(lib: Any) -> None:
     lib.rknn_destroy.restype = ctypes.c_int
 
 
+def missing_symbols(lib: Any, names: Sequence[str]) -> list[str]:
+    """Those of ``names`` that ``lib`` does not export (looked up, never called)."""
+    return [name for name in names if not hasattr(lib, name)]
+
+
+_VERSION_MARK = re.compile(rb"librknnrt version: ?([0-9][0-9A-Za-z.\-]*)")
+
+
+def library_version(path: str) -> str:
+    """The version a librknnrt file states about itself (Rockchip's builds hold
+    "librknnrt version: 1.5.2 (...)"), read from the file without loading it;
+    "" when it says none (the test fake) or cannot be read. Useful before
+    ``rknn_init``, which is where ``RKNN_QUERY_SDK_VERSION`` becomes possible."""
+    try:
+        with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            match = _VERSION_MARK.search(data)
+    except (OSError, ValueError):
+        return ""
+    return match.group(1).decode("ascii", "replace") if match else ""
+
+
 # ── probing a model ─────────────────────────────────────────────────────────
 @dataclass(frozen=True)
 class TensorInfo:
@@ -480,7 +516,7 @@ def _probe(lib: Any, path: str) -> ModelProbe:
     if status != 0:
         raise ProbeError(f"rknn_init failed: {error_name(status)}")
     try:
-        return _query_all(lib, context)
+        return query_model(lib, context)
     finally:
         lib.rknn_destroy(context)
 
@@ -491,7 +527,10 @@ def _query(lib: Any, context: Any, command: int, info: ctypes.Structure, what: s
         raise ProbeError(f"rknn_query({what}) failed: {error_name(status)}")
 
 
-def _query_all(lib: Any, context: Any) -> ModelProbe:
+def query_model(lib: Any, context: Any) -> ModelProbe:
+    """What ``context`` (an initialised ``rknn_context``) says about its model:
+    tensor attributes, versions, custom string and memory sizes. Raises
+    :class:`ProbeError` when the counts or attributes cannot be queried."""
     counts = RknnInputOutputNum()
     _query(lib, context, RKNN_QUERY_IN_OUT_NUM, counts, "RKNN_QUERY_IN_OUT_NUM")
     inputs: list[TensorInfo] = []
