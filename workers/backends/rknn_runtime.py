@@ -419,9 +419,9 @@ def library_version(path: str) -> str:
     try:
         with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
             match = _VERSION_MARK.search(data)
+            return match.group(1).decode("ascii", "replace") if match else ""
     except (OSError, ValueError):
         return ""
-    return match.group(1).decode("ascii", "replace") if match else ""
 
 
 # ── probing a model ─────────────────────────────────────────────────────────

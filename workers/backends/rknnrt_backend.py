@@ -161,7 +161,8 @@ class _ModelContexts:
     from, the model's attributes (queried once), and each context's memory."""
 
     lock: threading.Lock = field(default_factory=threading.Lock)
-    source: Optional[int] = None  # the rknn_context rknn_dup_context copies
+    source: Optional[int] = None  # the rknn_context rknn_dup_context copies: context 0's
+    source_made: threading.Event = field(default_factory=threading.Event)
     probe: Optional[rt.ModelProbe] = None
     memory: dict[int, dict[str, Any]] = field(default_factory=dict)  # context index -> sizes
 
@@ -246,21 +247,30 @@ class RknnrtSession:
         return rknn_plugins.load_plugins(list(options.get("custom_op_paths") or ()), default_dir)
 
     def _create(self, dup: bool) -> bool:
-        """Make this context: a dup of the process's first one when allowed
-        (True: it shares the weights), else an ``rknn_init`` of its own."""
+        """Make this context: a dup of the worker's context 0 when allowed
+        (True: it shares the weights), else an ``rknn_init`` of its own.
+        Contexts start at the same time in their own threads, so the others
+        wait until context 0 has made (or failed to make) the dup source."""
         shared = self._shared
-        with shared.lock:  # contexts of one worker start together, in their own threads
-            if dup and shared.source is not None:
+        first = self._placement.context_index == 0
+        if dup and not first:
+            shared.source_made.wait()
+        with shared.lock:
+            if dup and not first and shared.source is not None:
                 source = rt.RknnContext(shared.source)
                 status = self._lib.rknn_dup_context(ctypes.byref(source), ctypes.byref(self.context))
                 _check(status, "rknn_dup_context", self._where())
                 return True
-            self._init()
-            if shared.probe is None:
-                shared.probe = self._query_model()
-                _warn_if_outdated(shared.probe.api_version)
-            if dup and shared.source is None:
-                shared.source = int(self.context.value)
+            try:
+                self._init()
+                if shared.probe is None:
+                    shared.probe = self._query_model()
+                    _warn_if_outdated(shared.probe.api_version)
+                if dup and first:
+                    shared.source = int(self.context.value)
+            finally:
+                if first:
+                    shared.source_made.set()  # the others dup it, or (it failed) init their own
             return False
 
     def _init(self) -> None:
