@@ -107,18 +107,6 @@ def _check_platform(soc: rknn_runtime.SocInfo, machine: str, on_board: bool) -> 
     return Check(OK, "platform", detail)
 
 
-def _librknnrt_version_from_file(path: str) -> str:
-    try:
-        with open(path, "rb") as fh:
-            data = fh.read(64 << 20)
-    except OSError:
-        return ""
-    # "librknnrt version: 2.3.2 (429f97ae6b@2025-04-09T09:08:16)" in one string, or the
-    # version alone next to a printf format; either way "X.Y.Z (<commit>@<date>)".
-    match = re.search(rb"\d+\.\d+\.\d+(?:[ab]\d+)? \([0-9a-f]{6,}@[0-9T:\-]+\)", data)
-    return match.group(0).decode("ascii", "replace") if match else ""
-
-
 def _check_librknnrt(
     root: str, environ: Mapping[str, str], on_board: bool, probe: Optional[rknn_runtime.ModelProbe]
 ) -> Check:
@@ -135,7 +123,7 @@ def _check_librknnrt(
         version = f"API {probe.api_version}, driver {probe.driver_version or '?'} (rknn_query SDK_VERSION)"
         api = probe.api_version
     else:
-        api = _librknnrt_version_from_file(path)
+        api = rknn_runtime.library_version(path)
         version = f"{api} (from the file's strings)" if api else "version unknown"
     if root in ("", "/"):
         _, why = rknn_runtime.load_librknnrt()

@@ -56,7 +56,8 @@ def _stub_library(tmp_path: Path, symbols: list[str], version: str = "") -> str:
     if driver.missing_tools("x86_64"):
         pytest.skip(driver.missing_tools("x86_64"))
     source = tmp_path / "stub.c"
-    lines = [f'const char stub_version[] = "librknnrt version: {version} (stub)";'] if version else []
+    stated = f"librknnrt version: {version} (0123abcd@2024-01-02T03:04:05)"
+    lines = [f'const char stub_version[] = "{stated}";'] if version else []
     lines += [f"int {name}(void) {{ return -1; }}" for name in symbols]
     source.write_text("\n".join(lines) + "\n")
     library = tmp_path / "stub" / "librknnrt.so"
@@ -161,7 +162,8 @@ def test_a_librknnrt_without_a_required_function_is_unavailable_naming_it_and_it
     with pytest.raises(BackendUnavailableError) as raised:
         Farm(path, backend="rknnrt")
     message = str(raised.value)
-    assert f"librknnrt 1.2.0 ({library}) has no rknn_dup_context, rknn_set_core_mask" in message
+    stated = f"librknnrt 1.2.0 (0123abcd@2024-01-02T03:04:05) ({library})"
+    assert f"{stated} has no rknn_dup_context, rknn_set_core_mask" in message
     assert "install a newer librknnrt.so" in message
 
 

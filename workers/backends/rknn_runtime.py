@@ -35,7 +35,6 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import glob
-import mmap
 import os
 import re
 import threading
@@ -408,20 +407,23 @@ def missing_symbols(lib: Any, names: Sequence[str]) -> list[str]:
     return [name for name in names if not hasattr(lib, name)]
 
 
-_VERSION_MARK = re.compile(rb"librknnrt version: ?([0-9][0-9A-Za-z.\-]*)")
+# "librknnrt version: 2.3.2 (429f97ae6b@2025-04-09T09:08:16)" in one string, or the
+# version alone next to a printf format; either way "X.Y.Z (<commit>@<date>)".
+_VERSION_MARK = re.compile(rb"\d+\.\d+\.\d+(?:[ab]\d+)? \([0-9a-f]{6,}@[0-9T:\-]+\)")
 
 
 def library_version(path: str) -> str:
-    """The version a librknnrt file states about itself (Rockchip's builds hold
-    "librknnrt version: 1.5.2 (...)"), read from the file without loading it;
-    "" when it says none (the test fake) or cannot be read. Useful before
-    ``rknn_init``, which is where ``RKNN_QUERY_SDK_VERSION`` becomes possible."""
+    """The version a librknnrt file states about itself, e.g. "1.5.2
+    (c6b7b351a@2023-08-23T15:28:22)", read from its strings without loading
+    it; "" when it states none (the test fake) or cannot be read. Known before
+    ``rknn_init``, which ``RKNN_QUERY_SDK_VERSION`` needs."""
     try:
-        with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
-            match = _VERSION_MARK.search(data)
-            return match.group(1).decode("ascii", "replace") if match else ""
-    except (OSError, ValueError):
+        with open(path, "rb") as fh:
+            data = fh.read(64 << 20)
+    except OSError:
         return ""
+    match = _VERSION_MARK.search(data)
+    return match.group(0).decode("ascii", "replace") if match else ""
 
 
 # ── probing a model ─────────────────────────────────────────────────────────
