@@ -48,6 +48,9 @@ import numpy as np
 from workers.backends import rknn_runtime as rt
 from workers.backends.base import Placement
 from workers.backends.rknnlite_backend import (
+    _error_lines,
+    _guarded,
+    _hint,
     _input_entry,
     _output_entry,
     _warn_if_outdated,
@@ -274,11 +277,20 @@ class RknnrtSession:
             return False
 
     def _init(self) -> None:
+        """``rknn_init`` of the model file, quoting what the runtime printed when it fails
+        (librknnrt says why only on fd 2: "failed to open rknpu module", ...)."""
         path = self._model.encode()
-        status = self._lib.rknn_init(ctypes.byref(self.context), path, 0, 0, None)  # size 0: a path
-        if status != 0:
-            self.context = rt.RknnContext(0)
-            _check(status, "rknn_init", self._where())
+        # size 0: ``model`` is a path, so the runtime reads the file itself (no copy here).
+        status, output = _guarded(lambda: self._lib.rknn_init(ctypes.byref(self.context), path, 0, 0, None))
+        if status == 0:
+            return
+        self.context = rt.RknnContext(0)
+        message = f"rknn_init failed: {rt.error_name(status)} {self._where()}"
+        lines = _error_lines(output)
+        if lines:
+            message += "; the runtime said:\n  " + "\n  ".join(lines)
+        hint = _hint(output)
+        raise RknnRuntimeError(message + ("\n" + hint if hint else ""))
 
     def _query_model(self) -> rt.ModelProbe:
         try:
@@ -287,6 +299,8 @@ class RknnrtSession:
             raise RknnRuntimeError(f"{exc} {self._where()}") from None
 
     def _set_core_mask(self, mask: int) -> int:
+        if mask == 0:  # NPU_CORE_AUTO is what a new context has; single-core NPUs refuse the call
+            return 0
         status = self._lib.rknn_set_core_mask(self.context, mask)
         if status == 0:
             return mask
