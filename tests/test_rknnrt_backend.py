@@ -117,17 +117,22 @@ def test_outputs_are_preallocated_float32_by_default_and_native_with_native_outp
     assert {(c["type"], c["fmt"], c["pass_through"]) for c in call_log.calls("inputs_set")} == {(0, 0, 0)}
 
 
-def test_large_outputs_are_written_by_the_runtime_into_shared_memory(fake, call_log, tmp_path):
-    path = str(tmp_path / "big.rknn")
-    dims = (1, 64, 64, 8)  # 128 KiB per output: the farm reserves an output region
+@pytest.mark.parametrize("kib", [32, 128], ids=["below-64KiB", "above-64KiB"])
+def test_outputs_are_written_by_the_runtime_into_the_output_region_with_no_copy(
+    fake, call_log, tmp_path, kib
+):
     from tests.fake_librknnrt.fake_model import Tensor, write_model
 
+    path = str(tmp_path / "big.rknn")
+    dims = (1, kib // 4, 64, 16)  # float32 outputs of ``kib`` KiB: the farm reserves an output region
     model = write_model(path, inputs=[Tensor("x", dims)], outputs=[Tensor("y", dims, source=0, k=2.0)])
-    feed = [np.random.default_rng(3).standard_normal((1, 8, 64, 64)).astype(np.float32)]
+    feed = [np.random.default_rng(3).standard_normal((1, 16, kib // 4, 64)).astype(np.float32)]
     with Farm(path, backend="rknnrt", schedule="0") as farm:
         for _ in range(3):
-            (out,) = farm.run(feed)
+            future = farm.submit(feed)
+            (out,) = future.result(timeout=30)
             np.testing.assert_array_equal(out, expected_outputs(model, feed, formats=["NCHW"])[0])
+            assert future.worker_timings[2] == 0  # copy_output_us: no copy after the run
     assert {c["is_prealloc"] for c in call_log.calls("outputs_get")} == {1}
 
 
