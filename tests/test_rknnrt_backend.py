@@ -216,3 +216,37 @@ def test_a_session_reads_and_writes_the_callers_buffers_in_place(fake, tmp_path)
         assert session.last_infer_us() is not None
     finally:
         session.close()
+
+
+def test_prometheus_and_top_show_each_workers_model_memory(fake, tmp_path, capsys):
+    pytest.importorskip("prometheus_client")
+    from farm.cli import main
+    from tests.test_metrics import scrape
+
+    path = str(tmp_path / "m.rknn")
+    board.two_in_two_out(path)
+    with Farm(path, backend="rknnrt", schedule="0", threads_per_core=3) as farm:
+        port = farm.serve_metrics(0)
+        contexts = _worker_runtime(farm)["contexts_memory"]
+        samples = scrape(port)
+        assert main(["top", f"http://127.0.0.1:{port}/metrics", "--once"]) == 0
+    labels = '{core="0",node="local"}'
+    weights, internal = contexts[0]["weight_bytes"], contexts[0]["internal_bytes"]
+    assert samples[("rknnfarm_model_weight_bytes", labels)] == weights  # held once: two contexts are dups
+    assert samples[("rknnfarm_model_weight_shared_bytes", labels)] == 2 * weights
+    assert samples[("rknnfarm_model_internal_bytes", labels)] == 3 * internal
+    header, row = (line.split() for line in capsys.readouterr().out.splitlines()[:2])
+    assert header[-3:] == ["weights_mb", "internal_mb", "rss_mb"]
+    assert row[-3:-1] == [f"{weights / 2**20:.1f}", f"{3 * internal / 2**20:.1f}"]
+
+
+def test_doctor_reports_the_models_memory_per_context(fake, tmp_path, monkeypatch):
+    from farm import doctor
+
+    monkeypatch.setattr(rt, "_PROBES", {})
+    path = str(tmp_path / "m.rknn")
+    board.two_in_two_out(path)
+    checks, _ = doctor.collect(model=path, environ={"LD_LIBRARY_PATH": str(fake.parent)})
+    (memory,) = [c for c in checks if c.name == "model memory"]
+    assert memory.detail.startswith("weights 0.0 MiB, internal 0.0 MiB per context (MEM_SIZE)")
+    assert "share the weights (rknn_dup_context)" in memory.detail
