@@ -37,6 +37,7 @@ names another one, e.g. the test fake).
 from __future__ import annotations
 
 import ctypes
+import importlib
 import os
 import threading
 from collections.abc import Sequence
@@ -114,7 +115,7 @@ def _describe_library(lib: Any) -> str:
 
 
 def missing_symbol_error(lib: Any, symbols: Sequence[str], needed_for: str) -> Optional[RknnRuntimeError]:
-    """The error for the first of ``symbols`` that ``lib`` lacks, or None."""
+    """An error naming those of ``symbols`` that ``lib`` lacks, with its version, or None."""
     missing = rt.missing_symbols(lib, symbols)
     if not missing:
         return None
@@ -217,7 +218,7 @@ class RknnrtSession:
             self.core_mask = self._set_core_mask(placement.core_mask)
             if self._plugins is not None:
                 self._register_custom_ops()
-            self._memory = self._query_memory()
+            self._query_memory()
             self._prepare_io()
         except BaseException:
             self.close()
@@ -236,8 +237,8 @@ class RknnrtSession:
         error = missing_symbol_error(self._lib, [CUSTOM_OPS_SYMBOL], needed_for)
         if error is not None:
             raise error
-        try:
-            from workers.backends import rknn_plugins  # type: ignore[attr-defined]
+        try:  # imported by name: the loader is a module of its own (issue 18, item 3)
+            rknn_plugins = importlib.import_module("workers.backends.rknn_plugins")
         except ImportError:
             # TODO(issue 18 item 3): the plugin loader lives in workers/backends/rknn_plugins.py.
             raise RknnRuntimeError(
@@ -325,7 +326,8 @@ class RknnrtSession:
                 f"{rt.error_name(status)} {self._where()}"
             )
 
-    def _query_memory(self) -> dict[str, Any]:
+    def _query_memory(self) -> None:
+        """This context's MEM_SIZE, kept with its siblings' for :meth:`describe`."""
         sizes = rt.RknnMemSize()
         status = self._lib.rknn_query(
             self.context, rt.RKNN_QUERY_MEM_SIZE, ctypes.byref(sizes), ctypes.sizeof(sizes)
@@ -344,7 +346,6 @@ class RknnrtSession:
         else:
             entry["error"] = f"rknn_query(RKNN_QUERY_MEM_SIZE) failed: {rt.error_name(status)}"
         self._shared.memory[self._placement.context_index] = entry
-        return entry
 
     def _prepare_io(self) -> None:
         """The ``rknn_input``/``rknn_output`` arrays, filled once: a run only sets the pointers."""
