@@ -213,6 +213,12 @@ def test_a_session_reads_and_writes_the_callers_buffers_in_place(fake, tmp_path)
         run()
         board.assert_exact(outputs, board.expected(model, feed))
         assert [o.ctypes.data for o in outputs] == addresses
+        other = board.nchw_feed(6)  # a general-path task in between does not move the binding
+        board.assert_exact(session.run(other), board.expected(model, other))
+        for array in outputs:
+            array[...] = np.nan
+        run()
+        board.assert_exact(outputs, board.expected(model, feed))
         assert session.last_infer_us() is not None
     finally:
         session.close()

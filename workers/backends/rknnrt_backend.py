@@ -185,6 +185,17 @@ def _custom_ops_requested(options: dict[str, Any]) -> bool:
 
 
 # ── the session ─────────────────────────────────────────────────────────────
+class _Io:
+    """One set of ``rknn_input``/``rknn_output`` entries and the arrays they point at."""
+
+    __slots__ = ("held", "inputs", "outputs")
+
+    def __init__(self, n_inputs: int, n_outputs: int) -> None:
+        self.inputs = (rt.RknnInput * n_inputs)()
+        self.outputs = (rt.RknnOutput * n_outputs)()
+        self.held: tuple[list[np.ndarray], list[np.ndarray]] = ([], [])
+
+
 class RknnrtSession:
     """One librknnrt context (one farm context)."""
 
@@ -206,7 +217,6 @@ class RknnrtSession:
         self._shared = _contexts_of(model)
         self.context = rt.RknnContext(0)
         self._closed = False
-        self._held: Sequence[np.ndarray] = ()
         custom_ops = _custom_ops_requested(options)
         if custom_ops:
             self._plugins = self._load_plugins(options)
@@ -348,27 +358,32 @@ class RknnrtSession:
         self._shared.memory[self._placement.context_index] = entry
 
     def _prepare_io(self) -> None:
-        """The ``rknn_input``/``rknn_output`` arrays, filled once: a run only sets the pointers."""
+        """What every run's ``rknn_input``/``rknn_output`` entries hold whatever the
+        data: index, format, ``pass_through=0``, ``is_prealloc=1``, ``want_float``."""
         probe = self._shared.probe
         assert probe is not None
         self._probe = probe
-        self._inputs = (rt.RknnInput * len(probe.inputs))()
         self._input_fmt = []
-        for i, info in enumerate(probe.inputs):
-            self._inputs[i].index = i
-            self._inputs[i].pass_through = 0
+        for info in probe.inputs:
             native = _FORMAT_CODES.get(info.fmt, rt.RKNN_TENSOR_UNDEFINED)
             self._input_fmt.append(self._input_format if len(info.dims) == 4 else native)
-        self._outputs = (rt.RknnOutput * len(probe.outputs))()
+        self._want_float = []
         self._output_dtypes = []
-        for i, info in enumerate(probe.outputs):
+        for info in probe.outputs:
             native = self._native_outputs and info.dtype is not None
-            self._outputs[i].index = i
-            self._outputs[i].is_prealloc = 1
-            self._outputs[i].want_float = 0 if native else 1
+            self._want_float.append(0 if native else 1)
             self._output_dtypes.append(np.dtype(info.dtype if native else np.float32))
         self._output_shapes = [tuple(d for d in info.dims) for info in probe.outputs]
+        self._io = self._new_io()  # run_into's; each bind() gets its own
         self._description = self._describe_model()
+
+    def _new_io(self) -> _Io:
+        io = _Io(len(self._input_fmt), len(self._output_dtypes))
+        for i, slot in enumerate(io.inputs):
+            slot.index, slot.pass_through = i, 0
+        for i, slot in enumerate(io.outputs):
+            slot.index, slot.is_prealloc, slot.want_float = i, 1, self._want_float[i]
+        return io
 
     def _describe_model(self) -> dict[str, Any]:
         probe = self._probe
@@ -415,71 +430,65 @@ class RknnrtSession:
     def run_into(self, inputs: Sequence[np.ndarray], outputs: Sequence[np.ndarray]) -> None:
         """One inference reading ``inputs`` and writing ``outputs`` (C-contiguous
         arrays of the described shapes and dtypes, e.g. views of shared memory) in place."""
-        self._held = self._point_inputs(inputs)  # alive until the next run: the runtime reads them
-        self._point_outputs(outputs)
-        self._run()
+        self._point(self._io, inputs, outputs)
+        self._run(self._io)
 
     def bind(self, inputs: Sequence[np.ndarray], outputs: Sequence[np.ndarray]) -> Callable[[], None]:
-        """Point the runtime at ``inputs`` and ``outputs`` (buffers the caller
-        keeps) once; the returned runner runs on them with no per-call work
-        beyond the three runtime calls."""
-        self._held = self._point_inputs(inputs)
-        self._point_outputs(outputs)
-        return self._run
+        """Point entries of their own at ``inputs`` and ``outputs`` (buffers the
+        caller keeps) once; the returned runner runs on them with no per-call
+        work beyond the runtime's calls, whatever ``run_into`` does meanwhile."""
+        io = self._new_io()
+        self._point(io, inputs, outputs)
+        return lambda: self._run(io)
 
     def last_infer_us(self) -> Optional[int]:
         """The NPU time of this context's last run (``RKNN_QUERY_PERF_RUN``), µs."""
         status = self._lib.rknn_query(self.context, rt.RKNN_QUERY_PERF_RUN, self._perf_ref, 8)
         return int(self._perf.run_duration) if status == 0 else None
 
-    def _point_inputs(self, inputs: Sequence[np.ndarray]) -> Sequence[np.ndarray]:
-        """Set each ``rknn_input`` to an array's bytes; returns the arrays pointed
-        at (a copy of a non-contiguous one), which must outlive the run."""
-        if len(inputs) != len(self._inputs):
-            raise ValueError(f"the model has {len(self._inputs)} inputs, got {len(inputs)}")
-        held = inputs
+    def _point(self, io: _Io, inputs: Sequence[np.ndarray], outputs: Sequence[np.ndarray]) -> None:
+        """Set ``io``'s entries to the arrays' bytes and types; ``io`` keeps the
+        arrays (a contiguous copy of an odd one), which the runtime reads later."""
+        if len(inputs) != len(io.inputs) or len(outputs) != len(io.outputs):
+            raise ValueError(
+                f"the model has {len(io.inputs)} inputs and {len(io.outputs)} outputs, "
+                f"got {len(inputs)} and {len(outputs)}"
+            )
+        held = list(inputs)
         for i, array in enumerate(inputs):
             code = rt.type_code(array.dtype)
             if code is None:
                 raise TypeError(f"input {i}: RKNN has no tensor type for dtype {array.dtype}")
             if not array.flags.c_contiguous:  # never the farm's views; a direct caller's odd array
-                array = np.ascontiguousarray(array)
-                held = list(held)
-                held[i] = array
-            slot = self._inputs[i]
-            slot.buf = array.ctypes.data
-            slot.size = array.nbytes
-            slot.type = code
+                array = held[i] = np.ascontiguousarray(array)
+            slot = io.inputs[i]
+            slot.buf, slot.size, slot.type = array.ctypes.data, array.nbytes, code
             slot.fmt = self._input_fmt[i] if array.ndim == 4 else rt.RKNN_TENSOR_UNDEFINED
-        return held
-
-    def _point_outputs(self, outputs: Sequence[np.ndarray]) -> None:
         for i, array in enumerate(outputs):
             if array.dtype != self._output_dtypes[i] or not array.flags.c_contiguous:
                 raise ValueError(
                     f"output {i}: the runtime writes C-contiguous {self._output_dtypes[i]}, "
                     f"got {array.dtype} ({'' if array.flags.c_contiguous else 'not '}contiguous)"
                 )
-            self._outputs[i].buf = array.ctypes.data
-            self._outputs[i].size = array.nbytes
+            io.outputs[i].buf, io.outputs[i].size = array.ctypes.data, array.nbytes
+        io.held = (held, list(outputs))
 
-    def _run(self) -> None:
+    def _run(self, io: _Io) -> None:
         lib, context = self._lib, self.context
-        where = self._where
-        n_in, n_out = len(self._inputs), len(self._outputs)
-        status = lib.rknn_inputs_set(context, n_in, self._inputs)
+        status = lib.rknn_inputs_set(context, len(io.inputs), io.inputs)
         if status != 0:
-            _check(status, "rknn_inputs_set", where())
+            _check(status, "rknn_inputs_set", self._where())
         status = lib.rknn_run(context, None)
         if status != 0:
-            _check(status, "rknn_run", where())
-        status = lib.rknn_outputs_get(context, n_out, self._outputs, None)
+            _check(status, "rknn_run", self._where())
+        status = lib.rknn_outputs_get(context, len(io.outputs), io.outputs, None)
         if status != 0:
-            _check(status, "rknn_outputs_get", where())
-        lib.rknn_outputs_release(context, n_out, self._outputs)  # frees nothing of ours (is_prealloc)
+            _check(status, "rknn_outputs_get", self._where())
+        lib.rknn_outputs_release(context, len(io.outputs), io.outputs)  # frees nothing of ours (is_prealloc)
 
     def close(self) -> None:
-        """Destroy the context (a dup source last: its dups share its weights)."""
+        """Destroy the context. A worker's contexts close together, when it stops, so a
+        dup source never goes while its dups still run."""
         if self._closed:
             return
         self._closed = True
