@@ -442,9 +442,11 @@ class RknnrtSession:
         return lambda: self._run(io)
 
     def last_infer_us(self) -> Optional[int]:
-        """The NPU time of this context's last run (``RKNN_QUERY_PERF_RUN``), µs."""
+        """The NPU time of this context's last run (``RKNN_QUERY_PERF_RUN``), µs;
+        None (the worker then reports the call's wall time) when the runtime has none."""
         status = self._lib.rknn_query(self.context, rt.RKNN_QUERY_PERF_RUN, self._perf_ref, 8)
-        return int(self._perf.run_duration) if status == 0 else None
+        duration = int(self._perf.run_duration)
+        return duration if status == 0 and duration > 0 else None
 
     def _point(self, io: _Io, inputs: Sequence[np.ndarray], outputs: Sequence[np.ndarray]) -> None:
         """Set ``io``'s entries to the arrays' bytes and types; ``io`` keeps the
