@@ -20,7 +20,8 @@ the header text; see docs/board.md): ``rknn_tensor_attr`` is
 ``stride`` instead of ``w_stride`` and no ``h_stride``; the fields read here
 (index .. scale) sit at the same offsets in both, and a larger buffer than an
 old runtime expects is harmless. The other structures (inputs, outputs,
-tensor mems, custom ops) are here for tests and later backends; every size
+tensor mems, custom ops) are used by the ``rknnrt`` backend
+(:mod:`workers.backends.rknnrt_backend`) and the tests; every size
 and offset equals those measured against Rockchip's header
 (tests/test_fake_librknnrt.py checks them), but none was checked against a
 running librknnrt on a board.
