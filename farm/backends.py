@@ -15,16 +15,16 @@ from typing import Any, Union
 
 from farm.errors import BackendUnavailableError
 
-__all__ = ["BACKENDS", "looks_like_callable_spec", "resolve_backend", "resolve_model"]
+__all__ = ["BACKENDS", "backend_note", "looks_like_callable_spec", "resolve_backend", "resolve_model"]
 
-BACKENDS = ("auto", "onnxruntime", "python", "rknnlite", "rknn-sim")
+BACKENDS = ("auto", "onnxruntime", "python", "rknnrt", "rknnlite", "rknn-sim")
 
 _RUNTIME_PACKAGES = {
     "onnxruntime": ("onnxruntime", "pip install onnxruntime"),
     "rknnlite": ("rknnlite", "pip install rknn-toolkit-lite2 on an RK3588/RK3576/RK356x board"),
     "rknn-sim": ("rknn", "bash scripts/setup-sim-venv, then use .venv-sim/bin/python (docs/simulator.md)"),
 }
-_IMPLEMENTED = ("onnxruntime", "python", "rknnlite", "rknn-sim")
+_IMPLEMENTED = ("onnxruntime", "python", "rknnrt", "rknnlite", "rknn-sim")
 
 
 def _installed(module: str) -> bool:
@@ -95,6 +95,9 @@ def resolve_backend(backend: str, model: str) -> str:
     if backend == "python":
         _check_callable_spec(model)
         return backend
+    if backend == "rknnrt":
+        _check_librknnrt()
+        return backend
     if backend not in _IMPLEMENTED:
         raise BackendUnavailableError(
             f"backend {backend!r} is not available in this version of rknn-farm; "
@@ -106,16 +109,44 @@ def resolve_backend(backend: str, model: str) -> str:
     return backend
 
 
+def _check_librknnrt() -> None:
+    why = librknnrt_unusable_because()
+    if why:
+        raise BackendUnavailableError(f"backend 'rknnrt' cannot run here: {why}")
+
+
+def librknnrt_unusable_because() -> str:
+    """Why the ``rknnrt`` backend cannot drive this machine's librknnrt ("" when
+    it can). Loads librknnrt into this process (dlopen; nothing is initialised)
+    to look its functions up, once per process."""
+    from workers.backends.rknnrt_backend import unusable_because
+
+    return unusable_because()
+
+
+def backend_note(requested: str, chosen: str) -> str:
+    """Why ``backend="auto"`` chose rknnlite rather than rknnrt for an RKNN
+    model ("" when it did not): what ``stats()["backend_note"]`` says."""
+    if requested != "auto" or chosen != "rknnlite":
+        return ""
+    return f"backend='auto' chose rknnlite, not rknnrt: {librknnrt_unusable_because()}"
+
+
 def _auto_backend(model: str) -> str:
     if looks_like_callable_spec(model):
         return "python"
     lower = model.lower()
-    if lower.endswith(".rknn"):
-        if _installed("rknnlite") and platform.machine() in ("aarch64", "arm64"):
+    if lower.endswith(".rknn") and platform.machine() in ("aarch64", "arm64"):
+        # On a board: librknnrt's C API when it has what the rknnrt backend needs, else RKNNLite.
+        if not librknnrt_unusable_because():
+            return "rknnrt"
+        if _installed("rknnlite"):
             return "rknnlite"
+    if lower.endswith(".rknn"):
         raise BackendUnavailableError(
             f"{os.path.basename(model)} is an RKNN model, which runs only on a Rockchip NPU board with "
-            "rknn-toolkit-lite2 (backend='rknnlite'). On this machine, run the model's ONNX source instead: "
+            "librknnrt.so (backend='rknnrt') or rknn-toolkit-lite2 (backend='rknnlite'). "
+            "On this machine, run the model's ONNX source instead: "
             "Farm('model.onnx') runs it on the CPU with ONNX Runtime, or "
             "Farm('model.onnx', backend='rknn-sim') runs the RKNN code path in rknn-toolkit2's simulator."
         )

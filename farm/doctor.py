@@ -107,18 +107,6 @@ def _check_platform(soc: rknn_runtime.SocInfo, machine: str, on_board: bool) -> 
     return Check(OK, "platform", detail)
 
 
-def _librknnrt_version_from_file(path: str) -> str:
-    try:
-        with open(path, "rb") as fh:
-            data = fh.read(64 << 20)
-    except OSError:
-        return ""
-    # "librknnrt version: 2.3.2 (429f97ae6b@2025-04-09T09:08:16)" in one string, or the
-    # version alone next to a printf format; either way "X.Y.Z (<commit>@<date>)".
-    match = re.search(rb"\d+\.\d+\.\d+(?:[ab]\d+)? \([0-9a-f]{6,}@[0-9T:\-]+\)", data)
-    return match.group(0).decode("ascii", "replace") if match else ""
-
-
 def _check_librknnrt(
     root: str, environ: Mapping[str, str], on_board: bool, probe: Optional[rknn_runtime.ModelProbe]
 ) -> Check:
@@ -135,7 +123,7 @@ def _check_librknnrt(
         version = f"API {probe.api_version}, driver {probe.driver_version or '?'} (rknn_query SDK_VERSION)"
         api = probe.api_version
     else:
-        api = _librknnrt_version_from_file(path)
+        api = rknn_runtime.library_version(path)
         version = f"{api} (from the file's strings)" if api else "version unknown"
     if root in ("", "/"):
         _, why = rknn_runtime.load_librknnrt()
@@ -311,13 +299,35 @@ def _check_npu_governor(root: str, on_board: bool) -> Optional[Check]:
     return Check(WARN, "NPU governor", detail, hint)
 
 
-def _advice(on_board: bool, checks: list[Check]) -> Check:
+def _check_model_memory(probe: Optional[rknn_runtime.ModelProbe]) -> Optional[Check]:
+    """The model's weight and internal memory per context (librknnrt's MEM_SIZE)."""
+    if probe is None or probe.weight_bytes is None:
+        return None
+    weights, internal = probe.weight_bytes / 2**20, (probe.internal_bytes or 0) / 2**20
+    detail = (
+        f"weights {weights:.1f} MiB, internal {internal:.1f} MiB per context (MEM_SIZE); with "
+        "backend 'rknnrt' a worker's contexts share the weights (rknn_dup_context) unless "
+        "disable_dup_context=True or custom ops are loaded"
+    )
+    return Check(INFO, "model memory", detail)
+
+
+def _auto_rknn_backend(root: str) -> str:
+    """What backend='auto' picks for a .rknn model on this board, and why."""
+    from farm.backends import librknnrt_unusable_because
+
+    if root not in ("", "/"):
+        return "'rknnrt' when librknnrt has the functions it needs, else 'rknnlite'"
+    why = librknnrt_unusable_because()
+    return f"'rknnlite' (not 'rknnrt': {why})" if why else "'rknnrt' (librknnrt's C API)"
+
+
+def _advice(on_board: bool, checks: list[Check], root: str = "/") -> Check:
     if on_board:
+        picks = _auto_rknn_backend(root)
         if any(c.status == FAIL for c in checks):
-            return Check(
-                INFO, "backend", "fix the FAIL lines above, then backend='rknnlite' runs .rknn models here"
-            )
-        return Check(OK, "backend", "backend='auto' picks 'rknnlite' for .rknn models here")
+            return Check(INFO, "backend", f"fix the FAIL lines above; backend='auto' then picks {picks}")
+        return Check(OK, "backend", f"backend='auto' picks {picks} for .rknn models here")
     onnx = "installed" if importlib.util.find_spec("onnxruntime") is not None else "not installed"
     detail = (
         "this machine cannot run .rknn models. Use the model's ONNX file instead: backend='onnxruntime' "
@@ -395,11 +405,12 @@ def collect(
         _check_shm_huge_pages(root),
         _check_cpu_governor(root),
         _check_npu_governor(root, on_board),
+        _check_model_memory(probe),
     ]
     checks = [check for check in found if check is not None]
     if model:
         checks += _smoke(model, list(range(soc.npu_cores or 1)), timeout, on_board)
-    checks.append(_advice(on_board, checks))
+    checks.append(_advice(on_board, checks, root))
     return checks, on_board
 
 

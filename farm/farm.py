@@ -21,7 +21,7 @@ from typing import Any, Callable, Optional, Union, cast
 
 import numpy as np
 
-from farm.backends import resolve_backend, resolve_model
+from farm.backends import backend_note, resolve_backend, resolve_model
 from farm.channels import DIRECT_POLL_MS, ReplyChannel
 from farm.direct import DirectStream
 from farm.errors import FarmClosedError, FarmError
@@ -133,6 +133,8 @@ class Farm:
         self.options = parse_options(options, warn_stacklevel=3, **provider_options)
         self.model = resolve_model(model, backend)
         self.backend = resolve_backend(backend, self.model)
+        #: Why ``backend="auto"`` did not pick rknnrt for an RKNN model ("" when it did, or was not asked).
+        self.backend_note = backend_note(backend, self.backend)
         reap_stale_segments()
         self._arena = SharedArena()
         base_spec = {
@@ -467,6 +469,7 @@ class Farm:
             backend=self.backend,
             model=self.model,
             mode=self.options.mode,
+            backend_note=self.backend_note,
             shared_memory_bytes=self._arena.bytes_mapped,
         )
         return cast(FarmStats, snapshot)

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from typing import Any, Optional
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from farm.stats import LATENCY_BUCKETS_S
+from farm.stats import LATENCY_BUCKETS_S, model_memory
 
 __all__ = ["MetricsServer"]
 
@@ -65,6 +65,23 @@ class _FarmCollector:
         resident = GaugeMetricFamily(
             "rknnfarm_worker_resident_bytes", "Resident memory of a worker, all its contexts", labels=labels
         )
+        memory = {  # rknnrt: librknnrt's MEM_SIZE of the worker's contexts
+            "weight_bytes": GaugeMetricFamily(
+                "rknnfarm_model_weight_bytes",
+                "Model weights a worker holds (shared weights once)",
+                labels=labels,
+            ),
+            "internal_bytes": GaugeMetricFamily(
+                "rknnfarm_model_internal_bytes",
+                "Internal (activation) memory of a worker's contexts",
+                labels=labels,
+            ),
+            "weight_shared_bytes": GaugeMetricFamily(
+                "rknnfarm_model_weight_shared_bytes",
+                "Weights rknn_dup_context did not load again",
+                labels=labels,
+            ),
+        }
         latency = HistogramMetricFamily("rknnfarm_task_latency_seconds", "Submit to result", labels=labels)
         for worker in snapshot["workers"]:
             values = [str(worker["core"]), worker["node"]]
@@ -76,6 +93,8 @@ class _FarmCollector:
                 ema.add_metric(values, worker["infer_ema_us"] / 1e6)
             if worker["rss_mb"] is not None:
                 resident.add_metric(values, worker["rss_mb"] * 2**20)
+            for key, amount in (model_memory(worker["runtime"]) or {}).items():
+                memory[key].add_metric(values, float(amount))
             buckets, total = histograms[worker["worker"]]
             cumulative, running = [], 0
             for bound, count in zip((*LATENCY_BUCKETS_S, float("inf")), buckets):
@@ -86,6 +105,7 @@ class _FarmCollector:
         yield from gauges.values()
         yield ema
         yield resident
+        yield from memory.values()
         yield latency
         pacing = snapshot["pacing"]
         yield GaugeMetricFamily(

@@ -80,6 +80,7 @@ class FarmOptions:
     custom_op_default_path: bool = False
     max_retries: int = 2
     copy_outputs: bool = False
+    native_outputs: bool = False
     intra_op_threads: int = 1
     start_timeout_s: float = 120.0
     target_platform: str = "rk3588"
@@ -347,6 +348,7 @@ _PARSERS: dict[str, tuple[str, Callable[[Any, str], Any]]] = {
     "custom_op_default_path": ("custom_op_default_path", _bool_like),
     "load_custom_ops_from_default_path": ("custom_op_default_path", _bool_like),
     "copy_outputs": ("copy_outputs", _bool_like),
+    "native_outputs": ("native_outputs", _bool_like),
     "input_shapes": ("input_shapes", _input_shapes),
     "intra_op_threads": (
         "intra_op_threads",

@@ -78,12 +78,22 @@ _BATCH = 64  # answers handled per acquisition of the lock
 _LAST_WORDS_MS = 200  # how long a worker that died starting may take to tell why
 
 
-_RUNTIME_FACTS = ("backend", "runtime_version", "sdk_version", "driver_version", "core_mask", "simulated")
+_RUNTIME_FACTS = (
+    "backend",
+    "runtime_version",
+    "sdk_version",
+    "driver_version",
+    "core_mask",
+    "simulated",
+    "dup_context",
+    "contexts_memory",
+)
 
 
 def _runtime_facts(description: Optional[dict[str, Any]]) -> dict[str, Any]:
     """What a worker's backend said about itself (RKNN: SDK and driver versions,
-    the core mask it runs with; the simulator: that it simulates)."""
+    the core mask it runs with, rknnrt: each context's memory and whether
+    contexts share weights; the simulator: that it simulates)."""
     return {key: description[key] for key in _RUNTIME_FACTS if description and key in description}
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bisect
 import collections
+from collections.abc import Mapping
 from typing import Any, Optional, TypedDict
 
 import numpy as np
@@ -14,6 +15,7 @@ __all__ = [
     "PacingStats",
     "WorkerStats",
     "WorkerStatsEntry",
+    "model_memory",
     "percentiles",
 ]
 
@@ -103,7 +105,9 @@ class WorkerStatsEntry(TypedDict):
     latency_p50_ms: Optional[float]
     latency_p99_ms: Optional[float]
     infer_ema_us: Optional[float]
-    runtime: dict[str, Any]  # backend, runtime/SDK/driver versions, core mask, ...
+    # backend, runtime/SDK/driver versions, core mask; rknnrt: contexts_memory (per context:
+    # weight_bytes, internal_bytes, dma_bytes, shares_weights) and dup_context
+    runtime: dict[str, Any]
 
 
 class FarmStats(TypedDict):
@@ -118,4 +122,21 @@ class FarmStats(TypedDict):
     backend: str
     model: str
     mode: str
+    backend_note: str  # why backend="auto" chose rknnlite over rknnrt ("" otherwise)
     shared_memory_bytes: int
+
+
+def model_memory(runtime: Mapping[str, Any]) -> Optional[dict[str, int]]:
+    """A worker's model memory from its contexts' ``MEM_SIZE`` figures (the
+    ``contexts_memory`` of an rknnrt worker's ``runtime``): ``weight_bytes``
+    held (contexts that share a dup source's weights count once),
+    ``internal_bytes`` of all contexts, and ``weight_shared_bytes``, the
+    weights ``rknn_dup_context`` did not load again. None without figures."""
+    contexts = runtime.get("contexts_memory")
+    if not contexts or any("weight_bytes" not in c for c in contexts):
+        return None
+    return {
+        "weight_bytes": sum(c["weight_bytes"] for c in contexts if not c["shares_weights"]),
+        "internal_bytes": sum(c["internal_bytes"] for c in contexts),
+        "weight_shared_bytes": sum(c["weight_bytes"] for c in contexts if c["shares_weights"]),
+    }

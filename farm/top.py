@@ -28,6 +28,8 @@ _COLUMNS = (
     "queued",
     "in_flight",
     "infer_ms",
+    "weights_mb",
+    "internal_mb",
     "rss_mb",
 )
 
@@ -56,6 +58,8 @@ def render(rows: dict[tuple[str, str], dict[str, float]], previous: dict, elapse
         )
         ema = series.get("rknnfarm_infer_ema_seconds")
         resident = series.get("rknnfarm_worker_resident_bytes")
+        weights = series.get("rknnfarm_model_weight_bytes")  # rknnrt only: librknnrt's MEM_SIZE
+        internal = series.get("rknnfarm_model_internal_bytes")
         cells = [
             key[0],
             key[1],
@@ -67,6 +71,8 @@ def render(rows: dict[tuple[str, str], dict[str, float]], previous: dict, elapse
             f"{series.get('rknnfarm_queue_depth', 0):.0f}",
             f"{series.get('rknnfarm_in_flight', 0):.0f}",
             "-" if ema is None else f"{ema * 1000:.2f}",
+            "-" if weights is None else f"{weights / 2**20:.1f}",
+            "-" if internal is None else f"{internal / 2**20:.1f}",
             "-" if resident is None else f"{resident / 2**20:.0f}",
         ]
         lines.append("  ".join(f"{c:>9}" for c in cells))

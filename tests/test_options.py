@@ -37,7 +37,7 @@ SEED_KEY_LIST = (
 FARM_KEY_LIST = (
     "copy_outputs, heartbeat_interval_ms, heartbeat_liveness, input_shapes, insecure, intra_op_threads, "
     "keys_dir, listen, local_cores, max_message_mb, max_retries, max_tasks_per_worker, max_worker_rss_mb, "
-    "sim_dataset, sim_quantize, spin_us, start_timeout_s, target_platform, task_timeout_ms"
+    "native_outputs, sim_dataset, sim_quantize, spin_us, start_timeout_s, target_platform, task_timeout_ms"
 )
 CONTAINER_ERROR = "provider_options must be a dict or a sequence whose first element is a dict"
 CONFLICT_ERROR = "provider_options 'tp_mode' conflicts with 'schedule'; set only one."
@@ -134,6 +134,7 @@ ACCEPTED = [
     ("max_retries", 0, "max_retries", 0),
     ("max_retries", "5", "max_retries", 5),
     ("copy_outputs", "yes", "copy_outputs", True),
+    ("native_outputs", "on", "native_outputs", True),
     ("intra_op_threads", 4, "intra_op_threads", 4),
     ("start_timeout_s", 5, "start_timeout_s", 5.0),
     ("start_timeout_s", 2.5, "start_timeout_s", 2.5),
@@ -188,6 +189,7 @@ def test_defaults():
         "custom_op_default_path": False,
         "max_retries": 2,
         "copy_outputs": False,
+        "native_outputs": False,
         "intra_op_threads": 1,
         "start_timeout_s": 120.0,
         "target_platform": "rk3588",
@@ -295,6 +297,7 @@ REJECTED = [
     ({"max_retries": -1}, "max_retries must be >= 0"),
     ({"max_retries": "x"}, "max_retries must be an integer"),
     ({"copy_outputs": "x"}, "copy_outputs must be a boolean"),
+    ({"native_outputs": "x"}, "native_outputs must be a boolean"),
     ({"intra_op_threads": 0}, "intra_op_threads must be > 0"),
     (
         {"intra_op_threads": 10**6},

@@ -73,6 +73,7 @@ class ContextThread(threading.Thread):
         self.session: Any = None
         self._static_outputs: Optional[tuple[list[tuple[int, str, tuple[int, ...]]], int]] = None
         self._bound: Optional[_BoundBuffers] = None
+        self._npu_time: Optional[Callable[[], Optional[int]]] = None
         self.load_error: BaseException | None = None
         self.load_traceback = ""
 
@@ -103,6 +104,9 @@ class ContextThread(threading.Thread):
 
     def _serve(self, tasks: zmq.Socket, results: zmq.Socket) -> None:
         free_form = self.session.describe()["inputs"] is None
+        # A runtime that times its own runs (librknnrt's PERF_RUN) reports the
+        # accelerator's time as infer_us, not the wall time of the call around it.
+        self._npu_time = getattr(self.session, "last_infer_us", None)
         self._plan_static_outputs()
         self._bound = _BoundBuffers.plan(self.session)
         receive, send, stop = tasks.recv, tasks.send, protocol.STOP
@@ -142,6 +146,10 @@ class ContextThread(threading.Thread):
             header = [protocol.FAILED, self._worker_id, self._generation, task_id, attempt]
             header += [f"{type(exc).__name__}: {exc}", traceback.format_exc(), timings]
             return header, []
+        if self._npu_time is not None:
+            npu_us = self._npu_time()
+            if npu_us is not None:
+                timings[1] = npu_us
         header = [protocol.RESULT, self._worker_id, self._generation, task_id, attempt, descriptors, timings]
         return header, frames_out
 
@@ -201,7 +209,9 @@ class ContextThread(threading.Thread):
             dtype = np.dtype(entry["dtype"])
             plan.append((offset, dtype.str, tuple(entry["shape"])))
             offset += protocol.align(math.prod(entry["shape"]) * dtype.itemsize)
-        if offset >= _DIRECT_OUTPUT_BYTES:
+        # A runtime that writes into any buffer at no extra cost (librknnrt's
+        # is_prealloc) runs into the region whatever the outputs' size.
+        if offset >= _DIRECT_OUTPUT_BYTES or getattr(self.session, "writes_outputs_in_place", False):
             self._static_outputs = (plan, offset)
 
     def _input_view(self, descriptor: list[Any], frames: list[Any]) -> np.ndarray:

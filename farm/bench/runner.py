@@ -65,7 +65,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--backend",
         default="auto",
         metavar="NAME",
-        help="the backend for --model (auto: rknnlite for .rknn, onnxruntime for .onnx)",
+        help="the backend for --model (auto: rknnrt, else rknnlite, for .rknn, onnxruntime for .onnx)",
     )
     parser.add_argument(
         "--methods",

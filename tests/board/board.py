@@ -154,6 +154,15 @@ def cli(
     return python(["-m", "farm", *args], env=env, timeout=timeout)
 
 
+def in_private_dev(args: list[str], root: str) -> subprocess.CompletedProcess:
+    """This Python with ``args`` on the sysroot ``root``, in a private mount namespace with a
+    /dev of its own: Rockchip's librknnrt, run as root, mknods /dev/dri/card* (qemu-user
+    does not redirect that into the sysroot)."""
+    environment = dict(os.environ, QEMU_LD_PREFIX=root)
+    command = ["unshare", "--mount", "--propagation", "private", "sh", PRIVATE_DEV, sys.executable, *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=180, env=environment, cwd=CHECKOUT)
+
+
 def overlay(directory: Path, files: dict[str, bytes], hide: Sequence[str] = ()) -> str:
     """A second sysroot in ``directory``: the board's, by symlinks, but with
     ``files`` (relative path -> content) of its own and the paths of ``hide``

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import os
 import platform
+import shutil
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -87,3 +89,21 @@ def no_leaks() -> Iterator[None]:
     for process in new:
         process.kill()
     assert not new, f"worker processes this test started are still running: {[p.pid for p in new]}"
+
+
+@pytest.fixture(scope="module")
+def real_runtime_root(tmp_path_factory) -> str:
+    """An overlay sysroot whose /usr/lib/librknnrt.so is Rockchip's 1.5.2 (run what loads it
+    with :func:`tests.board.board.in_private_dev`)."""
+    if shutil.which("unshare") is None:
+        pytest.skip("unshare (util-linux) is needed for a private mount namespace")
+    try:
+        with open(board.REAL_LIBRKNNRT, "rb") as fh:
+            library = fh.read()
+    except FileNotFoundError:
+        pytest.fail(f"{board.REAL_LIBRKNNRT} is missing: run bash scripts/setup-board")
+    root = board.overlay(tmp_path_factory.mktemp("rknpu152") / "root", {"usr/lib/librknnrt.so": library})
+    probe = subprocess.run(["unshare", "--mount", "--propagation", "private", "true"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip(f"no private mount namespace here: {probe.stderr.decode().strip()}")
+    return root

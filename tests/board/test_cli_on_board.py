@@ -56,7 +56,7 @@ def test_info_shows_the_inputs_outputs_and_custom_string_the_probe_read(model):
     done = board.cli("info", model)
     assert done.returncode == 0, done.stderr
     text = done.stdout
-    assert "backend:  rknnlite" in text and "fake librknnrt of rknn-farm" in text
+    assert "backend:  rknnrt" in text and "fake librknnrt of rknn-farm" in text
     assert re.search(r"image\s+\[1, 3, 4, 5\]\s+float32", text)
     assert re.search(r"bias\s+\[1, 3, 4, 5\]\s+float32", text)
     assert re.search(r"half\s+\[1, 4, 5, 3\]\s+float32", text)
@@ -70,14 +70,23 @@ def test_run_spreads_the_tasks_over_three_cores_and_writes_its_report(model, tmp
     assert "tasks          30" in done.stdout
     assert board.NHWC_W_LINE not in done.stderr
     data = json.loads(report.read_text())
-    assert data["tasks"] == 30 and data["backend"] == "rknnlite"
+    assert data["tasks"] == 30 and data["backend"] == "rknnrt"
     assert sorted(w["core"] for w in data["workers"]) == [0, 1, 2]
     assert sum(w["tasks"] for w in data["workers"]) == 30 and not any(w["failures"] for w in data["workers"])
 
 
 def test_bench_model_measures_the_farm_against_in_process_rknnlite(model, tmp_path):
     done = board.cli(
-        "bench", "--model", model, "--quick", "--methods", "inprocess,farm", "--out", str(tmp_path)
+        "bench",
+        "--model",
+        model,
+        "--backend",
+        "rknnlite",
+        "--quick",
+        "--methods",
+        "inprocess,farm",
+        "--out",
+        str(tmp_path),
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "on rknnlite" in done.stdout
@@ -93,5 +102,7 @@ def test_the_perf_log_has_one_line_per_task_with_the_runtimes_time(model):
     assert len(lines) == 6
     fields = [dict(word.split("=", 1) for word in line.split()[1:]) for line in lines]
     assert {f["core_id"] for f in fields} == {"0", "1"}
-    assert all(int(f["infer_us"]) >= 5000 for f in fields)  # the model's slow_ms, through RKNNLite
+    assert all(
+        int(f["infer_us"]) >= 5000 for f in fields
+    )  # the model's slow_ms: the NPU time librknnrt's PERF_RUN reports
     assert sorted(int(f["task_id"]) for f in fields) == list(range(6))

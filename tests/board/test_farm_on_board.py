@@ -23,7 +23,10 @@ def main(tmp_path_factory):
     directory = tmp_path_factory.mktemp("main")
     model = board.two_in_two_out(str(directory / "model.rknn"))
     log = board.CallLog(str(directory / "calls.log"))
-    with log.active(), Farm(str(directory / "model.rknn"), schedule="0,1,2", threads_per_core=2) as farm:
+    with (
+        log.active(),
+        Farm(str(directory / "model.rknn"), backend="rknnlite", schedule="0,1,2", threads_per_core=2) as farm,
+    ):
         yield model, log, farm
 
 
@@ -115,7 +118,7 @@ def test_tp_mode_sets_one_core_mask_for_the_context(tmp_path, tp_mode, asked, ma
     model = board.two_in_two_out(str(tmp_path / "model.rknn"))
     log = board.CallLog(str(tmp_path / "calls.log"))
     feed = board.nchw_feed(4)
-    with log.active(), Farm(str(tmp_path / "model.rknn"), tp_mode=tp_mode) as farm:
+    with log.active(), Farm(str(tmp_path / "model.rknn"), backend="rknnlite", tp_mode=tp_mode) as farm:
         board.assert_exact(farm.run(feed), board.expected(model, feed))
         assert farm.description["core_mask"] == asked
     # RKNNLite 2.5.0 calls rknn_set_core_mask only for a mask other than NPU_CORE_AUTO (0).

@@ -27,7 +27,7 @@ def test_a_failed_run_is_a_task_error_quoting_the_runtime_never_an_earlier_resul
     path = str(tmp_path / "model.rknn")
     model = board.two_in_two_out(path, faults={"run_fail": (-1, 2)})  # runs 3, 4, ... fail
     log = board.CallLog(str(tmp_path / "calls.log"))
-    with log.active(), Farm(path, schedule="0") as farm:
+    with log.active(), Farm(path, backend="rknnlite", schedule="0") as farm:
         for seed in range(2):
             feed = board.nchw_feed(seed)
             board.assert_exact(farm.run(feed), board.expected(model, feed))
@@ -53,7 +53,7 @@ def test_a_worker_dying_in_the_runtime_is_respawned_and_every_result_is_exact(tm
     path = str(tmp_path / "model.rknn")
     model = board.two_in_two_out(path, faults=fault)
     log = board.CallLog(str(tmp_path / "calls.log"))
-    with log.active(), Farm(path, schedule="0", **options) as farm:
+    with log.active(), Farm(path, backend="rknnlite", schedule="0", **options) as farm:
         for seed in range(5):  # runs 1 2 3x | 1 2 3x | 1: two workers lost, their tasks retried
             feed = board.nchw_feed(seed)
             board.assert_exact(farm.run(feed), board.expected(model, feed))
@@ -70,7 +70,7 @@ def test_a_worker_whose_runtime_leaks_is_recycled_at_max_worker_rss_mb(tmp_path)
     path = str(tmp_path / "model.rknn")
     model = board.two_in_two_out(path, faults={"leak_mib": 50})  # a worker starts at ~105 MB here
     log = board.CallLog(str(tmp_path / "calls.log"))
-    with log.active(), Farm(path, schedule="0", max_worker_rss_mb=260) as farm:
+    with log.active(), Farm(path, backend="rknnlite", schedule="0", max_worker_rss_mb=260) as farm:
         for seed in range(8):
             feed = board.nchw_feed(seed)
             board.assert_exact(farm.run(feed), board.expected(model, feed))

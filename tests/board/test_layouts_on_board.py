@@ -18,7 +18,10 @@ _FMT = {"NCHW": 0, "NHWC": 1}
 
 def test_no_w_line_per_task_reaches_the_apps_stderr_on_an_nhwc_native_model(tmp_path):
     board.two_in_two_out(str(tmp_path / "model.rknn"), fmt="NHWC")
-    done = board.python(["-m", "tests.board.app", str(tmp_path / "model.rknn"), "20"], cwd=board.CHECKOUT)
+    done = board.python(
+        ["-m", "tests.board.app", str(tmp_path / "model.rknn"), "20", '{"backend": "rknnlite"}'],
+        cwd=board.CHECKOUT,
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "exact 20"
     assert board.NHWC_W_LINE not in done.stderr
@@ -38,7 +41,10 @@ def test_each_layout_gives_exact_results_and_hands_rknnlite_the_native_layout(
 ):
     model = board.two_in_two_out(str(tmp_path / "model.rknn"), fmt=native)
     log = board.CallLog(str(tmp_path / "calls.log"))
-    with log.active(), Farm(str(tmp_path / "model.rknn"), schedule="0", layout=layout) as farm:
+    with (
+        log.active(),
+        Farm(str(tmp_path / "model.rknn"), backend="rknnlite", schedule="0", layout=layout) as farm,
+    ):
         shape = [1, 4, 5, 3] if layout == "nhwc" else [1, 3, 4, 5]
         assert [list(s.shape) for s in farm.inputs] == [shape, shape]
         for seed in range(3):
@@ -76,7 +82,7 @@ def test_a_three_dimensional_input_is_passed_without_a_data_format(tmp_path):
 
 def test_options_reach_the_app_as_json(tmp_path):
     board.two_in_two_out(str(tmp_path / "model.rknn"), fmt="NCHW")
-    options = json.dumps({"layout": "nhwc", "schedule": "2"})
+    options = json.dumps({"backend": "rknnlite", "layout": "nhwc", "schedule": "2"})
     done = board.python(
         ["-m", "tests.board.app", str(tmp_path / "model.rknn"), "4", options], cwd=board.CHECKOUT
     )

@@ -9,9 +9,6 @@ private mount namespace with a /dev of its own (tests/board/private_dev.sh)."""
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,40 +16,6 @@ import pytest
 from tests.board import board
 
 pytestmark = pytest.mark.timeout(240)
-
-
-@pytest.fixture(scope="module")
-def real_runtime_root(tmp_path_factory) -> str:
-    """An overlay sysroot whose /usr/lib/librknnrt.so is Rockchip's 1.5.2."""
-    if shutil.which("unshare") is None:
-        pytest.skip("unshare (util-linux) is needed for a private mount namespace")
-    try:
-        with open(board.REAL_LIBRKNNRT, "rb") as fh:
-            library = fh.read()
-    except FileNotFoundError:
-        pytest.fail(f"{board.REAL_LIBRKNNRT} is missing: run bash scripts/setup-board")
-    root = board.overlay(tmp_path_factory.mktemp("rknpu152") / "root", {"usr/lib/librknnrt.so": library})
-    probe = subprocess.run(["unshare", "--mount", "--propagation", "private", "true"], capture_output=True)
-    if probe.returncode != 0:
-        pytest.skip(f"no private mount namespace here: {probe.stderr.decode().strip()}")
-    return root
-
-
-def _in_private_dev(args: list[str], root: str) -> subprocess.CompletedProcess:
-    environment = dict(os.environ, QEMU_LD_PREFIX=root)
-    command = [
-        "unshare",
-        "--mount",
-        "--propagation",
-        "private",
-        "sh",
-        board.PRIVATE_DEV,
-        sys.executable,
-        *args,
-    ]
-    return subprocess.run(
-        command, capture_output=True, text=True, timeout=180, env=environment, cwd=board.CHECKOUT
-    )
 
 
 def test_the_overlay_has_rockchips_librknnrt_1_5_2(real_runtime_root):
@@ -66,7 +29,9 @@ def test_a_farm_without_an_npu_driver_fails_quoting_the_runtime_and_saying_what_
 ):
     path = str(tmp_path / "model.rknn")
     board.two_in_two_out(path)
-    done = _in_private_dev(["-m", "tests.board.app", path, "1", '{"schedule": "0"}'], real_runtime_root)
+    done = board.in_private_dev(
+        ["-m", "tests.board.app", path, "1", '{"backend": "rknnlite", "schedule": "0"}'], real_runtime_root
+    )
     assert done.returncode == 3, done.stdout + done.stderr
     message = done.stdout.split("error WorkerStartError\n", 1)[1]
     assert "RKNNLite.init_runtime(core_mask=0x1 (NPU_CORE_0)) returned -1" in message
@@ -80,7 +45,7 @@ def test_doctor_without_an_npu_driver_reports_the_old_runtime_and_the_failed_smo
 ):
     path = str(tmp_path / "model.rknn")
     board.two_in_two_out(path)
-    done = _in_private_dev(["-m", "farm", "doctor", "--model", path], real_runtime_root)
+    done = board.in_private_dev(["-m", "farm", "doctor", "--model", path], real_runtime_root)
     assert done.returncode == 1, done.stdout + done.stderr
     assert "1.5.2 (c6b7b351a@2023-08-23T15:28:22)" in done.stdout  # read from the library's strings
     assert "older than the recommended 2.4.1" in done.stdout

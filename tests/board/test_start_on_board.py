@@ -17,7 +17,7 @@ def test_an_init_failure_is_a_start_error_quoting_the_runtime_and_no_w_line(tmp_
     path = str(tmp_path / "model.rknn")
     board.two_in_two_out(path, faults={"init_fail": (-3, "rknn_init: no NPU core answers (test)")})
     with pytest.raises(WorkerStartError) as raised:
-        Farm(path, schedule="0")
+        Farm(path, backend="rknnlite", schedule="0")
     message = str(raised.value)
     assert "RKNNLite.init_runtime(core_mask=0x1 (NPU_CORE_0)) returned -1" in message
     assert "E RKNN:" in message and "no NPU core answers (test)" in message
@@ -30,7 +30,7 @@ def test_a_single_core_soc_refusing_core_masks_runs_on_npu_core_auto_with_a_fres
     board.two_in_two_out(path)
     log = board.CallLog(str(tmp_path / "calls.log"))
     with log.active():
-        done = board.app(path, 3, {"schedule": "0"}, root=root)
+        done = board.app(path, 3, {"backend": "rknnlite", "schedule": "0"}, root=root)
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.splitlines()[-2:] == ["core_mask 0", "exact 3"]
     # RKNNLite refused the mask itself ("only supported by RK3588, RK3576") after rknn_init:
@@ -48,7 +48,7 @@ def test_rknnlites_container_check_reads_as_a_clear_error_that_says_what_to_do(t
     root = board.overlay(tmp_path / "container", {".dockerenv": b""}, hide=["dev"])
     path = str(tmp_path / "model.rknn")
     board.two_in_two_out(path)
-    done = board.app(path, 1, {"schedule": "0"}, root=root)
+    done = board.app(path, 1, {"backend": "rknnlite", "schedule": "0"}, root=root)
     assert done.returncode == 3, done.stdout + done.stderr
     assert "error WorkerStartError\n" in done.stdout  # after RKNNLite's banner, which the worker printed
     message = done.stdout.split("error WorkerStartError\n", 1)[1]

@@ -28,6 +28,7 @@ typedef struct {
     int hang, hang_after;
     int slow_ms, slow_after;
     int leak_mib, leak_after;
+    int perf_run_us;          /* 0: PERF_RUN measures the run; else it reports this */
 } fake_faults;
 
 typedef struct {

@@ -66,6 +66,7 @@ FAULTS = {
     "hang": "1: rknn_run never returns",
     "slow_ms": "every rknn_run takes this many more milliseconds",
     "leak_mib": "every rknn_run allocates and touches this many MiB, never freed",
+    "perf_run_us": "RKNN_QUERY_PERF_RUN reports this many microseconds (an NPU time), not the measured one",
 }
 
 _CODE_TO_TYPE = {code: name for name, (code, _) in TYPES.items()}

@@ -346,7 +346,8 @@ static int answer(const fake_ctx *c, int cmd, void *info)
         ((rknn_input_output_num *)info)->n_output = c->model->n_outputs;
         return RKNN_SUCC;
     case RKNN_QUERY_PERF_RUN:
-        ((rknn_perf_run *)info)->run_duration = c->last_run_us;
+        ((rknn_perf_run *)info)->run_duration =
+            c->model->faults.perf_run_us > 0 ? c->model->faults.perf_run_us : c->last_run_us;
         return RKNN_SUCC;
     case RKNN_QUERY_SDK_VERSION:
         snprintf(((rknn_sdk_version *)info)->api_version, 256, "%s", FAKE_API_VERSION);

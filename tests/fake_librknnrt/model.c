@@ -257,8 +257,10 @@ static int fault(parser *p, fake_faults *f)
         f->slow_ms = (int)value, f->slow_after = (int)after;
     } else if (!strcmp(kind, "leak_mib")) {
         f->leak_mib = (int)value, f->leak_after = (int)after;
+    } else if (!strcmp(kind, "perf_run_us")) {
+        f->perf_run_us = (int)value;
     } else {
-        return fail(p, "unknown fault (init_fail, run_fail, segfault, hang, slow_ms, leak_mib)");
+        return fail(p, "unknown fault (init_fail, run_fail, segfault, hang, slow_ms, leak_mib, perf_run_us)");
     }
     return 0;
 }

@@ -17,6 +17,7 @@ BACKEND_MODULES = {
     "onnxruntime": "workers.backends.onnxruntime_backend",
     "python": "workers.backends.python_backend",
     "rknnlite": "workers.backends.rknnlite_backend",
+    "rknnrt": "workers.backends.rknnrt_backend",
     "rknn-sim": "workers.backends.rknn_sim_backend",
 }
 

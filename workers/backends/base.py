@@ -45,6 +45,19 @@ class Placement:
 
 
 class Session(Protocol):
+    """What the worker's context thread calls. Optional, looked up with getattr:
+
+    - ``run_into(inputs, outputs) -> None``: run writing each output into the
+      given array (a view of the farm's shared-memory output region); used for
+      fixed-shape outputs when large (>= 64 KiB), or always when the session's
+      ``writes_outputs_in_place`` is true.
+    - ``bind(inputs, outputs) -> Callable[[], None]``: bind buffers the context
+      keeps once; the runner reads and writes them (small fixed-shape models).
+    - ``last_infer_us() -> Optional[int]``: the runtime's own time of the last
+      run (e.g. librknnrt's PERF_RUN), reported as ``infer_us`` instead of the
+      wall time of the call.
+    """
+
     def describe(self) -> dict[str, Any]: ...
 
     def run(self, inputs: Sequence[np.ndarray]) -> Sequence[np.ndarray]: ...

@@ -20,7 +20,8 @@ the header text; see docs/board.md): ``rknn_tensor_attr`` is
 ``stride`` instead of ``w_stride`` and no ``h_stride``; the fields read here
 (index .. scale) sit at the same offsets in both, and a larger buffer than an
 old runtime expects is harmless. The other structures (inputs, outputs,
-tensor mems, custom ops) are here for tests and later backends; every size
+tensor mems, custom ops) are used by the ``rknnrt`` backend
+(:mod:`workers.backends.rknnrt_backend`) and the tests; every size
 and offset equals those measured against Rockchip's header
 (tests/test_fake_librknnrt.py checks them), but none was checked against a
 running librknnrt on a board.
@@ -36,7 +37,9 @@ import ctypes
 import ctypes.util
 import glob
 import os
+import re
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -58,8 +61,12 @@ __all__ = [
     "TensorInfo",
     "error_name",
     "find_librknnrt",
+    "library_version",
     "load_librknnrt",
+    "missing_symbols",
     "probe_model",
+    "query_model",
+    "type_code",
     "soc_info",
 ]
 
@@ -103,6 +110,14 @@ _TYPES: dict[int, tuple[str, Optional[str]]] = {
     10: ("INT4", None),
     11: ("BF16", None),
 }
+_TYPE_CODES = {dtype: code for code, (_, dtype) in _TYPES.items() if dtype is not None}
+
+
+def type_code(dtype: Any) -> Optional[int]:
+    """The ``rknn_tensor_type`` of a numpy dtype (None when RKNN has none, e.g. float64)."""
+    return _TYPE_CODES.get(getattr(dtype, "name", str(dtype)))
+
+
 _QNT_NAMES = {0: "NONE", 1: "DFP", 2: "AFFINE"}
 
 _ERRORS = {
@@ -388,6 +403,30 @@ def _declare(lib: Any) -> None:
     lib.rknn_destroy.restype = ctypes.c_int
 
 
+def missing_symbols(lib: Any, names: Sequence[str]) -> list[str]:
+    """Those of ``names`` that ``lib`` does not export (looked up, never called)."""
+    return [name for name in names if not hasattr(lib, name)]
+
+
+# "librknnrt version: 2.3.2 (429f97ae6b@2025-04-09T09:08:16)" in one string, or the
+# version alone next to a printf format; either way "X.Y.Z (<commit>@<date>)".
+_VERSION_MARK = re.compile(rb"\d+\.\d+\.\d+(?:[ab]\d+)? \([0-9a-f]{6,}@[0-9T:\-]+\)")
+
+
+def library_version(path: str) -> str:
+    """The version a librknnrt file states about itself, e.g. "1.5.2
+    (c6b7b351a@2023-08-23T15:28:22)", read from its strings without loading
+    it; "" when it states none (the test fake) or cannot be read. Known before
+    ``rknn_init``, which ``RKNN_QUERY_SDK_VERSION`` needs."""
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(64 << 20)
+    except OSError:
+        return ""
+    match = _VERSION_MARK.search(data)
+    return match.group(0).decode("ascii", "replace") if match else ""
+
+
 # ── probing a model ─────────────────────────────────────────────────────────
 @dataclass(frozen=True)
 class TensorInfo:
@@ -480,7 +519,7 @@ def _probe(lib: Any, path: str) -> ModelProbe:
     if status != 0:
         raise ProbeError(f"rknn_init failed: {error_name(status)}")
     try:
-        return _query_all(lib, context)
+        return query_model(lib, context)
     finally:
         lib.rknn_destroy(context)
 
@@ -491,7 +530,10 @@ def _query(lib: Any, context: Any, command: int, info: ctypes.Structure, what: s
         raise ProbeError(f"rknn_query({what}) failed: {error_name(status)}")
 
 
-def _query_all(lib: Any, context: Any) -> ModelProbe:
+def query_model(lib: Any, context: Any) -> ModelProbe:
+    """What ``context`` (an initialised ``rknn_context``) says about its model:
+    tensor attributes, versions, custom string and memory sizes. Raises
+    :class:`ProbeError` when the counts or attributes cannot be queried."""
     counts = RknnInputOutputNum()
     _query(lib, context, RKNN_QUERY_IN_OUT_NUM, counts, "RKNN_QUERY_IN_OUT_NUM")
     inputs: list[TensorInfo] = []
