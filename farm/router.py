@@ -87,13 +87,16 @@ _RUNTIME_FACTS = (
     "simulated",
     "dup_context",
     "contexts_memory",
+    "plugins",
+    "notes",
 )
 
 
 def _runtime_facts(description: Optional[dict[str, Any]]) -> dict[str, Any]:
     """What a worker's backend said about itself (RKNN: SDK and driver versions,
     the core mask it runs with, rknnrt: each context's memory and whether
-    contexts share weights; the simulator: that it simulates)."""
+    contexts share weights; the custom-op plugins a worker loaded; notes such
+    as a fallback it made; the simulator: that it simulates)."""
     return {key: description[key] for key in _RUNTIME_FACTS if description and key in description}
 
 

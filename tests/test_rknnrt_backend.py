@@ -13,12 +13,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from farm import Farm, TaskError
+from farm import Farm, InferenceSession, TaskError, WorkerCrashedError
 from farm import backends as farm_backends
 from farm.errors import BackendUnavailableError
 from tests.board import board
 from tests.fake_librknnrt import driver
 from tests.fake_librknnrt.fake_model import expected_outputs
+from tests.plugin_worker import op_model
 from workers.backends import rknn_runtime as rt
 from workers.backends import rknnrt_backend
 from workers.backends.base import Placement
@@ -256,3 +257,82 @@ def test_doctor_reports_the_models_memory_per_context(fake, tmp_path, monkeypatc
     (memory,) = [c for c in checks if c.name == "model memory"]
     assert memory.detail.startswith("weights 0.0 MiB, internal 0.0 MiB per context (MEM_SIZE)")
     assert "share the weights (rknn_dup_context)" in memory.detail
+
+
+# ── custom-op plugins through the backend ───────────────────────────────────
+X4 = np.array([0.5, -2.0, 3.25, 1e6], np.float32)
+SEED_WARNING = "Custom op loading requested; dup_context is disabled"
+
+
+def _plugin(fake: Path, name: str) -> str:
+    return str(fake.parent / "plugins" / name)
+
+
+def test_custom_op_plugins_compute_exactly_in_every_context_each_inited_on_its_own(fake, call_log, tmp_path):
+    model = str(op_model(tmp_path / "scale.rknn", "farm_scale"))
+    scale = _plugin(fake, "librkcst_scale.so")
+    with pytest.warns(UserWarning, match=SEED_WARNING):
+        farm = Farm(model, backend="rknnrt", schedule="0,1", threads_per_core=2, custom_op_paths=[scale])
+    with farm:
+        outs = [farm.run({"x": X4 + k})[0] for k in range(12)]
+        notes = _worker_runtime(farm)["notes"]
+        plugins = farm.description.get("plugins")
+    for k, out in enumerate(outs):
+        np.testing.assert_array_equal(out, (X4 + k) * np.float32(3) + np.float32(1))
+    # the seed's rule: custom ops turn rknn_dup_context off, and every context registers them once
+    assert len(call_log.calls("init")) == 4 and call_log.calls("dup_context") == []
+    assert [(c["n"], c["ops"], c["status"]) for c in call_log.calls("register_custom_ops")] == [
+        (1, "farm_scale", 0)
+    ] * 4
+    assert any(SEED_WARNING in note for note in notes)
+    assert plugins == [scale]
+
+
+def test_custom_op_default_path_loads_the_plugin_folder_named_by_rknn_cstop_plugin_dir(
+    fake, call_log, tmp_path, monkeypatch
+):
+    folder = tmp_path / "op_plugins"
+    folder.mkdir()
+    (folder / "librkcst_scale.so").symlink_to(_plugin(fake, "librkcst_scale.so"))
+    monkeypatch.setenv("RKNN_CSTOP_PLUGIN_DIR", str(folder))
+    model = str(op_model(tmp_path / "scale.rknn", "farm_scale"))
+    with pytest.warns(UserWarning, match=SEED_WARNING):
+        farm = Farm(model, backend="rknnrt", schedule="0", custom_op_default_path=True)
+    with farm:
+        out = farm.run({"x": X4})[0]
+    np.testing.assert_array_equal(out, X4 * np.float32(3) + np.float32(1))
+    assert call_log.values("register_custom_ops", "ops") == ["farm_scale"]
+
+
+@pytest.mark.filterwarnings(f"ignore:{SEED_WARNING}")
+def test_a_plugin_that_segfaults_in_compute_fails_only_its_task_naming_the_signal_and_the_plugin(
+    fake, tmp_path
+):
+    model = str(op_model(tmp_path / "negcrash.rknn", "farm_negcrash"))
+    negcrash = _plugin(fake, "librkcst_negcrash.so")
+    with Farm(model, backend="rknnrt", schedule="0,1", max_retries=1, custom_op_paths=[negcrash]) as farm:
+        good = [farm.submit({"x": X4 * 0 + k}) for k in range(6)]
+        with pytest.raises(WorkerCrashedError) as excinfo:
+            farm.run({"x": -np.ones(4, np.float32)})
+        after = [farm.run({"x": X4 * 0 + k})[0] for k in range(6)]
+        crashes = sum(w["crashes"] for w in farm.stats()["workers"])
+    for k, future in enumerate(good):
+        np.testing.assert_array_equal(future.result(timeout=30)[0], -(X4 * 0 + k))
+    for k, out in enumerate(after):
+        np.testing.assert_array_equal(out, -(X4 * 0 + k))
+    message = str(excinfo.value)
+    assert "SIGSEGV" in message and f"custom-op plugins loaded: {negcrash}" in message
+    assert crashes == 2  # the first try and its one retry; nothing else died
+
+
+@pytest.mark.filterwarnings(f"ignore:{SEED_WARNING}")
+def test_the_seeds_session_takes_custom_op_paths_in_its_provider_options(fake, call_log, tmp_path):
+    model = str(op_model(tmp_path / "scale.rknn", "farm_scale"))
+    options = [{"custom_op_paths": [_plugin(fake, "librkcst_scale.so")], "schedule": "0"}]
+    session = InferenceSession(model, provider_options=options, backend="rknnrt")  # auto picks it on a board
+    try:
+        (out,) = session.run(None, {"x": X4})
+    finally:
+        session.close()
+    np.testing.assert_array_equal(out, X4 * np.float32(3) + np.float32(1))
+    assert call_log.values("register_custom_ops", "ops") == ["farm_scale"]

@@ -37,8 +37,6 @@ names another one, e.g. the test fake).
 from __future__ import annotations
 
 import ctypes
-import importlib
-import os
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -46,6 +44,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
+from workers.backends import rknn_plugins
 from workers.backends import rknn_runtime as rt
 from workers.backends.base import Placement
 from workers.backends.rknnlite_backend import (
@@ -84,9 +83,6 @@ DUP_DISABLED_FOR_CUSTOM_OPS = (
     "Custom op loading requested; dup_context is disabled for this session "
     "to avoid known RKNN stability issues"
 )
-#: Where ``custom_op_default_path`` looks for ``librkcst_*.so`` plugins, and the variable that moves it.
-DEFAULT_PLUGIN_DIR = "/usr/lib/rknpu/op_plugins"
-PLUGIN_DIR_VARIABLE = "RKNN_CSTOP_PLUGIN_DIR"
 _LAYOUT_FORMATS = {
     "nchw": rt.RKNN_TENSOR_NCHW,
     "nchw_software": rt.RKNN_TENSOR_NHWC,
@@ -247,17 +243,7 @@ class RknnrtSession:
         error = missing_symbol_error(self._lib, [CUSTOM_OPS_SYMBOL], needed_for)
         if error is not None:
             raise error
-        try:  # imported by name: the loader is a module of its own (issue 18, item 3)
-            rknn_plugins = importlib.import_module("workers.backends.rknn_plugins")
-        except ImportError:
-            # TODO(issue 18 item 3): the plugin loader lives in workers/backends/rknn_plugins.py.
-            raise RknnRuntimeError(
-                "custom_op_paths needs the plugin loader (workers/backends/rknn_plugins.py), "
-                "which this build of rknn-farm does not have"
-            ) from None
-        default_dir = None
-        if options.get("custom_op_default_path"):  # Rockchip's rknn_server honours the same variable
-            default_dir = os.environ.get(PLUGIN_DIR_VARIABLE) or DEFAULT_PLUGIN_DIR
+        default_dir = rknn_plugins.default_plugin_dir() if options.get("custom_op_default_path") else None
         return rknn_plugins.load_plugins(list(options.get("custom_op_paths") or ()), default_dir)
 
     def _create(self, dup: bool) -> bool:
@@ -327,14 +313,8 @@ class RknnrtSession:
         return mask
 
     def _register_custom_ops(self) -> None:
-        ops = self._plugins
-        status = self._lib.rknn_register_custom_ops(self.context, ops.ops, ops.count)
-        if status != 0:
-            libraries = ", ".join(ops.paths)
-            raise RknnRuntimeError(
-                f"rknn_register_custom_ops of {ops.count} op(s) from {libraries} failed: "
-                f"{rt.error_name(status)} {self._where()}"
-            )
+        """All the plugins' ops in one call, after init (PluginError when it fails)."""
+        rknn_plugins.register(self._lib, self.context, self._plugins)
 
     def _query_memory(self) -> None:
         """This context's MEM_SIZE, kept with its siblings' for :meth:`describe`."""
