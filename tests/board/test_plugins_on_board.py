@@ -102,3 +102,20 @@ def test_the_seeds_session_loads_custom_op_paths_from_its_provider_options(tmp_p
     finally:
         session.close()
     np.testing.assert_array_equal(out, X * np.float32(3) + np.float32(1))
+
+
+def test_custom_op_default_path_under_rknnrt_loads_the_folder_named_by_rknn_cstop_plugin_dir(
+    tmp_path, monkeypatch
+):
+    folder = tmp_path / "op_plugins"
+    folder.mkdir()
+    (folder / "librkcst_scale.so").symlink_to(PLUGINS / "librkcst_scale.so")
+    monkeypatch.setenv("RKNN_CSTOP_PLUGIN_DIR", str(folder))  # workers inherit it
+    model = str(op_model(tmp_path / "scale.rknn", "farm_scale"))
+    with pytest.warns(UserWarning, match=SEED_WARNING):
+        farm = Farm(model, schedule="0", custom_op_default_path=True)
+    with farm:
+        out = farm.run({"x": X})[0]
+        plugins = farm.stats()["workers"][0]["runtime"]["plugins"]
+    np.testing.assert_array_equal(out, X * np.float32(3) + np.float32(1))
+    assert plugins == [str(folder / "librkcst_scale.so")]
