@@ -118,6 +118,10 @@ class CallLog:
     def values(self, name: str, key: str) -> list[Any]:
         return [c[key] for c in self.calls(name)]
 
+    def run_pids(self) -> list[int]:
+        """The worker processes that ran the model, in the order they first ran it."""
+        return list(dict.fromkeys(self.values("run", "pid")))
+
 
 # ── processes ───────────────────────────────────────────────────────────────
 def python(

@@ -18,11 +18,6 @@ from tests.processes import wait_gone
 pytestmark = pytest.mark.timeout(240)
 
 
-def _run_pids(log: board.CallLog) -> list[int]:
-    """The worker processes that ran the model, in the order they first ran it."""
-    return list(dict.fromkeys(log.values("run", "pid")))
-
-
 def test_a_failed_run_is_a_task_error_quoting_the_runtime_never_an_earlier_result(tmp_path):
     path = str(tmp_path / "model.rknn")
     model = board.two_in_two_out(path, faults={"run_fail": (-1, 2)})  # runs 3, 4, ... fail
@@ -37,7 +32,7 @@ def test_a_failed_run_is_a_task_error_quoting_the_runtime_never_an_earlier_resul
             message = str(raised.value)
             assert "does not check rknn_run's result" in message
             assert "E RKNN:" in message and f"(run {run} of this model)" in message
-        assert [w["pid"] for w in farm.stats()["workers"]] == _run_pids(log)  # the same worker, alive
+        assert [w["pid"] for w in farm.stats()["workers"]] == log.run_pids()  # the same worker, alive
     assert len(log.calls("run_failed")) == 2
 
 
@@ -57,7 +52,7 @@ def test_a_worker_dying_in_the_runtime_is_respawned_and_every_result_is_exact(tm
         for seed in range(5):  # runs 1 2 3x | 1 2 3x | 1: two workers lost, their tasks retried
             feed = board.nchw_feed(seed)
             board.assert_exact(farm.run(feed), board.expected(model, feed))
-        pids = _run_pids(log)
+        pids = log.run_pids()
         assert len(pids) == 3 and [w["pid"] for w in farm.stats()["workers"]] == pids[-1:]
     assert [c["kind"] for c in log.calls("fault")] == [next(iter(fault))] * 2
     assert wait_gone(pids)
@@ -75,5 +70,5 @@ def test_a_worker_whose_runtime_leaks_is_recycled_at_max_worker_rss_mb(tmp_path)
             feed = board.nchw_feed(seed)
             board.assert_exact(farm.run(feed), board.expected(model, feed))
             time.sleep(1.1)  # the router samples each worker's memory once a second
-        assert len(_run_pids(log)) >= 2
+        assert len(log.run_pids()) >= 2
         assert all(w["rss_mb"] < 400 for w in farm.stats()["workers"])

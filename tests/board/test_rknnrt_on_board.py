@@ -119,10 +119,6 @@ def test_a_workers_memory_stays_flat_over_a_long_run(backend):
     assert words[-1] == "True" and growth_kib < 1024, done.stdout
 
 
-def _run_pids(log: board.CallLog) -> list[int]:
-    return list(dict.fromkeys(log.values("run", "pid")))
-
-
 def test_a_failed_run_is_a_task_error_with_the_runtimes_code_and_the_worker_serves_on(tmp_path):
     path = str(tmp_path / "model.rknn")
     model = board.two_in_two_out(path, faults={"run_fail": (-1, 1)})  # runs 2, 3, ... fail
@@ -133,7 +129,7 @@ def test_a_failed_run_is_a_task_error_with_the_runtimes_code_and_the_worker_serv
         for _ in range(2):
             with pytest.raises(TaskError, match=r"rknn_run failed: RKNN_ERR_FAIL \(-1\): execute failed"):
                 farm.run(feed)
-        assert [w["pid"] for w in farm.stats()["workers"]] == _run_pids(log)
+        assert [w["pid"] for w in farm.stats()["workers"]] == log.run_pids()
 
 
 @pytest.mark.parametrize(
@@ -149,7 +145,7 @@ def test_a_worker_dying_in_librknnrt_is_respawned_and_every_result_is_exact(tmp_
         for seed in range(4):  # runs 1 2 3x | 1 2: one worker lost, its task retried
             feed = board.nchw_feed(seed)
             board.assert_exact(farm.run(feed), board.expected(model, feed))
-        pids = _run_pids(log)
+        pids = log.run_pids()
         assert len(pids) == 2 and [w["pid"] for w in farm.stats()["workers"]] == pids[-1:]
     assert [c["kind"] for c in log.calls("fault")] == [next(iter(fault))]
     assert wait_gone(pids)
