@@ -158,12 +158,14 @@ def _check(status: int, call: str, where: str) -> None:
 @dataclass
 class _ModelContexts:
     """The contexts of one model in this worker process: the one others dup
-    from, the model's attributes (queried once), and each context's memory."""
+    from, the model's attributes (queried once), the custom-op plugins (loaded
+    once, registered on each context) and each context's memory."""
 
     lock: threading.Lock = field(default_factory=threading.Lock)
     source: Optional[int] = None  # the rknn_context rknn_dup_context copies: context 0's
     source_made: threading.Event = field(default_factory=threading.Event)
     probe: Optional[rt.ModelProbe] = None
+    plugins: Optional[rknn_plugins.LoadedPlugins] = None
     memory: dict[int, dict[str, Any]] = field(default_factory=dict)  # context index -> sizes
 
 
@@ -209,7 +211,7 @@ class RknnrtSession:
         self._native_outputs = bool(options.get("native_outputs"))
         self._input_format = _LAYOUT_FORMATS.get(str(options.get("layout") or "nchw"), rt.RKNN_TENSOR_NCHW)
         self._notes: list[str] = []
-        self._plugins: Any = None
+        self._plugins: Optional[rknn_plugins.LoadedPlugins] = None
         self._shared = _contexts_of(model)
         self.context = rt.RknnContext(0)
         self._closed = False
@@ -223,7 +225,7 @@ class RknnrtSession:
             self.shares_weights = self._create(dup)
             self.core_mask = self._set_core_mask(placement.core_mask)
             if self._plugins is not None:
-                self._register_custom_ops()
+                self._register_custom_ops(self._plugins)
             self._query_memory()
             self._prepare_io()
         except BaseException:
@@ -238,13 +240,20 @@ class RknnrtSession:
         mask = mask_text(p.core_mask)
         return f"(model {self._model!r}, core {p.core}, core_mask {mask}, context {p.context_index})"
 
-    def _load_plugins(self, options: dict[str, Any]) -> Any:
+    def _load_plugins(self, options: dict[str, Any]) -> rknn_plugins.LoadedPlugins:
+        """The plugins of this process: the first context loads them, the others
+        register the same ops (which stay valid while their libraries stay loaded)."""
         needed_for = "custom_op_paths / custom_op_default_path"
         error = missing_symbol_error(self._lib, [CUSTOM_OPS_SYMBOL], needed_for)
         if error is not None:
             raise error
-        default_dir = rknn_plugins.default_plugin_dir() if options.get("custom_op_default_path") else None
-        return rknn_plugins.load_plugins(list(options.get("custom_op_paths") or ()), default_dir)
+        with self._shared.lock:
+            if self._shared.plugins is None:
+                paths = list(options.get("custom_op_paths") or ())
+                default = options.get("custom_op_default_path")
+                folder = rknn_plugins.default_plugin_dir() if default else None
+                self._shared.plugins = rknn_plugins.load_plugins(paths, folder)
+            return self._shared.plugins
 
     def _create(self, dup: bool) -> bool:
         """Make this context: a dup of the worker's context 0 when allowed
@@ -312,9 +321,9 @@ class RknnrtSession:
         _check(status, f"rknn_set_core_mask({mask_text(mask)})", self._where())
         return mask
 
-    def _register_custom_ops(self) -> None:
+    def _register_custom_ops(self, plugins: rknn_plugins.LoadedPlugins) -> None:
         """All the plugins' ops in one call, after init (PluginError when it fails)."""
-        rknn_plugins.register(self._lib, self.context, self._plugins)
+        rknn_plugins.register(self._lib, self.context, plugins)
 
     def _query_memory(self) -> None:
         """This context's MEM_SIZE, kept with its siblings' for :meth:`describe`."""
