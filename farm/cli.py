@@ -251,7 +251,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     """Print the model's runtime, inputs, outputs and metadata; exit code 0."""
     if args.model.lower().endswith(".rknn") and args.backend == "auto":
         try:
-            resolve_backend("auto", args.model)  # succeeds only where RKNNLite can run it
+            resolve_backend("auto", args.model)  # succeeds only on a board (rknnrt or rknnlite)
         except BackendUnavailableError:
             return farm_convert.print_rknn_info(args.model)  # read the file itself
     with Farm(args.model, backend=args.backend) as farm:

@@ -35,6 +35,7 @@ from typing import Any, Callable, Optional
 
 import zmq
 
+from farm.backends import looks_like_callable_spec
 from farm.errors import OptionError
 from farm.keys import server_keys
 from farm.pool import ContextSlot, WorkerHandle
@@ -241,7 +242,7 @@ class RemoteListener:
             self.send(identity, [protocol.pack([protocol.WELCOME, worker_id, generation])])
             self.counters["joined"] += 1
             return True
-        if os.path.isfile(self.model) or ":" in self.model:
+        if os.path.isfile(self.model) or looks_like_callable_spec(self.model):
             # The node lacks this model (or has another version): ship it.
             payload = _read_model(self.model)
             header = protocol.pack([protocol.MODEL, os.path.basename(self.model), self.fingerprint])

@@ -419,7 +419,8 @@ def _checked_array(spec: TensorSpec, value: Any, batch: bool) -> np.ndarray:
     takes any size; in batch mode dim 0 is free."""
     array = np.asarray(value)
     # The seed's ten dtypes, and the model's own (a float64 ONNX input takes float64).
-    if native_dtype(array.dtype) not in ACCEPTED_DTYPES and native_dtype(array.dtype) != spec.dtype:
+    dtype = native_dtype(array.dtype)
+    if dtype not in ACCEPTED_DTYPES and dtype != spec.dtype:
         raise InvalidInputError("Unsupported numpy dtype for RKNN input")
     if array.ndim > _MAX_RANK:
         raise InvalidInputError("Input rank is too large")

@@ -259,8 +259,7 @@ class Supervision:
                             worker, f"a task ran longer than task_timeout_ms={options.task_timeout_ms}", True
                         )
             if now - worker.rss_checked_at > _RSS_EVERY_S:
-                worker.rss_checked_at = now
-                self._check_rss(worker)
+                self._check_rss(worker)  # sets rss_checked_at
 
     def _check_rss(self, worker: WorkerHandle) -> None:
         """Sample the worker's resident memory (``stats()`` reports it: every
