@@ -130,3 +130,14 @@ def test_a_farm_arena_takes_from_dev_shm_only_what_its_regions_use():
         assert again == regions[0]
     finally:
         arena.close()
+
+
+def test_a_segment_that_cannot_be_mapped_leaves_no_file(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise OSError(errno.ENOMEM, "Cannot allocate memory")
+
+    monkeypatch.setattr(segments.mmap, "mmap", refuse)
+    name = f"{SEGMENT_PREFIX}{os.getpid()}-unmappable"
+    with pytest.raises(OSError, match="Cannot allocate memory"):
+        Segment(name, 1 << 20, create=True)
+    assert not os.path.exists(os.path.join(segments.segment_dir(), name))

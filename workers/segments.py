@@ -76,11 +76,14 @@ def _size_text(nbytes: int) -> str:
     return f"{nbytes >> 20} MiB" if nbytes >= 1 << 20 else f"{max(nbytes >> 10, 1)} KiB"
 
 
-def shm_full_error(needed: int) -> MemoryError:
-    """The error for ``needed`` bytes that ``/dev/shm`` cannot hold now."""
-    available = shutil.disk_usage(segment_dir()).free
+def shm_full_error(needed: int, available: Optional[int] = None) -> MemoryError:
+    """The error for ``needed`` bytes that ``/dev/shm``, with ``available``
+    bytes free (read now when not given), cannot hold."""
+    directory = segment_dir()
+    if available is None:
+        available = shutil.disk_usage(directory).free
     return MemoryError(
-        f"rknn-farm needs {_size_text(needed)} of shared memory but {segment_dir()} has only "
+        f"rknn-farm needs {_size_text(needed)} of shared memory but {directory} has only "
         f"{available >> 20} MiB free; enlarge it (docker: --shm-size=1g), free space in it (other "
         "programs' files, outputs this app still holds) or use smaller inputs"
     )
@@ -161,16 +164,16 @@ class Segment:
         fd = os.open(self.path, flags, 0o600)
         try:
             if create:
-                try:
-                    os.ftruncate(fd, size)
-                except BaseException:
-                    self.unlink()
-                    raise
+                os.ftruncate(fd, size)
             else:
                 size = os.fstat(fd).st_size
             self.size = size
             self.buf = mmap.mmap(fd, size)
             _advise_huge_pages(self.buf)  # before reserve() makes the pages: they come huge
+        except BaseException:
+            if create:  # a file nobody will map: do not leave it in /dev/shm
+                self.unlink()
+            raise
         finally:
             os.close(fd)
 
@@ -178,8 +181,9 @@ class Segment:
         """Take the memory of ``length`` bytes at ``offset`` from ``/dev/shm``
         now, so that no write into them can meet a full ``/dev/shm`` later;
         ``MemoryError`` (and nothing kept) when it cannot hold them."""
-        if length > shutil.disk_usage(segment_dir()).free:  # no need to try
-            raise shm_full_error(length)
+        available = shutil.disk_usage(segment_dir()).free
+        if length > available:  # no need to try
+            raise shm_full_error(length, available)
         try:
             _reserve(self.path, self.buf, offset, length)
         except BaseException as exc:
