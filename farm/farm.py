@@ -24,6 +24,7 @@ import numpy as np
 from farm.backends import backend_note, resolve_backend, resolve_model
 from farm.channels import DIRECT_POLL_MS, ReplyChannel
 from farm.direct import DirectStream
+from farm.dmabuf import DmaFrames, heap_source
 from farm.errors import FarmClosedError, FarmError
 from farm.options import FarmOptions, parse_options
 from farm.progress import ProgressLine
@@ -135,8 +136,11 @@ class Farm:
         self.backend = resolve_backend(backend, self.model)
         #: Why ``backend="auto"`` did not pick rknnrt for an RKNN model ("" when it did, or was not asked).
         self.backend_note = backend_note(backend, self.backend)
+        frame_source = heap_source(self.options.dma_heap, self.backend)
         reap_stale_segments()
         self._arena = SharedArena()
+        if frame_source is not None:  # input_array hands out dma-buf (or memfd) frames
+            self._arena.frames = DmaFrames(frame_source)
         base_spec = {
             "backend": self.backend,
             "model": self.model,
@@ -223,12 +227,22 @@ class Farm:
         that reads it has ended (its Future is done, ``run`` has returned):
         a write meanwhile raises numpy's "assignment destination is
         read-only". Its memory goes back to the farm when the array and
-        every view of it are gone."""
+        every view of it are gone.
+
+        With the ``dma_heap`` option (where ``/dev/dma_heap`` exists and the
+        backend is rknnrt, or ``dma_heap="memfd"``) the array lies in a
+        dma-buf of its own whose fd every worker gets: the rknnrt backend
+        binds it to the NPU, which then reads it with no copy at all
+        (docs/board.md, "dma-buf frames")."""
         self._described_router()
         spec, native_shape, to_user = shared_input_layout(
             self._native_inputs, name, shape, self.options.layout, self._native_layout
         )
-        array = self._arena.new_array(native_shape, spec.dtype)
+        frames = self._arena.frames
+        if frames is not None:
+            array = frames.new_array(native_shape, spec.dtype)
+        else:
+            array = self._arena.new_array(native_shape, spec.dtype)
         return array if to_user is None else array.transpose(to_user)
 
     # ── running ──────────────────────────────────────────────────────────
@@ -426,6 +440,9 @@ class Farm:
 
     def _make_task(self, feed: Any, outputs_in_arena: bool = False, **delivery: Any) -> Task:
         router = self._described_router()
+        frames = self._arena.frames
+        if frames is not None:  # frames the app let go of since: the workers forget them
+            frames.reclaim()
         shortcut = self._inline_feed
         descriptors = None if shortcut is None else shortcut.descriptors(feed)
         held: tuple[np.ndarray, ...] = ()

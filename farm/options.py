@@ -99,6 +99,7 @@ class FarmOptions:
     local_cores: bool = True
     max_message_mb: int = 1024
     spin_us: int = 500
+    dma_heap: str = "auto"
 
     @property
     def mode(self) -> str:
@@ -313,6 +314,21 @@ def _endpoint(value: Any, key: str) -> str:
     return value.strip()
 
 
+#: ``dma_heap`` words; anything else names a heap in /dev/dma_heap or gives its path.
+DMA_HEAP_WORDS = ("auto", "off", "memfd")
+
+
+def _dma_heap(value: Any, key: str) -> str:
+    """``auto``, ``off``, ``memfd``, or a heap's name or path (checked when the farm starts)."""
+    text = value.strip(_WHITESPACE) if isinstance(value, str) else ""
+    if not text or any(c in text for c in _WHITESPACE):
+        raise OptionError(
+            f"{key} must be 'auto', 'off', 'memfd' or a dma heap's name or path "
+            f"(e.g. 'system', '/dev/dma_heap/cma'), got {value!r}"
+        )
+    return text.lower() if text.lower() in DMA_HEAP_WORDS else text
+
+
 def _input_shapes(value: Any, key: str) -> dict[str, tuple[int, ...]]:
     if not isinstance(value, Mapping) or not all(isinstance(name, str) for name in value):
         raise OptionError(f"{key} must be a dict mapping input names to shapes")
@@ -373,6 +389,7 @@ _PARSERS: dict[str, tuple[str, Callable[[Any, str], Any]]] = {
     "local_cores": ("local_cores", _bool_like),
     "max_message_mb": ("max_message_mb", _at_most(_LARGEST_MESSAGE_MB, "libzmq counts bytes in 63 bits")),
     "spin_us": ("spin_us", _non_negative_int),
+    "dma_heap": ("dma_heap", _dma_heap),
 }
 #: Keys only the farm knows, sorted; they follow the seed's keys in the "Supported keys" message.
 FARM_KEYS: tuple[str, ...] = tuple(sorted(set(_PARSERS) - set(SEED_KEYS)))

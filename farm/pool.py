@@ -26,6 +26,7 @@ from typing import Any, Optional
 
 import zmq
 
+from farm.dmabuf import DmaFrames, FrameChannel, frame_socket_pair
 from farm.stats import WorkerStats
 from workers.protocol import QUIT
 
@@ -80,6 +81,7 @@ class WorkerHandle:
         self.tasks_this_life = 0
         self.rss_mb = 0.0
         self.rss_checked_at = 0.0
+        self.frame_channel: Optional[FrameChannel] = None  # its dma-buf frames' socket (farm.dmabuf)
 
     @property
     def node_name(self) -> str:
@@ -98,8 +100,10 @@ def spawn_worker(
     ipc_dir: str,
     n_contexts: int,
     base_spec: dict[str, Any],
+    frames: Optional[DmaFrames] = None,
 ) -> None:
-    """Start a new incarnation of ``handle``'s worker (sockets, process, life line)."""
+    """Start a new incarnation of ``handle``'s worker (sockets, process, life
+    line, and with ``frames`` the socket its dma-buf frames travel on)."""
     handle.generation += 1
     handle.ready = False
     handle.tasks_this_life = 0
@@ -126,18 +130,27 @@ def spawn_worker(
         task_addresses=addresses,
     )
     exit_read, exit_write = os.pipe()
+    frame_ends = frame_socket_pair() if frames is not None else None
+    if frame_ends is not None:
+        spec["frame_fd"] = frame_ends[1].fileno()  # pass_fds keeps the number
     try:
         handle.process = subprocess.Popen(
             [sys.executable, "-c", _BOOTSTRAP],
             stdin=subprocess.PIPE,
-            pass_fds=(exit_write,),
+            pass_fds=(exit_write,) if frame_ends is None else (exit_write, frame_ends[1].fileno()),
             env=_worker_environment(),
         )
     except BaseException:
         os.close(exit_read)
+        if frame_ends is not None:
+            frame_ends[0].close()
         raise
     finally:
         os.close(exit_write)
+        if frame_ends is not None:
+            frame_ends[1].close()
+    if frames is not None and frame_ends is not None:
+        handle.frame_channel = frames.attach(frame_ends[0])  # every live frame, sent now
     handle.exit_fd = exit_read
     handle.pid = handle.process.pid
     handle.started_at = handle.last_seen = time.monotonic()
@@ -223,4 +236,7 @@ def reap_process(handle: WorkerHandle) -> Optional[int]:
     if handle.exit_fd >= 0:
         os.close(handle.exit_fd)
         handle.exit_fd = -1
+    if handle.frame_channel is not None:
+        handle.frame_channel.close()
+        handle.frame_channel = None
     return returncode

@@ -198,6 +198,7 @@ class Router(DirectPath, Supervision, Membership, Answers):
             ipc_dir=self._ipc_dir,
             n_contexts=self.options.threads_per_core,
             base_spec=self._base_spec,
+            frames=self.arena.frames,
         )
         self._wake()
 

@@ -36,6 +36,7 @@ from typing import Any, Optional
 import numpy as np
 import psutil
 
+from workers.frames import FRAME_PREFIX
 from workers.protocol import align
 from workers.segments import SEGMENT_PREFIX, Segment, segment_dir
 
@@ -81,6 +82,8 @@ class SharedArena:
         self._lock = threading.Lock()
         self._closed = False
         self.bytes_mapped = 0
+        #: The farm's dma-buf frames (``farm.dmabuf.DmaFrames``), when input_array makes them.
+        self.frames: Optional[Any] = None
         SharedArena._open.add(self)
 
     def allocate(self, nbytes: int) -> Region:
@@ -110,7 +113,10 @@ class SharedArena:
 
     def buffer_of(self, segment_name: str) -> Any:
         """The buffer of segment ``segment_name``: this arena's, or another
-        open arena's of this process (an input read where it lies)."""
+        open arena's of this process (an input read where it lies), or of
+        one of this farm's frames (a remote node is sent a copy)."""
+        if self.frames is not None and segment_name.startswith(FRAME_PREFIX):
+            return self.frames.buffer_of(segment_name)
         for arena in _this_then_the_others(self):
             for segment in list(arena._segments):
                 if segment.name == segment_name:
@@ -154,6 +160,8 @@ class SharedArena:
                 segment.unlink()
                 segment.close()
             self._free.clear()
+            if self.frames is not None:
+                self.frames.close()
             self._extents = ()
 
     def _take_back_released(self) -> None:
@@ -174,7 +182,13 @@ class SharedArena:
 
 def locate_shared(array: np.ndarray, arena: SharedArena) -> Optional[tuple[str, int]]:
     """``(segment name, offset)`` of ``array`` in ``arena``, or else in any
-    other open arena of this process; None when it is in none."""
+    other open arena of this process; ``(frame name, offset)`` when it lies in
+    one of ``arena``'s farm's frames (another farm's workers were never sent
+    that farm's frames: its arrays are copied); None when it is in none."""
+    if arena.frames is not None:
+        place = arena.frames.locate(array)
+        if place is not None:
+            return place
     for candidate in _this_then_the_others(arena):
         place = candidate.locate(array)
         if place is not None:

@@ -92,3 +92,15 @@ def leak_20_mib(inputs):
 
 
 leak_20_mib.inputs = [("value", [1], "float64")]
+
+
+def double_or_die(inputs):
+    """``inputs["data"]`` times two and the worker's pid; ``inputs["action"]``
+    3 SIGKILLs the worker first (a crash while a frame is mapped)."""
+    if int(np.asarray(inputs["action"]).reshape(-1)[0]) == 3:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return [np.asarray(inputs["data"]) * 2, np.array([os.getpid()], dtype=np.int64)]
+
+
+double_or_die.inputs = [("data", [16384], "float32"), ("action", [1], "int64")]
+double_or_die.outputs = [("doubled", [16384], "float32"), ("pid", [1], "int64")]

@@ -35,9 +35,10 @@ SEED_KEY_LIST = (
     "custom_op_default_path, load_custom_ops_from_default_path"
 )
 FARM_KEY_LIST = (
-    "copy_outputs, heartbeat_interval_ms, heartbeat_liveness, input_shapes, insecure, intra_op_threads, "
-    "keys_dir, listen, local_cores, max_message_mb, max_retries, max_tasks_per_worker, max_worker_rss_mb, "
-    "native_outputs, sim_dataset, sim_quantize, spin_us, start_timeout_s, target_platform, task_timeout_ms"
+    "copy_outputs, dma_heap, heartbeat_interval_ms, heartbeat_liveness, input_shapes, insecure, "
+    "intra_op_threads, keys_dir, listen, local_cores, max_message_mb, max_retries, max_tasks_per_worker, "
+    "max_worker_rss_mb, native_outputs, sim_dataset, sim_quantize, spin_us, start_timeout_s, "
+    "target_platform, task_timeout_ms"
 )
 CONTAINER_ERROR = "provider_options must be a dict or a sequence whose first element is a dict"
 CONFLICT_ERROR = "provider_options 'tp_mode' conflicts with 'schedule'; set only one."
@@ -155,6 +156,8 @@ ACCEPTED = [
     ("local_cores", False, "local_cores", False),
     ("max_message_mb", 64, "max_message_mb", 64),
     ("spin_us", "0", "spin_us", 0),
+    ("dma_heap", " MemFD ", "dma_heap", "memfd"),
+    ("dma_heap", "/dev/dma_heap/cma", "dma_heap", "/dev/dma_heap/cma"),
 ]
 
 
@@ -207,6 +210,7 @@ def test_defaults():
         "local_cores": True,
         "max_message_mb": 1024,
         "spin_us": 500,
+        "dma_heap": "auto",
     }
 
 
@@ -350,6 +354,11 @@ REJECTED = [
         f"max_message_mb must be at most {(2**63 - 1) >> 20}, got {2**62} (libzmq counts bytes in 63 bits)",
     ),
     ({"spin_us": -1}, "spin_us must be >= 0"),
+    (
+        {"dma_heap": ""},
+        "dma_heap must be 'auto', 'off', 'memfd' or a dma heap's name or path "
+        "(e.g. 'system', '/dev/dma_heap/cma'), got ''",
+    ),
     ({"foo": 1}, f"Unknown provider_options key: foo. Supported keys: {SEED_KEY_LIST}, {FARM_KEY_LIST}"),
     (
         {"Layout": "nchw"},

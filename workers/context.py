@@ -24,6 +24,7 @@ import zmq
 
 from workers import protocol
 from workers.backends.base import Placement
+from workers.frames import FRAME_PREFIX, FrameMap
 from workers.segments import SegmentMap
 from workers.spin import SpinWait
 from workers.threadnames import name_this_thread
@@ -57,6 +58,7 @@ class ContextThread(threading.Thread):
         header: tuple[int, int],
         loaded: threading.Barrier,
         spin: Optional[SpinWait] = None,
+        frames: Optional[FrameMap] = None,
     ) -> None:
         super().__init__(name=f"rknnfarm-C{placement.core}-T{placement.context_index}", daemon=True)
         self._zmq_context = zmq_context
@@ -67,6 +69,7 @@ class ContextThread(threading.Thread):
         self._task_address = task_address
         self._result_address = result_address
         self._segments = segments
+        self._frames = frames  # dma-buf frames the parent passed (None: no channel)
         self._worker_id, self._generation = header
         self._loaded = loaded
         self._spin = spin or SpinWait(0)  # waiting for the next task (shared by the worker's contexts)
@@ -87,6 +90,9 @@ class ContextThread(threading.Thread):
             tasks.bind(self._task_address)
             results.connect(self._result_address)
             self.session = self._backend.open_session(self._model, self._options, self.placement)
+            forget = getattr(self.session, "forget_frame", None)
+            if self._frames is not None and forget is not None:
+                self._frames.on_forget(forget)
         except BaseException as exc:  # reported by the worker's main thread
             self.load_error = exc
             self.load_traceback = traceback.format_exc()
@@ -165,17 +171,19 @@ class ContextThread(threading.Thread):
         the region (or the header, or frames); fills ``timings``."""
         start = time.perf_counter()
         inputs = [self._input_view(d, frames) for d in input_descriptors]
+        # A backend that hands dma-bufs to its runtime is told which inputs are frames.
+        extra = self._frame_inputs(input_descriptors)
         timings[0] = _us_since(start)
         start = time.perf_counter()
         direct = self._direct_outputs(out_region)
         if direct is not None:  # the runtime writes the outputs into shared memory itself
-            self.session.run_into(inputs, [view for view, _ in direct])
+            self.session.run_into(inputs, [view for view, _ in direct], **extra)
             timings[1] = _us_since(start)
             return [descriptor for _, descriptor in direct], []
         if free_form:
             outputs = self.session.run(inputs, [d[4] for d in input_descriptors])
         else:
-            outputs = self.session.run(inputs)
+            outputs = self.session.run(inputs, **extra)
         timings[1] = _us_since(start)
         start = time.perf_counter()
         written = self._write_outputs(outputs, out_region)
@@ -214,12 +222,28 @@ class ContextThread(threading.Thread):
         if offset >= _DIRECT_OUTPUT_BYTES or getattr(self.session, "writes_outputs_in_place", False):
             self._static_outputs = (plan, offset)
 
+    def _frame_inputs(self, descriptors: list[Any]) -> dict[str, Any]:
+        """``{"frames": {input index: (Frame, offset)}}`` for a session that
+        takes frames (``takes_frames``) when some inputs are frames, else {}."""
+        if self._frames is None or not getattr(self.session, "takes_frames", False):
+            return {}
+        found = {
+            index: (self._frames.get(d[0]), d[1])
+            for index, d in enumerate(descriptors)
+            if type(d[0]) is str and d[0].startswith(FRAME_PREFIX)
+        }
+        return {"frames": found} if found else {}
+
     def _input_view(self, descriptor: list[Any], frames: list[Any]) -> np.ndarray:
         segment, offset, dtype, shape = descriptor[:4]
         if type(segment) is bytes:  # a small input, inside the header (writable, as views are)
             return np.frombuffer(bytearray(segment), dtype=protocol.dtype_of(dtype)).reshape(shape)
         if segment is None:  # a frame after the header (remote node)
             return np.frombuffer(frames[offset].buffer, dtype=protocol.dtype_of(dtype)).reshape(shape)
+        if segment.startswith(FRAME_PREFIX):  # a dma-buf frame of Farm.input_array
+            if self._frames is None:
+                raise RuntimeError(f"the task names frame {segment!r}, but this worker has no frame channel")
+            return self._frames.view(segment, offset, dtype, shape)
         return self._segments.view(segment, offset, dtype, shape)
 
     def _write_outputs(self, outputs: Any, out_region: Any) -> tuple[list[Any], list[Any]]:

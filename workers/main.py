@@ -31,6 +31,7 @@ from workers import protocol
 from workers.backends import load_backend, rknn_plugins
 from workers.backends.base import SCRATCH_DIR_VARIABLE, Placement
 from workers.context import ContextThread
+from workers.frames import FrameMap
 from workers.segments import SegmentMap, unlink_segments_of
 from workers.spin import SpinWait
 from workers.threadnames import name_this_thread
@@ -66,9 +67,10 @@ def worker_main(spec: dict[str, Any]) -> None:
     control.setsockopt(zmq.LINGER, 2000)
     control.connect(spec["result_address"])
     segments = SegmentMap()
+    frames = FrameMap(spec["frame_fd"]) if spec.get("frame_fd") is not None else None
     try:
         backend = load_backend(spec["backend"])
-        contexts = _start_contexts(spec, backend, zmq_context, segments)
+        contexts = _start_contexts(spec, backend, zmq_context, segments, frames)
     except BaseException as exc:
         message = f"{type(exc).__name__}: {exc}"
         failure = [protocol.START_FAILED, worker_id, generation, message, traceback.format_exc()]
@@ -78,10 +80,12 @@ def worker_main(spec: dict[str, Any]) -> None:
         os._exit(1)
     description = _with_plugins(contexts[0].session.describe())
     control.send(protocol.pack([protocol.READY, worker_id, generation, os.getpid(), description]))
-    _watch(contexts, spec, control, segments)
+    _watch(contexts, spec, control, segments, frames)
     control.close(linger=0)
     control_context.term()
     segments.close()
+    if frames is not None:
+        frames.close()
     zmq_context.term()
     # Skip interpreter finalisation: the parent-watch thread is blocked in a
     # read of stdin, which finalisation would abort on.
@@ -99,7 +103,11 @@ def _with_plugins(description: dict[str, Any]) -> dict[str, Any]:
 
 
 def _start_contexts(
-    spec: dict[str, Any], backend: Any, zmq_context: zmq.Context, segments: SegmentMap
+    spec: dict[str, Any],
+    backend: Any,
+    zmq_context: zmq.Context,
+    segments: SegmentMap,
+    frames: Optional[FrameMap] = None,
 ) -> list[ContextThread]:
     addresses = spec["task_addresses"]
     loaded = threading.Barrier(len(addresses) + 1)
@@ -116,6 +124,7 @@ def _start_contexts(
             task_address=address,
             result_address=spec["result_address"],
             segments=segments,
+            frames=frames,
             header=(spec["worker_id"], spec["generation"]),
             loaded=loaded,
             spin=spin,
@@ -133,12 +142,17 @@ def _start_contexts(
 
 
 def _watch(
-    contexts: list[ContextThread], spec: dict[str, Any], control: zmq.Socket, segments: SegmentMap
+    contexts: list[ContextThread],
+    spec: dict[str, Any],
+    control: zmq.Socket,
+    segments: SegmentMap,
+    frames: Optional[FrameMap] = None,
 ) -> None:
     """Beat the heart until every context thread has stopped. The beat comes
     from this thread, which runs no model, so it says "the process is alive
     and not wedged"; a context stuck in one task is the router's task timeout.
-    At each beat, unmap what is left of other farms that have closed."""
+    At each beat, unmap what is left of other farms that have closed, and
+    let go of the frames the parent freed (an idle worker too)."""
     watcher = threading.Thread(target=_watch_parent, args=(spec,), name="rknnfarm-parent-watch", daemon=True)
     watcher.start()
     interval = spec["options"]["heartbeat_interval_ms"] / 1000
@@ -151,6 +165,8 @@ def _watch(
             except zmq.ZMQError:
                 pass  # the parent is not reading; its life line tells us if it is gone
             segments.forget_removed(spec["segment_owner_prefix"])
+            if frames is not None:
+                frames.drain()
 
 
 def _watch_parent(spec: dict[str, Any]) -> None:

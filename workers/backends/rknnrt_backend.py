@@ -24,9 +24,24 @@ What RKNNLite cannot do, this backend does as the seed library does:
   ``RKNN_QUERY_MEM_SIZE`` of each context gives its weight and internal
   memory, in :meth:`RknnrtSession.describe`'s ``contexts_memory``.
 
+- **Dma-buf frames.** An input that is a frame of ``Farm.input_array`` (a
+  dma-buf, or a memfd standing in for one; ``workers.frames``) is not copied:
+  ``rknn_create_mem_from_fd`` makes an ``rknn_tensor_mem`` of it once per
+  context and frame (cached until the parent frees the frame, then
+  ``rknn_destroy_mem``), ``rknn_set_io_mem`` binds it for each task that
+  feeds it, with the input's attribute whose type and fmt are the frame's,
+  and ``DMA_BUF_IOCTL_SYNC`` flushes the CPU's writes before ``rknn_run``.
+  An input once bound to a mem stays bound: ``rknn_inputs_set`` would not
+  replace the binding (the fake runtime keeps reading the mem; the real
+  one is not documented to do otherwise), so a later task's ordinary array
+  for that input is copied into a mem of the context's own
+  (``rknn_create_mem``) and bound the same way. Other inputs go through
+  ``rknn_inputs_set`` as always.
+
 Every librknnrt function this backend needs is looked up before use: the
 ones every run needs when the library is opened, ``rknn_dup_context`` before
-the first dup and ``rknn_register_custom_ops`` before custom ops are loaded.
+the first dup, ``rknn_register_custom_ops`` before custom ops are loaded and
+the tensor-mem functions (:data:`FRAME_SYMBOLS`) before the first frame.
 A missing one is a :class:`RknnRuntimeError` that names the symbol, the
 library and its version, and says what to upgrade.
 
@@ -73,6 +88,8 @@ REQUIRED_SYMBOLS = (
     "rknn_outputs_release",
 )
 CUSTOM_OPS_SYMBOL = "rknn_register_custom_ops"
+#: What binding a dma-buf frame to an input needs (looked up at the first frame).
+FRAME_SYMBOLS = ("rknn_create_mem_from_fd", "rknn_create_mem", "rknn_set_io_mem", "rknn_destroy_mem")
 #: Where a newer librknnrt comes from (the file goes to /usr/lib/librknnrt.so).
 UPGRADE_HINT = (
     "install a newer librknnrt.so from Rockchip's rknn-toolkit2 repository "
@@ -131,10 +148,13 @@ def unusable_because() -> str:
     return "" if error is None else str(error)
 
 
+_MEM_POINTER = ctypes.POINTER(rt.RknnTensorMem)
+
+
 def _declare(lib: Any) -> None:
     """argtypes/restype of every call used here (ctypes would guess ints otherwise)."""
     ctx, u32, ptr = rt.RknnContext, ctypes.c_uint32, ctypes.c_void_p
-    for name, args in (
+    returns_status: list[tuple[str, list[Any]]] = [
         ("rknn_dup_context", [ctypes.POINTER(ctx), ctypes.POINTER(ctx)]),
         ("rknn_set_core_mask", [ctx, ctypes.c_int]),
         ("rknn_inputs_set", [ctx, u32, ptr]),
@@ -142,11 +162,19 @@ def _declare(lib: Any) -> None:
         ("rknn_outputs_get", [ctx, u32, ptr, ptr]),
         ("rknn_outputs_release", [ctx, u32, ptr]),
         ("rknn_register_custom_ops", [ctx, ptr, u32]),
-    ):
-        if hasattr(lib, name):
-            function = getattr(lib, name)
-            function.argtypes = args
-            function.restype = ctypes.c_int
+        ("rknn_set_io_mem", [ctx, _MEM_POINTER, ctypes.POINTER(rt.RknnTensorAttr)]),
+        ("rknn_destroy_mem", [ctx, _MEM_POINTER]),
+    ]
+    returns_mem: list[tuple[str, list[Any]]] = [
+        ("rknn_create_mem_from_fd", [ctx, ctypes.c_int32, ptr, u32, ctypes.c_int32]),
+        ("rknn_create_mem", [ctx, u32]),
+    ]
+    for declarations, restype in ((returns_status, ctypes.c_int), (returns_mem, _MEM_POINTER)):
+        for name, args in declarations:
+            if hasattr(lib, name):
+                function = getattr(lib, name)
+                function.argtypes = args
+                function.restype = restype
 
 
 def _check(status: int, call: str, where: str) -> None:
@@ -182,6 +210,116 @@ def _custom_ops_requested(options: dict[str, Any]) -> bool:
     return bool(options.get("custom_op_paths") or options.get("custom_op_default_path"))
 
 
+# ── dma-buf frames bound to inputs ──────────────────────────────────────────
+class _InputMems:
+    """The ``rknn_tensor_mem`` s of one context's inputs: one per frame (and
+    offset) fed to it, made with ``rknn_create_mem_from_fd`` and kept until the
+    parent frees the frame, and, for an input once bound to a mem, one of the
+    context's own that a later task's ordinary array is copied into."""
+
+    def __init__(self, session: RknnrtSession) -> None:
+        self._session = session
+        self._lib = session._lib
+        self._checked = False
+        self._frames: dict[tuple[str, int, int], Any] = {}  # (frame, offset, size) -> mem
+        self._own: dict[int, Any] = {}  # input index -> a mem of the context's own
+        self._attrs: dict[int, rt.RknnTensorAttr] = {}  # input index -> its attr (queried once)
+        #: Inputs bound to a mem at least once: rknn_inputs_set no longer reaches them.
+        self.bound: set[int] = set()
+
+    def bind(self, io: _Io, frames: dict[int, Any]) -> list[int]:
+        """Bind every frame of ``frames`` ({index: (frame, offset)}) and every
+        input bound before to a mem (``rknn_set_io_mem``); returns the inputs
+        left for ``rknn_inputs_set``. Flushes the frames' CPU writes."""
+        self._require_symbols()
+        arrays = io.held[0]
+        rest = []
+        for index, slot in enumerate(io.inputs):
+            if index in frames:
+                frame, offset = frames[index]
+                mem = self._frame_mem(frame, offset, int(slot.size))
+                frame.sync_for_device()
+            elif index in self.bound:
+                mem = self._own_mem(index, int(slot.size))
+                ctypes.memmove(mem.contents.virt_addr, arrays[index].ctypes.data, int(slot.size))
+            else:
+                rest.append(index)
+                continue
+            self._set_io_mem(index, slot, mem)
+        return rest
+
+    def forget(self, name: str) -> None:
+        """Destroy the mems of frame ``name`` (the parent freed it)."""
+        for key in [key for key in self._frames if key[0] == name]:
+            self._destroy(self._frames.pop(key))
+
+    def close(self) -> None:
+        for mem in [*self._frames.values(), *self._own.values()]:
+            self._destroy(mem)
+        self._frames.clear()
+        self._own.clear()
+
+    def _require_symbols(self) -> None:
+        if not self._checked:
+            error = missing_symbol_error(self._lib, FRAME_SYMBOLS, "binding dma-buf frames (dma_heap)")
+            if error is not None:
+                raise error
+            self._checked = True
+
+    def _frame_mem(self, frame: Any, offset: int, size: int) -> Any:
+        key = (frame.name, offset, size)
+        mem = self._frames.get(key)
+        if mem is None:
+            # virt: this worker's own mapping of the frame; the tensor starts at virt + offset.
+            create = self._lib.rknn_create_mem_from_fd
+            mem = create(self._session.context, frame.fd, frame.address, size, offset)
+            if not mem:
+                raise RknnRuntimeError(
+                    f"rknn_create_mem_from_fd failed for frame {frame.name} ({size} bytes at offset "
+                    f"{offset}) {self._session._where()}; is the fd a dma-buf the NPU can reach?"
+                )
+            self._frames[key] = mem
+        return mem
+
+    def _own_mem(self, index: int, size: int) -> Any:
+        mem = self._own.get(index)
+        if mem is not None and int(mem.contents.size) >= size:
+            return mem
+        if mem is not None:
+            self._destroy(self._own.pop(index))
+        mem = self._lib.rknn_create_mem(self._session.context, size)
+        if not mem:
+            raise RknnRuntimeError(f"rknn_create_mem({size}) failed {self._session._where()}")
+        self._own[index] = mem
+        return mem
+
+    def _set_io_mem(self, index: int, slot: rt.RknnInput, mem: Any) -> None:
+        """Bind ``mem`` to input ``index``: its attr with the data's type and
+        fmt (those ``rknn_inputs_set`` would have been given), not passed through."""
+        attr = self._attr(index)
+        attr.type, attr.fmt, attr.pass_through = slot.type, slot.fmt, 0
+        status = self._lib.rknn_set_io_mem(self._session.context, mem, ctypes.byref(attr))
+        _check(status, f"rknn_set_io_mem(input {index})", self._session._where())
+        self.bound.add(index)
+
+    def _attr(self, index: int) -> rt.RknnTensorAttr:
+        attr = self._attrs.get(index)
+        if attr is None:
+            attr = rt.RknnTensorAttr()
+            attr.index = index
+            status = self._lib.rknn_query(
+                self._session.context, rt.RKNN_QUERY_INPUT_ATTR, ctypes.byref(attr), ctypes.sizeof(attr)
+            )
+            _check(status, f"rknn_query(RKNN_QUERY_INPUT_ATTR, {index})", self._session._where())
+            self._attrs[index] = attr
+        copy = rt.RknnTensorAttr()
+        ctypes.pointer(copy)[0] = attr
+        return copy
+
+    def _destroy(self, mem: Any) -> None:
+        self._lib.rknn_destroy_mem(self._session.context, mem)
+
+
 # ── the session ─────────────────────────────────────────────────────────────
 class _Io:
     """One set of ``rknn_input``/``rknn_output`` entries and the arrays they point at."""
@@ -199,6 +337,8 @@ class RknnrtSession:
 
     #: ``run_into`` costs no more than ``run`` (the runtime writes wherever it is told).
     writes_outputs_in_place = True
+    #: ``run``/``run_into`` take ``frames={input index: (workers.frames.Frame, offset)}``.
+    takes_frames = True
 
     def __init__(self, model: str, options: dict[str, Any], placement: Placement) -> None:
         self._lib = _library()
@@ -215,6 +355,9 @@ class RknnrtSession:
         self._shared = _contexts_of(model)
         self.context = rt.RknnContext(0)
         self._closed = False
+        # A run and a frame's mems being destroyed (the worker's watcher thread) never overlap.
+        self._lock = threading.Lock()
+        self._mems = _InputMems(self)
         custom_ops = _custom_ops_requested(options)
         if custom_ops:
             self._plugins = self._load_plugins(options)
@@ -410,17 +553,31 @@ class RknnrtSession:
         description["dup_context"] = any(entry["shares_weights"] for entry in memory)
         return description
 
-    def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+    def run(self, inputs: Sequence[np.ndarray], frames: Optional[dict[int, Any]] = None) -> list[np.ndarray]:
         """Outputs of one inference in new arrays (float32 unless ``native_outputs``)."""
         outputs = [np.empty(shape, dtype) for shape, dtype in zip(self._output_shapes, self._output_dtypes)]
-        self.run_into(inputs, outputs)
+        self.run_into(inputs, outputs, frames)
         return outputs
 
-    def run_into(self, inputs: Sequence[np.ndarray], outputs: Sequence[np.ndarray]) -> None:
+    def run_into(
+        self,
+        inputs: Sequence[np.ndarray],
+        outputs: Sequence[np.ndarray],
+        frames: Optional[dict[int, Any]] = None,
+    ) -> None:
         """One inference reading ``inputs`` and writing ``outputs`` (C-contiguous
-        arrays of the described shapes and dtypes, e.g. views of shared memory) in place."""
+        arrays of the described shapes and dtypes, e.g. views of shared memory) in place.
+        ``frames``: the inputs that are dma-buf frames, ``{index: (Frame, offset)}``
+        (``inputs[index]`` is this process's view of it): bound, not copied."""
         self._point(self._io, inputs, outputs)
-        self._run(self._io)
+        self._run(self._io, frames)
+
+    def forget_frame(self, frame: Any) -> None:
+        """The parent freed ``frame``: destroy this context's mems of it
+        (called from the worker's watcher thread, never during a run)."""
+        with self._lock:
+            if not self._closed:
+                self._mems.forget(frame.name)
 
     def bind(self, inputs: Sequence[np.ndarray], outputs: Sequence[np.ndarray]) -> Callable[[], None]:
         """Point entries of their own at ``inputs`` and ``outputs`` (buffers the
@@ -464,11 +621,29 @@ class RknnrtSession:
             io.outputs[i].buf, io.outputs[i].size = array.ctypes.data, array.nbytes
         io.held = (held, list(outputs))
 
-    def _run(self, io: _Io) -> None:
+    def _run(self, io: _Io, frames: Optional[dict[int, Any]] = None) -> None:
+        with self._lock:
+            if frames or self._mems.bound:
+                self._run_bound(io, frames or {})
+            else:
+                self._run_set(io, io.inputs)
+
+    def _run_bound(self, io: _Io, frames: dict[int, Any]) -> None:
+        """A run where some inputs are (or were once) bound to mems."""
+        rest = self._mems.bind(io, frames)
+        if len(rest) == len(io.inputs):
+            entries: Any = io.inputs
+        else:
+            entries = (rt.RknnInput * len(rest))(*(io.inputs[i] for i in rest))
+        self._run_set(io, entries)
+
+    def _run_set(self, io: _Io, entries: Any) -> None:
+        """``rknn_inputs_set`` of ``entries`` (none: every input is bound), run, outputs."""
         lib, context = self._lib, self.context
-        status = lib.rknn_inputs_set(context, len(io.inputs), io.inputs)
-        if status != 0:
-            _check(status, "rknn_inputs_set", self._where())
+        if len(entries):
+            status = lib.rknn_inputs_set(context, len(entries), entries)
+            if status != 0:
+                _check(status, "rknn_inputs_set", self._where())
         status = lib.rknn_run(context, None)
         if status != 0:
             _check(status, "rknn_run", self._where())
@@ -482,7 +657,10 @@ class RknnrtSession:
         dup source never goes while its dups still run."""
         if self._closed:
             return
-        self._closed = True
+        with self._lock:
+            self._closed = True
+            if self.context.value:
+                self._mems.close()
         if self.context.value:
             with self._shared.lock:
                 if self._shared.source == self.context.value:

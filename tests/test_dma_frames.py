@@ -1,0 +1,224 @@
+"""Frames of ``Farm.input_array`` backed by a dma-buf whose fd the workers get
+(``dma_heap``), tested with a memfd standing in for the dma-buf: no dma heap
+exists off-board.
+
+On a CPU backend (python): the fd reaches every worker, including one
+respawned after a crash; a freed frame is forgotten by the workers and closed
+in the parent. On the rknnrt backend with the host's fake librknnrt: the
+frame is bound with ``rknn_create_mem_from_fd`` (once per context and frame)
+and ``rknn_set_io_mem`` (each task), never ``rknn_inputs_set``; the runtime
+reads the live memory; a freed frame's mem is destroyed; ordinary arrays mix
+with frames in either order.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import time
+
+import numpy as np
+import pytest
+
+from farm import Farm, OptionError, WorkerCrashedError
+from farm.dmabuf import heap_source
+from tests.board import board
+from tests.fake_librknnrt import driver
+from tests.fake_librknnrt.fake_model import Tensor, expected_outputs, write_model
+from workers.backends import rknn_runtime as rt
+from workers.frames import FRAME_PREFIX
+
+pytestmark = pytest.mark.timeout(60)
+
+PYFUNC = "tests.pyfuncs:double_or_die"
+GO, DIE = np.array([0]), np.array([3])
+
+
+def _open_fds() -> set[str]:
+    """What this process's file descriptors point at (memfds read "/memfd:<name> (deleted)")."""
+    found = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            found.add(os.readlink(f"/proc/self/fd/{fd}"))
+        except OSError:
+            pass  # the listing's own fd, closed by now
+    return found
+
+
+def _frame_fds(pid: int) -> list[str]:
+    """The memfd frames process ``pid`` holds open (or mapped: mmap keeps a dup)."""
+    held = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("/memfd:frame-"):
+            held.append(target)
+    return held
+
+
+def _wait_until(condition, within: float = 10.0) -> bool:
+    deadline = time.monotonic() + within
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def _pids(farm: Farm) -> list[int]:
+    return [w["pid"] for w in farm.stats()["workers"]]
+
+
+# ── a CPU backend ───────────────────────────────────────────────────────────
+def test_a_memfd_frame_reaches_every_worker_by_its_fd_and_is_read_live(tmp_path):
+    with Farm(PYFUNC, backend="python", schedule="0,1", dma_heap="memfd") as farm:
+        frame = farm.input_array("data")
+        assert not frame.any() and frame.shape == (16384,) and frame.dtype == np.float32
+        frame[:] = np.arange(16384, dtype=np.float32)
+        task = farm._make_task({"data": frame, "action": GO})
+        assert task.input_descriptors[0][0].startswith(FRAME_PREFIX) and task.held_inputs == (frame,)
+        farm._free_regions(task)
+        pids = set()
+        for value in (1.0, 2.0, 3.0, 4.0):  # both workers, each reading what was written last
+            frame[:] = value
+            doubled, pid = farm.run({"data": frame, "action": GO})
+            np.testing.assert_array_equal(doubled, np.full(16384, 2 * value, np.float32))
+            pids.add(int(pid[0]))
+        assert pids == set(_pids(farm))
+        for pid in pids:  # each worker holds the frame's fd, not a copy
+            assert len(_frame_fds(pid)) >= 1
+
+
+def test_a_freed_frame_is_forgotten_by_every_worker_and_closed_in_the_parent(tmp_path):
+    before = _open_fds()
+    with Farm(PYFUNC, backend="python", schedule="0,1", dma_heap="memfd", heartbeat_interval_ms=100) as farm:
+        frame = farm.input_array("data")
+        frame[:] = 5
+        for _ in range(2):
+            farm.run({"data": frame, "action": GO})
+        pids = _pids(farm)
+        assert all(_frame_fds(pid) for pid in pids)
+        view = frame[::2]
+        del frame
+        gc.collect()
+        assert farm._arena.frames.live == 1, "a view keeps the frame"
+        del view
+        gc.collect()
+        farm.run({"data": np.ones(16384, np.float32), "action": GO})  # the next task reclaims it
+        assert farm._arena.frames.live == 0
+        assert not any(p.startswith("/memfd:frame-") for p in _open_fds())
+        # Idle workers drain the "forget" at their next heartbeat.
+        assert _wait_until(lambda: not any(_frame_fds(pid) for pid in pids))
+    assert _open_fds() - before == set()
+
+
+def test_a_worker_respawned_after_a_crash_gets_every_live_frame_again(tmp_path):
+    with Farm(PYFUNC, backend="python", schedule="0", dma_heap="memfd", max_retries=0) as farm:
+        frames = [farm.input_array("data") for _ in range(2)]
+        for value, frame in enumerate(frames):
+            frame[:] = value + 1
+        (first_pid,) = _pids(farm)
+        with pytest.raises(WorkerCrashedError):
+            farm.run({"data": frames[0], "action": DIE})
+        assert _wait_until(lambda: farm.health()["ready"])
+        for value, frame in enumerate(frames):
+            doubled, pid = farm.run({"data": frame, "action": GO})
+            np.testing.assert_array_equal(doubled, np.full(16384, 2 * (value + 1), np.float32))
+            assert int(pid[0]) != first_pid
+        assert len(_frame_fds(int(pid[0]))) >= 2
+
+
+@pytest.mark.parametrize("value", ["", "two words", 5])
+def test_a_malformed_dma_heap_value_is_an_option_error_saying_what_is_accepted(value):
+    with pytest.raises(OptionError, match="dma_heap must be 'auto', 'off', 'memfd' or a dma heap"):
+        Farm(PYFUNC, backend="python", dma_heap=value)
+
+
+def test_a_heap_that_does_not_exist_is_an_option_error_naming_its_path(tmp_path):
+    with pytest.raises(OptionError, match="no dma heap .*nosuchheap"):
+        Farm(PYFUNC, backend="python", dma_heap="nosuchheap")
+
+
+def test_auto_uses_the_system_heap_only_where_it_exists_and_only_for_rknnrt(tmp_path):
+    assert heap_source("auto", "rknnrt", str(tmp_path)) is None  # no heap here
+    (tmp_path / "system").touch()
+    assert heap_source("auto", "rknnrt", str(tmp_path)) == str(tmp_path / "system")
+    assert heap_source("auto", "onnxruntime", str(tmp_path)) is None
+    assert heap_source("off", "rknnrt", str(tmp_path)) is None
+    assert heap_source("memfd", "python", str(tmp_path)) == "memfd"
+    with Farm(PYFUNC, backend="python") as farm:  # auto, off-board: /dev/shm as before
+        assert farm._arena.frames is None
+        assert farm._arena.locate(farm.input_array("data")) is not None
+
+
+# ── rknnrt with the fake librknnrt ──────────────────────────────────────────
+DIMS = (1, 32, 64, 3)  # NHWC native, 24 KiB of float32 per input: more than a task's header holds
+
+
+@pytest.fixture
+def rknnrt_model(tmp_path, monkeypatch):
+    reason = driver.missing_tools("x86_64")
+    if reason:
+        pytest.skip(reason)
+    monkeypatch.setattr(rt, "_LIB", None)
+    monkeypatch.setattr(rt, "_LIB_ERROR", "")
+    monkeypatch.setenv("RKNN_FARM_LIBRKNNRT", str(driver.build("x86_64") / "librknnrt.so"))
+    log = board.CallLog(str(tmp_path / "calls.log"))
+    monkeypatch.setenv(board.CALL_LOG, log.path)
+    path = str(tmp_path / "m.rknn")
+    model = write_model(
+        path,
+        inputs=[Tensor("image", DIMS, fmt="NHWC"), Tensor("bias", DIMS, fmt="NHWC")],
+        outputs=[Tensor("total", DIMS, fmt="NHWC", source=-1)],
+    )
+    return model, path, log
+
+
+def _nchw(seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((1, 3, 32, 64)).astype(np.float32)
+
+
+def test_rknnrt_binds_a_frame_with_create_mem_from_fd_once_and_set_io_mem_each_task(rknnrt_model):
+    model, path, log = rknnrt_model
+    with Farm(path, backend="rknnrt", schedule="0,1", dma_heap="memfd") as farm:  # tasks alternate
+        image = farm.input_array("image")
+        bias = _nchw(100)
+        results = []
+        for seed in range(6):  # rewritten in place each time: the runtime reads the live memory
+            image[:] = _nchw(seed)
+            (total,) = farm.run({"image": image, "bias": bias})
+            results.append(total)
+            want = expected_outputs(model, [image, bias], formats=["NCHW"] * 2)[0]
+            np.testing.assert_array_equal(total, want)
+        assert not np.array_equal(results[0], results[1])
+    contexts = {(c["pid"], c["ctx"]) for c in log.calls("run")}
+    creates = log.calls("create_mem_from_fd")
+    assert len(contexts) == 2 and sorted((c["pid"], c["ctx"]) for c in creates) == sorted(contexts)
+    assert {c["mapped_by_fake"] for c in creates} == {0}  # it was given the worker's own mapping
+    binds = log.calls("set_io_mem")
+    assert len(binds) == 6 and {(c["tensor"], c["type"], c["fmt"]) for c in binds} == {("image", 0, 0)}
+    assert {c["index"] for c in log.calls("inputs_set")} == {1}  # bias only; the frame never
+
+
+def test_rknnrt_destroys_a_freed_frames_mem_and_mixes_frames_and_arrays_in_either_order(rknnrt_model):
+    model, path, log = rknnrt_model
+    with Farm(path, backend="rknnrt", schedule="0", dma_heap="memfd") as farm:
+        plain = [_nchw(1), _nchw(2)]
+        want = expected_outputs(model, plain, formats=["NCHW"] * 2)[0]
+        np.testing.assert_array_equal(farm.run(plain)[0], want)  # inputs_set first
+        image = farm.input_array("image")
+        image[:] = plain[0]
+        np.testing.assert_array_equal(farm.run({"image": image, "bias": plain[1]})[0], want)  # then a frame
+        other = [_nchw(3), _nchw(4)]
+        np.testing.assert_array_equal(  # then an array again, for the input the frame was bound to
+            farm.run(other)[0], expected_outputs(model, other, formats=["NCHW"] * 2)[0]
+        )
+        assert len(log.calls("destroy_mem")) == 0
+        del image
+        gc.collect()
+        farm.run(other)  # reclaims the frame: the worker is told to forget it
+        assert _wait_until(lambda: len(log.calls("destroy_mem")) == 1)
+        np.testing.assert_array_equal(farm.run(plain)[0], want)
+    assert len(log.calls("create_mem")) == 1  # the context's own mem for arrays after the frame
