@@ -78,11 +78,12 @@ def sync_for_device(fd: int) -> bool:
     """Make the CPU's writes to dma-buf ``fd`` visible to a device
     (``DMA_BUF_IOCTL_SYNC`` with ``SYNC_END | SYNC_RW``): a cached dma heap
     needs it before the NPU reads what the app wrote. Returns False when
-    ``fd`` is no dma-buf (a memfd answers ENOTTY): there is nothing to sync."""
+    ``fd`` is no dma-buf (a memfd answers ENOTTY; under qemu-user, which does
+    not know the ioctl, ENOSYS): there is nothing to sync."""
     try:
         fcntl.ioctl(fd, _DMA_BUF_IOCTL_SYNC, struct.pack("Q", _DMA_BUF_SYNC_END | _DMA_BUF_SYNC_RW))
     except OSError as exc:
-        if exc.errno in (errno.ENOTTY, errno.EINVAL, errno.EBADF):
+        if exc.errno in (errno.ENOTTY, errno.EINVAL, errno.ENOSYS):
             return False
         raise
     return True
