@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import collections
 import ctypes
+import errno
 import fcntl
 import math
 import mmap
@@ -98,6 +99,12 @@ def _allocate_from_heap(heap: str, size: int) -> int:
         try:
             fcntl.ioctl(heap_fd, _DMA_HEAP_IOCTL_ALLOC, request, True)
         except OSError as exc:
+            if exc.errno in (errno.ENOTTY, errno.EINVAL, errno.ENOSYS):
+                raise OSError(
+                    exc.errno,
+                    f"{heap} is not a dma heap (DMA_HEAP_IOCTL_ALLOC: {exc.strerror}); "
+                    "name one of /dev/dma_heap/ in dma_heap, or use 'off'",
+                ) from exc
             raise MemoryError(
                 f"the dma heap {heap} could not allocate {size} bytes: {exc.strerror}; "
                 "free frames the app still holds, or use dma_heap='off'"

@@ -16,16 +16,19 @@ from __future__ import annotations
 import gc
 import os
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-from farm import Farm, OptionError, WorkerCrashedError
+from farm import Farm, OptionError, WorkerCrashedError, dmabuf
 from farm.dmabuf import heap_source
 from tests.board import board
 from tests.fake_librknnrt import driver
 from tests.fake_librknnrt.fake_model import Tensor, expected_outputs, write_model
+from workers import frames
 from workers.backends import rknn_runtime as rt
+from workers.backends import rknnrt_backend
 from workers.frames import FRAME_PREFIX
 
 pytestmark = pytest.mark.timeout(60)
@@ -116,14 +119,14 @@ def test_a_freed_frame_is_forgotten_by_every_worker_and_closed_in_the_parent(tmp
 
 def test_a_worker_respawned_after_a_crash_gets_every_live_frame_again(tmp_path):
     with Farm(PYFUNC, backend="python", schedule="0", dma_heap="memfd", max_retries=0) as farm:
-        frames = [farm.input_array("data") for _ in range(2)]
-        for value, frame in enumerate(frames):
+        ring = [farm.input_array("data") for _ in range(2)]
+        for value, frame in enumerate(ring):
             frame[:] = value + 1
         (first_pid,) = _pids(farm)
         with pytest.raises(WorkerCrashedError):
-            farm.run({"data": frames[0], "action": DIE})
+            farm.run({"data": ring[0], "action": DIE})
         assert _wait_until(lambda: farm.health()["ready"])
-        for value, frame in enumerate(frames):
+        for value, frame in enumerate(ring):
             doubled, pid = farm.run({"data": frame, "action": GO})
             np.testing.assert_array_equal(doubled, np.full(16384, 2 * (value + 1), np.float32))
             assert int(pid[0]) != first_pid
@@ -151,6 +154,29 @@ def test_auto_uses_the_system_heap_only_where_it_exists_and_only_for_rknnrt(tmp_
     with Farm(PYFUNC, backend="python") as farm:  # auto, off-board: /dev/shm as before
         assert farm._arena.frames is None
         assert farm._arena.locate(farm.input_array("data")) is not None
+
+
+def test_the_ioctl_numbers_are_the_kernels():
+    # <linux/dma-heap.h> and <linux/dma-buf.h>, as the kernel's headers define them.
+    assert dmabuf._DMA_HEAP_IOCTL_ALLOC == 0xC0184800
+    assert frames._DMA_BUF_IOCTL_SYNC == 0x40086200
+
+
+def test_a_heap_path_that_is_no_dma_heap_fails_input_array_saying_so(tmp_path):
+    not_a_heap = tmp_path / "heap"
+    not_a_heap.write_bytes(b"")
+    with Farm(PYFUNC, backend="python", dma_heap=str(not_a_heap)) as farm:
+        with pytest.raises(OSError, match="is not a dma heap"):
+            farm.input_array("data")
+        assert farm._arena.frames.live == 0
+
+
+def test_a_memfd_is_no_dma_buf_to_sync():
+    fd = os.memfd_create("not-a-dma-buf")
+    try:
+        assert frames.sync_for_device(fd) is False
+    finally:
+        os.close(fd)
 
 
 # ── rknnrt with the fake librknnrt ──────────────────────────────────────────
@@ -200,6 +226,19 @@ def test_rknnrt_binds_a_frame_with_create_mem_from_fd_once_and_set_io_mem_each_t
     binds = log.calls("set_io_mem")
     assert len(binds) == 6 and {(c["tensor"], c["type"], c["fmt"]) for c in binds} == {("image", 0, 0)}
     assert {c["index"] for c in log.calls("inputs_set")} == {1}  # bias only; the frame never
+
+
+def test_a_runtime_without_the_mem_functions_fails_a_frame_naming_the_function_and_version(tmp_path):
+    library = tmp_path / "librknnrt.so"
+    library.write_bytes(b"librknnrt version: 1.5.2 (c6b7b351a@2023-08-23T15:28:22)")
+    present = {name: None for name in rknnrt_backend.FRAME_SYMBOLS if name != "rknn_set_io_mem"}
+    session = SimpleNamespace(_lib=SimpleNamespace(_name=str(library), **present))
+    mems = rknnrt_backend._InputMems(session)  # type: ignore[arg-type]
+    with pytest.raises(rknnrt_backend.RknnRuntimeError) as caught:
+        mems.bind(SimpleNamespace(inputs=[], held=([], [])), {})  # type: ignore[arg-type]
+    message = str(caught.value)
+    assert "librknnrt 1.5.2 (c6b7b351a@2023-08-23T15:28:22)" in message
+    assert "has no rknn_set_io_mem, which binding dma-buf frames (dma_heap) needs" in message
 
 
 def test_rknnrt_destroys_a_freed_frames_mem_and_mixes_frames_and_arrays_in_either_order(rknnrt_model):
