@@ -151,9 +151,10 @@ class FrameMap:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise TimeoutError(
-                        f"frame {name!r} did not arrive from the parent within {self._wait_s:.0f} s; "
-                        "the task names a frame of Farm.input_array that this worker was never sent "
-                        "(was the array made by another farm? give each farm its own input_array)"
+                        f"frame {name!r} did not arrive from the parent within {self._wait_s:.0f} s: "
+                        "the parent sends each frame of Farm.input_array to every worker when it makes "
+                        "it, so its send failed (the worker's frame channel was full or closed); "
+                        "run the task again, or use dma_heap='off'"
                     )
                 if not self._read_one(remaining):
                     raise KeyError(f"frame {name!r}: the parent closed the frame channel before sending it")

@@ -16,6 +16,8 @@ reply channel of ``farm.channels``; the context binds a ROUTER)::
         direct     = true: answer on the socket the task came from, not on the shared PULL
         inputs     = [[segment, offset, dtype, shape, name] | [None, frame_no, dtype, shape, name]
                       | [data, -1, dtype, shape, name], ...]           data: the bytes, inline
+                     a segment "frame:..." is a dma-buf frame whose fd came on the frame channel
+                     (workers.frames)
         out_region = [segment, offset, size] | None
     [STOP]
 

@@ -56,6 +56,11 @@ class Session(Protocol):
     - ``last_infer_us() -> Optional[int]``: the runtime's own time of the last
       run (e.g. librknnrt's PERF_RUN), reported as ``infer_us`` instead of the
       wall time of the call.
+    - ``takes_frames = True``: ``run``/``run_into`` also take
+      ``frames={input index: (workers.frames.Frame, offset)}`` for the inputs
+      that are dma-buf frames (their fd, to hand to the runtime), and
+      ``forget_frame(frame)`` is called (from another thread) when the parent
+      frees one.
     """
 
     def describe(self) -> dict[str, Any]: ...
