@@ -92,12 +92,12 @@ class DirectPath:
         def admit(self, task: Task, timeout_s: float, direct: bool = False) -> Any: ...
         def _check_open(self) -> None: ...
         def _core_for(self, index: int) -> int: ...
-        def _on_message(self, message: list[Any], frames: list[Any]) -> Optional[tuple]: ...
+        def _on_message(self, message: Any, frames: list[Any]) -> Optional[tuple]: ...
         def _slot_with_room(self, worker: WorkerHandle, limit: int = WINDOW) -> Optional[ContextSlot]: ...
         def _task_header(self, task: Task, direct: bool) -> bytes: ...
         def _book(self, slot: ContextSlot, task: Task) -> None: ...
         def _hand_over_answer(
-            self, worker: WorkerHandle, task: Task, message: list[Any], frames: list[Any]
+            self, worker: WorkerHandle, task: Task, message: Any, frames: list[Any]
         ) -> None: ...
 
     # ── sending (under the lock) ─────────────────────────────────────────
@@ -155,7 +155,7 @@ class DirectPath:
                 if deadline is not None and time.monotonic() >= deadline:
                     break
                 try:
-                    message, frames = protocol.recv_message(socket)
+                    message, frames = protocol.recv_message(socket, protocol.FOR_ROUTER)
                 except zmq.Again:  # nothing within DIRECT_POLL_MS: look again
                     continue
                 self._take_direct_answer(message, frames)
@@ -166,7 +166,7 @@ class DirectPath:
         self._spin.record(time.perf_counter() - waiting_since)
         return future.result(0)
 
-    def _take_direct_answer(self, message: list[Any], frames: list[Any]) -> None:
+    def _take_direct_answer(self, message: Any, frames: list[Any]) -> None:
         """The router's part for an answer that came on a reply channel."""
         try:
             with self._cond:
@@ -181,7 +181,7 @@ class DirectPath:
     def _take_one_direct_answer(self, socket: zmq.Socket) -> bool:
         """Handle one answer waiting on ``socket`` (a poll said so); False if none was there."""
         try:
-            message, frames = protocol.recv_message(socket, protocol.NOBLOCK)
+            message, frames = protocol.recv_message(socket, protocol.FOR_ROUTER, protocol.NOBLOCK)
         except zmq.Again:
             return False
         except Exception as exc:  # undecodable: drop it, keep serving

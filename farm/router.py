@@ -330,7 +330,9 @@ class Router(DirectPath, Supervision, Membership, Answers):
     def _task_header(task: Task, direct: bool) -> bytes:
         """A local context's TASK message (``direct``: answer on the sending socket)."""
         out = None if task.out_region is None else task.out_region.descriptor()
-        return protocol.pack([protocol.TASK, task.task_id, task.attempt, task.input_descriptors, out, direct])
+        return protocol.encode(
+            protocol.TaskMessage(task.task_id, task.attempt, task.input_descriptors, out, direct)
+        )
 
     @staticmethod
     def _book(slot: ContextSlot, task: Task) -> None:
@@ -398,12 +400,12 @@ class Router(DirectPath, Supervision, Membership, Answers):
         """Take every waiting message, do the bookkeeping of all of them under
         one acquisition of the lock, then hand results over outside it."""
         while True:
-            batch: list[tuple[list[Any], list[Any]]] = []
+            batch: list[tuple[Any, list[Any]]] = []
             inbound = self._inbound
             # Asking for EVENTS is much cheaper than the exception of an empty NOBLOCK read.
             while len(batch) < _BATCH and inbound.get(protocol.EVENTS) & protocol.POLLIN:  # type: ignore[operator]
                 try:
-                    batch.append(protocol.recv_message(inbound, protocol.NOBLOCK))
+                    batch.append(protocol.recv_message(inbound, protocol.FOR_ROUTER, protocol.NOBLOCK))
                 except zmq.Again:
                     break
                 except Exception as exc:  # undecodable: drop it, keep serving
@@ -424,23 +426,24 @@ class Router(DirectPath, Supervision, Membership, Answers):
             for worker, task, message, frames in answered:
                 self._hand_over_answer(worker, task, message, frames)
 
-    def _on_message(self, message: list[Any], frames: list[Any]) -> Optional[tuple]:
-        """Under the lock: the state change a message makes. A task answer is
+    def _on_message(self, message: Any, frames: list[Any]) -> Optional[tuple]:
+        """Under the lock: the state change a message (a record of
+        ``protocol.FOR_ROUTER`` from a worker or node) makes. A task answer is
         returned for :meth:`_hand_over_answer`."""
-        kind, worker_id, generation = message[0], message[1], message[2]
-        worker = self.workers[worker_id]
-        if generation != worker.generation:
+        worker = self.workers[message.worker_id]
+        if message.generation != worker.generation:
             return None  # from an incarnation that is gone
         worker.last_seen = time.monotonic()
-        if kind == protocol.RESULT or kind == protocol.FAILED:
+        kind = type(message)
+        if kind is protocol.ResultMessage or kind is protocol.FailedMessage:
             task = self._take_answered_task(worker, message)
             return None if task is None else (worker, task, message, frames)
-        if kind == protocol.READY:
-            self._on_ready(worker, message[3], message[4])
-        elif kind == protocol.START_FAILED:
-            worker.last_error = f"{message[3]}\n{message[4]}"
-        elif kind == protocol.HEARTBEAT and len(message) > 3:  # a node's: its workers' memory
-            worker.rss_mb = float(message[3])
+        if kind is protocol.ReadyMessage:
+            self._on_ready(worker, message.pid, message.description)
+        elif kind is protocol.StartFailedMessage:
+            worker.last_error = f"{message.error}\n{message.traceback}"
+        elif kind is protocol.HeartbeatMessage and message.rss_mb is not None:  # a node's workers' memory
+            worker.rss_mb = float(message.rss_mb)
         return None
 
     def _on_ready(self, worker: WorkerHandle, pid: int, description: dict[str, Any]) -> None:
