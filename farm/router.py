@@ -50,7 +50,14 @@ from farm.answers import Answers
 from farm.callbacks import CallbackThread
 from farm.channels import ChannelPool, ReplyChannel
 from farm.direct import WINDOW, DirectPath, stream_depth
-from farm.errors import FarmClosedError, FarmError, SubmitTimeoutError, WorkerCrashedError, WorkerStartError
+from farm.errors import (
+    FarmBrokenError,
+    FarmClosedError,
+    FarmError,
+    SubmitTimeoutError,
+    WorkerCrashedError,
+    WorkerStartError,
+)
 from farm.membership import Membership
 from farm.options import FarmOptions
 from farm.pacing import Pacer
@@ -72,7 +79,10 @@ from workers.segments import SEGMENT_PREFIX
 from workers.spin import SpinWait
 from workers.threadnames import name_this_thread
 
-__all__ = ["Router"]
+__all__ = ["ROUTER_THREAD_NAME", "Router"]
+
+#: The router thread's name: an exception it dies of reaches ``threading.excepthook`` under it.
+ROUTER_THREAD_NAME = "rknnfarm-router"
 
 _BATCH = 64  # answers handled per acquisition of the lock
 _LAST_WORDS_MS = 200  # how long a worker that died starting may take to tell why
@@ -161,10 +171,11 @@ class Router(DirectPath, Supervision, Membership, Answers):
         self._stopping = False  # the teardown began
         self._teardown: Optional[threading.Thread] = None
         self._torn_down = threading.Event()
-        self._broken = ""
+        self._broken = ""  # every worker is in a crash loop: new tasks fail with WorkerCrashedError
+        self._failure: Optional[FarmBrokenError] = None  # the router thread died: see _break
         self._start_error = ""
         self._wake_read, self._wake_write = os.pipe()
-        self._thread = threading.Thread(target=self._receive_loop, name="rknnfarm-router", daemon=True)
+        self._thread = threading.Thread(target=self._receive_loop, name=ROUTER_THREAD_NAME, daemon=True)
 
     # ── start ────────────────────────────────────────────────────────────
     def start(self, timeout_s: float) -> None:
@@ -248,6 +259,8 @@ class Router(DirectPath, Supervision, Membership, Answers):
     def _check_open(self) -> None:
         if self._closing:
             raise FarmClosedError("the farm is closed; create a new Farm to run more tasks")
+        if self._failure is not None:  # a new error each time: threads must not share a traceback
+            raise FarmBrokenError(str(self._failure)) from self._failure.__cause__
         if self._broken:
             raise WorkerCrashedError(self._broken)
 
@@ -351,7 +364,19 @@ class Router(DirectPath, Supervision, Membership, Answers):
             pass
 
     def _receive_loop(self) -> None:
+        """The router thread. An unexpected exception breaks the farm (see
+        :meth:`_break`), then ends the thread with it, so that
+        ``threading.excepthook`` reports it (and a test that caused it fails)."""
         name_this_thread()
+        try:
+            self._serve()
+        except BaseException as exc:
+            self._break(exc)
+            raise
+
+    def _serve(self) -> None:
+        """Poll the inbound socket, the wake pipe, the workers' exit pipes and
+        the remote listener until the farm stops."""
         poller = zmq.Poller()
         poller.register(self._inbound, zmq.POLLIN)
         poller.register(self._wake_read, zmq.POLLIN)
@@ -373,13 +398,42 @@ class Router(DirectPath, Supervision, Membership, Answers):
                     poller.register(fd, zmq.POLLIN)
                 watched = exit_fds
             events = dict(poller.poll(timeout_ms))
+            self._handle_events(events, exit_fds)
+            self._sweep_channels()
+
+    def _break(self, cause: BaseException) -> None:
+        """The router thread is dying of ``cause``: no task can be routed any
+        more, so every task the farm holds fails now with a FarmBrokenError
+        whose ``__cause__`` is ``cause`` (as ``concurrent.futures`` breaks a
+        pool whose manager fails) rather than wait for ever; later calls
+        raise it at once (:meth:`_check_open`) and ``health()`` says why."""
+        error = FarmBrokenError(
+            f"the farm's router thread failed with {type(cause).__name__}: {cause}; every task the farm "
+            "held failed, and it runs no more. Close it and create a new Farm. This is a bug in "
+            "rknn-farm: please report it with the traceback printed on stderr"
+        )
+        error.__cause__ = cause
+        with self._cond:
+            self._failure = error
+            pending = self._take_every_task()
+            self._cond.notify_all()
+        for task in pending:
             try:
-                self._handle_events(events, exit_fds)
-                self._sweep_channels()
-            except Exception:  # a bug here must not leave every future waiting forever
-                print("rknn-farm: the router hit an unexpected error and carries on:", file=sys.stderr)
+                self._fail_task(task, error)
+            except Exception:  # one task that cannot be failed must not keep the others waiting
                 traceback.print_exc()
-                time.sleep(0.01)
+
+    def _take_every_task(self) -> list[Task]:
+        """Under the lock: every task queued or in flight (a run() caller's
+        direct task is in flight on its context), off the books."""
+        tasks = [task for queue in self._queues.values() for task in queue]
+        for queue in self._queues.values():
+            queue.clear()
+        for worker in self.workers:
+            for slot in worker.slots:
+                tasks.extend(slot.in_flight.values())
+                slot.in_flight.clear()
+        return tasks
 
     def _handle_events(self, events: dict[Any, int], exit_fds: dict[int, WorkerHandle]) -> None:
         if self._wake_read in events:
@@ -521,10 +575,12 @@ class Router(DirectPath, Supervision, Membership, Answers):
         with self._cond:
             cores = {w.core: self._state_of(w) for w in self.workers}
             local_ready = all(w.ready for w in self.workers if not w.remote)
+            serving = not self._closing and self._failure is None
+            broken = str(self._failure) if self._failure is not None else self._broken
             return {
-                "ready": local_ready and any(w.ready for w in self.workers) and not self._closing,
+                "ready": local_ready and any(w.ready for w in self.workers) and serving,
                 "cores": cores,
-                "broken": self._broken or None,
+                "broken": broken or None,
             }
 
     # ── shutdown ─────────────────────────────────────────────────────────
@@ -620,17 +676,19 @@ class Router(DirectPath, Supervision, Membership, Answers):
 
     def _stop_workers(self) -> None:
         """Close every life line; the router thread reaps the exits and then
-        ends. A worker that ignores its life line is terminated, then killed."""
+        ends. A worker that ignores its life line is terminated, then killed.
+        When the router thread has ended (it never started, or it broke, even
+        while this waited) the workers it did not reap are reaped here."""
         for worker in self.workers:
             request_stop(worker)
         self._wake()
-        if not self._thread.is_alive():
-            for worker in self.workers:
-                kill_process(worker)
-                reap_process(worker)
-            return
-        self._thread.join(5.0)
+        if self._thread.is_alive():
+            self._thread.join(5.0)
         if self._thread.is_alive():
             for worker in self.workers:
                 kill_process(worker)
             self._thread.join(10.0)
+        if not self._thread.is_alive():
+            for worker in self.workers:  # a no-op for those the thread reaped
+                kill_process(worker)
+                reap_process(worker)
