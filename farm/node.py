@@ -41,6 +41,7 @@ from farm.farm import Farm
 from farm.keys import client_keys, generate_keys
 from farm.options import parse_options
 from farm.remote import is_ipv6, model_fingerprint
+from farm.wakepipe import WakePipe
 from workers import protocol
 
 __all__ = ["NodeAgent", "add_keygen_arguments", "add_node_arguments", "run_keygen", "run_node"]
@@ -90,7 +91,7 @@ class NodeAgent:
         self.farm: Optional[Farm] = None
         self._stop = threading.Event()
         self._results: queue.SimpleQueue = queue.SimpleQueue()
-        self._wake_read, self._wake_write = os.pipe()
+        self._wake_pipe = WakePipe()
         self._zmq = zmq.Context()
 
     # ── lifecycle ────────────────────────────────────────────────────────
@@ -110,8 +111,7 @@ class NodeAgent:
         finally:
             if self.farm is not None:
                 self.farm.close(cancel=True)
-            os.close(self._wake_read)
-            os.close(self._wake_write)
+            self._wake_pipe.close()
             self._zmq.term()
 
     def stop(self) -> None:
@@ -178,12 +178,22 @@ class NodeAgent:
             "contexts": self._contexts(),
             "backend": self.farm.backend if self.farm else self.backend,
             "model_sha256": model_fingerprint(self.farm.model) if self.farm else None,
-            "description": self.farm._router.description if self.farm and self.farm._router else None,
+            "description": self._description(),
             "pid": os.getpid(),
             "host": stdlib_socket.gethostname(),
             "heartbeat_ms": int(self.interval_s * 1000),
         }
         return protocol.HelloMessage(self.name, info)
+
+    def _description(self) -> Optional[dict[str, Any]]:
+        """The local farm's model description for the router (it takes the
+        model's inputs and outputs from there), or None without one."""
+        if self.farm is None:
+            return None
+        try:
+            return self.farm.description or None
+        except FarmClosedError:
+            return None
 
     def _register(self, sock: zmq.Socket) -> Optional[tuple[int, int]]:
         """Say HELLO until WELCOME (returns worker id, generation); None when
@@ -283,13 +293,13 @@ class NodeAgent:
     def _serve_router(self, sock: zmq.Socket, worker_id: int, generation: int) -> None:
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
-        poller.register(self._wake_read, zmq.POLLIN)
+        poller.register(self._wake_pipe.fd, zmq.POLLIN)
         last_heard = last_beat = time.monotonic()
         self._router_interval_s = 0.0  # a new router may beat at another pace
         while not self._stop.is_set():
             events = dict(poller.poll(int(self.interval_s * 500)))
-            if self._wake_read in events:
-                os.read(self._wake_read, 4096)
+            if self._wake_pipe.fd in events:
+                self._wake_pipe.drain()
             if sock in events:
                 while True:
                     try:
@@ -376,10 +386,7 @@ class NodeAgent:
             protocol.send_message(sock, result, arrays, zmq.NOBLOCK)
 
     def _wake(self) -> None:
-        try:
-            os.write(self._wake_write, b"\0")
-        except OSError:
-            pass
+        self._wake_pipe.wake()
 
 
 def _is_shipped_spec(name: str, payload: bytes) -> bool:
