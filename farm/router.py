@@ -74,6 +74,7 @@ from farm.remote import RemoteListener
 from farm.shm import SharedArena
 from farm.supervision import Supervision
 from farm.task import Task
+from farm.wakepipe import WakePipe
 from workers import protocol
 from workers.segments import SEGMENT_PREFIX
 from workers.spin import SpinWait
@@ -174,7 +175,7 @@ class Router(DirectPath, Supervision, Membership, Answers):
         self._broken = ""  # every worker is in a crash loop: new tasks fail with WorkerCrashedError
         self._failure: Optional[FarmBrokenError] = None  # the router thread died: see _break
         self._start_error = ""
-        self._wake_read, self._wake_write = os.pipe()
+        self._wake_pipe = WakePipe()
         self._thread = threading.Thread(target=self._receive_loop, name=ROUTER_THREAD_NAME, daemon=True)
 
     # ── start ────────────────────────────────────────────────────────────
@@ -358,10 +359,7 @@ class Router(DirectPath, Supervision, Membership, Answers):
 
     # ── receive loop (router thread) ─────────────────────────────────────
     def _wake(self) -> None:
-        try:
-            os.write(self._wake_write, b"\0")
-        except OSError:
-            pass
+        self._wake_pipe.wake()
 
     def _receive_loop(self) -> None:
         """The router thread. An unexpected exception breaks the farm (see
@@ -379,7 +377,7 @@ class Router(DirectPath, Supervision, Membership, Answers):
         the remote listener until the farm stops."""
         poller = zmq.Poller()
         poller.register(self._inbound, zmq.POLLIN)
-        poller.register(self._wake_read, zmq.POLLIN)
+        poller.register(self._wake_pipe.fd, zmq.POLLIN)
         if self.remote is not None:
             poller.register(self.remote.socket, zmq.POLLIN)
             poller.register(self.remote.monitor, zmq.POLLIN)
@@ -436,8 +434,8 @@ class Router(DirectPath, Supervision, Membership, Answers):
         return tasks
 
     def _handle_events(self, events: dict[Any, int], exit_fds: dict[int, WorkerHandle]) -> None:
-        if self._wake_read in events:
-            os.read(self._wake_read, 4096)
+        if self._wake_pipe.fd in events:
+            self._wake_pipe.drain()
         if self._inbound in events:
             self._drain_inbound()
         for fd, worker in exit_fds.items():
@@ -670,8 +668,7 @@ class Router(DirectPath, Supervision, Membership, Answers):
             self._zmq.term()
         else:  # a caller never came back from its channel: do not wait for it forever
             self._zmq.destroy(linger=0)
-        os.close(self._wake_read)
-        os.close(self._wake_write)
+        self._wake_pipe.close()
         shutil.rmtree(self._ipc_dir, ignore_errors=True)
 
     def _stop_workers(self) -> None:
