@@ -13,6 +13,7 @@ memory, the CLI. ``workers/`` is the child's side.
 
 from farm.errors import (
     BackendUnavailableError,
+    FarmBrokenError,
     FarmClosedError,
     FarmError,
     InvalidInputError,
@@ -35,6 +36,7 @@ __version__ = "0.1.0"
 __all__ = [
     "BackendUnavailableError",
     "Farm",
+    "FarmBrokenError",
     "FarmClosedError",
     "FarmError",
     "FarmOptions",

@@ -74,10 +74,11 @@ class Answers:
         while len(hints) > _OUTPUT_HINTS:
             hints.popitem(last=False)
 
-    def _take_answered_task(self, worker: WorkerHandle, message: list[Any]) -> Optional[Task]:
-        """Under the lock: the task this answer finishes, off its context's
-        books (None for a stale answer); refills the context."""
-        task_id, attempt, timings = message[3], message[4], message[-1]
+    def _take_answered_task(self, worker: WorkerHandle, message: Any) -> Optional[Task]:
+        """Under the lock: the task this answer (a ``protocol.ResultMessage``
+        or ``FailedMessage``) finishes, off its context's books (None for a
+        stale answer); refills the context."""
+        task_id, attempt, timings = message.task_id, message.attempt, message.timings
         slot = worker.slots[timings[3]]
         task = slot.in_flight.get(task_id)
         if task is None or task.attempt != attempt:
@@ -87,7 +88,7 @@ class Answers:
             slot.busy_since = time.monotonic()  # the next task in its window starts now
         self._note_task_served(worker)
         self._dispatch(worker.core)
-        if message[0] == protocol.RESULT:
+        if type(message) is protocol.ResultMessage:
             self.pacer.record(timings[1])
             worker.consecutive_failures = 0  # it serves again: the crash loop is over
             worker.last_error = ""
@@ -96,24 +97,22 @@ class Answers:
         self._outstanding -= 1
         return task
 
-    def _hand_over_answer(
-        self, worker: WorkerHandle, task: Task, message: list[Any], frames: list[Any]
-    ) -> None:
+    def _hand_over_answer(self, worker: WorkerHandle, task: Task, message: Any, frames: list[Any]) -> None:
         """Outside the lock: free the inputs, build the outputs, resolve the
         task. The task is claimed: whatever goes wrong here, it ends here."""
         now = time.perf_counter()
-        timings = message[-1]
+        timings = message.timings
         outputs: Optional[list] = None
         error: Optional[BaseException] = None
         try:
             task.release_inputs(self.arena)
-            if message[0] == protocol.RESULT:
-                outputs = self._collect_outputs(task, message[5], frames)
+            if type(message) is protocol.ResultMessage:
+                outputs = self._collect_outputs(task, message.outputs, frames)
                 worker.stats.record_success(int((now - task.submitted_at) * 1e6), timings[1])
             else:
                 self._free_out_region(task)
                 worker.stats.record_failure()
-                error = TaskError(f"core {worker.core}: {message[5]}", message[6])
+                error = TaskError(f"core {worker.core}: {message.error}", message.traceback)
         except Exception as exc:  # e.g. the farm's memory closed under it
             self._free_out_region(task)
             outputs, error = None, FarmError(f"task {task.task_id}: its answer could not be read: {exc}")

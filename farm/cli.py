@@ -49,6 +49,7 @@ from farm.errors import (
 from farm.farm import Farm
 from farm.tensors import TensorSpec
 from farm.timeline import StatsSampler, build_timeline, check_plotting, write_plot
+from workers.tensortypes import format_shape
 
 __all__ = ["main"]
 
@@ -78,10 +79,6 @@ def _wants_progress(args: argparse.Namespace) -> bool:
     return sys.stderr.isatty() if args.progress is None else bool(args.progress)
 
 
-def _fmt_shape(shape: Sequence[Optional[int]]) -> str:
-    return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
-
-
 def _fmt(value: Any) -> str:
     return "-" if value is None else str(value)
 
@@ -105,7 +102,7 @@ def _metadata_line(key: str, value: str, full: bool) -> str:
 
 
 def _spec_rows(specs: Optional[list[TensorSpec]]) -> list[list[str]]:
-    return [[s.name, _fmt_shape(s.shape), s.dtype.name] for s in specs or []]
+    return [[s.name, format_shape(s.shape), s.dtype.name] for s in specs or []]
 
 
 def _provider_options(args: argparse.Namespace) -> dict[str, Any]:

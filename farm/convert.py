@@ -38,6 +38,7 @@ from typing import Any, Optional, TextIO
 
 from workers.backends import rknn_sim_backend as sim
 from workers.backends.base import tensor_entry
+from workers.tensortypes import format_shape
 
 __all__ = ["add_arguments", "describe_rknn_file", "main", "print_rknn_info", "run"]
 
@@ -407,10 +408,6 @@ def describe_rknn_file(path: str) -> dict[str, Any]:
     }
 
 
-def _format_shape(shape: Optional[Sequence[Any]]) -> str:
-    return "[" + ", ".join("?" if d is None else str(d) for d in shape or []) + "]"
-
-
 def _table(rows: Sequence[Sequence[str]]) -> str:
     cells = [["name", "shape", "dtype"], *rows]
     widths = [max(len(row[i]) for row in cells) for i in range(3)]
@@ -434,7 +431,7 @@ def print_rknn_info(path: str, file: Optional[TextIO] = None) -> int:
     print(f"runtime:  built by rknn-toolkit2 {description['runtime_version'] or '?'}", file=out)
     print("layout:   inputs as the RKNN runtime takes them (4-D: NHWC)", file=out)
     for title in ("inputs", "outputs"):
-        rows = [[t["name"], _format_shape(t["shape"]), t["dtype"]] for t in description[title]]
+        rows = [[t["name"], format_shape(t["shape"]), t["dtype"]] for t in description[title]]
         print(f"{title}:", file=out)
         print(_table(rows) if rows else "  (not recorded)", file=out)
     print("metadata:", file=out)

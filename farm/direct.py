@@ -22,7 +22,6 @@ own path, and the caller sees their futures end.
 
 from __future__ import annotations
 
-import os
 import sys
 import threading
 import time
@@ -35,6 +34,7 @@ import zmq
 from farm.channels import DIRECT_POLL_MS, ChannelPool, ReplyChannel
 from farm.errors import FarmClosedError, SubmitTimeoutError
 from farm.task import Task, timed_out
+from farm.wakepipe import WakePipe
 from workers import protocol
 from workers.spin import SpinWait
 
@@ -92,12 +92,12 @@ class DirectPath:
         def admit(self, task: Task, timeout_s: float, direct: bool = False) -> Any: ...
         def _check_open(self) -> None: ...
         def _core_for(self, index: int) -> int: ...
-        def _on_message(self, message: list[Any], frames: list[Any]) -> Optional[tuple]: ...
+        def _on_message(self, message: Any, frames: list[Any]) -> Optional[tuple]: ...
         def _slot_with_room(self, worker: WorkerHandle, limit: int = WINDOW) -> Optional[ContextSlot]: ...
         def _task_header(self, task: Task, direct: bool) -> bytes: ...
         def _book(self, slot: ContextSlot, task: Task) -> None: ...
         def _hand_over_answer(
-            self, worker: WorkerHandle, task: Task, message: list[Any], frames: list[Any]
+            self, worker: WorkerHandle, task: Task, message: Any, frames: list[Any]
         ) -> None: ...
 
     # ── sending (under the lock) ─────────────────────────────────────────
@@ -155,7 +155,7 @@ class DirectPath:
                 if deadline is not None and time.monotonic() >= deadline:
                     break
                 try:
-                    message, frames = protocol.recv_message(socket)
+                    message, frames = protocol.recv_message(socket, protocol.FOR_ROUTER)
                 except zmq.Again:  # nothing within DIRECT_POLL_MS: look again
                     continue
                 self._take_direct_answer(message, frames)
@@ -166,7 +166,7 @@ class DirectPath:
         self._spin.record(time.perf_counter() - waiting_since)
         return future.result(0)
 
-    def _take_direct_answer(self, message: list[Any], frames: list[Any]) -> None:
+    def _take_direct_answer(self, message: Any, frames: list[Any]) -> None:
         """The router's part for an answer that came on a reply channel."""
         try:
             with self._cond:
@@ -181,7 +181,7 @@ class DirectPath:
     def _take_one_direct_answer(self, socket: zmq.Socket) -> bool:
         """Handle one answer waiting on ``socket`` (a poll said so); False if none was there."""
         try:
-            message, frames = protocol.recv_message(socket, protocol.NOBLOCK)
+            message, frames = protocol.recv_message(socket, protocol.FOR_ROUTER, protocol.NOBLOCK)
         except zmq.Again:
             return False
         except Exception as exc:  # undecodable: drop it, keep serving
@@ -305,11 +305,9 @@ class DirectStream:
         self._direct: list[Task] = []  # sent on the channel, maybe unanswered
         self._prune_at = _PRUNE_AT
         self._held = True  # this thread holds the channel's owner lock (checked out so)
-        self._wake_lock = threading.Lock()  # the wake pipe is not closed under a writer
-        self._wake_read, self._wake_write = os.pipe()
-        os.set_blocking(self._wake_write, False)
+        self._wake_pipe = WakePipe()  # a routed task that ends wakes a pump waiting for answers
         self._poller = zmq.Poller()
-        self._poller.register(self._wake_read, zmq.POLLIN)
+        self._poller.register(self._wake_pipe.fd, zmq.POLLIN)
         self._watched: set[zmq.Socket] = set()
         self._watched_epoch = channel.epoch
 
@@ -387,8 +385,8 @@ class DirectStream:
         if self._watched_epoch != self._channel.epoch or len(self._watched) != self._channel.size:
             self._watch_channel()
         for item, _ in self._poller.poll(timeout_ms):
-            if item == self._wake_read:
-                os.read(self._wake_read, 4096)
+            if item == self._wake_pipe.fd:
+                self._wake_pipe.drain()
             else:  # one answer: if more wait, the next poll says so at once
                 self._router._take_one_direct_answer(item)
 
@@ -399,21 +397,13 @@ class DirectStream:
         self._watched.clear()
         self._hold()
         self._router._return_channel(self._channel, self._direct)
-        with self._wake_lock:
-            os.close(self._wake_read)
-            os.close(self._wake_write)
-            self._wake_write = -1
+        self._wake_pipe.close()
 
     def _has_direct_in_flight(self) -> bool:
         self._direct = [t for t in self._direct if not t.ended]
         return bool(self._direct)
 
     def _on_routed_done(self, _future: Future) -> None:
-        """Runs in the thread that ended a routed task: wake a waiting pump."""
-        with self._wake_lock:
-            if self._wake_write < 0:
-                return  # the stream has ended
-            try:
-                os.write(self._wake_write, b"\0")
-            except BlockingIOError:
-                pass  # full: a wake is pending anyway
+        """Runs in the thread that ended a routed task: wake a waiting pump
+        (nothing once the stream has ended)."""
+        self._wake_pipe.wake()

@@ -14,13 +14,17 @@ stdlib's habit of subclassing the closest built-in (bad input is also a
      ├── WorkerCrashedError          the worker running a task died
      │    └── TaskTimeoutError (TimeoutError)  ... killed because the task hung
      ├── SubmitTimeoutError (TimeoutError)   the farm stayed full too long
-     └── FarmClosedError             the farm is closed or closing
+     ├── FarmClosedError             the farm is closed or closing
+     └── FarmBrokenError (concurrent.futures.BrokenExecutor)  the router failed
 """
 
 from __future__ import annotations
 
+from concurrent.futures import BrokenExecutor
+
 __all__ = [
     "BackendUnavailableError",
+    "FarmBrokenError",
     "FarmClosedError",
     "FarmError",
     "InvalidInputError",
@@ -99,3 +103,16 @@ class SubmitTimeoutError(FarmError, TimeoutError):
 
 class FarmClosedError(FarmError):
     """The farm was closed, or is closing, so the task cannot run."""
+
+
+class FarmBrokenError(FarmError, BrokenExecutor):
+    """The farm's router thread failed with an unexpected error (a bug in
+    rknn-farm), so no task can be routed any more.
+
+    Every task the farm held (queued, running, awaited by ``run()``, due to
+    a callback) fails with this error, and every later call raises it at
+    once; ``__cause__`` is the router's exception. ``health()`` reports the
+    farm broken. ``close()`` still stops the workers and frees the memory;
+    a new ``Farm`` works. Also a ``concurrent.futures.BrokenExecutor``, as
+    a broken process pool's error is.
+    """

@@ -245,6 +245,19 @@ class Farm:
             array = self._arena.new_array(native_shape, spec.dtype)
         return array if to_user is None else array.transpose(to_user)
 
+    def shared_array(self, shape: Sequence[int], dtype: Any) -> np.ndarray:
+        """A zeroed array of exactly ``shape`` and ``dtype`` in the farm's
+        shared memory: fed to the farm, it is read where it lies (as an
+        :meth:`input_array`, without the layout of a named input). Its memory
+        goes back to the farm when the array and every view of it are gone."""
+        self._require_router()
+        return self._arena.new_array(tuple(shape), np.dtype(dtype))
+
+    def shared_location(self, array: np.ndarray) -> Optional[tuple[str, int]]:
+        """``(segment name, byte offset)`` of ``array``'s data when it lies in
+        the farm's shared memory, else None."""
+        return self._arena.locate(array)
+
     # ── running ──────────────────────────────────────────────────────────
     def run(self, inputs: Any, *, timeout: Optional[float] = None) -> list[np.ndarray]:
         """Run one inference and wait: outputs in model order.
@@ -264,12 +277,17 @@ class Farm:
             return future.result(timeout)
         return self._require_router().wait_direct(task, *sent, timeout)
 
-    def submit(self, inputs: Any) -> concurrent.futures.Future:
+    def submit(self, inputs: Any, *, outputs_in_shared_memory: bool = False) -> concurrent.futures.Future:
         """Queue one inference; the Future resolves to the list of outputs.
         Its ``result(timeout)`` raises a ``TimeoutError`` that names the task,
-        the time waited and where the task is (queued, or running on core N)."""
+        the time waited and where the task is (queued, or running on core N).
+
+        ``outputs_in_shared_memory``: the outputs come back as views of the
+        farm's shared memory (:meth:`shared_location` finds them) even when
+        they are small enough to travel in the answer (unless the farm
+        copies outputs: ``copy_outputs``). I/O binding asks for that."""
         future: concurrent.futures.Future = TaskFuture()
-        self._admit(self._make_task(inputs, future=future))
+        self._admit(self._make_task(inputs, outputs_in_arena=outputs_in_shared_memory, future=future))
         return future
 
     def run_async(self, inputs: Any, callback: Callback, user_data: Any = None) -> None:
@@ -506,7 +524,9 @@ class Farm:
         """Readiness: ``{"ready": bool, "cores": {core: state}, "broken": str | None}``,
         a state being "ready", "starting", "recycling" or "down". Not ready while
         any local core's worker is down or starting again after a crash, or while
-        no core serves; a remote node that left is "down" but does not count."""
+        no core serves; a remote node that left is "down" but does not count.
+        ``broken`` says why the farm runs no more tasks (every worker in a crash
+        loop, or its router failed: FarmBrokenError), else None."""
         return self._require_router().health()
 
     def close(self, cancel: bool = False, timeout: Optional[float] = None) -> None:

@@ -29,51 +29,41 @@ from __future__ import annotations
 import concurrent.futures
 import operator
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Optional
+from typing import Any, Optional, Protocol
 
 import numpy as np
 
 from farm.errors import FarmError, InvalidInputError
 from farm.farm import Farm
-from farm.task import TaskFuture
-from farm.tensors import TensorSpec, native_dtype
-
-if TYPE_CHECKING:
-    from farm.session import InferenceSession
+from farm.tensors import TensorSpec
+from workers.tensortypes import dtype_of_ort_type, format_shape, native_dtype, ort_type_name, shape_fits
 
 __all__ = [
+    "BindableSession",
     "IOBinding",
     "OrtValue",
     "SessionIOBinding",
-    "format_shape",
-    "ort_type_name",
     "run_with_binding",
     "submit_in_place",
 ]
 
-_ORT_TYPE_NAMES: dict[np.dtype, str] = {
-    np.dtype(np.float32): "tensor(float)",
-    np.dtype(np.float16): "tensor(float16)",
-    np.dtype(np.float64): "tensor(double)",
-    np.dtype(np.int8): "tensor(int8)",
-    np.dtype(np.uint8): "tensor(uint8)",
-    np.dtype(np.int16): "tensor(int16)",
-    np.dtype(np.uint16): "tensor(uint16)",
-    np.dtype(np.int32): "tensor(int32)",
-    np.dtype(np.uint32): "tensor(uint32)",
-    np.dtype(np.int64): "tensor(int64)",
-    np.dtype(np.uint64): "tensor(uint64)",
-    np.dtype(np.bool_): "tensor(bool)",
-}
-_DTYPES_BY_ORT_NAME: dict[str, np.dtype] = {name: dtype for dtype, name in _ORT_TYPE_NAMES.items()}
 _DEVICES = ("cpu", "rknpu2")
 _MEM_FLAGS = ("default", "cacheable", "non_cacheable", "non-cacheable", "uncached", "try_sram", "sram")
 _IO_KINDS = ("input", "output")
 
 
-def ort_type_name(dtype: Any) -> str:
-    """``tensor(float)`` for float32, ...; ``tensor(unknown)`` for what ORT has no name for."""
-    return _ORT_TYPE_NAMES.get(native_dtype(dtype), "tensor(unknown)")
+class BindableSession(Protocol):
+    """What I/O binding needs of a session (``farm.InferenceSession`` is
+    one): its tensors by name, and its farm while it is open."""
+
+    @property
+    def output_names(self) -> list[str]: ...
+
+    def input_spec(self, name: str) -> TensorSpec: ...
+
+    def output_spec(self, name: str) -> TensorSpec: ...
+
+    def running_farm(self) -> Farm: ...
 
 
 class OrtValue:
@@ -96,7 +86,7 @@ class OrtValue:
         device_id: int = 0,
         *,
         name: Optional[str] = None,
-        session: Optional[InferenceSession] = None,
+        session: Optional[BindableSession] = None,
         io_kind: Optional[str] = None,
         layout: str = "onnx",
         sync: bool = True,
@@ -110,7 +100,7 @@ class OrtValue:
         array = np.asarray(arr)
         _check_tensor(spec, io_kind or "", array.shape, spec.dtype)
         assert session is not None
-        value = _shared_value(session._open_farm(), array.shape, spec.dtype)
+        value = _shared_value(session.running_farm(), array.shape, spec.dtype)
         np.copyto(value._array, array, casting="unsafe")
         return value
 
@@ -122,7 +112,7 @@ class OrtValue:
         device_id: int = 0,
         *,
         name: Optional[str] = None,
-        session: Optional[InferenceSession] = None,
+        session: Optional[BindableSession] = None,
         io_kind: Optional[str] = None,
         layout: str = "native",
         mem_flags: Any = "cacheable",
@@ -138,7 +128,7 @@ class OrtValue:
         spec = _tensor_of(session, name, io_kind)
         _check_tensor(spec, io_kind or "", dims, dtype)
         assert session is not None
-        return _shared_value(session._open_farm(), dims, dtype)
+        return _shared_value(session.running_farm(), dims, dtype)
 
     @staticmethod
     def ortvalue_from_dmabuf(*args: Any, **kwargs: Any) -> OrtValue:
@@ -216,7 +206,7 @@ class OrtValue:
 class SessionIOBinding:
     """Inputs and outputs bound to one session for :meth:`InferenceSession.run_with_iobinding`."""
 
-    def __init__(self, session: InferenceSession) -> None:
+    def __init__(self, session: BindableSession) -> None:
         self._session = session
         self._inputs: dict[str, OrtValue] = {}
         self._outputs: dict[str, Optional[OrtValue]] = {}  # first-bind order; None: the farm allocates
@@ -225,11 +215,11 @@ class SessionIOBinding:
     # ── inputs ───────────────────────────────────────────────────────────
     def bind_cpu_input(self, name: str, arr: Any) -> None:
         """Copy ``arr`` (exact shape and dtype) into a new shared-memory value now."""
-        spec = self._session._input_spec(name)
+        spec = self._session.input_spec(name)
         array = np.asarray(arr)
         dtype = native_dtype(array.dtype)  # the same values in this machine's byte order
         _check_tensor(spec, "input", array.shape, dtype)
-        value = _shared_value(self._session._open_farm(), array.shape, dtype)
+        value = _shared_value(self._session.running_farm(), array.shape, dtype)
         np.copyto(value._array, array)
         self._inputs[name] = value
 
@@ -243,7 +233,7 @@ class SessionIOBinding:
 
     def bind_ortvalue_input(self, name: str, value: OrtValue) -> None:
         """Bind a shared-memory value: each run reads it in place."""
-        spec = self._session._input_spec(name)
+        spec = self._session.input_spec(name)
         if not isinstance(value, OrtValue) or value._device != "rknpu2":
             raise InvalidInputError(
                 "bind_ortvalue_input requires an RKNN OrtValue (device 'rknpu2': "
@@ -274,7 +264,7 @@ class SessionIOBinding:
         """Ask for output ``name``: each run hands back a fresh shared-memory
         view (earlier results stay valid). ``element_type``/``shape``, when
         given, must match the model's."""
-        spec = self._session._output_spec(name)
+        spec = self._session.output_spec(name)
         if buffer_ptr is not None:
             raise FarmError(
                 "bind_output with raw buffer_ptr is not implemented; bind an OrtValue with "
@@ -290,7 +280,7 @@ class SessionIOBinding:
 
     def bind_ortvalue_output(self, name: str, value: OrtValue) -> None:
         """Each run copies output ``name`` into ``value`` (reused, overwritten)."""
-        spec = self._session._output_spec(name)
+        spec = self._session.output_spec(name)
         if not isinstance(value, OrtValue):
             raise InvalidInputError("bind_ortvalue_output requires an OrtValue")
         _check_tensor(spec, "output", value._array.shape, value._array.dtype)
@@ -322,24 +312,27 @@ IOBinding = SessionIOBinding
 
 
 # ── running ──────────────────────────────────────────────────────────────────
-def run_with_binding(session: InferenceSession, binding: SessionIOBinding) -> None:
+def run_with_binding(
+    session: BindableSession, binding: SessionIOBinding, input_specs: Optional[Sequence[TensorSpec]]
+) -> None:
     """``session.run_with_iobinding(binding)``: run on the bound inputs in
-    place, then set the binding's outputs."""
+    place, then set the binding's outputs. ``input_specs``: the session's
+    inputs in model order (None: it has no fixed inputs, so none can be bound)."""
     if not isinstance(binding, SessionIOBinding) or binding._session is not session:
         raise FarmError("IOBinding belongs to a different session")
-    specs = session._inputs or []
+    specs = input_specs or []
     missing = [spec.name for spec in specs if spec.name not in binding._inputs]
-    if missing or session._inputs is None:
+    if missing or input_specs is None:
         raise InvalidInputError("All model inputs must be bound before run_with_iobinding")
     if not binding._outputs:
         raise InvalidInputError("No output is bound: call bind_output(name) before run_with_iobinding")
-    farm = session._open_farm()
+    farm = session.running_farm()
     outputs = submit_in_place(farm, [binding._inputs[spec.name] for spec in specs]).result()
     by_name = dict(zip(session.output_names, outputs))
     for name, target in binding._outputs.items():
         array = by_name[name]
         if target is None:
-            binding._results[name] = OrtValue(array, "rknpu2", farm._arena.locate(array))
+            binding._results[name] = OrtValue(array, "rknpu2", farm.shared_location(array))
             continue
         if target._array.shape != array.shape:
             raise FarmError(
@@ -355,17 +348,15 @@ def submit_in_place(farm: Farm, values: Sequence[OrtValue]) -> concurrent.future
     are small enough to travel in the task's header. The outputs go to shared
     memory even when small, since a bound output is a view of them. The task
     holds the values until it ends."""
-    future: concurrent.futures.Future = TaskFuture()
-    farm._admit(farm._make_task([value._array for value in values], outputs_in_arena=True, future=future))
-    return future
+    return farm.submit([value._array for value in values], outputs_in_shared_memory=True)
 
 
 # ── helpers ──────────────────────────────────────────────────────────────────
 def _shared_value(farm: Farm, shape: Sequence[int], dtype: np.dtype) -> OrtValue:
     """A zeroed value in ``farm``'s shared memory; its region returns to the
     arena when the value (and every view of it) is garbage-collected."""
-    array = farm._arena.new_array(tuple(shape), dtype)
-    return OrtValue(array, "rknpu2", farm._arena.locate(array))
+    array = farm.shared_array(shape, dtype)
+    return OrtValue(array, "rknpu2", farm.shared_location(array))
 
 
 def _tensor_of(session: Any, name: Optional[str], io_kind: Optional[str]) -> TensorSpec:
@@ -376,17 +367,14 @@ def _tensor_of(session: Any, name: Optional[str], io_kind: Optional[str]) -> Ten
         )
     if io_kind not in _IO_KINDS:
         raise InvalidInputError(f"io_kind must be 'input' or 'output', got {io_kind!r}")
-    if not hasattr(session, "_input_spec"):
+    if not hasattr(session, "input_spec"):
         raise InvalidInputError(f"session must be a farm.InferenceSession, not {type(session).__name__}")
-    return session._input_spec(name) if io_kind == "input" else session._output_spec(name)
+    return session.input_spec(name) if io_kind == "input" else session.output_spec(name)
 
 
 def _check_tensor(spec: TensorSpec, kind: str, shape: Sequence[Optional[int]], dtype: np.dtype) -> None:
     """A value's shape and dtype against the model's (None dims take any size)."""
-    fits = len(shape) == len(spec.shape) and all(
-        want is None or want == got for want, got in zip(spec.shape, shape)
-    )
-    if not fits:
+    if not shape_fits(spec.shape, shape):
         raise InvalidInputError(
             f"OrtValue for {kind} '{spec.name}' shape mismatch: expected {format_shape(spec.shape)}, "
             f"got {format_shape(shape)}"
@@ -396,11 +384,6 @@ def _check_tensor(spec: TensorSpec, kind: str, shape: Sequence[Optional[int]], d
             f"OrtValue for {kind} '{spec.name}' element type mismatch: expected {spec.dtype.name}, "
             f"got {np.dtype(dtype).name}"
         )
-
-
-def format_shape(shape: Sequence[Optional[int]]) -> str:
-    """``[1, 3, ?, ?]``: a shape in messages, ``?`` for a dynamic dimension."""
-    return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
 
 
 def _dims(shape: Any) -> tuple[int, ...]:
@@ -416,8 +399,9 @@ def _dims(shape: Any) -> tuple[int, ...]:
 
 
 def _element_dtype(element_type: Any) -> np.dtype:
-    if isinstance(element_type, str) and element_type in _DTYPES_BY_ORT_NAME:
-        return _DTYPES_BY_ORT_NAME[element_type]
+    ort_dtype = dtype_of_ort_type(element_type)
+    if ort_dtype is not None:
+        return ort_dtype
     try:
         return native_dtype(element_type)  # a value's memory is in this machine's byte order
     except TypeError:

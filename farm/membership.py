@@ -54,9 +54,9 @@ class Membership:
         def _retry(self, worker: WorkerHandle, task: Task) -> bool: ...
         def _move_queue_off(self, worker: WorkerHandle) -> None: ...
         def _adopt_stranded(self) -> None: ...
-        def _on_message(self, message: list[Any], frames: list[Any]) -> Optional[tuple]: ...
+        def _on_message(self, message: Any, frames: list[Any]) -> Optional[tuple]: ...
         def _hand_over_answer(
-            self, worker: WorkerHandle, task: Task, message: list[Any], frames: list[Any]
+            self, worker: WorkerHandle, task: Task, message: Any, frames: list[Any]
         ) -> None: ...
 
     # ── router thread ────────────────────────────────────────────────────
@@ -73,11 +73,11 @@ class Membership:
                     item = remote.receive()
                     if item is None:
                         break
-                    identity, header, frames = item
-                    if header[0] == protocol.HELLO:
-                        lost += self._on_hello(identity, header[1], header[2])
+                    identity, message, frames = item
+                    if type(message) is protocol.HelloMessage:
+                        lost += self._on_hello(identity, message.name, message.info)
                         continue
-                    answer = self._on_message(header, frames)
+                    answer = self._on_message(message, frames)
                     if answer is not None:
                         answered.append(answer)
             lost += self._check_nodes(time.monotonic())
@@ -154,7 +154,7 @@ class Membership:
         return failed
 
     def _router_beat(self) -> bytes:
-        return protocol.pack([protocol.HEARTBEAT, self.options.heartbeat_interval_ms])
+        return protocol.encode(protocol.RouterHeartbeatMessage(self.options.heartbeat_interval_ms))
 
     def _live_node_named(self, name: str) -> Optional[RemoteNode]:
         """The connected node called ``name``: a name identifies one node."""

@@ -41,6 +41,7 @@ from farm.farm import Farm
 from farm.keys import client_keys, generate_keys
 from farm.options import parse_options
 from farm.remote import is_ipv6, model_fingerprint
+from farm.wakepipe import WakePipe
 from workers import protocol
 
 __all__ = ["NodeAgent", "add_keygen_arguments", "add_node_arguments", "run_keygen", "run_node"]
@@ -90,7 +91,7 @@ class NodeAgent:
         self.farm: Optional[Farm] = None
         self._stop = threading.Event()
         self._results: queue.SimpleQueue = queue.SimpleQueue()
-        self._wake_read, self._wake_write = os.pipe()
+        self._wake_pipe = WakePipe()
         self._zmq = zmq.Context()
 
     # ── lifecycle ────────────────────────────────────────────────────────
@@ -110,8 +111,7 @@ class NodeAgent:
         finally:
             if self.farm is not None:
                 self.farm.close(cancel=True)
-            os.close(self._wake_read)
-            os.close(self._wake_write)
+            self._wake_pipe.close()
             self._zmq.term()
 
     def stop(self) -> None:
@@ -172,45 +172,56 @@ class NodeAgent:
         finally:
             sock.close(linger=0)
 
-    def _hello(self) -> list[Any]:
+    def _hello(self) -> protocol.HelloMessage:
         assert self.farm is not None or self.model is None
         info: dict[str, Any] = {
             "contexts": self._contexts(),
             "backend": self.farm.backend if self.farm else self.backend,
             "model_sha256": model_fingerprint(self.farm.model) if self.farm else None,
-            "description": self.farm._router.description if self.farm and self.farm._router else None,
+            "description": self._description(),
             "pid": os.getpid(),
             "host": stdlib_socket.gethostname(),
             "heartbeat_ms": int(self.interval_s * 1000),
         }
-        return [protocol.HELLO, self.name, info]
+        return protocol.HelloMessage(self.name, info)
+
+    def _description(self) -> Optional[dict[str, Any]]:
+        """The local farm's model description for the router (it takes the
+        model's inputs and outputs from there), or None without one."""
+        if self.farm is None:
+            return None
+        try:
+            return self.farm.description or None
+        except FarmClosedError:
+            return None
 
     def _register(self, sock: zmq.Socket) -> Optional[tuple[int, int]]:
         """Say HELLO until WELCOME (returns worker id, generation); None when
         the router stays silent or says REJECT."""
         for _ in range(3):  # HELLO, maybe MODEL, HELLO again
-            sock.send(protocol.pack(self._hello()))
+            sock.send(protocol.encode(self._hello()))
             reply = self._await(sock, self.interval_s * self.liveness + 2)
             if reply is None:
                 if not self._stop.is_set():
                     self._note_unanswered()
                 return None
             self._unanswered_in_a_row = 0
-            header, frames = reply
-            if header[0] == protocol.WELCOME and len(header) == 3:
-                if type(header[1]) is int and type(header[2]) is int:
-                    return header[1], header[2]
-            elif header[0] == protocol.MODEL and len(header) == 3 and len(frames) == 1:
-                name, payload = str(header[1]), frames[0].bytes
+            message, frames = reply
+            kind = type(message)
+            if kind is protocol.WelcomeMessage:
+                if type(message.worker_id) is int and type(message.generation) is int:
+                    return message.worker_id, message.generation
+            elif kind is protocol.ModelMessage and len(frames) == 1:
+                name, payload = str(message.name), frames[0].bytes
                 if _is_shipped_spec(name, payload):
                     self._start_shipped_spec(name)
                     continue
-                model = self._store_model(name, str(header[2]), payload)
+                model = self._store_model(name, str(message.sha256), payload)
                 if model is not None:
                     self._start_farm(model)
                     continue
-            elif header[0] == protocol.REJECT:
-                reason = "; ".join(str(part) for part in header[1:]) or "no reason given"
+            elif kind is protocol.RejectMessage:
+                reason = str(message.reason) or "no reason given"
                 print(
                     f"rknn-farm node: the router refused this node: {reason}; trying again", file=sys.stderr
                 )
@@ -246,17 +257,20 @@ class NodeAgent:
             file=sys.stderr,
         )
 
-    def _await(self, sock: zmq.Socket, timeout_s: float) -> Optional[tuple[list[Any], list[Any]]]:
+    def _await(self, sock: zmq.Socket, timeout_s: float) -> Optional[tuple[Any, list[Any]]]:
+        """The router's next message other than a heartbeat, as (its record of
+        ``protocol.FOR_NODE`` or None when it is no such message, the frames
+        after the header); None when nothing comes within ``timeout_s``."""
         deadline = time.monotonic() + timeout_s
         while not self._stop.is_set():
             remaining = deadline - time.monotonic()
             if remaining <= 0 or not sock.poll(int(remaining * 1000)):
                 return None
             frames = sock.recv_multipart(copy=False)
-            header = _decode(frames[0])
+            header = protocol.read_header(frames[0])
             if header is None or header[0] == protocol.HEARTBEAT:
                 continue
-            return header, frames[1:]
+            return protocol.to_record(header, protocol.FOR_NODE), frames[1:]
         return None
 
     def _store_model(self, name: str, sha256: str, payload: bytes) -> Optional[str]:
@@ -279,13 +293,13 @@ class NodeAgent:
     def _serve_router(self, sock: zmq.Socket, worker_id: int, generation: int) -> None:
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
-        poller.register(self._wake_read, zmq.POLLIN)
+        poller.register(self._wake_pipe.fd, zmq.POLLIN)
         last_heard = last_beat = time.monotonic()
         self._router_interval_s = 0.0  # a new router may beat at another pace
         while not self._stop.is_set():
             events = dict(poller.poll(int(self.interval_s * 500)))
-            if self._wake_read in events:
-                os.read(self._wake_read, 4096)
+            if self._wake_pipe.fd in events:
+                self._wake_pipe.drain()
             if sock in events:
                 while True:
                     try:
@@ -297,8 +311,8 @@ class NodeAgent:
             self._send_results(sock)
             now = time.monotonic()
             if now - last_beat >= self.interval_s:
-                beat = [protocol.HEARTBEAT, worker_id, generation, self._resident_mb()]
-                sock.send(protocol.pack(beat), zmq.NOBLOCK)
+                beat = protocol.HeartbeatMessage(worker_id, generation, self._resident_mb())
+                sock.send(protocol.encode(beat), zmq.NOBLOCK)
                 last_beat = now
             if now - last_heard > max(self.interval_s, self._router_interval_s) * self.liveness:
                 print("rknn-farm node: the router went silent; reconnecting", file=sys.stderr)
@@ -314,15 +328,16 @@ class NodeAgent:
         return float(sum(w["rss_mb"] or 0.0 for w in workers))
 
     def _on_router_message(self, frames: list[Any], worker_id: int, generation: int) -> None:
-        header = _decode(frames[0])
+        header = protocol.read_header(frames[0])
         if header is None:
             self.counters["malformed"] += 1
             return
-        if header[0] == protocol.HEARTBEAT and len(header) == 2 and type(header[1]) is int:
-            self._router_interval_s = min(max(header[1], 1), protocol.LONGEST_HEARTBEAT_MS) / 1000
+        message = protocol.to_record(header, protocol.FOR_NODE)
+        if type(message) is protocol.RouterHeartbeatMessage and type(message.interval_ms) is int:
+            self._router_interval_s = min(max(message.interval_ms, 1), protocol.LONGEST_HEARTBEAT_MS) / 1000
         if header[0] != protocol.TASK:
             return  # heartbeats (already counted as liveness), late WELCOMEs
-        task = _parse_task(header, frames[1:])
+        task = None if message is None else _parse_task(message, frames[1:])
         if task is None:
             self.counters["malformed"] += 1
             return
@@ -359,20 +374,19 @@ class NodeAgent:
             else:  # failed, or a local farm without them: the whole time here
                 timings = [0, int((time.perf_counter() - started) * 1e6), 0, slot]
             if error is not None:
-                header = [protocol.FAILED, worker_id, generation, task_id, attempt, str(error), "", timings]
-                protocol.send_message(sock, header, (), zmq.NOBLOCK)
+                failed = protocol.FailedMessage(
+                    worker_id, generation, task_id, attempt, str(error), "", timings
+                )
+                protocol.send_message(sock, failed, (), zmq.NOBLOCK)
                 continue
             self.counters["tasks"] += 1
             arrays = [np.ascontiguousarray(o) for o in outputs]
             descriptors = [[-1, a.dtype.str, list(a.shape)] for a in arrays]
-            header = [protocol.RESULT, worker_id, generation, task_id, attempt, descriptors, timings]
-            protocol.send_message(sock, header, arrays, zmq.NOBLOCK)
+            result = protocol.ResultMessage(worker_id, generation, task_id, attempt, descriptors, timings)
+            protocol.send_message(sock, result, arrays, zmq.NOBLOCK)
 
     def _wake(self) -> None:
-        try:
-            os.write(self._wake_write, b"\0")
-        except OSError:
-            pass
+        self._wake_pipe.wake()
 
 
 def _is_shipped_spec(name: str, payload: bytes) -> bool:
@@ -382,23 +396,13 @@ def _is_shipped_spec(name: str, payload: bytes) -> bool:
     return payload == name.encode() and looks_like_callable_spec(name)
 
 
-def _decode(frame: Any) -> Optional[list[Any]]:
-    try:
-        header = protocol.unpack(frame)
-    except Exception:
-        return None
-    if not isinstance(header, list) or not header or type(header[0]) is not int:
-        return None
-    return header
-
-
 def _parse_task(
-    header: list[Any], frames: list[Any]
+    task: protocol.NodeTaskMessage, frames: list[Any]
 ) -> Optional[tuple[int, int, int, dict[str, np.ndarray]]]:
     """A TASK from the router, checked field by field: (task_id, attempt, slot, inputs)."""
-    if len(header) != 6 or not all(type(v) is int and v >= 0 for v in (header[1], header[2], header[5])):
+    if not all(type(v) is int and v >= 0 for v in (task.task_id, task.attempt, task.slot)):
         return None
-    descriptors = header[3]
+    descriptors = task.inputs
     if not isinstance(descriptors, list) or len(descriptors) != len(frames):
         return None
     inputs = {}
@@ -410,7 +414,7 @@ def _parse_task(
         if frame_no != number or not isinstance(name, str) or dtype is None:
             return None
         inputs[name] = np.frombuffer(frame.buffer, dtype).reshape(shape)
-    return header[1], header[2], header[5], inputs
+    return task.task_id, task.attempt, task.slot, inputs
 
 
 # ── command line: rknn-farm node / rknn-farm keygen ──────────────────────

@@ -27,6 +27,7 @@ __all__ = [
     "LAYOUTS",
     "SEED_KEYS",
     "FarmOptions",
+    "bool_like",
     "make_provider_options",
     "parse_options",
     "warn_custom_ops",
@@ -187,7 +188,9 @@ def _non_negative_int(value: Any, key: str) -> int:
     return number
 
 
-def _bool_like(value: Any, key: str) -> bool:
+def bool_like(value: Any, key: str) -> bool:
+    """An option's flag as the seed reads one: an int (non-zero), or a string
+    such as ``"1"``, ``"true"``, ``"off"``; OptionError naming ``key`` else."""
     if isinstance(value, int):
         return value != 0
     if isinstance(value, str):
@@ -354,17 +357,17 @@ _PARSERS: dict[str, tuple[str, Callable[[Any, str], Any]]] = {
         "submit_timeout_ms",
         _at_most(_LONGEST_WAIT_MS, "the longest wait Python supports"),
     ),
-    "sequential_callbacks": ("sequential_callbacks", _bool_like),
+    "sequential_callbacks": ("sequential_callbacks", bool_like),
     "schedule": ("schedule", _schedule),
     "tp_mode": ("tp_mode", _tp_mode),
-    "enable_pacing": ("enable_pacing", _bool_like),
-    "disable_dup_context": ("disable_dup_context", _bool_like),
+    "enable_pacing": ("enable_pacing", bool_like),
+    "disable_dup_context": ("disable_dup_context", bool_like),
     "custom_op_path": ("custom_op_paths", _paths),
     "custom_op_paths": ("custom_op_paths", _paths),
-    "custom_op_default_path": ("custom_op_default_path", _bool_like),
-    "load_custom_ops_from_default_path": ("custom_op_default_path", _bool_like),
-    "copy_outputs": ("copy_outputs", _bool_like),
-    "native_outputs": ("native_outputs", _bool_like),
+    "custom_op_default_path": ("custom_op_default_path", bool_like),
+    "load_custom_ops_from_default_path": ("custom_op_default_path", bool_like),
+    "copy_outputs": ("copy_outputs", bool_like),
+    "native_outputs": ("native_outputs", bool_like),
     "input_shapes": ("input_shapes", _input_shapes),
     "intra_op_threads": (
         "intra_op_threads",
@@ -372,7 +375,7 @@ _PARSERS: dict[str, tuple[str, Callable[[Any, str], Any]]] = {
     ),
     "max_retries": ("max_retries", _non_negative_int),
     "sim_dataset": ("sim_dataset", _path_like),
-    "sim_quantize": ("sim_quantize", _bool_like),
+    "sim_quantize": ("sim_quantize", bool_like),
     "start_timeout_s": ("start_timeout_s", _positive_float),
     "target_platform": ("target_platform", _target_platform),
     "task_timeout_ms": ("task_timeout_ms", _non_negative_int),
@@ -385,8 +388,8 @@ _PARSERS: dict[str, tuple[str, Callable[[Any, str], Any]]] = {
     "max_worker_rss_mb": ("max_worker_rss_mb", _non_negative_int),
     "listen": ("listen", _endpoint),
     "keys_dir": ("keys_dir", _path_like),
-    "insecure": ("insecure", _bool_like),
-    "local_cores": ("local_cores", _bool_like),
+    "insecure": ("insecure", bool_like),
+    "local_cores": ("local_cores", bool_like),
     "max_message_mb": ("max_message_mb", _at_most(_LARGEST_MESSAGE_MB, "libzmq counts bytes in 63 bits")),
     "spin_us": ("spin_us", _non_negative_int),
     "dma_heap": ("dma_heap", _dma_heap),

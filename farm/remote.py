@@ -194,9 +194,10 @@ class RemoteListener:
             else:
                 self.counters["malformed"] += 1
 
-    def receive(self) -> Optional[tuple[bytes, list[Any], list[Any]]]:
-        """One message as (identity, header, tensor frames), None when there is
-        none; malformed messages are counted and skipped."""
+    def receive(self) -> Optional[tuple[bytes, Any, list[Any]]]:
+        """One message as (identity, record of ``protocol.FOR_ROUTER``, tensor
+        frames), None when there is none; malformed messages are counted and
+        skipped."""
         while True:
             try:
                 frames = self.socket.recv_multipart(zmq.NOBLOCK, copy=False)
@@ -207,29 +208,26 @@ class RemoteListener:
                 return parsed
             self.counters["malformed"] += 1
 
-    def _parse(self, frames: list[Any]) -> Optional[tuple[bytes, list[Any], list[Any]]]:
+    def _parse(self, frames: list[Any]) -> Optional[tuple[bytes, Any, list[Any]]]:
         if len(frames) < 2:
             return None
-        try:
-            header = protocol.unpack(frames[1])
-        except Exception:
-            return None
-        if not isinstance(header, list) or not header or type(header[0]) is not int:
+        message = protocol.decode(frames[1], protocol.FOR_ROUTER)
+        if message is None:
             return None
         identity = frames[0].bytes
         tensors = frames[2:]
-        kind = header[0]
-        if kind == protocol.HELLO:
-            return (identity, header, tensors) if _valid_hello(header) and not tensors else None
+        kind = type(message)
+        if kind is protocol.HelloMessage:
+            return (identity, message, tensors) if _valid_hello(message) and not tensors else None
         node = self.by_identity.get(identity)
-        if node is None or len(header) < 3 or header[1] != node.worker_id or header[2] != node.generation:
+        if node is None or message.worker_id != node.worker_id or message.generation != node.generation:
             return None
-        if kind == protocol.HEARTBEAT:
-            return (identity, header, tensors) if _valid_heartbeat(header) and not tensors else None
-        if kind == protocol.RESULT and _valid_result(header, tensors, len(node.slots)):
-            return identity, header, tensors
-        if kind == protocol.FAILED and _valid_failure(header, len(node.slots)) and not tensors:
-            return identity, header, tensors
+        if kind is protocol.HeartbeatMessage:
+            return (identity, message, tensors) if _valid_heartbeat(message) and not tensors else None
+        if kind is protocol.ResultMessage and _valid_result(message, tensors, len(node.slots)):
+            return identity, message, tensors
+        if kind is protocol.FailedMessage and _valid_failure(message, len(node.slots)) and not tensors:
+            return identity, message, tensors
         return None
 
     # ── joining ──────────────────────────────────────────────────────────
@@ -239,13 +237,13 @@ class RemoteListener:
         """Queue the answer to a HELLO; True when the node may join as
         ``worker_id`` (in incarnation ``generation``)."""
         if info.get("model_sha256") == self.fingerprint:
-            self.send(identity, [protocol.pack([protocol.WELCOME, worker_id, generation])])
+            self.send(identity, [protocol.encode(protocol.WelcomeMessage(worker_id, generation))])
             self.counters["joined"] += 1
             return True
         if os.path.isfile(self.model) or looks_like_callable_spec(self.model):
             # The node lacks this model (or has another version): ship it.
             payload = _read_model(self.model)
-            header = protocol.pack([protocol.MODEL, os.path.basename(self.model), self.fingerprint])
+            header = protocol.encode(protocol.ModelMessage(os.path.basename(self.model), self.fingerprint))
             self.send(identity, [header, payload])
         else:
             self.refuse(identity, "rejected_model", "the router's model cannot be shipped")
@@ -254,7 +252,7 @@ class RemoteListener:
     def refuse(self, identity: bytes, counter: str, reason: str) -> None:
         """Queue a REJECT saying ``reason`` (the node prints it) and count it."""
         self.counters[counter] += 1
-        self.send(identity, [protocol.pack([protocol.REJECT, reason])])
+        self.send(identity, [protocol.encode(protocol.RejectMessage(reason))])
 
     # ── outgoing (queued from any thread, sent by the router thread) ─────
     def send(self, identity: bytes, frames: list[Any]) -> None:
@@ -275,7 +273,9 @@ class RemoteListener:
                 nbytes = math.prod(shape) * protocol.dtype_of(dtype).itemsize
                 frames.append(memoryview(buffer_of(source))[offset : offset + nbytes])
             descriptors.append([None, number, dtype, shape, name])
-        header = protocol.pack([protocol.TASK, task.task_id, task.attempt, descriptors, None, slot.index])
+        header = protocol.encode(
+            protocol.NodeTaskMessage(task.task_id, task.attempt, descriptors, None, slot.index)
+        )
         self.send(node.identity, [header, *frames])
 
     def flush(self) -> list[bytes]:
@@ -316,10 +316,10 @@ def _is_int(value: Any, low: int = 0, high: int = 2**62) -> bool:
 _LONGEST_TIMING_US = 3_600_000_000
 
 
-def _valid_hello(header: list[Any]) -> bool:
-    if len(header) != 3 or not isinstance(header[1], str) or not isinstance(header[2], dict):
+def _valid_hello(hello: protocol.HelloMessage) -> bool:
+    if not isinstance(hello.name, str) or not isinstance(hello.info, dict):
         return False
-    info = header[2]
+    info = hello.info
     return (
         _is_int(info.get("contexts"), 1, 4096)
         and isinstance(info.get("model_sha256"), (str, type(None)))
@@ -350,22 +350,21 @@ def _valid_tensor_entry(entry: Any) -> bool:
     return protocol.numeric_dtype(entry.get("dtype")) is not None
 
 
-def _valid_heartbeat(header: list[Any]) -> bool:
-    """[HEARTBEAT, worker_id, generation] from an older node, or with its resident MiB."""
-    if len(header) == 3:
+def _valid_heartbeat(heartbeat: protocol.HeartbeatMessage) -> bool:
+    """Without ``rss_mb`` (from an older node), or with its resident MiB."""
+    rss_mb = heartbeat.rss_mb
+    if rss_mb is None:
         return True
-    rss_mb = header[3] if len(header) == 4 else None
     return isinstance(rss_mb, (int, float)) and not isinstance(rss_mb, bool) and 0 <= rss_mb < 2**40
 
 
-def _valid_failure(header: list[Any], n_slots: int) -> bool:
+def _valid_failure(failure: protocol.FailedMessage, n_slots: int) -> bool:
     return (
-        len(header) == 8
-        and _is_int(header[3])
-        and _is_int(header[4])
-        and isinstance(header[5], str)
-        and isinstance(header[6], str)
-        and _valid_timings(header[7], n_slots)
+        _is_int(failure.task_id)
+        and _is_int(failure.attempt)
+        and isinstance(failure.error, str)
+        and isinstance(failure.traceback, str)
+        and _valid_timings(failure.timings, n_slots)
     )
 
 
@@ -378,10 +377,10 @@ def _valid_timings(timings: Any, n_slots: int) -> bool:
     )
 
 
-def _valid_result(header: list[Any], frames: list[Any], n_slots: int) -> bool:
-    if len(header) != 7 or not (_is_int(header[3]) and _is_int(header[4])):
+def _valid_result(result: protocol.ResultMessage, frames: list[Any], n_slots: int) -> bool:
+    if not (_is_int(result.task_id) and _is_int(result.attempt)):
         return False
-    descriptors = header[5]
+    descriptors = result.outputs
     if not isinstance(descriptors, list) or len(descriptors) != len(frames) or not descriptors:
         return False
     for descriptor, frame in zip(descriptors, frames):
@@ -389,4 +388,4 @@ def _valid_result(header: list[Any], frames: list[Any], n_slots: int) -> bool:
             return False
         if protocol.checked_frame_dtype(descriptor[1], descriptor[2], len(frame)) is None:
             return False
-    return _valid_timings(header[6], n_slots)
+    return _valid_timings(result.timings, n_slots)

@@ -50,7 +50,14 @@ from farm.answers import Answers
 from farm.callbacks import CallbackThread
 from farm.channels import ChannelPool, ReplyChannel
 from farm.direct import WINDOW, DirectPath, stream_depth
-from farm.errors import FarmClosedError, FarmError, SubmitTimeoutError, WorkerCrashedError, WorkerStartError
+from farm.errors import (
+    FarmBrokenError,
+    FarmClosedError,
+    FarmError,
+    SubmitTimeoutError,
+    WorkerCrashedError,
+    WorkerStartError,
+)
 from farm.membership import Membership
 from farm.options import FarmOptions
 from farm.pacing import Pacer
@@ -67,12 +74,16 @@ from farm.remote import RemoteListener
 from farm.shm import SharedArena
 from farm.supervision import Supervision
 from farm.task import Task
+from farm.wakepipe import WakePipe
 from workers import protocol
 from workers.segments import SEGMENT_PREFIX
 from workers.spin import SpinWait
 from workers.threadnames import name_this_thread
 
-__all__ = ["Router"]
+__all__ = ["ROUTER_THREAD_NAME", "Router"]
+
+#: The router thread's name: an exception it dies of reaches ``threading.excepthook`` under it.
+ROUTER_THREAD_NAME = "rknnfarm-router"
 
 _BATCH = 64  # answers handled per acquisition of the lock
 _LAST_WORDS_MS = 200  # how long a worker that died starting may take to tell why
@@ -161,10 +172,11 @@ class Router(DirectPath, Supervision, Membership, Answers):
         self._stopping = False  # the teardown began
         self._teardown: Optional[threading.Thread] = None
         self._torn_down = threading.Event()
-        self._broken = ""
+        self._broken = ""  # every worker is in a crash loop: new tasks fail with WorkerCrashedError
+        self._failure: Optional[FarmBrokenError] = None  # the router thread died: see _break
         self._start_error = ""
-        self._wake_read, self._wake_write = os.pipe()
-        self._thread = threading.Thread(target=self._receive_loop, name="rknnfarm-router", daemon=True)
+        self._wake_pipe = WakePipe()
+        self._thread = threading.Thread(target=self._receive_loop, name=ROUTER_THREAD_NAME, daemon=True)
 
     # ── start ────────────────────────────────────────────────────────────
     def start(self, timeout_s: float) -> None:
@@ -249,6 +261,8 @@ class Router(DirectPath, Supervision, Membership, Answers):
     def _check_open(self) -> None:
         if self._closing:
             raise FarmClosedError("the farm is closed; create a new Farm to run more tasks")
+        if self._failure is not None:  # a new error each time: threads must not share a traceback
+            raise FarmBrokenError(str(self._failure)) from self._failure.__cause__
         if self._broken:
             raise WorkerCrashedError(self._broken)
 
@@ -331,7 +345,9 @@ class Router(DirectPath, Supervision, Membership, Answers):
     def _task_header(task: Task, direct: bool) -> bytes:
         """A local context's TASK message (``direct``: answer on the sending socket)."""
         out = None if task.out_region is None else task.out_region.descriptor()
-        return protocol.pack([protocol.TASK, task.task_id, task.attempt, task.input_descriptors, out, direct])
+        return protocol.encode(
+            protocol.TaskMessage(task.task_id, task.attempt, task.input_descriptors, out, direct)
+        )
 
     @staticmethod
     def _book(slot: ContextSlot, task: Task) -> None:
@@ -344,16 +360,25 @@ class Router(DirectPath, Supervision, Membership, Answers):
 
     # ── receive loop (router thread) ─────────────────────────────────────
     def _wake(self) -> None:
-        try:
-            os.write(self._wake_write, b"\0")
-        except OSError:
-            pass
+        self._wake_pipe.wake()
 
     def _receive_loop(self) -> None:
+        """The router thread. An unexpected exception breaks the farm (see
+        :meth:`_break`), then ends the thread with it, so that
+        ``threading.excepthook`` reports it (and a test that caused it fails)."""
         name_this_thread()
+        try:
+            self._serve()
+        except BaseException as exc:
+            self._break(exc)
+            raise
+
+    def _serve(self) -> None:
+        """Poll the inbound socket, the wake pipe, the workers' exit pipes and
+        the remote listener until the farm stops."""
         poller = zmq.Poller()
         poller.register(self._inbound, zmq.POLLIN)
-        poller.register(self._wake_read, zmq.POLLIN)
+        poller.register(self._wake_pipe.fd, zmq.POLLIN)
         if self.remote is not None:
             poller.register(self.remote.socket, zmq.POLLIN)
             poller.register(self.remote.monitor, zmq.POLLIN)
@@ -372,17 +397,46 @@ class Router(DirectPath, Supervision, Membership, Answers):
                     poller.register(fd, zmq.POLLIN)
                 watched = exit_fds
             events = dict(poller.poll(timeout_ms))
+            self._handle_events(events, exit_fds)
+            self._sweep_channels()
+
+    def _break(self, cause: BaseException) -> None:
+        """The router thread is dying of ``cause``: no task can be routed any
+        more, so every task the farm holds fails now with a FarmBrokenError
+        whose ``__cause__`` is ``cause`` (as ``concurrent.futures`` breaks a
+        pool whose manager fails) rather than wait for ever; later calls
+        raise it at once (:meth:`_check_open`) and ``health()`` says why."""
+        error = FarmBrokenError(
+            f"the farm's router thread failed with {type(cause).__name__}: {cause}; every task the farm "
+            "held failed, and it runs no more. Close it and create a new Farm. This is a bug in "
+            "rknn-farm: please report it with the traceback printed on stderr"
+        )
+        error.__cause__ = cause
+        with self._cond:
+            self._failure = error
+            pending = self._take_every_task()
+            self._cond.notify_all()
+        for task in pending:
             try:
-                self._handle_events(events, exit_fds)
-                self._sweep_channels()
-            except Exception:  # a bug here must not leave every future waiting forever
-                print("rknn-farm: the router hit an unexpected error and carries on:", file=sys.stderr)
+                self._fail_task(task, error)
+            except Exception:  # one task that cannot be failed must not keep the others waiting
                 traceback.print_exc()
-                time.sleep(0.01)
+
+    def _take_every_task(self) -> list[Task]:
+        """Under the lock: every task queued or in flight (a run() caller's
+        direct task is in flight on its context), off the books."""
+        tasks = [task for queue in self._queues.values() for task in queue]
+        for queue in self._queues.values():
+            queue.clear()
+        for worker in self.workers:
+            for slot in worker.slots:
+                tasks.extend(slot.in_flight.values())
+                slot.in_flight.clear()
+        return tasks
 
     def _handle_events(self, events: dict[Any, int], exit_fds: dict[int, WorkerHandle]) -> None:
-        if self._wake_read in events:
-            os.read(self._wake_read, 4096)
+        if self._wake_pipe.fd in events:
+            self._wake_pipe.drain()
         if self._inbound in events:
             self._drain_inbound()
         for fd, worker in exit_fds.items():
@@ -399,12 +453,12 @@ class Router(DirectPath, Supervision, Membership, Answers):
         """Take every waiting message, do the bookkeeping of all of them under
         one acquisition of the lock, then hand results over outside it."""
         while True:
-            batch: list[tuple[list[Any], list[Any]]] = []
+            batch: list[tuple[Any, list[Any]]] = []
             inbound = self._inbound
             # Asking for EVENTS is much cheaper than the exception of an empty NOBLOCK read.
             while len(batch) < _BATCH and inbound.get(protocol.EVENTS) & protocol.POLLIN:  # type: ignore[operator]
                 try:
-                    batch.append(protocol.recv_message(inbound, protocol.NOBLOCK))
+                    batch.append(protocol.recv_message(inbound, protocol.FOR_ROUTER, protocol.NOBLOCK))
                 except zmq.Again:
                     break
                 except Exception as exc:  # undecodable: drop it, keep serving
@@ -425,23 +479,24 @@ class Router(DirectPath, Supervision, Membership, Answers):
             for worker, task, message, frames in answered:
                 self._hand_over_answer(worker, task, message, frames)
 
-    def _on_message(self, message: list[Any], frames: list[Any]) -> Optional[tuple]:
-        """Under the lock: the state change a message makes. A task answer is
+    def _on_message(self, message: Any, frames: list[Any]) -> Optional[tuple]:
+        """Under the lock: the state change a message (a record of
+        ``protocol.FOR_ROUTER`` from a worker or node) makes. A task answer is
         returned for :meth:`_hand_over_answer`."""
-        kind, worker_id, generation = message[0], message[1], message[2]
-        worker = self.workers[worker_id]
-        if generation != worker.generation:
+        worker = self.workers[message.worker_id]
+        if message.generation != worker.generation:
             return None  # from an incarnation that is gone
         worker.last_seen = time.monotonic()
-        if kind == protocol.RESULT or kind == protocol.FAILED:
+        kind = type(message)
+        if kind is protocol.ResultMessage or kind is protocol.FailedMessage:
             task = self._take_answered_task(worker, message)
             return None if task is None else (worker, task, message, frames)
-        if kind == protocol.READY:
-            self._on_ready(worker, message[3], message[4])
-        elif kind == protocol.START_FAILED:
-            worker.last_error = f"{message[3]}\n{message[4]}"
-        elif kind == protocol.HEARTBEAT and len(message) > 3:  # a node's: its workers' memory
-            worker.rss_mb = float(message[3])
+        if kind is protocol.ReadyMessage:
+            self._on_ready(worker, message.pid, message.description)
+        elif kind is protocol.StartFailedMessage:
+            worker.last_error = f"{message.error}\n{message.traceback}"
+        elif kind is protocol.HeartbeatMessage and message.rss_mb is not None:  # a node's workers' memory
+            worker.rss_mb = float(message.rss_mb)
         return None
 
     def _on_ready(self, worker: WorkerHandle, pid: int, description: dict[str, Any]) -> None:
@@ -519,10 +574,12 @@ class Router(DirectPath, Supervision, Membership, Answers):
         with self._cond:
             cores = {w.core: self._state_of(w) for w in self.workers}
             local_ready = all(w.ready for w in self.workers if not w.remote)
+            serving = not self._closing and self._failure is None
+            broken = str(self._failure) if self._failure is not None else self._broken
             return {
-                "ready": local_ready and any(w.ready for w in self.workers) and not self._closing,
+                "ready": local_ready and any(w.ready for w in self.workers) and serving,
                 "cores": cores,
-                "broken": self._broken or None,
+                "broken": broken or None,
             }
 
     # ── shutdown ─────────────────────────────────────────────────────────
@@ -612,23 +669,24 @@ class Router(DirectPath, Supervision, Membership, Answers):
             self._zmq.term()
         else:  # a caller never came back from its channel: do not wait for it forever
             self._zmq.destroy(linger=0)
-        os.close(self._wake_read)
-        os.close(self._wake_write)
+        self._wake_pipe.close()
         shutil.rmtree(self._ipc_dir, ignore_errors=True)
 
     def _stop_workers(self) -> None:
         """Close every life line; the router thread reaps the exits and then
-        ends. A worker that ignores its life line is terminated, then killed."""
+        ends. A worker that ignores its life line is terminated, then killed.
+        When the router thread has ended (it never started, or it broke, even
+        while this waited) the workers it did not reap are reaped here."""
         for worker in self.workers:
             request_stop(worker)
         self._wake()
-        if not self._thread.is_alive():
-            for worker in self.workers:
-                kill_process(worker)
-                reap_process(worker)
-            return
-        self._thread.join(5.0)
+        if self._thread.is_alive():
+            self._thread.join(5.0)
         if self._thread.is_alive():
             for worker in self.workers:
                 kill_process(worker)
             self._thread.join(10.0)
+        if not self._thread.is_alive():
+            for worker in self.workers:  # a no-op for those the thread reaped
+                kill_process(worker)
+                reap_process(worker)

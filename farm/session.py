@@ -33,10 +33,11 @@ import numpy as np
 
 from farm.errors import FarmClosedError, FarmError, InvalidInputError, OptionError, SubmitTimeoutError
 from farm.farm import Farm
-from farm.iobinding import SessionIOBinding, format_shape, ort_type_name, run_with_binding
-from farm.options import _bool_like, parse_options
+from farm.iobinding import SessionIOBinding, run_with_binding
+from farm.options import bool_like, parse_options
 from farm.tensors import ACCEPTED_DTYPES, TensorSpec, native_dtype
 from workers.segments import SEGMENT_PREFIX
+from workers.tensortypes import format_shape, ort_type_name, shape_fits
 
 __all__ = ["InferenceSession", "ModelMetadata", "NodeArg", "RknnProviderOptions"]
 
@@ -231,7 +232,7 @@ class InferenceSession:
             return self._run_batch(input_feed, picks)
         feed = self._checked_feed(input_feed)
         with _seed_timeout("run"):
-            outputs = self._open_farm().run(feed)
+            outputs = self.running_farm().run(feed)
         return outputs if picks is None else [outputs[i] for i in picks]
 
     def run_async(
@@ -254,7 +255,7 @@ class InferenceSession:
         feed = self._checked_feed(input_feed)
         deliver = callback if picks is None else _PickingCallback(callback, picks)
         with _seed_timeout("run_async"):
-            self._open_farm().run_async(feed, deliver, user_data)
+            self.running_farm().run_async(feed, deliver, user_data)
 
     def run_pipeline(
         self, input_feed: Any, depth: int = 3, reset: bool = False
@@ -264,12 +265,12 @@ class InferenceSession:
         :meth:`Farm.run_pipeline`); :meth:`drain_pipeline` flushes it."""
         feed = self._checked_feed(input_feed)
         with _seed_timeout("run_pipeline"):
-            return self._open_farm().run_pipeline(feed, depth=depth, reset=reset)
+            return self.running_farm().run_pipeline(feed, depth=depth, reset=reset)
 
     def drain_pipeline(self) -> list[list[np.ndarray]]:
         """The outputs of every input still in the pipeline, oldest first (the
         seed has no flush; this is the farm's)."""
-        return self._open_farm().drain_pipeline()
+        return self.running_farm().drain_pipeline()
 
     def io_binding(self) -> SessionIOBinding:
         """A binding whose inputs live in this session's shared memory."""
@@ -278,7 +279,7 @@ class InferenceSession:
     def run_with_iobinding(self, iobinding: SessionIOBinding, run_options: Any = None) -> None:
         """Run on the bound inputs in place (no copy) and set the bound outputs
         (``iobinding.get_outputs()``). ``run_options`` is ignored, as in the seed."""
-        run_with_binding(self, iobinding)
+        run_with_binding(self, iobinding, self._inputs)
 
     # ── lifetime ─────────────────────────────────────────────────────────
     def close(self, cancel: bool = False) -> None:
@@ -304,23 +305,29 @@ class InferenceSession:
         state = "open" if self._finalizer.alive else "closed"
         return f"InferenceSession({self._farm.model!r}, backend={self._farm.backend!r}, {state})"
 
-    # ── internals ────────────────────────────────────────────────────────
-    def _open_farm(self) -> Farm:
+    # ── for I/O binding (farm.iobinding) ─────────────────────────────────
+    def running_farm(self) -> Farm:
+        """The farm behind the session while the session is open;
+        FarmClosedError once it is closed."""
         if not self._finalizer.alive:
             raise FarmClosedError("the session is closed; create a new InferenceSession to run more")
         return self._farm
 
-    def _input_spec(self, name: str) -> TensorSpec:
+    def input_spec(self, name: str) -> TensorSpec:
+        """Input ``name``'s shape and dtype; InvalidInputError for a name the model has not."""
         for spec in self._inputs or ():
             if spec.name == name:
                 return spec
         raise InvalidInputError(f"Unknown input name: {name}")
 
-    def _output_spec(self, name: str) -> TensorSpec:
+    def output_spec(self, name: str) -> TensorSpec:
+        """Output ``name``'s shape and dtype; InvalidInputError for a name the model has not."""
         if name not in self._output_index:
             raise InvalidInputError(f"Unknown output name: {name}")
         assert self._outputs is not None
         return self._outputs[self._output_index[name]]
+
+    # ── internals ────────────────────────────────────────────────────────
 
     def _output_picks(self, output_names: Any) -> Optional[list[int]]:
         """Indices of the requested outputs (None: all of them, in order)."""
@@ -359,7 +366,7 @@ class InferenceSession:
         batch = sizes.pop() if sizes else 0
         if batch <= 0:
             raise InvalidInputError("Batch size must be greater than 0")
-        farm = self._open_farm()
+        farm = self.running_farm()
         futures = []
         with _seed_timeout("run"):
             for i in range(batch):  # in order: round robin spreads the samples over the cores
@@ -427,7 +434,7 @@ def _checked_array(spec: TensorSpec, value: Any, batch: bool) -> np.ndarray:
     if array.ndim != len(spec.shape):
         raise InvalidInputError(f"Input rank mismatch: expected {len(spec.shape)}, got {array.ndim}")
     if not batch:
-        if not _fits(spec.shape, array.shape):
+        if not shape_fits(spec.shape, array.shape):
             raise InvalidInputError(
                 f"Input '{spec.name}' shape mismatch: expected {format_shape(spec.shape)}, "
                 f"got {format_shape(array.shape)}"
@@ -435,7 +442,7 @@ def _checked_array(spec: TensorSpec, value: Any, batch: bool) -> np.ndarray:
         return array
     if not spec.shape or spec.shape[0] not in (None, 0, 1):
         raise InvalidInputError("Batch mode requires model input batch dimension == 1")
-    if not _fits(spec.shape[1:], array.shape[1:]):
+    if not shape_fits(spec.shape[1:], array.shape[1:]):
         rest = format_shape(spec.shape[1:])[1:-1]
         expected = f"[N, {rest}]" if rest else "[N]"
         raise InvalidInputError(
@@ -448,10 +455,6 @@ def _is_sequence(value: Any) -> bool:
     return hasattr(type(value), "__getitem__") and hasattr(value, "__len__")
 
 
-def _fits(expected: Sequence[Optional[int]], given: Sequence[int]) -> bool:
-    return all(want is None or want == got for want, got in zip(expected, given))
-
-
 # ── run options and batch dispatch (seed §3.5) ───────────────────────────────
 def dispatch_batch(run_options: Any) -> bool:
     """The ``ztu_modelrt_dispatch_batch`` flag of a dict or of an ONNX Runtime
@@ -461,7 +464,7 @@ def dispatch_batch(run_options: Any) -> bool:
     if isinstance(run_options, Mapping):
         if DISPATCH_BATCH not in run_options:
             return False
-        return _bool_like(run_options[DISPATCH_BATCH], DISPATCH_BATCH)
+        return bool_like(run_options[DISPATCH_BATCH], DISPATCH_BATCH)
     getter = getattr(run_options, "get_run_config_entry", None)
     if getter is None:
         return False
@@ -469,7 +472,7 @@ def dispatch_batch(run_options: Any) -> bool:
         value = getter(DISPATCH_BATCH)
     except Exception:
         return False
-    return _bool_like(value, DISPATCH_BATCH)
+    return bool_like(value, DISPATCH_BATCH)
 
 
 def _concatenate(parts: list[np.ndarray]) -> np.ndarray:

@@ -17,6 +17,7 @@ import numpy as np
 
 from farm.errors import InvalidInputError
 from workers.protocol import INLINE_BYTES, align
+from workers.tensortypes import format_shape, misfit_axis, native_dtype
 
 __all__ = [
     "InlineFeed",
@@ -37,14 +38,6 @@ ACCEPTED_DTYPES = frozenset(
     for t in ("float32", "float16", "int8", "uint8", "int16", "uint16", "int32", "uint32", "int64", "bool")
 )
 
-
-
-def native_dtype(dtype: Any) -> np.dtype:
-    """``dtype`` in this machine's byte order (``>f4`` -> ``float32`` on a
-    little-endian board). A non-native array holds the same values in
-    swapped bytes: it converts without loss, while the workers and runtimes
-    read native bytes only, so every input is compared and copied as this."""
-    return np.dtype(dtype).newbyteorder("=")
 
 
 _NHWC_TO_NCHW = (0, 3, 1, 2)
@@ -172,7 +165,7 @@ def shared_input_layout(
     if shape is None:
         if not spec.is_static:
             raise InvalidInputError(
-                f"Input {spec.name!r} has dynamic dimensions {_format_shape(spec.shape)}: "
+                f"Input {spec.name!r} has dynamic dimensions {format_shape(spec.shape)}: "
                 "pass shape=... with the size you will feed"
             )
         shape = tuple(d or 0 for d in spec.shape)
@@ -277,22 +270,19 @@ def _prepare_one(
     return PreparedInput(spec.name, array, spec.dtype, shape, axes)
 
 
-def _format_shape(shape: Sequence[Optional[int]]) -> str:
-    return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
-
-
 def _check_shape(name: str, expected: Sequence[Optional[int]], given: Sequence[int]) -> None:
-    if len(given) != len(expected):
+    axis = misfit_axis(expected, given)
+    if axis is None:
+        return
+    if axis < 0:
         raise InvalidInputError(
-            f"Input {name!r} rank mismatch: expected {len(expected)} dims {_format_shape(expected)}, "
-            f"got {len(given)} dims {_format_shape(given)}"
+            f"Input {name!r} rank mismatch: expected {len(expected)} dims {format_shape(expected)}, "
+            f"got {len(given)} dims {format_shape(given)}"
         )
-    for axis, (want, got) in enumerate(zip(expected, given)):
-        if want is not None and want != got:
-            raise InvalidInputError(
-                f"Input {name!r} shape mismatch: expected {_format_shape(expected)}, got "
-                f"{_format_shape(given)} (dim {axis} must be {want})"
-            )
+    raise InvalidInputError(
+        f"Input {name!r} shape mismatch: expected {format_shape(expected)}, got "
+        f"{format_shape(given)} (dim {axis} must be {expected[axis]})"
+    )
 
 
 def _prepare_free_form(feed: Any) -> list[PreparedInput]:

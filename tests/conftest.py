@@ -5,12 +5,25 @@ from __future__ import annotations
 import importlib.util
 import os
 import tempfile
+import threading
 import time
+from typing import Any, Callable
 
 import psutil
 import pytest
 
+from farm.router import ROUTER_THREAD_NAME
 from workers.segments import SEGMENT_PREFIX, segment_dir
+
+pytest_plugins = ["pytester"]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "breaks_router: the test makes a farm's router thread fail on purpose (the check that fails "
+        "any test whose router thread died is off)",
+    )
 
 
 def _our_segments() -> set[str]:
@@ -47,6 +60,45 @@ def check_no_leaks(segments_before: set[str], within: float = 10) -> None:
     assert not leftover, f"worker processes left running: {[p.pid for p in leftover]}"
     leaked = _our_segments() - segments_before
     assert not leaked, f"shared-memory segments or socket directories left: {sorted(leaked)}"
+
+
+class RouterDeaths:
+    """The exceptions that farms' router threads died of, caught at
+    ``threading.excepthook`` while installed (a router that fails breaks its
+    farm, then dies of the exception: see ``Router._break``)."""
+
+    def __init__(self) -> None:
+        self.seen: list[BaseException] = []
+        self._previous: Callable[[Any], Any] = threading.excepthook
+
+    def install(self) -> None:
+        self._previous = threading.excepthook
+        threading.excepthook = self._hook
+
+    def uninstall(self) -> None:
+        threading.excepthook = self._previous
+
+    def _hook(self, args: Any) -> None:
+        if args.thread is not None and args.thread.name == ROUTER_THREAD_NAME and args.exc_value is not None:
+            self.seen.append(args.exc_value)
+            threading.__excepthook__(args)  # the traceback on stderr; this fixture, not pytest, judges
+        else:
+            self._previous(args)
+
+
+@pytest.fixture(autouse=True)
+def router_deaths(request: pytest.FixtureRequest):
+    """Fails the test if a farm's router thread died of an unexpected
+    exception during it: a router bug must fail the suite, not print and
+    carry on. Tests that break a router on purpose say ``breaks_router``."""
+    deaths = RouterDeaths()
+    deaths.install()
+    try:
+        yield deaths
+    finally:
+        deaths.uninstall()
+    if deaths.seen and request.node.get_closest_marker("breaks_router") is None:
+        pytest.fail(f"a farm's router thread died of {deaths.seen[0]!r} (see the traceback on stderr)")
 
 
 @pytest.fixture(autouse=True)

@@ -149,12 +149,15 @@ def test_a_node_reports_its_workers_memory_in_its_heartbeats(nodes):
 
 
 def test_heartbeats_from_nodes_are_checked():
-    assert _valid_heartbeat([protocol.HEARTBEAT, 1, 1])  # a node of an older version
-    assert _valid_heartbeat([protocol.HEARTBEAT, 1, 1, 123.5])
-    assert _valid_heartbeat([protocol.HEARTBEAT, 1, 1, 0])
-    for rss_mb in (-1.0, "lots", True, None, 2.0**50, [1]):
-        assert not _valid_heartbeat([protocol.HEARTBEAT, 1, 1, rss_mb]), rss_mb
-    assert not _valid_heartbeat([protocol.HEARTBEAT, 1, 1, 1.0, 2.0])
+    def heartbeat(*fields):
+        return protocol.to_record([protocol.HEARTBEAT, *fields], protocol.FOR_ROUTER)
+
+    assert _valid_heartbeat(heartbeat(1, 1))  # a node of an older version
+    assert _valid_heartbeat(heartbeat(1, 1, 123.5))
+    assert _valid_heartbeat(heartbeat(1, 1, 0))
+    for rss_mb in (-1.0, "lots", True, 2.0**50, [1]):
+        assert not _valid_heartbeat(heartbeat(1, 1, rss_mb)), rss_mb
+    assert heartbeat(1, 1, 1.0, 2.0) is None
 
 
 def test_hellos_and_timings_from_nodes_are_checked():
@@ -163,7 +166,7 @@ def test_hellos_and_timings_from_nodes_are_checked():
 
     def hello(**changes):
         info = {"contexts": 2, "model_sha256": "ab", "description": description}
-        return [protocol.HELLO, "node", {**info, **changes}]
+        return protocol.HelloMessage("node", {**info, **changes})
 
     assert _valid_hello(hello()) and _valid_hello(hello(description=None))
     bad_entries = [

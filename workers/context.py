@@ -115,7 +115,7 @@ class ContextThread(threading.Thread):
         self._npu_time = getattr(self.session, "last_infer_us", None)
         self._plan_static_outputs()
         self._bound = _BoundBuffers.plan(self.session)
-        receive, send, stop = tasks.recv, tasks.send, protocol.STOP
+        receive, send, stop = tasks.recv, tasks.send, protocol.StopMessage
         spin, clock = self._spin, time.perf_counter
         answered = clock()
         try:
@@ -123,21 +123,25 @@ class ContextThread(threading.Thread):
                 spin.wait(tasks)  # when tasks have been coming that soon after each answer
                 sender = receive()
                 spin.record(clock() - answered)
-                message, frames = protocol.recv_message(tasks)
-                if message[0] == stop:
+                message, frames = protocol.recv_message(tasks, protocol.FOR_CONTEXT)
+                if type(message) is stop:
                     return
-                header, out_frames = self._handle(message, frames, free_form)
-                if message[5]:  # direct: back to the caller's own socket
+                answer, out_frames = self._handle(message, frames, free_form)
+                if message.direct:  # back to the caller's own socket
                     send(sender, protocol.SNDMORE)
-                    protocol.send_message(tasks, header, out_frames)
+                    protocol.send_message(tasks, answer, out_frames)
                 else:
-                    protocol.send_message(results, header, out_frames)
+                    protocol.send_message(results, answer, out_frames)
                 answered = clock()
         except zmq.ContextTerminated:
             return
 
-    def _handle(self, message: list[Any], frames: list[Any], free_form: bool) -> tuple[list[Any], list[Any]]:
-        task_id, attempt, input_descriptors, out_region = message[1:5]
+    def _handle(
+        self, message: protocol.TaskMessage, frames: list[Any], free_form: bool
+    ) -> tuple[Any, list[Any]]:
+        """Run one task: its RESULT (or FAILED) record and the frames after it."""
+        task_id, attempt = message.task_id, message.attempt
+        input_descriptors, out_region = message.inputs, message.out_region
         timings = [0, 0, 0, self.placement.context_index]
         frames_out: list[Any] = []
         try:
@@ -149,15 +153,19 @@ class ContextThread(threading.Thread):
                     input_descriptors, frames, out_region, free_form, timings
                 )
         except Exception as exc:
-            header = [protocol.FAILED, self._worker_id, self._generation, task_id, attempt]
-            header += [f"{type(exc).__name__}: {exc}", traceback.format_exc(), timings]
-            return header, []
+            error = f"{type(exc).__name__}: {exc}"
+            failed = protocol.FailedMessage(
+                self._worker_id, self._generation, task_id, attempt, error, traceback.format_exc(), timings
+            )
+            return failed, []
         if self._npu_time is not None:
             npu_us = self._npu_time()
             if npu_us is not None:
                 timings[1] = npu_us
-        header = [protocol.RESULT, self._worker_id, self._generation, task_id, attempt, descriptors, timings]
-        return header, frames_out
+        result = protocol.ResultMessage(
+            self._worker_id, self._generation, task_id, attempt, descriptors, timings
+        )
+        return result, frames_out
 
     def _run_general(
         self,

@@ -73,13 +73,13 @@ def worker_main(spec: dict[str, Any]) -> None:
         contexts = _start_contexts(spec, backend, zmq_context, segments, frames)
     except BaseException as exc:
         message = f"{type(exc).__name__}: {exc}"
-        failure = [protocol.START_FAILED, worker_id, generation, message, traceback.format_exc()]
-        control.send(protocol.pack(failure))
+        failure = protocol.StartFailedMessage(worker_id, generation, message, traceback.format_exc())
+        control.send(protocol.encode(failure))
         control.close()
         control_context.term()
         os._exit(1)
     description = _with_plugins(contexts[0].session.describe())
-    control.send(protocol.pack([protocol.READY, worker_id, generation, os.getpid(), description]))
+    control.send(protocol.encode(protocol.ReadyMessage(worker_id, generation, os.getpid(), description)))
     _watch(contexts, spec, control, segments, frames)
     control.close(linger=0)
     control_context.term()
@@ -156,7 +156,7 @@ def _watch(
     watcher = threading.Thread(target=_watch_parent, args=(spec,), name="rknnfarm-parent-watch", daemon=True)
     watcher.start()
     interval = spec["options"]["heartbeat_interval_ms"] / 1000
-    heartbeat = protocol.pack([protocol.HEARTBEAT, spec["worker_id"], spec["generation"]])
+    heartbeat = protocol.encode(protocol.HeartbeatMessage(spec["worker_id"], spec["generation"]))
     for thread in contexts:
         while thread.is_alive():
             thread.join(interval)

@@ -1,13 +1,18 @@
 """The messages between the router (parent) and the workers, and their layout.
 
 Every message is a ZeroMQ multipart message whose first frame is a small
-msgpack array. Locally a tensor is a region of a shared-memory segment named
-in the header; for remote nodes (and for an output that did not fit its
-region) it is a raw frame that follows the header, sent with ``copy=False``;
-a descriptor's ``frame_no`` counts the frames after the header from 0. A
-tensor of at most :data:`INLINE_BYTES` travels inside the header itself, as
-msgpack ``bin``: for a few hundred bytes, leasing shared memory costs more
-than the copy (as Ray keeps small objects in the task spec).
+msgpack array: its kind, then its fields. Each kind is a named record below
+(:class:`TaskMessage`, :class:`ResultMessage`, ...); :func:`encode` packs one
+as that array, :func:`decode` reads one back by the table of the kinds its
+reader expects (:data:`FOR_CONTEXT`, :data:`FOR_ROUTER`, :data:`FOR_NODE`).
+
+Locally a tensor is a region of a shared-memory segment named in the header;
+for remote nodes (and for an output that did not fit its region) it is a raw
+frame that follows the header, sent with ``copy=False``; a descriptor's
+``frame_no`` counts the frames after the header from 0. A tensor of at most
+:data:`INLINE_BYTES` travels inside the header itself, as msgpack ``bin``: for
+a few hundred bytes, leasing shared memory costs more than the copy (as Ray
+keeps small objects in the task spec).
 
 Parent -> context thread (a DEALER per context, and one per context in each
 reply channel of ``farm.channels``; the context binds a ROUTER)::
@@ -49,8 +54,8 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Sequence
-from typing import Any, Optional
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple, Optional
 
 import msgpack
 import numpy as np
@@ -76,12 +81,32 @@ __all__ = [
     "RCVMORE",
     "SNDMORE",
     "QUIT",
+    "FOR_CONTEXT",
+    "FOR_NODE",
+    "FOR_ROUTER",
+    "FailedMessage",
+    "HeartbeatMessage",
+    "HelloMessage",
+    "ModelMessage",
+    "NodeTaskMessage",
+    "ReadyMessage",
+    "RejectMessage",
+    "ResultMessage",
+    "RouterHeartbeatMessage",
+    "StartFailedMessage",
+    "StopMessage",
+    "TaskMessage",
+    "WelcomeMessage",
     "align",
     "checked_frame_dtype",
+    "decode",
     "dtype_of",
+    "encode",
     "pack",
+    "read_header",
     "recv_message",
     "send_message",
+    "to_record",
     "unpack",
 ]
 
@@ -161,6 +186,211 @@ def checked_frame_dtype(dtype_text: Any, shape: Any, nbytes: int) -> Any:
     return dtype
 
 
+# ── the messages, by name ────────────────────────────────────────────────
+# Each record is the fields after the kind, in wire order: a record packs as
+# ``[kind, *fields]``, the very array the module docstring draws.
+
+
+class TaskMessage(NamedTuple):
+    """Parent -> a local context: run a task (``direct``: answer on the
+    socket the task came from, not on the shared result socket)."""
+
+    task_id: int
+    attempt: int
+    inputs: list[Any]
+    out_region: Optional[list[Any]]
+    direct: bool
+
+
+class NodeTaskMessage(NamedTuple):
+    """Router -> a remote node agent: run a task whose inputs are the frames
+    after the header; the node echoes the credit ``slot`` in its timings."""
+
+    task_id: int
+    attempt: int
+    inputs: list[Any]
+    out_region: None
+    slot: int
+
+
+class StopMessage(NamedTuple):
+    """Parent -> a local context: stop serving."""
+
+
+class ResultMessage(NamedTuple):
+    """A context (or a node) -> the parent: a task's outputs."""
+
+    worker_id: int
+    generation: int
+    task_id: int
+    attempt: int
+    outputs: list[Any]
+    timings: list[int]
+
+
+class FailedMessage(NamedTuple):
+    """A context (or a node) -> the parent: a task raised ``error``."""
+
+    worker_id: int
+    generation: int
+    task_id: int
+    attempt: int
+    error: str
+    traceback: str
+    timings: list[int]
+
+
+class ReadyMessage(NamedTuple):
+    """A worker -> the parent: every context loaded the model."""
+
+    worker_id: int
+    generation: int
+    pid: int
+    description: dict[str, Any]
+
+
+class StartFailedMessage(NamedTuple):
+    """A worker -> the parent: it could not start, and why."""
+
+    worker_id: int
+    generation: int
+    error: str
+    traceback: str
+
+
+class HeartbeatMessage(NamedTuple):
+    """A worker or a node -> the parent: alive. A node adds its workers'
+    resident memory in MiB (a node of an older version does not)."""
+
+    worker_id: int
+    generation: int
+    rss_mb: Optional[float] = None
+
+
+class RouterHeartbeatMessage(NamedTuple):
+    """The router -> a node: alive, and beating every ``interval_ms``."""
+
+    interval_ms: int
+
+
+class HelloMessage(NamedTuple):
+    """A node -> the router: it wants to join (``info``: contexts, backend,
+    model_sha256, description, pid, host, heartbeat_ms)."""
+
+    name: str
+    info: dict[str, Any]
+
+
+class WelcomeMessage(NamedTuple):
+    """The router -> a node: joined, as worker ``worker_id``."""
+
+    worker_id: int
+    generation: int
+
+
+class RejectMessage(NamedTuple):
+    """The router -> a node: not joined, and why."""
+
+    reason: str = ""
+
+
+class ModelMessage(NamedTuple):
+    """The router -> a node: its model, in the frame after the header."""
+
+    name: str
+    sha256: str
+
+
+_KIND_OF: dict[type, int] = {
+    TaskMessage: TASK,
+    NodeTaskMessage: TASK,
+    StopMessage: STOP,
+    ResultMessage: RESULT,
+    FailedMessage: FAILED,
+    ReadyMessage: READY,
+    StartFailedMessage: START_FAILED,
+    HeartbeatMessage: HEARTBEAT,
+    RouterHeartbeatMessage: HEARTBEAT,
+    HelloMessage: HELLO,
+    WelcomeMessage: WELCOME,
+    RejectMessage: REJECT,
+    ModelMessage: MODEL,
+}
+
+#: What each reader expects, by kind: a local context, the parent (from its
+#: workers and from nodes), a node agent (from the router). TASK and
+#: HEARTBEAT mean other records on the way to a node.
+FOR_CONTEXT: Mapping[int, type] = {TASK: TaskMessage, STOP: StopMessage}
+FOR_ROUTER: Mapping[int, type] = {
+    RESULT: ResultMessage,
+    FAILED: FailedMessage,
+    READY: ReadyMessage,
+    START_FAILED: StartFailedMessage,
+    HEARTBEAT: HeartbeatMessage,
+    HELLO: HelloMessage,
+}
+FOR_NODE: Mapping[int, type] = {
+    WELCOME: WelcomeMessage,
+    REJECT: RejectMessage,
+    MODEL: ModelMessage,
+    TASK: NodeTaskMessage,
+    HEARTBEAT: RouterHeartbeatMessage,
+}
+
+#: How many fields each record takes: all of them, or all but its defaults.
+_ARITY: dict[type, tuple[int, int]] = {
+    record: (len(record._fields) - len(record._field_defaults), len(record._fields))  # type: ignore[attr-defined]
+    for record in _KIND_OF
+}
+
+
+_new_tuple = tuple.__new__  # a record from a list of all its fields, at half the cost of calling it
+
+
+def encode(message: Any) -> bytes:
+    """The header frame of ``message`` (a record above): ``[kind, *fields]``.
+    An optional field left None at the end is not sent, as a peer of an
+    older version would not send it."""
+    fields = list(message)
+    required = _ARITY[type(message)][0]
+    while len(fields) > required and fields[-1] is None:
+        fields.pop()
+    return pack([_KIND_OF[type(message)], *fields])
+
+
+def read_header(frame: Any) -> Optional[list[Any]]:
+    """A header frame as its msgpack array, when it is one that starts with
+    an int (the kind); None for anything else (garbage from a peer)."""
+    try:
+        header = unpack(frame)
+    except Exception:  # msgpack raises several types on bad input
+        return None
+    if not isinstance(header, list) or not header or type(header[0]) is not int:
+        return None
+    return header
+
+
+def to_record(header: list[Any], table: Mapping[int, type]) -> Any:
+    """``header`` (from :func:`read_header`) as the record ``table`` names for
+    its kind; None when the kind is not in ``table`` or the field count is
+    wrong. The fields' types are the reader's to check where the peer is
+    untrusted (``farm.remote``, ``farm.node``)."""
+    record = table.get(header[0])
+    if record is None:
+        return None
+    fewest, most = _ARITY[record]
+    fields = len(header) - 1
+    if fields == most:  # every field there (the hot path): no defaults to fill in
+        return _new_tuple(record, header[1:])
+    return record(*header[1:]) if fewest <= fields < most else None
+
+
+def decode(frame: Any, table: Mapping[int, type]) -> Any:
+    """A header frame as a record of ``table``, or None (see :func:`to_record`)."""
+    header = read_header(frame)
+    return None if header is None else to_record(header, table)
+
+
 def align(nbytes: int) -> int:
     return (nbytes + ALIGNMENT - 1) // ALIGNMENT * ALIGNMENT
 
@@ -169,10 +399,10 @@ def pack(message: list[Any]) -> bytes:
     return msgpack.packb(message, use_bin_type=True)
 
 
-def send_message(socket: zmq.Socket, header: list[Any], frames: Sequence[Any] = (), flags: int = 0) -> None:
-    """Send a header and raw frames. Small headers are copied (cheaper than
-    zero-copy below ~64 kB); tensor frames go ``copy=False``."""
-    data = pack(header)
+def send_message(socket: zmq.Socket, message: Any, frames: Sequence[Any] = (), flags: int = 0) -> None:
+    """Send a record (its header) and raw frames. Small headers are copied
+    (cheaper than zero-copy below ~64 kB); tensor frames go ``copy=False``."""
+    data = encode(message)
     if not frames:
         socket.send(data, flags)
         return
@@ -182,14 +412,19 @@ def send_message(socket: zmq.Socket, header: list[Any], frames: Sequence[Any] = 
         socket.send(frame, flags | (SNDMORE if index < last else 0), copy=False)
 
 
-def recv_message(socket: zmq.Socket, flags: int = 0) -> tuple[list[Any], list[Any]]:
-    """Receive one message: the decoded header and the raw frames after it
-    (``zmq.Frame``; index them by the ``frame_no`` of a descriptor)."""
-    header = unpack(socket.recv(flags))
+def recv_message(socket: zmq.Socket, table: Mapping[int, type], flags: int = 0) -> tuple[Any, list[Any]]:
+    """Receive one message from a trusted peer: its record (of ``table``) and
+    the raw frames after the header (``zmq.Frame``; index them by the
+    ``frame_no`` of a descriptor). ValueError when the header is not a
+    message of ``table`` (the frames are consumed all the same)."""
+    data = socket.recv(flags)
     frames = []
     while socket.get(RCVMORE):
         frames.append(socket.recv(copy=False))
-    return header, frames
+    message = decode(data, table)
+    if message is None:
+        raise ValueError(f"not a message this socket expects: {data[:64]!r}")
+    return message, frames
 
 
 def unpack(frame: Any) -> list[Any]:

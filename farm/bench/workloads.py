@@ -228,4 +228,4 @@ def task_header(workload: Workload) -> bytes:
     array = workload.array
     inputs = [[segment, 8 << 20, array.dtype.str, list(array.shape), workload.input_name]]
     out_region = [segment, 24 << 20, max(4096, 1 << (array.nbytes - 1).bit_length())]
-    return protocol.pack([protocol.TASK, 123456, 0, inputs, out_region])
+    return protocol.encode(protocol.TaskMessage(123456, 0, inputs, out_region, False))

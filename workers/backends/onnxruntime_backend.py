@@ -14,33 +14,18 @@ import numpy as np
 import onnxruntime as ort
 
 from workers.backends.base import Placement, tensor_entry
+from workers.tensortypes import dtype_of_ort_type
 
 __all__ = ["OnnxRuntimeSession", "open_session"]
 
-_ORT_TYPES = {
-    "tensor(float)": np.float32,
-    "tensor(float16)": np.float16,
-    "tensor(double)": np.float64,
-    "tensor(int8)": np.int8,
-    "tensor(uint8)": np.uint8,
-    "tensor(int16)": np.int16,
-    "tensor(uint16)": np.uint16,
-    "tensor(int32)": np.int32,
-    "tensor(uint32)": np.uint32,
-    "tensor(int64)": np.int64,
-    "tensor(uint64)": np.uint64,
-    "tensor(bool)": np.bool_,
-}
-
-
 def _dtype_of(node: Any) -> str:
-    try:
-        return np.dtype(_ORT_TYPES[node.type]).name
-    except KeyError:
+    dtype = dtype_of_ort_type(node.type)
+    if dtype is None:
         raise RuntimeError(
             f"tensor {node.name!r} has type {node.type}, which rknn-farm cannot carry; "
             "only numeric tensors are supported"
-        ) from None
+        )
+    return dtype.name
 
 
 class OnnxRuntimeSession:
