@@ -3,17 +3,19 @@
 ::
 
     RESULT / FAILED from a context
-      └─ _take_answered_task (under the lock): off the context's books, the
-         context refilled, the pacing EMA fed; the task claimed, exactly once
-      └─ _hand_over_answer (outside the lock): inputs released, outputs as
+      └─ the router's bookkeeping (under the lock, ``Router.handle_message``):
+         off the context's books, the context refilled, the pacing EMA fed;
+         the task claimed, exactly once (``Books.finish``)
+      └─ Answers.hand_over (outside the lock): inputs released, outputs as
          views of the task's leased region (or copies), the Future resolved or
          the callback posted, the perf line printed
     a task that will not run (again)
-      └─ _fail_task: its memory freed, the error delivered
+      └─ Answers.fail: its memory freed, the error delivered
 
 The router thread runs these for answers that come through it; a ``run()`` or
 ``map()`` caller runs them for its own direct answers (``farm.direct``).
-:class:`Answers` is a mixin of :class:`farm.router.Router`.
+:class:`Answers` is a component of :class:`farm.router.Router`; it owns the
+output-size hints and the perf line.
 """
 
 from __future__ import annotations
@@ -21,16 +23,15 @@ from __future__ import annotations
 import collections
 import math
 import sys
-import threading
 import time
 from concurrent.futures import Future, InvalidStateError
-from typing import TYPE_CHECKING, Any, Optional
+from typing import Any, Optional
 
 import numpy as np
 
+from farm.books import Books
 from farm.callbacks import CallbackThread
 from farm.errors import FarmError, TaskError
-from farm.pacing import Pacer
 from farm.pool import WorkerHandle
 from farm.shm import SharedArena
 from farm.task import Task
@@ -43,22 +44,17 @@ _OUTPUT_HINTS = 256
 
 
 class Answers:
-    """The router's handling of answers and failed tasks (a mixin: see the module docstring)."""
+    """Delivery of answers and failures to futures and callbacks (see the module docstring)."""
 
-    # Provided by Router.
-    _cond: threading.Condition
-    _outstanding: int
-    _perf_log: bool
-    _output_hints: collections.OrderedDict[tuple, int]
-    arena: SharedArena
-    callbacks: CallbackThread
-    options: Any
-    pacer: Pacer
-
-    if TYPE_CHECKING:  # declared for type checkers only
-
-        def _dispatch(self, core: int) -> None: ...
-        def _note_task_served(self, worker: WorkerHandle) -> None: ...
+    def __init__(
+        self, books: Books, arena: SharedArena, callbacks: CallbackThread, options: Any, perf_log: bool
+    ) -> None:
+        self.books = books
+        self.arena = arena
+        self.callbacks = callbacks
+        self.options = options
+        self._perf_log = perf_log
+        self._output_hints: collections.OrderedDict[tuple, int] = collections.OrderedDict()
 
     # ── output sizing ────────────────────────────────────────────────────
     def output_hint(self, input_key: tuple) -> Optional[int]:
@@ -74,30 +70,8 @@ class Answers:
         while len(hints) > _OUTPUT_HINTS:
             hints.popitem(last=False)
 
-    def _take_answered_task(self, worker: WorkerHandle, message: Any) -> Optional[Task]:
-        """Under the lock: the task this answer (a ``protocol.ResultMessage``
-        or ``FailedMessage``) finishes, off its context's books (None for a
-        stale answer); refills the context."""
-        task_id, attempt, timings = message.task_id, message.attempt, message.timings
-        slot = worker.slots[timings[3]]
-        task = slot.in_flight.get(task_id)
-        if task is None or task.attempt != attempt:
-            return None
-        del slot.in_flight[task_id]
-        if slot.in_flight:
-            slot.busy_since = time.monotonic()  # the next task in its window starts now
-        self._note_task_served(worker)
-        self._dispatch(worker.core)
-        if type(message) is protocol.ResultMessage:
-            self.pacer.record(timings[1])
-            worker.consecutive_failures = 0  # it serves again: the crash loop is over
-            worker.last_error = ""
-        if not task.claim_finish():
-            return None
-        self._outstanding -= 1
-        return task
-
-    def _hand_over_answer(self, worker: WorkerHandle, task: Task, message: Any, frames: list[Any]) -> None:
+    # ── delivery ─────────────────────────────────────────────────────────
+    def hand_over(self, worker: WorkerHandle, task: Task, message: Any, frames: list[Any]) -> None:
         """Outside the lock: free the inputs, build the outputs, resolve the
         task. The task is claimed: whatever goes wrong here, it ends here."""
         now = time.perf_counter()
@@ -165,13 +139,10 @@ class Answers:
 
     def _deliver(self, task: Task, outputs: Optional[list], error: Optional[BaseException]) -> None:
         """End ``task`` (if nobody has) and hand its outcome over."""
-        if not task.claim_finish():
-            return
-        with self._cond:
-            self._outstanding -= 1
-            if self._outstanding == 0:
-                self._cond.notify_all()
-        self._resolve(task, outputs, error)
+        with self.books.cond:
+            finished = self.books.finish(task)
+        if finished:
+            self._resolve(task, outputs, error)
 
     def _resolve(self, task: Task, outputs: Optional[list], error: Optional[BaseException]) -> None:
         """Hand an ended task's outcome to its Future or its callback.
@@ -192,7 +163,7 @@ class Answers:
             args = (outputs, task.user_data, "" if error is None else str(error))
             self.callbacks.post(task.callback_seq, task.callback, args)
 
-    def _fail_task(self, task: Task, error: BaseException) -> None:
+    def fail(self, task: Task, error: BaseException) -> None:
         """End a task that will not run (again) with ``error``, freeing its memory."""
         task.release_inputs(self.arena)
         self._free_out_region(task)

@@ -6,7 +6,8 @@ Two users:
 
 - ``Farm.run``: one task. If it can start at once (its core is local and
   ready, nothing is queued for it, a context has room) it is sent on a
-  checked-out channel and :meth:`DirectPath.wait_direct` reads the answer.
+  checked-out channel (:meth:`DirectPath.send_direct`) and
+  :meth:`DirectPath.wait_direct` reads the answer.
 - ``Farm.map``: a :class:`DirectStream` holds one channel for the whole
   iteration. Each task goes direct when its core has room; when the core is
   full of the stream's own tasks, the stream reads answers until one frees a
@@ -18,40 +19,37 @@ In both, the caller does the router's bookkeeping for an answer (under the
 router's lock) and resolves the task's future itself. The router still owns
 every task: if a worker dies, it retries the direct tasks it held through its
 own path, and the caller sees their futures end.
+
+:class:`DirectPath` is a component of :class:`farm.router.Router`: it owns
+the reply channels and the spin-wait; the tasks are on the books
+(``farm.books``). :class:`DirectStream` uses its public methods only.
 """
 
 from __future__ import annotations
 
 import sys
-import threading
 import time
 from concurrent.futures import Future
-from typing import TYPE_CHECKING, Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import zmq
 
+from farm.books import WINDOW, Books
 from farm.channels import DIRECT_POLL_MS, ChannelPool, ReplyChannel
 from farm.errors import FarmClosedError, SubmitTimeoutError
+from farm.pool import ContextSlot
 from farm.task import Task, timed_out
 from farm.wakepipe import WakePipe
 from workers import protocol
 from workers.spin import SpinWait
 
-if TYPE_CHECKING:
-    from farm.pacing import Pacer
-    from farm.pool import ContextSlot, WorkerHandle
-
-__all__ = ["STREAM_DEPTH", "WINDOW", "DirectPath", "DirectStream", "stream_depth"]
+__all__ = ["STREAM_DEPTH", "WINDOW", "DirectPath", "DirectStream", "stream_depth", "task_header"]
 
 #: A stream forgets its ended tasks (and the outputs their futures hold) when
 #: it holds more than this many, or than twice the tasks still out at its last
 #: pruning (a deep window is not scanned on every send).
 _PRUNE_AT = 8
-
-#: Tasks a context holds at once: the one it runs and the next, waiting in
-#: its socket so that the context never idles for a round trip.
-WINDOW = 2
 
 #: A ``map()`` may queue more tasks in a context when they are short: about
 #: this much work (by the core's inference-time average), at most
@@ -71,76 +69,67 @@ def stream_depth(infer_us: Optional[float]) -> int:
 
 
 class DirectPath:
-    """The router's side of the direct path (a mixin of ``Router``)."""
+    """The router's side of the direct path (see the module docstring).
 
-    # Provided by Router.
-    _cond: threading.Condition
-    _queues: dict[int, Any]
-    _worker_of_core: dict[int, WorkerHandle]
-    _channels: ChannelPool
-    _spin: SpinWait
-    _stopping: bool
-    _next_index: int
-    _outstanding: int
-    _rotation: list[int]
-    workers: list[WorkerHandle]
-    pacer: Pacer
+    ``admit(task, timeout_s)``: the router's path for a task;
+    ``handle_message(message, frames)``: the router's bookkeeping for an
+    answer, under the lock (an answer to hand over, or None);
+    ``hand_over(answer)``: its delivery, without the lock."""
 
-    if TYPE_CHECKING:
-
-        def _wake(self) -> None: ...
-        def admit(self, task: Task, timeout_s: float, direct: bool = False) -> Any: ...
-        def _check_open(self) -> None: ...
-        def _core_for(self, index: int) -> int: ...
-        def _on_message(self, message: Any, frames: list[Any]) -> Optional[tuple]: ...
-        def _slot_with_room(self, worker: WorkerHandle, limit: int = WINDOW) -> Optional[ContextSlot]: ...
-        def _task_header(self, task: Task, direct: bool) -> bytes: ...
-        def _book(self, slot: ContextSlot, task: Task) -> None: ...
-        def _hand_over_answer(
-            self, worker: WorkerHandle, task: Task, message: Any, frames: list[Any]
-        ) -> None: ...
+    def __init__(
+        self,
+        books: Books,
+        channels: ChannelPool,
+        spin: SpinWait,
+        *,
+        admit: Callable[[Task, float], Any],
+        handle_message: Callable[[Any, list[Any]], Optional[tuple]],
+        hand_over: Callable[[tuple], None],
+    ) -> None:
+        self.books = books
+        self.channels = channels
+        self.spin = spin  # run() callers waiting for their answers
+        self.admit = admit
+        self._handle_message = handle_message
+        self._hand_over = hand_over
 
     # ── sending (under the lock) ─────────────────────────────────────────
-    def _takes_direct(self, core: int) -> bool:
-        """Whether ``core`` is local, ready and has nothing queued (a direct
-        task must not overtake the router's queue)."""
-        worker = self._worker_of_core[core]
-        return not worker.remote and worker.ready and not self._queues[core]
-
     def _send_on(self, channel: ReplyChannel, slot: ContextSlot, task: Task) -> Optional[zmq.Socket]:
         """Under the lock: send ``task`` (its id set) to ``slot`` on ``channel``
         and put it on the context's books; None if the send failed."""
         try:
             socket = channel.socket_for(slot.address)  # a new socket can fail too (EMFILE)
-            socket.send(self._task_header(task, direct=True))
+            socket.send(task_header(task, direct=True))
         except zmq.ZMQError:
             return None
-        self._book(slot, task)
+        self.books.book(slot, task)
         return socket
 
-    def _send_direct(self, core: int, task: Task) -> Optional[tuple[ReplyChannel, zmq.Socket]]:
-        """Under the lock, for ``run()``: send ``task`` on a channel of its own
-        if ``core`` can take it at once; else None."""
-        slot = self._slot_with_room(self._worker_of_core[core]) if self._takes_direct(core) else None
+    def send_direct(self, core: int, task: Task) -> Optional[tuple[ReplyChannel, zmq.Socket]]:
+        """Under the lock, for ``run()``: send the admitted ``task`` on a
+        channel of its own if ``core`` can take it at once; else None."""
+        books = self.books
+        slot = books.slot_with_room(books.worker_of_core[core]) if books.takes_direct(core) else None
         if slot is None:
             return None
-        channel = self._channels.checkout(self._local_addresses)
+        channel = self.channels.checkout(self.local_addresses)
         if channel is None:
             return None
         socket = self._send_on(channel, slot, task)
         if socket is None:
-            self._channels.checkin(channel, reusable=False)
+            self.channels.checkin(channel, reusable=False)
             return None
         return channel, socket
 
-    def _local_addresses(self) -> set[str]:
-        return {slot.address for w in self.workers if not w.remote for slot in w.slots}
+    def local_addresses(self) -> set[str]:
+        """The addresses of every local context there is now."""
+        return {slot.address for w in self.books.workers if not w.remote for slot in w.slots}
 
     # ── answers ──────────────────────────────────────────────────────────
     def wait_direct(
         self, task: Task, channel: ReplyChannel, socket: zmq.Socket, timeout: Optional[float]
     ) -> list[np.ndarray]:
-        """Wait in the caller's thread for a task sent by :meth:`_send_direct`:
+        """Wait in the caller's thread for a task sent by :meth:`send_direct`:
         read its answer from ``socket`` and do the router's part for it. The
         router may end the task instead (its worker died and a retry ran
         elsewhere, the farm was closed): that is seen within ``DIRECT_POLL_MS``
@@ -150,7 +139,7 @@ class DirectPath:
         deadline = None if timeout is None else time.monotonic() + timeout
         waiting_since = time.perf_counter()
         try:
-            self._spin.wait(socket)
+            self.spin.wait(socket)
             while not future.done():
                 if deadline is not None and time.monotonic() >= deadline:
                     break
@@ -160,25 +149,25 @@ class DirectPath:
                     continue
                 self._take_direct_answer(message, frames)
         finally:
-            self._return_channel(channel, [task])
+            self.return_channel(channel, [task])
         if not future.done():
             raise timed_out(task, timeout)  # the task goes on; the router's sweep reads its answer
-        self._spin.record(time.perf_counter() - waiting_since)
+        self.spin.record(time.perf_counter() - waiting_since)
         return future.result(0)
 
     def _take_direct_answer(self, message: Any, frames: list[Any]) -> None:
         """The router's part for an answer that came on a reply channel."""
         try:
-            with self._cond:
-                answer = self._on_message(message, frames)
-                self._cond.notify_all()
+            with self.books.cond:
+                answer = self._handle_message(message, frames)
+                self.books.cond.notify_all()
         except Exception as exc:  # a malformed message must not break the caller
             print(f"rknn-farm: dropped a malformed worker message: {exc!r}", file=sys.stderr)
             return
         if answer is not None:
-            self._hand_over_answer(*answer)
+            self._hand_over(answer)
 
-    def _take_one_direct_answer(self, socket: zmq.Socket) -> bool:
+    def take_one_direct_answer(self, socket: zmq.Socket) -> bool:
         """Handle one answer waiting on ``socket`` (a poll said so); False if none was there."""
         try:
             message, frames = protocol.recv_message(socket, protocol.FOR_ROUTER, protocol.NOBLOCK)
@@ -193,34 +182,34 @@ class DirectPath:
     def _take_direct_answers(self, socket: zmq.Socket) -> None:
         """Handle every answer waiting on a channel's socket, without blocking."""
         while socket.get(protocol.EVENTS) & protocol.POLLIN:  # type: ignore[operator]
-            if not self._take_one_direct_answer(socket):
+            if not self.take_one_direct_answer(socket):
                 return
 
     # ── giving channels back ─────────────────────────────────────────────
-    def _return_channel(self, channel: ReplyChannel, tasks: list[Task]) -> None:
+    def return_channel(self, channel: ReplyChannel, tasks: list[Task]) -> None:
         """A caller is done with ``channel``: it goes back to the pool, or, if
         answers for ``tasks`` are still to come, to the router thread's sweep."""
-        with self._cond:
+        with self.books.cond:
             unfinished = [t for t in tasks if not t.ended]
             if unfinished and not channel.closed:
                 channel.tasks = unfinished
                 channel.owner.release()
             elif not channel.closed:
-                self._channels.checkin(channel, reusable=not self._stopping)
-            self._cond.notify_all()
+                self.channels.checkin(channel, reusable=not self.books.stopping)
+            self.books.cond.notify_all()
 
-    def _sweep_channels(self) -> None:
+    def sweep_channels(self) -> None:
         """Router thread: handle the answers waiting on channels that nobody
         holds (a suspended ``map()``, a caller that gave up), and close those
         given up whose tasks have all ended."""
-        if not self._channels.checked_out:
+        if not self.channels.checked_out:
             return  # the common case on the router's busy path: nothing to look at
-        with self._cond:
-            channels = self._channels.out()
+        with self.books.cond:
+            channels = self.channels.out()
         for channel in channels:
             if not channel.owner.acquire(False):
                 continue  # its caller is using it
-            if not self._channels.is_out(channel):
+            if not self.channels.is_out(channel):
                 # Checked in since the snapshot, it may be checked out again by a
                 # caller that holds the lock: that caller waits for the owner, and
                 # this thread must not wait for the lock while it holds the owner.
@@ -232,65 +221,72 @@ class DirectPath:
                     for socket in channel.sockets():
                         self._take_direct_answers(socket)
                     if channel.tasks and all(t.ended for t in channel.tasks):
-                        with self._cond:
-                            self._channels.checkin(channel, reusable=False)  # releases the owner
+                        with self.books.cond:
+                            self.channels.checkin(channel, reusable=False)  # releases the owner
                         keep = False
             finally:
                 if keep:
                     channel.owner.release()
 
-    def _close_channels(self, timeout_s: float) -> bool:
+    def close_channels(self, timeout_s: float) -> bool:
         """Close every reply channel once no caller holds one (every task has
         ended by now: a waiting caller notices within DIRECT_POLL_MS). The
         channel of a ``map()`` that is not being iterated is closed too; that
         map raises FarmClosedError if resumed. False if a caller still holds
         one after ``timeout_s``."""
         deadline = time.monotonic() + timeout_s
-        with self._cond:
-            while self._channels.any_held:
+        with self.books.cond:
+            while self.channels.any_held:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return False
-                self._cond.wait(min(remaining, DIRECT_POLL_MS / 1000))
-            self._channels.close()
+                self.books.cond.wait(min(remaining, DIRECT_POLL_MS / 1000))
+            self.channels.close()
             return True
 
     # ── streams (Farm.map) ───────────────────────────────────────────────
     def open_stream(self, timeout_s: float) -> Optional[DirectStream]:
         """A :class:`DirectStream` for one ``map()``, or None (no channel free,
         or pacing on: pacing admits at its own rhythm, through the router)."""
-        if self.pacer.enabled:
+        books = self.books
+        if books.pacer.enabled:
             return None
-        with self._cond:
-            channel = self._channels.checkout(self._local_addresses)
+        with books.cond:
+            channel = self.channels.checkout(self.local_addresses)
         return None if channel is None else DirectStream(self, channel, timeout_s)
 
-    def _try_stream_send(self, channel: ReplyChannel, task: Task) -> str:
+    def try_stream_send(self, channel: ReplyChannel, task: Task) -> str:
         """Send ``task`` direct on ``channel`` if its core has room: "sent";
         "full" when its core is local and ready but its contexts are full;
         "router" when the task should take the router's path."""
-        with self._cond:
-            self._check_open()
-            if not self._rotation:
+        books = self.books
+        with books.cond:
+            books.check_open()
+            if not books.rotation:
                 return "router"
-            index = self._next_index
-            core = self._core_for(index)
-            if not self._takes_direct(core):
+            core = books.core_for(books.next_index)
+            if not books.takes_direct(core):
                 return "router"
-            worker = self._worker_of_core[core]
-            slot = self._slot_with_room(worker, stream_depth(worker.stats.infer_ema_us))
+            worker = books.worker_of_core[core]
+            slot = books.slot_with_room(worker, stream_depth(worker.stats.infer_ema_us))
             if slot is None:
                 return "full"
-            if channel.epoch != self._channels.epoch:  # a worker respawned: close the sockets to the dead one
-                channel.prune(self._local_addresses(), self._channels.epoch)
-            task.task_id = index
+            if channel.epoch != self.channels.epoch:  # a worker respawned: close the sockets to the dead one
+                channel.prune(self.local_addresses(), self.channels.epoch)
+            task.task_id = books.next_index  # what enter() gives it: the header carries it
             task.core = core
             if self._send_on(channel, slot, task) is None:
                 return "router"
-            self._next_index += 1
-            self.pacer.admit(time.perf_counter())
-            self._outstanding += 1
+            books.enter(task, core, time.perf_counter())
             return "sent"
+
+
+def task_header(task: Task, direct: bool) -> bytes:
+    """A local context's TASK message (``direct``: answer on the sending socket)."""
+    out = None if task.out_region is None else task.out_region.descriptor()
+    return protocol.encode(
+        protocol.TaskMessage(task.task_id, task.attempt, task.input_descriptors, out, direct)
+    )
 
 
 class DirectStream:
@@ -298,8 +294,8 @@ class DirectStream:
 
     Used by one thread at a time (the one iterating the map)."""
 
-    def __init__(self, router: DirectPath, channel: ReplyChannel, timeout_s: float) -> None:
-        self._router = router
+    def __init__(self, path: DirectPath, channel: ReplyChannel, timeout_s: float) -> None:
+        self._path = path
         self._channel = channel
         self._timeout_s = timeout_s
         self._direct: list[Task] = []  # sent on the channel, maybe unanswered
@@ -344,7 +340,7 @@ class DirectStream:
         has, else through the router."""
         deadline = time.monotonic() + self._timeout_s
         while True:
-            outcome = self._router._try_stream_send(self._channel, task)
+            outcome = self._path.try_stream_send(self._channel, task)
             if outcome == "sent":
                 self._direct.append(task)
                 if len(self._direct) > self._prune_at:  # drop ended tasks (and the outputs they hold)
@@ -364,13 +360,13 @@ class DirectStream:
         assert isinstance(task.future, Future)  # a map()'s tasks have real futures
         task.future.add_done_callback(self._on_routed_done)
         try:
-            self._router.admit(task, 0.0)  # at once, if there is room
+            self._path.admit(task, 0.0)  # at once, if there is room
             return
         except SubmitTimeoutError:
             pass
         while self._has_direct_in_flight():
             self._wait_for_answers(deadline, "every core's queue stayed full")
-        self._router.admit(task, max(0.0, deadline - time.monotonic()))
+        self._path.admit(task, max(0.0, deadline - time.monotonic()))
 
     def _wait_for_answers(self, deadline: float, reason: str) -> None:
         if time.monotonic() >= deadline:
@@ -388,7 +384,7 @@ class DirectStream:
             if item == self._wake_pipe.fd:
                 self._wake_pipe.drain()
             else:  # one answer: if more wait, the next poll says so at once
-                self._router._take_one_direct_answer(item)
+                self._path.take_one_direct_answer(item)
 
     def close(self) -> None:
         """Give the channel back (to the router thread if answers are still due)."""
@@ -396,7 +392,7 @@ class DirectStream:
             self._poller.unregister(socket)
         self._watched.clear()
         self._hold()
-        self._router._return_channel(self._channel, self._direct)
+        self._path.return_channel(self._channel, self._direct)
         self._wake_pipe.close()
 
     def _has_direct_in_flight(self) -> bool:

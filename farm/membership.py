@@ -1,23 +1,22 @@
 """Membership: remote nodes joining, serving and leaving the farm.
 
-A mixin of :class:`farm.router.Router`; its methods run on the router
-thread, which alone touches the listener's socket (:mod:`farm.remote`).
+A component of :class:`farm.router.Router`; it owns the listener
+(:mod:`farm.remote`) and its methods run on the router thread, which alone
+touches the listener's socket; the shared state is the books' (``farm.books``).
 A node that joins becomes one more core in the rotation; a node that goes
 silent for ``heartbeat_interval_ms × heartbeat_liveness``, or cannot be
 reached, is dropped and the tasks it held go back to the queues (not counted
 as attempts: losing a board is not the task's fault; after
-``_MAX_REQUEUES`` hand-backs a task fails).
+``MAX_REQUEUES`` hand-backs a task fails).
 """
 
 from __future__ import annotations
 
-import collections
-import threading
-import time
-from typing import TYPE_CHECKING, Any, Optional
+from typing import Any, Callable, Optional
 
+from farm.books import MAX_REQUEUES, Books
 from farm.errors import FarmClosedError, TaskTimeoutError, WorkerCrashedError
-from farm.pool import ContextSlot, WorkerHandle
+from farm.pool import ContextSlot, WorkerHandle, WorkerState
 from farm.remote import REMOTE_CORE_BASE, RemoteListener, RemoteNode
 from farm.shm import SharedArena
 from farm.task import Task
@@ -25,49 +24,54 @@ from workers import protocol
 
 __all__ = ["Membership"]
 
-_MAX_REQUEUES = 10
 _BATCH = 64
+
+Failed = list[tuple[Task, BaseException]]
 
 
 class Membership:
-    """Remote-node handling for the router (a mixin: see the module docstring)."""
+    """Remote nodes joining, serving and leaving (see the module docstring).
 
-    remote: Optional[RemoteListener]
-    arena: SharedArena
-    workers: list[WorkerHandle]
-    description: Optional[dict[str, Any]]
-    options: Any
-    pacer: Any
-    _cond: threading.Condition
-    _queues: dict[int, collections.deque[Task]]
-    _worker_of_core: dict[int, WorkerHandle]
-    _rotation: list[int]
-    _last_node_beat = 0.0
-    _closing: bool
+    ``handle_message(header, frames)``: the router's bookkeeping for a
+    worker's message, under the lock (an answer to hand over, or None);
+    ``hand_over(answer)``: the delivery of one, without the lock;
+    ``fail(task, error)``: end a task; ``wake``: wake the router thread."""
 
-    if TYPE_CHECKING:
-
-        def _dispatch(self, core: int) -> None: ...
-        def _wake(self) -> None: ...
-        def _fail_task(self, task: Task, error: BaseException) -> None: ...
-        def _core_for_retry(self, dead_core: int) -> int: ...
-        def _retry(self, worker: WorkerHandle, task: Task) -> bool: ...
-        def _move_queue_off(self, worker: WorkerHandle) -> None: ...
-        def _adopt_stranded(self) -> None: ...
-        def _on_message(self, message: Any, frames: list[Any]) -> Optional[tuple]: ...
-        def _hand_over_answer(
-            self, worker: WorkerHandle, task: Task, message: Any, frames: list[Any]
-        ) -> None: ...
+    def __init__(
+        self,
+        books: Books,
+        remote: RemoteListener,
+        arena: SharedArena,
+        options: Any,
+        *,
+        handle_message: Callable[[Any, list[Any]], Optional[tuple]],
+        hand_over: Callable[[tuple], None],
+        fail: Callable[[Task, BaseException], None],
+        wake: Callable[[], None],
+    ) -> None:
+        self.books = books
+        self.remote: Optional[RemoteListener] = remote
+        self.arena = arena
+        self.options = options
+        self._handle_message = handle_message
+        self._hand_over = hand_over
+        self._fail = fail
+        self._wake = wake
+        self._last_node_beat = 0.0
 
     # ── router thread ────────────────────────────────────────────────────
-    def _serve_remote(self, events: dict[Any, int]) -> None:
+    def serve(self, events: dict[Any, int]) -> None:
+        """Router thread, without the lock: what the listener's sockets
+        brought (HELLOs, answers, heartbeats), the nodes' health, and the
+        frames queued for nodes."""
         remote = self.remote
         assert remote is not None
         if remote.monitor in events:
             remote.read_monitor()
         answered = []
-        lost: list[tuple[Task, BaseException]] = []
-        with self._cond:
+        lost: Failed = []
+        books = self.books
+        with books.cond:
             if remote.socket in events:
                 for _ in range(_BATCH):
                     item = remote.receive()
@@ -77,40 +81,49 @@ class Membership:
                     if type(message) is protocol.HelloMessage:
                         lost += self._on_hello(identity, message.name, message.info)
                         continue
-                    answer = self._on_message(message, frames)
+                    answer = self._handle_message(message, frames)
                     if answer is not None:
                         answered.append(answer)
-            lost += self._check_nodes(time.monotonic())
-            if self._closing:
+            lost += self._check_nodes(books.clock())
+            if books.closing:
                 lost += self._take_unservable_tasks()
-            self._cond.notify_all()
+            books.cond.notify_all()
         for answer in answered:
-            self._hand_over_answer(*answer)
+            self._hand_over(answer)
         lost += self._flush_remote()
         for task, error in lost:
-            self._fail_task(task, error)
+            self._fail(task, error)
 
-    def _flush_remote(self) -> list[tuple[Task, BaseException]]:
+    def _flush_remote(self) -> Failed:
         assert self.remote is not None
         unreachable = self.remote.flush()
-        failed: list[tuple[Task, BaseException]] = []
+        failed: Failed = []
         if unreachable:
-            with self._cond:
+            with self.books.cond:
                 for identity in unreachable:
                     node = self.remote.by_identity.get(identity)
                     if node is not None:
                         failed += self._drop_node(node, "it could not be reached")
         return failed
 
-    def _close_remote(self) -> None:
+    def close(self) -> None:
+        """Close the listener (router thread, or the teardown once that thread is gone)."""
         if self.remote is not None:
             self.remote.close()
             self.remote = None
 
     # ── under the lock ───────────────────────────────────────────────────
-    def _on_hello(self, identity: bytes, name: str, info: dict[str, Any]) -> list[tuple[Task, BaseException]]:
+    def send_task(self, slot: ContextSlot, task: Task) -> None:
+        """Under the lock: queue ``task`` for the node that owns ``slot`` (sent
+        by the router thread's next flush)."""
+        assert self.remote is not None and isinstance(slot.worker, RemoteNode)
+        self.remote.queue_task(slot.worker, slot, task, self.arena.buffer_of)
+        self._wake()
+
+    def _on_hello(self, identity: bytes, name: str, info: dict[str, Any]) -> Failed:
         assert self.remote is not None
-        failed: list[tuple[Task, BaseException]] = []
+        books = self.books
+        failed: Failed = []
         previous = self.remote.by_identity.get(identity) or self._same_process_named(name, info)
         if previous is not None:  # it reconnected: its old incarnation is gone
             failed = self._drop_node(previous, "it registered again")
@@ -127,29 +140,27 @@ class Membership:
         # A node that comes back under its name takes its old place (its core,
         # its stats, the tasks left on its queue) in a new generation.
         returning = self._dropped_node_named(name)
-        worker_id = len(self.workers) if returning is None else returning.worker_id
+        worker_id = len(books.workers) if returning is None else returning.worker_id
         generation = 1 if returning is None else returning.generation + 1
         if not self.remote.answer_hello(identity, info, worker_id, generation):
             return failed
         self.remote.send(identity, [self._router_beat()])  # at once: the node learns the router's pace
         if returning is None:
             node = RemoteNode(worker_id, REMOTE_CORE_BASE + worker_id, identity, name, info)
-            self.workers.append(node)
-            self._worker_of_core[node.core] = node
-            self._queues[node.core] = collections.deque()
+            books.add_worker(node)
         else:
             node = returning
             node.rejoin(identity, info, generation)
-        node.ready = True
-        node.last_seen = time.monotonic()
+        node.enter(WorkerState.READY)
+        node.last_seen = books.clock()
         node.description = info.get("description")
-        self._rotation.append(node.core)
+        books.rotation.append(node.core)
         self.remote.by_identity[identity] = node
-        self.pacer.n_cores = len(set(self._rotation))
-        if self.description is None and node.description:
-            self.description = node.description
-        self._dispatch(node.core)
-        self._adopt_stranded()
+        books.pacer.n_cores = len(set(books.rotation))
+        if node.description:
+            books.describe(node.description)
+        books.dispatch(node.core)
+        books.adopt_stranded()
         self._wake()
         return failed
 
@@ -174,18 +185,15 @@ class Membership:
     def _dropped_node_named(self, name: str) -> Optional[RemoteNode]:
         assert self.remote is not None
         connected = self.remote.by_identity
-        gone = (w for w in self.workers if isinstance(w, RemoteNode) and connected.get(w.identity) is not w)
+        gone = (
+            w for w in self.books.workers if isinstance(w, RemoteNode) and connected.get(w.identity) is not w
+        )
         return next((node for node in gone if node.name == name), None)
 
-    def _send_remote(self, slot: ContextSlot, task: Task) -> None:
-        assert self.remote is not None and isinstance(slot.worker, RemoteNode)
-        self.remote.queue_task(slot.worker, slot, task, self.arena.buffer_of)
-        self._wake()
-
-    def _check_nodes(self, now: float) -> list[tuple[Task, BaseException]]:
+    def _check_nodes(self, now: float) -> Failed:
         assert self.remote is not None
         interval = self.options.heartbeat_interval_ms / 1000
-        failed: list[tuple[Task, BaseException]] = []
+        failed: Failed = []
         for node in list(self.remote.by_identity.values()):
             # A node that beats more slowly than the router is given its own pace.
             if now - node.last_seen > max(interval, node.heartbeat_s) * self.options.heartbeat_liveness:
@@ -199,21 +207,23 @@ class Membership:
                 self.remote.send(node.identity, [beat])
         return failed
 
-    def _time_out_node_tasks(self, node: RemoteNode, now: float) -> list[tuple[Task, BaseException]]:
+    def _time_out_node_tasks(self, node: RemoteNode, now: float) -> Failed:
         """``task_timeout_ms`` for tasks on a node, by the rule for a local
         context: its oldest task has run too long. The router cannot kill a
         worker on another board, so it gives up on that one task (retried
         elsewhere, or failed with the error of a local time-out) and ignores a
-        late answer; the node's own ``--task-timeout-ms`` frees its worker."""
+        late answer. The node's worker may still be running it, so the context
+        stays taken until that answer comes (the node's own
+        ``--task-timeout-ms`` frees its worker) or the node is lost."""
         timeout_ms = self.options.task_timeout_ms
-        failed: list[tuple[Task, BaseException]] = []
+        failed: Failed = []
         for slot in node.slots:
             if not slot.in_flight or now - slot.busy_since <= timeout_ms / 1000:
                 continue
-            task = slot.in_flight.pop(next(iter(slot.in_flight)))
-            slot.busy_since = now  # the next task in its window starts its clock now
+            task = next(iter(slot.in_flight.values()))
+            self.books.give_up(slot, task)
             # A new attempt: the node's late answer to this one is stale, and dropped.
-            if not self._retry(node, task):
+            if not self.books.requeue(task, node):
                 message = (
                     f"task {task.task_id} ran longer than task_timeout_ms={timeout_ms} on node "
                     f"{node.name!r} (core {node.core}); it was tried {task.attempt} time(s) "
@@ -222,53 +232,40 @@ class Membership:
                 failed.append((task, TaskTimeoutError(message, None, node.core)))
         return failed
 
-    def _take_unservable_tasks(self) -> list[tuple[Task, BaseException]]:
+    def _take_unservable_tasks(self) -> Failed:
         """While ``close()`` drains: queued tasks that no core can run any more
         (every node left, and no local worker serves or is starting) would
         keep it waiting forever, so they fail."""
-        if any(w.ready or self._may_serve_again(w) for w in self.workers):
+        if any(w.ready or self._may_serve_again(w) for w in self.books.workers):
             return []
         error = FarmClosedError(
             "the farm closed while this task waited for a core and none was left to run it "
             "(every node had left)"
         )
-        stranded = [task for queue in self._queues.values() for task in queue]
-        for queue in self._queues.values():
-            queue.clear()
-        return [(task, error) for task in stranded]
+        return [(task, error) for task in self.books.take_queued()]
 
     @staticmethod
     def _may_serve_again(worker: WorkerHandle) -> bool:
-        """A local worker that is starting or due to respawn (a node that left
-        may never come back)."""
-        starting = worker.process is not None and worker.exit_fd >= 0
-        return not worker.remote and (worker.respawn_at is not None or starting)
+        """A local worker that is starting, retiring or due to respawn (a node
+        that left may never come back)."""
+        serving = (WorkerState.STARTING, WorkerState.RETIRING, WorkerState.BACKOFF)
+        return not worker.remote and worker.state in serving
 
-    def _drop_node(self, node: RemoteNode, reason: str) -> list[tuple[Task, BaseException]]:
+    def _drop_node(self, node: RemoteNode, reason: str) -> Failed:
         """Take a lost node out of the rotation; its tasks go back to the queues."""
         assert self.remote is not None
         if self.remote.by_identity.get(node.identity) is not node:
             return []
+        books = self.books
         del self.remote.by_identity[node.identity]
         self.remote.counters["lost"] += 1
-        node.ready = False
+        node.enter(WorkerState.DOWN)
         node.last_error = f"node {node.name!r} was dropped: {reason}"
-        self._rotation.remove(node.core)
-        self.pacer.n_cores = max(1, len(set(self._rotation)))
-        orphans = [t for slot in node.slots for t in slot.in_flight.values()]
-        for slot in node.slots:
-            slot.in_flight.clear()
-        failed: list[tuple[Task, BaseException]] = []
-        for task in sorted(orphans, key=lambda t: t.task_id, reverse=True):
-            task.requeues += 1
-            if task.requeues >= _MAX_REQUEUES:
-                failed.append(
-                    (task, WorkerCrashedError(f"task {task.task_id} was on {_MAX_REQUEUES} lost nodes"))
-                )
-                continue
-            node.stats.retried += 1
-            target = self._core_for_retry(node.core)
-            self._queues[target].appendleft(task)
-            self._dispatch(target)
-        self._move_queue_off(node)
-        return failed
+        books.rotation.remove(node.core)
+        books.pacer.n_cores = max(1, len(set(books.rotation)))
+        spent = books.requeue_all(books.take_in_flight(node), node, counted=False)
+        books.move_queue_off(node)
+        return [
+            (task, WorkerCrashedError(f"task {task.task_id} was on {MAX_REQUEUES} lost nodes"))
+            for task in spent
+        ]

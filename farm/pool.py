@@ -16,6 +16,7 @@ worker's death from ``exit_fd``, a pipe whose write end only the worker holds
 
 from __future__ import annotations
 
+import enum
 import json
 import os
 import subprocess
@@ -30,13 +31,57 @@ from farm.dmabuf import DmaFrames, FrameChannel, frame_socket_pair
 from farm.stats import WorkerStats
 from workers.protocol import QUIT
 
-__all__ = ["ContextSlot", "WorkerHandle", "kill_process", "reap_process", "request_stop", "spawn_worker"]
+__all__ = [
+    "ContextSlot",
+    "WorkerHandle",
+    "WorkerState",
+    "kill_process",
+    "reap_process",
+    "request_stop",
+    "spawn_worker",
+]
+
+
+class WorkerState(enum.Enum):
+    """Where a worker slot is in its life (``farm.supervision`` draws the machine).
+
+    A remote node is READY while it is connected and DOWN once it is dropped."""
+
+    STARTING = "starting"  # spawned, its READY not seen yet
+    READY = "ready"  # takes tasks
+    RETIRING = "retiring"  # being recycled: no new work, replaced once idle
+    BACKOFF = "back-off"  # it died: respawned at ``respawn_at``
+    DOWN = "down"  # not running and not due to run (not started, crash loop, stopped, node gone)
+
+    @property
+    def label(self) -> str:
+        """The name ``stats()`` and ``health()`` give it (documented in docs/concepts.md:
+        a worker waiting out its back-off is "starting", one retiring "recycling")."""
+        return _LABELS[self]
+
+
+_LABELS = {
+    WorkerState.STARTING: "starting",
+    WorkerState.READY: "ready",
+    WorkerState.RETIRING: "recycling",
+    WorkerState.BACKOFF: "starting",
+    WorkerState.DOWN: "down",
+}
+
+#: Every change of state a worker may make; anything else is a bug in the router.
+_TRANSITIONS: dict[WorkerState, frozenset[WorkerState]] = {
+    WorkerState.DOWN: frozenset({WorkerState.STARTING, WorkerState.READY}),  # spawned; a node joined
+    WorkerState.STARTING: frozenset({WorkerState.READY, WorkerState.BACKOFF, WorkerState.DOWN}),
+    WorkerState.READY: frozenset({WorkerState.RETIRING, WorkerState.BACKOFF, WorkerState.DOWN}),
+    WorkerState.RETIRING: frozenset({WorkerState.BACKOFF, WorkerState.DOWN}),
+    WorkerState.BACKOFF: frozenset({WorkerState.STARTING, WorkerState.BACKOFF, WorkerState.DOWN}),
+}
 
 
 class ContextSlot:
     """One context of one worker, and the tasks the router has sent it."""
 
-    __slots__ = ("worker", "index", "socket", "address", "in_flight", "busy_since")
+    __slots__ = ("worker", "index", "socket", "address", "in_flight", "held", "busy_since")
 
     def __init__(
         self, worker: WorkerHandle, index: int, socket: Optional[zmq.Socket], address: str = ""
@@ -46,6 +91,9 @@ class ContextSlot:
         self.socket = socket
         self.address = address  # of the context's ROUTER (local workers)
         self.in_flight: dict[int, Any] = {}
+        # (task id, attempt) of tasks the router gave up on while the context may
+        # still run them (a node's hung task): they take room until answered.
+        self.held: set[tuple[int, int]] = set()
         self.busy_since = 0.0  # when the task it is running now started (monotonic)
 
 
@@ -64,7 +112,7 @@ class WorkerHandle:
         self.stdin_lock = threading.Lock()
         self.exit_fd = -1
         self.slots: list[ContextSlot] = []
-        self.ready = False
+        self.state = WorkerState.DOWN
         self.pid: Optional[int] = None
         self.description: Optional[dict[str, Any]] = None
         self.stats = WorkerStats()
@@ -76,12 +124,31 @@ class WorkerHandle:
         self.last_error = ""
         self.kill_reason = ""  # set when the router killed it (hang, timeout)
         self.kill_is_timeout = False
-        self.retiring = False  # being recycled: no new work, replaced once idle
         self.recycles = 0
         self.tasks_this_life = 0
         self.rss_mb = 0.0
         self.rss_checked_at = 0.0
         self.frame_channel: Optional[FrameChannel] = None  # its dma-buf frames' socket (farm.dmabuf)
+
+    @property
+    def ready(self) -> bool:
+        """Whether it takes tasks."""
+        return self.state is WorkerState.READY
+
+    @property
+    def retiring(self) -> bool:
+        """Whether it is being recycled (no new work; replaced once idle)."""
+        return self.state is WorkerState.RETIRING
+
+    def enter(self, state: WorkerState) -> None:
+        """Move to ``state``; a change the state machine does not have is a router bug."""
+        if state is self.state and state is not WorkerState.BACKOFF:
+            return
+        if state not in _TRANSITIONS[self.state]:
+            raise RuntimeError(
+                f"worker for core {self.core}: no transition from {self.state.name} to {state.name}"
+            )
+        self.state = state
 
     @property
     def node_name(self) -> str:
@@ -105,7 +172,7 @@ def spawn_worker(
     """Start a new incarnation of ``handle``'s worker (sockets, process, life
     line, and with ``frames`` the socket its dma-buf frames travel on)."""
     handle.generation += 1
-    handle.ready = False
+    handle.enter(WorkerState.STARTING)
     handle.tasks_this_life = 0
     handle.slots = []
     addresses = []

@@ -28,13 +28,21 @@ gets at most ``WINDOW`` tasks at once: the one it runs and the next, which
 waits in its socket so the context never idles for a round trip (a ``map()``
 queues deeper when tasks are short: ``farm.direct.stream_depth``).
 
-All state below is guarded by ``self._cond``; sends on the context sockets
+The router composes its parts; each owns its own state:
+
+- ``books`` (``farm.books``): the queues, the task index, the worker table,
+  the pacer, the farm's flags, and the decisions on them (no I/O);
+- ``supervisor`` (``farm.supervision``): workers' deaths, hangs, respawns;
+- ``nodes`` (``farm.membership``): remote nodes joining and leaving;
+- ``answers`` (``farm.answers``): outputs, futures, callbacks, the perf line;
+- ``direct`` (``farm.direct``): callers that read their own answers.
+
+All shared state is guarded by ``books.cond``; sends on the context sockets
 happen under it too (a ZeroMQ socket must not be used by two threads at once).
 """
 
 from __future__ import annotations
 
-import collections
 import os
 import shutil
 import sys
@@ -44,20 +52,15 @@ import time
 import traceback
 from typing import Any, Optional
 
+import numpy as np
 import zmq
 
 from farm.answers import Answers
+from farm.books import WINDOW, Books
 from farm.callbacks import CallbackThread
 from farm.channels import ChannelPool, ReplyChannel
-from farm.direct import WINDOW, DirectPath, stream_depth
-from farm.errors import (
-    FarmBrokenError,
-    FarmClosedError,
-    FarmError,
-    SubmitTimeoutError,
-    WorkerCrashedError,
-    WorkerStartError,
-)
+from farm.direct import DirectPath, DirectStream, stream_depth, task_header
+from farm.errors import FarmBrokenError, FarmClosedError, WorkerStartError
 from farm.membership import Membership
 from farm.options import FarmOptions
 from farm.pacing import Pacer
@@ -72,7 +75,7 @@ from farm.pool import (
 )
 from farm.remote import RemoteListener
 from farm.shm import SharedArena
-from farm.supervision import Supervision
+from farm.supervision import Supervisor
 from farm.task import Task
 from farm.wakepipe import WakePipe
 from workers import protocol
@@ -111,7 +114,7 @@ def _runtime_facts(description: Optional[dict[str, Any]]) -> dict[str, Any]:
     return {key: description[key] for key in _RUNTIME_FACTS if description and key in description}
 
 
-class Router(DirectPath, Supervision, Membership, Answers):
+class Router:
     """Owns the workers, the queues and the receive loop of one farm."""
 
     def __init__(
@@ -126,8 +129,6 @@ class Router(DirectPath, Supervision, Membership, Answers):
         self.options = options
         self.arena = arena
         self._base_spec = base_spec
-        self._perf_log = perf_log
-        self._cond = threading.Condition()
         self._zmq = zmq.Context()
         self._ipc_dir = tempfile.mkdtemp(prefix=f"{SEGMENT_PREFIX}{os.getpid()}-")
         self._inbound = self._zmq.socket(zmq.PULL)
@@ -136,73 +137,110 @@ class Router(DirectPath, Supervision, Membership, Answers):
         self._base_spec["result_address"] = f"ipc://{self._ipc_dir}/in"
         self._inbound.bind(self._base_spec["result_address"])
         local_cores = options.cores if options.local_cores else ()
-        self.workers: list[WorkerHandle] = [
-            WorkerHandle(i, core, options.core_mask_for(core), cpus_for_core[core])
-            for i, core in enumerate(local_cores)
-        ]
-        self._worker_of_core = {w.core: w for w in self.workers}
-        self._queues: dict[int, collections.deque[Task]] = {c: collections.deque() for c in local_cores}
-        # Task k goes to _rotation[k % len]: the schedule, then each remote node once.
-        self._rotation: list[int] = list(options.schedule or options.cores) if options.local_cores else []
-        self.pacer = Pacer(options.n_distinct_cores, options.enable_pacing)
-        # With pacing, at most one task waits per core: the seed's EMA counts
-        # inference only, so its interval runs a little ahead of what a task
-        # really costs, and the queues would creep up to max_queue_size.
-        self._queue_limit = 1 if options.enable_pacing else options.max_queue_size
-        self.remote: Optional[RemoteListener] = None
+        self.books = Books(
+            workers=[
+                WorkerHandle(i, core, options.core_mask_for(core), cpus_for_core[core])
+                for i, core in enumerate(local_cores)
+            ],
+            # Task k goes to rotation[k % len]: the schedule, then each remote node once.
+            rotation=list(options.schedule or options.cores) if options.local_cores else [],
+            pacer=Pacer(options.n_distinct_cores, options.enable_pacing),
+            # With pacing, at most one task waits per core: the seed's EMA counts
+            # inference only, so its interval runs a little ahead of what a task
+            # really costs, and the queues would creep up to max_queue_size.
+            queue_limit=1 if options.enable_pacing else options.max_queue_size,
+            max_retries=options.max_retries,
+            send=self._send,
+            fail_soon=self._fail_soon,
+        )
+        self.callbacks = CallbackThread(options.sequential_callbacks)
+        self.answers = Answers(self.books, arena, self.callbacks, options, perf_log)
+        self.supervisor = Supervisor(
+            self.books, options, spawn=self._spawn, fail=self.answers.fail, fail_soon=self._fail_soon
+        )
+        self.nodes: Optional[Membership] = None
         if options.listen:
             try:
-                self.remote = RemoteListener(self._zmq, options, base_spec["model"])
+                listener = RemoteListener(self._zmq, options, base_spec["model"])
             except BaseException:
                 self._inbound.close(linger=0)
                 self._zmq.term()
                 shutil.rmtree(self._ipc_dir, ignore_errors=True)
                 raise
-        self.callbacks = CallbackThread(options.sequential_callbacks)
+            self.nodes = Membership(
+                self.books,
+                listener,
+                arena,
+                options,
+                handle_message=self.handle_message,
+                hand_over=self._hand_over,
+                fail=self.answers.fail,
+                wake=self._wake,
+            )
         self._channels = ChannelPool(self._zmq)
         self._spin = SpinWait(options.spin_us)  # run() callers waiting for their answers
-        self.description: Optional[dict[str, Any]] = None
-        self._output_hints: collections.OrderedDict[tuple, int] = collections.OrderedDict()
-        self._next_index = 0
-        self._next_callback_seq = 0
-        self._outstanding = 0
-        self._starting = True
-        self._closing = False  # close() began: no new task is admitted
-        self._cancelling = False  # close(cancel=True) came: no close() waits for tasks any more
-        self._stopping = False  # the teardown began
+        self.direct = DirectPath(
+            self.books,
+            self._channels,
+            self._spin,
+            admit=self.admit,
+            handle_message=self.handle_message,
+            hand_over=self._hand_over,
+        )
         self._teardown: Optional[threading.Thread] = None
         self._torn_down = threading.Event()
-        self._broken = ""  # every worker is in a crash loop: new tasks fail with WorkerCrashedError
-        self._failure: Optional[FarmBrokenError] = None  # the router thread died: see _break
-        self._start_error = ""
         self._wake_pipe = WakePipe()
         self._thread = threading.Thread(target=self._receive_loop, name=ROUTER_THREAD_NAME, daemon=True)
+
+    @property
+    def workers(self) -> list[WorkerHandle]:
+        """Every worker slot: the local cores, then the nodes that have joined."""
+        return self.books.workers
+
+    @property
+    def pacer(self) -> Pacer:
+        return self.books.pacer
+
+    @property
+    def description(self) -> Optional[dict[str, Any]]:
+        """What the first worker (or node) to start said about its model and runtime."""
+        return self.books.description
+
+    @property
+    def remote(self) -> Optional[RemoteListener]:
+        """The listener remote nodes join through (None: the farm does not listen)."""
+        return None if self.nodes is None else self.nodes.remote
+
+    def output_hint(self, input_key: tuple) -> Optional[int]:
+        """Bytes the outputs took last time for inputs of these shapes."""
+        return self.answers.output_hint(input_key)
 
     # ── start ────────────────────────────────────────────────────────────
     def start(self, timeout_s: float) -> None:
         """Spawn every worker and wait until all are ready (or one fails)."""
-        for worker in self.workers:
+        books = self.books
+        for worker in books.workers:
             self._spawn(worker)
         self._thread.start()
         deadline = time.monotonic() + timeout_s
-        with self._cond:
-            while not self._start_error and not all(w.ready for w in self.workers):
+        with books.cond:
+            while not books.start_error and not all(w.ready for w in books.workers):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    self._start_error = (
+                    books.start_error = (
                         f"workers did not become ready within {timeout_s:.0f} s "
                         "(a slow model load? raise start_timeout_s)"
                     )
                     break
-                self._cond.wait(remaining)
-            self._starting = False
-            error = self._start_error
+                books.cond.wait(remaining)
+            books.starting = False
+            error = books.start_error
         if error:
             self.close(cancel=True)
             raise WorkerStartError(error)
 
     def _spawn(self, worker: WorkerHandle) -> None:
-        with self._cond:
+        with self.books.cond:
             self._channels.epoch += 1  # its contexts get new addresses
         spawn_worker(
             worker,
@@ -224,139 +262,63 @@ class Router(DirectPath, Supervision, Membership, Answers):
         ``direct``: the caller will wait for the task in this thread; if the
         task can start at once it is sent on a reply channel and the channel
         and socket to wait on (:meth:`wait_direct`) are returned, else None."""
+        books = self.books
         deadline = time.perf_counter() + timeout_s
-        limit = self._queue_limit
-        with self._cond:
+        with books.cond:
             while True:
-                self._check_open()
+                books.check_open()
                 now = time.perf_counter()
-                core = self._core_with_room(self._next_index)
-                pacing_wait = self.pacer.wait_s(now)
+                core, pacing_wait = books.admission_wait(now)
                 if pacing_wait == 0.0 and core is not None:
                     break
                 remaining = deadline - now
                 if remaining <= 0:
-                    reason = "pacing" if pacing_wait else f"every core's queue is full ({limit} tasks each)"
-                    raise SubmitTimeoutError(
-                        f"submit timed out after {timeout_s * 1000:.0f} ms: {reason}; the farm is saturated "
-                        "(raise submit_timeout_ms or max_queue_size, or submit more slowly)"
-                    )
-                self._cond.wait(min(remaining, pacing_wait) if pacing_wait else remaining)
-            task.task_id = self._next_index
-            self._next_index += 1
-            task.core = core
-            if task.callback is not None:
-                task.callback_seq = self._next_callback_seq
-                self._next_callback_seq += 1
-            self.pacer.admit(now)
-            self._outstanding += 1
+                    raise books.saturated_error(timeout_s, pacing_wait)
+                books.cond.wait(min(remaining, pacing_wait) if pacing_wait else remaining)
+            books.enter(task, core, now)
             if direct:
-                sent = self._send_direct(core, task)
+                sent = self.direct.send_direct(core, task)
                 if sent is not None:
                     return sent
-            self._queues[core].append(task)
-            self._dispatch(core)
+            books.queues[core].append(task)
+            books.dispatch(core)
             return None
 
-    def _check_open(self) -> None:
-        if self._closing:
-            raise FarmClosedError("the farm is closed; create a new Farm to run more tasks")
-        if self._failure is not None:  # a new error each time: threads must not share a traceback
-            raise FarmBrokenError(str(self._failure)) from self._failure.__cause__
-        if self._broken:
-            raise WorkerCrashedError(self._broken)
+    def wait_direct(
+        self, task: Task, channel: ReplyChannel, socket: zmq.Socket, timeout: Optional[float]
+    ) -> list[np.ndarray]:
+        """Wait in the caller's thread for a task :meth:`admit` sent direct."""
+        return self.direct.wait_direct(task, channel, socket, timeout)
 
-    def _core_with_room(self, index: int) -> Optional[int]:
-        """Task ``index``'s core by the schedule, or, when that core's queue is
-        full, the next core in schedule order that has room (a saturated core
-        must not hold up cores that are free); None when all are full or no
-        core serves yet (a farm of remote nodes before the first joins)."""
-        rotation = self._rotation
-        if not rotation:
-            return None
-        limit = self._queue_limit
-        core = self._core_for(index)
-        if len(self._queues[core]) < limit:
-            return core
-        for step in range(1, len(rotation)):
-            other = rotation[(index + step) % len(rotation)]
-            if self._worker_of_core[other].ready and len(self._queues[other]) < limit:
-                return other
-        return None
-
-    def _core_for(self, index: int) -> int:
-        core = self._rotation[index % len(self._rotation)]
-        if self._worker_of_core[core].ready:
-            return core
-        # That core's worker is down: don't make its tasks wait for the respawn.
-        ready = [w.core for w in self.workers if w.ready]
-        return min(ready, key=lambda c: len(self._queues[c])) if ready else core
-
-    # ── dispatch (under the lock) ────────────────────────────────────────
-    def _dispatch(self, core: int) -> None:
-        worker = self._worker_of_core[core]
-        queue = self._queues[core]
-        if not queue or not worker.ready:
-            return
-        while queue:
-            slot = self._slot_with_room(worker)
-            if slot is None:
-                return
-            task = queue.popleft()
-            try:
-                self._send(slot, task)
-            except zmq.ZMQError as exc:
-                # Cannot happen on a connecting DEALER without a high-water mark;
-                # if it does, the task waits for the next dispatch, not lost.
-                print(f"rknn-farm: could not send to core {core}: {exc}", file=sys.stderr)
-                queue.appendleft(task)
-                return
-            except Exception as exc:  # this task cannot be sent at all (its input is gone): it fails
-                error = FarmError(f"task {task.task_id} could not be sent to core {core}: {exc}")
-                self._fail_soon(task, error)
-        self._cond.notify_all()
-
-    @staticmethod
-    def _slot_with_room(worker: WorkerHandle, limit: int = WINDOW) -> Optional[ContextSlot]:
-        """The least busy context of ``worker``, if it holds fewer than ``limit`` tasks."""
-        slot = min(worker.slots, key=lambda s: len(s.in_flight))
-        return slot if len(slot.in_flight) < limit else None
+    def open_stream(self, timeout_s: float) -> Optional[DirectStream]:
+        """A stream for one ``map()`` (see ``farm.direct``), or None."""
+        return self.direct.open_stream(timeout_s)
 
     def map_window(self) -> int:
         """Tasks a ``map()`` keeps in flight by default: what fills every
         context (deeper for short tasks, see ``stream_depth``), plus a queue."""
-        with self._cond:
+        with self.books.cond:
             contexts = self.options.threads_per_core
             held = sum(
                 len(w.slots) * WINDOW if w.remote else contexts * stream_depth(w.stats.infer_ema_us)
-                for w in self.workers
+                for w in self.books.workers
             )
         return held + self.options.max_queue_size
 
+    # ── sending (under the lock) ─────────────────────────────────────────
     def _send(self, slot: ContextSlot, task: Task) -> None:
+        """Send ``task`` to ``slot``: to a local context's socket, or queued for its node."""
         if slot.worker.remote:
-            self._send_remote(slot, task)
+            assert self.nodes is not None
+            self.nodes.send_task(slot, task)
         else:
             assert slot.socket is not None
-            slot.socket.send(self._task_header(task, direct=False), flags=zmq.NOBLOCK)
-        self._book(slot, task)
+            slot.socket.send(task_header(task, direct=False), flags=zmq.NOBLOCK)
 
-    @staticmethod
-    def _task_header(task: Task, direct: bool) -> bytes:
-        """A local context's TASK message (``direct``: answer on the sending socket)."""
-        out = None if task.out_region is None else task.out_region.descriptor()
-        return protocol.encode(
-            protocol.TaskMessage(task.task_id, task.attempt, task.input_descriptors, out, direct)
-        )
-
-    @staticmethod
-    def _book(slot: ContextSlot, task: Task) -> None:
-        """Under the lock: ``task`` was sent to ``slot``; put it on the context's books."""
-        if not slot.in_flight:
-            slot.busy_since = time.monotonic()
-        slot.in_flight[task.task_id] = task
-        task.slot = slot
-        task.dispatched_at = time.perf_counter()
+    def _fail_soon(self, task: Task, error: BaseException) -> None:
+        """Under the lock: fail ``task`` from a thread of its own, since its
+        future's callbacks must not run under the router's lock."""
+        threading.Thread(target=self.answers.fail, args=(task, error), daemon=True).start()
 
     # ── receive loop (router thread) ─────────────────────────────────────
     def _wake(self) -> None:
@@ -376,6 +338,7 @@ class Router(DirectPath, Supervision, Membership, Answers):
     def _serve(self) -> None:
         """Poll the inbound socket, the wake pipe, the workers' exit pipes and
         the remote listener until the farm stops."""
+        books = self.books
         poller = zmq.Poller()
         poller.register(self._inbound, zmq.POLLIN)
         poller.register(self._wake_pipe.fd, zmq.POLLIN)
@@ -384,12 +347,12 @@ class Router(DirectPath, Supervision, Membership, Answers):
             poller.register(self.remote.monitor, zmq.POLLIN)
         watched: dict[int, WorkerHandle] = {}
         while True:
-            with self._cond:
-                if self._stopping and not any(w.process and w.exit_fd >= 0 for w in self.workers):
-                    self._close_remote()
+            with books.cond:
+                if books.stopping and not any(w.process and w.exit_fd >= 0 for w in books.workers):
+                    self._close_nodes()
                     return
-                exit_fds = {w.exit_fd: w for w in self.workers if w.exit_fd >= 0}
-                timeout_ms = self._timer_ms()
+                exit_fds = {w.exit_fd: w for w in books.workers if w.exit_fd >= 0}
+                timeout_ms = self.supervisor.timer_ms()
             if exit_fds != watched:  # a worker died or was (re)spawned
                 for fd in watched:
                     poller.unregister(fd)
@@ -398,41 +361,30 @@ class Router(DirectPath, Supervision, Membership, Answers):
                 watched = exit_fds
             events = dict(poller.poll(timeout_ms))
             self._handle_events(events, exit_fds)
-            self._sweep_channels()
+            self.direct.sweep_channels()
 
     def _break(self, cause: BaseException) -> None:
         """The router thread is dying of ``cause``: no task can be routed any
         more, so every task the farm holds fails now with a FarmBrokenError
         whose ``__cause__`` is ``cause`` (as ``concurrent.futures`` breaks a
         pool whose manager fails) rather than wait for ever; later calls
-        raise it at once (:meth:`_check_open`) and ``health()`` says why."""
+        raise it at once (``Books.check_open``) and ``health()`` says why."""
         error = FarmBrokenError(
             f"the farm's router thread failed with {type(cause).__name__}: {cause}; every task the farm "
             "held failed, and it runs no more. Close it and create a new Farm. This is a bug in "
             "rknn-farm: please report it with the traceback printed on stderr"
         )
         error.__cause__ = cause
-        with self._cond:
-            self._failure = error
-            pending = self._take_every_task()
-            self._cond.notify_all()
+        books = self.books
+        with books.cond:
+            books.failure = error
+            pending = books.take_every_task()
+            books.cond.notify_all()
         for task in pending:
             try:
-                self._fail_task(task, error)
+                self.answers.fail(task, error)
             except Exception:  # one task that cannot be failed must not keep the others waiting
                 traceback.print_exc()
-
-    def _take_every_task(self) -> list[Task]:
-        """Under the lock: every task queued or in flight (a run() caller's
-        direct task is in flight on its context), off the books."""
-        tasks = [task for queue in self._queues.values() for task in queue]
-        for queue in self._queues.values():
-            queue.clear()
-        for worker in self.workers:
-            for slot in worker.slots:
-                tasks.extend(slot.in_flight.values())
-                slot.in_flight.clear()
-        return tasks
 
     def _handle_events(self, events: dict[Any, int], exit_fds: dict[int, WorkerHandle]) -> None:
         if self._wake_pipe.fd in events:
@@ -442,12 +394,12 @@ class Router(DirectPath, Supervision, Membership, Answers):
         for fd, worker in exit_fds.items():
             if fd in events:
                 self._drain_inbound()  # its last answers come before its death
-                if self._starting and not worker.last_error and self._inbound.poll(_LAST_WORDS_MS):
+                if self.books.starting and not worker.last_error and self._inbound.poll(_LAST_WORDS_MS):
                     self._drain_inbound()  # why it could not start may still be on its way
-                self._on_worker_exit(worker)
-        if self.remote is not None:
-            self._serve_remote(events)
-        self._run_timers()
+                self.supervisor.on_worker_exit(worker)
+        if self.nodes is not None:
+            self.nodes.serve(events)
+        self.supervisor.run_timers()
 
     def _drain_inbound(self) -> None:
         """Take every waiting message, do the bookkeeping of all of them under
@@ -466,24 +418,24 @@ class Router(DirectPath, Supervision, Membership, Answers):
             if not batch:
                 return
             answered = []
-            with self._cond:
+            with self.books.cond:
                 for message, frames in batch:
                     try:
-                        answer = self._on_message(message, frames)
+                        answer = self.handle_message(message, frames)
                     except Exception as exc:  # a malformed message must not kill the router
                         print(f"rknn-farm: dropped a malformed worker message: {exc!r}", file=sys.stderr)
                         continue
                     if answer is not None:
                         answered.append(answer)
-                self._cond.notify_all()
-            for worker, task, message, frames in answered:
-                self._hand_over_answer(worker, task, message, frames)
+                self.books.cond.notify_all()
+            for answer in answered:
+                self._hand_over(answer)
 
-    def _on_message(self, message: Any, frames: list[Any]) -> Optional[tuple]:
-        """Under the lock: the state change a message (a record of
+    def handle_message(self, message: Any, frames: list[Any]) -> Optional[tuple]:
+        """Under the lock: the state change a worker's message (a record of
         ``protocol.FOR_ROUTER`` from a worker or node) makes. A task answer is
-        returned for :meth:`_hand_over_answer`."""
-        worker = self.workers[message.worker_id]
+        returned, to be handed over (without the lock) by :meth:`_hand_over`."""
+        worker = self.books.workers[message.worker_id]
         if message.generation != worker.generation:
             return None  # from an incarnation that is gone
         worker.last_seen = time.monotonic()
@@ -492,30 +444,42 @@ class Router(DirectPath, Supervision, Membership, Answers):
             task = self._take_answered_task(worker, message)
             return None if task is None else (worker, task, message, frames)
         if kind is protocol.ReadyMessage:
-            self._on_ready(worker, message.pid, message.description)
+            self.supervisor.on_ready(worker, message.pid, message.description)
+            self.books.describe(message.description)
         elif kind is protocol.StartFailedMessage:
             worker.last_error = f"{message.error}\n{message.traceback}"
         elif kind is protocol.HeartbeatMessage and message.rss_mb is not None:  # a node's workers' memory
             worker.rss_mb = float(message.rss_mb)
         return None
 
-    def _on_ready(self, worker: WorkerHandle, pid: int, description: dict[str, Any]) -> None:
-        # It loaded the model: whatever killed its predecessors, this is no crash loop.
-        worker.consecutive_failures = 0
-        worker.ready = True
-        worker.pid = pid
-        worker.description = description
-        if self.description is None:
-            self.description = description
-        for core in self._queues:  # its own tasks, and any moved off it while it was down
-            self._dispatch(core)
-        self._adopt_stranded()
+    def _take_answered_task(self, worker: WorkerHandle, message: Any) -> Optional[Task]:
+        """Under the lock: the task this answer (a ``protocol.ResultMessage``
+        or ``FailedMessage``) finishes, off its context's books (None for a
+        stale answer); refills the context, feeds the pacer."""
+        books = self.books
+        timings = message.timings
+        task = books.unbook(worker, timings[3], message.task_id, message.attempt)
+        if task is None:
+            books.dispatch(worker.core)  # a stale answer may have freed a context a node held
+            return None
+        succeeded = type(message) is protocol.ResultMessage
+        self.supervisor.note_task_served(worker, succeeded)
+        books.dispatch(worker.core)
+        if succeeded:
+            books.pacer.record(timings[1])
+        return task if books.finish(task) else None
+
+    def _hand_over(self, answer: tuple) -> None:
+        worker, task, message, frames = answer
+        self.answers.hand_over(worker, task, message, frames)
 
     # ── introspection ────────────────────────────────────────────────────
     def snapshot(self) -> dict[str, Any]:
-        with self._cond:
+        """The figures ``Farm.stats()`` reports."""
+        books = self.books
+        with books.cond:
             workers = []
-            for w in self.workers:
+            for w in books.workers:
                 entry = {
                     "worker": w.worker_id,
                     "node": w.node_name,
@@ -523,61 +487,54 @@ class Router(DirectPath, Supervision, Membership, Answers):
                     "core_mask": w.core_mask,
                     "pid": w.pid,
                     "ready": w.ready,
-                    "state": self._state_of(w),
+                    "state": w.state.label,
                     "restarts": w.restarts,
                     "recycles": w.recycles,
                     "rss_mb": round(w.rss_mb, 1) or None,
-                    "queued": len(self._queues[w.core]),
+                    "queued": len(books.queues[w.core]),
                     "in_flight": sum(len(s.in_flight) for s in w.slots),
                     "contexts": len(w.slots),
                 }
                 entry.update(w.stats.snapshot())
                 entry["runtime"] = _runtime_facts(w.description)
                 workers.append(entry)
-            ema = self.pacer.avg_us
+            pacer = books.pacer
+            ema = pacer.avg_us
+            remote = self.remote
             return {
-                "submitted": self._next_index,
-                "outstanding": self._outstanding,
-                "queue_limit": self._queue_limit,
+                "submitted": books.next_index,
+                "outstanding": books.outstanding,
+                "queue_limit": books.queue_limit,
                 "pacing": {
-                    "enabled": self.pacer.enabled,
+                    "enabled": pacer.enabled,
                     "ema_infer_us": None if ema is None else round(ema, 1),
-                    "interval_us": round(self.pacer.interval_s * 1e6, 1),
-                    "admitted_per_s": round(self.pacer.admitted_rate(), 1),
+                    "interval_us": round(pacer.interval_s * 1e6, 1),
+                    "admitted_per_s": round(pacer.admitted_rate(), 1),
                 },
                 "workers": workers,
-                "remote": None
-                if self.remote is None
-                else {"address": self.remote.address, **self.remote.counters},
+                "remote": None if remote is None else {"address": remote.address, **remote.counters},
             }
 
     def metrics_snapshot(self) -> tuple[dict[str, Any], dict[int, tuple[list[int], float]]]:
         """``snapshot()`` and, per worker, its cumulative latency buckets and sum."""
-        with self._cond:
+        with self.books.cond:
             histograms = {
-                w.worker_id: (list(w.stats.latency_buckets), w.stats.latency_sum_s) for w in self.workers
+                w.worker_id: (list(w.stats.latency_buckets), w.stats.latency_sum_s)
+                for w in self.books.workers
             }
             return self.snapshot(), histograms
-
-    def _state_of(self, worker: WorkerHandle) -> str:
-        if worker.ready:
-            return "ready"
-        if worker.retiring:
-            return "recycling"
-        if worker.respawn_at is not None or (worker.process is not None and worker.exit_fd >= 0):
-            return "starting"
-        return "down"
 
     def health(self) -> dict[str, Any]:
         """Readiness: ready when every local core's worker is ready and some core
         serves (a node that left is listed as "down" but does not count)."""
-        with self._cond:
-            cores = {w.core: self._state_of(w) for w in self.workers}
-            local_ready = all(w.ready for w in self.workers if not w.remote)
-            serving = not self._closing and self._failure is None
-            broken = str(self._failure) if self._failure is not None else self._broken
+        books = self.books
+        with books.cond:
+            cores = {w.core: w.state.label for w in books.workers}
+            local_ready = all(w.ready for w in books.workers if not w.remote)
+            serving = not books.closing and books.failure is None
+            broken = str(books.failure) if books.failure is not None else books.broken
             return {
-                "ready": local_ready and any(w.ready for w in self.workers) and serving,
+                "ready": local_ready and any(w.ready for w in books.workers) and serving,
                 "cores": cores,
                 "broken": broken or None,
             }
@@ -602,16 +559,17 @@ class Router(DirectPath, Supervision, Membership, Answers):
         waits for: an interrupt cannot leave it half done. Not on a thread
         that the close waits for (:meth:`on_own_thread`): ``Farm.close``
         moves such a close to a thread of its own."""
-        with self._cond:
-            self._closing = True
-            self._cancelling = self._cancelling or cancel
-            self._cond.notify_all()  # wakes admitters, and a close() that drains
-            if not self._stopping:
+        books = self.books
+        with books.cond:
+            books.closing = True
+            books.cancelling = books.cancelling or cancel
+            books.cond.notify_all()  # wakes admitters, and a close() that drains
+            if not books.stopping:
                 self._wait_outstanding(timeout_s)
             # Deciding and starting under the lock: a second close() finds
             # the teardown started, never merely decided.
-            here = not self._stopping and not self._start_teardown()
-            self._stopping = True
+            here = not books.stopping and not self._start_teardown()
+            books.stopping = True
         if here:
             self._tear_down()
         self._torn_down.wait()
@@ -632,38 +590,38 @@ class Router(DirectPath, Supervision, Membership, Answers):
     def _wait_outstanding(self, timeout_s: Optional[float]) -> None:
         """Under the lock: wait until no task is outstanding, ``timeout_s`` has
         passed, or a close(cancel=True) came."""
+        books = self.books
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        while self._outstanding and self._thread.is_alive() and not self._cancelling:
+        while books.outstanding and self._thread.is_alive() and not books.cancelling:
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 return
-            self._cond.wait(remaining)
+            books.cond.wait(remaining)
 
     def _tear_down(self) -> None:
         """Fail what is queued, stop the workers, fail what they still held,
-        close every socket. Runs once, after ``_stopping`` is set."""
+        close every socket. Runs once, after ``stopping`` is set."""
         try:
             self._stop_and_release()
         finally:
             self._torn_down.set()
 
     def _stop_and_release(self) -> None:
-        with self._cond:
-            queued = [t for q in self._queues.values() for t in q]
-            for q in self._queues.values():
-                q.clear()
+        books = self.books
+        with books.cond:
+            queued = books.take_queued()
         for task in queued:
-            self._fail_task(task, FarmClosedError("the farm was closed before this task started"))
+            self.answers.fail(task, FarmClosedError("the farm was closed before this task started"))
         self._stop_workers()
-        for worker in self.workers:
+        for worker in books.workers:
             orphans = [t for slot in worker.slots for t in slot.in_flight.values()]
             for task in orphans:
-                self._fail_task(task, FarmClosedError("the farm closed before this task finished"))
+                self.answers.fail(task, FarmClosedError("the farm closed before this task finished"))
             close_slots(worker)
         self.callbacks.stop(timeout=10.0)
         if not self._thread.is_alive():
-            self._close_remote()
-        channels_closed = self._close_channels(timeout_s=5.0)
+            self._close_nodes()
+        channels_closed = self.direct.close_channels(timeout_s=5.0)
         self._inbound.close(linger=0)
         if channels_closed:
             self._zmq.term()
@@ -672,21 +630,26 @@ class Router(DirectPath, Supervision, Membership, Answers):
         self._wake_pipe.close()
         shutil.rmtree(self._ipc_dir, ignore_errors=True)
 
+    def _close_nodes(self) -> None:
+        if self.nodes is not None:
+            self.nodes.close()
+
     def _stop_workers(self) -> None:
         """Close every life line; the router thread reaps the exits and then
         ends. A worker that ignores its life line is terminated, then killed.
         When the router thread has ended (it never started, or it broke, even
         while this waited) the workers it did not reap are reaped here."""
-        for worker in self.workers:
+        workers = self.books.workers
+        for worker in workers:
             request_stop(worker)
         self._wake()
         if self._thread.is_alive():
             self._thread.join(5.0)
         if self._thread.is_alive():
-            for worker in self.workers:
+            for worker in workers:
                 kill_process(worker)
             self._thread.join(10.0)
         if not self._thread.is_alive():
-            for worker in self.workers:  # a no-op for those the thread reaped
+            for worker in workers:  # a no-op for those the thread reaped
                 kill_process(worker)
                 reap_process(worker)

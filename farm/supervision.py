@@ -14,30 +14,37 @@
                                    after 5 failures in a row without reaching READY (a model
                                    that cannot load, a crash at start), it stays down
 
-:class:`Supervision` is a mixin of :class:`farm.router.Router`: its methods
-run on the router thread and use the router's lock, queues and workers.
+Each arrow is a :class:`~farm.pool.WorkerState` transition (``WorkerHandle.enter``
+refuses any other): STARTING ──READY──► READY ──► RETIRING ──► BACKOFF (due at once);
+a death or kill ──► BACKOFF (or DOWN past the crash-loop limit, or while the
+farm stops) ──respawn──► STARTING.
+
+:class:`Supervisor` is a component of :class:`farm.router.Router`: its methods
+run under the books' lock (``farm.books``) unless they say otherwise, and it
+owns only its timers; spawning a worker is injected (the router's sockets).
 """
 
 from __future__ import annotations
 
 import os
 import signal
-import threading
-import time
-from typing import TYPE_CHECKING, Any, Optional
+from typing import Any, Callable, Optional
 
 import psutil
 
+from farm.books import Books
 from farm.errors import FarmClosedError, TaskTimeoutError, WorkerCrashedError
-from farm.pool import WorkerHandle, close_slots, reap_process, request_stop
+from farm.pool import WorkerHandle, WorkerState, close_slots, reap_process, request_stop
 from farm.task import Task
 from workers.backends.rknn_plugins import plugins_note, requested_plugins_note
 
-__all__ = ["Supervision", "describe_exit", "resident_mb"]
+__all__ = ["Supervisor", "describe_exit", "resident_mb"]
+
+Failed = list[tuple[Task, BaseException]]
 
 _RESPAWN_BASE_S = 0.1
 _RESPAWN_MAX_S = 10.0
-_CRASH_LOOP_LIMIT = 5
+CRASH_LOOP_LIMIT = 5
 _TICK_MS = 200  # how often health is checked while anything is watched
 _RSS_EVERY_S = 1.0
 _PAGE_BYTES = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
@@ -77,57 +84,68 @@ def describe_exit(exitcode: Optional[int]) -> str:
     return f"exit code {exitcode}"
 
 
-class Supervision:
-    """Worker lifecycle policy for the router (a mixin: see the module docstring)."""
+class Supervisor:
+    """Worker lifecycle policy for the router (see the module docstring).
 
-    # Provided by Router.
-    _cond: threading.Condition
-    _queues: dict[int, Any]
-    _starting: bool
-    _stopping: bool
-    _start_error: str
-    _broken: str
-    workers: list[WorkerHandle]
-    options: Any
+    ``spawn(worker)``: start a new incarnation (called without the lock);
+    ``fail(task, error)``: end a task that will not run again (without the
+    lock); ``fail_soon``: the same from under the lock."""
 
-    if TYPE_CHECKING:  # declared for type checkers only: a stub here would shadow nothing but hide a typo
-
-        def _dispatch(self, core: int) -> None: ...
-        def _spawn(self, worker: WorkerHandle) -> None: ...
-        def _fail_task(self, task: Task, error: BaseException) -> None: ...
+    def __init__(
+        self,
+        books: Books,
+        options: Any,
+        *,
+        spawn: Callable[[WorkerHandle], None],
+        fail: Callable[[Task, BaseException], None],
+        fail_soon: Callable[[Task, BaseException], None],
+    ) -> None:
+        self.books = books
+        self.options = options
+        self._spawn = spawn
+        self._fail = fail
+        self._fail_soon = fail_soon
 
     # ── a worker process ended ───────────────────────────────────────────
-    def _on_worker_exit(self, worker: WorkerHandle) -> None:
+    def on_worker_exit(self, worker: WorkerHandle) -> None:
+        """Router thread, without the lock: ``worker``'s exit pipe fired."""
         exitcode = reap_process(worker)
-        failed: list[tuple[Task, BaseException]] = []
-        with self._cond:
-            worker.ready = False
+        with self.books.cond:
             # Under the lock: a caller dispatching to this worker sends on these sockets
             # under it too, and a ZeroMQ socket must never be used by two threads at once.
             close_slots(worker)
-            orphans = [t for slot in worker.slots for t in slot.in_flight.values()]
-            for slot in worker.slots:
-                slot.in_flight.clear()
-            cause = self._with_plugins(worker, worker.kill_reason or describe_exit(exitcode))
-            if self._stopping:
-                failed = [(t, FarmClosedError("the farm closed before this task finished")) for t in orphans]
-            elif self._starting:
-                detail = worker.last_error or f"it exited with {cause}"
-                self._start_error = f"worker for core {worker.core} failed to start: {detail}"
-            elif worker.retiring and not orphans:
-                worker.recycles += 1
-                worker.respawn_at = time.monotonic()  # a planned exit: replace it at once
-            else:
-                worker.stats.crashes += 1
-                failed = self._retry_or_fail(worker, orphans, exitcode, cause)
-                self._schedule_respawn(worker, cause)
-            worker.retiring = False
-            worker.kill_reason = ""
-            worker.kill_is_timeout = False
-            self._cond.notify_all()
+            failed = self.worker_exited(worker, exitcode)
+            self.books.cond.notify_all()
         # Retried tasks keep their regions (the dead worker can no longer touch them).
         for task, error in failed:
-            self._fail_task(task, error)
+            self._fail(task, error)
+
+    def worker_exited(self, worker: WorkerHandle, exitcode: Optional[int]) -> Failed:
+        """Under the lock: the decisions for a worker that exited with
+        ``exitcode``: its state, its tasks (retried, or returned with their
+        errors to be failed), its respawn."""
+        books = self.books
+        orphans = books.take_in_flight(worker)
+        cause = self._with_plugins(worker, worker.kill_reason or describe_exit(exitcode))
+        failed: Failed = []
+        if books.stopping:
+            worker.enter(WorkerState.DOWN)
+            failed = [(t, FarmClosedError("the farm closed before this task finished")) for t in orphans]
+        elif books.starting:
+            worker.enter(WorkerState.DOWN)
+            detail = worker.last_error or f"it exited with {cause}"
+            books.start_error = f"worker for core {worker.core} failed to start: {detail}"
+        elif worker.retiring and not orphans:
+            worker.recycles += 1
+            worker.enter(WorkerState.BACKOFF)
+            worker.respawn_at = books.clock()  # a planned exit: replace it at once
+        else:
+            worker.stats.crashes += 1
+            failed = self._retry_or_fail(worker, orphans, exitcode, cause)
+            self.schedule_respawn(worker, cause)
+        worker.kill_reason = ""
+        worker.kill_is_timeout = False
+        return failed
 
     def _with_plugins(self, worker: WorkerHandle, cause: str) -> str:
         """``cause`` and the custom-op plugins the worker had loaded (as it
@@ -141,82 +159,73 @@ class Supervision:
 
     def _retry_or_fail(
         self, worker: WorkerHandle, orphans: list[Task], exitcode: Optional[int], cause: str
-    ) -> list[tuple[Task, BaseException]]:
-        failed: list[tuple[Task, BaseException]] = []
+    ) -> Failed:
         error_type = TaskTimeoutError if worker.kill_is_timeout else WorkerCrashedError
-        for task in sorted(orphans, key=lambda t: t.task_id, reverse=True):
-            if not self._retry(worker, task):
-                message = (
-                    f"the worker for core {worker.core} (pid {worker.pid}) died with {cause} while running "
-                    f"task {task.task_id}; it was tried {task.attempt} time(s) (max_retries="
-                    f"{self.options.max_retries})"
-                )
-                failed.append((task, error_type(message, exitcode, worker.core)))
+        failed: Failed = []
+        for task in self.books.requeue_all(orphans, worker):
+            message = (
+                f"the worker for core {worker.core} (pid {worker.pid}) died with {cause} while running "
+                f"task {task.task_id}; it was tried {task.attempt} time(s) (max_retries="
+                f"{self.options.max_retries})"
+            )
+            failed.append((task, error_type(message, exitcode, worker.core)))
         return failed
 
-    def _retry(self, worker: WorkerHandle, task: Task) -> bool:
-        """Count an attempt of ``task`` that ``worker`` did not finish and give
-        the task to a healthy core, ahead of newer work; False when it has had
-        its ``max_retries`` (the caller fails it)."""
-        task.attempt += 1
-        if task.attempt > self.options.max_retries:
-            return False
-        worker.stats.retried += 1
-        target = self._core_for_retry(worker.core)
-        self._queues[target].appendleft(task)
-        self._dispatch(target)
-        return True
-
-    def _core_for_retry(self, dead_core: int) -> int:
-        ready = [w.core for w in self.workers if w.ready and w.core != dead_core]
-        return min(ready, key=lambda c: len(self._queues[c])) if ready else dead_core
-
-    def _schedule_respawn(self, worker: WorkerHandle, cause: str) -> None:
+    def schedule_respawn(self, worker: WorkerHandle, cause: str) -> None:
+        """Under the lock: ``worker`` failed (died, or could not be spawned):
+        back off before the next try, or, past the crash-loop limit, stay
+        down; its queue moves to healthy cores."""
+        books = self.books
         worker.consecutive_failures += 1
         worker.last_error = worker.last_error or cause
-        if worker.consecutive_failures > _CRASH_LOOP_LIMIT:
+        if worker.consecutive_failures > CRASH_LOOP_LIMIT:
+            worker.enter(WorkerState.DOWN)
             worker.respawn_at = None
-            if not any(w.ready or w.respawn_at is not None for w in self.workers):
-                self._broken = (
+            if not any(w.ready or w.state is WorkerState.BACKOFF for w in books.workers):
+                books.broken = (
                     f"every worker has crashed repeatedly; last: core {worker.core}: {worker.last_error}"
                 )
-                self._fail_all_queued(self._broken)
+                for task in books.take_queued():
+                    self._fail_soon(task, WorkerCrashedError(books.broken))
             else:
-                self._move_queue_off(worker)
+                books.move_queue_off(worker)
             return
         delay = min(_RESPAWN_MAX_S, _RESPAWN_BASE_S * 2 ** (worker.consecutive_failures - 1))
-        worker.respawn_at = time.monotonic() + delay
-        self._move_queue_off(worker)
+        worker.enter(WorkerState.BACKOFF)
+        worker.respawn_at = books.clock() + delay
+        books.move_queue_off(worker)
 
-    def _move_queue_off(self, worker: WorkerHandle) -> None:
-        """Its queued tasks go to healthy cores rather than wait for it."""
-        queue = self._queues[worker.core]
-        target = self._core_for_retry(worker.core)
-        if target != worker.core:
-            while queue:
-                self._queues[target].append(queue.popleft())
-            self._dispatch(target)
+    # ── a worker said READY, or finished a task ──────────────────────────
+    def on_ready(self, worker: WorkerHandle, pid: int, description: dict[str, Any]) -> None:
+        """Under the lock: ``worker`` loaded the model; its tasks (and any
+        stranded elsewhere) are dispatched."""
+        # It loaded the model: whatever killed its predecessors, this is no crash loop.
+        worker.consecutive_failures = 0
+        worker.enter(WorkerState.READY)
+        worker.pid = pid
+        worker.description = description
+        self.books.dispatch_all()  # its own tasks, and any moved off it while it was down
+        self.books.adopt_stranded()
 
-    def _adopt_stranded(self) -> None:
-        """Under the lock, when a core has become ready: tasks queued for cores
-        that are not (queued while no core was ready, or left by a worker that
-        stays down or a node that left) move to ready cores."""
-        for worker in self.workers:
-            if not worker.ready and self._queues[worker.core]:
-                self._move_queue_off(worker)
-
-    def _fail_all_queued(self, reason: str) -> None:
-        for queue in self._queues.values():
-            while queue:
-                self._fail_soon(queue.popleft(), WorkerCrashedError(reason))
-
-    def _fail_soon(self, task: Task, error: BaseException) -> None:
-        """Under the lock: fail ``task`` from a thread of its own, since its
-        future's callbacks must not run under the router's lock."""
-        threading.Thread(target=self._fail_task, args=(task, error), daemon=True).start()
+    def note_task_served(self, worker: WorkerHandle, succeeded: bool) -> None:
+        """Under the lock, for each task a worker finished (``succeeded``: with a result)."""
+        worker.tasks_this_life += 1
+        limit = self.options.max_tasks_per_worker
+        if limit and worker.tasks_this_life >= limit:
+            self.retire(worker, f"recycled after {worker.tasks_this_life} tasks (max_tasks_per_worker)")
+        elif self.options.max_worker_rss_mb and not worker.retiring and not worker.remote:
+            # After every task, not only once a second: a task that leaks 20 MiB,
+            # run 100 times a second, took a worker ten times past its limit
+            # between two samples. Each answer may be the one that crossed it; the
+            # tasks the worker already holds (its contexts' windows) still run.
+            self._check_rss(worker)
+        self._quit_if_idle(worker)
+        if succeeded:
+            worker.consecutive_failures = 0  # it serves again: the crash loop is over
+            worker.last_error = ""
 
     # ── hangs, timeouts, recycling (under the lock) ──────────────────────
-    def _kill(self, worker: WorkerHandle, reason: str, timeout: bool = False) -> None:
+    def kill(self, worker: WorkerHandle, reason: str, timeout: bool = False) -> None:
         """SIGKILL a worker that cannot be reasoned with; its exit pipe does the rest."""
         if worker.kill_reason or worker.process is None or worker.process.poll() is not None:
             return
@@ -224,38 +233,40 @@ class Supervision:
         worker.kill_is_timeout = timeout
         worker.process.kill()
 
-    def _retire(self, worker: WorkerHandle, reason: str) -> None:
+    def retire(self, worker: WorkerHandle, reason: str) -> None:
         """Stop giving ``worker`` work; once idle it exits and is replaced."""
         if worker.retiring:
             return
-        worker.retiring = True
-        worker.ready = False
+        worker.enter(WorkerState.RETIRING)
         worker.last_error = reason
-        self._move_queue_off(worker)
+        self.books.move_queue_off(worker)
         self._quit_if_idle(worker)
 
-    def _quit_if_idle(self, worker: WorkerHandle) -> None:
+    @staticmethod
+    def _quit_if_idle(worker: WorkerHandle) -> None:
         if worker.retiring and not any(slot.in_flight for slot in worker.slots):
             request_stop(worker)
 
-    def _check_health(self, now: float) -> None:
+    def check_health(self, now: float) -> None:
+        """Kill the workers that do not start, do not beat or run a task too
+        long; sample memory (recycling past the limit)."""
         options = self.options
         liveness_s = options.heartbeat_interval_ms * options.heartbeat_liveness / 1000
         task_timeout_s = options.task_timeout_ms / 1000
-        for worker in self.workers:
+        for worker in self.books.workers:
             if worker.process is None or worker.exit_fd < 0 or worker.kill_reason:
                 continue
-            if not worker.ready and not worker.retiring:
-                if not self._starting and now - worker.started_at > options.start_timeout_s:
-                    self._kill(worker, f"no READY within start_timeout_s={options.start_timeout_s:g}")
+            if worker.state is WorkerState.STARTING:
+                if not self.books.starting and now - worker.started_at > options.start_timeout_s:
+                    self.kill(worker, f"no READY within start_timeout_s={options.start_timeout_s:g}")
                 continue
             if now - worker.last_seen > liveness_s:
-                self._kill(worker, f"no heartbeat for {now - worker.last_seen:.1f} s (hung?)")
+                self.kill(worker, f"no heartbeat for {now - worker.last_seen:.1f} s (hung?)")
                 continue
             if task_timeout_s:
                 for slot in worker.slots:
                     if slot.in_flight and now - slot.busy_since > task_timeout_s:
-                        self._kill(
+                        self.kill(
                             worker, f"a task ran longer than task_timeout_ms={options.task_timeout_ms}", True
                         )
             if now - worker.rss_checked_at > _RSS_EVERY_S:
@@ -268,51 +279,44 @@ class Supervision:
         if rss_mb is None:
             return
         worker.rss_mb = rss_mb
-        worker.rss_checked_at = time.monotonic()
+        worker.rss_checked_at = self.books.clock()
         limit = self.options.max_worker_rss_mb
         if limit and rss_mb > limit:
-            self._retire(worker, f"recycled: RSS {rss_mb:.0f} MiB > max_worker_rss_mb")
-
-    def _note_task_served(self, worker: WorkerHandle) -> None:
-        """Under the lock, for each task a worker finished."""
-        worker.tasks_this_life += 1
-        limit = self.options.max_tasks_per_worker
-        if limit and worker.tasks_this_life >= limit:
-            self._retire(worker, f"recycled after {worker.tasks_this_life} tasks (max_tasks_per_worker)")
-        elif self.options.max_worker_rss_mb and not worker.retiring and not worker.remote:
-            # After every task, not only once a second: a task that leaks 20 MiB,
-            # run 100 times a second, took a worker ten times past its limit
-            # between two samples. Each answer may be the one that crossed it; the
-            # tasks the worker already holds (its contexts' windows) still run.
-            self._check_rss(worker)
-        self._quit_if_idle(worker)
+            self.retire(worker, f"recycled: RSS {rss_mb:.0f} MiB > max_worker_rss_mb")
 
     # ── timers (router thread) ───────────────────────────────────────────
-    def _timer_ms(self) -> int:
-        due = [w.respawn_at for w in self.workers if w.respawn_at is not None]
+    def timer_ms(self) -> int:
+        """Under the lock: how long the router thread may sleep (a respawn may be due)."""
+        due = [w.respawn_at for w in self.books.workers if w.respawn_at is not None]
         next_ms = _TICK_MS
         if due:
-            next_ms = min(next_ms, max(0, int((min(due) - time.monotonic()) * 1000) + 1))
+            next_ms = min(next_ms, max(0, int((min(due) - self.books.clock()) * 1000) + 1))
         return next_ms
 
-    def _run_timers(self) -> None:
-        now = time.monotonic()
-        with self._cond:
-            if not self._stopping:
-                self._check_health(now)
-        for worker in self.workers:
-            with self._cond:
-                due = worker.respawn_at is not None and worker.respawn_at <= now and not self._stopping
+    def run_timers(self) -> None:
+        """Router thread, without the lock: health checks, and the respawns that are due."""
+        books = self.books
+        now = books.clock()
+        with books.cond:
+            if not books.stopping:
+                self.check_health(now)
+        for worker in books.workers:
+            with books.cond:
+                due = worker.respawn_at is not None and worker.respawn_at <= now and not books.stopping
                 if due:
                     worker.respawn_at = None
                     worker.restarts += 1
             if due:
-                try:
-                    self._spawn(worker)
-                except OSError as exc:
-                    with self._cond:
-                        self._schedule_respawn(worker, f"could not start: {exc}")
-                    continue
-                with self._cond:
-                    if self._stopping:  # close() began while it started: it must not outlive the farm
-                        request_stop(worker)
+                self._respawn(worker)
+
+    def _respawn(self, worker: WorkerHandle) -> None:
+        books = self.books
+        try:
+            self._spawn(worker)
+        except OSError as exc:
+            with books.cond:
+                self.schedule_respawn(worker, f"could not start: {exc}")
+            return
+        with books.cond:
+            if books.stopping:  # close() began while it started: it must not outlive the farm
+                request_stop(worker)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from farm import Farm, FarmBrokenError, FarmError
-from farm.router import Router
+from farm.supervision import Supervisor
 
 pytestmark = [pytest.mark.timeout(60), pytest.mark.breaks_router]
 
@@ -61,7 +61,7 @@ def test_a_router_that_fails_fails_every_pending_task_with_its_cause(monkeypatch
         def boom(self, *args):
             raise cause
 
-        monkeypatch.setattr(Router, "_run_timers", boom)  # runs on every turn of the router's loop
+        monkeypatch.setattr(Supervisor, "run_timers", boom)  # runs on every turn of the router's loop
 
         for future in futures:
             error = future.exception(timeout=10)

@@ -337,8 +337,8 @@ def test_a_future_cancelled_by_its_holder_does_not_break_the_answers_after_it():
 
 def test_an_answer_that_cannot_be_read_fails_its_task_and_no_other(monkeypatch):
     with Farm("tests.pyfuncs:double_later", schedule="0") as farm:
-        router = farm._router
-        real = router._collect_outputs
+        answers = farm._router.answers
+        real = answers._collect_outputs
         broken = {"task": None}
 
         def collect(task, descriptors, frames):
@@ -347,7 +347,7 @@ def test_an_answer_that_cannot_be_read_fails_its_task_and_no_other(monkeypatch):
                 raise ValueError("mmap closed or invalid")
             return real(task, descriptors, frames)
 
-        monkeypatch.setattr(router, "_collect_outputs", collect)
+        monkeypatch.setattr(answers, "_collect_outputs", collect)
         futures = [farm.submit(doubling(i, 0.01)) for i in range(5)]
         errors = [f.exception(timeout=30) for f in futures]
         assert isinstance(errors[0], FarmError) and "could not be read" in str(errors[0])
@@ -357,8 +357,8 @@ def test_an_answer_that_cannot_be_read_fails_its_task_and_no_other(monkeypatch):
 
 def test_a_task_that_cannot_be_sent_fails_alone_and_close_does_not_wait_for_it(monkeypatch):
     farm = Farm("tests.pyfuncs:double_later", schedule="0")
-    router = farm._router
-    real = router._send
+    books = farm._router.books
+    real = books._send
     calls = []
 
     def send(slot, task):
@@ -367,7 +367,7 @@ def test_a_task_that_cannot_be_sent_fails_alone_and_close_does_not_wait_for_it(m
             raise KeyError("no shared-memory segment 'rknnfarm-x' in this process")
         real(slot, task)
 
-    monkeypatch.setattr(router, "_send", send)
+    monkeypatch.setattr(books, "_send", send)
     futures = [farm.submit(doubling(i, 0.0)) for i in range(4)]
     error = futures[0].exception(timeout=30)
     assert isinstance(error, FarmError) and "could not be sent to core 0" in str(error)

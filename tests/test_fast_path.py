@@ -15,9 +15,10 @@ import psutil
 import pytest
 
 from farm import Farm, FarmClosedError
+from farm.answers import Answers
+from farm.books import Books
 from farm.channels import MAX_CHANNELS
 from farm.direct import STREAM_DEPTH, WINDOW, stream_depth
-from farm.router import Router
 from tests.onnx_models import affine_model
 from workers.protocol import INLINE_BYTES
 
@@ -46,13 +47,13 @@ def idle(farm: Farm) -> bool:
 def answering_threads(monkeypatch):
     """The name of the thread that handed over each answer."""
     names: list[str] = []
-    original = Router._hand_over_answer
+    original = Answers.hand_over
 
     def recording(self, *args):
         names.append(threading.current_thread().name)
         return original(self, *args)
 
-    monkeypatch.setattr(Router, "_hand_over_answer", recording)
+    monkeypatch.setattr(Answers, "hand_over", recording)
     return names
 
 
@@ -277,13 +278,13 @@ def test_stream_depth_is_deeper_only_for_short_tasks():
 def deepest_context(monkeypatch):
     """The most tasks any context held at once."""
     deepest = [0]
-    original = Router._book
+    original = Books.book
 
-    def booking(slot, task):
-        original(slot, task)
+    def booking(self, slot, task):
+        original(self, slot, task)
         deepest[0] = max(deepest[0], len(slot.in_flight))
 
-    monkeypatch.setattr(Router, "_book", staticmethod(booking))
+    monkeypatch.setattr(Books, "book", booking)
     return deepest
 
 

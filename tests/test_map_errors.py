@@ -42,9 +42,9 @@ def outcome_of(iterator) -> tuple[list, BaseException]:
 
 def no_task_left(farm: Farm) -> bool:
     deadline = time.monotonic() + 10
-    while farm._router._outstanding and time.monotonic() < deadline:
+    while farm._router.books.outstanding and time.monotonic() < deadline:
         time.sleep(0.01)
-    return farm._router._outstanding == 0
+    return farm._router.books.outstanding == 0
 
 
 @pytest.mark.parametrize("ordered", [True, False], ids=["ordered", "unordered"])

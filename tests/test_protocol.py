@@ -6,8 +6,8 @@ import types
 
 import pytest
 
+from farm.direct import task_header
 from farm.remote import RemoteListener
-from farm.router import Router
 from workers import protocol
 
 SEGMENT = "rknnfarm-123-ab12cd34-0"
@@ -83,7 +83,7 @@ def _task(**fields):
 
 def test_the_router_sends_a_context_the_pinned_task_bytes():
     task = _task(input_descriptors=INPUTS, out_region=[SEGMENT, 8192, 64])
-    assert Router._task_header(task, direct=True).hex() == GOLDEN["task"][1]
+    assert task_header(task, direct=True).hex() == GOLDEN["task"][1]
 
 
 def test_the_router_sends_a_node_the_pinned_task_bytes():

@@ -542,6 +542,28 @@ def test_a_task_hung_on_a_node_times_out_like_a_local_one(nodes):
         assert joined(farm) == 1  # the node itself is fine
 
 
+def test_a_node_context_the_router_gave_up_on_stays_taken_until_the_node_answers(nodes):
+    # The router freed the context at once although the node's worker still ran
+    # the task, and sent the node more than its contexts could hold.
+    options = dict(task_timeout_ms=300, max_retries=0, **FAST)
+    farm = Farm("tests.pyfuncs:behave", local_cores=False, listen="tcp://127.0.0.1:*", **options)
+    try:
+        nodes.start(farm.listen_address, "--task-timeout-ms", "2000")  # one context: a window of two
+        wait_for(lambda: joined(farm) == 1)
+        hung, behind = farm.submit(action(5)), farm.submit(action(7))
+        for future in (hung, behind):
+            with pytest.raises(TaskTimeoutError):
+                future.result(timeout=15)
+        later = farm.submit(action(9))
+        time.sleep(0.3)
+        node = farm.stats()["workers"][0]
+        assert (node["queued"], node["in_flight"]) == (1, 0)  # both places still taken on the node
+        # The node's own time-out frees its worker and it answers: the context takes work again.
+        wait_for(lambda: later.done() or farm.stats()["workers"][0]["in_flight"] == 1)
+    finally:
+        farm.close(cancel=True)
+
+
 def _answer_from_node(router: zmq.Socket, identity: bytes, within: float = 30.0) -> tuple[list, list]:
     """The next RESULT or FAILED from a node, heartbeating it meanwhile (a
     silent router makes it reconnect)."""

@@ -1,0 +1,362 @@
+"""The books: every piece of the router's shared state, and the decisions made on it.
+
+One object, no I/O. It answers "which core next", "which context has room",
+"where is task k" and "what becomes of a lost worker's tasks"; the router
+and its components (``farm.supervision``, ``farm.membership``,
+``farm.answers``, ``farm.direct``) ask it and act on the answers.
+
+::
+
+    admitted ──► tasks[k] (the index: every task not yet ended)
+                   │
+                   ├─ queues[core]      waiting for a context of its core
+                   ├─ slot.in_flight    sent to a context (task.slot says which)
+                   └─ ended             finish(): off the index, outstanding - 1
+
+    a worker or node is lost ─► take_in_flight(worker) ─► requeue_all(...)
+        retried on a healthy core (ahead of newer work), or returned to be failed
+        once it has had its attempts (max_retries; MAX_REQUEUES for lost nodes)
+
+Everything here is guarded by ``cond``, which callers hold. Sending is the
+one thing the books cannot do themselves: the router injects ``send`` (and
+``fail_soon`` for a task that cannot be sent at all), and :meth:`dispatch`
+calls it under the lock, as ZeroMQ needs (a socket must never be used by two
+threads at once). The clock is injected too, so the policy can be tested
+with fake workers in milliseconds (tests/test_books.py).
+"""
+
+from __future__ import annotations
+
+import collections
+import sys
+import threading
+import time
+from collections.abc import Iterable
+from typing import Any, Callable, Optional
+
+import zmq
+
+from farm.errors import FarmBrokenError, FarmClosedError, FarmError, SubmitTimeoutError, WorkerCrashedError
+from farm.pacing import Pacer
+from farm.pool import ContextSlot, WorkerHandle
+from farm.task import Task
+
+__all__ = ["MAX_REQUEUES", "WINDOW", "Books"]
+
+#: Tasks a context holds at once: the one it runs and the next, waiting in
+#: its socket so that the context never idles for a round trip.
+WINDOW = 2
+
+#: Times a task may be handed back by lost nodes before it fails (losing a
+#: board is not the task's fault, so it is not counted against max_retries).
+MAX_REQUEUES = 10
+
+SendFn = Callable[[ContextSlot, Task], None]
+FailFn = Callable[[Task, BaseException], None]
+
+
+class Books:
+    """The router's state and its pure decisions (see the module docstring).
+
+    ``workers``: the local workers (nodes join later, :meth:`add_worker`);
+    ``rotation``: task k's core is ``rotation[k % len(rotation)]``;
+    ``queue_limit``: tasks a core's queue holds; ``max_retries``: attempts a
+    task may lose to dying workers beyond its first."""
+
+    def __init__(
+        self,
+        *,
+        workers: Iterable[WorkerHandle],
+        rotation: Iterable[int],
+        pacer: Pacer,
+        queue_limit: int,
+        max_retries: int,
+        send: SendFn,
+        fail_soon: FailFn,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.cond = threading.Condition()
+        self.workers: list[WorkerHandle] = []
+        self.worker_of_core: dict[int, WorkerHandle] = {}
+        self.queues: dict[int, collections.deque[Task]] = {}
+        for worker in workers:
+            self.add_worker(worker)
+        self.rotation = list(rotation)
+        self.pacer = pacer
+        self.queue_limit = queue_limit
+        self.max_retries = max_retries
+        self.clock = clock
+        self._send = send
+        self._fail_soon = fail_soon
+        self.tasks: dict[int, Task] = {}  # the task index: every admitted task not yet ended
+        self.next_index = 0
+        self.next_callback_seq = 0
+        # The farm's life, read across threads (loky's _ExecutorFlags, under ``cond``):
+        self.starting = True  # start() waits for the first READYs
+        self.start_error = ""
+        self.closing = False  # close() began: no new task is admitted
+        self.cancelling = False  # close(cancel=True) came: no close() waits for tasks any more
+        self.stopping = False  # the teardown began
+        self.broken = ""  # every worker is in a crash loop: new tasks fail with WorkerCrashedError
+        self.failure: Optional[FarmBrokenError] = None  # the router thread died (Router._break)
+        self.description: Optional[dict[str, Any]] = None  # what the first worker to start said
+
+    def describe(self, description: dict[str, Any]) -> None:
+        """A worker (or node) said what it runs; the first to say it describes the farm."""
+        if self.description is None:
+            self.description = description
+
+    # ── workers ──────────────────────────────────────────────────────────
+    def add_worker(self, worker: WorkerHandle) -> None:
+        """A new worker slot (a local core, or a node that joined the first time)."""
+        self.workers.append(worker)
+        self.worker_of_core[worker.core] = worker
+        self.queues[worker.core] = collections.deque()
+
+    @property
+    def outstanding(self) -> int:
+        """Tasks admitted and not yet ended."""
+        return len(self.tasks)
+
+    def where(self, task_id: int) -> str:
+        """Where task ``task_id`` is: "queued for core c", "in flight on core c
+        context i", or "ended" (or never admitted)."""
+        task = self.tasks.get(task_id)
+        if task is None:
+            return "ended"
+        slot = task.slot
+        if slot is not None and slot.in_flight.get(task_id) is task:
+            return f"in flight on core {slot.worker.core} context {slot.index}"
+        return f"queued for core {task.core}"
+
+    # ── admission ────────────────────────────────────────────────────────
+    def check_open(self) -> None:
+        """Raise if no task may be admitted any more."""
+        if self.closing:
+            raise FarmClosedError("the farm is closed; create a new Farm to run more tasks")
+        if self.failure is not None:  # a new error each time: threads must not share a traceback
+            raise FarmBrokenError(str(self.failure)) from self.failure.__cause__
+        if self.broken:
+            raise WorkerCrashedError(self.broken)
+
+    def admission_wait(self, now: float) -> tuple[Optional[int], float]:
+        """The core the next task would go to (None: every queue is full) and
+        how long pacing says to wait first (0: now)."""
+        return self.core_with_room(self.next_index), self.pacer.wait_s(now)
+
+    def saturated_error(self, timeout_s: float, pacing_wait: float) -> SubmitTimeoutError:
+        """The error for an admission that waited ``timeout_s`` in vain."""
+        reason = "pacing" if pacing_wait else f"every core's queue is full ({self.queue_limit} tasks each)"
+        return SubmitTimeoutError(
+            f"submit timed out after {timeout_s * 1000:.0f} ms: {reason}; the farm is saturated "
+            "(raise submit_timeout_ms or max_queue_size, or submit more slowly)"
+        )
+
+    def enter(self, task: Task, core: int, now: float) -> None:
+        """Admit ``task`` to ``core``: its id (the next index), its callback's
+        place in order, the pacer's count; the task goes on the index."""
+        task.task_id = self.next_index
+        self.next_index += 1
+        task.core = core
+        if task.callback is not None:
+            task.callback_seq = self.next_callback_seq
+            self.next_callback_seq += 1
+        self.pacer.admit(now)
+        self.tasks[task.task_id] = task
+
+    def finish(self, task: Task) -> bool:
+        """End ``task``: claimed exactly once (False if someone else ended it)
+        and off the index. Wakes a close() waiting for the last task."""
+        if not task.claim_finish():
+            return False
+        self.tasks.pop(task.task_id, None)
+        if not self.tasks:
+            self.cond.notify_all()
+        return True
+
+    # ── which core, which context ────────────────────────────────────────
+    def core_with_room(self, index: int) -> Optional[int]:
+        """Task ``index``'s core by the schedule, or, when that core's queue is
+        full, the next core in schedule order that has room (a saturated core
+        must not hold up cores that are free); None when all are full or no
+        core serves yet (a farm of remote nodes before the first joins)."""
+        rotation = self.rotation
+        if not rotation:
+            return None
+        limit = self.queue_limit
+        core = self.core_for(index)
+        if len(self.queues[core]) < limit:
+            return core
+        for step in range(1, len(rotation)):
+            other = rotation[(index + step) % len(rotation)]
+            if self.worker_of_core[other].ready and len(self.queues[other]) < limit:
+                return other
+        return None
+
+    def core_for(self, index: int) -> int:
+        """Task ``index``'s core by the schedule; if that core's worker is
+        down, the ready core with the shortest queue (its tasks must not wait
+        for the respawn)."""
+        core = self.rotation[index % len(self.rotation)]
+        if self.worker_of_core[core].ready:
+            return core
+        ready = [w.core for w in self.workers if w.ready]
+        return min(ready, key=lambda c: len(self.queues[c])) if ready else core
+
+    def core_for_retry(self, dead_core: int) -> int:
+        """Where the tasks of ``dead_core`` go: the ready core with the shortest
+        queue, or ``dead_core`` itself when no other is ready."""
+        ready = [w.core for w in self.workers if w.ready and w.core != dead_core]
+        return min(ready, key=lambda c: len(self.queues[c])) if ready else dead_core
+
+    @staticmethod
+    def slot_with_room(worker: WorkerHandle, limit: int = WINDOW) -> Optional[ContextSlot]:
+        """The least busy context of ``worker``, if it holds fewer than
+        ``limit`` tasks (tasks it was given up on but may still run count)."""
+        if not worker.slots:
+            return None
+        slot = min(worker.slots, key=lambda s: len(s.in_flight) + len(s.held))
+        return slot if len(slot.in_flight) + len(slot.held) < limit else None
+
+    def takes_direct(self, core: int) -> bool:
+        """Whether ``core`` is local, ready and has nothing queued (a task sent
+        on a caller's channel must not overtake the router's queue)."""
+        worker = self.worker_of_core[core]
+        return not worker.remote and worker.ready and not self.queues[core]
+
+    # ── on and off a context's books ─────────────────────────────────────
+    def book(self, slot: ContextSlot, task: Task) -> None:
+        """``task`` was sent to ``slot``."""
+        if not slot.in_flight:
+            slot.busy_since = self.clock()
+        slot.in_flight[task.task_id] = task
+        task.slot = slot
+        task.dispatched_at = time.perf_counter()
+
+    def unbook(self, worker: WorkerHandle, slot_index: int, task_id: int, attempt: int) -> Optional[Task]:
+        """An answer for attempt ``attempt`` of task ``task_id`` came from
+        context ``slot_index`` of ``worker``: the task, off the context's
+        books, or None for a stale answer (an attempt given up on: it frees
+        the room it held)."""
+        slot = worker.slots[slot_index]
+        slot.held.discard((task_id, attempt))
+        task = slot.in_flight.get(task_id)
+        if task is None or task.attempt != attempt:
+            return None
+        del slot.in_flight[task_id]
+        if slot.in_flight:
+            slot.busy_since = self.clock()  # the next task in its window starts now
+        return task
+
+    def give_up(self, slot: ContextSlot, task: Task) -> None:
+        """The router gives up waiting for ``task`` on ``slot`` (a node's task
+        that ran too long: a node's worker cannot be killed from here). The
+        context may still be running it, so its room stays taken until the
+        answer comes (:meth:`unbook`) or the worker is lost."""
+        del slot.in_flight[task.task_id]
+        slot.held.add((task.task_id, task.attempt))
+        slot.busy_since = self.clock()  # the next task in its window starts its clock now
+
+    def take_in_flight(self, worker: WorkerHandle) -> list[Task]:
+        """The tasks a lost worker (or node) held, off its contexts' books."""
+        orphans = [task for slot in worker.slots for task in slot.in_flight.values()]
+        for slot in worker.slots:
+            slot.in_flight.clear()
+            slot.held.clear()
+        return orphans
+
+    # ── dispatch ─────────────────────────────────────────────────────────
+    def dispatch(self, core: int) -> None:
+        """Send ``core``'s queued tasks to its contexts while they have room."""
+        worker = self.worker_of_core[core]
+        queue = self.queues[core]
+        if not queue or not worker.ready:
+            return
+        while queue:
+            slot = self.slot_with_room(worker)
+            if slot is None:
+                return
+            task = queue.popleft()
+            try:
+                self._send(slot, task)
+            except zmq.ZMQError as exc:
+                # Cannot happen on a connecting DEALER without a high-water mark;
+                # if it does, the task waits for the next dispatch, not lost.
+                print(f"rknn-farm: could not send to core {core}: {exc}", file=sys.stderr)
+                queue.appendleft(task)
+                return
+            except Exception as exc:  # this task cannot be sent at all (its input is gone): it fails
+                self._fail_soon(
+                    task, FarmError(f"task {task.task_id} could not be sent to core {core}: {exc}")
+                )
+                continue
+            self.book(slot, task)
+        self.cond.notify_all()
+
+    def dispatch_all(self) -> None:
+        """Dispatch every core's queue (a worker became ready)."""
+        for core in self.queues:
+            self.dispatch(core)
+
+    # ── requeue: the one way a task goes back ────────────────────────────
+    def requeue(self, task: Task, lost: WorkerHandle, counted: bool = True) -> bool:
+        """Give ``task``, which ``lost`` did not finish, to a healthy core ahead
+        of newer work. ``counted``: the attempt counts against ``max_retries``
+        (the worker died or hung running it); else it counts against
+        :data:`MAX_REQUEUES` (a node was lost). False when the task has had
+        its attempts: the caller fails it."""
+        if counted:
+            task.attempt += 1
+            if task.attempt > self.max_retries:
+                return False
+        else:
+            task.requeues += 1
+            if task.requeues >= MAX_REQUEUES:
+                return False
+        lost.stats.retried += 1
+        target = self.core_for_retry(lost.core)
+        self.queues[target].appendleft(task)
+        self.dispatch(target)
+        return True
+
+    def requeue_all(self, tasks: list[Task], lost: WorkerHandle, counted: bool = True) -> list[Task]:
+        """:meth:`requeue` each of ``tasks`` (the oldest ends up first in
+        line); the ones that have had their attempts, to be failed."""
+        spent = []
+        for task in sorted(tasks, key=lambda t: t.task_id, reverse=True):
+            if not self.requeue(task, lost, counted):
+                spent.append(task)
+        return spent
+
+    def move_queue_off(self, worker: WorkerHandle) -> None:
+        """``worker``'s queued tasks go to a healthy core rather than wait for it."""
+        queue = self.queues[worker.core]
+        target = self.core_for_retry(worker.core)
+        if target != worker.core:
+            while queue:
+                self.queues[target].append(queue.popleft())
+            self.dispatch(target)
+
+    def adopt_stranded(self) -> None:
+        """A core has become ready: tasks queued for cores that are not (queued
+        while no core was ready, or left by a worker that stays down or a node
+        that left) move to ready cores."""
+        for worker in self.workers:
+            if not worker.ready and self.queues[worker.core]:
+                self.move_queue_off(worker)
+
+    def take_every_task(self) -> list[Task]:
+        """Every task queued or in flight (a run() caller's direct task is in
+        flight on its context), off the books: the router has failed."""
+        tasks = self.take_queued()
+        for worker in self.workers:
+            tasks += self.take_in_flight(worker)
+        return tasks
+
+    def take_queued(self) -> list[Task]:
+        """Every queued task, off the queues (to be failed: a close, a farm
+        that cannot run anything any more)."""
+        queued = [task for queue in self.queues.values() for task in queue]
+        for queue in self.queues.values():
+            queue.clear()
+        return queued
