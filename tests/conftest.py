@@ -6,13 +6,13 @@ import importlib.util
 import os
 import tempfile
 import threading
-import time
 from typing import Any, Callable
 
 import psutil
 import pytest
 
 from farm.router import ROUTER_THREAD_NAME
+from tests.processes import wait_until
 from workers.segments import SEGMENT_PREFIX, segment_dir
 
 pytest_plugins = ["pytester"]
@@ -51,9 +51,7 @@ def _worker_children() -> list[psutil.Process]:
 def check_no_leaks(segments_before: set[str], within: float = 10) -> None:
     """No worker process left (after ``within`` seconds to exit; then killed) and no
     shared-memory segment beyond ``segments_before``."""
-    deadline = time.monotonic() + within
-    while _worker_children() and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: not _worker_children(), within, interval=0.05, check=False)
     leftover = _worker_children()
     for process in leftover:
         process.kill()

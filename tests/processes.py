@@ -7,7 +7,32 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Callable, Union
+
+
+def wait_until(
+    condition: Callable[[], Any],
+    within: float = 10.0,
+    what: Union[str, Callable[[], Any]] = "",
+    *,
+    interval: float = 0.01,
+    check: bool = True,
+) -> float:
+    """Poll ``condition`` every ``interval`` seconds until it is true; the
+    seconds that took. After ``within`` seconds an AssertionError that says
+    what was awaited: ``what``, or, when it is a callable, what it returns
+    then (the state worth seeing). ``check=False``: return instead, for a
+    caller that looks (or cleans up) itself."""
+    started = time.monotonic()
+    while not condition():
+        waited = time.monotonic() - started
+        if waited >= within:
+            if not check:
+                return waited
+            detail = what() if callable(what) else what
+            raise AssertionError(f"timed out after {within:g} s waiting: {detail or condition}")
+        time.sleep(interval)
+    return time.monotonic() - started
 
 
 def alive(pid: int) -> bool:
@@ -40,17 +65,14 @@ def finish_or_kill(process: subprocess.Popen, timeout: float) -> tuple[bool, str
 def wait_gone(pids: Iterable[int], within: float = 10.0) -> bool:
     """Wait up to ``within`` seconds for every pid to be gone; True if they are."""
     pids = list(pids)
-    deadline = time.monotonic() + within
-    while any(alive(p) for p in pids):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
+    wait_until(lambda: not any(alive(p) for p in pids), within, interval=0.05, check=False)
+    return not any(alive(p) for p in pids)
 
 
 def wait_for_memory_samples(farm: Any) -> None:
     """Until the router has sampled every worker's resident memory (once a second)."""
-    deadline = time.monotonic() + 10
-    while not all(w["rss_mb"] for w in farm.stats()["workers"]):
-        assert time.monotonic() < deadline, farm.stats()["workers"]
-        time.sleep(0.05)
+    wait_until(
+        lambda: all(w["rss_mb"] for w in farm.stats()["workers"]),
+        what=lambda: farm.stats()["workers"],
+        interval=0.05,
+    )

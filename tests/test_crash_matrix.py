@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from farm import Farm, TaskError, TaskTimeoutError, WorkerCrashedError, WorkerStartError
+from tests.processes import wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -22,10 +23,7 @@ def action(value: int) -> dict:
 
 
 def serve_again(farm: Farm, within: float = 30.0) -> None:
-    deadline = time.monotonic() + within
-    while not farm.health()["ready"]:
-        assert time.monotonic() < deadline, f"the farm did not recover: {farm.health()}"
-        time.sleep(0.02)
+    wait_until(lambda: farm.health()["ready"], within, lambda: f"the farm to recover: {farm.health()}")
     assert [int(farm.run(action(40 + i))[0][0]) for i in range(4)] == [40, 41, 42, 43]
 
 
@@ -37,6 +35,7 @@ def flag(tmp_path, monkeypatch):
 
 
 # ── during model load ────────────────────────────────────────────────────
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", KINDS)
 def test_failing_at_the_first_load_is_a_clear_start_error(flag, kind):
     flag.write_text(kind)
@@ -48,6 +47,7 @@ def test_failing_at_the_first_load_is_a_clear_start_error(flag, kind):
         assert "crashy model refuses to load" in str(excinfo.value)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", KINDS)
 def test_failing_at_a_reload_keeps_the_other_core_serving_and_heals(flag, kind):
     with Farm("tests.crashy:model", schedule="0,1", start_timeout_s=2) as farm:
@@ -87,9 +87,6 @@ def test_failing_between_tasks(how):
     with Farm("tests.pyfuncs:behave", schedule="0,1", heartbeat_interval_ms=100) as farm:
         assert int(farm.run(action(20))[0][0]) == 20
         os.kill(farm.stats()["workers"][1]["pid"], how)
-        deadline = time.monotonic() + 5
-        while farm.health()["cores"][1] == "ready":
-            assert time.monotonic() < deadline, "the failure went unnoticed"
-            time.sleep(0.01)
+        wait_until(lambda: farm.health()["cores"][1] != "ready", 5, "the failure to be noticed")
         serve_again(farm)
         assert farm.stats()["workers"][1]["crashes"] == 1

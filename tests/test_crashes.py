@@ -8,14 +8,13 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 
 import numpy as np
 import pytest
 
 from farm import Farm, WorkerCrashedError
 from farm.shm import reap_stale_segments
-from tests.processes import alive
+from tests.processes import alive, wait_until
 from workers.segments import SEGMENT_PREFIX, segment_dir
 
 pytestmark = pytest.mark.timeout(120)
@@ -39,9 +38,7 @@ def test_a_task_that_kills_its_worker_fails_after_its_retries_and_the_farm_heals
         assert "tried 2 time(s)" in str(excinfo.value)
         assert excinfo.value.core in (0, 1)
         # Both cores were killed once; the farm respawns them and serves again.
-        deadline = time.monotonic() + 20
-        while not all(w["ready"] for w in farm.stats()["workers"]) and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until(lambda: all(w["ready"] for w in farm.stats()["workers"]), 20, "both cores ready again")
         results = [farm.run(action(0))[0][0] for _ in range(4)]
         stats = farm.stats()["workers"]
     assert results == [0, 0, 0, 0]
@@ -76,11 +73,14 @@ def test_killing_the_parent_leaves_no_worker_and_no_segment(tmp_path):
         assert any(n.startswith(prefix) for n in os.listdir(segment_dir()))
         parent.kill()
         parent.wait(10)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and (
-            any(alive(int(p)) for p in pids) or any(n.startswith(prefix) for n in os.listdir(segment_dir()))
-        ):
-            time.sleep(0.05)
+        wait_until(
+            lambda: (
+                not any(alive(int(p)) for p in pids)
+                and not any(n.startswith(prefix) for n in os.listdir(segment_dir()))
+            ),
+            interval=0.05,
+            check=False,  # the asserts below say which is left
+        )
         assert not any(alive(int(p)) for p in pids), "workers outlived their parent"
         assert not any(n.startswith(prefix) for n in os.listdir(segment_dir())), (
             "segments outlived the parent"
@@ -118,6 +118,12 @@ def test_results_stay_correct_after_crashes_and_retries():
             assert results == values
 
 
+def respawned(farm: Farm, dead: int) -> bool:
+    """Whether core 0's worker, once ``dead``, serves again as a new process."""
+    worker = farm.stats()["workers"][0]
+    return worker["pid"] != dead and worker["ready"]
+
+
 def test_a_long_map_lets_go_of_its_sockets_to_workers_that_died():
     # A map() keeps its reply channel for the whole iteration, and every respawn
     # gives the core new contexts: it used to keep a socket to each dead one.
@@ -129,10 +135,7 @@ def test_a_long_map_lets_go_of_its_sockets_to_workers_that_died():
                 assert int(next(stream)[0][0]) == next(expected)
             dead = farm.stats()["workers"][0]["pid"]
             os.kill(dead, signal.SIGKILL)
-            deadline = time.monotonic() + 20
-            while farm.stats()["workers"][0]["pid"] == dead or not farm.stats()["workers"][0]["ready"]:
-                assert time.monotonic() < deadline, "the worker was not respawned"
-                time.sleep(0.02)
+            wait_until(lambda dead=dead: respawned(farm, dead), 20, "the worker's respawn")
         for _ in range(30):
             assert int(next(stream)[0][0]) == next(expected)
         sizes = [len(channel.sockets()) for channel in farm._router._channels.out()]
@@ -140,6 +143,7 @@ def test_a_long_map_lets_go_of_its_sockets_to_workers_that_died():
     assert sizes == [2], sizes  # the map's channel: one socket per live context
 
 
+@pytest.mark.slow
 def test_a_worker_that_crashes_now_and_then_is_always_respawned():
     with Farm("tests.pyfuncs:behave", schedule=0, max_retries=0) as farm:
         for _ in range(8):  # more crashes than the crash-loop limit, each followed by good work
@@ -149,6 +153,7 @@ def test_a_worker_that_crashes_now_and_then_is_always_respawned():
         assert farm.stats()["workers"][0]["restarts"] == 8
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("remote", [False, True], ids=["local", "with-a-node"])
 def test_a_soak_of_every_kind_of_call_with_workers_killed_under_it(remote):
     # benchmarks/soak.py: four threads calling run, run(timeout), submit, map,

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import gc
 import os
-import time
 from types import SimpleNamespace
 
 import numpy as np
@@ -26,6 +25,7 @@ from farm.dmabuf import heap_source
 from tests.board import board
 from tests.fake_librknnrt import driver
 from tests.fake_librknnrt.fake_model import Tensor, expected_outputs, write_model
+from tests.processes import wait_until
 from workers import frames
 from workers.backends import rknn_runtime as rt
 from workers.backends import rknnrt_backend
@@ -59,15 +59,6 @@ def _frame_fds(pid: int) -> list[str]:
         if target.startswith("/memfd:frame-"):
             held.append(target)
     return held
-
-
-def _wait_until(condition, within: float = 10.0) -> bool:
-    deadline = time.monotonic() + within
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 def _pids(farm: Farm) -> list[int]:
@@ -113,7 +104,9 @@ def test_a_freed_frame_is_forgotten_by_every_worker_and_closed_in_the_parent(tmp
         assert farm._arena.frames.live == 0
         assert not any(p.startswith("/memfd:frame-") for p in _open_fds())
         # Idle workers drain the "forget" at their next heartbeat.
-        assert _wait_until(lambda: not any(_frame_fds(pid) for pid in pids))
+        wait_until(
+            lambda: not any(_frame_fds(pid) for pid in pids), what="the workers to close the frame's fds"
+        )
     assert _open_fds() - before == set()
 
 
@@ -125,7 +118,7 @@ def test_a_worker_respawned_after_a_crash_gets_every_live_frame_again(tmp_path):
         (first_pid,) = _pids(farm)
         with pytest.raises(WorkerCrashedError):
             farm.run({"data": ring[0], "action": DIE})
-        assert _wait_until(lambda: farm.health()["ready"])
+        wait_until(lambda: farm.health()["ready"], what=lambda: f"the farm ready again: {farm.health()}")
         for value, frame in enumerate(ring):
             doubled, pid = farm.run({"data": frame, "action": GO})
             np.testing.assert_array_equal(doubled, np.full(16384, 2 * (value + 1), np.float32))
@@ -258,6 +251,6 @@ def test_rknnrt_destroys_a_freed_frames_mem_and_mixes_frames_and_arrays_in_eithe
         del image
         gc.collect()
         farm.run(other)  # reclaims the frame: the worker is told to forget it
-        assert _wait_until(lambda: len(log.calls("destroy_mem")) == 1)
+        wait_until(lambda: len(log.calls("destroy_mem")) == 1, what="the freed frame's destroy_mem")
         np.testing.assert_array_equal(farm.run(plain)[0], want)
     assert len(log.calls("create_mem")) == 1  # the context's own mem for arrays after the frame

@@ -40,7 +40,6 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-import time
 from pathlib import Path
 from typing import Optional
 
@@ -49,7 +48,7 @@ import psutil
 import pytest
 
 from tests.onnx_models import affine_model
-from tests.processes import finish_or_kill
+from tests.processes import finish_or_kill, wait_until
 from workers.segments import SEGMENT_PREFIX, segment_dir
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -206,9 +205,7 @@ def _group_members(pgid: int) -> list[int]:
 
 def _left_running(pgid: int) -> list[int]:
     """Processes of the block's group still alive 10 s after it ended (then killed)."""
-    deadline = time.monotonic() + 10
-    while _group_members(pgid) and time.monotonic() < deadline:
-        time.sleep(0.1)
+    wait_until(lambda: not _group_members(pgid), interval=0.1, check=False)
     left = _group_members(pgid)
     if left:
         os.killpg(pgid, signal.SIGKILL)

@@ -31,7 +31,7 @@ from tests.fake_librknnrt.fake_model import (
     read_model,
     write_model,
 )
-from tests.processes import alive, wait_gone
+from tests.processes import alive, wait_gone, wait_until
 from workers.backends import rknn_runtime as rt
 
 REPO = Path(__file__).resolve().parent.parent
@@ -480,10 +480,9 @@ def test_a_hanging_run_never_returns(tmp_path, library):
     script = f"ctx = fake.init({str(tmp_path / 'm.fkrn')!r}); fake.infer(ctx, [np.ones(4, np.float32)])"
     process = subprocess.Popen(script_command(script, library), cwd=REPO, env=script_env(log))
     try:
-        deadline = time.monotonic() + 15
-        while not any(c["call"] == "fault" for c in read_call_log(log)):
-            assert time.monotonic() < deadline and process.poll() is None, "the run never started"
-            time.sleep(0.05)
+        started = lambda: any(c["call"] == "fault" for c in read_call_log(log))  # noqa: E731
+        wait_until(lambda: started() or process.poll() is not None, 15, "the run to start", interval=0.05)
+        assert started(), "the run never started"
         time.sleep(0.5)
         assert alive(process.pid), "rknn_run returned although the model asked it to hang"
     finally:

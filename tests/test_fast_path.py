@@ -20,6 +20,7 @@ from farm.books import Books
 from farm.channels import MAX_CHANNELS
 from farm.direct import STREAM_DEPTH, WINDOW, stream_depth
 from tests.onnx_models import affine_model
+from tests.processes import wait_until
 from workers.protocol import INLINE_BYTES
 
 pytestmark = pytest.mark.timeout(120)
@@ -27,15 +28,6 @@ pytestmark = pytest.mark.timeout(120)
 
 def seconds(value: float) -> dict:
     return {"seconds": np.array([value], dtype=np.float64)}
-
-
-def wait_until(condition, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.01)
-    return condition()
 
 
 def idle(farm: Farm) -> bool:
@@ -84,7 +76,7 @@ def test_more_callers_than_channels_all_get_their_own_answers(tmp_path):
 
         with concurrent.futures.ThreadPoolExecutor(threads) as pool:
             assert all(pool.map(caller, range(threads)))
-        assert wait_until(lambda: idle(farm))
+        wait_until(lambda: idle(farm))
 
 
 def test_a_run_whose_worker_is_killed_is_retried_and_returns():
@@ -109,7 +101,7 @@ def test_a_run_that_times_out_leaves_the_books_right_and_the_farm_serving():
         with pytest.raises(concurrent.futures.TimeoutError):  # the builtin only from Python 3.11
             farm.run(seconds(0.5), timeout=0.05)
         # The late answer is read by the router thread: the context is free again.
-        assert wait_until(lambda: idle(farm))
+        wait_until(lambda: idle(farm))
         for _ in range(3):
             assert farm.run(seconds(0.0), timeout=30)[0][0] == 0.0
         assert farm.stats()["workers"][0]["tasks"] == 4
@@ -127,7 +119,7 @@ def test_closing_with_cancel_ends_a_run_waiting_on_its_channel():
 
     thread = threading.Thread(target=caller)
     thread.start()
-    assert wait_until(lambda: farm.stats()["outstanding"] == 1)
+    wait_until(lambda: farm.stats()["outstanding"] == 1)
     started = time.monotonic()
     farm.close(cancel=True)
     thread.join(10)
@@ -192,7 +184,7 @@ def test_map_beside_other_submitters_keeps_order_and_answers(tmp_path):
             assert all(o.result(timeout=60) > 0 for o in others)
         assert got == [2.0 * i + 1 for i in range(500)]
         assert unordered == [2.0 * i + 1 for i in range(100)]
-        assert wait_until(lambda: idle(farm))
+        wait_until(lambda: idle(farm))
 
 
 def test_map_survives_a_worker_killed_mid_stream():
@@ -214,8 +206,8 @@ def test_a_map_abandoned_midway_gives_its_channel_back(tmp_path):
             for k, _outputs in enumerate(farm.map({"x": np.full((1, 4), i, np.float32)} for i in range(100))):
                 if k == 5:
                     break  # the generator is closed here, with tasks still in flight
-        assert wait_until(lambda: idle(farm))
-        assert wait_until(lambda: farm._router._channels.checked_out == 0)
+        wait_until(lambda: idle(farm))
+        wait_until(lambda: farm._router._channels.checked_out == 0)
         assert farm.run({"x": np.ones((1, 4), np.float32)})[0][0, 0] == 3.0
 
 

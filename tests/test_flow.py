@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from farm import Farm, FarmError
+from tests.processes import wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -122,13 +123,11 @@ def test_the_callback_thread_keeps_no_outputs_once_their_callback_has_run(sequen
     with Farm("tests.pyfuncs:behave", sequential_callbacks=sequential) as farm:
         farm.run_async(value(10), callback)
         assert called.wait(10)
-        deadline = time.monotonic() + 5
-        while handed_over[0]() is not None and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert handed_over[0]() is None, "the callback thread still holds the outputs"
+        wait_until(lambda: handed_over[0]() is None, 5, "the callback thread to let go of the outputs")
 
 
 # ── pacing ───────────────────────────────────────────────────────────────
+@pytest.mark.slow
 def test_pacing_admits_at_the_farm_rate_without_queue_growth():
     service = 0.02  # seconds per task, one core: the farm serves 50 tasks/s
     with Farm("tests.pyfuncs:sleep", schedule=0, enable_pacing=True, max_queue_size=50) as farm:

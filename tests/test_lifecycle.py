@@ -15,7 +15,7 @@ import pytest
 
 from farm import Farm, FarmClosedError
 from tests.onnx_models import affine_model
-from tests.processes import finish_or_kill, wait_gone
+from tests.processes import finish_or_kill, wait_gone, wait_until
 from tests.pyfuncs import doubling
 from workers.segments import SEGMENT_PREFIX, segment_dir
 
@@ -223,7 +223,4 @@ def test_close_in_a_run_async_callback_returns_at_once_and_the_farm_closes():
     farm.run_async(doubling(1, 0.05), callback)
     assert wait_gone(pids, within=5)
     assert took and took[0] < 1
-    deadline = time.monotonic() + 5
-    while repr(farm).endswith("running)"):
-        assert time.monotonic() < deadline, "the farm never finished closing"
-        time.sleep(0.02)
+    wait_until(lambda: not repr(farm).endswith("running)"), 5, "the farm to finish closing")

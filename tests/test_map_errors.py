@@ -4,13 +4,12 @@ read, and no task or shared memory is left behind."""
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 
 from farm import Farm, InvalidInputError
 from tests.onnx_models import affine_model
+from tests.processes import wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -41,9 +40,7 @@ def outcome_of(iterator) -> tuple[list, BaseException]:
 
 
 def no_task_left(farm: Farm) -> bool:
-    deadline = time.monotonic() + 10
-    while farm._router.books.outstanding and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_until(lambda: farm._router.books.outstanding == 0, check=False)
     return farm._router.books.outstanding == 0
 
 

@@ -24,7 +24,7 @@ from farm import Farm, FarmClosedError, OptionError, TaskTimeoutError
 from farm.keys import generate_keys
 from farm.remote import _valid_heartbeat, _valid_hello, _valid_timings
 from tests.onnx_models import affine_model
-from tests.processes import wait_gone
+from tests.processes import wait_gone, wait_until
 from tests.pyfuncs import doubling
 from workers import protocol
 from workers.segments import SEGMENT_PREFIX, segment_dir
@@ -100,18 +100,7 @@ def nodes():
     # A node removes its segments on its way out or, where it could not (killed
     # after its 10 s of grace), its workers do once they notice it is gone: on a
     # loaded machine that takes longer than a fixed pause.
-    deadline = time.monotonic() + 5
-    while leftovers() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not leftovers(), f"node segments left behind: {leftovers()}"
-
-
-def wait_for(predicate, within: float = 20.0) -> float:
-    started = time.monotonic()
-    while not predicate():
-        assert time.monotonic() - started < within, "timed out waiting"
-        time.sleep(0.01)
-    return time.monotonic() - started
+    wait_until(lambda: not leftovers(), 5, lambda: f"node segments left behind: {leftovers()}", interval=0.05)
 
 
 def joined(farm: Farm) -> int:
@@ -126,7 +115,7 @@ def test_tasks_spread_over_local_and_remote_cores(nodes):
     with Farm("tests.pyfuncs:behave", schedule="0", listen="tcp://127.0.0.1:*", **FAST) as farm:
         nodes.start(farm.listen_address)
         nodes.start(farm.listen_address, "--threads-per-core", "2")
-        wait_for(lambda: joined(farm) == 2)
+        wait_until(lambda: joined(farm) == 2, 20)
         values = list(range(100, 700))
         assert [int(o[0][0]) for o in farm.map([action(v) for v in values])] == values
         served = {w["node"]: w["tasks"] for w in farm.stats()["workers"]}
@@ -136,13 +125,13 @@ def test_tasks_spread_over_local_and_remote_cores(nodes):
 def test_a_node_reports_its_workers_memory_in_its_heartbeats(nodes):
     with Farm("tests.pyfuncs:behave", schedule="0", listen="tcp://127.0.0.1:*", **FAST) as farm:
         node = nodes.start(farm.listen_address, "--threads-per-core", "2")
-        wait_for(lambda: joined(farm) == 1)
+        wait_until(lambda: joined(farm) == 1, 20)
 
         def node_rss_mb() -> float:
             (entry,) = [w for w in farm.stats()["workers"] if w["node"] == "node0"]
             return entry["rss_mb"] or 0.0
 
-        wait_for(lambda: node_rss_mb() > 0)
+        wait_until(lambda: node_rss_mb() > 0, 20)
         # The node's children are its workers: Python processes with numpy loaded.
         expected = sum(c.memory_info().rss for c in psutil.Process(node.pid).children()) / 2**20
         assert node_rss_mb() > 10 and node_rss_mb() == pytest.approx(expected, rel=0.5)
@@ -193,7 +182,7 @@ def test_a_node_killed_mid_stream_loses_no_task(nodes):
     ) as farm:
         victim = nodes.start(farm.listen_address)
         nodes.start(farm.listen_address)
-        wait_for(lambda: joined(farm) == 2)
+        wait_until(lambda: joined(farm) == 2, 20)
         futures = [farm.submit(action(1000 + i)) for i in range(300)]
         victim.kill()
         futures += [farm.submit(action(1300 + i)) for i in range(300)]
@@ -202,6 +191,7 @@ def test_a_node_killed_mid_stream_loses_no_task(nodes):
         assert farm.stats()["remote"]["lost"] == 1
 
 
+@pytest.mark.slow
 def test_a_node_that_comes_back_takes_its_old_place_and_the_tasks_waiting_there(nodes):
     # With no other core, a lost node's tasks wait on its queue. The node used to
     # come back as a new core, and they waited there for ever.
@@ -209,11 +199,11 @@ def test_a_node_that_comes_back_takes_its_old_place_and_the_tasks_waiting_there(
         "tests.pyfuncs:double_later", local_cores=False, listen="tcp://127.0.0.1:*", max_queue_size=64, **FAST
     ) as farm:
         node = nodes.start(farm.listen_address, model="tests.pyfuncs:double_later", name="board-b")
-        wait_for(lambda: joined(farm) == 1)
+        wait_until(lambda: joined(farm) == 1, 20)
         feeds = [doubling(i, 0.02) for i in range(40)]
         futures = [farm.submit(feed) for feed in feeds]
         node.send_signal(signal.SIGSTOP)  # silent: the router drops it
-        wait_for(lambda: farm.stats()["remote"]["lost"] == 1)
+        wait_until(lambda: farm.stats()["remote"]["lost"] == 1, 20)
         assert not farm.health()["ready"]  # nothing serves
         node.send_signal(signal.SIGCONT)  # it notices the silence and says HELLO again
         values = [float(f.result(timeout=60)[0][0]) for f in futures]
@@ -227,12 +217,13 @@ def test_the_perf_line_of_a_task_a_node_ran_names_the_node(nodes, monkeypatch, c
     monkeypatch.setenv("RKNN_FARM_PRINT_PERF", "1")
     with Farm("tests.pyfuncs:behave", local_cores=False, listen="tcp://127.0.0.1:*", **FAST) as farm:
         nodes.start(farm.listen_address, name="board-c")
-        wait_for(lambda: joined(farm) == 1)
+        wait_until(lambda: joined(farm) == 1, 20)
         assert int(farm.run(action(7))[0][0]) == 7
     lines = [line for line in capfd.readouterr().err.splitlines() if "ztu_ez_rknn_async_perf" in line]
     assert lines and lines[-1].endswith(" node=board-c"), lines
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("router_ms", "node_ms"), [(1000, 200), (200, 1000)])
 def test_a_node_and_a_router_that_beat_at_different_paces_stay_connected(nodes, router_ms, node_ms):
     # Each side waits for the slower of the two paces. A node used to reconnect
@@ -241,20 +232,21 @@ def test_a_node_and_a_router_that_beat_at_different_paces_stay_connected(nodes, 
         "tests.pyfuncs:behave", schedule="0", listen="tcp://127.0.0.1:*", heartbeat_interval_ms=router_ms
     ) as farm:
         nodes.start(farm.listen_address, "--heartbeat-ms", str(node_ms))
-        wait_for(lambda: joined(farm) == 1)
+        wait_until(lambda: joined(farm) == 1, 20)
         time.sleep(3 * max(router_ms, node_ms) / 1000 + 0.5)
         assert farm.stats()["remote"]["joined"] == 1 and farm.stats()["remote"]["lost"] == 0
         assert [int(o[0][0]) for o in farm.map([action(v) for v in range(100, 120)])] == list(range(100, 120))
 
 
+@pytest.mark.slow
 def test_a_node_recycles_its_own_workers_when_told(nodes):
     with Farm("tests.pyfuncs:behave", local_cores=False, listen="tcp://127.0.0.1:*", **FAST) as farm:
         node = nodes.start(farm.listen_address, "--max-tasks-per-worker", "10")
-        wait_for(lambda: joined(farm) == 1)
+        wait_until(lambda: joined(farm) == 1, 20)
         first = {child.pid for child in psutil.Process(node.pid).children()}
         values = list(range(100, 160))
         assert [int(o[0][0]) for o in farm.map([action(v) for v in values])] == values
-        wait_for(lambda: {c.pid for c in psutil.Process(node.pid).children()} - first)
+        wait_until(lambda: {c.pid for c in psutil.Process(node.pid).children()} - first, 20)
 
 
 def _has_ipv6_loopback() -> bool:
@@ -271,7 +263,7 @@ def test_a_node_joins_over_ipv6(nodes):
     with Farm("tests.pyfuncs:behave", local_cores=False, listen="tcp://[::1]:*", **FAST) as farm:
         assert farm.listen_address.startswith("tcp://[::1]:")
         nodes.start(farm.listen_address)
-        wait_for(lambda: joined(farm) == 1)
+        wait_until(lambda: joined(farm) == 1, 20)
         assert [int(o[0][0]) for o in farm.map([action(v) for v in range(100, 110)])] == list(range(100, 110))
 
 
@@ -280,7 +272,7 @@ def test_a_node_reports_the_model_time_of_its_worker_not_its_own_queue_wait(node
     # With two tasks in the node at a time, its round trip is about twice the model's.
     with Farm("tests.pyfuncs:double_later", local_cores=False, listen="tcp://127.0.0.1:*", **FAST) as farm:
         nodes.start(farm.listen_address, model="tests.pyfuncs:double_later")
-        wait_for(lambda: joined(farm) == 1)
+        wait_until(lambda: joined(farm) == 1, 20)
         feeds = [doubling(i, 0.05) for i in range(12)]
         assert [float(o[0][0]) for o in farm.map(feeds)] == [2.0 * i for i in range(12)]
         (node,) = farm.stats()["workers"]
@@ -290,10 +282,10 @@ def test_a_node_reports_the_model_time_of_its_worker_not_its_own_queue_wait(node
 def test_a_farm_stays_ready_when_a_node_leaves_for_good(nodes):
     with Farm("tests.pyfuncs:behave", schedule="0", listen="tcp://127.0.0.1:*", **FAST) as farm:
         node = nodes.start(farm.listen_address)
-        wait_for(lambda: joined(farm) == 1)
+        wait_until(lambda: joined(farm) == 1, 20)
         assert farm.health()["ready"]
         node.kill()
-        wait_for(lambda: farm.stats()["remote"]["lost"] == 1)
+        wait_until(lambda: farm.stats()["remote"]["lost"] == 1, 20)
         health = farm.health()
         assert health["ready"] and sorted(health["cores"].values()) == ["down", "ready"]
         assert int(farm.run(action(42))[0][0]) == 42
@@ -302,7 +294,7 @@ def test_a_farm_stays_ready_when_a_node_leaves_for_good(nodes):
 def test_an_input_in_the_parents_shared_memory_reaches_a_node_as_frames(nodes):
     with Farm("tests.pyfuncs:double_later", local_cores=False, listen="tcp://127.0.0.1:*", **FAST) as farm:
         nodes.start(farm.listen_address, model="tests.pyfuncs:double_later")
-        wait_for(lambda: joined(farm) == 1)
+        wait_until(lambda: joined(farm) == 1, 20)
         data = farm.input_array("data")
         data[:] = np.arange(data.size, dtype=np.float32)
         task = farm._make_task({"data": data, "seconds": np.array([0.0])})
@@ -312,22 +304,23 @@ def test_an_input_in_the_parents_shared_memory_reaches_a_node_as_frames(nodes):
         np.testing.assert_array_equal(out, data * 2)
 
 
+@pytest.mark.slow
 def test_a_node_joining_mid_stream_gets_work_within_a_second(nodes):
     with Farm("tests.pyfuncs:sleep", local_cores=False, listen="tcp://127.0.0.1:*", **FAST) as farm:
         nodes.start(farm.listen_address, "--backend", "python", model="tests.pyfuncs:sleep")
-        wait_for(lambda: joined(farm) == 1)
+        wait_until(lambda: joined(farm) == 1, 20)
         stream = farm.map(({"seconds": np.array([0.01])} for _ in range(400)), max_in_flight=8)
         for _ in range(20):
             next(stream)
         nodes.start(farm.listen_address, model="tests.pyfuncs:sleep", name="late")
-        wait_for(lambda: joined(farm) == 2)
+        wait_until(lambda: joined(farm) == 2, 20)
         joined_at = time.monotonic()
 
         def late_tasks() -> int:
             next(stream)
             return next(w["tasks"] for w in farm.stats()["workers"] if w["node"] == "late")
 
-        assert wait_for(lambda: late_tasks() > 0, within=5) < 1.0
+        assert wait_until(lambda: late_tasks() > 0, within=5) < 1.0
         assert time.monotonic() - joined_at < 1.0
         for _ in stream:
             pass
@@ -337,7 +330,7 @@ def test_a_node_without_the_model_receives_it_checked_by_hash(nodes, tmp_path):
     model = affine_model(str(tmp_path), shape=(1, 4))
     with Farm(model, local_cores=False, listen="tcp://127.0.0.1:*", **FAST) as farm:
         nodes.start(farm.listen_address, "--cache-dir", str(tmp_path / "cache"), model="")
-        wait_for(lambda: joined(farm) == 1)
+        wait_until(lambda: joined(farm) == 1, 20)
         (out,) = farm.run({"x": np.ones((1, 4), np.float32)})
         assert np.all(out == 3)
         assert farm.inputs[0].name == "x"  # learnt from the node's description
@@ -363,9 +356,9 @@ def test_only_authorised_keys_join(nodes, tmp_path):
     options = dict(listen="tcp://127.0.0.1:*", keys_dir=str(router_keys), **FAST)
     with Farm("tests.pyfuncs:behave", schedule="0", **options) as farm:
         nodes.start(farm.listen_address, "--keys", str(bad_keys), name="bad")
-        wait_for(lambda: farm.stats()["remote"]["rejected_auth"] >= 1)
+        wait_until(lambda: farm.stats()["remote"]["rejected_auth"] >= 1, 20)
         nodes.start(farm.listen_address, "--keys", str(good_keys), name="good")
-        wait_for(lambda: joined(farm) == 1)
+        wait_until(lambda: joined(farm) == 1, 20)
         assert [w["node"] for w in farm.stats()["workers"] if w["node"] != "local"] == ["good"]
         assert [int(o[0][0]) for o in farm.map([action(v) for v in range(100, 140)])] == list(range(100, 140))
 
@@ -391,7 +384,7 @@ def test_fuzzing_the_router_drops_and_counts_but_keeps_serving(nodes):
     rng = random.Random(11)
     with Farm("tests.pyfuncs:behave", schedule="0", listen="tcp://127.0.0.1:*", **FAST) as farm:
         nodes.start(farm.listen_address)
-        wait_for(lambda: joined(farm) == 1)
+        wait_until(lambda: joined(farm) == 1, 20)
         host, port = farm.listen_address[len("tcp://") :].rsplit(":", 1)
         with socket.create_connection((host, int(port))) as raw:  # not even ZMTP
             raw.sendall(rng.randbytes(4096))
@@ -436,17 +429,23 @@ def test_fuzzing_a_node_drops_and_counts_but_keeps_serving(nodes, fake_router):
     x = np.array([42], dtype=np.int64)
     task = [protocol.TASK, 7, 0, [[None, 0, x.dtype.str, [1], "action"]], None, 0]
     router.send_multipart([identity, msgpack.packb(task), x.tobytes()])
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        assert router.poll(int((deadline - time.monotonic()) * 1000)), "no answer to the valid task"
-        frames = router.recv_multipart()
-        header = msgpack.unpackb(frames[1])
-        if header[0] == protocol.RESULT:
-            break
+    results = []
+
+    def answered() -> bool:
+        if router.poll(100):
+            frames = router.recv_multipart()
+            if msgpack.unpackb(frames[1])[0] == protocol.RESULT:
+                results.append(frames)
+        return bool(results)
+
+    wait_until(answered, 20, "an answer to the valid task", interval=0)
+    frames = results[0]
+    header = msgpack.unpackb(frames[1])
     assert header[3] == 7 and np.frombuffer(frames[2], np.int64)[0] == 42
     assert node.poll() is None, "the node died of the garbage"
 
 
+@pytest.mark.slow
 def test_a_node_sent_a_corrupt_model_or_a_bad_welcome_says_hello_again(nodes, fake_router):
     router, address = fake_router
     node = nodes.start(address)
@@ -468,7 +467,7 @@ def _throughput(n_nodes: int, nodes: Nodes) -> float:
     with Farm("tests.pyfuncs:sleep", local_cores=False, listen="tcp://127.0.0.1:*", **FAST) as farm:
         for i in range(n_nodes):
             nodes.start(farm.listen_address, model="tests.pyfuncs:sleep", name=f"s{n_nodes}-{i}")
-        wait_for(lambda: joined(farm) == n_nodes)
+        wait_until(lambda: joined(farm) == n_nodes, 20)
         work = [{"seconds": np.array([0.02])} for _ in range(60 * n_nodes)]
         for _ in farm.map(work[:8]):
             pass  # warm up every path
@@ -478,6 +477,7 @@ def _throughput(n_nodes: int, nodes: Nodes) -> float:
         return len(work) / (time.perf_counter() - started)
 
 
+@pytest.mark.slow
 def test_four_single_core_nodes_give_at_least_3_5_times_one(nodes):
     one = _throughput(1, nodes)
     four = _throughput(4, nodes)
@@ -511,7 +511,7 @@ def test_a_python_model_is_shipped_to_a_node_as_its_spec(nodes, tmp_path):
     # The node took "package.module:function" for a file name and exited with status 2.
     with Farm("tests.pyfuncs:behave", local_cores=False, listen="tcp://127.0.0.1:*", **FAST) as farm:
         nodes.start(farm.listen_address, "--cache-dir", str(tmp_path / "cache"), model="")
-        wait_for(lambda: joined(farm) == 1)
+        wait_until(lambda: joined(farm) == 1, 20)
         assert [int(o[0][0]) for o in farm.map([action(v) for v in range(100, 110)])] == list(range(100, 110))
     assert not (tmp_path / "cache").exists()  # nothing was written as a model file
 
@@ -529,12 +529,13 @@ def test_a_node_that_cannot_import_a_shipped_spec_says_so_and_exits(nodes, tmp_p
     assert "no module named 'no_such_package_16.stage' here (install the package" in text
 
 
+@pytest.mark.slow
 def test_a_task_hung_on_a_node_times_out_like_a_local_one(nodes):
     # task_timeout_ms did not cover nodes: the task, and the node's next, never ended.
     options = dict(task_timeout_ms=800, max_retries=0, **FAST)
     with Farm("tests.pyfuncs:behave", local_cores=False, listen="tcp://127.0.0.1:*", **options) as farm:
         nodes.start(farm.listen_address)  # without a time-out of its own: its worker stays hung
-        wait_for(lambda: joined(farm) == 1)
+        wait_until(lambda: joined(farm) == 1, 20)
         hung, following = farm.submit(action(5)), farm.submit(action(7))
         for future in (hung, following):
             with pytest.raises(TaskTimeoutError, match="task_timeout_ms=800 on node 'node0'"):
@@ -542,6 +543,7 @@ def test_a_task_hung_on_a_node_times_out_like_a_local_one(nodes):
         assert joined(farm) == 1  # the node itself is fine
 
 
+@pytest.mark.slow
 def test_a_node_context_the_router_gave_up_on_stays_taken_until_the_node_answers(nodes):
     # The router freed the context at once although the node's worker still ran
     # the task, and sent the node more than its contexts could hold.
@@ -549,7 +551,7 @@ def test_a_node_context_the_router_gave_up_on_stays_taken_until_the_node_answers
     farm = Farm("tests.pyfuncs:behave", local_cores=False, listen="tcp://127.0.0.1:*", **options)
     try:
         nodes.start(farm.listen_address, "--task-timeout-ms", "2000")  # one context: a window of two
-        wait_for(lambda: joined(farm) == 1)
+        wait_until(lambda: joined(farm) == 1, 20)
         hung, behind = farm.submit(action(5)), farm.submit(action(7))
         for future in (hung, behind):
             with pytest.raises(TaskTimeoutError):
@@ -559,7 +561,7 @@ def test_a_node_context_the_router_gave_up_on_stays_taken_until_the_node_answers
         node = farm.stats()["workers"][0]
         assert (node["queued"], node["in_flight"]) == (1, 0)  # both places still taken on the node
         # The node's own time-out frees its worker and it answers: the context takes work again.
-        wait_for(lambda: later.done() or farm.stats()["workers"][0]["in_flight"] == 1)
+        wait_until(lambda: later.done() or farm.stats()["workers"][0]["in_flight"] == 1, 20)
     finally:
         farm.close(cancel=True)
 
@@ -567,17 +569,22 @@ def test_a_node_context_the_router_gave_up_on_stays_taken_until_the_node_answers
 def _answer_from_node(router: zmq.Socket, identity: bytes, within: float = 30.0) -> tuple[list, list]:
     """The next RESULT or FAILED from a node, heartbeating it meanwhile (a
     silent router makes it reconnect)."""
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
+    answers = []
+
+    def answered() -> bool:
         router.send_multipart([identity, msgpack.packb([protocol.HEARTBEAT, 200])])
         if router.poll(100):
             frames = router.recv_multipart()
             header = msgpack.unpackb(frames[1])
             if header[0] in (protocol.RESULT, protocol.FAILED):
-                return header, frames[2:]
-    raise AssertionError("the node did not answer")
+                answers.append((header, frames[2:]))
+        return bool(answers)
+
+    wait_until(answered, within, "the node to answer", interval=0)
+    return answers[0]
 
 
+@pytest.mark.slow
 def test_a_node_with_its_own_task_timeout_frees_its_hung_worker(nodes, fake_router):
     router, address = fake_router
     nodes.start(address, "--task-timeout-ms", "500")
@@ -600,10 +607,10 @@ def test_close_fails_the_tasks_of_a_node_that_left_instead_of_waiting_forever(no
     farm = Farm("tests.pyfuncs:double_later", local_cores=False, listen="tcp://127.0.0.1:*", **FAST)
     node = nodes.start(farm.listen_address, model="tests.pyfuncs:double_later")
     try:
-        wait_for(lambda: joined(farm) == 1)
+        wait_until(lambda: joined(farm) == 1, 20)
         futures: list[Future] = [farm.submit(doubling(i, 1.0)) for i in range(3)]
         node.send_signal(signal.SIGSTOP)  # silent: the router drops it, and no core is left
-        wait_for(lambda: farm.stats()["remote"]["lost"] == 1)
+        wait_until(lambda: farm.stats()["remote"]["lost"] == 1, 20)
         closer = threading.Thread(target=farm.close)
         closer.start()
         closer.join(10)
@@ -624,10 +631,11 @@ def _router_keys(tmp_path: Path) -> Path:
 
 
 def _wait_for_text(path: Path, text: str, within: float = 20.0) -> str:
-    wait_for(lambda: text in path.read_text(), within=within)
+    wait_until(lambda: text in path.read_text(), within=within)
     return path.read_text()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("node_keys", ["none", "unknown"])
 def test_a_node_the_router_refuses_warns_its_user(nodes, tmp_path, node_keys):
     # It printed "serving cores" and retried silently for ever.
@@ -652,11 +660,12 @@ def test_a_node_the_router_refuses_warns_its_user(nodes, tmp_path, node_keys):
     assert text.count("warning: no answer") == 1  # once, not at every retry
 
 
+@pytest.mark.slow
 def test_a_second_node_with_a_live_nodes_name_is_refused_until_that_node_leaves(nodes, tmp_path):
     # A HELLO that reused a live node's name added a second entry with that name.
     with Farm("tests.pyfuncs:behave", schedule="0", listen="tcp://127.0.0.1:*", **FAST) as farm:
         first = nodes.start(farm.listen_address, name="twin")
-        wait_for(lambda: joined(farm) == 1)
+        wait_until(lambda: joined(farm) == 1, 20)
         log = tmp_path / "second.log"
         second = nodes.start(farm.listen_address, name="twin", log=str(log))
         text = _wait_for_text(log, "the router refused this node")
@@ -664,7 +673,7 @@ def test_a_second_node_with_a_live_nodes_name_is_refused_until_that_node_leaves(
         assert farm.stats()["remote"]["rejected_name"] >= 1
         assert [w["pid"] for w in farm.stats()["workers"] if w["node"] == "twin"] == [first.pid]
         first.send_signal(signal.SIGINT)
-        wait_for(
+        wait_until(
             lambda: (
                 [w["pid"] for w in farm.stats()["workers"] if w["ready"] and w["node"] == "twin"]
                 == [second.pid]

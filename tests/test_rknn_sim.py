@@ -24,6 +24,7 @@ import pytest
 from farm import Farm, WorkerStartError
 from farm import convert as farm_convert
 from tests.onnx_models import affine_model, two_input_model
+from tests.processes import wait_until
 from workers.backends import rknn_sim_backend as sim
 from workers.backends.base import Placement
 
@@ -287,9 +288,7 @@ def test_the_seed_session_api_on_the_simulator(toolkit, models):
         session.run_async(
             None, [a, b], lambda results, user_data, err: got.append((results, user_data, err)), 5
         )
-        deadline = time.monotonic() + 60
-        while not got and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_until(lambda: got, 60, "the callback")
         ((results, user_data, err),) = got
         assert err == "" and user_data == 5
         np.testing.assert_allclose(results[0], a + b, atol=AFFINE_ATOL)

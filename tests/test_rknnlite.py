@@ -25,6 +25,7 @@ import pytest
 
 from farm import BackendUnavailableError, Farm, TaskError, WorkerCrashedError, WorkerStartError
 from tests.fake_rknnlite import FAKE_ROOT, write_fake_model
+from tests.processes import wait_until
 from workers.backends import rknn_runtime
 from workers.backends.base import Placement
 
@@ -84,10 +85,7 @@ def nchw(value: float | None = None, seed: int = 0) -> np.ndarray:
 
 
 def wait_until_ready(farm: Farm, seconds: float = 30) -> None:
-    deadline = time.monotonic() + seconds
-    while not all(w["ready"] for w in farm.stats()["workers"]):
-        assert time.monotonic() < deadline, "workers did not come back"
-        time.sleep(0.05)
+    wait_until(lambda: all(w["ready"] for w in farm.stats()["workers"]), seconds, "the workers to come back")
 
 
 # ── core masks ─────────────────────────────────────────────────────────────

@@ -12,7 +12,6 @@ import gc
 import os
 import signal
 import threading
-import time
 import weakref
 
 import numpy as np
@@ -20,6 +19,7 @@ import pytest
 
 from farm import Farm, FarmClosedError, InvalidInputError, TaskError
 from tests.onnx_models import affine_model, two_input_model
+from tests.processes import wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -125,10 +125,7 @@ def test_a_worker_unmaps_another_farms_memory_once_that_farm_has_closed(model):
         assert mapped(worker, segment), "the worker did not read the first farm's memory in place"
         del x
         first.close()
-        deadline = time.monotonic() + 10
-        while mapped(worker, segment) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert not mapped(worker, segment), "the worker still maps a closed farm's memory"
+        wait_until(lambda: not mapped(worker, segment), what="the worker to unmap a closed farm's memory")
         np.testing.assert_array_equal(second.run({"x": np.ones(SHAPE, np.float32)})[0], np.full(SHAPE, 3.0))
 
 

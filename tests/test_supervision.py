@@ -16,7 +16,7 @@ import psutil
 import pytest
 
 from farm import Farm, TaskTimeoutError, WorkerCrashedError
-from tests.processes import wait_for_memory_samples, wait_gone
+from tests.processes import wait_for_memory_samples, wait_gone, wait_until
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -28,11 +28,7 @@ def action(code: int) -> dict:
 
 
 def wait_ready(farm: Farm, within: float = 20.0) -> float:
-    started = time.monotonic()
-    while not farm.health()["ready"]:
-        assert time.monotonic() - started < within, f"not ready again within {within} s: {farm.health()}"
-        time.sleep(0.01)
-    return time.monotonic() - started
+    return wait_until(lambda: farm.health()["ready"], within, lambda: f"ready again: {farm.health()}")
 
 
 def test_a_task_that_hangs_is_killed_after_task_timeout_and_fails_as_timeout():
@@ -90,10 +86,7 @@ def test_a_worker_above_the_rss_limit_is_recycled():
     with Farm("tests.pyfuncs:behave", schedule=0, max_worker_rss_mb=150) as farm:
         for _ in range(3):  # each leaks 64 MiB
             farm.run(action(8))
-        deadline = time.monotonic() + 10
-        while farm.stats()["workers"][0]["recycles"] == 0:
-            assert time.monotonic() < deadline, farm.stats()["workers"][0]
-            time.sleep(0.05)
+        wait_until(lambda: farm.stats()["workers"][0]["recycles"], what=lambda: farm.stats()["workers"][0])
         wait_ready(farm)
         assert farm.run(action(9))[0][0] == 9
 
@@ -111,6 +104,7 @@ def test_stats_report_each_workers_resident_memory_without_a_limit():
         assert all(w["recycles"] == 0 for w in workers)
 
 
+@pytest.mark.slow
 def test_ten_thousand_tasks_under_random_kills_are_each_answered_once():
     rng = random.Random(5)
     answers: dict[int, list] = {}

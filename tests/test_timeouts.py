@@ -34,6 +34,7 @@ def test_run_with_a_timeout_says_which_task_and_how_long_it_waited():
     )
 
 
+@pytest.mark.slow
 def test_run_of_a_queued_task_with_a_timeout_says_it_is_queued():
     with Farm("tests.pyfuncs:sleep", backend="python", schedule=0, max_queue_size=4) as farm:
         busy = [farm.submit(seconds(1.0)) for _ in range(2)]  # the context's window is full
@@ -42,6 +43,7 @@ def test_run_of_a_queued_task_with_a_timeout_says_it_is_queued():
     assert message == "task 2 got no answer within 0.2 s (still queued for core 0)"
 
 
+@pytest.mark.slow
 def test_future_result_with_a_timeout_names_the_task_and_where_it_is():
     with Farm("tests.pyfuncs:sleep", backend="python", schedule=0, max_queue_size=4) as farm:
         futures = [farm.submit(seconds(1.0)) for _ in range(3)]
