@@ -39,7 +39,7 @@ import zmq
 from farm.errors import FarmBrokenError, FarmClosedError, FarmError, SubmitTimeoutError, WorkerCrashedError
 from farm.pacing import Pacer
 from farm.pool import ContextSlot, WorkerHandle
-from farm.task import Task
+from farm.task import Task, whereabouts
 
 __all__ = ["MAX_REQUEUES", "WINDOW", "Books"]
 
@@ -119,15 +119,10 @@ class Books:
         return len(self.tasks)
 
     def where(self, task_id: int) -> str:
-        """Where task ``task_id`` is: "queued for core c", "in flight on core c
-        context i", or "ended" (or never admitted)."""
+        """Where task ``task_id`` is (``farm.task.whereabouts``), or "ended"
+        when it is not on the index (ended, or never admitted)."""
         task = self.tasks.get(task_id)
-        if task is None:
-            return "ended"
-        slot = task.slot
-        if slot is not None and slot.in_flight.get(task_id) is task:
-            return f"in flight on core {slot.worker.core} context {slot.index}"
-        return f"queued for core {task.core}"
+        return "ended" if task is None else whereabouts(task)
 
     # ── admission ────────────────────────────────────────────────────────
     def check_open(self) -> None:

@@ -614,7 +614,8 @@ class Router:
             self.answers.fail(task, FarmClosedError("the farm was closed before this task started"))
         self._stop_workers()
         for worker in books.workers:
-            orphans = [t for slot in worker.slots for t in slot.in_flight.values()]
+            with books.cond:
+                orphans = books.take_in_flight(worker)
             for task in orphans:
                 self.answers.fail(task, FarmClosedError("the farm closed before this task finished"))
             close_slots(worker)

@@ -23,7 +23,7 @@ from farm.shm import Region, SharedArena, locate_shared
 from farm.tensors import PreparedInput
 from workers.protocol import INLINE_BYTES, align
 
-__all__ = ["Outcome", "Task", "TaskFuture", "timed_out", "write_inputs"]
+__all__ = ["Outcome", "Task", "TaskFuture", "timed_out", "whereabouts", "write_inputs"]
 
 Callback = Callable[[Optional[list], Any, str], None]
 
@@ -296,12 +296,13 @@ def timed_out(task: Optional[Task], timeout: Optional[float]) -> FutureTimeoutEr
     Python 3.11), saying which task, how long and where the task is now."""
     name = "the task" if task is None or task.task_id < 0 else f"task {task.task_id}"
     waited = "" if timeout is None else f" within {timeout:g} s"
-    where = "" if task is None else f" ({_whereabouts(task)})"
+    where = "" if task is None else f" ({whereabouts(task)})"
     return FutureTimeoutError(f"{name} got no answer{waited}{where}")
 
 
-def _whereabouts(task: Task) -> str:
-    """Where ``task`` is, read without the router's lock (a snapshot for a message)."""
+def whereabouts(task: Task) -> str:
+    """Where ``task`` is: queued, running (for how long) or ended. Read
+    without the router's lock, it is a snapshot for a message."""
     if task.task_id < 0:
         return "not admitted yet"
     slot = task.slot
