@@ -253,6 +253,7 @@ def run_block(block: Block, directory: Path) -> None:
     assert not leaked, f"{block.id}: shared memory left behind: {sorted(leaked)}"
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(2 * BLOCK_TIMEOUT_S + 60)
 @pytest.mark.parametrize("block", BLOCKS, ids=[b.id for b in BLOCKS])
 def test_block(block: Block, request: pytest.FixtureRequest) -> None:
