@@ -20,8 +20,10 @@ a death or kill ──► BACKOFF (or DOWN past the crash-loop limit, or while t
 farm stops) ──respawn──► STARTING.
 
 :class:`Supervisor` is a component of :class:`farm.router.Router`: its methods
-run under the books' lock (``farm.books``) unless they say otherwise, and it
-owns only its timers; spawning a worker is injected (the router's sockets).
+run under the books' lock (``farm.books``) unless they say otherwise. What it
+decides lives on each worker's record (``WorkerHandle``: its state, back-off,
+kill reason, failures in a row), as in the zguide's Majordomo broker;
+spawning a worker is injected (the router owns the sockets).
 """
 
 from __future__ import annotations
