@@ -26,7 +26,7 @@ import numpy as np
 import psutil
 import pytest
 
-from farm import Farm, OptionError, WorkerCrashedError, dmabuf
+from farm import Farm, OptionError, SubmitTimeoutError, WorkerCrashedError, dmabuf
 from farm.dmabuf import heap_source
 from tests.board import board
 from tests.fake_librknnrt import driver
@@ -335,3 +335,22 @@ def test_rknnrt_binds_a_frame_locally_and_sends_a_node_a_copy_both_exact(rknnrt_
     bound_by = {c["pid"] for c in log.calls("create_mem_from_fd")}
     assert bound_by and bound_by.isdisjoint(node_workers)
     assert {c["index"] for c in log.calls("inputs_set") if c["pid"] in node_workers} == {0, 1}
+
+
+def test_input_array_of_a_farm_of_nodes_only_waits_for_the_first_node_then_says_what_to_do(tmp_path):
+    farm_options = dict(local_cores=False, listen="tcp://127.0.0.1:*", dma_heap="memfd", **FAST)
+    with Farm(PYFUNC, backend="python", submit_timeout_ms=300, **farm_options) as farm:
+        started = time.monotonic()
+        with pytest.raises(SubmitTimeoutError, match="no node joined within submit_timeout_ms=300") as raised:
+            farm.input_array("data")
+        assert time.monotonic() - started >= 0.3
+        assert f"rknn-farm node --connect {farm.listen_address}" in str(raised.value)
+    with Farm(PYFUNC, backend="python", **farm_options) as farm:  # a node joins meanwhile
+        nodes = Nodes()
+        try:
+            nodes.start(farm.listen_address, model=PYFUNC)
+            frame = farm.input_array("data")
+            assert frame.shape == (16384,) and frame.dtype == np.float32
+        finally:
+            nodes.stop()
+        assert wait_gone([p.pid for p in nodes.processes])
