@@ -65,9 +65,9 @@ shared by every thread of the process, so it is made thread-safe this way:
 one process-wide lock guards every ``dup2``, and the redirection is *shared*:
 the first call to start redirects, overlapping calls of sibling contexts join
 it, the last one to finish restores the original descriptors. Nothing is
-ever restored to another call's temporary file, and calls never wait for
-each other's inference (the lock is held only around the bookkeeping). The
-cost: with ``threads_per_core > 1`` what a call captured may hold lines a
+ever restored to another call's temporary file, and calls do not wait for
+each other's inference (the lock is held only around the bookkeeping), but
+for the one repeated alone, below. The cost: with ``threads_per_core > 1`` what a call captured may hold lines a
 sibling context printed at the same time, and anything any thread prints
 reaches the terminal at the end of the current call instead of at once. So
 an inference that returned outputs but whose window overlapped another
@@ -558,7 +558,8 @@ class RknnLiteSession:
         self._model = model
         self._placement = placement
         self._layout = str(options.get("layout") or "nchw")
-        self._data_format = _DATA_FORMATS.get(self._layout, "nchw")
+        # The layout a 4-D input arrives in from the parent (see the module docstring).
+        self._arriving_format = _DATA_FORMATS.get(self._layout, "nchw")
         self._notes: list[str] = []
         if options.get("custom_op_paths"):
             raise RuntimeError(
@@ -570,7 +571,6 @@ class RknnLiteSession:
                 "custom_op_default_path: RKNNLite cannot register plugins; whether librknnrt loads "
                 "/usr/lib/rknpu/op_plugins/librkcst_*.so by itself is not verified"
             )
-        self._new_rknnlite = RKNNLite
         self._rknn = RKNNLite()
         self._closed = False
         try:
@@ -578,8 +578,9 @@ class RknnLiteSession:
             self.core_mask = self._init_runtime(placement.core_mask)
             self._reuse_outputs = _accepts_reuse_outputs(type(self._rknn))
             self._description = self._describe_model()
-            self._transpose, self._feed_format = _feed_plan(self._description["inputs"], self._data_format)
-            self._description["data_format"] = self._feed_format
+            plan = _feed_plan(self._description["inputs"], self._arriving_format)
+            self._transpose, self._feed_format = plan
+            self._description["data_format"] = self._feed_format  # what inference() is given
         except BaseException:
             self.close()
             raise
@@ -639,7 +640,7 @@ class RknnLiteSession:
             self._rknn.release()
         except Exception:  # a broken runtime may fail to release; it is dropped either way
             pass
-        self._rknn = self._new_rknnlite()
+        self._rknn = type(self._rknn)()
         self._load()
 
     def _describe_model(self) -> dict[str, Any]:
@@ -689,7 +690,6 @@ class RknnLiteSession:
             "sdk_version_text": sdk_text,
             "core_mask": self.core_mask,
             "requested_core_mask": self._placement.core_mask,
-            "data_format": self._data_format,
             # The runtime converts any of the seed's input dtypes itself (the seed
             # checks no dtype): a parent that honours this can skip its cast.
             "converts_input_dtypes": True,
