@@ -67,16 +67,16 @@ the first call to start redirects, overlapping calls of sibling contexts join
 it, the last one to finish restores the original descriptors. Nothing is
 ever restored to another call's temporary file, and calls do not wait for
 each other's inference (the lock is held only around the bookkeeping), but
-for the one repeated alone, below. The cost: with ``threads_per_core > 1`` what a call captured may hold lines a
-sibling context printed at the same time, and anything any thread prints
-reaches the terminal at the end of the current call instead of at once. So
-an inference that returned outputs but whose window overlapped another
-call's and holds an ``E RKNN:`` line is run once more *alone* (it waits for
-the calls in progress to end, and new ones wait for it): only if the line
-comes again is it this task's, and the task fails. A good task next to a
-failing sibling thus costs one more inference, not a failure. A call that
-failed by itself (None, -1) is failed at once; its message may then also
-quote a sibling's lines. If
+for the one repeated alone, below. The cost: with ``threads_per_core > 1``
+what a call captured may hold lines a sibling context printed at the same
+time, and anything any thread prints reaches the terminal at the end of the
+current call instead of at once. So an inference that returned outputs but
+whose window overlapped another call's and holds an ``E RKNN:`` line is run
+once more *alone* (it waits for the calls in progress to end, and new ones
+wait for it): only if the line comes again is it this task's, and the task
+fails. A good task next to a failing sibling thus costs one more inference,
+not a failure. A call that failed by itself (None, -1) is failed at once;
+its message may then also quote a sibling's lines. If
 the process dies during a call (SIGSEGV in librknnrt, ``failed to submit``),
 what the runtime printed just before is still in the temporary file
 (``$TMPDIR/rknn-farm-rtlog-<parent pid>-<pid>-fd<n>.log``); the worker that the farm
