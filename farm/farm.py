@@ -15,6 +15,7 @@ import collections
 import concurrent.futures
 import os
 import threading
+import time
 import weakref
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Callable, Optional, Union, cast
@@ -25,7 +26,7 @@ from farm.backends import backend_note, resolve_backend, resolve_model
 from farm.channels import DIRECT_POLL_MS, ReplyChannel
 from farm.direct import DirectStream
 from farm.dmabuf import DmaFrames, heap_source
-from farm.errors import FarmClosedError, FarmError
+from farm.errors import FarmClosedError, FarmError, SubmitTimeoutError
 from farm.options import FarmOptions, parse_options
 from farm.progress import ProgressLine
 from farm.router import Router
@@ -47,6 +48,8 @@ __all__ = ["Farm"]
 
 _PERF_VARIABLES = ("ZTU_EZRKNN_ASYNC_PRINT_PERF", "RKNN_FARM_PRINT_PERF")
 _PINNED_BACKENDS = ("onnxruntime", "python", "rknn-sim")
+#: How often input_array looks whether a farm of nodes only has met its first node yet.
+_DESCRIPTION_POLL_S = 0.01
 
 Callback = Callable[[Optional[list], Any, str], None]
 
@@ -233,8 +236,13 @@ class Farm:
         backend is rknnrt, or ``dma_heap="memfd"``) the array lies in a
         dma-buf of its own whose fd every worker gets: the rknnrt backend
         binds it to the NPU, which then reads it with no copy at all
-        (docs/board.md, "dma-buf frames")."""
-        self._described_router()
+        (docs/board.md, "dma-buf frames").
+
+        A farm of remote nodes only (``local_cores=False``) learns the
+        model's inputs from the first node that joins: until then this waits,
+        up to ``submit_timeout_ms``, as a submission does, then raises
+        :class:`SubmitTimeoutError`."""
+        self._wait_for_description()
         spec, native_shape, to_user = shared_input_layout(
             self._native_inputs, name, shape, self.options.layout, self._native_layout
         )
@@ -455,6 +463,22 @@ class Farm:
         if not self._described and router.description is not None:
             self._describe(router.description)
         return router
+
+    def _wait_for_description(self) -> None:
+        """Wait (up to ``submit_timeout_ms``) until the model's description is
+        known: at once, but for a farm of remote nodes before the first joins."""
+        deadline = time.monotonic() + self._timeout_s
+        self._described_router()
+        while not self._described:
+            if time.monotonic() >= deadline:
+                raise SubmitTimeoutError(
+                    f"no node joined within submit_timeout_ms={self.options.submit_timeout_ms}: this farm "
+                    "has no local cores, so it learns the model's inputs from the first node that joins "
+                    f"(rknn-farm node --connect {self.listen_address}); start a node, or raise "
+                    "submit_timeout_ms"
+                )
+            time.sleep(_DESCRIPTION_POLL_S)
+            self._described_router()
 
     def _make_task(self, feed: Any, outputs_in_arena: bool = False, **delivery: Any) -> Task:
         router = self._described_router()

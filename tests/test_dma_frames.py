@@ -8,24 +8,31 @@ in the parent. On the rknnrt backend with the host's fake librknnrt: the
 frame is bound with ``rknn_create_mem_from_fd`` (once per context and frame)
 and ``rknn_set_io_mem`` (each task), never ``rknn_inputs_set``; the runtime
 reads the live memory; a freed frame's mem is destroyed; ordinary arrays mix
-with frames in either order.
+with frames in either order. A remote node (``rknn-farm node`` on loopback)
+gets a copy of a frame's bytes with the task, on either backend.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
+import subprocess
+import time
+from collections.abc import Iterator
 from types import SimpleNamespace
 
 import numpy as np
+import psutil
 import pytest
 
-from farm import Farm, OptionError, WorkerCrashedError, dmabuf
+from farm import Farm, OptionError, SubmitTimeoutError, WorkerCrashedError, dmabuf
 from farm.dmabuf import heap_source
 from tests.board import board
 from tests.fake_librknnrt import driver
 from tests.fake_librknnrt.fake_model import Tensor, expected_outputs, write_model
-from tests.processes import wait_until
+from tests.processes import wait_gone, wait_until
+from tests.test_remote import FAST, Nodes, joined
 from workers import frames
 from workers.backends import rknn_runtime as rt
 from workers.backends import rknnrt_backend
@@ -254,3 +261,89 @@ def test_rknnrt_destroys_a_freed_frames_mem_and_mixes_frames_and_arrays_in_eithe
         wait_until(lambda: len(log.calls("destroy_mem")) == 1, what="the freed frame's destroy_mem")
         np.testing.assert_array_equal(farm.run(plain)[0], want)
     assert len(log.calls("create_mem")) == 1  # the context's own mem for arrays after the frame
+
+
+# ── a remote node ───────────────────────────────────────────────────────────
+@contextlib.contextmanager
+def _joined_node(farm: Farm, model: str, *extra: str) -> Iterator[subprocess.Popen]:
+    """A node (``rknn-farm node``) serving ``model`` for ``farm``, joined; stopped and gone after."""
+    nodes = Nodes()
+    try:
+        node = nodes.start(farm.listen_address, *extra, model=model)
+        wait_until(lambda: joined(farm) == 1)
+        yield node
+    finally:
+        nodes.stop()
+    assert wait_gone([node.pid])
+
+
+def _worker_pids_of(node: subprocess.Popen) -> set[int]:
+    return {child.pid for child in psutil.Process(node.pid).children()}
+
+
+def test_a_frame_fed_to_a_task_on_a_remote_node_is_copied_there_and_exact():
+    with (
+        Farm(
+            PYFUNC, backend="python", local_cores=False, listen="tcp://127.0.0.1:*", dma_heap="memfd", **FAST
+        ) as farm,
+        _joined_node(farm, PYFUNC) as node,
+    ):
+        frame = farm.input_array("data")
+        task = farm._make_task({"data": frame, "action": GO})
+        assert task.input_descriptors[0][0].startswith(FRAME_PREFIX)  # the frame itself, no copy yet
+        farm._free_regions(task)
+        for value in (1.5, -2.0):  # the node reads what was written last, not a stale copy
+            frame[:] = np.arange(16384, dtype=np.float32) * value
+            doubled, pid = farm.run({"data": frame, "action": GO}, timeout=30)
+            np.testing.assert_array_equal(doubled, np.arange(16384, dtype=np.float32) * value * 2)
+            assert int(pid[0]) in _worker_pids_of(node)
+        (entry,) = farm.stats()["workers"]
+        assert entry["node"] == "node0" and entry["tasks"] == 2
+        # The zero-copy send of the frame's bytes does not keep it: freed, it is closed.
+        del frame
+        gc.collect()
+        farm.run({"data": np.ones(16384, np.float32), "action": GO}, timeout=30)
+        assert farm._arena.frames.live == 0
+        assert not any(p.startswith("/memfd:frame-") for p in _open_fds())
+
+
+def test_rknnrt_binds_a_frame_locally_and_sends_a_node_a_copy_both_exact(rknnrt_model):
+    model, path, log = rknnrt_model
+    with (
+        Farm(
+            path, backend="rknnrt", schedule="0", listen="tcp://127.0.0.1:*", dma_heap="memfd", **FAST
+        ) as farm,
+        _joined_node(farm, path, "--backend", "rknnrt") as node,
+    ):
+        image, bias = farm.input_array("image"), _nchw(100)
+        for seed in range(6):  # the local worker and the node take turns
+            image[:] = _nchw(seed)
+            (total,) = farm.run({"image": image, "bias": bias}, timeout=30)
+            want = expected_outputs(model, [image, bias], formats=["NCHW"] * 2)[0]
+            np.testing.assert_array_equal(total, want)
+        served = {w["node"]: w["tasks"] for w in farm.stats()["workers"]}
+        node_workers = _worker_pids_of(node)
+    assert served == {"local": 3, "node0": 3}
+    # Only the local worker was given the frame's fd; the node's worker had its bytes set as an input.
+    bound_by = {c["pid"] for c in log.calls("create_mem_from_fd")}
+    assert bound_by and bound_by.isdisjoint(node_workers)
+    assert {c["index"] for c in log.calls("inputs_set") if c["pid"] in node_workers} == {0, 1}
+
+
+def test_input_array_of_a_farm_of_nodes_only_waits_for_the_first_node_then_says_what_to_do(tmp_path):
+    farm_options = dict(local_cores=False, listen="tcp://127.0.0.1:*", dma_heap="memfd", **FAST)
+    with Farm(PYFUNC, backend="python", submit_timeout_ms=300, **farm_options) as farm:
+        started = time.monotonic()
+        with pytest.raises(SubmitTimeoutError, match="no node joined within submit_timeout_ms=300") as raised:
+            farm.input_array("data")
+        assert time.monotonic() - started >= 0.3
+        assert f"rknn-farm node --connect {farm.listen_address}" in str(raised.value)
+    with Farm(PYFUNC, backend="python", **farm_options) as farm:  # a node joins meanwhile
+        nodes = Nodes()
+        try:
+            nodes.start(farm.listen_address, model=PYFUNC)
+            frame = farm.input_array("data")
+            assert frame.shape == (16384,) and frame.dtype == np.float32
+        finally:
+            nodes.stop()
+        assert wait_gone([p.pid for p in nodes.processes])

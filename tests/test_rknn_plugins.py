@@ -204,8 +204,10 @@ def test_a_runtime_without_rknn_register_custom_ops_is_named_with_its_version(tm
     message = str(excinfo.value)
     assert "has no rknn_register_custom_ops" in message
     assert "version 2.5.0 (fake librknnrt of rknn-farm), driver 0.9.8" in message
-    assert "upgrade librknnrt to 1.6.0 or newer" in message
+    assert "upgrade librknnrt to 1.6.0 or newer: install a newer librknnrt.so" in message
     assert "librkcst_scale.so" in message
+    # The same words as the rknnrt backend's check of every optional symbol (one implementation).
+    assert "the librknnrt at librknnrt.so (it states no version)" in message
 
 
 # ── crashes, in a subprocess ────────────────────────────────────────────────

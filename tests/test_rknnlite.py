@@ -19,6 +19,7 @@ import tempfile
 import threading
 import time
 from collections import defaultdict
+from typing import Any, Callable
 
 import numpy as np
 import pytest
@@ -360,6 +361,47 @@ def test_output_capture_is_thread_safe_and_restores_the_descriptors(fake):
         if n.startswith(f"rknn-farm-rtlog-{os.getppid()}-{os.getpid()}-")
     ]
     assert leftovers == []
+
+
+def test_a_call_overlapping_another_is_marked_shared_and_one_run_alone_waits_for_the_others():
+    from workers.backends import rknnlite_backend
+
+    def printing(text: str, seconds: float) -> Callable[[], str]:
+        def call() -> str:
+            if text:
+                os.write(2, text.encode())
+            time.sleep(seconds)
+            return text
+
+        return call
+
+    results: dict[str, tuple[Any, str, bool]] = {}
+
+    def run(name: str, call: Callable[[], str], alone: bool = False) -> threading.Thread:
+        def target() -> None:
+            results[name] = rknnlite_backend._captured(call, alone)
+
+        thread = threading.Thread(target=target)
+        thread.start()
+        return thread
+
+    # A sibling's E RKNN line lands in the long call's window: the capture cannot tell whose it is.
+    long_call = run("long", printing("", 0.4))
+    time.sleep(0.1)
+    run("sibling", printing("E RKNN: the sibling's\n", 0)).join(10)
+    long_call.join(10)
+    assert results["sibling"][2] and results["long"][2]
+    assert "E RKNN: the sibling's" in results["long"][1]
+    assert rknnlite_backend._captured(printing("", 0))[2] is False  # no other call: not shared
+
+    # A call run alone shares its window with nobody: a call starting meanwhile waits for its end.
+    lone = run("alone", printing("", 0.4), alone=True)
+    time.sleep(0.1)
+    started = time.monotonic()
+    run("late", printing("E RKNN: the late one's\n", 0)).join(10)
+    lone.join(10)
+    assert time.monotonic() - started > 0.2
+    assert results["alone"] == ("", "", False)
 
 
 def test_capture_can_be_switched_off(fake, monkeypatch):

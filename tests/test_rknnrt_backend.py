@@ -193,10 +193,11 @@ def test_custom_ops_on_a_runtime_without_rknn_register_custom_ops_name_the_symbo
     options = {"custom_op_paths": [str(tmp_path / "librkcst_x.so")], "disable_dup_context": True}
     with pytest.raises(rknnrt_backend.RknnRuntimeError) as raised:
         rknnrt_backend.open_session(str(tmp_path / "m.rknn"), options, Placement(0, 1, 0, ()))
-    assert "librknnrt 1.5.2" in str(raised.value)
-    assert "has no rknn_register_custom_ops, which custom_op_paths / custom_op_default_path needs" in str(
-        raised.value
-    )
+    message = str(raised.value)
+    assert "librknnrt 1.5.2" in message
+    assert "has no rknn_register_custom_ops, which custom_op_paths / custom_op_default_path needs" in message
+    # The same words as rknn_plugins.register's check (one implementation): what to upgrade to.
+    assert "upgrade librknnrt to 1.6.0 or newer: install a newer librknnrt.so" in message
 
 
 def test_a_session_reads_and_writes_the_callers_buffers_in_place(fake, tmp_path):

@@ -72,3 +72,26 @@ def test_a_worker_whose_runtime_leaks_is_recycled_at_max_worker_rss_mb(tmp_path)
             time.sleep(1.1)  # the router samples each worker's memory once a second
         assert len(log.run_pids()) >= 2
         assert all(w["rss_mb"] < 400 for w in farm.stats()["workers"])
+
+
+def test_a_sibling_contexts_failed_run_does_not_fail_a_good_task_running_beside_it(tmp_path):
+    # Each RKNNLite context inits the model itself, so each counts its own runs: runs 3, 4, ...
+    # of a context fail, and every run takes a second, so two contexts' calls overlap.
+    path = str(tmp_path / "model.rknn")
+    model = board.two_in_two_out(path, faults={"slow_ms": (1000, 0), "run_fail": (-1, 2)})
+    log = board.CallLog(str(tmp_path / "calls.log"))
+    with log.active(), Farm(path, backend="rknnlite", schedule="0", threads_per_core=2) as farm:
+        for seed in range(2):  # one at a time: the least busy context, context 0, runs both
+            feed = board.nchw_feed(seed)
+            board.assert_exact(farm.submit(feed).result(60), board.expected(model, feed))
+        failing = farm.submit(board.nchw_feed(2))  # context 0's run 3: its E RKNN line comes in 1 s
+        time.sleep(0.3)
+        good_feed = board.nchw_feed(3)
+        good = farm.submit(good_feed)  # context 1's run 1, in the same process, printing nothing
+        board.assert_exact(good.result(60), board.expected(model, good_feed))
+        with pytest.raises(TaskError, match="does not check rknn_run's result") as raised:
+            failing.result(60)
+        message = str(raised.value)
+        assert "E RKNN:" in message and "repeated with no other call running" in message
+    runs = log.calls("run")
+    assert len({c["tid"] for c in runs}) == 2 and len({c["pid"] for c in runs}) == 1

@@ -34,7 +34,14 @@ def test_no_w_line_per_task_reaches_the_apps_stderr_on_an_nhwc_native_model(tmp_
 
 @pytest.mark.parametrize(
     ("native", "layout"),
-    [("NHWC", "nchw"), ("NHWC", "nhwc"), ("NHWC", "nchw_software"), ("NCHW", "nchw"), ("NCHW", "nhwc")],
+    [
+        ("NHWC", "nchw"),
+        ("NHWC", "nhwc"),
+        ("NHWC", "nchw_software"),
+        ("NCHW", "nchw"),
+        ("NCHW", "nhwc"),
+        ("NCHW", "nchw_software"),  # the parent transposes to NHWC, the worker back to NCHW
+    ],
 )
 def test_each_layout_gives_exact_results_and_hands_rknnlite_the_native_layout(
     tmp_path, capfd, native, layout

@@ -58,8 +58,8 @@ DEFAULT_PLUGIN_DIR = "/usr/lib/rknpu/op_plugins"
 PLUGIN_PATTERN = "librkcst_*.so"
 #: Overrides the default folder, as it does for Rockchip's rknn_server.
 ENV_PLUGIN_DIR = "RKNN_CSTOP_PLUGIN_DIR"
-#: The first librknnrt with the custom-op API (rknn_custom_op.h; Rockchip's CHANGELOG).
-FIRST_RUNTIME_WITH_CUSTOM_OPS = "1.6.0"
+#: The function that registers the ops (librknnrt 1.6.0 and newer).
+REGISTER_SYMBOL = "rknn_register_custom_ops"
 _ENTRY_POINT = "get_rknn_custom_op"
 
 
@@ -225,13 +225,12 @@ def register(lib: Any, context: Any, loaded: LoadedPlugins) -> None:
     Raises :class:`PluginError` when ``lib`` lacks the function or the call fails."""
     if loaded.count == 0:
         return
-    function = getattr(lib, "rknn_register_custom_ops", None)
-    if function is None:
-        raise PluginError(
-            f"this librknnrt ({_runtime_version(lib, context)}) has no rknn_register_custom_ops, so it "
-            f"cannot run custom-op plugins ({', '.join(loaded.paths)}): upgrade librknnrt to "
-            f"{FIRST_RUNTIME_WITH_CUSTOM_OPS} or newer (1.5.2 lacks it)"
-        )
+    missing = rt.missing_symbol_message(
+        lib, [REGISTER_SYMBOL], f"running the custom-op plugins {', '.join(loaded.paths)}", context
+    )
+    if missing:
+        raise PluginError(missing)
+    function = getattr(lib, REGISTER_SYMBOL)
     function.argtypes = [rt.RknnContext, ctypes.POINTER(rt.RknnCustomOp), ctypes.c_uint32]
     function.restype = ctypes.c_int
     status = function(context, loaded.ops, loaded.count)
@@ -241,21 +240,3 @@ def register(lib: Any, context: Any, loaded: LoadedPlugins) -> None:
             f"{', '.join(loaded.op_types)} from {', '.join(loaded.paths)}; librknnrt's 'E RKNN:' "
             f"lines on stderr say why)"
         )
-
-
-def _runtime_version(lib: Any, context: Any) -> str:
-    """``"version 1.5.2 (...)"`` from ``RKNN_QUERY_SDK_VERSION``, or what is known without it."""
-    version = rt.RknnSdkVersion()
-    try:
-        lib.rknn_query.argtypes = [rt.RknnContext, ctypes.c_int, ctypes.c_void_p, ctypes.c_uint32]
-        lib.rknn_query.restype = ctypes.c_int
-        status = lib.rknn_query(
-            context, rt.RKNN_QUERY_SDK_VERSION, ctypes.byref(version), ctypes.sizeof(version)
-        )
-    except AttributeError:
-        return "version unknown: it has no rknn_query"
-    if status != 0:
-        return f"version unknown: RKNN_QUERY_SDK_VERSION failed with {rt.error_name(status)}"
-    api = version.api_version.decode("utf-8", "replace").strip()
-    driver = version.drv_version.decode("utf-8", "replace").strip()
-    return f"version {api}, driver {driver}"

@@ -63,6 +63,7 @@ __all__ = [
     "find_librknnrt",
     "library_version",
     "load_librknnrt",
+    "missing_symbol_message",
     "missing_symbols",
     "probe_model",
     "query_model",
@@ -406,6 +407,63 @@ def _declare(lib: Any) -> None:
 def missing_symbols(lib: Any, names: Sequence[str]) -> list[str]:
     """Those of ``names`` that ``lib`` does not export (looked up, never called)."""
     return [name for name in names if not hasattr(lib, name)]
+
+
+#: Where a newer librknnrt comes from (the file goes to /usr/lib/librknnrt.so).
+UPGRADE_HINT = (
+    "install a newer librknnrt.so from Rockchip's rknn-toolkit2 repository "
+    "(rknpu2/runtime/Linux/librknn_api/aarch64/librknnrt.so, SDK 2.x) as /usr/lib/librknnrt.so"
+)
+#: The first librknnrt that has each optional function, where known: the
+#: custom-op API came with 1.6.0 (rknn_custom_op.h; Rockchip's CHANGELOG), 1.5.2 lacks it.
+FIRST_VERSION_WITH = {"rknn_register_custom_ops": "1.6.0"}
+
+
+def missing_symbol_message(lib: Any, symbols: Sequence[str], needed_for: str, context: Any = None) -> str:
+    """Why ``lib`` cannot serve ``needed_for`` ("" when it exports every one
+    of ``symbols``): the functions it lacks, the library and the version its
+    file states, the version it reports (``RKNN_QUERY_SDK_VERSION``, when a
+    ``context`` is given), and what to upgrade to. Every check for a function
+    of librknnrt that not every version has says it this way."""
+    missing = missing_symbols(lib, symbols)
+    if not missing:
+        return ""
+    reported = f" (it reports {queried_version(lib, context)})" if context is not None else ""
+    firsts = sorted({FIRST_VERSION_WITH[s] for s in missing if s in FIRST_VERSION_WITH}, key=_version_key)
+    upgrade = f"upgrade librknnrt to {firsts[-1]} or newer: " if firsts else ""
+    return (
+        f"{describe_library(lib)}{reported} has no {', '.join(missing)}, which {needed_for} needs; "
+        f"{upgrade}{UPGRADE_HINT}"
+    )
+
+
+def describe_library(lib: Any) -> str:
+    """The loaded librknnrt ``lib`` by path and the version its file states."""
+    path = getattr(lib, "_name", "librknnrt.so")
+    version = library_version(path)
+    return f"librknnrt {version} ({path})" if version else f"the librknnrt at {path} (it states no version)"
+
+
+def queried_version(lib: Any, context: Any) -> str:
+    """``"version 1.5.2 (...), driver 0.9.8"`` from ``RKNN_QUERY_SDK_VERSION``
+    on ``context``, or why it is unknown."""
+    version = RknnSdkVersion()
+    try:
+        lib.rknn_query.argtypes = [RknnContext, ctypes.c_int, ctypes.c_void_p, ctypes.c_uint32]
+        lib.rknn_query.restype = ctypes.c_int
+        size = ctypes.sizeof(version)
+        status = lib.rknn_query(context, RKNN_QUERY_SDK_VERSION, ctypes.byref(version), size)
+    except AttributeError:
+        return "version unknown: it has no rknn_query"
+    if status != 0:
+        return f"version unknown: RKNN_QUERY_SDK_VERSION failed with {error_name(status)}"
+    api = version.api_version.decode("utf-8", "replace").strip()
+    driver = version.drv_version.decode("utf-8", "replace").strip()
+    return f"version {api}, driver {driver}"
+
+
+def _version_key(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in re.findall(r"\d+", version))
 
 
 # "librknnrt version: 2.3.2 (429f97ae6b@2025-04-09T09:08:16)" in one string, or the

@@ -65,11 +65,18 @@ shared by every thread of the process, so it is made thread-safe this way:
 one process-wide lock guards every ``dup2``, and the redirection is *shared*:
 the first call to start redirects, overlapping calls of sibling contexts join
 it, the last one to finish restores the original descriptors. Nothing is
-ever restored to another call's temporary file, and calls never wait for
-each other's inference (the lock is held only around the bookkeeping). The
-cost: with ``threads_per_core > 1`` a call's message may also quote lines a
-sibling context printed at the same time, and anything any thread prints
-reaches the terminal at the end of the current call instead of at once. If
+ever restored to another call's temporary file, and calls do not wait for
+each other's inference (the lock is held only around the bookkeeping), but
+for the one repeated alone, below. The cost: with ``threads_per_core > 1``
+what a call captured may hold lines a sibling context printed at the same
+time, and anything any thread prints reaches the terminal at the end of the
+current call instead of at once. So an inference that returned outputs but
+whose window overlapped another call's and holds an ``E RKNN:`` line is run
+once more *alone* (it waits for the calls in progress to end, and new ones
+wait for it): only if the line comes again is it this task's, and the task
+fails. A good task next to a failing sibling thus costs one more inference,
+not a failure. A call that failed by itself (None, -1) is failed at once;
+its message may then also quote a sibling's lines. If
 the process dies during a call (SIGSEGV in librknnrt, ``failed to submit``),
 what the runtime printed just before is still in the temporary file
 (``$TMPDIR/rknn-farm-rtlog-<parent pid>-<pid>-fd<n>.log``); the worker that the farm
@@ -192,58 +199,99 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[written:]
 
 
+class _Window:
+    """One call's part of the shared capture: where the capture files ended
+    when it began (in which ``epoch`` of them), and whether another call's
+    window overlapped it (``shared``: then what it captured may be partly that
+    call's) or none could (``alone``)."""
+
+    __slots__ = ("epoch", "starts", "alone", "shared")
+
+    def __init__(self, epoch: int, starts: dict[int, int], alone: bool) -> None:
+        self.epoch = epoch
+        self.starts = starts
+        self.alone = alone
+        self.shared = False
+
+
 class _OutputCapture:
     """The process-wide, shared redirection of file descriptors 1 and 2 (see
-    the module docstring). ``begin()`` returns a token for ``end(token)``,
-    which returns what was written in between."""
+    the module docstring). ``begin()`` returns a window for ``end(window)``,
+    which returns what was written in between.
+
+    ``begin(alone=True)`` waits until no other call is in a window and keeps
+    new ones out until its own ``end``: what it captures is then that call's
+    alone. The lock is held only around the bookkeeping, never a call."""
 
     FDS = (1, 2)
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._depth = 0
+        self._gate = threading.Condition(threading.Lock())
+        self._windows: list[_Window] = []
+        self._waiting_alone = 0
         self._epoch = 0
         self._files: dict[int, tuple[int, int, str]] = {}  # fd -> (file fd, saved original fd, path)
         self._forwarded: dict[int, int] = {}
         self._reaped = False
         self.enabled = os.environ.get(ENV_CAPTURE, "1").strip().lower() not in ("0", "false", "off", "no")
 
-    def begin(self) -> Optional[tuple[int, dict[int, int]]]:
+    def begin(self, alone: bool = False) -> Optional[_Window]:
         if not self.enabled:
             return None
         _flush_python_streams()
-        with self._lock:
+        with self._gate:
             if not self._reaped:
                 self._reaped = True
                 _report_logs_of_dead_workers()
-            if self._depth == 0 and not self._redirect():
+            self._wait_for_turn(alone)
+            if not self._windows and not self._redirect():
+                self._gate.notify_all()
                 return None
-            self._depth += 1
-            return self._epoch, {fd: os.fstat(f).st_size for fd, (f, _, _) in self._files.items()}
+            ends = {fd: os.fstat(f).st_size for fd, (f, _, _) in self._files.items()}
+            window = _Window(self._epoch, ends, alone)
+            if self._windows:  # the calls overlap from now on: each may capture the other's lines
+                window.shared = True
+                for other in self._windows:
+                    other.shared = True
+            self._windows.append(window)
+            return window
 
-    def end(self, token: Optional[tuple[int, dict[int, int]]]) -> str:
-        if token is None:
+    def _wait_for_turn(self, alone: bool) -> None:
+        """Under the lock: wait until this call may open its window. A call
+        waiting to be alone goes before calls that would share (else a busy
+        sibling could keep it waiting for ever)."""
+        if not alone:
+            self._gate.wait_for(lambda: not self._waiting_alone and not any(w.alone for w in self._windows))
+            return
+        self._waiting_alone += 1
+        try:
+            self._gate.wait_for(lambda: not self._windows)
+        finally:
+            self._waiting_alone -= 1
+
+    def end(self, window: Optional[_Window]) -> str:
+        if window is None:
             return ""
-        epoch, starts = token
         _flush_python_streams()
-        with self._lock:
+        with self._gate:
             captured = []
             for fd, (file_fd, saved, _) in self._files.items():
                 size = os.fstat(file_fd).st_size
-                start = starts.get(fd, 0) if epoch == self._epoch else 0
+                start = window.starts.get(fd, 0) if window.epoch == self._epoch else 0
                 captured.append(_read_range(file_fd, min(start, size), size))
                 forwarded = self._forwarded[fd]
                 if size > forwarded:
                     _write_all(saved, _read_range(file_fd, forwarded, size))
                     self._forwarded[fd] = size
-            self._depth -= 1
-            if self._depth == 0:
+            self._windows.remove(window)
+            if not self._windows:
                 self._restore()
             elif any(os.fstat(f).st_size > _TRUNCATE_BYTES for f, _, _ in self._files.values()):
                 for fd, (file_fd, _, _) in self._files.items():  # everything was forwarded just now
                     os.ftruncate(file_fd, 0)
                     self._forwarded[fd] = 0
                 self._epoch += 1
+            self._gate.notify_all()
         return "".join(c.decode("utf-8", "replace") for c in captured)
 
     def _redirect(self) -> bool:
@@ -350,6 +398,10 @@ _IGNORED_RUN_FAILURE = (
     "returned outputs although librknnrt reported an error during the call (RKNNLite does not check "
     "rknn_run's result, so they may be an earlier task's; refused)"
 )
+_REPEATED_ALONE = (
+    " (the first call overlapped a sibling context's, so it was repeated with no other call running, "
+    "and the error came again)"
+)
 _CONTAINER_BANNER = "necessary files are missing in the container"
 _NO_NPU = "failed to open rknpu module"
 
@@ -392,12 +444,21 @@ def _error_lines(text: str) -> list[str]:
 
 def _guarded(call: Callable[[], Any]) -> tuple[Any, str]:
     """Run ``call`` with the runtime's output captured: ``(result, output)``."""
-    token = _CAPTURE.begin()
+    result, output, _ = _captured(call)
+    return result, output
+
+
+def _captured(call: Callable[[], Any], alone: bool = False) -> tuple[Any, str, bool]:
+    """``(result, output, shared)`` of ``call`` run with the runtime's output
+    captured; ``shared``: another call overlapped it, so ``output`` may hold
+    lines of that call too. ``alone=True`` waits until no other captured call
+    runs and keeps them out meanwhile (``shared`` is then False)."""
+    window = _CAPTURE.begin(alone)
     try:
         result = call()
     finally:
-        output = _CAPTURE.end(token)
-    return result, output
+        output = _CAPTURE.end(window)
+    return result, output, window is not None and window.shared
 
 
 # ── versions ────────────────────────────────────────────────────────────────
@@ -497,7 +558,8 @@ class RknnLiteSession:
         self._model = model
         self._placement = placement
         self._layout = str(options.get("layout") or "nchw")
-        self._data_format = _DATA_FORMATS.get(self._layout, "nchw")
+        # The layout a 4-D input arrives in from the parent (see the module docstring).
+        self._arriving_format = _DATA_FORMATS.get(self._layout, "nchw")
         self._notes: list[str] = []
         if options.get("custom_op_paths"):
             raise RuntimeError(
@@ -509,7 +571,6 @@ class RknnLiteSession:
                 "custom_op_default_path: RKNNLite cannot register plugins; whether librknnrt loads "
                 "/usr/lib/rknpu/op_plugins/librkcst_*.so by itself is not verified"
             )
-        self._new_rknnlite = RKNNLite
         self._rknn = RKNNLite()
         self._closed = False
         try:
@@ -517,8 +578,9 @@ class RknnLiteSession:
             self.core_mask = self._init_runtime(placement.core_mask)
             self._reuse_outputs = _accepts_reuse_outputs(type(self._rknn))
             self._description = self._describe_model()
-            self._transpose, self._feed_format = _feed_plan(self._description["inputs"], self._data_format)
-            self._description["data_format"] = self._feed_format
+            plan = _feed_plan(self._description["inputs"], self._arriving_format)
+            self._transpose, self._feed_format = plan
+            self._description["data_format"] = self._feed_format  # what inference() is given
         except BaseException:
             self.close()
             raise
@@ -578,7 +640,7 @@ class RknnLiteSession:
             self._rknn.release()
         except Exception:  # a broken runtime may fail to release; it is dropped either way
             pass
-        self._rknn = self._new_rknnlite()
+        self._rknn = type(self._rknn)()
         self._load()
 
     def _describe_model(self) -> dict[str, Any]:
@@ -628,7 +690,6 @@ class RknnLiteSession:
             "sdk_version_text": sdk_text,
             "core_mask": self.core_mask,
             "requested_core_mask": self._placement.core_mask,
-            "data_format": self._data_format,
             # The runtime converts any of the seed's input dtypes itself (the seed
             # checks no dtype): a parent that honours this can skip its cast.
             "converts_input_dtypes": True,
@@ -654,11 +715,22 @@ class RknnLiteSession:
             call = lambda: self._rknn.inference(inputs=arrays, data_format=data_format, reuse_outputs=True)  # noqa: E731
         else:
             call = lambda: self._rknn.inference(inputs=arrays, data_format=data_format)  # noqa: E731
-        result, output = _guarded(call)
+        result, output, shared = _captured(call)
+        if result is not None and shared and _RUNTIME_ERROR.search(output):
+            # The E RKNN line may be a sibling context's, printed while its call
+            # overlapped this one: fd 2 is the process's, so the line does not
+            # say whose it is. Running this inference again with no other call
+            # in the window tells (an inference has no side effect but its outputs).
+            result, output, _ = _captured(call, alone=True)
+            repeated = True
+        else:
+            repeated = False
         if result is None or _RUNTIME_ERROR.search(output):
             shapes = ", ".join(f"{list(a.shape)} {a.dtype}" for a in arrays)
             args = f"inputs=[{shapes}], data_format={data_format!r}"
             outcome = "returned None" if result is None else _IGNORED_RUN_FAILURE
+            if repeated and result is not None:
+                outcome += _REPEATED_ALONE
             raise self._failure("inference", args, outcome, self.core_mask, output)
         # With reuse_outputs the arrays are RKNNLite's and the next call overwrites them: copy.
         return [

@@ -87,14 +87,9 @@ REQUIRED_SYMBOLS = (
     "rknn_outputs_get",
     "rknn_outputs_release",
 )
-CUSTOM_OPS_SYMBOL = "rknn_register_custom_ops"
+CUSTOM_OPS_SYMBOL = rknn_plugins.REGISTER_SYMBOL
 #: What binding a dma-buf frame to an input needs (looked up at the first frame).
 FRAME_SYMBOLS = ("rknn_create_mem_from_fd", "rknn_create_mem", "rknn_set_io_mem", "rknn_destroy_mem")
-#: Where a newer librknnrt comes from (the file goes to /usr/lib/librknnrt.so).
-UPGRADE_HINT = (
-    "install a newer librknnrt.so from Rockchip's rknn-toolkit2 repository "
-    "(rknpu2/runtime/Linux/librknn_api/aarch64/librknnrt.so, SDK 2.x) as /usr/lib/librknnrt.so"
-)
 #: The seed's warning (seed-library-behaviour.md): custom ops turn rknn_dup_context off.
 DUP_DISABLED_FOR_CUSTOM_OPS = (
     "Custom op loading requested; dup_context is disabled for this session "
@@ -121,20 +116,11 @@ def _library() -> Any:
     return lib
 
 
-def _describe_library(lib: Any) -> str:
-    path = getattr(lib, "_name", "librknnrt.so")
-    version = rt.library_version(path)
-    return f"librknnrt {version} ({path})" if version else f"the librknnrt at {path} (it states no version)"
-
-
 def missing_symbol_error(lib: Any, symbols: Sequence[str], needed_for: str) -> Optional[RknnRuntimeError]:
-    """An error naming those of ``symbols`` that ``lib`` lacks, with its version, or None."""
-    missing = rt.missing_symbols(lib, symbols)
-    if not missing:
-        return None
-    return RknnRuntimeError(
-        f"{_describe_library(lib)} has no {', '.join(missing)}, which {needed_for} needs; {UPGRADE_HINT}"
-    )
+    """An error naming those of ``symbols`` that ``lib`` lacks, with its
+    version and what to upgrade (:func:`rknn_runtime.missing_symbol_message`), or None."""
+    message = rt.missing_symbol_message(lib, symbols, needed_for)
+    return RknnRuntimeError(message) if message else None
 
 
 def unusable_because() -> str:
