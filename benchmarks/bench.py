@@ -11,6 +11,6 @@ import sys
 if __name__ == "__main__":
     # From a checkout without an install: import this copy of rknn-farm.
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    from farm.bench import main
+    from farm.tools.bench import main
 
     sys.exit(main())

@@ -35,9 +35,9 @@ from typing import Any, Callable
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from farm import Farm  # noqa: E402
-from farm.bench.methods import shared_feed  # noqa: E402
-from farm.bench.workloads import load_workload  # noqa: E402
-from farm.direct import DirectPath  # noqa: E402
+from farm.runtime.direct import DirectPath  # noqa: E402
+from farm.tools.bench.methods import shared_feed  # noqa: E402
+from farm.tools.bench.workloads import load_workload  # noqa: E402
 
 _PERF_FIELDS = re.compile(r"(set_input_us|infer_us|copy_output_us)=(\d+)")
 

@@ -37,8 +37,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from farm import Farm  # noqa: E402
-from farm.bench.runner import leftovers  # noqa: E402
 from farm.errors import WorkerCrashedError  # noqa: E402
+from farm.tools.bench.runner import leftovers  # noqa: E402
 from tests.onnx_models import affine_model  # noqa: E402
 
 SHAPE = (1, 3, 128, 128)

@@ -46,7 +46,7 @@ except ImportError:  # running from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     import farm as farm_package
 from farm import Farm  # noqa: E402
-from farm.keys import generate_keys  # noqa: E402
+from farm.runtime.keys import generate_keys  # noqa: E402
 
 CLS_MODEL = "ch_ppocr_mobile_v2.0_cls_infer.onnx"
 N_INPUTS = 8  # distinct inputs, cycled

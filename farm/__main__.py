@@ -1,5 +1,5 @@
-"""``python -m farm ...``: the ``rknn-farm`` command line (see :mod:`farm.cli`)."""
+"""``python -m farm ...``: the ``rknn-farm`` command line (see :mod:`farm.tools.cli`)."""
 
-from farm.cli import main
+from farm.tools.cli import main
 
 raise SystemExit(main())

@@ -1,7 +1,7 @@
 """``Farm``: the object an application embeds.
 
 It checks options and inputs in the caller's thread, writes inputs into
-shared memory, hands tasks to the :class:`~farm.router.Router`, and returns
+shared memory, hands tasks to the :class:`~farm.runtime.router.Router`, and returns
 outputs as numpy views of shared memory (or copies with
 ``copy_outputs=True``)::
 
@@ -22,18 +22,11 @@ from typing import Any, Callable, Optional, Union, cast
 
 import numpy as np
 
-from farm.backends import backend_note, resolve_backend, resolve_model
-from farm.channels import DIRECT_POLL_MS, ReplyChannel
-from farm.direct import DirectStream
-from farm.dmabuf import DmaFrames, heap_source
-from farm.errors import FarmClosedError, FarmError, SubmitTimeoutError
-from farm.options import FarmOptions, parse_options
-from farm.progress import ProgressLine
-from farm.router import Router
-from farm.shm import SharedArena, reap_stale_segments
-from farm.stats import FarmStats
-from farm.task import Outcome, Task, TaskFuture, write_inputs
-from farm.tensors import (
+from farm.backend_choice import backend_note, resolve_backend, resolve_model
+from farm.data.dmabuf import DmaFrames, heap_source
+from farm.data.shm import SharedArena, reap_stale_segments
+from farm.data.task import Outcome, Task, TaskFuture, write_inputs
+from farm.data.tensors import (
     InlineFeed,
     TensorSpec,
     prepare_feed,
@@ -42,6 +35,13 @@ from farm.tensors import (
     static_bytes,
     user_spec,
 )
+from farm.errors import FarmClosedError, FarmError, SubmitTimeoutError
+from farm.options import FarmOptions, parse_options
+from farm.progress import ProgressLine
+from farm.runtime.channels import DIRECT_POLL_MS, ReplyChannel
+from farm.runtime.direct import DirectStream
+from farm.runtime.router import Router
+from farm.runtime.stats import FarmStats
 from workers.protocol import INLINE_BYTES
 
 __all__ = ["Farm"]
@@ -331,7 +331,7 @@ class Farm:
         total = len(inputs) if hasattr(inputs, "__len__") else None  # type: ignore[arg-type]
         bar = ProgressLine(total) if progress else None
         pending: collections.deque[concurrent.futures.Future] = collections.deque()
-        # This thread reads its tasks' answers itself (see farm.direct).
+        # This thread reads its tasks' answers itself (see farm.runtime.direct).
         stream = router.open_stream(self._timeout_s)
         # Between its own calls (while the caller has a result, or while the
         # input iterable produces the next item) the stream is suspended, so
@@ -522,7 +522,7 @@ class Farm:
     def stats(self) -> FarmStats:
         """A snapshot: per worker (core) tasks, failures, crashes, restarts,
         latency p50/p99 (ms), inference-time EMA; farm-wide pacing figures.
-        A plain dict; :class:`farm.stats.FarmStats` documents every key."""
+        A plain dict; :class:`farm.runtime.stats.FarmStats` documents every key."""
         snapshot = self._require_router().snapshot()
         snapshot.update(
             backend=self.backend,
@@ -537,7 +537,7 @@ class Farm:
         """Serve Prometheus metrics at ``http://addr:port/metrics`` until the
         farm closes; returns the port (``0`` picks a free one). Needs
         ``prometheus-client`` (extra ``metrics``)."""
-        from farm.metrics import MetricsServer
+        from farm.tools.metrics import MetricsServer
 
         router = self._require_router()
         if self._metrics is None:

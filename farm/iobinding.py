@@ -33,9 +33,9 @@ from typing import Any, Optional, Protocol
 
 import numpy as np
 
+from farm.data.tensors import TensorSpec
 from farm.errors import FarmError, InvalidInputError
 from farm.farm import Farm
-from farm.tensors import TensorSpec
 from workers.tensortypes import dtype_of_ort_type, format_shape, native_dtype, ort_type_name, shape_fits
 
 __all__ = [

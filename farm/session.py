@@ -31,11 +31,11 @@ from typing import Any, Callable, Optional, TypedDict, Union
 
 import numpy as np
 
+from farm.data.tensors import ACCEPTED_DTYPES, TensorSpec, native_dtype
 from farm.errors import FarmClosedError, FarmError, InvalidInputError, OptionError, SubmitTimeoutError
 from farm.farm import Farm
 from farm.iobinding import SessionIOBinding, run_with_binding
 from farm.options import bool_like, parse_options
-from farm.tensors import ACCEPTED_DTYPES, TensorSpec, native_dtype
 from workers.segments import SEGMENT_PREFIX
 from workers.tensortypes import format_shape, ort_type_name, shape_fits
 

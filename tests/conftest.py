@@ -11,7 +11,7 @@ from typing import Any, Callable
 import psutil
 import pytest
 
-from farm.router import ROUTER_THREAD_NAME
+from farm.runtime.router import ROUTER_THREAD_NAME
 from tests.processes import wait_until
 from workers.segments import SEGMENT_PREFIX, segment_dir
 

@@ -21,7 +21,7 @@ from typing import Optional
 
 import pytest
 
-from farm.bench import main as bench_main
+from farm.tools.bench import main as bench_main
 from tests.fake_rknnlite import FAKE_ROOT, write_fake_model
 from tests.onnx_models import affine_model
 from workers.segments import SEGMENT_PREFIX, segment_dir
@@ -175,7 +175,7 @@ def test_bad_options_are_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixt
 
 def _pacing_samples(totals: list[float]) -> dict:
     """A pacing summary for queue totals sampled every 20 ms (two workers)."""
-    from farm.bench.paced import _summary
+    from farm.tools.bench.paced import _summary
 
     samples = [(0.02 * i, [int(v // 2 + v % 2), int(v // 2)]) for i, v in enumerate(totals)]
     pacing = {"admitted_per_s": 0.0, "interval_us": 0.0, "ema_infer_us": 0.0}
@@ -192,7 +192,7 @@ def _pacing_samples(totals: list[float]) -> dict:
     ids=["noise", "settles", "climbs"],
 )
 def test_queue_growth_is_a_clear_rising_trend_or_a_queue_at_its_bound(totals, grew):
-    from farm.bench.report import _queue_grew
+    from farm.tools.bench.report import _queue_grew
 
     assert _queue_grew(_pacing_samples(totals)) is grew
 

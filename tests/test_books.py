@@ -6,13 +6,13 @@ from __future__ import annotations
 import pytest
 import zmq
 
-from farm.books import MAX_REQUEUES, WINDOW, Books
+from farm.data.task import Task
 from farm.errors import FarmError, TaskTimeoutError, WorkerCrashedError
 from farm.options import parse_options
-from farm.pacing import Pacer
-from farm.pool import ContextSlot, WorkerHandle, WorkerState
-from farm.supervision import CRASH_LOOP_LIMIT, Supervisor
-from farm.task import Task
+from farm.runtime.books import MAX_REQUEUES, WINDOW, Books
+from farm.runtime.pacing import Pacer
+from farm.runtime.processes import ContextSlot, WorkerHandle, WorkerState
+from farm.runtime.supervision import CRASH_LOOP_LIMIT, Supervisor
 
 
 class Clock:

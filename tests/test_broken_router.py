@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from farm import Farm, FarmBrokenError, FarmError
-from farm.supervision import Supervisor
+from farm.runtime.supervision import Supervisor
 
 pytestmark = [pytest.mark.timeout(60), pytest.mark.breaks_router]
 
@@ -97,7 +97,7 @@ import threading
 
 import pytest
 
-from farm.router import ROUTER_THREAD_NAME
+from farm.runtime.router import ROUTER_THREAD_NAME
 
 
 def die():

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from farm import Farm, InferenceSession
+from farm.data.tensors import TensorSpec, prepare_feed
 from farm.iobinding import OrtValue
-from farm.tensors import TensorSpec, prepare_feed
 from tests.onnx_models import affine_model
 
 SWAPPED = ">" if np.little_endian else "<"
@@ -82,7 +82,7 @@ def test_an_inference_session_and_its_io_binding_take_swapped_inputs(tmp_path):
 
 
 def test_native_dtype_keeps_the_kind_and_size():
-    from farm.tensors import native_dtype
+    from farm.data.tensors import native_dtype
 
     assert native_dtype(">f4") == np.dtype("float32") and native_dtype("<i8") == np.dtype("int64")
     assert native_dtype("u1") == np.dtype("uint8")

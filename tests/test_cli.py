@@ -16,7 +16,7 @@ import psutil
 import pytest
 from onnx import TensorProto, helper
 
-from farm.cli import main
+from farm.tools.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -275,7 +275,7 @@ def test_python_dash_m_farm_run_draws_progress(models):
 
 @pytest.mark.timeout(120)
 def test_ctrl_c_exits_130_and_closes_the_farm(models, monkeypatch, capsys):
-    from farm import cli
+    from farm.tools import cli
 
     def interrupted(self):  # as _TimedFeeds.__iter__, but Ctrl-C comes before the second feed
         self.taken_at.append(time.perf_counter())

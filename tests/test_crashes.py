@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from farm import Farm, WorkerCrashedError
-from farm.shm import reap_stale_segments
+from farm.data.shm import reap_stale_segments
 from tests.processes import alive, wait_until
 from workers.segments import SEGMENT_PREFIX, segment_dir
 

@@ -26,8 +26,9 @@ import numpy as np
 import psutil
 import pytest
 
-from farm import Farm, OptionError, SubmitTimeoutError, WorkerCrashedError, dmabuf
-from farm.dmabuf import heap_source
+from farm import Farm, OptionError, SubmitTimeoutError, WorkerCrashedError
+from farm.data import dmabuf
+from farm.data.dmabuf import heap_source
 from tests.board import board
 from tests.fake_librknnrt import driver
 from tests.fake_librknnrt.fake_model import Tensor, expected_outputs, write_model

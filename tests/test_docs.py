@@ -329,7 +329,7 @@ def test_the_markers_parse() -> None:
 
 def test_cli_md_names_every_command_and_flag() -> None:
     """docs/cli.md keeps up with the parser: every subcommand, every option string."""
-    from farm.cli import build_parser
+    from farm.tools.cli import build_parser
 
     page = (ROOT / "docs" / "cli.md").read_text(encoding="utf-8")
     parser = build_parser()

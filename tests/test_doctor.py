@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from farm import doctor
+from farm.tools import doctor
 from tests.fake_rknnlite import FAKE_ROOT, write_fake_model
 from workers.backends import rknn_runtime
 

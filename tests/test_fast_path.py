@@ -15,10 +15,10 @@ import psutil
 import pytest
 
 from farm import Farm, FarmClosedError
-from farm.answers import Answers
-from farm.books import Books
-from farm.channels import MAX_CHANNELS
-from farm.direct import STREAM_DEPTH, WINDOW, stream_depth
+from farm.runtime.books import Books
+from farm.runtime.channels import MAX_CHANNELS
+from farm.runtime.delivery import Answers
+from farm.runtime.direct import STREAM_DEPTH, WINDOW, stream_depth
 from tests.onnx_models import affine_model
 from tests.processes import wait_until
 from workers.protocol import INLINE_BYTES

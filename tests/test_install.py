@@ -80,13 +80,15 @@ def fresh_venv(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.timeout(300)
 def test_wheel_carries_both_packages_their_type_markers_and_the_backends(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
-    for needed in ("farm/py.typed", "workers/py.typed", "farm/cli.py", "workers/main.py"):
+    for needed in ("farm/py.typed", "workers/py.typed", "farm/tools/cli.py", "workers/main.py"):
         assert needed in names
-    sources = {p.relative_to(REPO).as_posix() for p in (REPO / "workers" / "backends").glob("*.py")}
+    # Every module of both packages, subpackages included (farm/runtime/, workers/backends/, ...).
+    modules = [path for package in ("farm", "workers") for path in (REPO / package).rglob("*.py")]
+    sources = {path.relative_to(REPO).as_posix() for path in modules}
     assert sources and sources <= names, sorted(sources - names)
     assert not [n for n in names if n.startswith(("tests/", "docs/", "examples/"))]
     entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
-    assert "rknn-farm = farm.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+    assert "rknn-farm = farm.tools.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
 
 
 @pytest.mark.timeout(300)

@@ -57,7 +57,8 @@ def imported_modules(module: str, tree: ast.Module, known: set[str]) -> Iterator
         elif isinstance(node, ast.ImportFrom):
             assert not node.level, f"{module}: a relative import; the project imports by absolute name"
             base = node.module or ""
-            # `from farm import router` imports a module; `from farm.router import Router` a name.
+            # `from farm.runtime import router` imports a module;
+            # `from farm.runtime.router import Router` a name.
             names = [f"{base}.{alias.name}" for alias in node.names if f"{base}.{alias.name}" in known]
             names = names or [base]
         else:
@@ -156,14 +157,79 @@ def test_no_module_uses_another_modules_private_names():
 
 
 def test_pipes_are_made_in_two_places_only():
-    """A worker's exit pipe (farm.pool) and the wake pipe (farm.wakepipe):
+    """A worker's exit pipe (farm.runtime.processes) and the wake pipe (farm.runtime.wakepipe):
     a thread that needs waking from a poll uses a WakePipe."""
     makes_pipes = set()
     for name, tree in modules().items():
         for node in ast.walk(tree):
             if isinstance(node, ast.Attribute) and node.attr == "pipe" and _is_name(node.value, "os"):
                 makes_pipes.add(name)
-    assert makes_pipes == {"farm.pool", "farm.wakepipe"}
+    assert makes_pipes == {"farm.runtime.processes", "farm.runtime.wakepipe"}
+
+
+#: What may sit at the top of farm/: the public API and what only it uses.
+#: Everything else lives in a subpackage named for its part of a task's path.
+API_MODULES = {
+    "farm",
+    "farm.__main__",
+    "farm.backend_choice",
+    "farm.errors",
+    "farm.farm",
+    "farm.iobinding",
+    "farm.options",
+    "farm.progress",
+    "farm.session",
+}
+SUBPACKAGES = {"farm.data", "farm.node", "farm.runtime", "farm.tools"}
+
+
+def _in(package: str, module: str) -> bool:
+    return module == package or module.startswith(package + ".")
+
+
+def imports_across(graph: dict[str, set[str]], importer: str, imported: str) -> list[tuple[str, str]]:
+    """The (module, what it imports) pairs by which package ``importer`` depends on ``imported``."""
+    return sorted(
+        (module, target)
+        for module, targets in graph.items()
+        if _in(importer, module)
+        for target in targets
+        if _in(imported, target)
+    )
+
+
+def test_the_runtime_does_not_import_the_tools():
+    assert imports_across(import_graph(), "farm.runtime", "farm.tools") == []
+
+
+def test_the_data_plane_does_not_import_the_runtime():
+    """Tasks, tensors and shared memory are described in farm.data; moving them is the runtime's job."""
+    assert imports_across(import_graph(), "farm.data", "farm.runtime") == []
+
+
+def test_workers_do_not_import_the_parent():
+    """A worker process never loads the parent's code: workers/ stands alone."""
+    assert imports_across(import_graph(), "workers", "farm") == []
+
+
+def test_the_top_of_farm_is_the_public_api_and_the_rest_sits_in_named_subpackages():
+    top_level = {name for name in modules() if name.count(".") <= 1 and _in("farm", name)}
+    assert top_level == API_MODULES | SUBPACKAGES, (
+        "a module at the top of farm/ that is not public API: move it into farm.runtime, farm.data, "
+        f"farm.node or farm.tools (or add it to API_MODULES): {sorted(top_level - API_MODULES - SUBPACKAGES)}"
+    )
+
+
+def test_each_subpackage_says_what_it_holds():
+    trees = modules()
+    for package in sorted(SUBPACKAGES | {"farm"}):
+        assert ast.get_docstring(trees[package]), f"{package}/__init__.py has no docstring"
+
+
+def test_the_layer_check_sees_an_import_across():
+    graph = {"farm.data.task": {"farm.runtime.books"}, "farm.runtime.books": {"farm.data.task"}}
+    assert imports_across(graph, "farm.data", "farm.runtime") == [("farm.data.task", "farm.runtime.books")]
+    assert imports_across(graph, "farm.runtime", "farm.tools") == []
 
 
 def _is_name(node: ast.AST, name: str) -> bool:
@@ -173,5 +239,6 @@ def _is_name(node: ast.AST, name: str) -> bool:
 def test_the_checks_see_a_cycle_and_a_private_use():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
-    tree = ast.parse("from farm.pool import _helper\nimport x\nx._secret()\nself._mine = 1\nfarm._arena\n")
+    source = "from farm.runtime.processes import _helper\nimport x\nx._secret()\nself._mine = 1\nfarm._arena"
+    tree = ast.parse(source)
     assert private_uses(tree) == {"_helper", "_secret", "_arena"}

@@ -61,7 +61,7 @@ def test_the_endpoint_stops_with_the_farm():
 
 
 def test_top_shows_each_core_of_a_running_farm(capsys):
-    from farm.cli import main
+    from farm.tools.cli import main
 
     with Farm("tests.pyfuncs:behave", schedule="0,1") as farm:
         port = farm.serve_metrics(0)

@@ -68,7 +68,7 @@ def test_metadata_of_a_dynamic_model(ppocr_models):
 
 
 def test_cli_run_on_the_det_model_prints_a_summary(ppocr_models, capsys):
-    from farm.cli import main
+    from farm.tools.cli import main
 
     code = main(["run", ppocr_models["det"], "--schedule", "0,1", "-n", "6", "--shape", "x=1,3,96,96"])
     out = capsys.readouterr().out

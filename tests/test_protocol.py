@@ -6,8 +6,8 @@ import types
 
 import pytest
 
-from farm.direct import task_header
-from farm.remote import RemoteListener
+from farm.runtime.direct import task_header
+from farm.runtime.listener import RemoteListener
 from workers import protocol
 
 SEGMENT = "rknnfarm-123-ab12cd34-0"
@@ -75,7 +75,7 @@ def test_each_message_kind_packs_to_its_pinned_bytes(kind):
 
 
 def _task(**fields):
-    """What the senders read of a farm.task.Task."""
+    """What the senders read of a farm.data.task.Task."""
     out_region = fields.pop("out_region", None)
     region = None if out_region is None else types.SimpleNamespace(descriptor=lambda: out_region)
     return types.SimpleNamespace(**{"task_id": 7, "attempt": 0, **fields, "out_region": region})

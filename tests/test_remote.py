@@ -21,8 +21,8 @@ import pytest
 import zmq
 
 from farm import Farm, FarmClosedError, OptionError, TaskTimeoutError
-from farm.keys import generate_keys
-from farm.remote import _valid_heartbeat, _valid_hello, _valid_timings
+from farm.runtime.keys import generate_keys
+from farm.runtime.listener import _valid_heartbeat, _valid_hello, _valid_timings
 from tests.onnx_models import affine_model
 from tests.processes import wait_gone, wait_until
 from tests.pyfuncs import doubling

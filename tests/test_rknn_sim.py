@@ -22,7 +22,7 @@ import onnxruntime as ort
 import pytest
 
 from farm import Farm, WorkerStartError
-from farm import convert as farm_convert
+from farm.tools import convert as farm_convert
 from tests.onnx_models import affine_model, two_input_model
 from tests.processes import wait_until
 from workers.backends import rknn_sim_backend as sim
@@ -309,7 +309,7 @@ def test_the_seed_session_api_on_the_simulator(toolkit, models):
 def test_bench_measures_your_model_on_the_simulator(toolkit, models, tmp_path, capsys):
     """``rknn-farm bench --model x.onnx --backend rknn-sim``: the baselines and
     the farm run the simulator's own sessions (built from the ONNX model)."""
-    from farm.bench import main as bench_main
+    from farm.tools.bench import main as bench_main
 
     out = tmp_path / "out"
     argv = ["--model", models["affine"], "--backend", "rknn-sim", "--methods", "inprocess,threads,farm"]

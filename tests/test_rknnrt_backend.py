@@ -13,8 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from farm import Farm, InferenceSession, TaskError, WorkerCrashedError
-from farm import backends as farm_backends
+from farm import Farm, InferenceSession, TaskError, WorkerCrashedError, backend_choice
 from farm.errors import BackendUnavailableError
 from tests.board import board
 from tests.fake_librknnrt import driver
@@ -175,14 +174,14 @@ def test_a_librknnrt_without_a_required_function_is_unavailable_naming_it_and_it
 
 def test_auto_on_a_board_prefers_rknnrt_and_falls_back_to_rknnlite_with_a_note(fake, tmp_path, monkeypatch):
     monkeypatch.setattr(platform, "machine", lambda: "aarch64")
-    monkeypatch.setattr(farm_backends, "_installed", lambda module: module == "rknnlite")
+    monkeypatch.setattr(backend_choice, "_installed", lambda module: module == "rknnlite")
     path = str(tmp_path / "m.rknn")
     board.two_in_two_out(path)
-    assert farm_backends.resolve_backend("auto", path) == "rknnrt"
-    assert farm_backends.backend_note("auto", "rknnrt") == ""
+    assert backend_choice.resolve_backend("auto", path) == "rknnrt"
+    assert backend_choice.backend_note("auto", "rknnrt") == ""
     _use_library(monkeypatch, _stub_library(tmp_path, ["rknn_init", "rknn_query", "rknn_destroy"]))
-    assert farm_backends.resolve_backend("auto", path) == "rknnlite"
-    note = farm_backends.backend_note("auto", "rknnlite")
+    assert backend_choice.resolve_backend("auto", path) == "rknnlite"
+    note = backend_choice.backend_note("auto", "rknnlite")
     assert note.startswith("backend='auto' chose rknnlite, not rknnrt: the librknnrt at ")
     assert "(it states no version) has no rknn_dup_context" in note
 
@@ -228,7 +227,7 @@ def test_a_session_reads_and_writes_the_callers_buffers_in_place(fake, tmp_path)
 
 def test_prometheus_and_top_show_each_workers_model_memory(fake, tmp_path, capsys):
     pytest.importorskip("prometheus_client")
-    from farm.cli import main
+    from farm.tools.cli import main
     from tests.test_metrics import scrape
 
     path = str(tmp_path / "m.rknn")
@@ -249,7 +248,7 @@ def test_prometheus_and_top_show_each_workers_model_memory(fake, tmp_path, capsy
 
 
 def test_doctor_reports_the_models_memory_per_context(fake, tmp_path, monkeypatch):
-    from farm import doctor
+    from farm.tools import doctor
 
     monkeypatch.setattr(rt, "_PROBES", {})
     path = str(tmp_path / "m.rknn")

@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from farm.shm import SharedArena
+from farm.data.shm import SharedArena
 from workers import segments
 from workers.segments import SEGMENT_PREFIX, Segment
 

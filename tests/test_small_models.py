@@ -1,7 +1,7 @@
 """The small-model shortcuts: a context runs a small fixed-shape model on
 buffers bound to its session once (``workers.context._BoundBuffers``), and
 the caller packs a plain small feed straight into the header
-(``farm.tensors.InlineFeed``); everything else goes the general way."""
+(``farm.data.tensors.InlineFeed``); everything else goes the general way."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from farm import Farm
-from farm.shm import SharedArena
-from farm.task import Outcome, write_inputs
-from farm.tensors import InlineFeed, TensorSpec, prepare_feed
+from farm.data.shm import SharedArena
+from farm.data.task import Outcome, write_inputs
+from farm.data.tensors import InlineFeed, TensorSpec, prepare_feed
 from tests.onnx_models import affine_model, two_input_model
 from workers.backends.base import Placement
 from workers.backends.onnxruntime_backend import open_session

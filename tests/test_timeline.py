@@ -1,4 +1,4 @@
-"""farm.timeline without processes: bins from stats() samples, and the sampler thread."""
+"""farm.tools.timeline without processes: bins from stats() samples, and the sampler thread."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import time
 import pytest
 
 from farm.errors import FarmClosedError
-from farm.timeline import StatsSampler, build_timeline
+from farm.tools.timeline import StatsSampler, build_timeline
 
 
 def _worker(wid: int, tasks: int, p50: float = 1.0, p99: float = 2.0, node: str = "local") -> dict:

@@ -59,7 +59,7 @@ def test_future_result_with_a_timeout_names_the_task_and_where_it_is():
 
 
 def test_a_tasks_own_timeout_error_is_its_outcome_not_a_wait_that_timed_out():
-    from farm.task import TaskFuture
+    from farm.data.task import TaskFuture
 
     future = TaskFuture()
     own = TimeoutError("the task's own time-out")
@@ -70,7 +70,7 @@ def test_a_tasks_own_timeout_error_is_its_outcome_not_a_wait_that_timed_out():
 
 
 def test_a_future_without_a_task_still_says_how_long_it_waited():
-    from farm.task import TaskFuture
+    from farm.data.task import TaskFuture
 
     with pytest.raises(concurrent.futures.TimeoutError, match=r"^the task got no answer within 0\.05 s$"):
         TaskFuture().result(0.05)

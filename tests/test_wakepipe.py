@@ -7,7 +7,7 @@ import time
 
 import zmq
 
-from farm.wakepipe import WakePipe
+from farm.runtime.wakepipe import WakePipe
 
 
 def test_a_wake_from_another_thread_ends_a_poll_and_drain_takes_it():

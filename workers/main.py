@@ -49,7 +49,7 @@ def _pin_to_cpus(cpus: list[int]) -> None:
 
 
 def worker_main(spec: dict[str, Any]) -> None:
-    """Run one worker until stopped. ``spec`` is built by ``farm.pool``."""
+    """Run one worker until stopped. ``spec`` is built by ``farm.runtime.processes``."""
     # Ctrl-C in a terminal reaches the whole process group; the parent decides
     # how to shut down, so a worker must not die of it on its own.
     signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -15,7 +15,7 @@ a few hundred bytes, leasing shared memory costs more than the copy (as Ray
 keeps small objects in the task spec).
 
 Parent -> context thread (a DEALER per context, and one per context in each
-reply channel of ``farm.channels``; the context binds a ROUTER)::
+reply channel of ``farm.runtime.channels``; the context binds a ROUTER)::
 
     [TASK, task_id, attempt, inputs, out_region, direct]
         direct     = true: answer on the socket the task came from, not on the shared PULL
@@ -374,7 +374,7 @@ def to_record(header: list[Any], table: Mapping[int, type]) -> Any:
     """``header`` (from :func:`read_header`) as the record ``table`` names for
     its kind; None when the kind is not in ``table`` or the field count is
     wrong. The fields' types are the reader's to check where the peer is
-    untrusted (``farm.remote``, ``farm.node``)."""
+    untrusted (``farm.runtime.listener``, ``farm.node.agent``)."""
     record = table.get(header[0])
     if record is None:
         return None

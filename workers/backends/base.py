@@ -12,7 +12,7 @@ A model description is a plain dict (it crosses ZeroMQ as msgpack)::
 backend accepts any named inputs (the ``python`` backend without declared
 inputs). ``native_layout`` ("nchw", the default, or "nhwc" for RKNN) is the
 layout of 4-D input shapes as reported; the parent maps the user's
-``layout`` option onto it (see ``farm.tensors.transpose_axes``).
+``layout`` option onto it (see ``farm.data.tensors.transpose_axes``).
 """
 
 from __future__ import annotations

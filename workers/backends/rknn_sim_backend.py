@@ -26,7 +26,7 @@ The toolkit is chatty (log lines, progress bars, C-level prints) and reports fai
 as a return code of -1 or as a ``ValueError`` wrapping a traceback. Here its log is silenced
 unless ``RKNN_FARM_SIM_VERBOSE=1``, and every failure becomes a :class:`ToolkitError` (a
 ``RuntimeError``) naming the step, the model and the toolkit's own message. The helpers below
-are shared with ``rknn-farm convert`` (:mod:`farm.convert`); ``rknn`` and ``onnx`` are imported
+are shared with ``rknn-farm convert`` (:mod:`farm.tools.convert`); ``rknn`` and ``onnx`` are imported
 only when a model is built, so importing this module costs nothing.
 """
 

@@ -9,7 +9,7 @@ then one ``inference(inputs=[...], data_format=...)`` per task.
 **Layouts.** RKNN tensors are NHWC, so :meth:`RknnLiteSession.describe`
 reports ``native_layout="nhwc"`` and 4-D input shapes as the runtime does
 (NHWC). The parent maps the user's ``layout`` onto that
-(``farm.tensors.transpose_axes``); what arrives here for a 4-D input is NCHW
+(``farm.data.tensors.transpose_axes``); what arrives here for a 4-D input is NCHW
 for ``nchw`` (the default), NHWC for ``nchw_software`` (transposed by the
 parent), ``nhwc`` and ``any``.
 

@@ -22,9 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from farm.bench.measure import Config, warm_up
-from farm.bench.methods import map_throughput, start_farm
-from farm.bench.workloads import Workload
+from farm.tools.bench.measure import Config, warm_up
+from farm.tools.bench.methods import map_throughput, start_farm
+from farm.tools.bench.workloads import Workload
 
 __all__ = ["OVERLOAD", "bench_pacing", "unpaced_throughput"]
 

@@ -10,9 +10,9 @@ import sys
 from collections.abc import Sequence
 from typing import Any, Optional
 
-from farm.bench.measure import MEMCPY_PAUSE_S, Row
-from farm.bench.workloads import WORKLOADS
-from farm.timeline import pyplot
+from farm.tools.bench.measure import MEMCPY_PAUSE_S, Row
+from farm.tools.bench.workloads import WORKLOADS
+from farm.tools.timeline import pyplot
 from workers.segments import shm_huge_pages
 
 __all__ = [

@@ -310,7 +310,7 @@ class InlineFeed:
     array of the input's dtype and fixed shape, needs no conversion: when the
     inputs are small enough to travel in the task's header together, their
     descriptors are just their bytes. Packing them here takes a third of the
-    time :func:`prepare_feed` and ``farm.task.write_inputs`` take for the same
+    time :func:`prepare_feed` and ``farm.data.task.write_inputs`` take for the same
     feed, which is much of what a tiny model's task costs in the caller.
     Any other feed (``descriptors`` says None) takes that general path, which
     gives the same descriptors for a feed this one accepts.

@@ -35,11 +35,11 @@ from typing import Any, Callable, Optional
 
 import zmq
 
-from farm.backends import looks_like_callable_spec
+from farm.backend_choice import looks_like_callable_spec
+from farm.data.task import Task
 from farm.errors import OptionError
-from farm.keys import server_keys
-from farm.pool import ContextSlot, WorkerHandle
-from farm.task import Task
+from farm.runtime.keys import server_keys
+from farm.runtime.processes import ContextSlot, WorkerHandle
 from workers import protocol
 
 __all__ = ["REMOTE_CORE_BASE", "RemoteListener", "RemoteNode", "model_fingerprint"]

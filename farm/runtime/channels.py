@@ -12,7 +12,7 @@ context's ROUTER sends it back there. The caller then does the router's
 bookkeeping for its task itself, under the router's lock.
 
 A channel is used by one thread at a time, the holder of its ``owner``
-lock: a ``run()`` caller for the whole call; a ``map()`` (``farm.direct``)
+lock: a ``run()`` caller for the whole call; a ``map()`` (``farm.runtime.direct``)
 while it is inside one of its own calls, not while the caller holds a
 result or the input iterable produces the next item. The router thread
 sweeps the channels that nobody holds and handles the answers waiting there,

@@ -30,7 +30,8 @@ from typing import Any, Callable, Optional
 import numpy as np
 import zmq
 
-from farm.bench.measure import (
+from farm.farm import Farm
+from farm.tools.bench.measure import (
     MEMCPY_PAUSE_S,
     Config,
     CpuMeter,
@@ -44,8 +45,7 @@ from farm.bench.measure import (
     timed_generator,
     warm_up,
 )
-from farm.bench.workloads import BenchError, Workload, backend_session, task_header
-from farm.farm import Farm
+from farm.tools.bench.workloads import BenchError, Workload, backend_session, task_header
 from workers.protocol import INLINE_BYTES, align
 from workers.segments import SEGMENT_PREFIX
 

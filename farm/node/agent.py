@@ -35,13 +35,13 @@ from typing import Any, Optional
 import numpy as np
 import zmq
 
-from farm.backends import looks_like_callable_spec
+from farm.backend_choice import looks_like_callable_spec
 from farm.errors import FarmClosedError, WorkerStartError
 from farm.farm import Farm
-from farm.keys import client_keys, generate_keys
 from farm.options import parse_options
-from farm.remote import is_ipv6, model_fingerprint
-from farm.wakepipe import WakePipe
+from farm.runtime.keys import client_keys, generate_keys
+from farm.runtime.listener import is_ipv6, model_fingerprint
+from farm.runtime.wakepipe import WakePipe
 from workers import protocol
 
 __all__ = ["NodeAgent", "add_keygen_arguments", "add_node_arguments", "run_keygen", "run_node"]

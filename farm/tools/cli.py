@@ -12,7 +12,7 @@
 metadata (a long value as a preview unless ``--full``). ``run`` is a benchmark:
 warm-up tasks, then ``-n`` tasks through ``Farm.map``, then wall time,
 throughput, latency and per-core figures; with ``--json`` and ``--plot`` also
-each core's throughput and latency over time (:mod:`farm.timeline`). The other
+each core's throughput and latency over time (:mod:`farm.tools.timeline`). The other
 commands live in their own modules.
 
 Exit codes: 0 success, 1 a task failed while running (model error, worker
@@ -32,12 +32,8 @@ from typing import Any, Optional
 
 import numpy as np
 
-from farm import bench as farm_bench
-from farm import convert as farm_convert
-from farm import doctor as farm_doctor
-from farm import node as farm_node
-from farm import top as farm_top
-from farm.backends import BACKENDS, resolve_backend
+from farm.backend_choice import BACKENDS, resolve_backend
+from farm.data.tensors import TensorSpec
 from farm.errors import (
     BackendUnavailableError,
     FarmClosedError,
@@ -47,8 +43,12 @@ from farm.errors import (
     WorkerCrashedError,
 )
 from farm.farm import Farm
-from farm.tensors import TensorSpec
-from farm.timeline import StatsSampler, build_timeline, check_plotting, write_plot
+from farm.node import agent as farm_node
+from farm.tools import bench as farm_bench
+from farm.tools import convert as farm_convert
+from farm.tools import doctor as farm_doctor
+from farm.tools import top as farm_top
+from farm.tools.timeline import StatsSampler, build_timeline, check_plotting, write_plot
 from workers.tensortypes import format_shape
 
 __all__ = ["main"]

@@ -13,8 +13,8 @@
       └─ Answers.fail: its memory freed, the error delivered
 
 The router thread runs these for answers that come through it; a ``run()`` or
-``map()`` caller runs them for its own direct answers (``farm.direct``).
-:class:`Answers` is a component of :class:`farm.router.Router`; it owns the
+``map()`` caller runs them for its own direct answers (``farm.runtime.direct``).
+:class:`Answers` is a component of :class:`farm.runtime.router.Router`; it owns the
 output-size hints and the perf line.
 """
 
@@ -29,12 +29,12 @@ from typing import Any, Optional
 
 import numpy as np
 
-from farm.books import Books
-from farm.callbacks import CallbackThread
+from farm.data.shm import SharedArena
+from farm.data.task import Task
 from farm.errors import FarmError, TaskError
-from farm.pool import WorkerHandle
-from farm.shm import SharedArena
-from farm.task import Task
+from farm.runtime.books import Books
+from farm.runtime.callbacks import CallbackThread
+from farm.runtime.processes import WorkerHandle
 from workers import protocol
 
 __all__ = ["Answers"]

@@ -10,13 +10,13 @@
       "not yet", up to submit_timeout           │                                      ▼
                                         receive loop ◄════════════════ PULL ═══ RESULT / FAILED / READY
                                           ├─ result: outputs as views of shared memory → future / callback
-                                          │    (farm.answers)
+                                          │    (farm.runtime.delivery)
                                           ├─ worker exit (its exit pipe reads EOF): retry or fail its tasks,
                                           │    respawn the core with back-off
-                                          ├─ channels nobody holds: their answers (farm.direct)
+                                          ├─ channels nobody holds: their answers (farm.runtime.direct)
                                           └─ timers: respawns that are due
 
-    run() / map() callers (farm.direct): a task that can start at once goes
+    run() / map() callers (farm.runtime.direct): a task that can start at once goes
     straight to its context on the caller's own reply channel, and the caller
     reads its answer and does the bookkeeping below itself, under the lock.
 
@@ -26,16 +26,16 @@ the schedule that can take it). Each core has its own queue, so a busy core
 never holds up tasks for idle ones (the seed's single FIFO does). A context
 gets at most ``WINDOW`` tasks at once: the one it runs and the next, which
 waits in its socket so the context never idles for a round trip (a ``map()``
-queues deeper when tasks are short: ``farm.direct.stream_depth``).
+queues deeper when tasks are short: ``farm.runtime.direct.stream_depth``).
 
 The router composes its parts; each owns its own state:
 
-- ``books`` (``farm.books``): the queues, the task index, the worker table,
+- ``books`` (``farm.runtime.books``): the queues, the task index, the worker table,
   the pacer, the farm's flags, and the decisions on them (no I/O);
-- ``supervisor`` (``farm.supervision``): workers' deaths, hangs, respawns;
-- ``nodes`` (``farm.membership``): remote nodes joining and leaving;
-- ``answers`` (``farm.answers``): outputs, futures, callbacks, the perf line;
-- ``direct`` (``farm.direct``): callers that read their own answers.
+- ``supervisor`` (``farm.runtime.supervision``): workers' deaths, hangs, respawns;
+- ``nodes`` (``farm.runtime.nodes``): remote nodes joining and leaving;
+- ``answers`` (``farm.runtime.delivery``): outputs, futures, callbacks, the perf line;
+- ``direct`` (``farm.runtime.direct``): callers that read their own answers.
 
 All shared state is guarded by ``books.cond``; sends on the context sockets
 happen under it too (a ZeroMQ socket must not be used by two threads at once).
@@ -55,16 +55,19 @@ from typing import Any, Optional
 import numpy as np
 import zmq
 
-from farm.answers import Answers
-from farm.books import WINDOW, Books
-from farm.callbacks import CallbackThread
-from farm.channels import ChannelPool, ReplyChannel
-from farm.direct import DirectPath, DirectStream, stream_depth, task_header
+from farm.data.shm import SharedArena
+from farm.data.task import Task
 from farm.errors import FarmBrokenError, FarmClosedError, WorkerStartError
-from farm.membership import Membership
 from farm.options import FarmOptions
-from farm.pacing import Pacer
-from farm.pool import (
+from farm.runtime.books import WINDOW, Books
+from farm.runtime.callbacks import CallbackThread
+from farm.runtime.channels import ChannelPool, ReplyChannel
+from farm.runtime.delivery import Answers
+from farm.runtime.direct import DirectPath, DirectStream, stream_depth, task_header
+from farm.runtime.listener import RemoteListener
+from farm.runtime.nodes import Membership
+from farm.runtime.pacing import Pacer
+from farm.runtime.processes import (
     ContextSlot,
     WorkerHandle,
     close_slots,
@@ -73,11 +76,8 @@ from farm.pool import (
     request_stop,
     spawn_worker,
 )
-from farm.remote import RemoteListener
-from farm.shm import SharedArena
-from farm.supervision import Supervisor
-from farm.task import Task
-from farm.wakepipe import WakePipe
+from farm.runtime.supervision import Supervisor
+from farm.runtime.wakepipe import WakePipe
 from workers import protocol
 from workers.segments import SEGMENT_PREFIX
 from workers.spin import SpinWait
@@ -291,7 +291,7 @@ class Router:
         return self.direct.wait_direct(task, channel, socket, timeout)
 
     def open_stream(self, timeout_s: float) -> Optional[DirectStream]:
-        """A stream for one ``map()`` (see ``farm.direct``), or None."""
+        """A stream for one ``map()`` (see ``farm.runtime.direct``), or None."""
         return self.direct.open_stream(timeout_s)
 
     def map_window(self) -> int:

@@ -19,8 +19,8 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from farm.shm import Region, SharedArena, locate_shared
-from farm.tensors import PreparedInput
+from farm.data.shm import Region, SharedArena, locate_shared
+from farm.data.tensors import PreparedInput
 from workers.protocol import INLINE_BYTES, align
 
 __all__ = ["Outcome", "Task", "TaskFuture", "timed_out", "whereabouts", "write_inputs"]

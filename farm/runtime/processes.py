@@ -5,8 +5,9 @@ NPU core (or CPU slot) with ``threads_per_core`` contexts. For every context
 the parent holds one DEALER socket, only ever sent on, connected to that
 context's ROUTER (tasks go straight to a context, never through a queue
 inside the worker); all workers answer on the parent's one PULL socket,
-except for direct tasks (see ``farm.channels``). Each incarnation of a worker (``generation``) gets fresh
-addresses, so no message meant for a dead worker reaches its successor.
+except for direct tasks (see ``farm.runtime.channels``). Each incarnation of
+a worker (``generation``) gets fresh addresses, so no message meant for a
+dead worker reaches its successor.
 
 A worker's stdin is its life line: the parent writes the spec on it and
 keeps it open; the worker exits when it closes. The parent learns of a
@@ -27,8 +28,9 @@ from typing import Any, Optional
 
 import zmq
 
-from farm.dmabuf import DmaFrames, FrameChannel, frame_socket_pair
-from farm.stats import WorkerStats
+import workers
+from farm.data.dmabuf import DmaFrames, FrameChannel, frame_socket_pair
+from farm.runtime.stats import WorkerStats
 from workers.protocol import QUIT
 
 __all__ = [
@@ -43,7 +45,7 @@ __all__ = [
 
 
 class WorkerState(enum.Enum):
-    """Where a worker slot is in its life (``farm.supervision`` draws the machine).
+    """Where a worker slot is in its life (``farm.runtime.supervision`` draws the machine).
 
     A remote node is READY while it is connected and DOWN once it is dropped."""
 
@@ -100,7 +102,7 @@ class ContextSlot:
 class WorkerHandle:
     """One worker slot of the farm (a core), across its incarnations."""
 
-    remote = False  # a node agent on another board (farm.remote.RemoteNode)
+    remote = False  # a node agent on another board (farm.runtime.listener.RemoteNode)
 
     def __init__(self, worker_id: int, core: int, core_mask: int, cpus: list[int]) -> None:
         self.worker_id = worker_id
@@ -128,7 +130,7 @@ class WorkerHandle:
         self.tasks_this_life = 0
         self.rss_mb = 0.0
         self.rss_checked_at = 0.0
-        self.frame_channel: Optional[FrameChannel] = None  # its dma-buf frames' socket (farm.dmabuf)
+        self.frame_channel: Optional[FrameChannel] = None  # its dma-buf frames' socket (farm.data.dmabuf)
 
     @property
     def ready(self) -> bool:
@@ -226,7 +228,9 @@ def spawn_worker(
     handle.process.stdin.flush()
 
 
-_PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+#: The directory that holds this copy's ``workers`` package, found from the
+#: package itself so that it does not depend on where this module sits.
+_PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(workers.__file__)))
 
 #: How a worker starts. ``python -c`` (like ``-m``) puts the working directory,
 #: the app's, first on ``sys.path``, where a ``workers`` package of the app's

@@ -16,7 +16,7 @@ emulated board, any backend): the same path, without the NPU's zero copy.
     task: [frame name, offset, dtype, shape, input name] ──► worker: its own mapping of the fd
     array and views gone ──► finalizer queues the name ──► reclaim(): "forget" to every worker, close
 
-A frame is leased like an arena region (``farm.shm``): a ctypes buffer over the
+A frame is leased like an arena region (``farm.data.shm``): a ctypes buffer over the
 mapping is the base of the array and of every view, and ``weakref.finalize``
 on it only queues the frame's name; the work (telling the workers, closing the
 fd) is done later by :meth:`DmaFrames.reclaim`, never inside the garbage

@@ -13,10 +13,11 @@ from typing import Any, Callable, Optional, TypeVar, Union
 
 import psutil
 
-from farm.bench.measure import Config, Row
-from farm.bench.methods import METHODS, MethodNotApplicable, frame_figures, run_method
-from farm.bench.paced import bench_pacing, unpaced_throughput
-from farm.bench.report import (
+from farm.errors import FarmError
+from farm.tools.bench.measure import Config, Row
+from farm.tools.bench.methods import METHODS, MethodNotApplicable, frame_figures, run_method
+from farm.tools.bench.paced import bench_pacing, unpaced_throughput
+from farm.tools.bench.report import (
     FRAME_FIGURES,
     check_targets,
     compute_ratios,
@@ -26,7 +27,7 @@ from farm.bench.report import (
     write_json,
     write_plot,
 )
-from farm.bench.workloads import (
+from farm.tools.bench.workloads import (
     WORKLOADS,
     BenchError,
     Workload,
@@ -34,7 +35,6 @@ from farm.bench.workloads import (
     load_workload,
     model_workload,
 )
-from farm.errors import FarmError
 from workers.segments import SEGMENT_PREFIX, segment_dir
 
 __all__ = ["add_arguments", "leftovers", "main", "run"]

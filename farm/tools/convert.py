@@ -103,7 +103,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``rknn-farm convert`` on its own (``python -m farm.convert``); returns the exit code."""
+    """``rknn-farm convert`` on its own (``python -m farm.tools.convert``); returns the exit code."""
     parser = argparse.ArgumentParser(prog=_PREFIX, description="Convert an ONNX model to an .rknn file.")
     add_arguments(parser)
     try:

@@ -2,8 +2,8 @@
 
 One object, no I/O. It answers "which core next", "which context has room",
 "where is task k" and "what becomes of a lost worker's tasks"; the router
-and its components (``farm.supervision``, ``farm.membership``,
-``farm.answers``, ``farm.direct``) ask it and act on the answers.
+and its components (``farm.runtime.supervision``, ``farm.runtime.nodes``,
+``farm.runtime.delivery``, ``farm.runtime.direct``) ask it and act on the answers.
 
 ::
 
@@ -36,10 +36,10 @@ from typing import Any, Callable, Optional
 
 import zmq
 
+from farm.data.task import Task, whereabouts
 from farm.errors import FarmBrokenError, FarmClosedError, FarmError, SubmitTimeoutError, WorkerCrashedError
-from farm.pacing import Pacer
-from farm.pool import ContextSlot, WorkerHandle
-from farm.task import Task, whereabouts
+from farm.runtime.pacing import Pacer
+from farm.runtime.processes import ContextSlot, WorkerHandle
 
 __all__ = ["MAX_REQUEUES", "WINDOW", "Books"]
 
@@ -119,7 +119,7 @@ class Books:
         return len(self.tasks)
 
     def where(self, task_id: int) -> str:
-        """Where task ``task_id`` is (``farm.task.whereabouts``), or "ended"
+        """Where task ``task_id`` is (``farm.data.task.whereabouts``), or "ended"
         when it is not on the index (ended, or never admitted)."""
         task = self.tasks.get(task_id)
         return "ended" if task is None else whereabouts(task)

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from typing import Any, Optional
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from farm.stats import LATENCY_BUCKETS_S, model_memory
+from farm.runtime.stats import LATENCY_BUCKETS_S, model_memory
 
 __all__ = ["MetricsServer"]
 

@@ -8,7 +8,7 @@ write instead, in one run, on this machine.
                     [--workers N] [--window N] [--[no-]pacing] [--out DIR]
     python benchmarks/bench.py --quick          # the same, from a checkout
 
-Methods (modules: :mod:`~farm.bench.methods`, :mod:`~farm.bench.paced`):
+Methods (modules: :mod:`~farm.tools.bench.methods`, :mod:`~farm.tools.bench.paced`):
 
 - ``inprocess``: one ONNX Runtime session in the calling process, sequential;
 - ``threads``: a ThreadPoolExecutor of N threads, a session per thread;
@@ -23,10 +23,10 @@ building the synthetic models, are imported lazily): the comparison is
 against what a user would write instead of the farm, not against the farm's
 own backend code. Each (workload, method) gets a sync latency (one task in
 flight) and a pipelined throughput (a bounded window in flight); see
-:mod:`farm.bench.measure`. Ratios and the issue's targets are computed in
-:mod:`farm.bench.report`; docs/benchmarks.md explains how to read them.
+:mod:`farm.tools.bench.measure`. Ratios and the issue's targets are computed in
+:mod:`farm.tools.bench.report`; docs/benchmarks.md explains how to read them.
 """
 
-from farm.bench.runner import add_arguments, main, run
+from farm.tools.bench.runner import add_arguments, main, run
 
 __all__ = ["add_arguments", "main", "run"]

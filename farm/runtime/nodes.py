@@ -1,8 +1,8 @@
 """Membership: remote nodes joining, serving and leaving the farm.
 
-A component of :class:`farm.router.Router`; it owns the listener
-(:mod:`farm.remote`) and its methods run on the router thread, which alone
-touches the listener's socket; the shared state is the books' (``farm.books``).
+A component of :class:`farm.runtime.router.Router`; it owns the listener
+(:mod:`farm.runtime.listener`) and its methods run on the router thread, which alone
+touches the listener's socket; the shared state is the books' (``farm.runtime.books``).
 A node that joins becomes one more core in the rotation; a node that goes
 silent for ``heartbeat_interval_ms × heartbeat_liveness``, or cannot be
 reached, is dropped and the tasks it held go back to the queues (not counted
@@ -14,12 +14,12 @@ from __future__ import annotations
 
 from typing import Any, Callable, Optional
 
-from farm.books import MAX_REQUEUES, Books
+from farm.data.shm import SharedArena
+from farm.data.task import Task
 from farm.errors import FarmClosedError, TaskTimeoutError, WorkerCrashedError
-from farm.pool import ContextSlot, WorkerHandle, WorkerState
-from farm.remote import REMOTE_CORE_BASE, RemoteListener, RemoteNode
-from farm.shm import SharedArena
-from farm.task import Task
+from farm.runtime.books import MAX_REQUEUES, Books
+from farm.runtime.listener import REMOTE_CORE_BASE, RemoteListener, RemoteNode
+from farm.runtime.processes import ContextSlot, WorkerHandle, WorkerState
 from workers import protocol
 
 __all__ = ["Membership"]

@@ -1,5 +1,5 @@
 """The direct path: a caller that waits for its own tasks reads their answers
-itself, from a reply channel (``farm.channels``), instead of through the
+itself, from a reply channel (``farm.runtime.channels``), instead of through the
 router thread.
 
 Two users:
@@ -20,9 +20,9 @@ router's lock) and resolves the task's future itself. The router still owns
 every task: if a worker dies, it retries the direct tasks it held through its
 own path, and the caller sees their futures end.
 
-:class:`DirectPath` is a component of :class:`farm.router.Router`: it owns
+:class:`DirectPath` is a component of :class:`farm.runtime.router.Router`: it owns
 the reply channels and the spin-wait; the tasks are on the books
-(``farm.books``). :class:`DirectStream` uses its public methods only.
+(``farm.runtime.books``). :class:`DirectStream` uses its public methods only.
 """
 
 from __future__ import annotations
@@ -35,12 +35,12 @@ from typing import Any, Callable, Optional
 import numpy as np
 import zmq
 
-from farm.books import WINDOW, Books
-from farm.channels import DIRECT_POLL_MS, ChannelPool, ReplyChannel
+from farm.data.task import Task, timed_out
 from farm.errors import FarmClosedError, SubmitTimeoutError
-from farm.pool import ContextSlot
-from farm.task import Task, timed_out
-from farm.wakepipe import WakePipe
+from farm.runtime.books import WINDOW, Books
+from farm.runtime.channels import DIRECT_POLL_MS, ChannelPool, ReplyChannel
+from farm.runtime.processes import ContextSlot
+from farm.runtime.wakepipe import WakePipe
 from workers import protocol
 from workers.spin import SpinWait
 

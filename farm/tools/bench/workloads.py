@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from farm.backends import resolve_backend, resolve_model
+from farm.backend_choice import resolve_backend, resolve_model
 from farm.options import parse_options
 from workers import protocol
 from workers.backends import load_backend

@@ -14,13 +14,13 @@
                                    after 5 failures in a row without reaching READY (a model
                                    that cannot load, a crash at start), it stays down
 
-Each arrow is a :class:`~farm.pool.WorkerState` transition (``WorkerHandle.enter``
+Each arrow is a :class:`~farm.runtime.processes.WorkerState` transition (``WorkerHandle.enter``
 refuses any other): STARTING ──READY──► READY ──► RETIRING ──► BACKOFF (due at once);
 a death or kill ──► BACKOFF (or DOWN past the crash-loop limit, or while the
 farm stops) ──respawn──► STARTING.
 
-:class:`Supervisor` is a component of :class:`farm.router.Router`: its methods
-run under the books' lock (``farm.books``) unless they say otherwise. What it
+:class:`Supervisor` is a component of :class:`farm.runtime.router.Router`: its methods
+run under the books' lock (``farm.runtime.books``) unless they say otherwise. What it
 decides lives on each worker's record (``WorkerHandle``: its state, back-off,
 kill reason, failures in a row), as in the zguide's Majordomo broker;
 spawning a worker is injected (the router owns the sockets).
@@ -34,10 +34,10 @@ from typing import Any, Callable, Optional
 
 import psutil
 
-from farm.books import Books
+from farm.data.task import Task
 from farm.errors import FarmClosedError, TaskTimeoutError, WorkerCrashedError
-from farm.pool import WorkerHandle, WorkerState, close_slots, reap_process, request_stop
-from farm.task import Task
+from farm.runtime.books import Books
+from farm.runtime.processes import WorkerHandle, WorkerState, close_slots, reap_process, request_stop
 from workers.backends.rknn_plugins import plugins_note, requested_plugins_note
 
 __all__ = ["Supervisor", "describe_exit", "resident_mb"]

@@ -314,7 +314,7 @@ def _check_model_memory(probe: Optional[rknn_runtime.ModelProbe]) -> Optional[Ch
 
 def _auto_rknn_backend(root: str) -> str:
     """What backend='auto' picks for a .rknn model on this board, and why."""
-    from farm.backends import librknnrt_unusable_because
+    from farm.backend_choice import librknnrt_unusable_because
 
     if root not in ("", "/"):
         return "'rknnrt' when librknnrt has the functions it needs, else 'rknnlite'"

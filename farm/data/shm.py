@@ -82,7 +82,7 @@ class SharedArena:
         self._lock = threading.Lock()
         self._closed = False
         self.bytes_mapped = 0
-        #: The farm's dma-buf frames (``farm.dmabuf.DmaFrames``), when input_array makes them.
+        #: The farm's dma-buf frames (``farm.data.dmabuf.DmaFrames``), when input_array makes them.
         self.frames: Optional[Any] = None
         SharedArena._open.add(self)
 
