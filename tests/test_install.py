@@ -31,9 +31,10 @@ REPO = Path(__file__).resolve().parents[1]
 DOCUMENTED_WHEEL = "rknn_farm-0.1.0-py3-none-any.whl"
 INSTALL_PAGES = ("README.md", "docs/quickstart.md", "docs/board.md")
 _FROM_PYPI = re.compile(r"""pip install ["']?rknn[-_]farm(?![-\w.])""")  # a name, not a wheel file
-# What a user's checkout would not hand to `pip wheel`: local venvs, build output, caches.
+# What a user's checkout would not hand to `pip wheel`: local venvs, the emulated board
+# (scripts/setup-board), build output, caches.
 _NOT_SOURCE = shutil.ignore_patterns(
-    ".git", ".venv*", "build", "dist", "*.egg-info", "__pycache__", ".*_cache", "bench-results"
+    ".git", ".venv*", ".board", "build", "dist", "*.egg-info", "__pycache__", ".*_cache", "bench-results"
 )
 
 
