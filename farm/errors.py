@@ -11,6 +11,7 @@ stdlib's habit of subclassing the closest built-in (bad input is also a
      ├── BackendUnavailableError     the chosen backend cannot run on this machine
      ├── WorkerStartError            a worker could not load the model
      ├── TaskError                   the model raised inside a worker
+     │    └── StageError             ... or one of its stages (preprocess, postprocess)
      ├── WorkerCrashedError          the worker running a task died
      │    └── TaskTimeoutError (TimeoutError)  ... killed because the task hung
      ├── SubmitTimeoutError (TimeoutError)   the farm stayed full too long
@@ -29,6 +30,7 @@ __all__ = [
     "FarmError",
     "InvalidInputError",
     "OptionError",
+    "StageError",
     "SubmitTimeoutError",
     "TaskError",
     "TaskTimeoutError",
@@ -75,6 +77,17 @@ class TaskError(FarmError):
     def __init__(self, message: str, remote_traceback: str = "") -> None:
         super().__init__(message)
         self.remote_traceback = remote_traceback
+
+
+class StageError(TaskError):
+    """A model's stage raised, or returned what cannot travel back, in a
+    worker that is still alive. ``stage`` names it the way the message
+    starts, ``"rec.postprocess package.module:function"``; the stage's
+    traceback text is in ``remote_traceback``."""
+
+    def __init__(self, message: str, remote_traceback: str = "", stage: str = "") -> None:
+        super().__init__(message, remote_traceback)
+        self.stage = stage
 
 
 class WorkerCrashedError(FarmError):

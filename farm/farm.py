@@ -22,21 +22,13 @@ from typing import Any, Callable, Optional, Union, cast
 
 import numpy as np
 
-from farm.backend_choice import backend_note, resolve_backend, resolve_model
 from farm.data.dmabuf import DmaFrames, heap_source
 from farm.data.shm import SharedArena, reap_stale_segments
 from farm.data.task import Outcome, Task, TaskFuture, write_inputs
-from farm.data.tensors import (
-    InlineFeed,
-    TensorSpec,
-    prepare_feed,
-    shared_input_layout,
-    specs_from_description,
-    static_bytes,
-    user_spec,
-)
+from farm.data.tensors import TensorSpec, prepare_feed, shared_input_layout
 from farm.errors import FarmClosedError, FarmError, SubmitTimeoutError
-from farm.options import FarmOptions, parse_options
+from farm.models import ModelIO, ModelSpec, build_models, check_params
+from farm.options import FarmOptions
 from farm.progress import ProgressLine
 from farm.runtime.channels import DIRECT_POLL_MS, ReplyChannel
 from farm.runtime.direct import DirectStream
@@ -63,6 +55,16 @@ def _available_cpus() -> list[int]:
     if hasattr(os, "sched_getaffinity"):
         return sorted(os.sched_getaffinity(0))
     return list(range(os.cpu_count() or 1))
+
+
+def _cpus_for_models(models: list[ModelSpec]) -> dict[int, list[int]]:
+    """Which CPUs each core's worker is pinned to: as the first model placed
+    on that core would have it (a worker is one process, pinned once)."""
+    cpus: dict[int, list[int]] = {}
+    for model in models:
+        for core, chosen in _cpus_for_cores(model.options, model.backend).items():
+            cpus.setdefault(core, chosen)
+    return cpus
 
 
 def _cpus_for_cores(options: FarmOptions, backend: str) -> dict[int, list[int]]:
@@ -96,11 +98,19 @@ def _map_item_error(index: int, error: Exception) -> Exception:
 
 
 class Farm:
-    """A farm of worker processes running one model.
+    """A farm of worker processes running one model, or several.
 
     Args:
         model: the path (str, bytes or os.PathLike) of a ``.onnx`` or ``.rknn``
             file, or ``"package.module:function"`` for the ``python`` backend.
+        models: instead of ``model``, several models by name: each a path (the
+            farm's options apply) or a dict ``{"model": path, ...}`` with its
+            own ``schedule``/``tp_mode``, ``threads_per_core``, ``backend``,
+            backend options and stages (docs/options.md). Every call then
+            names its model: ``run(inputs, model="det")``.
+        preprocess, postprocess: stages of a one-model farm,
+            ``"package.module:function"``, run in the workers around the model
+            (docs/concepts.md, "Stages").
         backend: ``"auto"`` (by the model's file type and what is installed),
             ``"onnxruntime"``, ``"python"``, ``"rknnlite"`` or ``"rknn-sim"``.
         options: a dict from :func:`farm.make_provider_options` (or a list whose
@@ -113,10 +123,11 @@ class Farm:
             ``start_timeout_s``). See docs/options.md.
 
     Raises:
-        OptionError: an option has a bad value (a ``RuntimeError``).
+        OptionError: an option, a ``models`` entry or a stage has a bad value
+            (a ``RuntimeError``).
         ValueError: an unknown ``backend``; a ``python`` model that is not
             ``"package.module:function"``; a model's content given as bytes.
-        TypeError: ``model`` is not a path.
+        TypeError: ``model`` is not a path; neither or both of ``model`` and ``models``.
         FileNotFoundError: the model file does not exist.
         BackendUnavailableError: the backend cannot run here (says what to use).
         WorkerStartError: a worker could not load the model.
@@ -124,21 +135,35 @@ class Farm:
 
     def __init__(
         self,
-        model: Union[str, bytes, os.PathLike[str]],
+        model: Optional[Union[str, bytes, os.PathLike[str]]] = None,
         *,
+        models: Optional[dict[str, Any]] = None,
         backend: str = "auto",
         options: Any = None,
+        preprocess: Optional[str] = None,
+        postprocess: Optional[str] = None,
         **provider_options: Any,
     ) -> None:
         self._router: Optional[Router] = None
         self._metrics: Any = None
         #: The process that created the farm: the only one that may use or close it.
         self.owner_pid = os.getpid()
-        self.options = parse_options(options, warn_stacklevel=3, **provider_options)
-        self.model = resolve_model(model, backend)
-        self.backend = resolve_backend(backend, self.model)
+        self.options, specs = build_models(
+            model,
+            models,
+            backend=backend,
+            options=options,
+            provider_options=provider_options,
+            stages={"preprocess": preprocess, "postprocess": postprocess},
+            warn_stacklevel=3,
+        )
+        self._models = {spec.name: ModelIO(spec) for spec in specs}
+        first = specs[0]
+        #: The (first) model's path; ``model_names`` names them all.
+        self.model = first.path
+        self.backend = first.backend
         #: Why ``backend="auto"`` did not pick rknnrt for an RKNN model ("" when it did, or was not asked).
-        self.backend_note = backend_note(backend, self.backend)
+        self.backend_note = first.backend_note
         frame_source = heap_source(self.options.dma_heap, self.backend)
         reap_stale_segments()
         self._arena = SharedArena()
@@ -147,15 +172,17 @@ class Farm:
         base_spec = {
             "backend": self.backend,
             "model": self.model,
+            "models": {spec.name: spec.worker_entry() for spec in specs},
             "options": self.options.to_dict(),
             "parent_pid": os.getpid(),
             "segment_owner_prefix": self._arena.owner_prefix,
         }
         router = Router(
             options=self.options,
+            models=specs,
             arena=self._arena,
             base_spec=base_spec,
-            cpus_for_core=_cpus_for_cores(self.options, self.backend),
+            cpus_for_core=_cpus_for_models(specs),
             perf_log=perf_log_enabled(),
         )
         self._finalizer = weakref.finalize(self, _close_in_owner, self.owner_pid, router, self._arena)
@@ -165,28 +192,22 @@ class Farm:
             self._finalizer()
             raise
         self._router = router
-        self._described = False
-        self._describe(router.description)
+        self._describe(router)
         self._timeout_s = self.options.submit_timeout_ms / 1000
         self._pipeline: collections.deque[concurrent.futures.Future] = collections.deque()
         self._pipeline_depth = 0
         self._pipeline_lock = threading.Lock()
 
-    def _describe(self, description: Optional[dict[str, Any]]) -> None:
-        """Take the model's inputs and outputs from a worker's description (a
-        farm of remote nodes only has one once the first node joins)."""
-        self._described = description is not None
-        description = description or {}
-        self._native_layout: str = description.get("native_layout", "nchw")
-        self._converts_dtypes = bool(description.get("converts_input_dtypes"))
-        self._native_inputs = specs_from_description(description.get("inputs"))
-        self._outputs = specs_from_description(description.get("outputs"))
-        self.runtime_version: str = description.get("runtime_version", "")
-        self.metadata: dict[str, str] = dict(description.get("metadata") or {})
-        self._static_output_bytes = static_bytes(self._outputs)
-        self._inline_feed = InlineFeed.for_model(
-            self._native_inputs, self.options.layout, self._native_layout, self._converts_dtypes
-        )
+    def _describe(self, router: Router) -> None:
+        """Take each model's inputs and outputs from the description of the
+        first worker that loaded it (a farm of remote nodes only has them once
+        the first node joins)."""
+        for name, io in self._models.items():
+            if not io.described:
+                io.describe(router.books.descriptions.get(name))
+        first = next(iter(self._models.values()))
+        self.runtime_version: str = first.description.get("runtime_version", "")
+        self.metadata: dict[str, str] = dict(first.description.get("metadata") or {})
 
     @property
     def description(self) -> dict[str, Any]:
@@ -204,20 +225,70 @@ class Farm:
 
     # ── metadata ─────────────────────────────────────────────────────────
     @property
+    def model_names(self) -> list[str]:
+        """The names of the farm's models, in the order they were given
+        (``["default"]`` for ``Farm(model)``)."""
+        return list(self._models)
+
+    @property
     def inputs(self) -> Optional[list[TensorSpec]]:
         """The model's inputs (name, shape with None for dynamic dims, dtype) as
         a feed must give them: 4-D shapes follow the ``layout`` option. None
-        for a python backend that declares none."""
-        if self._native_inputs is None:
-            return None
-        return [user_spec(s, self.options.layout, self._native_layout) for s in self._native_inputs]
+        for a python backend that declares none. A farm of several models
+        raises FarmError: use :meth:`inputs_of`."""
+        return self.inputs_of(self._only_model("inputs"))
 
     @property
     def outputs(self) -> Optional[list[TensorSpec]]:
-        """The model's outputs, in the order ``run`` returns them."""
-        return self._outputs
+        """The model's outputs, in the order ``run`` returns them. A farm of
+        several models raises FarmError: use :meth:`outputs_of`."""
+        return self.outputs_of(self._only_model("outputs"))
 
-    def input_array(self, name: Optional[str] = None, *, shape: Optional[Sequence[int]] = None) -> np.ndarray:
+    def inputs_of(self, model: str) -> Optional[list[TensorSpec]]:
+        """Model ``model``'s inputs, as :attr:`inputs` gives them for a one-model farm."""
+        return self._model(model).inputs()
+
+    def outputs_of(self, model: str) -> Optional[list[TensorSpec]]:
+        """Model ``model``'s outputs, in the order ``run`` returns them (without
+        a postprocess: what it returns is the stage's)."""
+        return self._model(model).outputs
+
+    def _only_model(self, what: str) -> str:
+        if len(self._models) > 1:
+            raise FarmError(
+                f"this farm serves several models ({', '.join(self._models)}): ask for one model's "
+                f"{what} with farm.{what}_of(name)"
+            )
+        return next(iter(self._models))
+
+    def _model(self, model: Optional[str]) -> ModelIO:
+        """The model a call names (None: the farm's only model), described if it can be."""
+        if model is None:
+            if len(self._models) == 1:
+                io = next(iter(self._models.values()))
+            else:
+                raise ValueError(
+                    f"this farm serves several models ({', '.join(map(repr, self._models))}): "
+                    f"say which with model=, e.g. model={next(iter(self._models))!r}"
+                )
+        else:
+            found = self._models.get(model)
+            if found is None:
+                raise ValueError(
+                    f"no model {model!r} in this farm; its models: {', '.join(map(repr, self._models))}"
+                )
+            io = found
+        if not io.described:
+            self._described_router()
+        return io
+
+    def input_array(
+        self,
+        name: Optional[str] = None,
+        *,
+        shape: Optional[Sequence[int]] = None,
+        model: Optional[str] = None,
+    ) -> np.ndarray:
         """A zeroed array in the farm's shared memory for input ``name`` (may
         be omitted for a one-input model), shaped and typed as a feed gives
         it: 4-D shapes follow ``layout``, and ``shape`` sets the size of
@@ -241,10 +312,13 @@ class Farm:
         A farm of remote nodes only (``local_cores=False``) learns the
         model's inputs from the first node that joins: until then this waits,
         up to ``submit_timeout_ms``, as a submission does, then raises
-        :class:`SubmitTimeoutError`."""
-        self._wait_for_description()
+        :class:`SubmitTimeoutError`.
+
+        ``model`` names the model whose input it is (a farm of several)."""
+        io = self._model(model)
+        self._wait_for_description(io)
         spec, native_shape, to_user = shared_input_layout(
-            self._native_inputs, name, shape, self.options.layout, self._native_layout
+            io.native_inputs, name, shape, io.spec.options.layout, io.native_layout
         )
         frames = self._arena.frames
         if frames is not None:
@@ -267,8 +341,14 @@ class Farm:
         return self._arena.locate(array)
 
     # ── running ──────────────────────────────────────────────────────────
-    def run(self, inputs: Any, *, timeout: Optional[float] = None) -> list[np.ndarray]:
-        """Run one inference and wait: outputs in model order.
+    def run(
+        self, inputs: Any, *, timeout: Optional[float] = None, model: Optional[str] = None, params: Any = None
+    ) -> Any:
+        """Run one inference and wait: outputs in model order (or what the
+        model's postprocess returns).
+
+        ``model`` names the model (required in a farm of several); ``params``
+        (plain msgpack-able data) goes to the model's stages with the task.
 
         ``inputs`` is a dict ``{name: array}``, a list in input order, or one
         array for a one-input model. Raises InvalidInputError for a bad feed,
@@ -279,14 +359,22 @@ class Farm:
         ``timeout`` seconds (the task goes on; its outputs are dropped).
         """
         future = Outcome()
-        task = self._make_task(inputs, future=future)
+        task = self._make_task(inputs, model, params, future=future)
         sent = self._admit(task, direct=True)
         if sent is None:  # it waits in a queue: the router thread will answer
             return future.result(timeout)
         return self._require_router().wait_direct(task, *sent, timeout)
 
-    def submit(self, inputs: Any, *, outputs_in_shared_memory: bool = False) -> concurrent.futures.Future:
-        """Queue one inference; the Future resolves to the list of outputs.
+    def submit(
+        self,
+        inputs: Any,
+        *,
+        outputs_in_shared_memory: bool = False,
+        model: Optional[str] = None,
+        params: Any = None,
+    ) -> concurrent.futures.Future:
+        """Queue one inference of ``model`` (with ``params``, as :meth:`run`);
+        the Future resolves to the list of outputs.
         Its ``result(timeout)`` raises a ``TimeoutError`` that names the task,
         the time waited and where the task is (queued, or running on core N).
 
@@ -295,17 +383,29 @@ class Farm:
         they are small enough to travel in the answer (unless the farm
         copies outputs: ``copy_outputs``). I/O binding asks for that."""
         future: concurrent.futures.Future = TaskFuture()
-        self._admit(self._make_task(inputs, outputs_in_arena=outputs_in_shared_memory, future=future))
+        task = self._make_task(
+            inputs, model, params, outputs_in_arena=outputs_in_shared_memory, future=future
+        )
+        self._admit(task)
         return future
 
-    def run_async(self, inputs: Any, callback: Callback, user_data: Any = None) -> None:
-        """Queue one inference; ``callback(results, user_data, err)`` runs on the
+    def run_async(
+        self,
+        inputs: Any,
+        callback: Callback,
+        user_data: Any = None,
+        *,
+        model: Optional[str] = None,
+        params: Any = None,
+    ) -> None:
+        """Queue one inference of ``model`` (with ``params``, as :meth:`run`);
+        ``callback(results, user_data, err)`` runs on the
         farm's callback thread: ``err == ""`` and ``results`` a list of arrays on
         success, ``results is None`` and ``err`` the message on failure. With
         ``sequential_callbacks`` (the default) callbacks fire in submission order."""
         if not callable(callback):
             raise TypeError("callback must be callable")
-        self._admit(self._make_task(inputs, callback=callback, user_data=user_data))
+        self._admit(self._make_task(inputs, model, params, callback=callback, user_data=user_data))
 
     def map(
         self,
@@ -314,8 +414,11 @@ class Farm:
         ordered: bool = True,
         max_in_flight: Optional[int] = None,
         progress: bool = False,
-    ) -> Iterator[list[np.ndarray]]:
-        """Run every item of ``inputs``, yielding outputs (in input order when
+        model: Optional[str] = None,
+        params: Any = None,
+    ) -> Iterator[Any]:
+        """Run every item of ``inputs`` on ``model`` (each with ``params``, as
+        :meth:`run`), yielding outputs (in input order when
         ``ordered``, else as they finish). At most ``max_in_flight`` tasks are
         outstanding (default: enough to keep every context busy), so an
         endless or huge iterable is consumed as fast as the farm can serve it.
@@ -327,6 +430,7 @@ class Farm:
         starting ``map item <index>:`` (counted from 0), the error's class
         unchanged."""
         router = self._require_router()
+        self._model(model)  # a farm of several models: which one, before any item is read
         window = max_in_flight or router.map_window()
         total = len(inputs) if hasattr(inputs, "__len__") else None  # type: ignore[arg-type]
         bar = ProgressLine(total) if progress else None
@@ -349,7 +453,7 @@ class Farm:
                 if item is _END:
                     break
                 try:
-                    pending.append(self._submit_to(stream, item))
+                    pending.append(self._submit_to(stream, item, model, params))
                 except Exception as exc:  # a bad item: its turn comes after the items before it
                     failure = _map_item_error(submitted, exc)
                     break
@@ -410,11 +514,13 @@ class Farm:
             self._pipeline.clear()
         return [future.result() for future in pending]
 
-    def _submit_to(self, stream: Optional[DirectStream], item: Any) -> concurrent.futures.Future:
+    def _submit_to(
+        self, stream: Optional[DirectStream], item: Any, model: Optional[str], params: Any
+    ) -> concurrent.futures.Future:
         if stream is None:
-            return self.submit(item)
+            return self.submit(item, model=model, params=params)
         future: concurrent.futures.Future = TaskFuture()
-        task = self._make_task(item, future=future)
+        task = self._make_task(item, model, params, future=future)
         try:
             stream.submit(task)
         except BaseException:
@@ -457,19 +563,18 @@ class Farm:
         return self._router
 
     def _described_router(self) -> Router:
-        """The router, once the model's description is taken from it (a farm of
-        remote nodes only has one once the first node joins)."""
+        """The router, once the models' descriptions are taken from it (a farm
+        of remote nodes only has them once the first node joins)."""
         router = self._require_router()
-        if not self._described and router.description is not None:
-            self._describe(router.description)
+        self._describe(router)
         return router
 
-    def _wait_for_description(self) -> None:
+    def _wait_for_description(self, io: ModelIO) -> None:
         """Wait (up to ``submit_timeout_ms``) until the model's description is
         known: at once, but for a farm of remote nodes before the first joins."""
         deadline = time.monotonic() + self._timeout_s
         self._described_router()
-        while not self._described:
+        while not io.described:
             if time.monotonic() >= deadline:
                 raise SubmitTimeoutError(
                     f"no node joined within submit_timeout_ms={self.options.submit_timeout_ms}: this farm "
@@ -480,23 +585,33 @@ class Farm:
             time.sleep(_DESCRIPTION_POLL_S)
             self._described_router()
 
-    def _make_task(self, feed: Any, outputs_in_arena: bool = False, **delivery: Any) -> Task:
-        router = self._described_router()
+    def _make_task(
+        self,
+        feed: Any,
+        model: Optional[str] = None,
+        params: Any = None,
+        outputs_in_arena: bool = False,
+        **delivery: Any,
+    ) -> Task:
+        io = self._model(model)
+        router = self._require_router()
+        if params is not None:
+            check_params(params)
         frames = self._arena.frames
         if frames is not None:  # frames the app let go of since: the workers forget them
             frames.reclaim()
-        shortcut = self._inline_feed
+        shortcut = io.inline_feed
         descriptors = None if shortcut is None else shortcut.descriptors(feed)
         held: tuple[np.ndarray, ...] = ()
         if shortcut is not None and descriptors is not None:  # a plain small feed, packed as it is
             region, input_key = None, shortcut.input_key
         else:
             prepared = prepare_feed(
-                feed, self._native_inputs, self.options.layout, self._native_layout, self._converts_dtypes
+                feed, io.feed_specs, io.spec.options.layout, io.native_layout, io.converts_dtypes
             )
             input_key = tuple(p.shape for p in prepared)
             region, descriptors, held = write_inputs(self._arena, prepared)
-        out_bytes = self._static_output_bytes or router.output_hint(input_key)
+        out_bytes = io.static_output_bytes or router.output_hint((io.spec.name, input_key))
         try:
             out_region = None  # small outputs come back in the answer's header
             if out_bytes and (out_bytes > INLINE_BYTES or outputs_in_arena):
@@ -504,7 +619,16 @@ class Farm:
         except BaseException:
             self._arena.free(region)
             raise
-        return Task(region, descriptors, input_key, out_region, held_inputs=held, **delivery)
+        return Task(
+            region,
+            descriptors,
+            (io.spec.name, input_key),
+            out_region,
+            held_inputs=held,
+            model=io.spec.name,
+            params=params,
+            **delivery,
+        )
 
     def _admit(self, task: Task, direct: bool = False) -> Optional[tuple[ReplyChannel, Any]]:
         try:
@@ -521,7 +645,8 @@ class Farm:
     # ── state ────────────────────────────────────────────────────────────
     def stats(self) -> FarmStats:
         """A snapshot: per worker (core) tasks, failures, crashes, restarts,
-        latency p50/p99 (ms), inference-time EMA; farm-wide pacing figures.
+        latency p50/p99 (ms), inference-time EMA; farm-wide pacing figures;
+        per model (``"models"``) its tasks, failures, latency and EMA.
         A plain dict; :class:`farm.runtime.stats.FarmStats` documents every key."""
         snapshot = self._require_router().snapshot()
         snapshot.update(
@@ -603,6 +728,8 @@ class Farm:
 
     def __repr__(self) -> str:
         state = "closed" if not self._finalizer.alive else "running"
+        if len(self._models) > 1:
+            return f"Farm(models={self.model_names!r}, {state})"
         return f"Farm({self.model!r}, backend={self.backend!r}, cores={list(self.options.cores)}, {state})"
 
 

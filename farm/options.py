@@ -30,6 +30,7 @@ __all__ = [
     "bool_like",
     "make_provider_options",
     "parse_options",
+    "provider_options_of",
     "warn_custom_ops",
 ]
 
@@ -432,6 +433,15 @@ def warn_custom_ops(stacklevel: int = 2) -> None:
     warnings.warn(CUSTOM_OP_WARNING, UserWarning, stacklevel=stacklevel + 1)
 
 
+def provider_options_of(options: Any, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """``options`` (as :func:`parse_options` takes it) with the keywords
+    ``kwargs`` on top, unparsed: what a model of several takes as its defaults."""
+    merged = dict(_extract(options))
+    # A keyword set to None is "not given", so it must not wipe out the same key in ``options``.
+    merged.update((key, value) for key, value in kwargs.items() if value is not None)
+    return merged
+
+
 def parse_options(
     options: Optional[Union[Mapping[str, Any], Sequence[Any]]] = None,
     *,
@@ -446,9 +456,7 @@ def parse_options(
     ``warn_stacklevel`` is the custom-op warning's stacklevel as seen from here (2 blames
     our caller); wrappers add one per frame they add. Raises :class:`OptionError`.
     """
-    merged = dict(_extract(options))
-    # A keyword set to None is "not given", so it must not wipe out the same key in ``options``.
-    merged.update((key, value) for key, value in kwargs.items() if value is not None)
+    merged = provider_options_of(options, kwargs)
     values: dict[str, Any] = {}
     paths: list[str] = []
     for key, value in merged.items():

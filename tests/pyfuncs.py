@@ -104,3 +104,45 @@ def double_or_die(inputs):
 
 double_or_die.inputs = [("data", [16384], "float32"), ("action", [1], "int64")]
 double_or_die.outputs = [("doubled", [16384], "float32"), ("pid", [1], "int64")]
+
+
+# ── stages (preprocess / postprocess) around tests.onnx_models.affine_model ──
+
+
+def crop(inputs, params):
+    """preprocess: the 8x8 patch of ``inputs["image"]`` (H, W, 3 uint8) at
+    ``params["box"]`` = [top, left], as the affine model's ``x`` (1, 3, 8, 8)
+    float32. A box near the edge gives a smaller patch (a feed the model refuses)."""
+    top, left = params["box"]
+    patch = inputs["image"][top : top + 8, left : left + 8, :]
+    return {"x": patch.transpose(2, 0, 1)[None].astype(np.float32)}
+
+
+def summarise(outputs, params):
+    """postprocess of the affine model's ``[y]``, as ``params["answer"]`` says:
+    "data" plain data, "array" one array, "dict" / "list" several arrays;
+    "set", "object" what cannot travel; "raise" an error; "segfault" a crash."""
+    (y,) = outputs
+    answer = (params or {}).get("answer", "data")
+    if answer == "data":
+        return {"total": float(y.sum()), "box": params["box"], "shape": list(y.shape), "ok": True}
+    if answer == "array":
+        return y
+    if answer == "dict":
+        return {"y": y, "twice": y * 2}
+    if answer == "list":
+        return [y, y + 1]
+    if answer == "set":
+        return {1, 2}
+    if answer == "object":
+        return {"nested": [object()]}
+    if answer == "raise":
+        raise KeyError("asked to raise")
+    if answer == "segfault":
+        ctypes.string_at(0)
+    raise ValueError(f"unknown answer {answer!r}")
+
+
+def pid_of_stage(outputs, params):
+    """postprocess: the pid of the process it runs in (plain data)."""
+    return {"pid": os.getpid()}

@@ -176,6 +176,7 @@ API_MODULES = {
     "farm.errors",
     "farm.farm",
     "farm.iobinding",
+    "farm.models",
     "farm.options",
     "farm.progress",
     "farm.session",

@@ -78,7 +78,8 @@ def _task(**fields):
     """What the senders read of a farm.data.task.Task."""
     out_region = fields.pop("out_region", None)
     region = None if out_region is None else types.SimpleNamespace(descriptor=lambda: out_region)
-    return types.SimpleNamespace(**{"task_id": 7, "attempt": 0, **fields, "out_region": region})
+    defaults = {"task_id": 7, "attempt": 0, "params": None, "model": "default"}
+    return types.SimpleNamespace(**{**defaults, **fields, "out_region": region})
 
 
 def test_the_router_sends_a_context_the_pinned_task_bytes():

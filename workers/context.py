@@ -2,13 +2,14 @@
 router sends to it, one at a time.
 
 The thread reads task headers from its own ROUTER socket, maps the input
-regions of shared memory as numpy views (no copy), runs the session, writes
-the outputs into the output region the router reserved, and answers with a
-header: on the parent's shared result socket, or, for a task marked
-``direct``, back to the very socket that sent it (a caller waiting in
-``Farm.run``, which then needs no thread hop to get its answer). An output
-that does not fit the region travels as a raw frame instead. A failing task
-is answered with its error; the thread goes on.
+regions of shared memory as numpy views (no copy), runs the session (a model
+with stages runs them around it: ``workers.stages``), writes the outputs
+into the output region the router reserved, and answers with a header: on
+the parent's shared result socket, or, for a task marked ``direct``, back to
+the very socket that sent it (a caller waiting in ``Farm.run``, which then
+needs no thread hop to get its answer). An output that does not fit the
+region travels as a raw frame instead. A failing task is answered with its
+error; the thread goes on.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from workers.backends.base import Placement
 from workers.frames import FRAME_PREFIX, FrameMap
 from workers.segments import SegmentMap
 from workers.spin import SpinWait
+from workers.stages import StageFailure, Stages, answer_form, ordered_feed
 from workers.threadnames import name_this_thread
 
 __all__ = ["ContextThread"]
@@ -51,6 +53,7 @@ class ContextThread(threading.Thread):
         backend: Any,
         model: str,
         options: dict[str, Any],
+        model_name: str = "default",
         placement: Placement,
         task_address: str,
         result_address: str,
@@ -59,17 +62,20 @@ class ContextThread(threading.Thread):
         loaded: threading.Barrier,
         spin: Optional[SpinWait] = None,
         frames: Optional[FrameMap] = None,
+        stages: Optional[Stages] = None,
     ) -> None:
         super().__init__(name=f"rknnfarm-C{placement.core}-T{placement.context_index}", daemon=True)
         self._zmq_context = zmq_context
         self._backend = backend
-        self._model = model
+        self.model_path = model
+        self.model_name = model_name  # its name in the farm (a farm of several models)
         self._options = options
         self.placement = placement
         self._task_address = task_address
         self._result_address = result_address
         self._segments = segments
         self._frames = frames  # dma-buf frames the parent passed (None: no channel)
+        self._stages = stages  # the model's preprocess / postprocess (None: it has none)
         self._worker_id, self._generation = header
         self._loaded = loaded
         self._spin = spin or SpinWait(0)  # waiting for the next task (shared by the worker's contexts)
@@ -89,7 +95,7 @@ class ContextThread(threading.Thread):
         try:
             tasks.bind(self._task_address)
             results.connect(self._result_address)
-            self.session = self._backend.open_session(self._model, self._options, self.placement)
+            self.session = self._backend.open_session(self.model_path, self._options, self.placement)
             forget = getattr(self.session, "forget_frame", None)
             if self._frames is not None and forget is not None:
                 self._frames.on_forget(forget)
@@ -113,8 +119,9 @@ class ContextThread(threading.Thread):
         # A runtime that times its own runs (librknnrt's PERF_RUN) reports the
         # accelerator's time as infer_us, not the wall time of the call around it.
         self._npu_time = getattr(self.session, "last_infer_us", None)
-        self._plan_static_outputs()
-        self._bound = _BoundBuffers.plan(self.session)
+        if self._stages is None:  # stages decide the feed and the answer: no fixed buffers
+            self._plan_static_outputs()
+            self._bound = _BoundBuffers.plan(self.session)
         receive, send, stop = tasks.recv, tasks.send, protocol.StopMessage
         spin, clock = self._spin, time.perf_counter
         answered = clock()
@@ -144,14 +151,22 @@ class ContextThread(threading.Thread):
         input_descriptors, out_region = message.inputs, message.out_region
         timings = [0, 0, 0, self.placement.context_index]
         frames_out: list[Any] = []
+        form = None
         try:
             bound = self._bound
-            if bound is not None and out_region is None and bound.takes(input_descriptors):
+            if self._stages is not None:
+                descriptors, frames_out, form = self._run_staged(message, frames, free_form, timings)
+            elif bound is not None and out_region is None and bound.takes(input_descriptors):
                 descriptors = bound.run(input_descriptors, timings)
             else:
                 descriptors, frames_out = self._run_general(
                     input_descriptors, frames, out_region, free_form, timings
                 )
+        except StageFailure as exc:
+            failed = protocol.FailedMessage(
+                self._worker_id, self._generation, task_id, attempt, str(exc), exc.text, timings, exc.stage
+            )
+            return failed, []
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}"
             failed = protocol.FailedMessage(
@@ -163,9 +178,39 @@ class ContextThread(threading.Thread):
             if npu_us is not None:
                 timings[1] = npu_us
         result = protocol.ResultMessage(
-            self._worker_id, self._generation, task_id, attempt, descriptors, timings
+            self._worker_id, self._generation, task_id, attempt, descriptors, timings, form
         )
         return result, frames_out
+
+    def _run_staged(
+        self, message: protocol.TaskMessage, frames: list[Any], free_form: bool, timings: list[int]
+    ) -> tuple[list[Any], list[Any], Optional[list[Any]]]:
+        """A task of a model with stages: the preprocess (its time counts as
+        set_input_us), the model (infer_us), the postprocess and the answer's
+        copy (copy_output_us); the answer's descriptors, frames and form."""
+        stages = self._stages
+        assert stages is not None
+        params, descriptors = message.params, message.inputs
+        start = time.perf_counter()
+        views = {d[4]: self._input_view(d, frames) for d in descriptors}
+        if stages.preprocess is not None:
+            feed = stages.feed(views, params)
+            inputs = ordered_feed(feed, self.session.describe()["inputs"], stages)
+            names = list(feed) if isinstance(feed, dict) else [f"input_{i}" for i in range(len(inputs))]
+        else:  # the parent checked the task's inputs against the model's
+            inputs, names = list(views.values()), list(views)
+        timings[0] = _us_since(start)
+        start = time.perf_counter()
+        outputs = self.session.run(inputs, names) if free_form else self.session.run(inputs)
+        timings[1] = _us_since(start)
+        start = time.perf_counter()
+        form = None
+        arrays = list(outputs)
+        if stages.postprocess is not None:
+            arrays, form = answer_form(stages.answer(arrays, params), stages)
+        written, out_frames = self._write_outputs(arrays, message.out_region)
+        timings[2] = _us_since(start)
+        return written, out_frames, form
 
     def _run_general(
         self,

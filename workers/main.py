@@ -5,12 +5,13 @@ a process that has loaded a runtime) and writes the worker's spec as one JSON
 line on its stdin, which it then keeps open as a life line.
 
 ``worker_main(spec)`` pins the process to its CPUs, starts one
-:class:`~workers.context.ContextThread` per context, each loading its own
-session, and reports READY with the model's description (or START_FAILED with
-the error). Then the main thread only watches: when every context thread has
-stopped it exits; when stdin reaches end-of-file it exits at once, and if
-the parent did not say QUIT first (it was killed), it also unlinks the
-parent's shared memory, so a killed app leaves
+:class:`~workers.context.ContextThread` per context of each model placed on
+its core (``spec["placements"]``; ``spec["models"]`` says how to load each),
+each loading its own session, and reports READY with the models'
+descriptions (or START_FAILED with the error). Then the main thread only
+watches: when every context thread has stopped it exits; when stdin reaches
+end-of-file it exits at once, and if the parent did not say QUIT first (it
+was killed), it also unlinks the parent's shared memory, so a killed app leaves
 neither orphan workers nor ``/dev/shm`` segments behind.
 """
 
@@ -34,6 +35,7 @@ from workers.context import ContextThread
 from workers.frames import FrameMap
 from workers.segments import SegmentMap, unlink_segments_of
 from workers.spin import SpinWait
+from workers.stages import Stages
 from workers.threadnames import name_this_thread
 
 __all__ = ["worker_main"]
@@ -69,8 +71,7 @@ def worker_main(spec: dict[str, Any]) -> None:
     segments = SegmentMap()
     frames = FrameMap(spec["frame_fd"]) if spec.get("frame_fd") is not None else None
     try:
-        backend = load_backend(spec["backend"])
-        contexts = _start_contexts(spec, backend, zmq_context, segments, frames)
+        contexts = _start_contexts(spec, zmq_context, segments, frames)
     except BaseException as exc:
         message = f"{type(exc).__name__}: {exc}"
         failure = protocol.StartFailedMessage(worker_id, generation, message, traceback.format_exc())
@@ -78,7 +79,7 @@ def worker_main(spec: dict[str, Any]) -> None:
         control.close()
         control_context.term()
         os._exit(1)
-    description = _with_plugins(contexts[0].session.describe())
+    description = _with_plugins(_description(contexts, spec))
     control.send(protocol.encode(protocol.ReadyMessage(worker_id, generation, os.getpid(), description)))
     _watch(contexts, spec, control, segments, frames)
     control.close(linger=0)
@@ -102,24 +103,45 @@ def _with_plugins(description: dict[str, Any]) -> dict[str, Any]:
     return {**description, "plugins": plugins} if plugins else description
 
 
+def _description(contexts: list[ContextThread], spec: dict[str, Any]) -> dict[str, Any]:
+    """What READY says: the first model's description; in a farm of several
+    models, with every hosted model's under ``"models"`` ({name: description})."""
+    described: dict[str, Any] = {}
+    for thread in contexts:
+        described.setdefault(thread.model_name, thread.session.describe())
+    first = next(iter(described.values()))
+    return {**first, "models": described} if len(spec["models"]) > 1 else first
+
+
 def _start_contexts(
     spec: dict[str, Any],
-    backend: Any,
     zmq_context: zmq.Context,
     segments: SegmentMap,
     frames: Optional[FrameMap] = None,
 ) -> list[ContextThread]:
-    addresses = spec["task_addresses"]
-    loaded = threading.Barrier(len(addresses) + 1)
+    """Start every context of every model placed on this core (numbered
+    across the models, as the parent numbers its slots) and wait until all
+    have loaded; the first that could not load raises."""
+    placed = [
+        (placement, address) for placement in spec["placements"] for address in placement["task_addresses"]
+    ]
+    backends = {name: load_backend(entry["backend"]) for name, entry in spec["models"].items()}
+    # Stages are imported now: one that cannot be imported fails the start, not every task.
+    stages = {name: _stages_of(name, entry) for name, entry in spec["models"].items()}
+    loaded = threading.Barrier(len(placed) + 1)
     spin = SpinWait(int(spec["options"].get("spin_us", 0)))  # one context of the process spins at a time
     contexts = []
-    for index, address in enumerate(addresses):
-        placement = Placement(spec["core"], spec["core_mask"], index, tuple(spec["cpus"]))
+    for index, (placed_model, address) in enumerate(placed):
+        name = placed_model["model"]
+        entry = spec["models"][name]
+        placement = Placement(spec["core"], placed_model["core_mask"], index, tuple(spec["cpus"]))
         thread = ContextThread(
             zmq_context=zmq_context,
-            backend=backend,
-            model=spec["model"],
-            options=spec["options"],
+            backend=backends[name],
+            model=entry["model"],
+            model_name=name,
+            options=entry["options"],
+            stages=stages[name],
             placement=placement,
             task_address=address,
             result_address=spec["result_address"],
@@ -136,9 +158,15 @@ def _start_contexts(
         if thread.load_error is not None:
             raise RuntimeError(
                 f"context {thread.placement.context_index} on core {thread.placement.core} "
-                f"could not load {spec['model']!r}: {thread.load_error}\n{thread.load_traceback}"
+                f"could not load {thread.model_path!r}: {thread.load_error}\n{thread.load_traceback}"
             )
     return contexts
+
+
+def _stages_of(name: str, entry: dict[str, Any]) -> Optional[Stages]:
+    """Model ``name``'s stages, imported (None when it has none)."""
+    specs = {stage: entry.get(stage) for stage in ("preprocess", "postprocess")}
+    return Stages(name, specs) if any(specs.values()) else None
 
 
 def _watch(

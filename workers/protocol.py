@@ -17,8 +17,9 @@ keeps small objects in the task spec).
 Parent -> context thread (a DEALER per context, and one per context in each
 reply channel of ``farm.runtime.channels``; the context binds a ROUTER)::
 
-    [TASK, task_id, attempt, inputs, out_region, direct]
+    [TASK, task_id, attempt, inputs, out_region, direct, params?]
         direct     = true: answer on the socket the task came from, not on the shared PULL
+        params     = the task's params for the model's stages (plain data; absent: None)
         inputs     = [[segment, offset, dtype, shape, name] | [None, frame_no, dtype, shape, name]
                       | [data, -1, dtype, shape, name], ...]           data: the bytes, inline
                      a segment "frame:..." is a dma-buf frame whose fd came on the frame channel
@@ -29,10 +30,13 @@ reply channel of ``farm.runtime.channels``; the context binds a ROUTER)::
 Context thread / worker -> parent (one PULL socket in the parent; a direct
 task's RESULT / FAILED goes back through the context's ROUTER instead)::
 
-    [RESULT, worker_id, generation, task_id, attempt, outputs, timings]
+    [RESULT, worker_id, generation, task_id, attempt, outputs, timings, form?]
         outputs = [[offset, dtype, shape], ...]   offset -1: the next frame; bytes: the data inline
         timings = [set_input_us, infer_us, copy_output_us, thread_id]
-    [FAILED, worker_id, generation, task_id, attempt, message, traceback, timings]
+        form    = what a postprocess returned (absent: the list of outputs): ["array"] one array,
+                  ["dict", [names]] a dict of the outputs, ["data", value] plain data (no outputs)
+    [FAILED, worker_id, generation, task_id, attempt, message, traceback, timings, stage?]
+        stage   = the stage that raised, "model.preprocess package.module:function" (absent: the model)
     [READY, worker_id, generation, pid, description]
     [START_FAILED, worker_id, generation, message, traceback]
     [HEARTBEAT, worker_id, generation]      every heartbeat_interval_ms, from a ready worker
@@ -43,7 +47,7 @@ its timings)::
 
     node -> router   [HELLO, name, info]          info: cores, contexts, backend, model_sha256, ...
     router -> node   [WELCOME, worker_id, generation] | [REJECT, reason] | [MODEL, name, sha256] + bytes
-    router -> node   [TASK, task_id, attempt, inputs, None, slot] + frames
+    router -> node   [TASK, task_id, attempt, inputs, None, slot, params?, model?] + frames
     node -> router   RESULT / FAILED as above, HEARTBEAT both ways
     router -> node   [HEARTBEAT, heartbeat_interval_ms]   (the node waits for the slower of the two)
     node -> router   [HEARTBEAT, worker_id, generation, rss_mb]   rss_mb: the node's workers' resident
@@ -200,6 +204,7 @@ class TaskMessage(NamedTuple):
     inputs: list[Any]
     out_region: Optional[list[Any]]
     direct: bool
+    params: Any = None
 
 
 class NodeTaskMessage(NamedTuple):
@@ -211,6 +216,8 @@ class NodeTaskMessage(NamedTuple):
     inputs: list[Any]
     out_region: None
     slot: int
+    params: Any = None
+    model: Optional[str] = None  # absent: the router's only model
 
 
 class StopMessage(NamedTuple):
@@ -226,6 +233,7 @@ class ResultMessage(NamedTuple):
     attempt: int
     outputs: list[Any]
     timings: list[int]
+    form: Optional[list[Any]] = None
 
 
 class FailedMessage(NamedTuple):
@@ -238,6 +246,7 @@ class FailedMessage(NamedTuple):
     error: str
     traceback: str
     timings: list[int]
+    stage: Optional[str] = None
 
 
 class ReadyMessage(NamedTuple):
@@ -343,6 +352,13 @@ _ARITY: dict[type, tuple[int, int]] = {
     for record in _KIND_OF
 }
 
+#: Per record, the defaults of its last fields: a header that leaves them out
+#: (the common task has no params) is completed without calling the record.
+_DEFAULTS: dict[type, list[Any]] = {
+    record: list(record._field_defaults.values())  # type: ignore[attr-defined]
+    for record in _KIND_OF
+}
+
 
 _new_tuple = tuple.__new__  # a record from a list of all its fields, at half the cost of calling it
 
@@ -380,9 +396,11 @@ def to_record(header: list[Any], table: Mapping[int, type]) -> Any:
         return None
     fewest, most = _ARITY[record]
     fields = len(header) - 1
-    if fields == most:  # every field there (the hot path): no defaults to fill in
+    if fields == most:  # every field there: no defaults to fill in
         return _new_tuple(record, header[1:])
-    return record(*header[1:]) if fewest <= fields < most else None
+    if fewest <= fields < most:  # the optional fields left out take their defaults
+        return _new_tuple(record, header[1:] + _DEFAULTS[record][fields - most :])
+    return None
 
 
 def decode(frame: Any, table: Mapping[int, type]) -> Any:

@@ -23,7 +23,10 @@ from farm.data.shm import Region, SharedArena, locate_shared
 from farm.data.tensors import PreparedInput
 from workers.protocol import INLINE_BYTES, align
 
-__all__ = ["Outcome", "Task", "TaskFuture", "timed_out", "whereabouts", "write_inputs"]
+__all__ = ["DEFAULT_MODEL", "Outcome", "Task", "TaskFuture", "timed_out", "whereabouts", "write_inputs"]
+
+#: The name of a one-model farm's model (``Farm(model)``; ``Farm(models=...)`` names its own).
+DEFAULT_MODEL = "default"
 
 Callback = Callable[[Optional[list], Any, str], None]
 
@@ -131,10 +134,13 @@ def _c_order(item: PreparedInput) -> np.ndarray:
 
 
 class Task:
-    """One request. The router fills in ``core``, ``attempt`` and the timestamps."""
+    """One request for model ``model``, with the stages' ``params`` (msgpack-able
+    data, or None). The router fills in ``core``, ``attempt`` and the timestamps."""
 
     __slots__ = (
         "task_id",
+        "model",
+        "params",
         "input_region",
         "held_inputs",
         "input_descriptors",
@@ -164,8 +170,12 @@ class Task:
         callback: Optional[Callback] = None,
         user_data: Any = None,
         held_inputs: tuple[Any, ...] = (),
+        model: str = DEFAULT_MODEL,
+        params: Any = None,
     ) -> None:
         self.task_id = -1
+        self.model = model
+        self.params = params
         self.input_region = input_region
         self.held_inputs = held_inputs  # arrays the worker reads in place (see write_inputs)
         if held_inputs:

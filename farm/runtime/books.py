@@ -9,13 +9,19 @@ and its components (``farm.runtime.supervision``, ``farm.runtime.nodes``,
 
     admitted ──► tasks[k] (the index: every task not yet ended)
                    │
-                   ├─ queues[core]      waiting for a context of its core
+                   ├─ lanes[model].queues[core]   waiting for a context of its model on its core
                    ├─ slot.in_flight    sent to a context (task.slot says which)
                    └─ ended             finish(): off the index, outstanding - 1
 
     a worker or node is lost ─► take_in_flight(worker) ─► requeue_all(...)
         retried on a healthy core (ahead of newer work), or returned to be failed
         once it has had its attempts (max_retries; MAX_REQUEUES for lost nodes)
+
+A farm of several models keeps one :class:`ModelLanes` per model: its
+rotation (its placement), its queue per core, its pacer and its own count of
+tasks, so a task only ever waits for, and goes to, a context of its model.
+``queues``, ``rotation`` and ``pacer`` are the first model's (the only one of
+a one-model farm).
 
 Everything here is guarded by ``cond``, which callers hold. Sending is the
 one thing the books cannot do themselves: the router injects ``send`` (and
@@ -36,12 +42,13 @@ from typing import Any, Callable, Optional
 
 import zmq
 
-from farm.data.task import Task, whereabouts
+from farm.data.task import DEFAULT_MODEL, Task, whereabouts
 from farm.errors import FarmBrokenError, FarmClosedError, FarmError, SubmitTimeoutError, WorkerCrashedError
 from farm.runtime.pacing import Pacer
 from farm.runtime.processes import ContextSlot, WorkerHandle
+from farm.runtime.stats import WorkerStats
 
-__all__ = ["MAX_REQUEUES", "WINDOW", "Books"]
+__all__ = ["MAX_REQUEUES", "WINDOW", "Books", "ModelLanes"]
 
 #: Tasks a context holds at once: the one it runs and the next, waiting in
 #: its socket so that the context never idles for a round trip.
@@ -55,11 +62,26 @@ SendFn = Callable[[ContextSlot, Task], None]
 FailFn = Callable[[Task, BaseException], None]
 
 
+class ModelLanes:
+    """One model's part of the books: its queue per core, its rotation (task
+    k of this model goes to ``rotation[k % len]``), its pacer (the EMA of
+    its own inferences) and its figures for ``stats()["models"]``."""
+
+    def __init__(self, name: str, rotation: Iterable[int], pacer: Pacer) -> None:
+        self.name = name
+        self.rotation = list(rotation)
+        self.pacer = pacer
+        self.queues: dict[int, collections.deque[Task]] = {}
+        self.next_index = 0  # this model's tasks admitted so far: its place in the rotation
+        self.stats = WorkerStats()
+
+
 class Books:
     """The router's state and its pure decisions (see the module docstring).
 
     ``workers``: the local workers (nodes join later, :meth:`add_worker`);
-    ``rotation``: task k's core is ``rotation[k % len(rotation)]``;
+    ``lanes``: one :class:`ModelLanes` per model; or, for one model,
+    ``rotation`` (task k's core is ``rotation[k % len(rotation)]``) and ``pacer``;
     ``queue_limit``: tasks a core's queue holds; ``max_retries``: attempts a
     task may lose to dying workers beyond its first."""
 
@@ -67,8 +89,9 @@ class Books:
         self,
         *,
         workers: Iterable[WorkerHandle],
-        rotation: Iterable[int],
-        pacer: Pacer,
+        rotation: Iterable[int] = (),
+        pacer: Optional[Pacer] = None,
+        lanes: Optional[Iterable[ModelLanes]] = None,
         queue_limit: int,
         max_retries: int,
         send: SendFn,
@@ -78,11 +101,12 @@ class Books:
         self.cond = threading.Condition()
         self.workers: list[WorkerHandle] = []
         self.worker_of_core: dict[int, WorkerHandle] = {}
-        self.queues: dict[int, collections.deque[Task]] = {}
+        if lanes is None:
+            lanes = [ModelLanes(DEFAULT_MODEL, rotation, pacer or Pacer(1, enabled=False))]
+        self.lanes: dict[str, ModelLanes] = {lane.name: lane for lane in lanes}
+        self._first = next(iter(self.lanes.values()))
         for worker in workers:
             self.add_worker(worker)
-        self.rotation = list(rotation)
-        self.pacer = pacer
         self.queue_limit = queue_limit
         self.max_retries = max_retries
         self.clock = clock
@@ -100,18 +124,57 @@ class Books:
         self.broken = ""  # every worker is in a crash loop: new tasks fail with WorkerCrashedError
         self.failure: Optional[FarmBrokenError] = None  # the router thread died (Router._break)
         self.description: Optional[dict[str, Any]] = None  # what the first worker to start said
+        self.descriptions: dict[str, dict[str, Any]] = {}  # per model: what the first to load it said
 
     def describe(self, description: dict[str, Any]) -> None:
-        """A worker (or node) said what it runs; the first to say it describes the farm."""
+        """A worker (or node) said what it runs; the first to say it describes
+        the farm, and the first to describe a model (``description["models"]``
+        of a worker of several models) describes that model."""
         if self.description is None:
             self.description = description
+        for name, described in (description.get("models") or {self._first.name: description}).items():
+            if name in self.lanes:
+                self.descriptions.setdefault(name, described)
+
+    # The first model's lanes (the only ones of a one-model farm).
+    @property
+    def queues(self) -> dict[int, collections.deque[Task]]:
+        return self._first.queues
+
+    @property
+    def rotation(self) -> list[int]:
+        return self._first.rotation
+
+    @property
+    def pacer(self) -> Pacer:
+        return self._first.pacer
+
+    def lane(self, model: str) -> ModelLanes:
+        return self.lanes[model]
 
     # ── workers ──────────────────────────────────────────────────────────
     def add_worker(self, worker: WorkerHandle) -> None:
         """A new worker slot (a local core, or a node that joined the first time)."""
         self.workers.append(worker)
         self.worker_of_core[worker.core] = worker
-        self.queues[worker.core] = collections.deque()
+        for lane in self.lanes.values():
+            if worker.hosts(lane.name):
+                lane.queues[worker.core] = collections.deque()
+
+    def join_rotation(self, node: WorkerHandle) -> None:
+        """A remote node (new or back) takes its turn in the rotation of each model it serves."""
+        for lane in self.lanes.values():
+            if node.hosts(lane.name):
+                lane.queues.setdefault(node.core, collections.deque())
+                lane.rotation.append(node.core)
+                lane.pacer.n_cores = len(set(lane.rotation))
+
+    def leave_rotation(self, node: WorkerHandle) -> None:
+        """A remote node left: out of every model's rotation (its queues stay, for its return)."""
+        for lane in self.lanes.values():
+            if node.core in lane.rotation:
+                lane.rotation.remove(node.core)
+                lane.pacer.n_cores = max(1, len(set(lane.rotation)))
 
     @property
     def outstanding(self) -> int:
@@ -134,14 +197,16 @@ class Books:
         if self.broken:
             raise WorkerCrashedError(self.broken)
 
-    def admission_wait(self, now: float) -> tuple[Optional[int], float]:
-        """The core the next task would go to (None: every queue is full) and
-        how long pacing says to wait first (0: now)."""
-        return self.core_with_room(self.next_index), self.pacer.wait_s(now)
+    def admission_wait(self, now: float, model: str = DEFAULT_MODEL) -> tuple[Optional[int], float]:
+        """The core the next task of ``model`` would go to (None: every queue
+        is full) and how long pacing says to wait first (0: now)."""
+        lane = self.lanes.get(model, self._first)
+        return self.core_with_room(lane.next_index, lane), lane.pacer.wait_s(now)
 
-    def saturated_error(self, timeout_s: float, pacing_wait: float) -> SubmitTimeoutError:
+    def saturated_error(self, timeout_s: float, pacing_wait: float, model: str = "") -> SubmitTimeoutError:
         """The error for an admission that waited ``timeout_s`` in vain."""
-        reason = "pacing" if pacing_wait else f"every core's queue is full ({self.queue_limit} tasks each)"
+        queues = f"model {model!r}: every core's queue" if len(self.lanes) > 1 else "every core's queue"
+        reason = "pacing" if pacing_wait else f"{queues} is full ({self.queue_limit} tasks each)"
         return SubmitTimeoutError(
             f"submit timed out after {timeout_s * 1000:.0f} ms: {reason}; the farm is saturated "
             "(raise submit_timeout_ms or max_queue_size, or submit more slowly)"
@@ -156,7 +221,9 @@ class Books:
         if task.callback is not None:
             task.callback_seq = self.next_callback_seq
             self.next_callback_seq += 1
-        self.pacer.admit(now)
+        lane = self.lanes.get(task.model, self._first)
+        lane.next_index += 1
+        lane.pacer.admit(now)
         self.tasks[task.task_id] = task
 
     def finish(self, task: Task) -> bool:
@@ -170,54 +237,69 @@ class Books:
         return True
 
     # ── which core, which context ────────────────────────────────────────
-    def core_with_room(self, index: int) -> Optional[int]:
-        """Task ``index``'s core by the schedule, or, when that core's queue is
-        full, the next core in schedule order that has room (a saturated core
-        must not hold up cores that are free); None when all are full or no
-        core serves yet (a farm of remote nodes before the first joins)."""
-        rotation = self.rotation
+    def core_with_room(self, index: int, lane: Optional[ModelLanes] = None) -> Optional[int]:
+        """Task ``index``'s core by its model's schedule, or, when that core's
+        queue is full, the next core in schedule order that has room (a
+        saturated core must not hold up cores that are free); None when all
+        are full or no core serves yet (a farm of remote nodes before the
+        first joins)."""
+        lane = lane or self._first
+        rotation = lane.rotation
         if not rotation:
             return None
         limit = self.queue_limit
-        core = self.core_for(index)
-        if len(self.queues[core]) < limit:
+        core = self.core_for(index, lane)
+        if len(lane.queues[core]) < limit:
             return core
         for step in range(1, len(rotation)):
             other = rotation[(index + step) % len(rotation)]
-            if self.worker_of_core[other].ready and len(self.queues[other]) < limit:
+            if self.worker_of_core[other].ready and len(lane.queues[other]) < limit:
                 return other
         return None
 
-    def core_for(self, index: int) -> int:
-        """Task ``index``'s core by the schedule; if that core's worker is
-        down, the ready core with the shortest queue (its tasks must not wait
-        for the respawn)."""
-        core = self.rotation[index % len(self.rotation)]
+    def core_for(self, index: int, lane: Optional[ModelLanes] = None) -> int:
+        """Task ``index``'s core by its model's schedule; if that core's worker
+        is down, the ready core of the model with the shortest queue (its
+        tasks must not wait for the respawn)."""
+        lane = lane or self._first
+        core = lane.rotation[index % len(lane.rotation)]
         if self.worker_of_core[core].ready:
             return core
-        ready = [w.core for w in self.workers if w.ready]
-        return min(ready, key=lambda c: len(self.queues[c])) if ready else core
+        ready = [c for c in lane.queues if self.worker_of_core[c].ready]
+        return min(ready, key=lambda c: len(lane.queues[c])) if ready else core
 
-    def core_for_retry(self, dead_core: int) -> int:
-        """Where the tasks of ``dead_core`` go: the ready core with the shortest
-        queue, or ``dead_core`` itself when no other is ready."""
-        ready = [w.core for w in self.workers if w.ready and w.core != dead_core]
-        return min(ready, key=lambda c: len(self.queues[c])) if ready else dead_core
+    def core_for_retry(self, dead_core: int, model: str = DEFAULT_MODEL) -> int:
+        """Where the tasks of ``model`` on ``dead_core`` go: the ready core of
+        the model with the shortest queue, or ``dead_core`` itself when no
+        other is ready."""
+        lane = self.lanes.get(model, self._first)
+        ready = [c for c in lane.queues if c != dead_core and self.worker_of_core[c].ready]
+        return min(ready, key=lambda c: len(lane.queues[c])) if ready else dead_core
 
     @staticmethod
-    def slot_with_room(worker: WorkerHandle, limit: int = WINDOW) -> Optional[ContextSlot]:
-        """The least busy context of ``worker``, if it holds fewer than
-        ``limit`` tasks (tasks it was given up on but may still run count)."""
-        if not worker.slots:
+    def slot_with_room(
+        worker: WorkerHandle, limit: int = WINDOW, model: Optional[str] = None
+    ) -> Optional[ContextSlot]:
+        """The least busy context of ``worker`` (of ``model``'s contexts, when
+        the worker hosts several models), if it holds fewer than ``limit``
+        tasks (tasks it was given up on but may still run count)."""
+        slots = worker.slots if model is None else worker.slots_of(model)
+        if not slots:
             return None
-        slot = min(worker.slots, key=lambda s: len(s.in_flight) + len(s.held))
+        slot = min(slots, key=lambda s: len(s.in_flight) + len(s.held))
         return slot if len(slot.in_flight) + len(slot.held) < limit else None
 
-    def takes_direct(self, core: int) -> bool:
-        """Whether ``core`` is local, ready and has nothing queued (a task sent
-        on a caller's channel must not overtake the router's queue)."""
+    def slot_for(self, worker: WorkerHandle, model: str, limit: int = WINDOW) -> Optional[ContextSlot]:
+        """:meth:`slot_with_room` among ``worker``'s contexts of ``model`` (in a
+        one-model farm every context is the model's: no need to sort them out)."""
+        return self.slot_with_room(worker, limit, model if len(self.lanes) > 1 else None)
+
+    def takes_direct(self, core: int, lane: Optional[ModelLanes] = None) -> bool:
+        """Whether ``core`` is local, ready and has nothing of the model
+        queued (a task sent on a caller's channel must not overtake the
+        router's queue)."""
         worker = self.worker_of_core[core]
-        return not worker.remote and worker.ready and not self.queues[core]
+        return not worker.remote and worker.ready and not (lane or self._first).queues[core]
 
     # ── on and off a context's books ─────────────────────────────────────
     def book(self, slot: ContextSlot, task: Task) -> None:
@@ -262,13 +344,20 @@ class Books:
 
     # ── dispatch ─────────────────────────────────────────────────────────
     def dispatch(self, core: int) -> None:
-        """Send ``core``'s queued tasks to its contexts while they have room."""
+        """Send ``core``'s queued tasks (of every model) to its contexts while they have room."""
+        for lane in self.lanes.values():
+            queue = lane.queues.get(core)
+            if queue:
+                self._dispatch_queue(core, queue, lane.name)
+
+    def _dispatch_queue(self, core: int, queue: collections.deque[Task], model: str) -> None:
+        """Send ``queue``'s tasks (all of ``model``) to ``core``'s contexts of
+        that model while they have room."""
         worker = self.worker_of_core[core]
-        queue = self.queues[core]
-        if not queue or not worker.ready:
+        if not worker.ready:
             return
         while queue:
-            slot = self.slot_with_room(worker)
+            slot = self.slot_for(worker, model)
             if slot is None:
                 return
             task = queue.popleft()
@@ -289,8 +378,8 @@ class Books:
         self.cond.notify_all()
 
     def dispatch_all(self) -> None:
-        """Dispatch every core's queue (a worker became ready)."""
-        for core in self.queues:
+        """Dispatch every core's queues (a worker became ready)."""
+        for core in self.worker_of_core:
             self.dispatch(core)
 
     # ── requeue: the one way a task goes back ────────────────────────────
@@ -309,8 +398,9 @@ class Books:
             if task.requeues >= MAX_REQUEUES:
                 return False
         lost.stats.retried += 1
-        target = self.core_for_retry(lost.core)
-        self.queues[target].appendleft(task)
+        lane = self.lanes.get(task.model, self._first)
+        target = self.core_for_retry(lost.core, lane.name)
+        lane.queues[target].appendleft(task)
         self.dispatch(target)
         return True
 
@@ -324,21 +414,28 @@ class Books:
         return spent
 
     def move_queue_off(self, worker: WorkerHandle) -> None:
-        """``worker``'s queued tasks go to a healthy core rather than wait for it."""
-        queue = self.queues[worker.core]
-        target = self.core_for_retry(worker.core)
-        if target != worker.core:
-            while queue:
-                self.queues[target].append(queue.popleft())
-            self.dispatch(target)
+        """``worker``'s queued tasks go to a healthy core of their model rather than wait for it."""
+        for lane in self.lanes.values():
+            queue = lane.queues.get(worker.core)
+            if not queue:
+                continue
+            target = self.core_for_retry(worker.core, lane.name)
+            if target != worker.core:
+                while queue:
+                    lane.queues[target].append(queue.popleft())
+                self.dispatch(target)
 
     def adopt_stranded(self) -> None:
         """A core has become ready: tasks queued for cores that are not (queued
         while no core was ready, or left by a worker that stays down or a node
         that left) move to ready cores."""
         for worker in self.workers:
-            if not worker.ready and self.queues[worker.core]:
+            if not worker.ready and any(lane.queues.get(worker.core) for lane in self.lanes.values()):
                 self.move_queue_off(worker)
+
+    def queued_on(self, core: int) -> int:
+        """Tasks queued for ``core``, of every model."""
+        return sum(len(lane.queues.get(core, ())) for lane in self.lanes.values())
 
     def take_every_task(self) -> list[Task]:
         """Every task queued or in flight (a run() caller's direct task is in
@@ -351,7 +448,8 @@ class Books:
     def take_queued(self) -> list[Task]:
         """Every queued task, off the queues (to be failed: a close, a farm
         that cannot run anything any more)."""
-        queued = [task for queue in self.queues.values() for task in queue]
-        for queue in self.queues.values():
+        queues = [queue for lane in self.lanes.values() for queue in lane.queues.values()]
+        queued = [task for queue in queues for task in queue]
+        for queue in queues:
             queue.clear()
         return queued

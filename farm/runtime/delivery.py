@@ -31,7 +31,7 @@ import numpy as np
 
 from farm.data.shm import SharedArena
 from farm.data.task import Task
-from farm.errors import FarmError, TaskError
+from farm.errors import FarmError, StageError, TaskError
 from farm.runtime.books import Books
 from farm.runtime.callbacks import CallbackThread
 from farm.runtime.processes import WorkerHandle
@@ -80,13 +80,19 @@ class Answers:
         error: Optional[BaseException] = None
         try:
             task.release_inputs(self.arena)
+            model_stats = self.books.lanes[task.model].stats
             if type(message) is protocol.ResultMessage:
                 outputs = self._collect_outputs(task, message.outputs, frames)
-                worker.stats.record_success(int((now - task.submitted_at) * 1e6), timings[1])
+                if message.form is not None:  # what a postprocess returned
+                    outputs = _in_form(outputs, message.form)
+                latency_us = int((now - task.submitted_at) * 1e6)
+                worker.stats.record_success(latency_us, timings[1])
+                model_stats.record_success(latency_us, timings[1])
             else:
                 self._free_out_region(task)
                 worker.stats.record_failure()
-                error = TaskError(f"core {worker.core}: {message.error}", message.traceback)
+                model_stats.record_failure()
+                error = _task_error(worker, message)
         except Exception as exc:  # e.g. the farm's memory closed under it
             self._free_out_region(task)
             outputs, error = None, FarmError(f"task {task.task_id}: its answer could not be read: {exc}")
@@ -177,7 +183,30 @@ class Answers:
         print(
             f"[ztu_ez_rknn_async_perf] task_id={task.task_id} thread_id={thread_id} core_id={worker.core} "
             f"set_input_us={set_input} infer_us={infer} copy_output_us={copy_output} total_us={worker_us} "
-            f"queue_us={queue_us} ipc_us={ipc_us} worker_pid={worker.pid} node={worker.node_name}",
+            f"queue_us={queue_us} ipc_us={ipc_us} worker_pid={worker.pid} model={task.model} "
+            f"node={worker.node_name}",
             file=sys.stderr,
             flush=True,
         )
+
+
+def _task_error(worker: WorkerHandle, message: Any) -> TaskError:
+    """The error of a task that failed in its worker (a ``FailedMessage``):
+    a StageError when one of its model's stages failed, else a TaskError."""
+    text = f"core {worker.core}: {message.error}"
+    if message.stage is not None:
+        return StageError(text, message.traceback, message.stage)
+    return TaskError(text, message.traceback)
+
+
+def _in_form(outputs: list[np.ndarray], form: list[Any]) -> Any:
+    """The answer of a postprocess, from its arrays and its form (see
+    ``workers.protocol``, RESULT): one array, a dict of arrays, or plain data."""
+    kind = form[0]
+    if kind == "array":
+        return outputs[0]
+    if kind == "dict":
+        return dict(zip(form[1], outputs))
+    if kind == "data":
+        return form[1]
+    raise ValueError(f"an answer of unknown form {kind!r}")

@@ -109,7 +109,10 @@ class DirectPath:
         """Under the lock, for ``run()``: send the admitted ``task`` on a
         channel of its own if ``core`` can take it at once; else None."""
         books = self.books
-        slot = books.slot_with_room(books.worker_of_core[core]) if books.takes_direct(core) else None
+        lane = books.lanes[task.model]
+        slot = (
+            books.slot_for(books.worker_of_core[core], task.model) if books.takes_direct(core, lane) else None
+        )
         if slot is None:
             return None
         channel = self.channels.checkout(self.local_addresses)
@@ -262,13 +265,14 @@ class DirectPath:
         books = self.books
         with books.cond:
             books.check_open()
-            if not books.rotation:
+            lane = books.lanes[task.model]
+            if not lane.rotation:
                 return "router"
-            core = books.core_for(books.next_index)
-            if not books.takes_direct(core):
+            core = books.core_for(lane.next_index, lane)
+            if not books.takes_direct(core, lane):
                 return "router"
             worker = books.worker_of_core[core]
-            slot = books.slot_with_room(worker, stream_depth(worker.stats.infer_ema_us))
+            slot = books.slot_for(worker, task.model, stream_depth(worker.stats.infer_ema_us))
             if slot is None:
                 return "full"
             if channel.epoch != self.channels.epoch:  # a worker respawned: close the sockets to the dead one
@@ -285,7 +289,7 @@ def task_header(task: Task, direct: bool) -> bytes:
     """A local context's TASK message (``direct``: answer on the sending socket)."""
     out = None if task.out_region is None else task.out_region.descriptor()
     return protocol.encode(
-        protocol.TaskMessage(task.task_id, task.attempt, task.input_descriptors, out, direct)
+        protocol.TaskMessage(task.task_id, task.attempt, task.input_descriptors, out, direct, task.params)
     )
 
 

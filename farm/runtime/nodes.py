@@ -154,9 +154,8 @@ class Membership:
         node.enter(WorkerState.READY)
         node.last_seen = books.clock()
         node.description = info.get("description")
-        books.rotation.append(node.core)
+        books.join_rotation(node)
         self.remote.by_identity[identity] = node
-        books.pacer.n_cores = len(set(books.rotation))
         if node.description:
             books.describe(node.description)
         books.dispatch(node.core)
@@ -261,8 +260,7 @@ class Membership:
         self.remote.counters["lost"] += 1
         node.enter(WorkerState.DOWN)
         node.last_error = f"node {node.name!r} was dropped: {reason}"
-        books.rotation.remove(node.core)
-        books.pacer.n_cores = max(1, len(set(books.rotation)))
+        books.leave_rotation(node)
         spent = books.requeue_all(books.take_in_flight(node), node, counted=False)
         books.move_queue_off(node)
         return [

@@ -30,6 +30,7 @@ import zmq
 
 import workers
 from farm.data.dmabuf import DmaFrames, FrameChannel, frame_socket_pair
+from farm.data.task import DEFAULT_MODEL
 from farm.runtime.stats import WorkerStats
 from workers.protocol import QUIT
 
@@ -81,15 +82,23 @@ _TRANSITIONS: dict[WorkerState, frozenset[WorkerState]] = {
 
 
 class ContextSlot:
-    """One context of one worker, and the tasks the router has sent it."""
+    """One context of one worker (a context of model ``model``; None: a remote
+    node's credit, which takes a task of any model the node serves), and the
+    tasks the router has sent it."""
 
-    __slots__ = ("worker", "index", "socket", "address", "in_flight", "held", "busy_since")
+    __slots__ = ("worker", "index", "model", "socket", "address", "in_flight", "held", "busy_since")
 
     def __init__(
-        self, worker: WorkerHandle, index: int, socket: Optional[zmq.Socket], address: str = ""
+        self,
+        worker: WorkerHandle,
+        index: int,
+        socket: Optional[zmq.Socket],
+        address: str = "",
+        model: Optional[str] = DEFAULT_MODEL,
     ) -> None:
         self.worker = worker
         self.index = index
+        self.model = model
         self.socket = socket
         self.address = address  # of the context's ROUTER (local workers)
         self.in_flight: dict[int, Any] = {}
@@ -100,14 +109,26 @@ class ContextSlot:
 
 
 class WorkerHandle:
-    """One worker slot of the farm (a core), across its incarnations."""
+    """One worker slot of the farm (a core), across its incarnations.
+
+    ``placements``: the models it hosts, each as ``(name, contexts, core
+    mask)``, in the order its contexts are numbered."""
 
     remote = False  # a node agent on another board (farm.runtime.listener.RemoteNode)
 
-    def __init__(self, worker_id: int, core: int, core_mask: int, cpus: list[int]) -> None:
+    def __init__(
+        self,
+        worker_id: int,
+        core: int,
+        core_mask: int,
+        cpus: list[int],
+        placements: Optional[list[tuple[str, int, int]]] = None,
+    ) -> None:
         self.worker_id = worker_id
         self.core = core
         self.core_mask = core_mask
+        self.placements = placements if placements is not None else [(DEFAULT_MODEL, 1, core_mask)]
+        self.models = frozenset(name for name, _, _ in self.placements)
         self.cpus = cpus
         self.generation = 0
         self.process: Optional[subprocess.Popen] = None
@@ -131,6 +152,14 @@ class WorkerHandle:
         self.rss_mb = 0.0
         self.rss_checked_at = 0.0
         self.frame_channel: Optional[FrameChannel] = None  # its dma-buf frames' socket (farm.data.dmabuf)
+
+    def hosts(self, model: str) -> bool:
+        """Whether it runs ``model``'s tasks."""
+        return model in self.models
+
+    def slots_of(self, model: str) -> list[ContextSlot]:
+        """Its contexts that take ``model``'s tasks."""
+        return [slot for slot in self.slots if slot.model is None or slot.model == model]
 
     @property
     def ready(self) -> bool:
@@ -167,28 +196,33 @@ def spawn_worker(
     *,
     zmq_context: zmq.Context,
     ipc_dir: str,
-    n_contexts: int,
     base_spec: dict[str, Any],
     frames: Optional[DmaFrames] = None,
 ) -> None:
     """Start a new incarnation of ``handle``'s worker (sockets, process, life
-    line, and with ``frames`` the socket its dma-buf frames travel on)."""
+    line, and with ``frames`` the socket its dma-buf frames travel on): the
+    contexts of every model it hosts (``handle.placements``), numbered
+    across the models."""
     handle.generation += 1
     handle.enter(WorkerState.STARTING)
     handle.tasks_this_life = 0
     handle.slots = []
-    addresses = []
-    for index in range(n_contexts):
-        address = f"ipc://{ipc_dir}/w{handle.worker_id}g{handle.generation}c{index}"
-        socket = zmq_context.socket(zmq.DEALER)
-        socket.setsockopt(zmq.LINGER, 0)
-        socket.setsockopt(zmq.SNDHWM, 0)
-        # The context binds and we connect: a connecting socket queues what we
-        # send until the peer is there, so a task sent right after READY can
-        # never find the pipe missing.
-        socket.connect(address)
-        handle.slots.append(ContextSlot(handle, index, socket, address))
-        addresses.append(address)
+    placements = []
+    for model, n_contexts, core_mask in handle.placements:
+        addresses = []
+        for _ in range(n_contexts):
+            index = len(handle.slots)
+            address = f"ipc://{ipc_dir}/w{handle.worker_id}g{handle.generation}c{index}"
+            socket = zmq_context.socket(zmq.DEALER)
+            socket.setsockopt(zmq.LINGER, 0)
+            socket.setsockopt(zmq.SNDHWM, 0)
+            # The context binds and we connect: a connecting socket queues what we
+            # send until the peer is there, so a task sent right after READY can
+            # never find the pipe missing.
+            socket.connect(address)
+            handle.slots.append(ContextSlot(handle, index, socket, address, model))
+            addresses.append(address)
+        placements.append({"model": model, "core_mask": core_mask, "task_addresses": addresses})
     spec = dict(
         base_spec,
         worker_id=handle.worker_id,
@@ -196,7 +230,7 @@ def spawn_worker(
         core=handle.core,
         core_mask=handle.core_mask,
         cpus=handle.cpus,
-        task_addresses=addresses,
+        placements=placements,
     )
     exit_read, exit_write = os.pipe()
     frame_ends = frame_socket_pair() if frames is not None else None

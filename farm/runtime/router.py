@@ -58,8 +58,9 @@ import zmq
 from farm.data.shm import SharedArena
 from farm.data.task import Task
 from farm.errors import FarmBrokenError, FarmClosedError, WorkerStartError
+from farm.models import ModelSpec
 from farm.options import FarmOptions
-from farm.runtime.books import WINDOW, Books
+from farm.runtime.books import WINDOW, Books, ModelLanes
 from farm.runtime.callbacks import CallbackThread
 from farm.runtime.channels import ChannelPool, ReplyChannel
 from farm.runtime.delivery import Answers
@@ -106,6 +107,20 @@ _RUNTIME_FACTS = (
 )
 
 
+def _local_workers(models: list[ModelSpec], cpus_for_core: dict[int, list[int]]) -> list[WorkerHandle]:
+    """One worker per core that any model is placed on, hosting the contexts
+    of every model placed there (in the order the models were given)."""
+    placements: dict[int, list[tuple[str, int, int]]] = {}
+    for model in models:
+        for core in model.options.cores:
+            entry = (model.name, model.options.threads_per_core, model.options.core_mask_for(core))
+            placements.setdefault(core, []).append(entry)
+    return [
+        WorkerHandle(i, core, placements[core][0][2], cpus_for_core[core], placements[core])
+        for i, core in enumerate(sorted(placements))
+    ]
+
+
 def _runtime_facts(description: Optional[dict[str, Any]]) -> dict[str, Any]:
     """What a worker's backend said about itself (RKNN: SDK and driver versions,
     the core mask it runs with, rknnrt: each context's memory and whether
@@ -121,12 +136,14 @@ class Router:
         self,
         *,
         options: FarmOptions,
+        models: list[ModelSpec],
         arena: SharedArena,
         base_spec: dict[str, Any],
         cpus_for_core: dict[int, list[int]],
         perf_log: bool,
     ) -> None:
         self.options = options
+        self.models = {model.name: model for model in models}
         self.arena = arena
         self._base_spec = base_spec
         self._zmq = zmq.Context()
@@ -136,15 +153,17 @@ class Router:
         self._inbound.setsockopt(zmq.RCVHWM, 0)
         self._base_spec["result_address"] = f"ipc://{self._ipc_dir}/in"
         self._inbound.bind(self._base_spec["result_address"])
-        local_cores = options.cores if options.local_cores else ()
         self.books = Books(
-            workers=[
-                WorkerHandle(i, core, options.core_mask_for(core), cpus_for_core[core])
-                for i, core in enumerate(local_cores)
+            workers=_local_workers(models, cpus_for_core) if options.local_cores else [],
+            lanes=[
+                # A model's task k goes to rotation[k % len]: its schedule, then each remote node once.
+                ModelLanes(
+                    model.name,
+                    list(model.options.schedule or model.options.cores) if options.local_cores else [],
+                    Pacer(model.options.n_distinct_cores, options.enable_pacing),
+                )
+                for model in models
             ],
-            # Task k goes to rotation[k % len]: the schedule, then each remote node once.
-            rotation=list(options.schedule or options.cores) if options.local_cores else [],
-            pacer=Pacer(options.n_distinct_cores, options.enable_pacing),
             # With pacing, at most one task waits per core: the seed's EMA counts
             # inference only, so its interval runs a little ahead of what a task
             # really costs, and the queues would creep up to max_queue_size.
@@ -246,7 +265,6 @@ class Router:
             worker,
             zmq_context=self._zmq,
             ipc_dir=self._ipc_dir,
-            n_contexts=self.options.threads_per_core,
             base_spec=self._base_spec,
             frames=self.arena.frames,
         )
@@ -256,8 +274,8 @@ class Router:
     def admit(
         self, task: Task, timeout_s: float, direct: bool = False
     ) -> Optional[tuple[ReplyChannel, zmq.Socket]]:
-        """Queue ``task`` for its core; wait while the core's queue is full or
-        pacing says not yet. Raises SubmitTimeoutError after ``timeout_s``.
+        """Queue ``task`` for a core of its model; wait while the core's queue
+        is full or pacing says not yet. Raises SubmitTimeoutError after ``timeout_s``.
 
         ``direct``: the caller will wait for the task in this thread; if the
         task can start at once it is sent on a reply channel and the channel
@@ -268,19 +286,19 @@ class Router:
             while True:
                 books.check_open()
                 now = time.perf_counter()
-                core, pacing_wait = books.admission_wait(now)
+                core, pacing_wait = books.admission_wait(now, task.model)
                 if pacing_wait == 0.0 and core is not None:
                     break
                 remaining = deadline - now
                 if remaining <= 0:
-                    raise books.saturated_error(timeout_s, pacing_wait)
+                    raise books.saturated_error(timeout_s, pacing_wait, task.model)
                 books.cond.wait(min(remaining, pacing_wait) if pacing_wait else remaining)
             books.enter(task, core, now)
             if direct:
                 sent = self.direct.send_direct(core, task)
                 if sent is not None:
                     return sent
-            books.queues[core].append(task)
+            books.lanes[task.model].queues[core].append(task)
             books.dispatch(core)
             return None
 
@@ -298,9 +316,8 @@ class Router:
         """Tasks a ``map()`` keeps in flight by default: what fills every
         context (deeper for short tasks, see ``stream_depth``), plus a queue."""
         with self.books.cond:
-            contexts = self.options.threads_per_core
             held = sum(
-                len(w.slots) * WINDOW if w.remote else contexts * stream_depth(w.stats.infer_ema_us)
+                len(w.slots) * (WINDOW if w.remote else stream_depth(w.stats.infer_ema_us))
                 for w in self.books.workers
             )
         return held + self.options.max_queue_size
@@ -466,7 +483,7 @@ class Router:
         self.supervisor.note_task_served(worker, succeeded)
         books.dispatch(worker.core)
         if succeeded:
-            books.pacer.record(timings[1])
+            books.lanes[task.model].pacer.record(timings[1])
         return task if books.finish(task) else None
 
     def _hand_over(self, answer: tuple) -> None:
@@ -491,7 +508,7 @@ class Router:
                     "restarts": w.restarts,
                     "recycles": w.recycles,
                     "rss_mb": round(w.rss_mb, 1) or None,
-                    "queued": len(books.queues[w.core]),
+                    "queued": books.queued_on(w.core),
                     "in_flight": sum(len(s.in_flight) for s in w.slots),
                     "contexts": len(w.slots),
                 }
@@ -512,8 +529,29 @@ class Router:
                     "admitted_per_s": round(pacer.admitted_rate(), 1),
                 },
                 "workers": workers,
+                "models": {name: self._model_figures(lane) for name, lane in books.lanes.items()},
                 "remote": None if remote is None else {"address": remote.address, **remote.counters},
             }
+
+    def _model_figures(self, lane: ModelLanes) -> dict[str, Any]:
+        """Under the lock: one model's part of ``stats()["models"]``."""
+        spec = self.models[lane.name]
+        figures = lane.stats.snapshot()
+        ema = lane.pacer.avg_us
+        return {
+            "model": spec.path,
+            "backend": spec.backend,
+            "cores": sorted(core for core in lane.queues if core in lane.rotation),
+            "preprocess": spec.preprocess,
+            "postprocess": spec.postprocess,
+            "submitted": lane.next_index,
+            "queued": sum(len(queue) for queue in lane.queues.values()),
+            "tasks": figures["tasks"],
+            "failures": figures["failures"],
+            "latency_p50_ms": figures["latency_p50_ms"],
+            "latency_p99_ms": figures["latency_p99_ms"],
+            "infer_ema_us": None if ema is None else round(ema, 1),
+        }
 
     def metrics_snapshot(self) -> tuple[dict[str, Any], dict[int, tuple[list[int], float]]]:
         """``snapshot()`` and, per worker, its cumulative latency buckets and sum."""

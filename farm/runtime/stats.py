@@ -13,6 +13,7 @@ __all__ = [
     "LATENCY_BUCKETS_S",
     "FarmStats",
     "PacingStats",
+    "ModelStatsEntry",
     "WorkerStats",
     "WorkerStatsEntry",
     "model_memory",
@@ -110,6 +111,23 @@ class WorkerStatsEntry(TypedDict):
     runtime: dict[str, Any]
 
 
+class ModelStatsEntry(TypedDict):
+    """One entry of ``stats()["models"]`` (by the model's name): what the model has done."""
+
+    model: str  # its path, or the python backend's "package.module:function"
+    backend: str
+    cores: list[int]  # the cores (and remote nodes) whose rotation it is in
+    preprocess: Optional[str]
+    postprocess: Optional[str]
+    submitted: int
+    queued: int
+    tasks: int
+    failures: int
+    latency_p50_ms: Optional[float]
+    latency_p99_ms: Optional[float]
+    infer_ema_us: Optional[float]  # the model's pacing EMA of inference time
+
+
 class FarmStats(TypedDict):
     """What ``Farm.stats()`` returns (a plain dict, typed for readers and type checkers)."""
 
@@ -118,6 +136,7 @@ class FarmStats(TypedDict):
     queue_limit: int  # tasks each core may queue: max_queue_size, or 1 with pacing on
     pacing: PacingStats
     workers: list[WorkerStatsEntry]
+    models: dict[str, ModelStatsEntry]  # by name; a one-model farm's is "default"
     remote: Optional[dict[str, Any]]  # address and counters, with listen=
     backend: str
     model: str
