@@ -60,7 +60,7 @@ from farm.errors import (
 from farm.farm import Farm
 from farm.iobinding import IOBinding, OrtValue, SessionIOBinding
 from farm.options import FarmOptions, make_provider_options, parse_options
-from farm.runtime.stats import FarmStats, PacingStats, WorkerStatsEntry
+from farm.runtime.stats import FarmStats, ModelStatsEntry, PacingStats, WorkerStatsEntry
 from farm.session import InferenceSession, ModelMetadata, NodeArg, RknnProviderOptions
 
 __version__ = "0.1.0"
@@ -77,6 +77,7 @@ __all__ = [
     "InferenceSession",
     "InvalidInputError",
     "ModelMetadata",
+    "ModelStatsEntry",
     "NodeArg",
     "OptionError",
     "PacingStats",

@@ -88,3 +88,32 @@ def test_stats_has_every_key_its_typed_structure_documents():
     assert set(stats) == set(FarmStats.__annotations__)
     assert set(stats["pacing"]) == set(PacingStats.__annotations__)
     assert all(set(w) == set(WorkerStatsEntry.__annotations__) for w in stats["workers"])
+
+
+def test_metrics_and_top_are_per_model_in_a_farm_of_several(capsys):
+    from farm.tools.cli import main
+
+    models = {"first": "tests.pyfuncs:behave", "second": {"model": "tests.pyfuncs:echo", "schedule": "1"}}
+    with Farm(models=models, schedule="0") as farm:
+        port = farm.serve_metrics(0)
+        for value in range(100, 105):
+            farm.run({"action": np.array([value])}, model="first")
+        for value in range(3):
+            farm.run({"v": np.array([value])}, model="second")
+        with pytest.raises(Exception, match="asked to raise"):
+            farm.run({"action": np.array([1])}, model="first")
+        stats = farm.stats()["models"]
+        samples = scrape(port)
+        assert main(["top", f"http://127.0.0.1:{port}/metrics", "--once"]) == 0
+    from farm import ModelStatsEntry
+
+    assert all(set(entry) == set(ModelStatsEntry.__annotations__) for entry in stats.values())
+    for name, tasks, failures in (("first", 5, 1), ("second", 3, 0)):
+        labels = f'{{model="{name}"}}'
+        assert samples[("rknnfarm_model_tasks_total", labels)] == stats[name]["tasks"] == tasks
+        assert samples[("rknnfarm_model_task_failures_total", labels)] == stats[name]["failures"] == failures
+        assert samples[("rknnfarm_model_infer_ema_seconds", labels)] > 0
+    lines = capsys.readouterr().out.splitlines()
+    at = lines.index(next(line for line in lines if line.split()[:2] == ["model", "tasks"]))
+    rows = [line.split() for line in lines[at + 1 :]]
+    assert [(r[0], r[1], r[3]) for r in rows] == [("first", "5", "1"), ("second", "3", "0")]

@@ -7,7 +7,8 @@
 Every scrape reads the farm's state at that moment (``Farm.stats()`` and the
 latency histograms behind it), so the endpoint never disagrees with
 ``stats()``. Series carry ``core`` and ``node`` labels (``node="local"`` for
-this machine's workers, the node's name for remote boards).
+this machine's workers, the node's name for remote boards); the
+``rknnfarm_model_*`` series carry a ``model`` label (the model's name).
 """
 
 from __future__ import annotations
@@ -119,6 +120,29 @@ class _FarmCollector:
         yield GaugeMetricFamily(
             "rknnfarm_outstanding", "Tasks admitted, not finished", value=snapshot["outstanding"]
         )
+        yield from _model_families(snapshot["models"])
+
+
+def _model_families(models: dict[str, Any]) -> Iterator[Any]:
+    """Per model (label ``model``): tasks, failures, queued tasks, inference-time EMA."""
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    labels = ["model"]
+    tasks = CounterMetricFamily("rknnfarm_model_tasks", "Tasks of the model finished", labels=labels)
+    failures = CounterMetricFamily(
+        "rknnfarm_model_task_failures", "Tasks of the model that failed in a worker", labels=labels
+    )
+    queued = GaugeMetricFamily("rknnfarm_model_queue_depth", "Tasks of the model waiting", labels=labels)
+    ema = GaugeMetricFamily(
+        "rknnfarm_model_infer_ema_seconds", "The model's pacing EMA of inference time", labels=labels
+    )
+    for name, figures in models.items():
+        tasks.add_metric([name], figures["tasks"])
+        failures.add_metric([name], figures["failures"])
+        queued.add_metric([name], float(figures["queued"]))
+        if figures["infer_ema_us"] is not None:
+            ema.add_metric([name], figures["infer_ema_us"] / 1e6)
+    yield from (tasks, failures, queued, ema)
 
 
 class MetricsServer:
