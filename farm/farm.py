@@ -216,6 +216,11 @@ class Farm:
         core mask, SDK version, weight bytes, ...)."""
         return dict(self._require_router().description or {})
 
+    def description_of(self, model: str) -> dict[str, Any]:
+        """What the backend reported when it loaded model ``model`` (as
+        :attr:`description` for a one-model farm); {} until it is known."""
+        return dict(self._model(model).description)
+
     @property
     def listen_address(self) -> Optional[str]:
         """The address remote nodes connect to (with the real port when

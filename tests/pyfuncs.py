@@ -144,5 +144,7 @@ def summarise(outputs, params):
 
 
 def pid_of_stage(outputs, params):
-    """postprocess: the pid of the process it runs in (plain data)."""
-    return {"pid": os.getpid()}
+    """postprocess: the pid of the process it runs in, the params it got and
+    the first output's first value (plain data)."""
+    first = float(np.asarray(outputs[0]).reshape(-1)[0])
+    return {"pid": os.getpid(), "params": params, "first": first}

@@ -89,7 +89,9 @@ def test_the_router_sends_a_context_the_pinned_task_bytes():
 
 def test_the_router_sends_a_node_the_pinned_task_bytes():
     sent = []
-    listener = types.SimpleNamespace(send=lambda identity, frames: sent.append((identity, frames)))
+    listener = types.SimpleNamespace(
+        send=lambda identity, frames: sent.append((identity, frames)), manifest=None
+    )
     node = types.SimpleNamespace(identity=b"node")
     task = _task(input_descriptors=[[b"\x00\x00\x80\x3f" * 3, -1, "<f4", [1, 3], "x"]], attempt=1)
     RemoteListener.queue_task(listener, node, types.SimpleNamespace(index=2), task, lambda name: b"")

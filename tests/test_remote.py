@@ -681,3 +681,46 @@ def test_a_second_node_with_a_live_nodes_name_is_refused_until_that_node_leaves(
             within=30,
         )
         assert [int(o[0][0]) for o in farm.map([action(v) for v in range(100, 120)])] == list(range(100, 120))
+
+
+def test_a_node_runs_the_stages_and_one_missing_a_stages_module_takes_none_of_that_models_tasks(
+    nodes, tmp_path, capfd
+):
+    models = {
+        "good": {"model": "tests.pyfuncs:behave", "postprocess": "tests.pyfuncs:pid_of_stage"},
+        "missing": {"model": "tests.pyfuncs:behave", "postprocess": "tests.no_such_stages:fn"},
+    }
+    log = str(tmp_path / "node.log")
+    with Farm(
+        models=models, local_cores=False, listen="tcp://127.0.0.1:*", submit_timeout_ms=500, **FAST
+    ) as farm:
+        nodes.start(farm.listen_address, model="", name="board-s", log=log)  # the router ships its models
+        wait_until(lambda: joined(farm) == 1, 30)
+        for value in range(3):
+            answer = farm.run(action(10 + value), model="good", params={"box": [value, 1]})
+            assert answer["params"] == {"box": [value, 1]} and answer["first"] == 10 + value
+            assert answer["pid"] != os.getpid()  # the stage ran on the node, in its worker
+        with pytest.raises(Exception, match="no core or node runs model 'missing'"):
+            farm.run(action(7), model="missing")
+        (node,) = [w for w in farm.stats()["workers"] if w["node"] == "board-s"]
+        why = node["runtime"]["refused_models"]["missing"]
+        assert "tests.no_such_stages" in why and "cannot import" in why
+        assert farm.run(action(9), model="good")["first"] == 9  # it serves on
+    assert "node 'board-s' joined but cannot run model 'missing'" in capfd.readouterr().err
+    with open(log) as node_log:
+        assert "cannot run model 'missing'" in node_log.read()
+
+
+def test_a_stage_error_on_a_node_reaches_the_caller_as_a_stage_error(nodes):
+    from farm import StageError
+
+    models = {"checked": {"model": "tests.pyfuncs:behave", "preprocess": "tests.pyfuncs:crop"}}
+    with Farm(models=models, local_cores=False, listen="tcp://127.0.0.1:*", **FAST) as farm:
+        nodes.start(farm.listen_address, model="", name="board-t")
+        wait_until(lambda: joined(farm) == 1, 30)
+        with pytest.raises(
+            StageError, match=r"checked\.preprocess tests\.pyfuncs:crop raised KeyError"
+        ) as caught:
+            farm.run(action(3), model="checked", params={"nobox": 1})
+        assert caught.value.stage == "checked.preprocess tests.pyfuncs:crop"
+        assert "tests/pyfuncs.py" in caught.value.remote_traceback

@@ -47,6 +47,11 @@ its timings)::
 
     node -> router   [HELLO, name, info]          info: cores, contexts, backend, model_sha256, ...
     router -> node   [WELCOME, worker_id, generation] | [REJECT, reason] | [MODEL, name, sha256] + bytes
+                     | [MODELS, manifest] + one frame of bytes per model (a farm of several models,
+                       or with stages): manifest = [{name, file, sha256, preprocess, postprocess}, ...]
+                       (file: the model's file name, or its "module:function"); the node's next
+                       HELLO says in info "models" {name: sha256} what it runs and in "refused"
+                       {name: why} what it cannot (a stage it cannot import)
     router -> node   [TASK, task_id, attempt, inputs, None, slot, params?, model?] + frames
     node -> router   RESULT / FAILED as above, HEARTBEAT both ways
     router -> node   [HEARTBEAT, heartbeat_interval_ms]   (the node waits for the slower of the two)
@@ -70,6 +75,7 @@ __all__ = [
     "HEARTBEAT",
     "HELLO",
     "MODEL",
+    "MODELS",
     "REJECT",
     "WELCOME",
     "READY",
@@ -92,6 +98,7 @@ __all__ = [
     "HeartbeatMessage",
     "HelloMessage",
     "ModelMessage",
+    "ModelsMessage",
     "NodeTaskMessage",
     "ReadyMessage",
     "RejectMessage",
@@ -125,6 +132,7 @@ HELLO = 20
 WELCOME = 21
 REJECT = 22
 MODEL = 23
+MODELS = 24
 
 #: What the parent writes on a worker's stdin (its life line) before closing it
 #: on purpose; end-of-file without it means the parent died.
@@ -310,6 +318,13 @@ class ModelMessage(NamedTuple):
     sha256: str
 
 
+class ModelsMessage(NamedTuple):
+    """The router -> a node: its models and their stages (``manifest``), each
+    model's bytes in a frame after the header, in the manifest's order."""
+
+    manifest: list[Any]
+
+
 _KIND_OF: dict[type, int] = {
     TaskMessage: TASK,
     NodeTaskMessage: TASK,
@@ -324,6 +339,7 @@ _KIND_OF: dict[type, int] = {
     WelcomeMessage: WELCOME,
     RejectMessage: REJECT,
     ModelMessage: MODEL,
+    ModelsMessage: MODELS,
 }
 
 #: What each reader expects, by kind: a local context, the parent (from its
@@ -342,6 +358,7 @@ FOR_NODE: Mapping[int, type] = {
     WELCOME: WelcomeMessage,
     REJECT: RejectMessage,
     MODEL: ModelMessage,
+    MODELS: ModelsMessage,
     TASK: NodeTaskMessage,
     HEARTBEAT: RouterHeartbeatMessage,
 }

@@ -25,7 +25,7 @@ import numpy as np
 
 from workers.backends.python_backend import resolve_callable
 
-__all__ = ["StageFailure", "Stages", "answer_form"]
+__all__ = ["StageFailure", "Stages", "answer_form", "ordered_feed", "split_answer"]
 
 #: What plain data may hold (msgpack's types; a tuple travels as a list).
 _PLAIN_SCALARS = (type(None), bool, int, float, str, bytes)
@@ -91,24 +91,33 @@ def _import_stage(model: str, stage: str, spec: Optional[str]) -> Optional[Calla
 
 
 def answer_form(result: Any, stages: Stages) -> tuple[list[np.ndarray], Optional[list[Any]]]:
-    """What a postprocess returned as arrays to send (the way outputs travel)
-    and its form for the RESULT message (None: a list of arrays, as a model's
-    outputs). Plain data goes inside the form, with no arrays. Anything else
-    raises :class:`StageFailure`."""
+    """:func:`split_answer` of what the postprocess returned; what cannot
+    travel raises :class:`StageFailure` naming the stage."""
+    try:
+        return split_answer(result)
+    except ValueError as exc:
+        raise stages.unsupported("postprocess", f"returned {exc}") from None
+
+
+def split_answer(result: Any) -> tuple[list[np.ndarray], Optional[list[Any]]]:
+    """An answer (a list of outputs, or what a postprocess returned) as the
+    arrays to send (the way outputs travel) and its form for the RESULT
+    message (None: a list of arrays, as a model's outputs). Plain data goes
+    inside the form, with no arrays. Anything else raises ValueError saying
+    what it is."""
     if isinstance(result, np.ndarray):
         return [result], ["array"]
     if isinstance(result, (list, tuple)) and result and all(isinstance(v, np.ndarray) for v in result):
         return list(result), None
     if isinstance(result, Mapping) and result and all(isinstance(v, np.ndarray) for v in result.values()):
         if not all(isinstance(k, str) for k in result):
-            raise stages.unsupported("postprocess", "returned a dict of arrays whose keys are not all str")
+            raise ValueError("a dict of arrays whose keys are not all str")
         return list(result.values()), ["dict", list(result)]
     problem = _unplain(result)
     if problem is not None:
-        raise stages.unsupported(
-            "postprocess",
-            f"returned {problem}, which cannot travel back: return numpy arrays (one, or a list or dict "
-            "of them), or plain data (None, bool, int, float, str, bytes, and lists or dicts of these)",
+        raise ValueError(
+            f"{problem}, which cannot travel back: return numpy arrays (one, or a list or dict "
+            "of them), or plain data (None, bool, int, float, str, bytes, and lists or dicts of these)"
         )
     return [], ["data", result]
 

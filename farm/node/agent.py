@@ -12,6 +12,12 @@ or ships the model when this board lacks it (checked by hash), or REJECT.
 Then tasks arrive with their tensors as frames; each goes into the local farm
 and its outputs go back as frames, straight out of this board's shared memory.
 
+A farm of several models (or of a model with stages) sends a MODELS
+manifest instead: every model with its stages. The agent runs them all in
+one local farm, the stages in its workers; a model whose stage's module this
+board cannot import is left out, and the next HELLO says why (``refused``):
+the router then sends this node none of that model's tasks.
+
 Heartbeats run both ways. When the router falls silent the agent reconnects
 and says HELLO again, with back-off (0.5 s doubling to 32 s); its local farm
 keeps running. A malformed message is dropped and counted, never fatal.
@@ -43,6 +49,7 @@ from farm.runtime.keys import client_keys, generate_keys
 from farm.runtime.listener import is_ipv6, model_fingerprint
 from farm.runtime.wakepipe import WakePipe
 from workers import protocol
+from workers.stages import split_answer
 
 __all__ = ["NodeAgent", "add_keygen_arguments", "add_node_arguments", "run_keygen", "run_node"]
 
@@ -89,6 +96,10 @@ class NodeAgent:
         self.counters = {"tasks": 0, "malformed": 0, "reconnects": 0, "unanswered": 0}
         self._unanswered_in_a_row = 0  # HELLOs the router left unanswered since it last answered
         self.farm: Optional[Farm] = None
+        # With a router's MODELS: the models the local farm runs ({name: sha256})
+        # and those it cannot ({name: why}); None with one model of its own or shipped.
+        self.served: Optional[dict[str, str]] = None
+        self.refused: dict[str, str] = {}
         self._stop = threading.Event()
         self._results: queue.SimpleQueue = queue.SimpleQueue()
         self._wake_pipe = WakePipe()
@@ -146,6 +157,44 @@ class NodeAgent:
                 "router's, or start the node with --model)"
             ) from exc
 
+    def _start_models(self, manifest: list[Any], payloads: list[bytes]) -> bool:
+        """Run the router's MODELS in one local farm, leaving out (and saying
+        why) those whose module or stages this node cannot import; False when
+        the manifest is malformed or a model's bytes do not match."""
+        entries: dict[str, dict[str, Any]] = {}
+        served: dict[str, str] = {}
+        refused: dict[str, str] = {}
+        for entry, payload in zip(manifest, payloads):
+            name, path = entry["name"], self._model_path(entry, payload)
+            if path is None:
+                return False
+            missing = _missing_modules(entry, path)
+            if missing:
+                refused[name] = missing
+                continue
+            entries[name] = {
+                "model": path,
+                "preprocess": entry["preprocess"],
+                "postprocess": entry["postprocess"],
+            }
+            served[name] = entry["sha256"]
+        for name, why in refused.items():
+            print(f"rknn-farm node {self.name}: cannot run model {name!r}: {why}", file=sys.stderr)
+        if self.farm is not None:
+            self.farm.close(cancel=True)
+            self.farm = None
+        if entries:
+            options = {"max_queue_size": self._contexts() * 2 + 1, "submit_timeout_ms": 600000}
+            self.farm = Farm(models=entries, backend=self.backend, **{**options, **self.farm_options})
+        self.served, self.refused = served, refused
+        return True
+
+    def _model_path(self, entry: dict[str, Any], payload: bytes) -> Optional[str]:
+        """Where a model of a MODELS manifest is here: its ``module:function``, or the file kept."""
+        if _is_shipped_spec(entry["file"], payload):
+            return str(entry["file"])
+        return self._store_model(entry["file"], entry["sha256"], payload)
+
     def _contexts(self) -> int:
         """How many contexts this node offers: its credit with the router."""
         options = self.farm.options if self.farm is not None else parse_options(**self.farm_options)
@@ -183,6 +232,8 @@ class NodeAgent:
             "host": stdlib_socket.gethostname(),
             "heartbeat_ms": int(self.interval_s * 1000),
         }
+        if self.served is not None:  # the router's MODELS: what runs here, and what cannot
+            info.update(models=self.served, refused=self.refused)
         return protocol.HelloMessage(self.name, info)
 
     def _description(self) -> Optional[dict[str, Any]]:
@@ -191,6 +242,9 @@ class NodeAgent:
         if self.farm is None:
             return None
         try:
+            if self.served is not None:  # several models: each one's, under "models"
+                described = {name: self.farm.description_of(name) for name in self.farm.model_names}
+                return {**self.farm.description, "models": described}
             return self.farm.description or None
         except FarmClosedError:
             return None
@@ -211,6 +265,9 @@ class NodeAgent:
             if kind is protocol.WelcomeMessage:
                 if type(message.worker_id) is int and type(message.generation) is int:
                     return message.worker_id, message.generation
+            elif kind is protocol.ModelsMessage and _valid_manifest(message.manifest, frames):
+                if self._start_models(message.manifest, [frame.bytes for frame in frames]):
+                    continue
             elif kind is protocol.ModelMessage and len(frames) == 1:
                 name, payload = str(message.name), frames[0].bytes
                 if _is_shipped_spec(name, payload):
@@ -344,9 +401,10 @@ class NodeAgent:
         task_id, attempt, slot, inputs = task
         started = time.perf_counter()
         reply = (worker_id, generation, task_id, attempt, slot, started)
-        assert self.farm is not None
         try:
-            future = self.farm.submit(inputs)
+            if self.farm is None:
+                raise FarmClosedError("this node runs none of the router's models")
+            future = self.farm.submit(inputs, model=message.model, params=message.params)
         except Exception as exc:  # bad input: answer at once
             self._results.put((reply, None, exc, None))
             self._wake()
@@ -375,14 +433,24 @@ class NodeAgent:
                 timings = [0, int((time.perf_counter() - started) * 1e6), 0, slot]
             if error is not None:
                 failed = protocol.FailedMessage(
-                    worker_id, generation, task_id, attempt, str(error), "", timings
+                    worker_id,
+                    generation,
+                    task_id,
+                    attempt,
+                    str(error),
+                    getattr(error, "remote_traceback", ""),
+                    timings,
+                    getattr(error, "stage", None) or None,  # a StageError: the router raises one too
                 )
                 protocol.send_message(sock, failed, (), zmq.NOBLOCK)
                 continue
             self.counters["tasks"] += 1
-            arrays = [np.ascontiguousarray(o) for o in outputs]
+            answer, form = split_answer(outputs)  # what the local farm's postprocess returned
+            arrays = [np.ascontiguousarray(o) for o in answer]
             descriptors = [[-1, a.dtype.str, list(a.shape)] for a in arrays]
-            result = protocol.ResultMessage(worker_id, generation, task_id, attempt, descriptors, timings)
+            result = protocol.ResultMessage(
+                worker_id, generation, task_id, attempt, descriptors, timings, form
+            )
             protocol.send_message(sock, result, arrays, zmq.NOBLOCK)
 
     def _wake(self) -> None:
@@ -396,11 +464,47 @@ def _is_shipped_spec(name: str, payload: bytes) -> bool:
     return payload == name.encode() and looks_like_callable_spec(name)
 
 
+def _valid_manifest(manifest: Any, frames: list[Any]) -> bool:
+    """A MODELS manifest from the router: one entry (name, file, sha256 and
+    stages, as strings) per frame after the header."""
+    if not isinstance(manifest, list) or not manifest or len(manifest) != len(frames):
+        return False
+    texts = ("name", "file", "sha256")
+    return all(
+        isinstance(entry, dict)
+        and all(isinstance(entry.get(key), str) for key in texts)
+        and all(isinstance(entry.get(stage), (str, type(None))) for stage in ("preprocess", "postprocess"))
+        for entry in manifest
+    )
+
+
+def _missing_modules(entry: dict[str, Any], path: str) -> str:
+    """Why this node cannot run a manifest's model ("" when it can): the
+    module of its python-backend function or of one of its stages is not
+    importable here."""
+    wanted = [("model", path)] if looks_like_callable_spec(path) else []
+    wanted += [(stage, entry[stage]) for stage in ("preprocess", "postprocess") if entry[stage]]
+    for what, spec in wanted:
+        module = spec.partition(":")[0]
+        try:
+            found = importlib.util.find_spec(module) is not None  # imports its parent packages only
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            return (
+                f"its {what} {spec} needs module {module!r}, which this node cannot import (install it "
+                "here, with the same version as the router's)"
+            )
+    return ""
+
+
 def _parse_task(
     task: protocol.NodeTaskMessage, frames: list[Any]
 ) -> Optional[tuple[int, int, int, dict[str, np.ndarray]]]:
     """A TASK from the router, checked field by field: (task_id, attempt, slot, inputs)."""
     if not all(type(v) is int and v >= 0 for v in (task.task_id, task.attempt, task.slot)):
+        return None
+    if not isinstance(task.model, (str, type(None))):
         return None
     descriptors = task.inputs
     if not isinstance(descriptors, list) or len(descriptors) != len(frames):

@@ -205,7 +205,14 @@ class Books:
 
     def saturated_error(self, timeout_s: float, pacing_wait: float, model: str = "") -> SubmitTimeoutError:
         """The error for an admission that waited ``timeout_s`` in vain."""
+        lane = self.lanes.get(model, self._first)
         queues = f"model {model!r}: every core's queue" if len(self.lanes) > 1 else "every core's queue"
+        if not lane.rotation:  # a farm of remote nodes only, none of which runs this model (yet)
+            return SubmitTimeoutError(
+                f"submit timed out after {timeout_s * 1000:.0f} ms: no core or node runs model "
+                f"{lane.name!r} (no node has joined, or those that did cannot run it: see "
+                "stats()['workers'][...]['runtime']['refused_models'])"
+            )
         reason = "pacing" if pacing_wait else f"{queues} is full ({self.queue_limit} tasks each)"
         return SubmitTimeoutError(
             f"submit timed out after {timeout_s * 1000:.0f} ms: {reason}; the farm is saturated "

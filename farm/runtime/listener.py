@@ -38,6 +38,7 @@ import zmq
 from farm.backend_choice import looks_like_callable_spec
 from farm.data.task import Task
 from farm.errors import OptionError
+from farm.models import ModelSpec
 from farm.runtime.keys import server_keys
 from farm.runtime.processes import ContextSlot, WorkerHandle
 from workers import protocol
@@ -86,7 +87,14 @@ class RemoteNode(WorkerHandle):
         self.info = info
         self.generation = generation
         self.pid = info.get("pid")
-        self.slots = [ContextSlot(self, i, None) for i in range(int(info["contexts"]))]
+        served = info.get("models")
+        if isinstance(served, dict):  # a farm of several models (or with stages): the ones it runs
+            refused = info.get("refused") or {}
+            self.models = frozenset(name for name in served if name not in refused)
+            # A node's contexts are credits that any of its models' tasks may take.
+            self.slots = [ContextSlot(self, i, None, model=None) for i in range(int(info["contexts"]))]
+        else:
+            self.slots = [ContextSlot(self, i, None) for i in range(int(info["contexts"]))]
         heartbeat_ms = info.get("heartbeat_ms", 0)  # 0: not said (an older node)
         said = _is_int(heartbeat_ms, 1, protocol.LONGEST_HEARTBEAT_MS)
         self.heartbeat_s = heartbeat_ms / 1000 if said else 0.0
@@ -114,10 +122,15 @@ def _is_loopback(address: str) -> bool:
 class RemoteListener:
     """The ROUTER socket, its security, its outbox and its counters."""
 
-    def __init__(self, zmq_context: zmq.Context, options: Any, model: str) -> None:
+    def __init__(
+        self, zmq_context: zmq.Context, options: Any, model: str, models: Optional[list[ModelSpec]] = None
+    ) -> None:
         self.options = options
         self.model = model
         self.fingerprint = model_fingerprint(model)
+        # A farm of several models, or of a model with stages, sends nodes a
+        # manifest of them all (MODELS); a farm of one plain model, its model (MODEL).
+        self.manifest = _manifest(models) if models and _needs_manifest(models) else None
         self.counters = collections.Counter(
             {
                 "joined": 0,
@@ -236,9 +249,10 @@ class RemoteListener:
     ) -> bool:
         """Queue the answer to a HELLO; True when the node may join as
         ``worker_id`` (in incarnation ``generation``)."""
+        if self.manifest is not None:
+            return self._answer_with_manifest(identity, info, worker_id, generation)
         if info.get("model_sha256") == self.fingerprint:
-            self.send(identity, [protocol.encode(protocol.WelcomeMessage(worker_id, generation))])
-            self.counters["joined"] += 1
+            self._welcome(identity, worker_id, generation)
             return True
         if os.path.isfile(self.model) or looks_like_callable_spec(self.model):
             # The node lacks this model (or has another version): ship it.
@@ -247,6 +261,27 @@ class RemoteListener:
             self.send(identity, [header, payload])
         else:
             self.refuse(identity, "rejected_model", "the router's model cannot be shipped")
+        return False
+
+    def _welcome(self, identity: bytes, worker_id: int, generation: int) -> None:
+        self.send(identity, [protocol.encode(protocol.WelcomeMessage(worker_id, generation))])
+        self.counters["joined"] += 1
+
+    def _answer_with_manifest(
+        self, identity: bytes, info: dict[str, Any], worker_id: int, generation: int
+    ) -> bool:
+        """WELCOME a node that runs each of the farm's models, or has said why
+        it cannot (a stage it cannot import: it takes none of that model's
+        tasks); else send it the MODELS to run."""
+        assert self.manifest is not None
+        served = info.get("models") or {}
+        refused = info.get("refused") or {}
+        if all(served.get(m["name"]) == m["sha256"] or m["name"] in refused for m in self.manifest):
+            self._welcome(identity, worker_id, generation)
+            return True
+        entries = [{k: v for k, v in m.items() if k != "path"} for m in self.manifest]
+        payloads = [_read_model(m["path"]) for m in self.manifest]
+        self.send(identity, [protocol.encode(protocol.ModelsMessage(entries)), *payloads])
         return False
 
     def refuse(self, identity: bytes, counter: str, reason: str) -> None:
@@ -273,8 +308,11 @@ class RemoteListener:
                 nbytes = math.prod(shape) * protocol.dtype_of(dtype).itemsize
                 frames.append(memoryview(buffer_of(source))[offset : offset + nbytes])
             descriptors.append([None, number, dtype, shape, name])
+        model = None if self.manifest is None else task.model  # a node of one model needs no name
         header = protocol.encode(
-            protocol.NodeTaskMessage(task.task_id, task.attempt, descriptors, None, slot.index)
+            protocol.NodeTaskMessage(
+                task.task_id, task.attempt, descriptors, None, slot.index, task.params, model
+            )
         )
         self.send(node.identity, [header, *frames])
 
@@ -298,6 +336,26 @@ class RemoteListener:
         if self._authenticator is not None:
             self._authenticator.stop()
             self._authenticator = None
+
+
+def _needs_manifest(models: list[ModelSpec]) -> bool:
+    return len(models) > 1 or any(model.has_stages for model in models)
+
+
+def _manifest(models: list[ModelSpec]) -> list[dict[str, Any]]:
+    """What a node needs to run the farm's models (``path`` stays here: the
+    bytes travel, and ``file`` names them)."""
+    return [
+        {
+            "name": model.name,
+            "file": model.path if looks_like_callable_spec(model.path) else os.path.basename(model.path),
+            "sha256": model_fingerprint(model.path),
+            "preprocess": model.preprocess,
+            "postprocess": model.postprocess,
+            "path": model.path,
+        }
+        for model in models
+    ]
 
 
 def _read_model(model: str) -> bytes:
@@ -324,6 +382,14 @@ def _valid_hello(hello: protocol.HelloMessage) -> bool:
         _is_int(info.get("contexts"), 1, 4096)
         and isinstance(info.get("model_sha256"), (str, type(None)))
         and _valid_description(info.get("description"))
+        and all(_is_text_map(info.get(key)) for key in ("models", "refused"))
+    )
+
+
+def _is_text_map(value: Any) -> bool:
+    """None, or a dict of str to str (a node's models and their sha256, or why it refused some)."""
+    return value is None or (
+        isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in value.items())
     )
 
 
@@ -338,7 +404,18 @@ def _valid_description(description: Any) -> bool:
     if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
         return False
     tensors = [description.get("inputs") or [], description.get("outputs") or []]
-    return all(isinstance(entries, list) and all(map(_valid_tensor_entry, entries)) for entries in tensors)
+    if not all(isinstance(entries, list) and all(map(_valid_tensor_entry, entries)) for entries in tensors):
+        return False
+    models = description.get("models")  # a node of several models: each one's description
+    if models is None:
+        return True
+    return isinstance(models, dict) and all(
+        isinstance(name, str)
+        and isinstance(model, dict)
+        and "models" not in model
+        and _valid_description(model)
+        for name, model in models.items()
+    )
 
 
 def _valid_tensor_entry(entry: Any) -> bool:
@@ -364,8 +441,24 @@ def _valid_failure(failure: protocol.FailedMessage, n_slots: int) -> bool:
         and _is_int(failure.attempt)
         and isinstance(failure.error, str)
         and isinstance(failure.traceback, str)
+        and isinstance(failure.stage, (str, type(None)))
         and _valid_timings(failure.timings, n_slots)
     )
+
+
+def _valid_form(form: Any, n_outputs: int) -> bool:
+    """None (the outputs, as a list), or what a postprocess returned on the
+    node: ["array"] with one output, ["dict", names] with one name per
+    output, ["data", plain data] with none (msgpack decoded it: it is plain)."""
+    if form is None:
+        return True
+    if not isinstance(form, list) or not form:
+        return False
+    if form == ["array"]:
+        return n_outputs == 1
+    if form[0] == "dict" and len(form) == 2 and isinstance(form[1], list):
+        return len(form[1]) == n_outputs and all(isinstance(name, str) for name in form[1])
+    return form[0] == "data" and len(form) == 2 and n_outputs == 0
 
 
 def _valid_timings(timings: Any, n_slots: int) -> bool:
@@ -381,7 +474,11 @@ def _valid_result(result: protocol.ResultMessage, frames: list[Any], n_slots: in
     if not (_is_int(result.task_id) and _is_int(result.attempt)):
         return False
     descriptors = result.outputs
-    if not isinstance(descriptors, list) or len(descriptors) != len(frames) or not descriptors:
+    if not _valid_form(result.form, len(descriptors) if isinstance(descriptors, list) else -1):
+        return False
+    if not isinstance(descriptors, list) or len(descriptors) != len(frames):
+        return False
+    if not descriptors and result.form is None:  # outputs, and none: nothing to answer with
         return False
     for descriptor, frame in zip(descriptors, frames):
         if not isinstance(descriptor, list) or len(descriptor) != 3 or descriptor[0] != -1:

@@ -12,6 +12,7 @@ as attempts: losing a board is not the task's fault; after
 
 from __future__ import annotations
 
+import sys
 from typing import Any, Callable, Optional
 
 from farm.data.shm import SharedArena
@@ -154,6 +155,10 @@ class Membership:
         node.enter(WorkerState.READY)
         node.last_seen = books.clock()
         node.description = info.get("description")
+        refused = info.get("refused") or {}
+        if refused:
+            node.description = {**(node.description or {}), "refused_models": dict(refused)}
+            _say_refused(name, refused)
         books.join_rotation(node)
         self.remote.by_identity[identity] = node
         if node.description:
@@ -267,3 +272,13 @@ class Membership:
             (task, WorkerCrashedError(f"task {task.task_id} was on {MAX_REQUEUES} lost nodes"))
             for task in spent
         ]
+
+
+def _say_refused(node: str, refused: dict[str, str]) -> None:
+    """Log what a node that joined cannot run: it gets none of those models' tasks."""
+    for model, why in refused.items():
+        print(
+            f"rknn-farm: node {node!r} joined but cannot run model {model!r}: {why}; it takes no tasks "
+            "of that model (its other models' tasks still go to it)",
+            file=sys.stderr,
+        )

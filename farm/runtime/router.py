@@ -104,6 +104,7 @@ _RUNTIME_FACTS = (
     "contexts_memory",
     "plugins",
     "notes",
+    "refused_models",
 )
 
 
@@ -125,7 +126,8 @@ def _runtime_facts(description: Optional[dict[str, Any]]) -> dict[str, Any]:
     """What a worker's backend said about itself (RKNN: SDK and driver versions,
     the core mask it runs with, rknnrt: each context's memory and whether
     contexts share weights; the custom-op plugins a worker loaded; notes such
-    as a fallback it made; the simulator: that it simulates)."""
+    as a fallback it made; the simulator: that it simulates; a remote node:
+    the models it cannot run, and why)."""
     return {key: description[key] for key in _RUNTIME_FACTS if description and key in description}
 
 
@@ -180,7 +182,7 @@ class Router:
         self.nodes: Optional[Membership] = None
         if options.listen:
             try:
-                listener = RemoteListener(self._zmq, options, base_spec["model"])
+                listener = RemoteListener(self._zmq, options, base_spec["model"], models)
             except BaseException:
                 self._inbound.close(linger=0)
                 self._zmq.term()
