@@ -12,8 +12,8 @@ The folders follow a task:
 
 - here, the public API: :mod:`farm.farm` (``Farm``), :mod:`farm.session`
   (``InferenceSession``), :mod:`farm.iobinding`, :mod:`farm.options`,
-  :mod:`farm.errors`, and what only they use (:mod:`farm.backend_choice`,
-  :mod:`farm.progress`);
+  :mod:`farm.models` (``models=``, stages), :mod:`farm.errors`, and what only
+  they use (:mod:`farm.backend_choice`, :mod:`farm.progress`);
 - ``farm.data``: what a task carries: the task itself, the tensors' checks,
   the shared-memory arena and dma-buf frames;
 - ``farm.runtime``: where a task goes next: the router thread and its
@@ -25,13 +25,16 @@ The folders follow a task:
 A task's path::
 
     Farm.run / submit / map                     farm.farm (caller's thread)
+      ├─ its model (models=), its params         farm.models
       ├─ feed checked against the model          farm.data.tensors
       ├─ inputs written into /dev/shm            farm.data.shm (or farm.data.dmabuf frames)
       └─ a Task with its future                  farm.data.task
-            │ admitted: a core's queue, pacing   farm.runtime.books, farm.runtime.pacing
+            │ admitted: its model's queue on a   farm.runtime.books, farm.runtime.pacing
+            │ core, its model's pacing
             ▼
       router thread                              farm.runtime.router
             │ sent to a free context             ══ZeroMQ══► worker process (workers.main),
+            │ (of its model)                     its stages around the model (workers.stages);
             │                                    started and reaped by farm.runtime.processes;
             │                                    or a remote node: farm.runtime.listener,
             │                                    farm.runtime.nodes ══tcp══► farm.node.agent

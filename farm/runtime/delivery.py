@@ -180,11 +180,12 @@ class Answers:
         worker_us = set_input + infer + copy_output
         queue_us = int((task.dispatched_at - task.submitted_at) * 1e6)
         ipc_us = max(0, int((now - task.dispatched_at) * 1e6) - worker_us)
+        # A farm of several models names the task's; a one-model farm's line stays as it was.
+        model = f"model={task.model} " if len(self.books.lanes) > 1 else ""
         print(
             f"[ztu_ez_rknn_async_perf] task_id={task.task_id} thread_id={thread_id} core_id={worker.core} "
             f"set_input_us={set_input} infer_us={infer} copy_output_us={copy_output} total_us={worker_us} "
-            f"queue_us={queue_us} ipc_us={ipc_us} worker_pid={worker.pid} model={task.model} "
-            f"node={worker.node_name}",
+            f"queue_us={queue_us} ipc_us={ipc_us} worker_pid={worker.pid} {model}node={worker.node_name}",
             file=sys.stderr,
             flush=True,
         )
