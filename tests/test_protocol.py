@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import types
 
+import numpy as np
 import pytest
 
 from farm.runtime.direct import task_header
@@ -164,3 +165,39 @@ def test_a_record_reads_by_name():
 )
 def test_a_frame_that_is_no_expected_message_decodes_to_none(frame, table):
     assert protocol.decode(frame, getattr(protocol, table)) is None
+
+
+def test_a_task_carries_its_params_and_an_answer_its_form_only_when_they_have_them():
+    plain = protocol.TaskMessage(7, 0, INPUTS, None, False)
+    with_params = protocol.TaskMessage(7, 0, INPUTS, None, False, {"box": [1, 2]})
+    assert len(protocol.unpack(protocol.encode(plain))) == 6  # as before params existed
+    assert protocol.decode(protocol.encode(plain), protocol.FOR_CONTEXT) == plain
+    assert protocol.decode(protocol.encode(with_params), protocol.FOR_CONTEXT).params == {"box": [1, 2]}
+    answer = protocol.ResultMessage(1, 1, 7, 0, [], [0, 0, 0, 0], ["data", {"text": "ok"}])
+    assert protocol.decode(protocol.encode(answer), protocol.FOR_ROUTER).form == ["data", {"text": "ok"}]
+
+
+@pytest.mark.parametrize(
+    ("form", "outputs", "valid"),
+    [
+        (None, 1, True),
+        (["array"], 1, True),
+        (["array"], 2, False),
+        (["dict", ["a", "b"]], 2, True),
+        (["dict", ["a"]], 2, False),
+        (["dict", [1, 2]], 2, False),
+        (["data", {"x": [1, 2]}], 0, True),
+        (["data", 1], 1, False),
+        (["pickle", b"..."], 0, False),
+        ("array", 1, False),
+        ([], 0, False),
+        (None, 0, False),  # outputs, and none
+    ],
+)
+def test_a_nodes_answer_form_is_checked_against_its_outputs(form, outputs, valid):
+    from farm.runtime.listener import _valid_result
+
+    frames = [np.zeros(2, np.float32).tobytes()] * outputs
+    descriptors = [[-1, "<f4", [2]]] * outputs
+    result = protocol.ResultMessage(1, 1, 7, 0, descriptors, [0, 0, 0, 0], form)
+    assert _valid_result(result, frames, 1) is valid

@@ -10,6 +10,7 @@ import pytest
 
 from farm import Farm, InvalidInputError, StageError, TaskError, WorkerCrashedError, WorkerStartError
 from tests.onnx_models import affine_model
+from tests.test_shared_inputs import read_in_place
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -30,10 +31,12 @@ def staged(tmp_path):
 
 
 def test_params_reach_the_stages_and_plain_data_and_arrays_come_back(staged):
-    # A frame written once into the farm's shared memory: the preprocess reads it in place.
-    image = staged.shared_array((32, 32, 3), np.uint8)
+    # A frame written once into the farm's shared memory (48 KiB: it does not
+    # travel in the header): the preprocess reads it in place, without a copy.
+    image = staged.shared_array((128, 128, 3), np.uint8)
     image[:] = np.arange(image.size, dtype=np.uint64).reshape(image.shape) % 251
-    for box in ([0, 0], [4, 8], [24, 24]):
+    assert read_in_place(staged, {"image": image})
+    for box in ([0, 0], [4, 8], [120, 120]):
         want = expected(image, box)
         answer = staged.run({"image": image}, params={"box": box, "answer": "data"})
         assert answer == {"total": float(want.sum()), "box": box, "shape": [1, 3, 8, 8], "ok": True}
