@@ -9,7 +9,7 @@ import zmq
 from farm.data.task import Task
 from farm.errors import FarmError, TaskTimeoutError, WorkerCrashedError
 from farm.options import parse_options
-from farm.runtime.books import MAX_REQUEUES, WINDOW, Books
+from farm.runtime.books import MAX_REQUEUES, WINDOW, Books, ModelLanes
 from farm.runtime.pacing import Pacer
 from farm.runtime.processes import ContextSlot, WorkerHandle, WorkerState
 from farm.runtime.supervision import CRASH_LOOP_LIMIT, Supervisor
@@ -308,3 +308,51 @@ def test_a_task_given_up_on_a_node_keeps_its_context_taken_until_the_node_answer
     assert hung.attempt == 1 and [t.task_id for t in farm.books.queues[1000]] == [later.task_id]
     farm.books.take_in_flight(node)  # the node is lost: nothing it held takes room any more
     assert farm.books.slot_with_room(node) is node.slots[0]
+
+
+# ── several models ──────────────────────────────────────────────────────
+
+
+def two_model_books(sent: list[tuple[int, str, int]]) -> Books:
+    """det on core 0 (one context); rec on cores 0 and 1 (one context each):
+    core 0's worker hosts both models. ``sent`` records (core, slot's model, task id)."""
+    workers = []
+    for core, placements in ((0, [("det", 1, 1), ("rec", 1, 1)]), (1, [("rec", 1, 2)])):
+        worker = WorkerHandle(core, core, 0, [], placements)
+        worker.slots = [
+            ContextSlot(worker, i, None, model=name) for i, (name, _, _) in enumerate(worker.placements)
+        ]
+        worker.state = WorkerState.READY
+        workers.append(worker)
+    books = Books(
+        workers=workers,
+        lanes=[ModelLanes("det", [0], Pacer(1, False)), ModelLanes("rec", [0, 1], Pacer(2, False))],
+        queue_limit=4,
+        max_retries=1,
+        send=lambda slot, task: sent.append((slot.worker.core, slot.model, task.task_id)),
+        fail_soon=lambda task, error: None,
+    )
+    books.cond.acquire()
+    books.starting = False
+    return books
+
+
+def test_a_task_goes_only_to_a_context_of_its_model_each_model_by_its_own_rotation():
+    sent: list[tuple[int, str, int]] = []
+    books = two_model_books(sent)
+    for model in ["det", "rec", "det", "rec", "rec", "det"]:
+        core, _ = books.admission_wait(0.0, model)
+        task = Task(None, [], (), None, model=model)
+        books.enter(task, core, 0.0)
+        books.lanes[model].queues[core].append(task)
+        books.dispatch(core)
+    assert all(model == ("det" if task_id in (0, 2, 5) else "rec") for _, model, task_id in sent)
+    # rec's own rotation (its tasks 0, 1, 2 on cores 0, 1, 0), whatever det did in between.
+    assert [(core, task_id) for core, model, task_id in sent if model == "rec"] == [(0, 1), (1, 3), (0, 4)]
+    # det has one context on core 0: WINDOW tasks sent, the third waits in det's queue there.
+    assert [task_id for core, model, task_id in sent if model == "det"] == [0, 2]
+    assert [t.task_id for t in books.lanes["det"].queues[0]] == [5] and not books.lanes["rec"].queues[0]
+    assert books.queued_on(0) == 1 and books.queued_on(1) == 0
+    # A lost core 1 hands rec's tasks to rec's other core, never to a det context.
+    spent = books.requeue_all(books.take_in_flight(books.worker_of_core[1]), books.worker_of_core[1])
+    assert not spent and [t.task_id for t in books.lanes["rec"].queues[0]] == [3]
