@@ -19,6 +19,7 @@ import tempfile
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 import pytest
 
 from farm.tools.bench import main as bench_main
@@ -303,3 +304,101 @@ def test_a_method_that_fails_is_reported_and_the_others_still_run(tmp_path: Path
     assert set(report["failed"]) == {"model threads", "model farm"}
     assert "init_runtime" in report["failed"]["model threads"]
     assert "FAILED model threads:" in stdout and "FAILED model farm:" in stdout
+
+
+# ── the gil workload: a model plus ~1 ms of GIL-bound pure-Python post-processing ──
+GIL_METHODS = ["inprocess", "threads", "farm", "farm-stages"]
+
+
+@pytest.mark.timeout(300)
+def test_gil_workload_runs_its_step_in_every_method(tmp_path: Path) -> None:
+    from farm.tools.bench.methods import farm_takes_stages
+
+    command = ["-m", "farm", "bench", "--workloads", "gil", "--duration", "0.2"]
+    report, stdout = _run_suite(command, tmp_path)
+    measured = [r["method"] for r in report["rows"]]
+    # only where the step runs is compared: no processpool, zmq-floor or farm-inplace rows
+    assert measured == (GIL_METHODS if farm_takes_stages() else GIL_METHODS[:-1])
+    answers = set()
+    for row in report["rows"]:
+        assert row["workload"] == "gil"
+        assert row["throughput_per_s"] > 0 and row["tasks"] > 0 and row["sync_p50_ms"] > 0, row
+        answers.add(row["details"]["answer_items"])
+    # every method got the decoder's boxes, and the same number of them
+    assert len(answers) == 1 and answers.pop() > 0
+    targets = {t["name"]: t for t in report["targets"] if t["name"].startswith("gil-bound")}
+    assert len(targets) == 2
+    if farm_takes_stages():
+        gil = report["ratios"]["gil"]
+        stages = _row(report, "gil", "farm-stages")["throughput_per_s"]
+        assert gil["farm_stages_vs_threads"] == pytest.approx(
+            stages / _row(report, "gil", "threads")["throughput_per_s"]
+        )
+        assert gil["farm_stages_vs_farm"] == pytest.approx(
+            stages / _row(report, "gil", "farm")["throughput_per_s"]
+        )
+        assert "gil-bound step: farm-stages" in stdout
+    else:
+        assert "postprocess=" in report["skipped"]["gil farm-stages"]
+        assert all(t["value"] is None and t["met"] is None for t in targets.values())
+
+
+def test_gil_targets_compare_farm_stages_with_threads_and_the_farm() -> None:
+    from farm.tools.bench.measure import Row
+    from farm.tools.bench.report import check_targets, compute_ratios
+
+    rows = [
+        Row("gil", "threads", 2, throughput_per_s=1000.0),
+        Row("gil", "farm", 2, throughput_per_s=1500.0),
+        Row("gil", "farm-stages", 2, throughput_per_s=2000.0),
+    ]
+    ratios = compute_ratios(rows, {}, None)
+    assert ratios["gil"] == {"farm_stages_vs_threads": 2.0, "farm_stages_vs_farm": pytest.approx(4 / 3)}
+    met = {
+        t["name"].split("÷ ")[1]: (t["value"], t["met"])
+        for t in check_targets(rows, ratios)
+        if t["name"].startswith("gil-bound")
+    }
+    assert met == {
+        "threads (the step in each thread)": (2.0, True),
+        "farm (the step in the app)": (pytest.approx(4 / 3), False),
+    }
+
+
+def _head(anchors: dict[int, list[float]]) -> list[np.ndarray]:
+    """A head output with every anchor empty (score 0) but ``anchors``."""
+    from farm.tools.bench import boxes
+
+    head = np.zeros((1, boxes.GRID * boxes.GRID * len(boxes.ANCHORS), 6), np.float32)
+    for index, values in anchors.items():
+        head[0, index] = values
+    return [head]
+
+
+def test_box_decoder_thresholds_scores_and_suppresses_overlaps() -> None:
+    from farm.tools.bench.boxes import ANCHORS, GRID, decode_boxes
+
+    cell = 640 / GRID
+    # anchor 0 of cell (row 2, column 3): centred in its cell, the anchor's own size
+    strong = [0.25, 0.25, 0.5, 0.5, 0.9, 1.0]
+    # anchor 1 of the same cell, sized to the same box, a lower score: suppressed
+    overlapping = [0.25, 0.25, 0.5**0.5 / 2, 0.75**0.5 / 2, 0.8, 1.0]
+    weak = [0.25, 0.25, 0.5, 0.5, 0.9, 0.5]  # score 0.45: under the threshold
+    index = (2 * GRID + 3) * len(ANCHORS)
+    far = (10 * GRID + 10) * len(ANCHORS)
+    found = decode_boxes(_head({index: strong, index + 1: overlapping, far: weak}))
+    assert len(found) == 1
+    x0, y0, x1, y1, score = found[0]
+    w, h = ANCHORS[0][0] * cell, ANCHORS[0][1] * cell
+    assert [x0, y0, x1, y1] == pytest.approx(
+        [3 * cell - w / 2, 2 * cell - h / 2, 3 * cell + w / 2, 2 * cell + h / 2]
+    )
+    assert score == pytest.approx(0.9)
+    # a lower threshold keeps the weak box; a looser IoU limit keeps the overlapping one
+    params = {"score_threshold": 0.4, "iou_threshold": 1.0}
+    assert [
+        round(b[4], 2)
+        for b in decode_boxes(_head({index: strong, index + 1: overlapping, far: weak}), params)
+    ] == [0.9, 0.8, 0.45]
+    with pytest.raises(ValueError, match="expects 1200 anchors"):
+        decode_boxes([np.zeros((1, 10, 6), np.float32)])

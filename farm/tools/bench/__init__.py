@@ -3,8 +3,8 @@ write instead, in one run, on this machine.
 
 ::
 
-    rknn-farm bench [--quick] [--duration S] [--workloads tiny,cls,rec,frame]
-                    [--methods inprocess,threads,processpool,zmq-floor,farm]
+    rknn-farm bench [--quick] [--duration S] [--workloads tiny,cls,rec,frame,gil]
+                    [--methods inprocess,threads,processpool,zmq-floor,farm,farm-inplace,farm-stages]
                     [--workers N] [--window N] [--[no-]pacing] [--out DIR]
     python benchmarks/bench.py --quick          # the same, from a checkout
 
@@ -16,7 +16,14 @@ Methods (modules: :mod:`~farm.tools.bench.methods`, :mod:`~farm.tools.bench.pace
   session per process made by the initializer, arrays pickled both ways;
 - ``zmq-floor``: a bare pyzmq DEALER/ROUTER echo, over ipc://, of a header the
   size of the farm's task header: the floor under any ZeroMQ design;
-- ``farm``: rknn-farm with N workers (schedule ``"0,1"`` for N=2), one context each.
+- ``farm``: rknn-farm with N workers (schedule ``"0,1"`` for N=2), one context each;
+- ``farm-inplace``: the same, its inputs written once into the farm's shared memory;
+- ``farm-stages``: the same, with the ``gil`` workload's post-processing step
+  in the workers (``postprocess=``) instead of in the app.
+
+The ``gil`` workload (a small model and ~1 ms of GIL-bound pure-Python box
+decoding, :mod:`~farm.tools.bench.boxes`) runs only ``inprocess``,
+``threads``, ``farm`` and ``farm-stages``: where its step runs is what it measures.
 
 The baselines deliberately call ONNX Runtime directly (it and ``onnx``, for
 building the synthetic models, are imported lazily): the comparison is

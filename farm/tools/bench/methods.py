@@ -13,12 +13,19 @@ ordinary arrays (copied into shared memory on every task); ``farm-inplace``
 is the same farm fed arrays it handed out (``Farm.input_array``), which its
 workers read where they lie.
 
+A workload with a post-processing step (``gil``) runs it after the model in
+every method: in the calling thread (``inprocess``), in each pool thread after
+its session (``threads``: the leafqycc pattern), in the thread that collects
+the farm's results (``farm``), or in the farm's workers next to the model
+(``farm-stages``, ``Farm(..., postprocess=...)``).
+
 Functions named ``_child_*`` run in the spawned child processes.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import inspect
 import multiprocessing
 import os
 import shutil
@@ -30,6 +37,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 import zmq
 
+from farm import options as options_module
 from farm.farm import Farm
 from farm.tools.bench.measure import (
     MEMCPY_PAUSE_S,
@@ -46,14 +54,18 @@ from farm.tools.bench.measure import (
     warm_up,
 )
 from farm.tools.bench.workloads import BenchError, Workload, backend_session, task_header
+from workers.backends.python_backend import resolve_callable
 from workers.protocol import INLINE_BYTES, align
 from workers.segments import SEGMENT_PREFIX
 
 __all__ = [
     "METHODS",
+    "app_step",
     "MethodNotApplicable",
     "bench_farm",
     "bench_farm_inplace",
+    "bench_farm_stages",
+    "farm_takes_stages",
     "frame_figures",
     "map_throughput",
     "ort_session",
@@ -78,18 +90,33 @@ def ort_session(model: str) -> Any:
     return ort.InferenceSession(model, sess_options=options, providers=["CPUExecutionProvider"])
 
 
+def _unchanged(outputs: Any) -> Any:
+    return outputs
+
+
+def app_step(workload: Workload) -> Callable[[Any], Any]:
+    """The workload's post-processing step as the app runs it on a task's
+    outputs (the outputs themselves when it has none)."""
+    if workload.postprocess is None:
+        return _unchanged
+    step = resolve_callable(workload.postprocess)
+    return lambda outputs: step(outputs, None)
+
+
 class _Runner:
-    """Runs a workload's feed on one session of its backend (core ``core``)."""
+    """Runs a workload's feed on one session of its backend (core ``core``),
+    then its post-processing step, in the calling thread."""
 
     def __init__(self, workload: Workload, core: int = 0) -> None:
+        step = app_step(workload)
         if workload.backend == "onnxruntime":
             session = ort_session(workload.model)
-            self.run: Callable[[dict[str, np.ndarray]], Any] = lambda feed: session.run(None, feed)
+            self.run: Callable[[dict[str, np.ndarray]], Any] = lambda feed: step(session.run(None, feed))
             self.close: Callable[[], None] = lambda: None
         else:
             names = list(workload.feed)
             backend = backend_session(workload, core)
-            self.run = lambda feed: backend.run([feed[name] for name in names])
+            self.run = lambda feed: step(backend.run([feed[name] for name in names]))
             self.close = backend.close
 
 
@@ -117,6 +144,13 @@ def _first_answer(call: Callable[[], Any], started: float) -> float:
     return time.perf_counter() - started
 
 
+def _note_answer(row: Row, workload: Workload, answer: Any) -> None:
+    """For a workload with a step, how many items its answer has (boxes, for
+    ``gil``): every method must give the same."""
+    if workload.postprocess is not None:
+        row.details["answer_items"] = len(answer)
+
+
 # ── inprocess ────────────────────────────────────────────────────────────
 def bench_inprocess(workload: Workload, config: Config) -> Row:
     """One session in this process, one task after the other: its throughput
@@ -125,11 +159,12 @@ def bench_inprocess(workload: Workload, config: Config) -> Row:
     runner = _Runner(workload)
     feed = workload.feed
 
-    def run() -> None:
-        runner.run(feed)
+    def run() -> Any:
+        return runner.run(feed)
 
     try:
         row = Row(workload.name, "inprocess", 1, startup_s=_first_answer(run, started))
+        _note_answer(row, workload, run())
         warm_up(run, config.warmup_s)
         timing = sync_loop(run, config.duration_s)
     finally:
@@ -142,7 +177,7 @@ def bench_inprocess(workload: Workload, config: Config) -> Row:
 # ── threads ──────────────────────────────────────────────────────────────
 def bench_threads(workload: Workload, config: Config) -> Row:
     """A ThreadPoolExecutor of N threads, each with its own session (thread
-    ``i`` on core ``i``)."""
+    ``i`` on core ``i``), running the model then the workload's step."""
     local = threading.local()
     feed, n = workload.feed, config.workers
     started = time.perf_counter()
@@ -155,11 +190,13 @@ def bench_threads(workload: Workload, config: Config) -> Row:
         def claim_runner() -> None:
             local.runner = unclaimed.pop()  # list.pop is atomic
 
-        def run(feed: dict[str, np.ndarray]) -> None:
-            local.runner.run(feed)
+        def run(feed: dict[str, np.ndarray]) -> Any:
+            return local.runner.run(feed)
 
         with concurrent.futures.ThreadPoolExecutor(n, initializer=claim_runner) as pool:
-            return _measure_pool(Row(workload.name, "threads", n), pool, run, feed, config, started)
+            row = _measure_pool(Row(workload.name, "threads", n), pool, run, feed, config, started)
+            _note_answer(row, workload, pool.submit(run, feed).result())
+            return row
     finally:
         for runner in runners:
             runner.close()
@@ -313,20 +350,53 @@ def start_farm(workload: Workload, config: Config, **options: Any) -> Farm:
     )
 
 
-def map_throughput(farm: Farm, feed: dict[str, np.ndarray], config: Config) -> Timing:
-    """``Farm.map`` of ``feed`` for ``config.duration_s`` with the bench's window:
-    the farm's pipelined figure."""
-    return consume(farm.map(timed_generator(feed, config.duration_s), max_in_flight=config.window))
+def map_throughput(
+    farm: Farm, feed: dict[str, np.ndarray], config: Config, step: Callable[[Any], Any] = _unchanged
+) -> Timing:
+    """``Farm.map`` of ``feed`` for ``config.duration_s`` with the bench's window,
+    ``step`` applied to each result in this thread as it comes: the farm's
+    pipelined figure."""
+    results = farm.map(timed_generator(feed, config.duration_s), max_in_flight=config.window)
+    return consume(step(outputs) for outputs in results)
 
 
 def bench_farm(workload: Workload, config: Config) -> Row:
     """rknn-farm, one worker per core ("0,1" for two), one context each:
-    ``Farm.run`` for sync latency, ``Farm.map`` for throughput."""
-    return _bench_farm(workload, config, "farm", lambda farm: workload.feed)
+    ``Farm.run`` for sync latency, ``Farm.map`` for throughput. The
+    workload's step runs in this process, on each result as it comes."""
+    return _bench_farm(workload, config, "farm", lambda farm: workload.feed, app_step(workload))
 
 
 class MethodNotApplicable(BenchError):
     """This method would measure nothing new on this workload."""
+
+
+def farm_takes_stages() -> bool:
+    """Whether this version's ``Farm`` runs post-processing in its workers
+    (``postprocess=``, issue 20's stages): a named parameter of ``Farm`` or
+    one of the option keys it accepts. Asked without starting a farm."""
+    if "postprocess" in inspect.signature(Farm.__init__).parameters:
+        return True
+    return "postprocess" in options_module.FARM_KEYS
+
+
+def bench_farm_stages(workload: Workload, config: Config) -> Row:
+    """As ``farm``, with the workload's step in the farm's workers, next to the
+    model (``Farm(..., postprocess=...)``): the caller gets the step's answer."""
+    if workload.postprocess is None:
+        raise MethodNotApplicable("the workload has no post-processing step")
+    if not farm_takes_stages():
+        raise MethodNotApplicable(
+            "this version's Farm takes no postprocess= (post-processing in the workers): nothing to measure"
+        )
+    return _bench_farm(
+        workload,
+        config,
+        "farm-stages",
+        lambda farm: workload.feed,
+        _unchanged,
+        postprocess=workload.postprocess,
+    )
 
 
 def bench_farm_inplace(workload: Workload, config: Config) -> Row:
@@ -349,19 +419,27 @@ def shared_feed(farm: Farm, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray
 
 
 def _bench_farm(
-    workload: Workload, config: Config, method: str, make_feed: Callable[[Farm], dict[str, np.ndarray]]
+    workload: Workload,
+    config: Config,
+    method: str,
+    make_feed: Callable[[Farm], dict[str, np.ndarray]],
+    step: Callable[[Any], Any] = _unchanged,
+    **farm_options: Any,
 ) -> Row:
+    """Measure a farm started with ``farm_options``, fed ``make_feed(farm)``,
+    ``step`` run in this process on every result."""
     started = time.perf_counter()
-    with start_farm(workload, config) as farm:
+    with start_farm(workload, config, **farm_options) as farm:
         feed = make_feed(farm)
 
-        def run() -> None:
-            farm.run(feed)
+        def run() -> Any:
+            return step(farm.run(feed))
 
         row = Row(workload.name, method, config.workers, startup_s=_first_answer(run, started))
+        _note_answer(row, workload, run())
         warm_up(run, config.warmup_s)
         row.set_sync(sync_loop(run, config.duration_s))
-        row.set_throughput(map_throughput(farm, feed, config), config.window)
+        row.set_throughput(map_throughput(farm, feed, config, step), config.window)
         emas = [w["infer_ema_us"] for w in farm.stats()["workers"] if w["infer_ema_us"] is not None]
         row.details["worker_infer_ema_us"] = round(sum(emas) / len(emas), 1) if emas else None
     return row
@@ -374,6 +452,7 @@ METHODS: dict[str, Callable[[Workload, Config], Row]] = {
     "zmq-floor": bench_zmq_floor,
     "farm": bench_farm,
     "farm-inplace": bench_farm_inplace,
+    "farm-stages": bench_farm_stages,
 }
 
 

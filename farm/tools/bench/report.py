@@ -25,7 +25,7 @@ __all__ = [
     "write_plot",
 ]
 
-METHOD_ORDER = ("inprocess", "threads", "processpool", "zmq-floor", "farm", "farm-inplace")
+METHOD_ORDER = ("inprocess", "threads", "processpool", "zmq-floor", "farm", "farm-inplace", "farm-stages")
 
 # The issue's targets.
 SCALING_MIN = 1.7  # farm rec throughput / inprocess
@@ -33,6 +33,9 @@ SYNC_OVERHEAD_MAX = 2.0  # farm tiny sync p50 / zmq-floor round trip p50
 PIPELINED_MIN_PER_S = 10_000.0  # farm tiny tasks/s
 PROCESSPOOL_FACTOR_MIN = 10.0  # processpool frame sync p50 / farm frame sync p50
 PACING_TOLERANCE = 0.15
+# gil workload, 2 workers: the step in the workers against the step under the app's GIL
+STAGES_VS_THREADS_MIN = 1.6  # farm-stages tasks/s / threads tasks/s
+STAGES_VS_FARM_MIN = 1.4  # farm-stages tasks/s / farm (step in the app) tasks/s
 
 
 # ── machine ──────────────────────────────────────────────────────────────
@@ -112,6 +115,7 @@ def compute_ratios(
       for scale (not in the budget), the memcpy after a pause and the copy followed
       by an in-process run
     - pacing: admitted per s ÷ the farm's unpaced throughput on cls
+    - gil: farm-stages tasks/s ÷ threads tasks/s, and ÷ farm tasks/s (the step in the app)
     """
     by = _by_key(rows)
     ratios: dict[str, Any] = {"throughput_vs_inprocess": {}, "sync_vs_zmq_floor": {}}
@@ -132,6 +136,9 @@ def compute_ratios(
     frame = _frame_ratios(by, frame_figures)
     if frame:
         ratios["frame"] = frame
+    gil = _gil_ratios(by)
+    if gil:
+        ratios["gil"] = gil
     if pacing:
         ratios["pacing"] = {
             "admitted_vs_unpaced": pacing["admitted_per_s"] / pacing["unpaced_throughput_per_s"],
@@ -166,6 +173,19 @@ def _frame_ratios(by: dict[tuple[str, str], Row], figures: dict[str, float]) -> 
     return out
 
 
+def _gil_ratios(by: dict[tuple[str, str], Row]) -> dict[str, float]:
+    """Where the gil workload's step runs: in the farm's workers against the app's threads."""
+    stages = by.get(("gil", "farm-stages"))
+    if stages is None:
+        return {}
+    out = {}
+    for name, method in (("farm_stages_vs_threads", "threads"), ("farm_stages_vs_farm", "farm")):
+        other = by.get(("gil", method))
+        if other is not None:
+            out[name] = stages.throughput_per_s / other.throughput_per_s
+    return out
+
+
 def _queue_grew(pacing: dict[str, Any]) -> bool:
     """Growth: the least-squares line through the queue totals rises by more
     than half a task over the run and is clearly not flat (t-value above 3),
@@ -179,7 +199,7 @@ def _queue_grew(pacing: dict[str, Any]) -> bool:
 def check_targets(rows: Sequence[Row], ratios: dict[str, Any]) -> list[dict[str, Any]]:
     """The issue's targets with their measured values; ``met`` is None when not measured."""
     tiny = _by_key(rows).get(("tiny", "farm"))
-    frame, pacing = ratios.get("frame", {}), ratios.get("pacing")
+    frame, pacing, gil = ratios.get("frame", {}), ratios.get("pacing"), ratios.get("gil", {})
     checks: list[tuple[str, Optional[float], str, float]] = [
         (
             "compute scaling: farm rec tasks/s ÷ inprocess",
@@ -228,6 +248,18 @@ def check_targets(rows: Sequence[Row], ratios: dict[str, Any]) -> list[dict[str,
             None if pacing is None else float(pacing["queue_grew"]),
             "<=",
             0.0,
+        ),
+        (
+            "gil-bound: farm-stages gil tasks/s ÷ threads (the step in each thread)",
+            gil.get("farm_stages_vs_threads"),
+            ">=",
+            STAGES_VS_THREADS_MIN,
+        ),
+        (
+            "gil-bound: farm-stages gil tasks/s ÷ farm (the step in the app)",
+            gil.get("farm_stages_vs_farm"),
+            ">=",
+            STAGES_VS_FARM_MIN,
         ),
     ]
     return [
@@ -329,6 +361,7 @@ def format_table(report: dict[str, Any]) -> str:
         ]
         lines += _grid(_HEADERS, table, right=1)
     lines += _frame_lines(ratios.get("frame", {})) + _pacing_lines(report.get("pacing"))
+    lines += _gil_lines(ratios.get("gil", {}))
     lines += [
         "",
         "targets:" if report["targets"] else "targets: none (they are set on the built-in workloads)",
@@ -383,6 +416,20 @@ def _frame_lines(frame: dict[str, float]) -> list[str]:
             f" farm tasks/s = {frame['farm_vs_processpool_throughput']:.1f}x processpool's"
         )
     return lines
+
+
+def _gil_lines(gil: dict[str, float]) -> list[str]:
+    if not gil:
+        return []
+    said = [
+        f"{gil[key]:.2f}x {what}"
+        for key, what in (
+            ("farm_stages_vs_threads", "threads (model and step in each thread)"),
+            ("farm_stages_vs_farm", "farm (the step in the thread that collects results)"),
+        )
+        if key in gil
+    ]
+    return ["", "gil-bound step: farm-stages (the step in the workers) tasks/s = " + ", ".join(said)]
 
 
 def _pacing_lines(pacing: Optional[dict[str, Any]]) -> list[str]:

@@ -152,6 +152,8 @@ def _measure(
             name = workload.name
             measured.descriptions[name] = workload.what
             for method in methods:
+                if not workload.runs(method):  # e.g. farm-stages on a workload without a step
+                    continue
                 started = time.perf_counter()
                 row = _attempt(measured, f"{name} {method}", run_method, method, workload, config)
                 if row is not None:

@@ -1,10 +1,14 @@
 """The benchmark's workloads: a model, its input, and what it measures.
 
-``tiny`` and ``frame`` are built on the fly with the ``onnx`` package (imported
-here only, lazily); ``cls`` and ``rec`` are the PP-OCR models that the
+``tiny``, ``frame`` and ``gil`` are built on the fly with the ``onnx`` package
+(imported here only, lazily); ``cls`` and ``rec`` are the PP-OCR models that the
 ``rapidocr-onnxruntime`` package ships. ``model`` is the user's own model
 (``--model``, e.g. a ``.rknn`` on a board), run by its backend, with random
 inputs of the shapes and dtypes the backend reports.
+
+``gil`` is the one workload with a post-processing step
+(:mod:`farm.tools.bench.boxes`): its methods differ in where that step runs,
+so it runs its own set of methods (:data:`STEP_METHODS`).
 """
 
 from __future__ import annotations
@@ -13,18 +17,21 @@ import importlib.util
 import os
 import secrets
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 
 from farm.backend_choice import resolve_backend, resolve_model
 from farm.options import parse_options
+from farm.tools.bench import boxes
 from workers import protocol
 from workers.backends import load_backend
 from workers.backends.base import Placement
 from workers.segments import SEGMENT_PREFIX
 
 __all__ = [
+    "STAGE_ONLY_METHODS",
+    "STEP_METHODS",
     "WORKLOADS",
     "BenchError",
     "Workload",
@@ -40,7 +47,15 @@ WORKLOADS = {
     "cls": "PP-OCR mobile v2 cls, float32 [1,3,48,192]: light compute",
     "rec": "PP-OCRv4 rec, float32 [1,3,48,320]: heavy compute",
     "frame": "Identity on a uint8 [1080,1920,3] frame (6.2 MB each way): transport",
+    "gil": "sigmoid head float32 [1,1200,6] + a pure-Python box decoder (~1 ms, holds the GIL): "
+    "where the post-processing runs",
 }
+
+#: The methods of a workload with a post-processing step: where the step runs
+#: (the app's threads, the farm's collecting thread, the farm's workers).
+STEP_METHODS = ("inprocess", "threads", "farm", "farm-stages")
+#: The methods that only a workload with a post-processing step has.
+STAGE_ONLY_METHODS = ("farm-stages",)
 
 _PPOCR_FILES = {"cls": "ch_ppocr_mobile_v2.0_cls_infer.onnx", "rec": "ch_PP-OCRv4_rec_infer.onnx"}
 _PPOCR_SHAPES = {"cls": (1, 3, 48, 192), "rec": (1, 3, 48, 320)}
@@ -69,6 +84,9 @@ class Workload:
     layout: str = "nchw"
     extra_inputs: tuple[tuple[str, np.ndarray], ...] = ()
     description: str = ""
+    #: The post-processing step, ``"module:function"`` taking ``(outputs,
+    #: params)``, as a farm's worker imports it; None: the model alone.
+    postprocess: Optional[str] = None
 
     @property
     def feed(self) -> dict[str, np.ndarray]:
@@ -77,6 +95,13 @@ class Workload:
     @property
     def what(self) -> str:
         return self.description or WORKLOADS[self.name]
+
+    def runs(self, method: str) -> bool:
+        """Whether ``method`` measures this workload: a workload with a step
+        runs :data:`STEP_METHODS`, one without it every method but those."""
+        if self.postprocess is not None:
+            return method in STEP_METHODS
+        return method not in STAGE_ONLY_METHODS
 
     def session_options(self) -> dict[str, Any]:
         """The options the farm's workers open their sessions with."""
@@ -90,6 +115,8 @@ def load_workload(name: str, model_dir: str) -> Workload:
         return _tiny(model_dir)
     if name == "frame":
         return _frame(model_dir)
+    if name == "gil":
+        return _gil(model_dir)
     if name in _PPOCR_FILES:
         return _ppocr(name)
     raise BenchError(f"unknown workload {name!r}; choose from {', '.join(WORKLOADS)}")
@@ -100,8 +127,7 @@ def _onnx() -> Any:
         import onnx
     except ImportError:
         raise WorkloadUnavailable(
-            "the tiny and frame workloads build their models with the onnx package: "
-            'pip install onnx'
+            "the tiny, frame and gil workloads build their models with the onnx package: pip install onnx"
         ) from None
     return onnx
 
@@ -143,6 +169,26 @@ def _frame(model_dir: str) -> Workload:
     path = _save(graph, os.path.join(model_dir, "frame.onnx"))
     array = np.random.default_rng(0).integers(0, 256, size=shape, dtype=np.uint8)
     return Workload("frame", path, "frame", array)
+
+
+def _gil(model_dir: str) -> Workload:
+    """A detection head's last op (a sigmoid over every anchor's six values)
+    and logits drawn so that about a dozen anchors pass the decoder's score
+    threshold: the model takes tens of microseconds, the decoder ~1 ms."""
+    onnx = _onnx()
+    helper, f32 = onnx.helper, onnx.TensorProto.FLOAT
+    shape = [1, boxes.GRID * boxes.GRID * len(boxes.ANCHORS), 6]
+    graph = helper.make_graph(
+        [helper.make_node("Sigmoid", ["logits"], ["head"])],
+        "gil",
+        [helper.make_tensor_value_info("logits", f32, shape)],
+        [helper.make_tensor_value_info("head", f32, shape)],
+    )
+    path = _save(graph, os.path.join(model_dir, "gil.onnx"))
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0.0, 1.5, size=shape).astype(np.float32)
+    logits[..., 4] = rng.normal(-3.0, 2.0, size=shape[1])  # objectness: most anchors see nothing
+    return Workload("gil", path, "logits", logits, postprocess=boxes.STAGE)
 
 
 def ppocr_model_dir() -> str:
