@@ -156,17 +156,23 @@ def _tiny(model_dir: str) -> Workload:
     return Workload("tiny", path, "x", np.arange(16, dtype=np.float32).reshape(1, 16))
 
 
-def _frame(model_dir: str) -> Workload:
+def _one_op_model(path: str, op: str, names: tuple[str, str], dtype: str, shape: list[int]) -> str:
+    """A model of one element-wise ``op``, from input ``names[0]`` to output
+    ``names[1]``, both ``dtype`` (an ``onnx.TensorProto`` name) of ``shape``."""
     onnx = _onnx()
-    helper, u8 = onnx.helper, onnx.TensorProto.UINT8
-    shape = [1080, 1920, 3]
+    helper, element = onnx.helper, getattr(onnx.TensorProto, dtype)
     graph = helper.make_graph(
-        [helper.make_node("Identity", ["frame"], ["out"])],
-        "frame",
-        [helper.make_tensor_value_info("frame", u8, shape)],
-        [helper.make_tensor_value_info("out", u8, shape)],
+        [helper.make_node(op, [names[0]], [names[1]])],
+        os.path.splitext(os.path.basename(path))[0],
+        [helper.make_tensor_value_info(names[0], element, shape)],
+        [helper.make_tensor_value_info(names[1], element, shape)],
     )
-    path = _save(graph, os.path.join(model_dir, "frame.onnx"))
+    return _save(graph, path)
+
+
+def _frame(model_dir: str) -> Workload:
+    shape = [1080, 1920, 3]
+    path = _one_op_model(os.path.join(model_dir, "frame.onnx"), "Identity", ("frame", "out"), "UINT8", shape)
     array = np.random.default_rng(0).integers(0, 256, size=shape, dtype=np.uint8)
     return Workload("frame", path, "frame", array)
 
@@ -175,16 +181,8 @@ def _gil(model_dir: str) -> Workload:
     """A detection head's last op (a sigmoid over every anchor's six values)
     and logits drawn so that about a dozen anchors pass the decoder's score
     threshold: the model takes tens of microseconds, the decoder ~1 ms."""
-    onnx = _onnx()
-    helper, f32 = onnx.helper, onnx.TensorProto.FLOAT
     shape = [1, boxes.GRID * boxes.GRID * len(boxes.ANCHORS), 6]
-    graph = helper.make_graph(
-        [helper.make_node("Sigmoid", ["logits"], ["head"])],
-        "gil",
-        [helper.make_tensor_value_info("logits", f32, shape)],
-        [helper.make_tensor_value_info("head", f32, shape)],
-    )
-    path = _save(graph, os.path.join(model_dir, "gil.onnx"))
+    path = _one_op_model(os.path.join(model_dir, "gil.onnx"), "Sigmoid", ("logits", "head"), "FLOAT", shape)
     rng = np.random.default_rng(0)
     logits = rng.normal(0.0, 1.5, size=shape).astype(np.float32)
     logits[..., 4] = rng.normal(-3.0, 2.0, size=shape[1])  # objectness: most anchors see nothing
