@@ -1,17 +1,21 @@
-"""Full OCR pipeline on two farms: PP-OCRv4 detection, then PP-OCRv4 recognition.
+"""Full OCR pipeline: PP-OCRv4 detection, then PP-OCRv4 recognition, on one farm.
 
 What it shows:
 
-* two ``Farm`` objects side by side, one per model, each with its own
-  ``schedule`` (``"0,1"`` by default: two worker processes per model);
-* real PP-OCR pre- and post-processing in plain numpy + Pillow (no OpenCV):
-  det resize to multiples of 32 and ImageNet normalisation, DB post-processing
-  (threshold, connected components, box score, unclip), crop, rec resize to
-  height 48, and CTC greedy decoding with the character list that the rec model
-  carries in its metadata (``farm.metadata["character"]``);
-* ``farm.map(..., ordered=True)`` to run every text line through the rec farm
-  at once while keeping the results in line order;
-* ``farm.stats()`` to see how the work was spread over the cores.
+* one ``Farm`` serving two models, ``det`` and ``rec``, both on cores ``"0,1"``
+  by default: two worker processes, each holding a det and a rec context;
+* the pre- and post-processing as stages in the workers (``ocr_stages.py``,
+  next to this file): det's input and boxes, rec's crop, resize and CTC
+  decoding; the app only orchestrates and gets plain data back (boxes,
+  then text and a confidence per line);
+* each page written once into the farm's shared memory (``Farm.input_array``):
+  det reads it, and every rec task crops its line from it in place;
+  ``params`` carries what differs per task (the page size, a box);
+* ``--two-farms``: the way this example worked before, two farms (one per
+  model, four worker processes) and all the processing in the app, with
+  ``farm.map(..., ordered=True)``; ``--compare`` runs both ways on the same
+  pages and prints pages/s, whether the text is the same, the number of
+  worker processes and their total memory (RSS) for each.
 
 Run it (from a checkout, or with rknn-farm installed)::
 
@@ -20,6 +24,7 @@ Run it (from a checkout, or with rknn-farm installed)::
     python examples/ocr_pipeline.py page.png             # your own image(s)
     python examples/ocr_pipeline.py --text "Hello World" --text "Invoice 12345"
     python examples/ocr_pipeline.py --det-schedule 0 --rec-schedule 0,1,1 --threads-per-core 2
+    python examples/ocr_pipeline.py --compare --repeat 20   # one farm against two, 20 pages each
 
 Each recognised line is printed as::
 
@@ -32,15 +37,17 @@ so this pipeline suits upright text such as scans, screenshots and labels.
 from __future__ import annotations
 
 import argparse
+import collections
 import importlib.util
-import math
 import sys
 import time
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future
 from pathlib import Path
-from typing import NamedTuple, Optional
+from typing import Any, NamedTuple, Optional
 
 import numpy as np
+import psutil
 from PIL import Image, ImageDraw, ImageFont
 
 try:
@@ -49,21 +56,34 @@ except ImportError:  # running from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from farm import Farm
 
+# ocr_stages.py, next to this file: the workers import it by name, through the
+# sys.path the farm gives them (this one's)
+EXAMPLES = str(Path(__file__).resolve().parent)
+if EXAMPLES not in sys.path:
+    sys.path.insert(0, EXAMPLES)
+from ocr_stages import (  # noqa: E402
+    TextBox,
+    crop,
+    ctc_characters,
+    ctc_greedy_decode,
+    db_postprocess,
+    det_preprocess,
+    page_tensor,
+    rec_preprocess,
+)
+
 DEFAULT_TEXT = ["Hello World 2024", "Invoice No 12345", "quick brown fox"]
 
-# ── PP-OCR settings (PaddleOCR's defaults for PP-OCRv4) ───────────────────────
-DET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
-DET_STD = np.array([0.229, 0.224, 0.225], np.float32)
-DET_LIMIT_SIDE = 960  # longest side of the det input (limit_type="max")
-DB_THRESH = 0.3  # a pixel is text when its probability is above this
-DB_BOX_THRESH = 0.6  # a box is kept when the mean probability inside it is above this
-DB_UNCLIP_RATIO = 1.5  # how far a box grows: area * ratio / perimeter
-DB_MIN_SIZE = 3  # boxes with a side shorter than this (det pixels) are dropped
-DB_MAX_CANDIDATES = 1000
-REC_HEIGHT = 48
-REC_MIN_WIDTH = 32
+#: The stages of each model in the one-farm way, as the workers import them.
+STAGES = {
+    "det": {"preprocess": "ocr_stages:det_input", "postprocess": "ocr_stages:det_boxes"},
+    "rec": {"preprocess": "ocr_stages:rec_input", "postprocess": "ocr_stages:rec_text"},
+}
+#: Pages whose det task is in flight while an earlier page is recognised.
+PAGES_AHEAD = 2
 
 
+# ── the models and a synthetic page ────────────────────────────────────────────
 def find_ppocr_model(file_name: str) -> Optional[str]:
     """A model shipped by the ``rapidocr-onnxruntime`` package, found without importing it."""
     spec = importlib.util.find_spec("rapidocr_onnxruntime")
@@ -113,203 +133,14 @@ def render_page(lines: Sequence[str], font_size: int = 36, margin: int = 40) -> 
     return page
 
 
-# ── detection: pre-processing ────────────────────────────────────────────────
-def det_preprocess(image: Image.Image, limit_side: int = DET_LIMIT_SIDE) -> np.ndarray:
-    """PP-OCR's DetResizeForTest (limit_type "max") and NormalizeImage: sides
-    rounded to multiples of 32, longest side at most ``limit_side``, ImageNet
-    mean/std, HWC -> NCHW float32. Channels are BGR, as PaddleOCR reads images
-    with OpenCV."""
-    w, h = image.size
-    ratio = min(1.0, limit_side / max(h, w))
-    resize_h = max(int(round(int(h * ratio) / 32) * 32), 32)
-    resize_w = max(int(round(int(w * ratio) / 32) * 32), 32)
-    resized = image.convert("RGB").resize((resize_w, resize_h), Image.BILINEAR)
-    x = np.asarray(resized, np.float32)[:, :, ::-1] / 255.0  # RGB -> BGR
-    x = (x - DET_MEAN) / DET_STD
-    return np.ascontiguousarray(x.transpose(2, 0, 1)[np.newaxis], dtype=np.float32)
-
-
-# ── detection: DB post-processing ────────────────────────────────────────────
-def label_components(mask: np.ndarray) -> list[tuple[int, int, int, int]]:
-    """8-connected components of a boolean mask, as bounding boxes
-    ``(x0, y0, x1, y1)`` with inclusive ends.
-
-    Scanline labelling: find the runs of True in every row (vectorised), then
-    join a run to each run of the row above it touches, with a union-find.
-    """
-    padded = np.zeros((mask.shape[0], mask.shape[1] + 2), np.int8)
-    padded[:, 1:-1] = mask
-    edges = np.diff(padded, axis=1)
-    run_row, run_start = np.nonzero(edges == 1)  # row-major order, so the two lists pair up
-    _, run_end = np.nonzero(edges == -1)  # exclusive end
-    n = len(run_row)
-    if n == 0:
-        return []
-    parent = list(range(n))
-
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    starts = run_start.tolist()
-    ends = run_end.tolist()
-    first_of_row = np.searchsorted(run_row, np.arange(mask.shape[0] + 1)).tolist()
-    for r in range(1, mask.shape[0]):
-        above, above_end = first_of_row[r - 1], first_of_row[r]
-        for i in range(first_of_row[r], first_of_row[r + 1]):
-            # skip runs above that end before this one starts (diagonals touch: <=)
-            while above < above_end and ends[above] < starts[i]:
-                above += 1
-            j = above
-            while j < above_end and starts[j] <= ends[i]:
-                a, b = find(i), find(j)
-                if a != b:
-                    parent[max(a, b)] = min(a, b)
-                j += 1
-    roots = np.array([find(i) for i in range(n)])
-    labels, inverse = np.unique(roots, return_inverse=True)
-    x0 = np.full(len(labels), mask.shape[1])
-    y0 = np.full(len(labels), mask.shape[0])
-    x1 = np.full(len(labels), -1)
-    y1 = np.full(len(labels), -1)
-    np.minimum.at(x0, inverse, run_start)
-    np.minimum.at(y0, inverse, run_row)
-    np.maximum.at(x1, inverse, run_end - 1)
-    np.maximum.at(y1, inverse, run_row)
-    return list(zip(x0.tolist(), y0.tolist(), x1.tolist(), y1.tolist()))
-
-
-class TextBox(NamedTuple):
-    x0: int
-    y0: int
-    x1: int  # exclusive
-    y1: int  # exclusive
-    score: float  # mean text probability inside the box
-
-
-def db_postprocess(
-    prob: np.ndarray,
-    image_size: tuple[int, int],
-    thresh: float = DB_THRESH,
-    box_thresh: float = DB_BOX_THRESH,
-    unclip_ratio: float = DB_UNCLIP_RATIO,
-) -> list[TextBox]:
-    """DBNet's post-processing, with axis-aligned boxes: threshold the
-    probability map, one box per connected component, score it (mean
-    probability inside), grow it as ``unclip`` does (by area * ratio /
-    perimeter), and scale it to the original image. Boxes come sorted in
-    reading order (top to bottom, then left to right)."""
-    height, width = prob.shape
-    src_w, src_h = image_size
-    boxes = []
-    for x0, y0, x1, y1 in label_components(prob > thresh)[:DB_MAX_CANDIDATES]:
-        w, h = x1 - x0 + 1, y1 - y0 + 1
-        if min(w, h) < DB_MIN_SIZE:
-            continue
-        score = float(prob[y0 : y1 + 1, x0 : x1 + 1].mean())
-        if score < box_thresh:
-            continue
-        distance = w * h * unclip_ratio / (2 * (w + h))
-        gx0, gy0 = max(0.0, x0 - distance), max(0.0, y0 - distance)
-        gx1, gy1 = min(float(width), x1 + 1 + distance), min(float(height), y1 + 1 + distance)
-        if min(gx1 - gx0, gy1 - gy0) < DB_MIN_SIZE + 2:
-            continue
-        boxes.append(
-            TextBox(
-                int(round(gx0 * src_w / width)),
-                int(round(gy0 * src_h / height)),
-                int(round(gx1 * src_w / width)),
-                int(round(gy1 * src_h / height)),
-                score,
-            )
-        )
-    return sort_reading_order(boxes)
-
-
-def sort_reading_order(boxes: list[TextBox], same_line_px: int = 10) -> list[TextBox]:
-    """Top to bottom; boxes whose tops are within ``same_line_px`` left to right
-    (PaddleOCR's sorted_boxes)."""
-    ordered = sorted(boxes, key=lambda b: (b.y0, b.x0))
-    for i in range(1, len(ordered)):
-        j = i
-        while (
-            j > 0
-            and abs(ordered[j].y0 - ordered[j - 1].y0) < same_line_px
-            and ordered[j].x0 < ordered[j - 1].x0
-        ):
-            ordered[j - 1], ordered[j] = ordered[j], ordered[j - 1]
-            j -= 1
-    return ordered
-
-
-# ── recognition ──────────────────────────────────────────────────────────────
-def crop(image: Image.Image, box: TextBox) -> Image.Image:
-    """The box's pixels; a tall crop (vertical text) is turned to lie flat, as
-    PaddleOCR's get_rotate_crop_image does."""
-    piece = image.crop((box.x0, box.y0, box.x1, box.y1))
-    if piece.height >= 1.5 * piece.width:
-        piece = piece.transpose(Image.ROTATE_90)
-    return piece
-
-
-def rec_preprocess(piece: Image.Image, max_width: Optional[int] = None) -> np.ndarray:
-    """PP-OCR's resize_norm_img: height 48 keeping the aspect ratio,
-    (x / 255 - 0.5) / 0.5, right-padded with zeros to a multiple of 32, NCHW
-    float32, BGR.
-
-    The rec model takes any width, and PaddleOCR widens its input to the
-    widest line of a batch (``rec_image_shape`` [3, 48, 320] is a minimum, not
-    a cap). A ``max_width`` squeezes wider lines to it, which costs accuracy
-    on long lines: at 320, a 40-character line is mostly lost.
-    """
-    ratio = piece.width / max(piece.height, 1)
-    resized_w = max(1, math.ceil(REC_HEIGHT * ratio))
-    if max_width:
-        resized_w = min(max_width, resized_w)
-    padded_w = max(REC_MIN_WIDTH, -(-resized_w // 32) * 32)
-    if max_width:
-        padded_w = min(max_width, padded_w)
-    resized = piece.convert("RGB").resize((resized_w, REC_HEIGHT), Image.BILINEAR)
-    x = np.asarray(resized, np.float32)[:, :, ::-1] / 255.0
-    x = (x - 0.5) / 0.5
-    out = np.zeros((1, 3, REC_HEIGHT, padded_w), np.float32)
-    out[0, :, :, :resized_w] = x.transpose(2, 0, 1)
-    return out
-
-
-def ctc_characters(metadata: dict[str, str]) -> list[str]:
-    """The decoder's alphabet: index 0 is the CTC blank, then the model's
-    character list (newline-separated in its metadata), then " " (PaddleOCR's
-    use_space_char)."""
-    if "character" not in metadata:
-        raise SystemExit("the rec model has no 'character' metadata: is it a PaddleOCR rec model?")
-    return ["<blank>", *metadata["character"].split("\n"), " "]
-
-
-def ctc_greedy_decode(probs: np.ndarray, characters: Sequence[str]) -> tuple[str, float]:
-    """Best path: argmax per time step, merge repeats, drop blanks. The
-    confidence is the mean probability of the characters kept."""
-    if probs.shape[-1] != len(characters):
-        raise SystemExit(f"the rec model has {probs.shape[-1]} classes but the alphabet {len(characters)}")
-    best = probs.argmax(axis=-1)
-    best_prob = probs.max(axis=-1)
-    keep = best != 0
-    keep[1:] &= best[1:] != best[:-1]
-    text = "".join(characters[i] for i in best[keep])
-    confidence = float(best_prob[keep].mean()) if keep.any() else 0.0
-    return text, confidence
-
-
-# ── the pipeline ─────────────────────────────────────────────────────────────
+# ── the pipeline, today's way: two farms, the processing in the app ──────────
 class Line(NamedTuple):
     box: TextBox
     text: str
     confidence: float
 
 
-def ocr_pages(
+def ocr_pages_two_farms(
     pages: Sequence[Image.Image], det_farm: Farm, rec_farm: Farm, rec_max_width: Optional[int] = None
 ) -> Iterator[list[Line]]:
     """Lines of every page, page by page. Detection runs through ``det_farm``
@@ -328,6 +159,143 @@ def ocr_pages(
         yield lines
 
 
+# ── the pipeline on one farm: the processing in its workers ──────────────────
+def one_farm(args: argparse.Namespace) -> Farm:
+    """det and rec in one farm, each with its stages (``ocr_stages.py``)."""
+    models = {
+        "det": {"model": args.det_model, "schedule": args.det_schedule, **STAGES["det"]},
+        "rec": {"model": args.rec_model, "schedule": args.rec_schedule, **STAGES["rec"]},
+    }
+    return Farm(models=models, backend=args.backend, threads_per_core=args.threads_per_core)
+
+
+def ocr_pages_one_farm(
+    pages: Sequence[Image.Image], farm: Farm, rec_model: str, rec_max_width: Optional[int] = None
+) -> Iterator[list[Line]]:
+    """Lines of every page, page by page. Each page is written once into the
+    farm's shared memory; its det task returns the boxes, then one rec task
+    per box crops its line from the same page and returns the text. The det
+    tasks of the next ``PAGES_AHEAD`` pages run while a page is recognised."""
+    ahead: collections.deque[tuple[np.ndarray, Future[Any]]] = collections.deque()
+    upcoming = iter(pages)
+    for _ in pages:
+        for page in upcoming:
+            ahead.append(_detect(farm, page))
+            if len(ahead) > PAGES_AHEAD:
+                break
+        shared, detected = ahead.popleft()
+        boxes = [TextBox(*box) for box in detected.result()]
+        params = {"alphabet": rec_model, "max_width": rec_max_width}
+        read = [farm.submit({"x": shared}, model="rec", params={**params, "box": box[:4]}) for box in boxes]
+        yield [Line(box, **future.result()) for box, future in zip(boxes, read)]
+
+
+def _detect(farm: Farm, page: Image.Image) -> tuple[np.ndarray, Future[Any]]:
+    """The page written into the farm's shared memory, and its det task."""
+    tensor = page_tensor(page)
+    shared = farm.input_array("x", shape=tensor.shape, model="det")
+    shared[...] = tensor
+    return shared, farm.submit({"x": shared}, model="det", params={"page_size": list(page.size)})
+
+
+# ── running it, one way or both ──────────────────────────────────────────────
+class Run(NamedTuple):
+    way: str
+    lines: list[list[Line]]
+    startup_s: float
+    seconds: float
+    workers: int
+    rss_mib: float
+    per_core: list[str]
+
+
+def workers_memory(farms: Sequence[Farm]) -> tuple[int, float]:
+    """How many worker processes the farms have, and their resident memory in all (MiB)."""
+    pids = {w["pid"] for farm in farms for w in farm.stats()["workers"] if w["pid"] is not None}
+    rss = 0
+    for pid in pids:
+        try:
+            rss += psutil.Process(pid).memory_info().rss
+        except psutil.Error:
+            pass
+    return len(pids), rss / 2**20
+
+
+def per_core_lines(role: str, farm: Farm) -> list[str]:
+    lines = []
+    for worker in farm.stats()["workers"]:
+        latency = ""
+        if worker["tasks"]:  # latencies are None on a core that ran nothing
+            latency = f", p50 {worker['latency_p50_ms']:.1f} ms, p99 {worker['latency_p99_ms']:.1f} ms"
+        lines.append(f"  {role} core {worker['core']}: {worker['tasks']} tasks{latency}")
+    return lines
+
+
+def run_two_farms(args: argparse.Namespace, pages: Sequence[Image.Image]) -> Run:
+    common = dict(backend=args.backend, threads_per_core=args.threads_per_core)
+    started = time.perf_counter()
+    with (
+        Farm(args.det_model, schedule=args.det_schedule, **common) as det_farm,
+        Farm(args.rec_model, schedule=args.rec_schedule, **common) as rec_farm,
+    ):
+        ready = time.perf_counter()
+        lines = list(ocr_pages_two_farms(pages, det_farm, rec_farm, args.rec_max_width))
+        seconds = time.perf_counter() - ready
+        workers, rss = workers_memory([det_farm, rec_farm])
+        per_core = per_core_lines("det", det_farm) + per_core_lines("rec", rec_farm)
+    return Run("two farms", lines, ready - started, seconds, workers, rss, per_core)
+
+
+def run_one_farm(args: argparse.Namespace, pages: Sequence[Image.Image]) -> Run:
+    started = time.perf_counter()
+    with one_farm(args) as farm:
+        ready = time.perf_counter()
+        lines = list(ocr_pages_one_farm(pages, farm, args.rec_model, args.rec_max_width))
+        seconds = time.perf_counter() - ready
+        workers, rss = workers_memory([farm])
+        per_core = per_core_lines("det+rec", farm)
+    return Run("one farm", lines, ready - started, seconds, workers, rss, per_core)
+
+
+def print_lines(names: Sequence[str], pages: Sequence[Image.Image], run: Run, min_confidence: float) -> None:
+    for name, page, lines in zip(names, pages, run.lines):
+        print(f"{name}: {page.width}x{page.height}, {len(lines)} text boxes")
+        hidden = 0
+        for i, line in enumerate(lines):
+            if line.confidence < min_confidence:
+                hidden += 1
+                continue
+            b = line.box
+            print(
+                f"  #{i} box=[{b.x0}, {b.y0}, {b.x1}, {b.y1}] det={b.score:.2f} "
+                f"conf={line.confidence:.3f} text={line.text}"
+            )
+        if hidden:
+            print(f"  ({hidden} line(s) below --min-confidence {min_confidence} not shown)")
+
+
+def summary(run: Run) -> str:
+    n_pages, n_lines = len(run.lines), sum(len(lines) for lines in run.lines)
+    return (
+        f"{run.way}: {n_pages} page(s), {n_lines} line(s) in {run.seconds * 1000:.0f} ms, "
+        f"{n_pages / run.seconds:.2f} pages/s; {run.workers} worker processes, "
+        f"{run.rss_mib:.0f} MiB RSS in all; ready in {run.startup_s:.2f} s"
+    )
+
+
+def same_text(a: Run, b: Run) -> list[str]:
+    """Where two runs read the pages differently (nothing: the same boxes and text)."""
+
+    def read(lines: list[Line]) -> list[tuple[tuple[int, ...], str]]:
+        return [(tuple(line.box[:4]), line.text) for line in lines]
+
+    return [
+        f"page {i}: {read(mine)} != {read(theirs)}"
+        for i, (mine, theirs) in enumerate(zip(a.lines, b.lines))
+        if read(mine) != read(theirs)
+    ]
+
+
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("images", nargs="*", help="image files (default: a synthetic page)")
@@ -338,12 +306,20 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     )
     parser.add_argument("--font-size", type=int, default=36, help="synthetic page font size (default 36)")
     parser.add_argument("--save-page", help="also save the synthetic page to this file")
+    parser.add_argument("--repeat", type=int, default=1, help="read the page(s) this many times (default 1)")
     parser.add_argument("--det-model", default=find_ppocr_model("ch_PP-OCRv4_det_infer.onnx"))
     parser.add_argument("--rec-model", default=find_ppocr_model("ch_PP-OCRv4_rec_infer.onnx"))
-    parser.add_argument("--det-schedule", default="0,1", help='cores of the det farm (default "0,1")')
-    parser.add_argument("--rec-schedule", default="0,1", help='cores of the rec farm (default "0,1")')
+    parser.add_argument("--det-schedule", default="0,1", help='cores of det (default "0,1")')
+    parser.add_argument("--rec-schedule", default="0,1", help='cores of rec (default "0,1")')
     parser.add_argument("--threads-per-core", type=int, default=1, help="contexts per worker (default 1)")
     parser.add_argument("--backend", default="auto", help="farm backend (default auto)")
+    way = parser.add_mutually_exclusive_group()
+    way.add_argument(
+        "--two-farms",
+        action="store_true",
+        help="the way before stages: a farm per model, the processing in the app",
+    )
+    way.add_argument("--compare", action="store_true", help="run both ways on the same pages and compare")
     parser.add_argument(
         "--rec-max-width",
         type=int,
@@ -356,6 +332,8 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
             "no PP-OCRv4 models: pip install --no-deps rapidocr-onnxruntime==1.4.4, "
             "or give --det-model and --rec-model"
         )
+    if args.repeat < 1:
+        parser.error(f"--repeat must be at least 1, got {args.repeat}")
     return args
 
 
@@ -371,44 +349,28 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print("rendered: " + " | ".join(lines))
         if args.save_page:
             pages[0].save(args.save_page)
+    names, pages = names * args.repeat, pages * args.repeat
 
-    common = dict(backend=args.backend, threads_per_core=args.threads_per_core)
-    started = time.perf_counter()
-    with (
-        Farm(args.det_model, schedule=args.det_schedule, **common) as det_farm,
-        Farm(args.rec_model, schedule=args.rec_schedule, **common) as rec_farm,
-    ):
-        ready = time.perf_counter()
-        print(
-            f"farms ready in {ready - started:.2f} s ({det_farm.backend}): "
-            f"det on cores {args.det_schedule}, rec on cores {args.rec_schedule}"
-        )
-        n_lines = 0
-        for name, page, lines in zip(names, pages, ocr_pages(pages, det_farm, rec_farm, args.rec_max_width)):
-            print(f"{name}: {page.width}x{page.height}, {len(lines)} text boxes")
-            hidden = 0
-            for i, line in enumerate(lines):
-                if line.confidence < args.min_confidence:
-                    hidden += 1
-                    continue
-                b = line.box
-                print(
-                    f"  #{i} box=[{b.x0}, {b.y0}, {b.x1}, {b.y1}] det={b.score:.2f} "
-                    f"conf={line.confidence:.3f} text={line.text}"
-                )
-            if hidden:
-                print(f"  ({hidden} line(s) below --min-confidence {args.min_confidence} not shown)")
-            n_lines += len(lines)
-        elapsed = time.perf_counter() - ready
-        print(f"{len(pages)} page(s), {n_lines} line(s) in {elapsed * 1000:.0f} ms")
-        for role, farm in (("det", det_farm), ("rec", rec_farm)):
-            for worker in farm.stats()["workers"]:
-                latency = ""
-                if worker["tasks"]:  # latencies are None on a core that ran nothing
-                    latency = (
-                        f", p50 {worker['latency_p50_ms']:.1f} ms, p99 {worker['latency_p99_ms']:.1f} ms"
-                    )
-                print(f"  {role} core {worker['core']}: {worker['tasks']} tasks{latency}")
+    ways = (
+        [run_one_farm, run_two_farms] if args.compare else [run_two_farms if args.two_farms else run_one_farm]
+    )
+    runs = []
+    for way in ways:
+        run = way(args, pages)
+        runs.append(run)
+        print(f"{run.way}: det on cores {args.det_schedule}, rec on cores {args.rec_schedule}")
+        print_lines(names, pages, run, args.min_confidence)
+        print(summary(run))
+        print("\n".join(run.per_core))
+    if args.compare:
+        print("compared on the same pages:")
+        for run in runs:
+            print(f"  {summary(run)}")
+        differences = same_text(*runs)
+        print("  same text on the same pages" if not differences else "  the text differs:")
+        for difference in differences:
+            print(f"    {difference}")
+        return 1 if differences else 0
     return 0
 
 

@@ -20,7 +20,7 @@ a finished frame only once it has pulled enough new frames to have
 
 The frames are synthetic 640x640 pictures (a moving caption with the frame
 number, a moving box and a bouncing disc) run through PP-OCRv4 text detection,
-with the pre- and post-processing of ``ocr_pipeline.py`` next to this file.
+with the pre- and post-processing of ``ocr_stages.py`` next to this file.
 With a real camera, replace ``synthetic_frames`` by a generator that reads it.
 
 Run it (from a checkout, or with rknn-farm installed)::
@@ -49,8 +49,9 @@ from typing import Optional
 import numpy as np
 from PIL import Image, ImageDraw
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # ocr_pipeline.py, next to this file
-from ocr_pipeline import db_postprocess, det_preprocess, find_ppocr_model, load_font  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # ocr_pipeline.py, ocr_stages.py
+from ocr_pipeline import find_ppocr_model, load_font  # noqa: E402
+from ocr_stages import db_postprocess, det_preprocess  # noqa: E402
 
 try:
     from farm import Farm

@@ -49,10 +49,10 @@ def check_page_read(out: str) -> None:
     assert len(found) >= 0.8 * len(words), f"words found: {found} of {words}; read {texts}"
 
 
-def test_ocr_pipeline_reads_the_synthetic_page(ppocr_models, tmp_path):
+def test_ocr_pipeline_on_two_farms_reads_the_synthetic_page(ppocr_models, tmp_path):
     page = tmp_path / "page.png"
     text_args = [a for line in PAGE for a in ("--text", line)]
-    models = ["--det-model", ppocr_models["det"], "--rec-model", ppocr_models["rec"]]
+    models = ["--two-farms", "--det-model", ppocr_models["det"], "--rec-model", ppocr_models["rec"]]
     out = run_example("ocr_pipeline.py", *text_args, *models, "--save-page", str(page))
     assert "rendered: " + " | ".join(PAGE) in out
     check_page_read(out)
