@@ -400,5 +400,5 @@ def test_box_decoder_thresholds_scores_and_suppresses_overlaps() -> None:
         round(b[4], 2)
         for b in decode_boxes(_head({index: strong, index + 1: overlapping, far: weak}), params)
     ] == [0.9, 0.8, 0.45]
-    with pytest.raises(ValueError, match="expects 1200 anchors"):
+    with pytest.raises(ValueError, match=f"expects {GRID * GRID * len(ANCHORS)} anchors"):
         decode_boxes([np.zeros((1, 10, 6), np.float32)])

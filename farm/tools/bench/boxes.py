@@ -23,7 +23,7 @@ import numpy as np
 __all__ = ["ANCHORS", "GRID", "STAGE", "decode_boxes"]
 
 #: The head's grid (cells per side) and its anchor sizes, in cells, per cell.
-GRID = 20
+GRID = 24
 ANCHORS = ((1.0, 1.5), (2.0, 2.0), (3.5, 2.5))
 #: What a farm's worker imports to run the step (``postprocess=``).
 STAGE = "farm.tools.bench.boxes:decode_boxes"

@@ -47,7 +47,7 @@ WORKLOADS = {
     "cls": "PP-OCR mobile v2 cls, float32 [1,3,48,192]: light compute",
     "rec": "PP-OCRv4 rec, float32 [1,3,48,320]: heavy compute",
     "frame": "Identity on a uint8 [1080,1920,3] frame (6.2 MB each way): transport",
-    "gil": "sigmoid head float32 [1,1200,6] + a pure-Python box decoder (~1 ms, holds the GIL): "
+    "gil": "sigmoid head float32 [1,1728,6] + a pure-Python box decoder (~1 ms, holds the GIL): "
     "where the post-processing runs",
 }
 
@@ -179,7 +179,7 @@ def _frame(model_dir: str) -> Workload:
 
 def _gil(model_dir: str) -> Workload:
     """A detection head's last op (a sigmoid over every anchor's six values)
-    and logits drawn so that about a dozen anchors pass the decoder's score
+    and logits drawn so that about 25 anchors pass the decoder's score
     threshold: the model takes tens of microseconds, the decoder ~1 ms."""
     shape = [1, boxes.GRID * boxes.GRID * len(boxes.ANCHORS), 6]
     path = _one_op_model(os.path.join(model_dir, "gil.onnx"), "Sigmoid", ("logits", "head"), "FLOAT", shape)
