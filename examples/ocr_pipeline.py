@@ -38,7 +38,9 @@ from __future__ import annotations
 
 import argparse
 import collections
+import concurrent.futures
 import importlib.util
+import itertools
 import sys
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -79,8 +81,8 @@ STAGES = {
     "det": {"preprocess": "ocr_stages:det_input", "postprocess": "ocr_stages:det_boxes"},
     "rec": {"preprocess": "ocr_stages:rec_input", "postprocess": "ocr_stages:rec_text"},
 }
-#: Pages whose det task is in flight while an earlier page is recognised.
-PAGES_AHEAD = 2
+#: Pages in the farm at once (det or rec tasks in flight for each).
+PAGES_IN_FLIGHT = 3
 
 
 # ── the models and a synthetic page ────────────────────────────────────────────
@@ -169,33 +171,61 @@ def one_farm(args: argparse.Namespace) -> Farm:
     return Farm(models=models, backend=args.backend, threads_per_core=args.threads_per_core)
 
 
+class PageTasks:
+    """One page on its way through the farm: the page written once into the
+    farm's shared memory, its det task, then a rec task per box it found."""
+
+    def __init__(self, farm: Farm, page: Image.Image, rec_params: dict[str, Any]) -> None:
+        self.farm, self.rec_params = farm, rec_params
+        tensor = page_tensor(page)
+        self.shared = farm.input_array("x", shape=tensor.shape, model="det")
+        self.shared[...] = tensor
+        self.det = farm.submit({"x": self.shared}, model="det", params={"page_size": list(page.size)})
+        self.boxes: Optional[list[TextBox]] = None
+        self.recs: list[Future[Any]] = []
+
+    def pending(self) -> list[Future[Any]]:
+        """What this page waits for now: its det task, or its rec tasks."""
+        return [self.det] if self.boxes is None else [f for f in self.recs if not f.done()]
+
+    def advance(self) -> None:
+        """Once det has answered, send a rec task per box (each crops its line
+        from the page in shared memory: only the box travels)."""
+        if self.boxes is None and self.det.done():
+            self.boxes = [TextBox(*box) for box in self.det.result()]
+            self.recs = [
+                self.farm.submit({"x": self.shared}, model="rec", params={**self.rec_params, "box": box[:4]})
+                for box in self.boxes
+            ]
+
+    def lines(self) -> list[Line]:
+        assert self.boxes is not None
+        return [Line(box, **future.result()) for box, future in zip(self.boxes, self.recs)]
+
+
 def ocr_pages_one_farm(
     pages: Sequence[Image.Image], farm: Farm, rec_model: str, rec_max_width: Optional[int] = None
 ) -> Iterator[list[Line]]:
-    """Lines of every page, page by page. Each page is written once into the
-    farm's shared memory; its det task returns the boxes, then one rec task
-    per box crops its line from the same page and returns the text. The det
-    tasks of the next ``PAGES_AHEAD`` pages run while a page is recognised."""
-    ahead: collections.deque[tuple[np.ndarray, Future[Any]]] = collections.deque()
+    """Lines of every page, page by page. Up to ``PAGES_IN_FLIGHT`` pages are
+    in the farm at once, and a page's rec tasks are sent as soon as its det
+    task answers, not when the pages before it are done: both workers always
+    have work, whichever core a task was given to."""
+    rec_params = {"alphabet": rec_model, "max_width": rec_max_width}
     upcoming = iter(pages)
-    for _ in pages:
-        for page in upcoming:
-            ahead.append(_detect(farm, page))
-            if len(ahead) > PAGES_AHEAD:
-                break
-        shared, detected = ahead.popleft()
-        boxes = [TextBox(*box) for box in detected.result()]
-        params = {"alphabet": rec_model, "max_width": rec_max_width}
-        read = [farm.submit({"x": shared}, model="rec", params={**params, "box": box[:4]}) for box in boxes]
-        yield [Line(box, **future.result()) for box, future in zip(boxes, read)]
-
-
-def _detect(farm: Farm, page: Image.Image) -> tuple[np.ndarray, Future[Any]]:
-    """The page written into the farm's shared memory, and its det task."""
-    tensor = page_tensor(page)
-    shared = farm.input_array("x", shape=tensor.shape, model="det")
-    shared[...] = tensor
-    return shared, farm.submit({"x": shared}, model="det", params={"page_size": list(page.size)})
+    window: collections.deque[PageTasks] = collections.deque()
+    while True:
+        for page in itertools.islice(upcoming, PAGES_IN_FLIGHT - len(window)):
+            window.append(PageTasks(farm, page, rec_params))
+        if not window:
+            return
+        while window[0].pending():
+            concurrent.futures.wait(
+                [f for tasks in window for f in tasks.pending()],
+                return_when=concurrent.futures.FIRST_COMPLETED,
+            )
+            for tasks in window:
+                tasks.advance()
+        yield window.popleft().lines()
 
 
 # ── running it, one way or both ──────────────────────────────────────────────
@@ -221,13 +251,31 @@ def workers_memory(farms: Sequence[Farm]) -> tuple[int, float]:
     return len(pids), rss / 2**20
 
 
+def _latency(entry: Any) -> str:
+    if not entry["tasks"]:  # latencies are None where nothing ran
+        return ""
+    return f", p50 {entry['latency_p50_ms']:.1f} ms, p99 {entry['latency_p99_ms']:.1f} ms"
+
+
 def per_core_lines(role: str, farm: Farm) -> list[str]:
-    lines = []
-    for worker in farm.stats()["workers"]:
-        latency = ""
-        if worker["tasks"]:  # latencies are None on a core that ran nothing
-            latency = f", p50 {worker['latency_p50_ms']:.1f} ms, p99 {worker['latency_p99_ms']:.1f} ms"
-        lines.append(f"  {role} core {worker['core']}: {worker['tasks']} tasks{latency}")
+    """How a farm's tasks were spread over its cores (``role`` names its model)."""
+    return [
+        f"  {role} core {worker['core']}: {worker['tasks']} tasks{_latency(worker)}"
+        for worker in farm.stats()["workers"]
+    ]
+
+
+def per_model_lines(farm: Farm) -> list[str]:
+    """What each model of a farm did, then how its workers' tasks were spread over the cores."""
+    stats = farm.stats()
+    lines = [
+        f"  {name}: {model['tasks']} tasks on cores {model['cores']}{_latency(model)}"
+        for name, model in stats["models"].items()
+    ]
+    lines += [
+        f"  worker on core {worker['core']} (pid {worker['pid']}): {worker['tasks']} tasks"
+        for worker in stats["workers"]
+    ]
     return lines
 
 
@@ -253,7 +301,7 @@ def run_one_farm(args: argparse.Namespace, pages: Sequence[Image.Image]) -> Run:
         lines = list(ocr_pages_one_farm(pages, farm, args.rec_model, args.rec_max_width))
         seconds = time.perf_counter() - ready
         workers, rss = workers_memory([farm])
-        per_core = per_core_lines("det+rec", farm)
+        per_core = per_model_lines(farm)
     return Run("one farm", lines, ready - started, seconds, workers, rss, per_core)
 
 

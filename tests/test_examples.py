@@ -66,6 +66,45 @@ def test_ocr_pipeline_on_two_farms_reads_the_synthetic_page(ppocr_models, tmp_pa
     assert not re.search(r"^  det core 1:", out, re.M)
 
 
+def _summary(out: str, way: str) -> tuple[float, int, float]:
+    """(pages/s, worker processes, their RSS in MiB) from the way's last summary line."""
+    found = re.findall(
+        rf"^\s*{way}: \d+ page\(s\), \d+ line\(s\) in \d+ ms, ([\d.]+) pages/s; (\d+) worker processes, "
+        rf"(\d+) MiB RSS in all",
+        out,
+        re.M,
+    )
+    assert found, f"no summary of the {way} way:\n{out}"
+    pages_per_s, workers, rss = found[-1]
+    return float(pages_per_s), int(workers), float(rss)
+
+
+def test_ocr_pipeline_on_one_farm_reads_the_synthetic_page_in_its_workers(ppocr_models):
+    """det and rec in one farm (two worker processes), the processing in their stages."""
+    text_args = [a for line in PAGE for a in ("--text", line)]
+    models = ["--det-model", ppocr_models["det"], "--rec-model", ppocr_models["rec"]]
+    out = run_example("ocr_pipeline.py", *text_args, *models)
+    check_page_read(out)
+    pages_per_s, workers, rss = _summary(out, "one farm")
+    assert pages_per_s > 0 and workers == 2 and rss > 0
+    det = re.search(r"^  det: 1 tasks on cores \[0, 1\]", out, re.M)
+    rec = re.search(r"^  rec: (\d+) tasks on cores \[0, 1\]", out, re.M)
+    assert det and rec and int(rec.group(1)) == len(PAGE), out
+    # one worker per core, each serving both models: the four tasks (round robin) reach both
+    assert len(re.findall(r"^  worker on core [01] \(pid \d+\): [1-9]\d* tasks$", out, re.M)) == 2, out
+
+
+def test_ocr_pipeline_compares_one_farm_with_two_on_the_same_pages(ppocr_models):
+    models = ["--det-model", ppocr_models["det"], "--rec-model", ppocr_models["rec"]]
+    out = run_example("ocr_pipeline.py", "--compare", "--repeat", "3", *models)
+    compared = out[out.index("compared on the same pages:") :]
+    one, two = _summary(compared, "one farm"), _summary(compared, "two farms")
+    assert one[1] == 2 and two[1] == 4, compared  # half the worker processes
+    assert one[0] > 0 and two[0] > 0 and one[2] > 0 and two[2] > 0
+    assert "  same text on the same pages" in compared
+    assert len(re.findall(r"^<synthetic page>: ", out, re.M)) == 6  # three pages, each way
+
+
 def test_video_loop_prints_frames_in_order(ppocr_models):
     n = 8
     out = run_example(
