@@ -21,8 +21,10 @@ rec           ``rec_text``        CTC decoding -> ``{"text", "confidence"}`` (``
 ============  ==================  =====================================================
 
 A page travels as :func:`page_tensor` makes it: float32 ``[1, 3, H, W]``,
-RGB values 0..255, the shape and type of both models' input ``x`` (so the
-farm hands out shared memory for it with ``Farm.input_array``). Workers import
+RGB values 0..255, the shape and type of both models' input ``x``.
+``Farm.input_array`` hands out shared memory only in the shape and type of
+the model's own input, even for a model whose preprocess reads something
+else; a uint8 ``[H, W, 3]`` page would take a quarter of the bytes. Workers import
 this module by name: it must be on their ``sys.path``, as it is when the app
 runs from this directory (the farm gives its workers the app's ``sys.path``).
 """
