@@ -93,6 +93,15 @@ def test_ocr_pipeline_on_one_farm_reads_the_synthetic_page_in_its_workers(ppocr_
     # one worker per core, each serving both models: the four tasks (round robin) reach both
     assert len(re.findall(r"^  worker on core [01] \(pid \d+\): [1-9]\d* tasks$", out, re.M)) == 2, out
 
+    # each model on its own cores, still two worker processes
+    out = run_example(
+        "ocr_pipeline.py", *text_args, *models, "--det-schedule", "0", "--rec-schedule", "0,1,1"
+    )
+    check_page_read(out)
+    assert _summary(out, "one farm")[1] == 2
+    assert re.search(r"^  det: 1 tasks on cores \[0\],", out, re.M), out
+    assert re.search(r"^  rec: 3 tasks on cores \[0, 1\],", out, re.M), out
+
 
 def test_ocr_pipeline_compares_one_farm_with_two_on_the_same_pages(ppocr_models):
     models = ["--det-model", ppocr_models["det"], "--rec-model", ppocr_models["rec"]]
