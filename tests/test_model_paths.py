@@ -47,10 +47,15 @@ def test_a_models_content_as_bytes_says_to_use_a_file_or_an_inference_session(tm
         Farm(content)
 
 
-@pytest.mark.parametrize("model", [None, 3, ["a.onnx"]])
+@pytest.mark.parametrize("model", [3, ["a.onnx"]])
 def test_a_model_that_is_no_path_is_a_type_error(model):
     with pytest.raises(TypeError, match=f"model must be a path .* not {type(model).__name__}$"):
         Farm(model)
+
+
+def test_a_farm_given_no_model_says_how_to_give_one_or_several():
+    with pytest.raises(TypeError, match=r"either model .*Farm\('m.onnx'\).* or models .*not neither"):
+        Farm(None)
 
 
 @pytest.mark.timeout(60)
