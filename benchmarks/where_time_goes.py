@@ -6,16 +6,21 @@ by thread, from the kernel's own accounting (``/proc/<pid>/task/<tid>/schedstat`
 nanoseconds of CPU per thread; threads are told apart by the OS names the farm
 gives them, ``rf-router``, ``rf-C0-T0``...), and adds what the workers
 report of each task (``future.worker_timings``: set_input, infer, copy_output
-in microseconds, the time inside the context's task handler). It compares
-both with one ONNX Runtime session in this process running the same input.
+in microseconds, the time inside the context's task handler, for tasks sent
+with ``--path submit``). It compares both with one ONNX Runtime session in
+this process running the same input, and with as many sessions in threads
+as the farm has workers (two sessions on two CPUs cost more each than one).
 
-For each workload and farm configuration it runs, after a warm-up,
-``--duration`` seconds of pipelined ``Farm.submit`` with a window of
-``--window`` futures (what ``Farm.map`` does), and prints CPU µs per task
-for every thread group::
+For each workload and farm configuration it runs, after a one-second
+warm-up, ``--duration`` seconds of one of: ``Farm.map`` with a window of
+``--window`` tasks (``--path map``, as ``rknn-farm bench``: the direct path,
+the caller reads the answers), ``Farm.submit`` with a window of futures
+(``submit``: the router's path) or ``Farm.run`` one task at a time
+(``run``), and prints CPU µs per task for every thread group::
 
     python benchmarks/where_time_goes.py --workloads tiny,cls --repeat 3
-    python benchmarks/where_time_goes.py --workloads cls --spin-us 0,500 --pin on,off
+    python benchmarks/where_time_goes.py --workloads cls --spin-us 0,500 --pin on,off --path map,run
+    python benchmarks/where_time_goes.py --workloads cls --spin-us 0 --profile 20
 
 ``--pin off`` lets the workers run on every CPU (the farm pins each worker of
 a CPU backend to one CPU); it is done here by widening the CPU list the farm
@@ -142,6 +147,16 @@ def mapped(farm: Farm, feed: dict[str, np.ndarray], seconds: float, window: int)
     return sum(1 for _ in results), [0, 0, 0]
 
 
+def sequential(farm: Farm, feed: dict[str, np.ndarray], seconds: float, window: int) -> tuple[int, list[int]]:
+    """``Farm.run`` one task after the other for ``seconds`` (one in flight: the
+    latency ``spin_us`` is for); the task count."""
+    done, deadline = 0, time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        farm.run(feed)
+        done += 1
+    return done, [0, 0, 0]
+
+
 def session_cpu_us(workload: Workload, seconds: float, threads: int = 1) -> float:
     """CPU µs per run of ONNX Runtime sessions in this process, back to back,
     ``threads`` sessions at once (one thread each, as the bench's threads method)."""
@@ -202,7 +217,7 @@ def measure_farm(
             spin_us=spin_us,
         ) as farm:
             feed = shared_feed(farm, workload.feed) if inplace else workload.feed
-            loop = mapped if path == "map" else pipelined
+            loop = {"map": mapped, "submit": pipelined, "run": sequential}[path]
             loop(farm, feed, min(1.0, seconds), window)  # warm-up: pages touched, EMAs settled
             meter = ThreadMeter()
             wall0 = time.perf_counter()
@@ -298,7 +313,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pin", type=_on_off, default=[True])
     parser.add_argument("--inplace", type=_on_off, default=[False])
     parser.add_argument(
-        "--path", type=lambda t: t.split(","), default=["map"], help="map (direct path), submit (router)"
+        "--path",
+        type=lambda t: t.split(","),
+        default=["map"],
+        help="map (direct path), submit (router), run (one at a time)",
     )
     parser.add_argument(
         "--profile",
