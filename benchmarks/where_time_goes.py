@@ -57,7 +57,9 @@ from workers.context import PROFILE_DIR_VARIABLE
 
 #: Thread groups, by the OS name's prefix (first match wins); the rest is "other".
 _PARENT_GROUPS = (
-    ("MainThread", "caller"),  # replaced by the process name below
+    # The main thread has the process's name, as has any thread nobody named:
+    # "caller" is the thread that calls map()/submit()/run(), and such others.
+    ("MainThread", "caller"),
     ("rf-router", "router"),
     ("rf-callbacks", "callbacks"),
     ("ZMQbg", "zmq io"),
