@@ -14,7 +14,11 @@ error; the thread goes on.
 
 from __future__ import annotations
 
+import cProfile
+import marshal
 import math
+import os
+import sys
 import threading
 import time
 import traceback
@@ -31,7 +35,44 @@ from workers.spin import SpinWait
 from workers.stages import StageFailure, Stages, answer_form, ordered_feed
 from workers.threadnames import name_this_thread
 
-__all__ = ["ContextThread"]
+__all__ = ["PROFILE_DIR_VARIABLE", "ContextThread", "write_profiles"]
+
+#: Set to a directory, every context thread profiles its task loop with
+#: cProfile and, when it stops or its worker exits, writes the statistics
+#: there as ``context-<pid>-C<core>-T<index>.prof`` (read them with
+#: ``pstats``): where a worker's time goes, per function
+#: (``benchmarks/where_time_goes.py --profile``). Off by default: the
+#: profiler roughly doubles the cost of each Python call.
+PROFILE_DIR_VARIABLE = "RKNN_FARM_PROFILE_DIR"
+
+# The profilers running in this process, with the file each one goes to.
+_profiles: dict[cProfile.Profile, str] = {}
+_profiles_lock = threading.Lock()
+
+
+def write_profiles() -> None:
+    """Write the profile of every context still serving: its worker is about
+    to exit (a closing farm says QUIT and the worker ends at once, with its
+    context threads still in their loops)."""
+    with _profiles_lock:
+        for profiler, path in _profiles.items():
+            _write_profile(profiler, path)
+
+
+def _write_profile(profiler: cProfile.Profile, path: str) -> None:
+    # What Profile.dump_stats writes, without its disable(): that would act on
+    # the calling thread, not on the profiled one, which may still be running.
+    # A profile that cannot be written must not keep the worker from exiting.
+    profiler.snapshot_stats()
+    try:
+        with open(path, "wb") as file:
+            marshal.dump(profiler.stats, file)
+    except OSError as exc:
+        print(
+            f"rknn-farm worker: cannot write its profile to {path!r} ({exc}); "
+            f"make {PROFILE_DIR_VARIABLE} name a writable directory",
+            file=sys.stderr,
+        )
 
 
 #: Outputs at least this large are written by the runtime straight into shared
@@ -105,7 +146,7 @@ class ContextThread(threading.Thread):
         try:
             self._loaded.wait()
             if self.load_error is None:
-                self._serve(tasks, results)
+                self._serve_maybe_profiled(tasks, results)
         except threading.BrokenBarrierError:
             pass
         finally:
@@ -113,6 +154,22 @@ class ContextThread(threading.Thread):
             results.close()
             if self.session is not None:
                 self.session.close()
+
+    def _serve_maybe_profiled(self, tasks: zmq.Socket, results: zmq.Socket) -> None:
+        """Serve tasks; under cProfile when ``PROFILE_DIR_VARIABLE`` names a directory."""
+        directory = os.environ.get(PROFILE_DIR_VARIABLE)
+        if not directory:
+            self._serve(tasks, results)
+            return
+        name = f"context-{os.getpid()}-C{self.placement.core}-T{self.placement.context_index}.prof"
+        profiler = cProfile.Profile()
+        with _profiles_lock:
+            _profiles[profiler] = os.path.join(directory, name)
+        try:
+            profiler.runcall(self._serve, tasks, results)
+        finally:
+            with _profiles_lock:
+                _write_profile(profiler, _profiles.pop(profiler))
 
     def _serve(self, tasks: zmq.Socket, results: zmq.Socket) -> None:
         free_form = self.session.describe()["inputs"] is None

@@ -31,7 +31,7 @@ import zmq
 from workers import protocol
 from workers.backends import load_backend, rknn_plugins
 from workers.backends.base import SCRATCH_DIR_VARIABLE, Placement
-from workers.context import ContextThread
+from workers.context import ContextThread, write_profiles
 from workers.frames import FrameMap
 from workers.segments import SegmentMap, unlink_segments_of
 from workers.spin import SpinWait
@@ -213,6 +213,7 @@ def _watch_parent(spec: dict[str, Any]) -> None:
         directory = _farm_directory(spec)
         if directory is not None:
             shutil.rmtree(directory, ignore_errors=True)
+    write_profiles()  # with RKNN_FARM_PROFILE_DIR set; the context threads never return
     os._exit(0)
 
 
