@@ -11,6 +11,7 @@ import pytest
 
 from farm import Farm, FarmBrokenError, FarmError
 from farm.runtime.supervision import Supervisor
+from tests.processes import wait_until
 
 pytestmark = [pytest.mark.timeout(60), pytest.mark.breaks_router]
 
@@ -46,8 +47,7 @@ def test_a_router_that_fails_fails_every_pending_task_with_its_cause(monkeypatch
 
         runner = threading.Thread(target=run_hanging)
         runner.start()
-        while farm.stats()["outstanding"] < 1:
-            time.sleep(0.01)
+        wait_until(lambda: farm.stats()["outstanding"] >= 1, what="the run() caller's task in flight")
         futures = [farm.submit(action(100 + i)) for i in range(4)]  # one in flight, three queued
         called = threading.Event()
         callback_errors: list[str] = []
