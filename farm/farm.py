@@ -25,7 +25,7 @@ import numpy as np
 from farm.data.dmabuf import DmaFrames, heap_source
 from farm.data.shm import SharedArena, reap_stale_segments
 from farm.data.task import Outcome, Task, TaskFuture, write_inputs
-from farm.data.tensors import TensorSpec, prepare_feed, shared_input_layout
+from farm.data.tensors import TensorSpec, shared_input_layout
 from farm.errors import FarmClosedError, FarmError, SubmitTimeoutError
 from farm.models import ModelIO, ModelSpec, build_models, check_params
 from farm.options import FarmOptions
@@ -611,9 +611,7 @@ class Farm:
         if shortcut is not None and descriptors is not None:  # a plain small feed, packed as it is
             region, input_key = None, shortcut.input_key
         else:
-            prepared = prepare_feed(
-                feed, io.feed_specs, io.spec.options.layout, io.native_layout, io.converts_dtypes
-            )
+            prepared = io.feed_checks.prepare(feed)
             input_key = tuple(p.shape for p in prepared)
             region, descriptors, held = write_inputs(self._arena, prepared)
         out_bytes = io.static_output_bytes or router.output_hint((io.spec.name, input_key))

@@ -26,7 +26,14 @@ from typing import Any, Optional, Union
 
 from farm.backend_choice import backend_note, looks_like_callable_spec, resolve_backend, resolve_model
 from farm.data.task import DEFAULT_MODEL
-from farm.data.tensors import InlineFeed, TensorSpec, specs_from_description, static_bytes, user_spec
+from farm.data.tensors import (
+    FeedChecks,
+    InlineFeed,
+    TensorSpec,
+    specs_from_description,
+    static_bytes,
+    user_spec,
+)
 from farm.errors import InvalidInputError, OptionError
 from farm.options import FarmOptions, parse_options, provider_options_of
 from workers.protocol import pack
@@ -243,6 +250,8 @@ class ModelIO:
             if self.checks_feed
             else None
         )
+        #: What every task's feed goes through (checked once per input signature).
+        self.feed_checks = FeedChecks(self.feed_specs, layout, self.native_layout, self.converts_dtypes)
 
     @property
     def feed_specs(self) -> Optional[list[TensorSpec]]:

@@ -129,7 +129,11 @@ class SharedArena:
         the memory's owner: only leased regions reach users' hands, and a
         lease stays reserved while any array over it lives."""
         start = array.__array_interface__["data"][0]
-        end = start + array.nbytes
+        return self._find(start, start + array.nbytes)
+
+    def _find(self, start: int, end: int) -> Optional[tuple[str, int]]:
+        """``(segment name, offset)`` of the bytes ``[start, end)`` when they lie
+        wholly in one of this arena's segments, else None."""
         for first, last, name in self._extents:
             if first <= start and end <= last:
                 return name, start - first
@@ -185,15 +189,24 @@ def locate_shared(array: np.ndarray, arena: SharedArena) -> Optional[tuple[str, 
     other open arena of this process; ``(frame name, offset)`` when it lies in
     one of ``arena``'s farm's frames (another farm's workers were never sent
     that farm's frames: its arrays are copied); None when it is in none."""
+    if array.base is None:
+        # The array owns its memory, which numpy took from the heap: every
+        # array over an arena or a frame is a view of its lease (its base).
+        # Most feeds are such arrays, and this spares them the search.
+        return None
     if arena.frames is not None:
         place = arena.frames.locate(array)
         if place is not None:
             return place
-    for candidate in _this_then_the_others(arena):
-        place = candidate.locate(array)
-        if place is not None:
-            return place
-    return None
+    start = array.__array_interface__["data"][0]  # ~1 µs: read once for every arena
+    end = start + array.nbytes
+    place = arena._find(start, end)
+    if place is None and len(SharedArena._open) > 1:  # other farms are open in this process
+        for other in list(SharedArena._open):
+            place = None if other is arena else other._find(start, end)
+            if place is not None:
+                break
+    return place
 
 
 def _this_then_the_others(arena: SharedArena) -> Iterator[SharedArena]:

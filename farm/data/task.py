@@ -50,22 +50,38 @@ def write_inputs(
     if sum(sizes) <= INLINE_BYTES:
         inline = [_c_order(item).tobytes() for item in prepared]
         return None, [[data, -1, p.dtype.str, list(p.shape), p.name] for data, p in zip(inline, prepared)], ()
-    oriented = [_oriented(item) for item in prepared]
-    places = [_place_in(arena, item, array) for item, array in zip(prepared, oriented)]
-    held = tuple(item.array for item, place in zip(prepared, places) if place is not None)
-    copied = sum(size for size, place in zip(sizes, places) if place is None)
-    region = arena.allocate(copied) if copied else None
-    descriptors = []
-    offset = 0 if region is None else region.offset
-    for item, array, size, place in zip(prepared, oriented, sizes, places):
+    descriptors: list[list[Any]] = []
+    held: list[np.ndarray] = []
+    copies: list[tuple[list[Any], PreparedInput, np.ndarray, int]] = []  # what goes into the new region
+    for item, size in zip(prepared, sizes):
+        array = _oriented(item)
+        descriptor = [None, None, item.dtype.str, list(item.shape), item.name]
+        place = _place_in(arena, item, array)
         if place is None:
-            assert region is not None
-            place = (region.segment.name, offset)
-            destination = np.frombuffer(region.segment.buf, item.dtype, math.prod(item.shape), offset)
+            copies.append((descriptor, item, array, size))
+        else:
+            descriptor[0], descriptor[1] = place
+            held.append(item.array)
+        descriptors.append(descriptor)
+    region = _copy_in(arena, copies) if copies else None
+    return region, descriptors, tuple(held)
+
+
+def _copy_in(arena: SharedArena, copies: list[tuple[list[Any], PreparedInput, np.ndarray, int]]) -> Region:
+    """Copy each input into one new region, one pass each (cast and transpose
+    happen during the copy), and fill in its descriptor's place."""
+    region = arena.allocate(sum(copy[3] for copy in copies))
+    buf, name, offset = region.segment.buf, region.segment.name, region.offset
+    try:
+        for descriptor, item, array, size in copies:
+            destination = np.frombuffer(buf, item.dtype, math.prod(item.shape), offset)
             np.copyto(destination.reshape(item.shape), array, casting="unsafe")
+            descriptor[0], descriptor[1] = name, offset
             offset += size
-        descriptors.append([place[0], place[1], item.dtype.str, list(item.shape), item.name])
-    return region, descriptors, held
+    except BaseException:  # (an interrupt) the region is nobody's yet
+        arena.free(region)
+        raise
+    return region
 
 
 class _InPlaceReads:

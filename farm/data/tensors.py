@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 import numpy as np
 
@@ -20,6 +20,7 @@ from workers.protocol import INLINE_BYTES, align
 from workers.tensortypes import format_shape, misfit_axis, native_dtype
 
 __all__ = [
+    "FeedChecks",
     "InlineFeed",
     "PreparedInput",
     "TensorSpec",
@@ -37,7 +38,6 @@ ACCEPTED_DTYPES = frozenset(
     np.dtype(t)
     for t in ("float32", "float16", "int8", "uint8", "int16", "uint16", "int32", "uint32", "int64", "bool")
 )
-
 
 
 _NHWC_TO_NCHW = (0, 3, 1, 2)
@@ -87,11 +87,11 @@ def specs_from_description(entries: Optional[Sequence[Mapping[str, Any]]]) -> Op
     return specs
 
 
-@dataclass(frozen=True)
-class PreparedInput:
+class PreparedInput(NamedTuple):
     """A checked input: the user's array and how it lands in shared memory
     (``dtype`` and ``shape`` as the worker will see it, ``axes`` to transpose
-    on the way, or None)."""
+    on the way, or None). A named tuple: a task makes one per input, and a
+    frozen dataclass costs three times as much to build."""
 
     name: str
     array: np.ndarray
@@ -195,14 +195,62 @@ def prepare_feed(
     into shared memory. ``converts_dtypes``: the runtime converts any of the
     seed's ten input dtypes itself (RKNN does), so they travel as given.
     """
-    if specs is None:
-        return _prepare_free_form(feed)
-    pairs = _pair_with_specs(feed, specs)
-    axes = transpose_axes(layout, native_layout)
-    return [
-        _prepare_one(user_spec(spec, layout, native_layout), value, axes, converts_dtypes)
-        for spec, value in pairs
-    ]
+    return FeedChecks(specs, layout, native_layout, converts_dtypes).prepare(feed)
+
+
+class FeedChecks:
+    """:func:`prepare_feed` for one model, remembering which inputs passed.
+
+    Whether an input passes, and how it travels (dtype, shape, transposition),
+    depends on nothing but the model's input and the array's dtype and shape.
+    So the checks run once per distinct (input, dtype, shape): a stream of
+    same-shaped frames pays them on its first task only. A feed that fails is
+    checked in full every time, and raises what :func:`prepare_feed` raises.
+    """
+
+    #: Signatures remembered per model; a model of dynamic shapes that sees
+    #: more distinct ones starts over (the checks are cheap, the memory not endless).
+    MAX_SIGNATURES = 256
+
+    __slots__ = ("_specs", "_user_specs", "_axes", "_converts", "_passed")
+
+    def __init__(
+        self,
+        specs: Optional[Sequence[TensorSpec]],
+        layout: str = "nchw",
+        native_layout: str = "nchw",
+        converts_dtypes: bool = False,
+    ) -> None:
+        self._specs = specs
+        self._user_specs = None if specs is None else [user_spec(s, layout, native_layout) for s in specs]
+        self._axes = transpose_axes(layout, native_layout)
+        self._converts = converts_dtypes
+        # (input index, the array's dtype, its shape) -> (dtype, shape, axes) it travels as
+        self._passed: dict[tuple[int, np.dtype, tuple[int, ...]], tuple[Any, ...]] = {}
+
+    def prepare(self, feed: Any) -> list[PreparedInput]:
+        """``prepare_feed(feed, specs, ...)`` with this model's arguments."""
+        if self._user_specs is None:
+            return _prepare_free_form(feed)
+        passed = self._passed
+        prepared = []
+        for index, (spec, value) in enumerate(_pair_with_specs(feed, self._user_specs)):
+            array = np.asarray(value)
+            key = (index, array.dtype, array.shape)
+            travels = passed.get(key)
+            if travels is None:  # a new signature: the full checks, which raise for a bad input
+                checked = _prepare_one(spec, array, self._axes, self._converts)
+                travels = checked[2:]
+                if len(passed) >= self.MAX_SIGNATURES:
+                    passed.clear()
+                passed[key] = travels
+            prepared.append(PreparedInput(spec.name, array, *travels))
+        return prepared
+
+    @property
+    def signatures(self) -> int:
+        """How many (input, dtype, shape) signatures are remembered as passed."""
+        return len(self._passed)
 
 
 def _unknown_input(name: object, names: str) -> InvalidInputError:
