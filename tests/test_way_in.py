@@ -151,3 +151,51 @@ def test_a_copy_in_that_fails_gives_its_region_back(arena, monkeypatch):
         write_inputs(arena, prepared)
     monkeypatch.undo()
     assert arena.allocate(region.size) == region  # back in the arena, not lost
+
+
+#: The model's input as each backend layout has it.
+NATIVE = {
+    "nchw": TensorSpec("image", (1, 3, None, None), np.dtype(np.float32)),
+    "nhwc": TensorSpec("image", (1, None, None, 3), np.dtype(np.float32)),
+}
+
+
+@pytest.mark.parametrize(
+    ("feed", "layout", "native_layout", "converts_dtypes"),
+    [
+        ({"image": np.ones((1, 3, 4, 6), np.float32)}, "nchw", "nchw", False),
+        ({"image": np.ones((1, 3, 4, 6), np.uint8)}, "nchw", "nchw", False),  # cast on the way
+        ([np.ones((1, 4, 6, 3), np.float16)], "nhwc", "nchw", False),  # transposed on the way
+        (np.ones((1, 3, 4, 6), ">f4"), "nchw", "nchw", False),  # the other byte order
+        ({"image": np.ones((1, 3, 4, 6), np.uint8)}, "nchw", "nhwc", True),  # the runtime converts
+        ({"image": np.ones((1, 3, 4, 6), np.int32)}, "nchw_software", "nhwc", True),
+    ],
+)
+def test_a_remembered_signature_prepares_a_feed_as_the_full_checks_do(
+    feed, layout, native_layout, converts_dtypes
+):
+    specs = [NATIVE[native_layout]]
+    checks = FeedChecks(specs, layout, native_layout, converts_dtypes)
+    checks.prepare(feed)  # remembered
+    (remembered,) = checks.prepare(feed)
+    (full,) = prepare_feed(feed, specs, layout, native_layout, converts_dtypes)
+    assert checks.signatures == 1
+    assert remembered.array is full.array
+    assert (remembered.name, remembered.dtype, remembered.shape, remembered.axes) == (
+        full.name,
+        full.dtype,
+        full.shape,
+        full.axes,
+    )
+
+
+def test_a_dtype_the_runtime_does_not_take_is_refused_after_one_it_takes():
+    checks = FeedChecks([NATIVE["nhwc"]], "nchw", "nhwc", converts_dtypes=True)
+    (prepared,) = checks.prepare({"image": np.ones((1, 3, 4, 6), np.uint8)})
+    assert prepared.dtype == np.uint8  # travels as given: the runtime converts
+    bad = {"image": np.ones((1, 3, 4, 6), np.float64)}
+    with pytest.raises(InvalidInputError, match="which the RKNN runtime does not take") as refused:
+        checks.prepare(bad)
+    with pytest.raises(InvalidInputError) as fresh:
+        prepare_feed(bad, [NATIVE["nhwc"]], "nchw", "nhwc", converts_dtypes=True)
+    assert str(refused.value) == str(fresh.value)
