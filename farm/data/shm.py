@@ -203,9 +203,10 @@ def locate_shared(array: np.ndarray, arena: SharedArena) -> Optional[tuple[str, 
     place = arena._find(start, end)
     if place is None and len(SharedArena._open) > 1:  # other farms are open in this process
         for other in list(SharedArena._open):
-            place = None if other is arena else other._find(start, end)
-            if place is not None:
-                break
+            if other is not arena:
+                place = other._find(start, end)
+                if place is not None:
+                    break
     return place
 
 

@@ -29,6 +29,9 @@ __all__ = ["DEFAULT_MODEL", "Outcome", "Task", "TaskFuture", "timed_out", "where
 DEFAULT_MODEL = "default"
 
 Callback = Callable[[Optional[list], Any, str], None]
+#: An input that goes into a task's new region: its descriptor (its place still
+#: to fill in), the input, its array in the worker's layout, its aligned size.
+_Copy = tuple[list[Any], PreparedInput, np.ndarray, int]
 
 
 def write_inputs(
@@ -52,7 +55,7 @@ def write_inputs(
         return None, [[data, -1, p.dtype.str, list(p.shape), p.name] for data, p in zip(inline, prepared)], ()
     descriptors: list[list[Any]] = []
     held: list[np.ndarray] = []
-    copies: list[tuple[list[Any], PreparedInput, np.ndarray, int]] = []  # what goes into the new region
+    copies: list[_Copy] = []
     for item, size in zip(prepared, sizes):
         array = _oriented(item)
         descriptor = [None, None, item.dtype.str, list(item.shape), item.name]
@@ -67,7 +70,7 @@ def write_inputs(
     return region, descriptors, tuple(held)
 
 
-def _copy_in(arena: SharedArena, copies: list[tuple[list[Any], PreparedInput, np.ndarray, int]]) -> Region:
+def _copy_in(arena: SharedArena, copies: list[_Copy]) -> Region:
     """Copy each input into one new region, one pass each (cast and transpose
     happen during the copy), and fill in its descriptor's place."""
     region = arena.allocate(sum(copy[3] for copy in copies))

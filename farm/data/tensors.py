@@ -91,7 +91,7 @@ class PreparedInput(NamedTuple):
     """A checked input: the user's array and how it lands in shared memory
     (``dtype`` and ``shape`` as the worker will see it, ``axes`` to transpose
     on the way, or None). A named tuple: a task makes one per input, and a
-    frozen dataclass costs three times as much to build."""
+    frozen dataclass costs three to four times as much to build."""
 
     name: str
     array: np.ndarray
@@ -212,7 +212,7 @@ class FeedChecks:
     #: more distinct ones starts over (the checks are cheap, the memory not endless).
     MAX_SIGNATURES = 256
 
-    __slots__ = ("_specs", "_user_specs", "_axes", "_converts", "_passed")
+    __slots__ = ("_user_specs", "_axes", "_converts", "_passed")
 
     def __init__(
         self,
@@ -221,7 +221,6 @@ class FeedChecks:
         native_layout: str = "nchw",
         converts_dtypes: bool = False,
     ) -> None:
-        self._specs = specs
         self._user_specs = None if specs is None else [user_spec(s, layout, native_layout) for s in specs]
         self._axes = transpose_axes(layout, native_layout)
         self._converts = converts_dtypes
