@@ -30,7 +30,7 @@ from __future__ import annotations
 import sys
 import time
 from concurrent.futures import Future
-from typing import Any, Callable, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 import numpy as np
 import zmq
@@ -47,6 +47,7 @@ from workers.spin import SpinWait
 __all__ = [
     "CORK_LIMIT",
     "STREAM_DEPTH",
+    "Commitment",
     "WINDOW",
     "DirectPath",
     "DirectStream",
@@ -264,16 +265,14 @@ class DirectPath:
             channel = self.channels.checkout(self.local_addresses)
         return None if channel is None else DirectStream(self, channel, timeout_s)
 
-    def try_stream_send(
-        self, channel: ReplyChannel, task: Task
-    ) -> tuple[str, Optional[zmq.Socket], Optional[list[Any]]]:
+    def try_stream_send(self, channel: ReplyChannel, task: Task) -> tuple[str, Optional[Commitment]]:
         """Commit ``task`` to a context of its core if it has room, for the
-        stream to send on ``channel``: ("sent", the socket, the task's TASK
-        fields). The task is then on the books, admitted and booked on that
-        context, although the stream may hold it a moment before it sends it
-        (:class:`DirectStream` corks its sends). ("full", None, None) when
-        the core is local and ready but its contexts are full; ("router",
-        None, None) when the task should take the router's path."""
+        stream to send on ``channel``: ("sent", where and what to send). The
+        task is then on the books, admitted and booked on that context,
+        although the stream may hold it a moment before it sends it
+        (:class:`DirectStream` corks its sends). ("full", None) when the
+        core is local and ready but its contexts are full; ("router", None)
+        when the task should take the router's path."""
         books = self.books
         with books.cond:
             books.check_open()
@@ -293,12 +292,13 @@ class DirectPath:
                 socket = channel.socket_for(slot.address)  # a new socket can fail (EMFILE)
             except zmq.ZMQError:
                 return _ROUTER
+            idle = not slot.in_flight and not slot.held
             task.task_id = books.next_index  # what enter() gives it: the header carries it
             task.core = core
             fields = task_fields(task, direct=True)  # under the lock: a retry may change the attempt
             books.book(slot, task)
             books.enter(task, core, time.perf_counter())
-            return "sent", socket, fields
+            return "sent", Commitment(socket, fields, idle)
 
     def reroute(self, tasks: list[Task]) -> None:
         """Tasks committed to a context that could not be sent to it (the
@@ -312,8 +312,18 @@ class DirectPath:
                 books.dispatch(core)
 
 
-_ROUTER: tuple[str, None, None] = ("router", None, None)
-_FULL: tuple[str, None, None] = ("full", None, None)
+class Commitment(NamedTuple):
+    """A task committed to a context: the socket to send it on, its TASK
+    fields, and whether that context had nothing else to do (then the task
+    is sent at once: holding it back would only leave the context idle)."""
+
+    socket: zmq.Socket
+    fields: list[Any]
+    idle: bool
+
+
+_ROUTER: tuple[str, None] = ("router", None)
+_FULL: tuple[str, None] = ("full", None)
 
 
 def task_fields(task: Task, direct: bool) -> list[Any]:
@@ -397,30 +407,30 @@ class DirectStream:
         after reading answers until it has, else through the router."""
         deadline = time.monotonic() + self._timeout_s
         while True:
-            outcome, socket, fields = self._path.try_stream_send(self._channel, task)
+            outcome, commitment = self._path.try_stream_send(self._channel, task)
             if outcome == "sent":
-                assert socket is not None and fields is not None
-                self._cork(socket, task, fields)
+                assert commitment is not None
+                self._cork(task, commitment)
                 return
             if outcome == "router" or not self._has_direct_in_flight():
                 self._route(task, deadline)
                 return
             self._wait_for_answers(deadline, f"every context of core {task.core} stayed busy")
 
-    def _cork(self, socket: zmq.Socket, task: Task, fields: list[Any]) -> None:
-        """Keep ``task`` (committed to the context at the end of ``socket``) to
-        send with the next ones."""
+    def _cork(self, task: Task, commitment: Commitment) -> None:
+        """Keep ``task`` to send with the next ones for its context; send
+        them now if that context is idle or enough are waiting."""
         self._direct.append(task)
         if len(self._direct) > self._prune_at:  # drop ended tasks (and the outputs they hold)
             self._has_direct_in_flight()
             self._prune_at = max(_PRUNE_AT, 2 * len(self._direct))
+        socket = commitment.socket
         corked = self._corked.get(socket)
         if corked is None:
-            self._corked[socket] = [(task, fields)]
-        else:
-            corked.append((task, fields))
-            if len(corked) >= CORK_LIMIT:
-                self._send_corked(socket, self._corked.pop(socket))
+            corked = self._corked[socket] = []
+        corked.append((task, commitment.fields))
+        if commitment.idle or len(corked) >= CORK_LIMIT:
+            self._send_corked(socket, self._corked.pop(socket))
 
     def flush(self) -> None:
         """Send every corked task: one message per context."""
