@@ -483,6 +483,9 @@ class Farm:
                     window = router.map_window()
                 # Hand back what is already finished before reading more input:
                 # with a live source (a camera) that is what keeps latency low.
+                # (With the window full, the wait for the oldest reads answers anyway.)
+                if stream is not None and len(pending) < window:
+                    stream.pump()
                 while pending and (len(pending) >= window or self._finished(pending, ordered)):
                     result = self._next_result(pending, ordered, bar, stream)
                     suspend()
@@ -547,7 +550,6 @@ class Farm:
         except BaseException:
             self._free_regions(task)
             raise
-        stream.pump()
         return future
 
     @staticmethod

@@ -256,6 +256,26 @@ def test_a_map_reading_a_slow_source_sends_each_task_before_the_next_item_comes(
     assert waited_in_vain == [], "these tasks were not run until the next item came"
 
 
+def test_a_task_held_back_while_the_source_stalls_is_sent_by_the_router(sleep_farm):
+    """Two items that came at once, then a source that stalls (a camera that
+    stops): the map is suspended in the read with the second task held back
+    (its context was busy with the first), and the router's sweep sends it."""
+    stalled_for: list[float] = []
+
+    def done() -> int:
+        return sum(w["tasks"] for w in sleep_farm.stats()["workers"])
+
+    def source():
+        yield {"seconds": np.array([0.2])}
+        yield {"seconds": np.array([0.2])}
+        stalled_for.append(wait_until(lambda: done() >= 2, 3.0, check=False))
+        yield {"seconds": np.array([0.01])}
+
+    results = [float(out[0]) for (out,) in sleep_farm.map(source())]
+    assert results == [0.2, 0.2, 0.01]
+    assert stalled_for[0] < 3.0, "the second task waited for the third item"
+
+
 def test_a_map_of_short_tasks_survives_a_worker_killed_with_batches_in_flight(tmp_path):
     with Farm(affine_model(str(tmp_path), shape=(1, 4)), schedule="0,1") as farm:
         victim = farm.stats()["workers"][1]["pid"]

@@ -209,9 +209,10 @@ class DirectPath:
             self.books.cond.notify_all()
 
     def sweep_channels(self) -> None:
-        """Router thread: handle the answers waiting on channels that nobody
-        holds (a suspended ``map()``, a caller that gave up), and close those
-        given up whose tasks have all ended."""
+        """Router thread: on the channels that nobody holds (a suspended
+        ``map()``, a caller that gave up) send the tasks held back and handle
+        the answers waiting, and close those given up whose tasks have all
+        ended."""
         if not self.channels.checked_out:
             return  # the common case on the router's busy path: nothing to look at
         with self.books.cond:
@@ -228,6 +229,10 @@ class DirectPath:
             keep = True
             try:
                 if not channel.closed:
+                    # A map() suspended while its source is read may hold tasks back:
+                    # they go now, however long the read takes.
+                    for socket, entries in self.take_corked(channel):
+                        self.send_corked(socket, entries)
                     for socket in channel.sockets():
                         self._take_direct_answers(socket)
                     if channel.tasks and all(t.ended for t in channel.tasks):
@@ -300,6 +305,28 @@ class DirectPath:
             books.enter(task, core, time.perf_counter())
             return "sent", Commitment(socket, fields, idle)
 
+    @staticmethod
+    def take_corked(channel: ReplyChannel) -> list[tuple[zmq.Socket, list[tuple[Task, list[Any]]]]]:
+        """By the holder of ``channel``'s owner: its corked tasks, per socket, off the channel."""
+        corked, channel.corked = channel.corked, {}
+        return list(corked.items())
+
+    def send_corked(self, socket: zmq.Socket, entries: list[tuple[Task, list[Any]]]) -> list[Task]:
+        """By the holder of the channel's owner: one context's corked tasks
+        as one message (a TASKS message, or a plain TASK for one). If the
+        send fails, they take the router's path: returned."""
+        if len(entries) == 1:
+            header = protocol.pack([protocol.TASK, *entries[0][1]])
+        else:
+            header = protocol.pack([protocol.TASKS, *[fields for _, fields in entries]])
+        try:
+            socket.send(header)
+        except zmq.ZMQError:
+            tasks = [task for task, _ in entries]
+            self.reroute(tasks)
+            return tasks
+        return []
+
     def reroute(self, tasks: list[Task]) -> None:
         """Tasks committed to a context that could not be sent to it (the
         send failed) take the router's path instead, as a task whose send
@@ -346,13 +373,17 @@ class DirectStream:
     """One ``map()``'s channel: sends its tasks direct, reads their answers.
 
     Sends are corked: a task committed to a context (on the books, booked
-    there) waits in a list per socket, and each list goes as one message (a
-    TASKS message, or a plain TASK when it holds one) when the stream is
-    about to wait for answers (:meth:`pump` with a timeout), when the caller
-    asks (:meth:`flush`: ``map()`` does before it yields a result, and before
-    it reads an input that may be slow to come), when a list reaches
-    :data:`CORK_LIMIT`, and at :meth:`close`. A context then wakes once for
-    several tasks, and answers them in one message (``workers.batching``).
+    there) waits in a list per socket (``ReplyChannel.corked``), and each
+    list goes as one message (a TASKS message, or a plain TASK when it holds
+    one) when the stream is about to wait for answers (:meth:`pump` with a
+    timeout), when the caller asks (:meth:`flush`: ``map()`` does before it
+    yields a result, and before it reads an input when the last one was slow
+    to come), when a list reaches :data:`CORK_LIMIT`, and at :meth:`close`.
+    A task for a context with nothing else to do goes at once. A context then
+    wakes once for several tasks, and answers them in one message
+    (``workers.batching``). Should a suspended stream still hold tasks back
+    (its source stalls after an item that came at once), the router thread's
+    sweep of the channels nobody holds sends them (:meth:`DirectPath.sweep_channels`).
 
     Used by one thread at a time (the one iterating the map)."""
 
@@ -361,7 +392,6 @@ class DirectStream:
         self._channel = channel
         self._timeout_s = timeout_s
         self._direct: list[Task] = []  # sent on the channel (or corked), maybe unanswered
-        self._corked: dict[zmq.Socket, list[tuple[Task, list[Any]]]] = {}  # committed, not yet sent
         self._prune_at = _PRUNE_AT
         self._held = True  # this thread holds the channel's owner lock (checked out so)
         self._wake_pipe = WakePipe()  # a routed task that ends wakes a pump waiting for answers
@@ -425,36 +455,28 @@ class DirectStream:
             self._has_direct_in_flight()
             self._prune_at = max(_PRUNE_AT, 2 * len(self._direct))
         socket = commitment.socket
-        corked = self._corked.get(socket)
+        corked = self._channel.corked.get(socket)
         if corked is None:
-            corked = self._corked[socket] = []
+            corked = self._channel.corked[socket] = []
         corked.append((task, commitment.fields))
         if commitment.idle or len(corked) >= CORK_LIMIT:
-            self._send_corked(socket, self._corked.pop(socket))
+            self._send_corked(socket, self._channel.corked.pop(socket))
 
     def flush(self) -> None:
         """Send every corked task: one message per context."""
-        if self._corked:
-            corked, self._corked = self._corked, {}
-            for socket, entries in corked.items():
+        if self._channel.corked:
+            for socket, entries in self._path.take_corked(self._channel):
                 self._send_corked(socket, entries)
 
     def _send_corked(self, socket: zmq.Socket, entries: list[tuple[Task, list[Any]]]) -> None:
-        """One context's corked tasks, as one message; if that send fails,
-        the tasks take the router's path (and wake this stream when they end)."""
-        if len(entries) == 1:
-            header = protocol.pack([protocol.TASK, *entries[0][1]])
-        else:
-            header = protocol.pack([protocol.TASKS, *[fields for _, fields in entries]])
-        try:
-            socket.send(header)
-        except zmq.ZMQError:
-            tasks = [task for task, _ in entries]
-            for task in tasks:
+        """Send one context's corked tasks; those whose send failed took the
+        router's path, and wake this stream when they end."""
+        failed = self._path.send_corked(socket, entries)
+        if failed:
+            for task in failed:
                 assert isinstance(task.future, Future)  # a map()'s tasks have real futures
                 task.future.add_done_callback(self._on_routed_done)
-            self._direct = [t for t in self._direct if t not in tasks]
-            self._path.reroute(tasks)
+            self._direct = [t for t in self._direct if t not in failed]
 
     def _route(self, task: Task, deadline: float) -> None:
         """Hand ``task`` to the router's path. If its queue is full, wait for
