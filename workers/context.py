@@ -24,6 +24,7 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Sequence
 from typing import Any, Callable, Optional
 
 import numpy as np
@@ -127,6 +128,8 @@ class ContextThread(threading.Thread):
         self._static_outputs: Optional[tuple[list[tuple[int, str, tuple[int, ...]]], int]] = None
         self._bound: Optional[_BoundBuffers] = None
         self._npu_time: Optional[Callable[[], Optional[int]]] = None
+        self._held: Optional[HeldAnswers] = None  # answers held back (set when serving)
+        self._run_time = RunTime()  # how long its tasks take: whether an answer may wait
         self.load_error: BaseException | None = None
         self.load_traceback = ""
 
@@ -184,37 +187,60 @@ class ContextThread(threading.Thread):
             self._bound = _BoundBuffers.plan(self.session)
         receive, stop, batch = tasks.recv, protocol.StopMessage, protocol.TasksMessage
         spin, clock = self._spin, time.perf_counter
-        held = HeldAnswers(self._sender(tasks, results), clock)
-        run_time = RunTime()
+        held = self._held = HeldAnswers(self._sender(tasks, results), clock)
         answered = clock()
+        batched = False
         try:
             while True:
-                if not held:  # holding answers means a message is already waiting
-                    spin.wait(tasks)  # when tasks have been coming that soon after each answer
+                # Poll for the next task when tasks have been coming that soon after
+                # each answer, but not while answers are held (a message is waiting
+                # already), nor after a batch: a map() sends the next one once it has
+                # read these answers, and the CPU a poll would burn meanwhile is the
+                # caller's (the poll is for the latency of one task at a time).
+                if not held and not batched:
+                    spin.wait(tasks)
                 sender = receive()
                 spin.record(clock() - answered)
                 message, frames = protocol.recv_message(tasks, protocol.FOR_CONTEXT)
                 if type(message) is stop:
                     held.flush()  # the tasks before the STOP were run: their answers go out
                     return
-                todo = message.tasks if type(message) is batch else (message,)
-                last = len(todo) - 1
-                for index, task in enumerate(todo):
-                    started = clock()
-                    answer, out_frames = self._handle(task, frames, free_form)
-                    run_time.record(clock() - started)
-                    destination = sender if task.direct else None
-                    if out_frames:  # an answer with frames after its header travels alone
-                        held.flush()
-                        self._send_alone(tasks, results, destination, answer, out_frames)
-                    else:
-                        held.hold(destination, answer)
-                    more = index < last or tasks.get(protocol.EVENTS) & protocol.POLLIN  # type: ignore[operator]
-                    if not (more and held.may_wait(run_time.expected_s)):
-                        held.flush()
+                batched = type(message) is batch
+                self._run_in_order(
+                    message.tasks if batched else (message,), sender, frames, free_form, tasks, results
+                )
                 answered = clock()
         except zmq.ContextTerminated:
             return
+
+    def _run_in_order(
+        self,
+        todo: Sequence[protocol.TaskMessage],
+        sender: bytes,
+        frames: list[Any],
+        free_form: bool,
+        tasks: zmq.Socket,
+        results: zmq.Socket,
+    ) -> None:
+        """Run the tasks of one message (``sender``: its routing id) and hold
+        or send their answers (``workers.batching``): an answer waits while
+        another task is waiting to run, within the budget."""
+        held, run_time, clock = self._held, self._run_time, time.perf_counter
+        assert held is not None
+        last = len(todo) - 1
+        for index, task in enumerate(todo):
+            started = clock()
+            answer, out_frames = self._handle(task, frames, free_form)
+            run_time.record(clock() - started)
+            destination = sender if task.direct else None
+            if out_frames:  # an answer with frames after its header travels alone
+                held.flush()
+                self._send_alone(tasks, results, destination, answer, out_frames)
+            else:
+                held.hold(destination, answer)
+            more = index < last or tasks.get(protocol.EVENTS) & protocol.POLLIN  # type: ignore[operator]
+            if not (more and held.may_wait(run_time.expected_s)):
+                held.flush()
 
     @staticmethod
     def _sender(tasks: zmq.Socket, results: zmq.Socket) -> Callable[[Optional[bytes], bytes], None]:
