@@ -110,9 +110,12 @@ def test_the_router_sends_a_context_the_pinned_task_bytes():
     assert task_header(task, direct=True).hex() == GOLDEN["task"][1]
 
 
-def test_a_maps_lone_corked_task_goes_as_the_pinned_task_bytes():
+def test_a_maps_corked_tasks_go_as_the_pinned_task_and_tasks_bytes():
     task = _task(input_descriptors=INPUTS, out_region=[SEGMENT, 8192, 64])
-    assert protocol.pack([protocol.TASK, *task_fields(task, direct=True)]).hex() == GOLDEN["task"][1]
+    assert protocol.encode_tasks([task_fields(task, direct=True)]).hex() == GOLDEN["task"][1]
+    second = _task(task_id=8, input_descriptors=INPUTS, params={"box": [1, 2]})
+    both = [task_fields(task, direct=True), task_fields(second, direct=True)]
+    assert protocol.encode_tasks(both).hex() == GOLDEN["tasks"][1]
 
 
 def test_the_router_sends_a_node_the_pinned_task_bytes():

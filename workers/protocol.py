@@ -46,7 +46,7 @@ task's RESULT / FAILED goes back through the context's ROUTER instead)::
     [ANSWERS, [RESULT, ...], [FAILED, ...], ...]
         several answers for one destination in one message, each a whole RESULT or
         FAILED header as above (a context that finished a task while the next was
-        already waiting holds its answer a little: ``workers.context``); an answer
+        already waiting holds its answer a little: ``workers.batching``); an answer
         with frames after its header always travels alone
 
 A local worker's messages are read with :data:`FOR_PARENT` (:data:`FOR_ROUTER`
@@ -129,6 +129,7 @@ __all__ = [
     "decode",
     "dtype_of",
     "encode",
+    "encode_tasks",
     "fields_of",
     "header_of",
     "pack",
@@ -435,6 +436,15 @@ def encode(message: Any) -> bytes:
     if kind is AnswersMessage:
         return pack([ANSWERS, *map(header_of, message.answers)])
     return pack(header_of(message))
+
+
+def encode_tasks(fields: Sequence[list[Any]]) -> bytes:
+    """The header of tasks for one context, from their TASK fields
+    (:func:`fields_of` a :class:`TaskMessage`): a lone task as a TASK, as an
+    unbatched sender sends it, several as one TASKS."""
+    if len(fields) == 1:
+        return pack([TASK, *fields[0]])
+    return pack([TASKS, *fields])
 
 
 def fields_of(message: Any) -> list[Any]:

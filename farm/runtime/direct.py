@@ -315,12 +315,8 @@ class DirectPath:
         """By the holder of the channel's owner: one context's corked tasks
         as one message (a TASKS message, or a plain TASK for one). If the
         send fails, they take the router's path: returned."""
-        if len(entries) == 1:
-            header = protocol.pack([protocol.TASK, *entries[0][1]])
-        else:
-            header = protocol.pack([protocol.TASKS, *[fields for _, fields in entries]])
         try:
-            socket.send(header)
+            socket.send(protocol.encode_tasks([fields for _, fields in entries]))
         except zmq.ZMQError:
             tasks = [task for task, _ in entries]
             self.reroute(tasks)
