@@ -7,6 +7,7 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import signal
+import threading
 import time
 
 import numpy as np
@@ -15,7 +16,7 @@ import zmq
 
 from farm import Farm, TaskError
 from farm.runtime.direct import DirectPath, DirectStream
-from farm.runtime.router import Router
+from farm.runtime.router import ROUTER_THREAD_NAME, Router
 from tests.onnx_models import affine_model
 from tests.processes import wait_until
 from workers import protocol
@@ -225,6 +226,26 @@ def test_a_map_sends_several_tasks_and_takes_several_answers_per_message(tmp_pat
     assert sum(sent) == 3000
     assert max(sent) > 1 and len(sent) < 3000  # some messages carried several tasks
     assert max(taken) > 1 and len(taken) < 3000  # the lock was taken once for several answers
+
+
+def test_the_router_takes_batched_answers_of_submitted_tasks(tmp_path, monkeypatch):
+    """Tasks through the router (``submit``) come one per message, but a
+    context still holds an answer while its next task waits: the router's
+    drain takes ANSWERS too."""
+    batches: list[int] = []
+    receive = protocol.recv_message
+
+    def recording(socket, table, flags=0):
+        message, frames = receive(socket, table, flags)
+        if type(message) is protocol.AnswersMessage and threading.current_thread().name == ROUTER_THREAD_NAME:
+            batches.append(len(message.answers))
+        return message, frames
+
+    monkeypatch.setattr(protocol, "recv_message", recording)
+    with Farm(affine_model(str(tmp_path), shape=(1, 4)), schedule="0") as farm:
+        futures = [farm.submit(np.full((1, 4), i, np.float32)) for i in range(2000)]
+        assert [float(f.result(30)[0][0, 0]) for f in futures] == [2.0 * i + 1 for i in range(2000)]
+    assert batches and max(batches) > 1
 
 
 def test_an_unordered_map_of_batched_tasks_answers_each_task_once(tmp_path):

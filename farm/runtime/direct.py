@@ -13,7 +13,9 @@ Two users:
   full of the stream's own tasks, the stream reads answers until one frees a
   context; when the core is held by others (or is remote, or pacing is on)
   the task takes the router's path, and the stream is woken when the router
-  ends it.
+  ends it. The stream holds a task for a busy context back a moment and
+  sends several for one context as one TASKS message (see
+  :class:`DirectStream`); the context answers several in one ANSWERS.
 
 In both, the caller does the router's bookkeeping for an answer (under the
 router's lock) and resolves the task's future itself. The router still owns
