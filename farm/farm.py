@@ -43,6 +43,10 @@ _PINNED_BACKENDS = ("onnxruntime", "python", "rknn-sim")
 #: How often input_array looks whether a farm of nodes only has met its first node yet.
 _DESCRIPTION_POLL_S = 0.01
 
+#: A map() whose last input took longer than this to read sends its corked
+#: tasks before it reads the next (a live source: the wait is the source's).
+_SLOW_READ_S = 50e-6
+
 Callback = Callable[[Optional[list], Any, str], None]
 
 
@@ -83,6 +87,10 @@ _END = object()
 
 
 def _nothing() -> None:
+    pass
+
+
+def _no_flush(flush: bool = True) -> None:
     pass
 
 
@@ -445,15 +453,23 @@ class Farm:
         # Between its own calls (while the caller has a result, or while the
         # input iterable produces the next item) the stream is suspended, so
         # that close() from another thread need not wait for either.
-        suspend = stream.suspend if stream is not None else _nothing
+        # Suspending sends the stream's corked tasks first (farm.runtime.direct),
+        # but for the read of an item when the last one came at once: then
+        # the tasks go with the next ones; a live source (a camera) that
+        # makes the reader wait must not hold a task unsent.
+        suspend = stream.suspend if stream is not None else _no_flush
         resume = stream.resume if stream is not None else _nothing
         items = iter(inputs)
         submitted = 0
         failure: Optional[Exception] = None  # the error of an item that could not be submitted
+        clock = time.perf_counter
+        slow_read = True
         try:
             while True:
-                suspend()
+                suspend(slow_read)
+                started = clock()
                 item = next(items, _END)
+                slow_read = clock() - started > _SLOW_READ_S
                 resume()
                 if item is _END:
                     break
@@ -467,6 +483,9 @@ class Farm:
                     window = router.map_window()
                 # Hand back what is already finished before reading more input:
                 # with a live source (a camera) that is what keeps latency low.
+                # (With the window full, the wait for the oldest reads answers anyway.)
+                if stream is not None and len(pending) < window:
+                    stream.pump()
                 while pending and (len(pending) >= window or self._finished(pending, ordered)):
                     result = self._next_result(pending, ordered, bar, stream)
                     suspend()
@@ -531,7 +550,6 @@ class Farm:
         except BaseException:
             self._free_regions(task)
             raise
-        stream.pump()
         return future
 
     @staticmethod

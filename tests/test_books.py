@@ -161,6 +161,27 @@ def test_an_answer_refills_its_context_and_ends_the_task_once():
     assert farm.books.unbook(farm.books.workers[0], 0, 0, 0) is None  # a late duplicate: stale
 
 
+def test_tasks_booked_whose_send_failed_go_first_in_line_and_are_sent_again():
+    """A map() books a task on its context before it sends it (it corks its
+    sends); if that send fails, the task goes back to its core's queue with
+    its id and attempt, ahead of the tasks queued after it."""
+    farm = Farmlet([fake_worker(0)], rotation=[0])
+    corked = [Task(None, [], (), None) for _ in range(2)]
+    slot = farm.books.workers[0].slots[0]
+    for task in corked:
+        farm.books.enter(task, 0, 0.0)
+        farm.books.book(slot, task)
+    queued = farm.submit(1)  # the context is full: it waits in the queue
+    assert [t.task_id for t in farm.books.queues[0]] == [2]
+    assert [farm.books.unsend(task) for task in reversed(corked)] == [True, True]
+    assert not slot.in_flight and [t.task_id for t in farm.books.queues[0]] == [0, 1, 2]
+    assert not farm.books.unsend(corked[0])  # off that context's books already
+    farm.books.dispatch(0)
+    assert farm.ids_sent_to(0) == [0, 1] and corked[0].attempt == 0
+    farm.answer(corked[0])
+    assert farm.ids_sent_to(0) == [0, 1, queued[0].task_id]
+
+
 def test_close_takes_every_queued_task():
     farm = Farmlet([fake_worker(0), fake_worker(1)], rotation=[0, 1])
     farm.submit(6)

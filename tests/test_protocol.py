@@ -7,7 +7,7 @@ import types
 import numpy as np
 import pytest
 
-from farm.runtime.direct import task_header
+from farm.runtime.direct import task_fields, task_header
 from farm.runtime.listener import RemoteListener
 from workers import protocol
 
@@ -66,6 +66,28 @@ GOLDEN = {
         [protocol.MODEL, "m.onnx", "ab" * 32],
         "9317a66d2e6f6e6e78d940" + "6162" * 32,
     ),
+    # Batches (issue 21): each task as its TASK's fields, each answer as its whole header.
+    "tasks": (
+        [
+            protocol.TASKS,
+            [7, 0, INPUTS, [SEGMENT, 8192, 64], True],
+            [8, 0, INPUTS, None, True, {"box": [1, 2]}],
+        ],
+        "93039507009295b7726b6e6e6661726d2d3132332d61623132636433342d30cd1000a33c6634920103a17895c4020001"
+        "ffa37c75319102a17993b7726b6e6e6661726d2d3132332d61623132636433342d30cd200040c39608009295b7726b6e"
+        "6e6661726d2d3132332d61623132636433342d30cd1000a33c6634920103a17895c4020001ffa37c75319102a179c0c3"
+        "81a3626f78920102",
+    ),
+    "answers": (
+        [
+            protocol.ANSWERS,
+            [protocol.RESULT, 0, 1, 7, 0, OUTPUTS, [10, 200, 5, 1]],
+            [protocol.FAILED, 0, 1, 8, 0, "ValueError: bad", TRACEBACK, [0, 0, 0, 1]],
+        ],
+        "930f970a00010700939300a33c663492010293ffa33c6634910393c40401020304a33c66349101940accc80501980b00"
+        "010800af56616c75654572726f723a20626164d92654726163656261636b20286d6f737420726563656e742063616c6c"
+        "206c617374293a202e2e2e9400000001",
+    ),
 }
 
 
@@ -86,6 +108,14 @@ def _task(**fields):
 def test_the_router_sends_a_context_the_pinned_task_bytes():
     task = _task(input_descriptors=INPUTS, out_region=[SEGMENT, 8192, 64])
     assert task_header(task, direct=True).hex() == GOLDEN["task"][1]
+
+
+def test_a_maps_corked_tasks_go_as_the_pinned_task_and_tasks_bytes():
+    task = _task(input_descriptors=INPUTS, out_region=[SEGMENT, 8192, 64])
+    assert protocol.encode_tasks([task_fields(task, direct=True)]).hex() == GOLDEN["task"][1]
+    second = _task(task_id=8, input_descriptors=INPUTS, params={"box": [1, 2]})
+    both = [task_fields(task, direct=True), task_fields(second, direct=True)]
+    assert protocol.encode_tasks(both).hex() == GOLDEN["tasks"][1]
 
 
 def test_the_router_sends_a_node_the_pinned_task_bytes():
@@ -119,15 +149,29 @@ def records() -> dict:
         "welcome": protocol.WelcomeMessage(3, 1),
         "reject": protocol.RejectMessage("a node named 'b' is already connected"),
         "model": protocol.ModelMessage("m.onnx", "ab" * 32),
+        "tasks": protocol.TasksMessage(
+            [
+                protocol.TaskMessage(7, 0, INPUTS, [SEGMENT, 8192, 64], True),
+                protocol.TaskMessage(8, 0, INPUTS, None, True, {"box": [1, 2]}),
+            ]
+        ),
+        "answers": protocol.AnswersMessage(
+            [
+                protocol.ResultMessage(0, 1, 7, 0, OUTPUTS, [10, 200, 5, 1]),
+                protocol.FailedMessage(0, 1, 8, 0, "ValueError: bad", TRACEBACK, [0, 0, 0, 1]),
+            ]
+        ),
     }
 
 
 def reader_of(kind: str) -> dict:
     """The table of the reader that decodes ``kind``."""
-    for_context = {"task", "stop"}
+    for_context = {"task", "tasks", "stop"}
     for_node = {"task_to_node", "router_heartbeat", "welcome", "reject", "model"}
     if kind in for_context:
         return protocol.FOR_CONTEXT
+    if kind == "answers":
+        return protocol.FOR_PARENT
     return protocol.FOR_NODE if kind in for_node else protocol.FOR_ROUTER
 
 
@@ -161,6 +205,13 @@ def test_a_record_reads_by_name():
         (protocol.pack([protocol.RESULT, 0, 1, 7, 0, []]), "FOR_ROUTER"),  # a field short
         (protocol.pack([protocol.HEARTBEAT, 1, 1, 1.0, 2.0]), "FOR_ROUTER"),  # a field too many
         (protocol.pack([protocol.WELCOME, 3]), "FOR_NODE"),
+        (protocol.pack([protocol.TASKS]), "FOR_CONTEXT"),  # a batch of nothing
+        (protocol.pack([protocol.TASKS, [1, 0, [], None, True], [2, 0]]), "FOR_CONTEXT"),  # a task short
+        (protocol.pack([protocol.TASKS, 7]), "FOR_CONTEXT"),  # not a task's fields
+        (protocol.pack([protocol.ANSWERS, [protocol.HEARTBEAT, 0, 1]]), "FOR_PARENT"),  # not an answer
+        (protocol.pack([protocol.ANSWERS, [protocol.RESULT, 0, 1, 7]]), "FOR_PARENT"),  # an answer short
+        (protocol.pack([protocol.ANSWERS, []]), "FOR_PARENT"),
+        (bytes.fromhex(GOLDEN["answers"][1]), "FOR_ROUTER"),  # a node's reader takes no batch
     ],
 )
 def test_a_frame_that_is_no_expected_message_decodes_to_none(frame, table):

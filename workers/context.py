@@ -1,5 +1,5 @@
 """One context thread: owns one backend session and serves the tasks the
-router sends to it, one at a time.
+router sends to it, one at a time (a TASKS message brings several, run in order).
 
 The thread reads task headers from its own ROUTER socket, maps the input
 regions of shared memory as numpy views (no copy), runs the session (a model
@@ -9,7 +9,9 @@ the parent's shared result socket, or, for a task marked ``direct``, back to
 the very socket that sent it (a caller waiting in ``Farm.run``, which then
 needs no thread hop to get its answer). An output that does not fit the
 region travels as a raw frame instead. A failing task is answered with its
-error; the thread goes on.
+error; the thread goes on. An answer finished while the next task is already
+waiting may be held a moment and sent with the next ones as one ANSWERS
+message (``workers.batching``).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Sequence
 from typing import Any, Callable, Optional
 
 import numpy as np
@@ -29,6 +32,7 @@ import zmq
 
 from workers import protocol
 from workers.backends.base import Placement
+from workers.batching import HeldAnswers, RunTime
 from workers.frames import FRAME_PREFIX, FrameMap
 from workers.segments import SegmentMap
 from workers.spin import SpinWait
@@ -124,6 +128,8 @@ class ContextThread(threading.Thread):
         self._static_outputs: Optional[tuple[list[tuple[int, str, tuple[int, ...]]], int]] = None
         self._bound: Optional[_BoundBuffers] = None
         self._npu_time: Optional[Callable[[], Optional[int]]] = None
+        self._held: Optional[HeldAnswers] = None  # answers held back (set when serving)
+        self._run_time = RunTime()  # how long its tasks take: whether an answer may wait
         self.load_error: BaseException | None = None
         self.load_traceback = ""
 
@@ -179,26 +185,89 @@ class ContextThread(threading.Thread):
         if self._stages is None:  # stages decide the feed and the answer: no fixed buffers
             self._plan_static_outputs()
             self._bound = _BoundBuffers.plan(self.session)
-        receive, send, stop = tasks.recv, tasks.send, protocol.StopMessage
+        receive, stop, batch = tasks.recv, protocol.StopMessage, protocol.TasksMessage
         spin, clock = self._spin, time.perf_counter
+        held = self._held = HeldAnswers(self._sender(tasks, results), clock)
         answered = clock()
+        batched = False
         try:
             while True:
-                spin.wait(tasks)  # when tasks have been coming that soon after each answer
+                # Poll for the next task when tasks have been coming that soon after
+                # each answer, but not while answers are held (a message is waiting
+                # already), nor after a batch: a map() sends the next one once it has
+                # read these answers, and the CPU a poll would burn meanwhile is the
+                # caller's (the poll is for the latency of one task at a time).
+                if not held and not batched:
+                    spin.wait(tasks)
                 sender = receive()
                 spin.record(clock() - answered)
                 message, frames = protocol.recv_message(tasks, protocol.FOR_CONTEXT)
                 if type(message) is stop:
+                    held.flush()  # the tasks before the STOP were run: their answers go out
                     return
-                answer, out_frames = self._handle(message, frames, free_form)
-                if message.direct:  # back to the caller's own socket
-                    send(sender, protocol.SNDMORE)
-                    protocol.send_message(tasks, answer, out_frames)
-                else:
-                    protocol.send_message(results, answer, out_frames)
+                batched = type(message) is batch
+                self._run_in_order(
+                    message.tasks if batched else (message,), sender, frames, free_form, tasks, results
+                )
                 answered = clock()
         except zmq.ContextTerminated:
             return
+
+    def _run_in_order(
+        self,
+        todo: Sequence[protocol.TaskMessage],
+        sender: bytes,
+        frames: list[Any],
+        free_form: bool,
+        tasks: zmq.Socket,
+        results: zmq.Socket,
+    ) -> None:
+        """Run the tasks of one message (``sender``: its routing id) and hold
+        or send their answers (``workers.batching``): an answer waits while
+        another task is waiting to run, within the budget."""
+        held, run_time, clock = self._held, self._run_time, time.perf_counter
+        assert held is not None
+        last = len(todo) - 1
+        for index, task in enumerate(todo):
+            started = clock()
+            answer, out_frames = self._handle(task, frames, free_form)
+            run_time.record(clock() - started)
+            destination = sender if task.direct else None
+            if out_frames:  # an answer with frames after its header travels alone
+                held.flush()
+                self._send_alone(tasks, results, destination, answer, out_frames)
+            else:
+                held.hold(destination, answer)
+            more = index < last or tasks.get(protocol.EVENTS) & protocol.POLLIN  # type: ignore[operator]
+            if not (more and held.may_wait(run_time.expected_s)):
+                held.flush()
+
+    @staticmethod
+    def _sender(tasks: zmq.Socket, results: zmq.Socket) -> Callable[[Optional[bytes], bytes], None]:
+        """How held answers are sent: a direct one back to its sender's
+        routing id on the task socket, a routed one on the result socket."""
+        send_task, send_result = tasks.send, results.send
+        more = protocol.SNDMORE
+
+        def send(destination: Optional[bytes], header: bytes) -> None:
+            if destination is None:
+                send_result(header)
+            else:
+                send_task(destination, more)
+                send_task(header)
+
+        return send
+
+    @staticmethod
+    def _send_alone(
+        tasks: zmq.Socket, results: zmq.Socket, destination: Optional[bytes], answer: Any, frames: list[Any]
+    ) -> None:
+        """Send an answer with frames after its header, on its own."""
+        if destination is None:
+            protocol.send_message(results, answer, frames)
+        else:
+            tasks.send(destination, protocol.SNDMORE)
+            protocol.send_message(tasks, answer, frames)
 
     def _handle(
         self, message: protocol.TaskMessage, frames: list[Any], free_form: bool

@@ -25,6 +25,9 @@ reply channel of ``farm.runtime.channels``; the context binds a ROUTER)::
                      a segment "frame:..." is a dma-buf frame whose fd came on the frame channel
                      (workers.frames)
         out_region = [segment, offset, size] | None
+    [TASKS, [task_id, attempt, inputs, out_region, direct, params?], ...]
+        several tasks for one context in one message (a ``map()`` that has more than
+        one ready for it), each the fields of a TASK; run in order; no frames follow
     [STOP]
 
 Context thread / worker -> parent (one PULL socket in the parent; a direct
@@ -40,6 +43,14 @@ task's RESULT / FAILED goes back through the context's ROUTER instead)::
     [READY, worker_id, generation, pid, description]
     [START_FAILED, worker_id, generation, message, traceback]
     [HEARTBEAT, worker_id, generation]      every heartbeat_interval_ms, from a ready worker
+    [ANSWERS, [RESULT, ...], [FAILED, ...], ...]
+        several answers for one destination in one message, each a whole RESULT or
+        FAILED header as above (a context that finished a task while the next was
+        already waiting holds its answer a little: ``workers.batching``); an answer
+        with frames after its header always travels alone
+
+A local worker's messages are read with :data:`FOR_PARENT` (:data:`FOR_ROUTER`
+and ANSWERS); a remote node's with :data:`FOR_ROUTER` (nodes send no batches).
 
 Between the router and a remote node agent (TCP, ROUTER/DEALER; tensors are
 always inline frames; a TASK carries the credit ``slot`` the node echoes in
@@ -71,6 +82,7 @@ import numpy as np
 import zmq
 
 __all__ = [
+    "ANSWERS",
     "FAILED",
     "HEARTBEAT",
     "HELLO",
@@ -83,6 +95,7 @@ __all__ = [
     "START_FAILED",
     "STOP",
     "TASK",
+    "TASKS",
     "ALIGNMENT",
     "EVENTS",
     "INLINE_BYTES",
@@ -93,7 +106,9 @@ __all__ = [
     "QUIT",
     "FOR_CONTEXT",
     "FOR_NODE",
+    "FOR_PARENT",
     "FOR_ROUTER",
+    "AnswersMessage",
     "FailedMessage",
     "HeartbeatMessage",
     "HelloMessage",
@@ -107,12 +122,16 @@ __all__ = [
     "StartFailedMessage",
     "StopMessage",
     "TaskMessage",
+    "TasksMessage",
     "WelcomeMessage",
     "align",
     "checked_frame_dtype",
     "decode",
     "dtype_of",
     "encode",
+    "encode_tasks",
+    "fields_of",
+    "header_of",
     "pack",
     "read_header",
     "recv_message",
@@ -123,11 +142,13 @@ __all__ = [
 
 TASK = 1
 STOP = 2
+TASKS = 3
 RESULT = 10
 FAILED = 11
 READY = 12
 START_FAILED = 13
 HEARTBEAT = 14
+ANSWERS = 15
 HELLO = 20
 WELCOME = 21
 REJECT = 22
@@ -325,6 +346,22 @@ class ModelsMessage(NamedTuple):
     manifest: list[Any]
 
 
+class TasksMessage(NamedTuple):
+    """Parent -> a local context: several tasks (:class:`TaskMessage`), to
+    run in order. On the wire each is the fields of its TASK, without the
+    kind: ``[TASKS, [task_id, ...], [task_id, ...], ...]``."""
+
+    tasks: list[TaskMessage]
+
+
+class AnswersMessage(NamedTuple):
+    """A context -> the parent: several answers (:class:`ResultMessage` or
+    :class:`FailedMessage`, none with frames after its header). On the wire
+    each is its whole header: ``[ANSWERS, [RESULT, ...], [FAILED, ...], ...]``."""
+
+    answers: list[Any]
+
+
 _KIND_OF: dict[type, int] = {
     TaskMessage: TASK,
     NodeTaskMessage: TASK,
@@ -340,12 +377,14 @@ _KIND_OF: dict[type, int] = {
     RejectMessage: REJECT,
     ModelMessage: MODEL,
     ModelsMessage: MODELS,
+    TasksMessage: TASKS,
+    AnswersMessage: ANSWERS,
 }
 
 #: What each reader expects, by kind: a local context, the parent (from its
 #: workers and from nodes), a node agent (from the router). TASK and
 #: HEARTBEAT mean other records on the way to a node.
-FOR_CONTEXT: Mapping[int, type] = {TASK: TaskMessage, STOP: StopMessage}
+FOR_CONTEXT: Mapping[int, type] = {TASK: TaskMessage, TASKS: TasksMessage, STOP: StopMessage}
 FOR_ROUTER: Mapping[int, type] = {
     RESULT: ResultMessage,
     FAILED: FailedMessage,
@@ -354,6 +393,9 @@ FOR_ROUTER: Mapping[int, type] = {
     HEARTBEAT: HeartbeatMessage,
     HELLO: HelloMessage,
 }
+#: The parent, from its local workers: what :data:`FOR_ROUTER` reads, and
+#: batches of answers (a remote node sends none: its reader keeps FOR_ROUTER).
+FOR_PARENT: Mapping[int, type] = {**FOR_ROUTER, ANSWERS: AnswersMessage}
 FOR_NODE: Mapping[int, type] = {
     WELCOME: WelcomeMessage,
     REJECT: RejectMessage,
@@ -362,6 +404,9 @@ FOR_NODE: Mapping[int, type] = {
     TASK: NodeTaskMessage,
     HEARTBEAT: RouterHeartbeatMessage,
 }
+
+#: The records an ANSWERS message may carry.
+_ANSWER_KINDS: Mapping[int, type] = {RESULT: ResultMessage, FAILED: FailedMessage}
 
 #: How many fields each record takes: all of them, or all but its defaults.
 _ARITY: dict[type, tuple[int, int]] = {
@@ -383,12 +428,37 @@ _new_tuple = tuple.__new__  # a record from a list of all its fields, at half th
 def encode(message: Any) -> bytes:
     """The header frame of ``message`` (a record above): ``[kind, *fields]``.
     An optional field left None at the end is not sent, as a peer of an
-    older version would not send it."""
+    older version would not send it. A batch (TASKS, ANSWERS) packs its
+    records as the module docstring draws."""
+    kind = type(message)
+    if kind is TasksMessage:
+        return pack([TASKS, *map(fields_of, message.tasks)])
+    if kind is AnswersMessage:
+        return pack([ANSWERS, *map(header_of, message.answers)])
+    return pack(header_of(message))
+
+
+def encode_tasks(fields: Sequence[list[Any]]) -> bytes:
+    """The header of tasks for one context, from their TASK fields
+    (:func:`fields_of` a :class:`TaskMessage`): a lone task as a TASK, as an
+    unbatched sender sends it, several as one TASKS."""
+    if len(fields) == 1:
+        return pack([TASK, *fields[0]])
+    return pack([TASKS, *fields])
+
+
+def fields_of(message: Any) -> list[Any]:
+    """A record's fields as sent: its optional fields left None at the end are left out."""
     fields = list(message)
     required = _ARITY[type(message)][0]
     while len(fields) > required and fields[-1] is None:
         fields.pop()
-    return pack([_KIND_OF[type(message)], *fields])
+    return fields
+
+
+def header_of(message: Any) -> list[Any]:
+    """A record as the array its header frame packs: ``[kind, *fields]``."""
+    return [_KIND_OF[type(message)], *fields_of(message)]
 
 
 def read_header(frame: Any) -> Optional[list[Any]]:
@@ -406,18 +476,50 @@ def read_header(frame: Any) -> Optional[list[Any]]:
 def to_record(header: list[Any], table: Mapping[int, type]) -> Any:
     """``header`` (from :func:`read_header`) as the record ``table`` names for
     its kind; None when the kind is not in ``table`` or the field count is
-    wrong. The fields' types are the reader's to check where the peer is
-    untrusted (``farm.runtime.listener``, ``farm.node.agent``)."""
+    wrong (in a batch: of any of its records, or when it has none). The
+    fields' types are the reader's to check where the peer is untrusted
+    (``farm.runtime.listener``, ``farm.node.agent``)."""
     record = table.get(header[0])
     if record is None:
         return None
+    if record is TasksMessage:
+        return _tasks_record(header)
+    if record is AnswersMessage:
+        return _answers_record(header)
+    return _from_fields(record, header, 1)
+
+
+def _from_fields(record: type, header: list[Any], start: int) -> Any:
+    """``record`` from ``header[start:]``, its left-out optional fields
+    filled in; None when their count is wrong."""
     fewest, most = _ARITY[record]
-    fields = len(header) - 1
+    fields = len(header) - start
     if fields == most:  # every field there: no defaults to fill in
-        return _new_tuple(record, header[1:])
+        return _new_tuple(record, header[start:] if start else header)
     if fewest <= fields < most:  # the optional fields left out take their defaults
-        return _new_tuple(record, header[1:] + _DEFAULTS[record][fields - most :])
+        return _new_tuple(record, header[start:] + _DEFAULTS[record][fields - most :])
     return None
+
+
+def _tasks_record(header: list[Any]) -> Optional[TasksMessage]:
+    tasks = []
+    for fields in header[1:]:
+        task = _from_fields(TaskMessage, fields, 0) if type(fields) is list else None
+        if task is None:
+            return None
+        tasks.append(task)
+    return TasksMessage(tasks) if tasks else None
+
+
+def _answers_record(header: list[Any]) -> Optional[AnswersMessage]:
+    answers = []
+    for item in header[1:]:
+        record = _ANSWER_KINDS.get(item[0]) if type(item) is list and item else None
+        answer = None if record is None else _from_fields(record, item, 1)
+        if answer is None:
+            return None
+        answers.append(answer)
+    return AnswersMessage(answers) if answers else None
 
 
 def decode(frame: Any, table: Mapping[int, type]) -> Any:

@@ -332,6 +332,20 @@ class Books:
             slot.busy_since = self.clock()  # the next task in its window starts now
         return task
 
+    def unsend(self, task: Task) -> bool:
+        """``task`` was booked on its context but could not be sent there: off
+        the context's books and first in its core's queue, with its id and
+        attempt (the next :meth:`dispatch` sends it). False when it is no
+        longer on that context's books (it ended, or its worker was lost and
+        the task went back already)."""
+        slot = task.slot
+        if task.ended or slot is None or slot.in_flight.get(task.task_id) is not task:
+            return False
+        del slot.in_flight[task.task_id]
+        task.slot = None
+        self.lanes.get(task.model, self._first).queues[task.core].appendleft(task)
+        return True
+
     def give_up(self, slot: ContextSlot, task: Task) -> None:
         """The router gives up waiting for ``task`` on ``slot`` (a node's task
         that ran too long: a node's worker cannot be killed from here). The

@@ -41,13 +41,17 @@ DIRECT_POLL_MS = 10
 class ReplyChannel:
     """DEALER sockets to local contexts, keyed by the context's address."""
 
-    __slots__ = ("_zmq", "_sockets", "epoch", "tasks", "closed", "owner")
+    __slots__ = ("_zmq", "_sockets", "epoch", "tasks", "corked", "closed", "owner")
 
     def __init__(self, zmq_context: zmq.Context, epoch: int) -> None:
         self._zmq = zmq_context
         self._sockets: dict[str, zmq.Socket] = {}
         self.epoch = epoch  # the pool's epoch when this channel last pruned
         self.tasks: list[Any] = []  # its unanswered tasks, once its caller gave it up
+        # Per socket, the tasks a map() committed to its context and holds back a
+        # moment to send several in one message, with their TASK fields
+        # (farm.runtime.direct.DirectStream): whoever holds ``owner`` may send them.
+        self.corked: dict[zmq.Socket, list[tuple[Any, list[Any]]]] = {}
         self.closed = False
         self.owner = threading.Lock()  # held by the one thread that may use its sockets
 

@@ -13,7 +13,9 @@ Two users:
   full of the stream's own tasks, the stream reads answers until one frees a
   context; when the core is held by others (or is remote, or pacing is on)
   the task takes the router's path, and the stream is woken when the router
-  ends it.
+  ends it. The stream holds a task for a busy context back a moment and
+  sends several for one context as one TASKS message (see
+  :class:`DirectStream`); the context answers several in one ANSWERS.
 
 In both, the caller does the router's bookkeeping for an answer (under the
 router's lock) and resolves the task's future itself. The router still owns
@@ -30,7 +32,7 @@ from __future__ import annotations
 import sys
 import time
 from concurrent.futures import Future
-from typing import Any, Callable, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 import numpy as np
 import zmq
@@ -44,7 +46,17 @@ from farm.runtime.wakepipe import WakePipe
 from workers import protocol
 from workers.spin import SpinWait
 
-__all__ = ["STREAM_DEPTH", "WINDOW", "DirectPath", "DirectStream", "stream_depth", "task_header"]
+__all__ = [
+    "CORK_LIMIT",
+    "STREAM_DEPTH",
+    "Commitment",
+    "WINDOW",
+    "DirectPath",
+    "DirectStream",
+    "stream_depth",
+    "task_fields",
+    "task_header",
+]
 
 #: A stream forgets its ended tasks (and the outputs their futures hold) when
 #: it holds more than this many, or than twice the tasks still out at its last
@@ -59,6 +71,10 @@ _PRUNE_AT = 8
 STREAM_QUEUE_US = 500
 STREAM_DEPTH = 16
 
+#: A stream sends a context's corked tasks once this many wait (one TASKS
+#: message each time).
+CORK_LIMIT = 16
+
 
 def stream_depth(infer_us: Optional[float]) -> int:
     """Tasks a ``map()`` may keep in one context of a core whose inferences
@@ -72,9 +88,8 @@ class DirectPath:
     """The router's side of the direct path (see the module docstring).
 
     ``admit(task, timeout_s)``: the router's path for a task;
-    ``handle_message(message, frames)``: the router's bookkeeping for an
-    answer, under the lock (an answer to hand over, or None);
-    ``hand_over(answer)``: its delivery, without the lock."""
+    ``take_messages(batch)``: the router's bookkeeping for answers and their
+    delivery (``Router.take_messages``)."""
 
     def __init__(
         self,
@@ -83,15 +98,13 @@ class DirectPath:
         spin: SpinWait,
         *,
         admit: Callable[[Task, float], Any],
-        handle_message: Callable[[Any, list[Any]], Optional[tuple]],
-        hand_over: Callable[[tuple], None],
+        take_messages: Callable[[list[tuple[Any, list[Any]]]], None],
     ) -> None:
         self.books = books
         self.channels = channels
         self.spin = spin  # run() callers waiting for their answers
         self.admit = admit
-        self._handle_message = handle_message
-        self._hand_over = hand_over
+        self._take_messages = take_messages
 
     # ── sending (under the lock) ─────────────────────────────────────────
     def _send_on(self, channel: ReplyChannel, slot: ContextSlot, task: Task) -> Optional[zmq.Socket]:
@@ -147,7 +160,7 @@ class DirectPath:
                 if deadline is not None and time.monotonic() >= deadline:
                     break
                 try:
-                    message, frames = protocol.recv_message(socket, protocol.FOR_ROUTER)
+                    message, frames = protocol.recv_message(socket, protocol.FOR_PARENT)
                 except zmq.Again:  # nothing within DIRECT_POLL_MS: look again
                     continue
                 self._take_direct_answer(message, frames)
@@ -159,21 +172,17 @@ class DirectPath:
         return future.result(0)
 
     def _take_direct_answer(self, message: Any, frames: list[Any]) -> None:
-        """The router's part for an answer that came on a reply channel."""
-        try:
-            with self.books.cond:
-                answer = self._handle_message(message, frames)
-                self.books.cond.notify_all()
-        except Exception as exc:  # a malformed message must not break the caller
-            print(f"rknn-farm: dropped a malformed worker message: {exc!r}", file=sys.stderr)
-            return
-        if answer is not None:
-            self._hand_over(answer)
+        """The router's part for an answer that came on a reply channel (for
+        an ANSWERS batch, the lock is taken once for all its answers)."""
+        if type(message) is protocol.AnswersMessage:
+            self._take_messages([(answer, frames) for answer in message.answers])
+        else:
+            self._take_messages([(message, frames)])
 
     def take_one_direct_answer(self, socket: zmq.Socket) -> bool:
         """Handle one answer waiting on ``socket`` (a poll said so); False if none was there."""
         try:
-            message, frames = protocol.recv_message(socket, protocol.FOR_ROUTER, protocol.NOBLOCK)
+            message, frames = protocol.recv_message(socket, protocol.FOR_PARENT, protocol.NOBLOCK)
         except zmq.Again:
             return False
         except Exception as exc:  # undecodable: drop it, keep serving
@@ -202,9 +211,10 @@ class DirectPath:
             self.books.cond.notify_all()
 
     def sweep_channels(self) -> None:
-        """Router thread: handle the answers waiting on channels that nobody
-        holds (a suspended ``map()``, a caller that gave up), and close those
-        given up whose tasks have all ended."""
+        """Router thread: on the channels that nobody holds (a suspended
+        ``map()``, a caller that gave up) send the tasks held back and handle
+        the answers waiting, and close those given up whose tasks have all
+        ended."""
         if not self.channels.checked_out:
             return  # the common case on the router's busy path: nothing to look at
         with self.books.cond:
@@ -221,6 +231,10 @@ class DirectPath:
             keep = True
             try:
                 if not channel.closed:
+                    # A map() suspended while its source is read may hold tasks back:
+                    # they go now, however long the read takes.
+                    for socket, entries in self.take_corked(channel):
+                        self.send_corked(socket, entries)
                     for socket in channel.sockets():
                         self._take_direct_answers(socket)
                     if channel.tasks and all(t.ended for t in channel.tasks):
@@ -258,31 +272,91 @@ class DirectPath:
             channel = self.channels.checkout(self.local_addresses)
         return None if channel is None else DirectStream(self, channel, timeout_s)
 
-    def try_stream_send(self, channel: ReplyChannel, task: Task) -> str:
-        """Send ``task`` direct on ``channel`` if its core has room: "sent";
-        "full" when its core is local and ready but its contexts are full;
-        "router" when the task should take the router's path."""
+    def try_stream_send(self, channel: ReplyChannel, task: Task) -> tuple[str, Optional[Commitment]]:
+        """Commit ``task`` to a context of its core if it has room, for the
+        stream to send on ``channel``: ("sent", where and what to send). The
+        task is then on the books, admitted and booked on that context,
+        although the stream may hold it a moment before it sends it
+        (:class:`DirectStream` corks its sends). ("full", None) when the
+        core is local and ready but its contexts are full; ("router", None)
+        when the task should take the router's path."""
         books = self.books
         with books.cond:
             books.check_open()
             lane = books.lanes[task.model]
             if not lane.rotation:
-                return "router"
+                return _ROUTER
             core = books.core_for(lane.next_index, lane)
             if not books.takes_direct(core, lane):
-                return "router"
+                return _ROUTER
             worker = books.worker_of_core[core]
             slot = books.slot_for(worker, task.model, stream_depth(worker.stats.infer_ema_us))
             if slot is None:
-                return "full"
+                return _FULL
             if channel.epoch != self.channels.epoch:  # a worker respawned: close the sockets to the dead one
                 channel.prune(self.local_addresses(), self.channels.epoch)
+            try:
+                socket = channel.socket_for(slot.address)  # a new socket can fail (EMFILE)
+            except zmq.ZMQError:
+                return _ROUTER
+            idle = not slot.in_flight and not slot.held
             task.task_id = books.next_index  # what enter() gives it: the header carries it
             task.core = core
-            if self._send_on(channel, slot, task) is None:
-                return "router"
+            fields = task_fields(task, direct=True)  # under the lock: a retry may change the attempt
+            books.book(slot, task)
             books.enter(task, core, time.perf_counter())
-            return "sent"
+            return "sent", Commitment(socket, fields, idle)
+
+    @staticmethod
+    def take_corked(channel: ReplyChannel) -> list[tuple[zmq.Socket, list[tuple[Task, list[Any]]]]]:
+        """By the holder of ``channel``'s owner: its corked tasks, per socket, off the channel."""
+        corked, channel.corked = channel.corked, {}
+        return list(corked.items())
+
+    def send_corked(self, socket: zmq.Socket, entries: list[tuple[Task, list[Any]]]) -> list[Task]:
+        """By the holder of the channel's owner: one context's corked tasks
+        as one message (a TASKS message, or a plain TASK for one). If the
+        send fails, they take the router's path: returned."""
+        try:
+            socket.send(protocol.encode_tasks([fields for _, fields in entries]))
+        except zmq.ZMQError:
+            tasks = [task for task, _ in entries]
+            self.reroute(tasks)
+            return tasks
+        return []
+
+    def reroute(self, tasks: list[Task]) -> None:
+        """Tasks committed to a context that could not be sent to it (the
+        send failed) take the router's path instead, as a task whose send
+        fails at once does; those the router already took back (their worker
+        died) are its own."""
+        books = self.books
+        with books.cond:
+            cores = {task.core for task in reversed(tasks) if books.unsend(task)}  # the oldest first in line
+            for core in cores:
+                books.dispatch(core)
+
+
+class Commitment(NamedTuple):
+    """A task committed to a context: the socket to send it on, its TASK
+    fields, and whether that context had nothing else to do (then the task
+    is sent at once: holding it back would only leave the context idle)."""
+
+    socket: zmq.Socket
+    fields: list[Any]
+    idle: bool
+
+
+_ROUTER: tuple[str, None] = ("router", None)
+_FULL: tuple[str, None] = ("full", None)
+
+
+def task_fields(task: Task, direct: bool) -> list[Any]:
+    """A local context's TASK fields for ``task`` (``direct``: answer on the sending socket)."""
+    out = None if task.out_region is None else task.out_region.descriptor()
+    return protocol.fields_of(
+        protocol.TaskMessage(task.task_id, task.attempt, task.input_descriptors, out, direct, task.params)
+    )
 
 
 def task_header(task: Task, direct: bool) -> bytes:
@@ -296,13 +370,26 @@ def task_header(task: Task, direct: bool) -> bytes:
 class DirectStream:
     """One ``map()``'s channel: sends its tasks direct, reads their answers.
 
+    Sends are corked: a task committed to a context (on the books, booked
+    there) waits in a list per socket (``ReplyChannel.corked``), and each
+    list goes as one message (a TASKS message, or a plain TASK when it holds
+    one) when the stream is about to wait for answers (:meth:`pump` with a
+    timeout), when the caller asks (:meth:`flush`: ``map()`` does before it
+    yields a result, and before it reads an input when the last one was slow
+    to come), when a list reaches :data:`CORK_LIMIT`, and at :meth:`close`.
+    A task for a context with nothing else to do goes at once. A context then
+    wakes once for several tasks, and answers them in one message
+    (``workers.batching``). Should a suspended stream still hold tasks back
+    (its source stalls after an item that came at once), the router thread's
+    sweep of the channels nobody holds sends them (:meth:`DirectPath.sweep_channels`).
+
     Used by one thread at a time (the one iterating the map)."""
 
     def __init__(self, path: DirectPath, channel: ReplyChannel, timeout_s: float) -> None:
         self._path = path
         self._channel = channel
         self._timeout_s = timeout_s
-        self._direct: list[Task] = []  # sent on the channel, maybe unanswered
+        self._direct: list[Task] = []  # sent on the channel (or corked), maybe unanswered
         self._prune_at = _PRUNE_AT
         self._held = True  # this thread holds the channel's owner lock (checked out so)
         self._wake_pipe = WakePipe()  # a routed task that ends wakes a pump waiting for answers
@@ -321,9 +408,13 @@ class DirectStream:
         self._watched = sockets
         self._watched_epoch = self._channel.epoch
 
-    def suspend(self) -> None:
-        """The caller stops using the stream for a while (``map`` yields): the
-        router thread may read its answers meanwhile."""
+    def suspend(self, flush: bool = True) -> None:
+        """The caller stops using the stream for a while (``map`` yields, or
+        reads its next input): the router thread may read its answers
+        meanwhile. Corked tasks are sent first, unless ``flush`` is false
+        (the pause will be short: they go with the next ones)."""
+        if flush:
+            self.flush()
         self._held = False
         self._channel.owner.release()
 
@@ -339,22 +430,51 @@ class DirectStream:
             self._held = True
 
     def submit(self, task: Task) -> None:
-        """Send ``task``: direct when its core has room, else (when the core
-        is full of this stream's own tasks) after reading answers until it
-        has, else through the router."""
+        """Send ``task``: direct when its core has room (corked, see the class
+        docstring), else (when the core is full of this stream's own tasks)
+        after reading answers until it has, else through the router."""
         deadline = time.monotonic() + self._timeout_s
         while True:
-            outcome = self._path.try_stream_send(self._channel, task)
+            outcome, commitment = self._path.try_stream_send(self._channel, task)
             if outcome == "sent":
-                self._direct.append(task)
-                if len(self._direct) > self._prune_at:  # drop ended tasks (and the outputs they hold)
-                    self._has_direct_in_flight()
-                    self._prune_at = max(_PRUNE_AT, 2 * len(self._direct))
+                assert commitment is not None
+                self._cork(task, commitment)
                 return
             if outcome == "router" or not self._has_direct_in_flight():
                 self._route(task, deadline)
                 return
             self._wait_for_answers(deadline, f"every context of core {task.core} stayed busy")
+
+    def _cork(self, task: Task, commitment: Commitment) -> None:
+        """Keep ``task`` to send with the next ones for its context; send
+        them now if that context is idle or enough are waiting."""
+        self._direct.append(task)
+        if len(self._direct) > self._prune_at:  # drop ended tasks (and the outputs they hold)
+            self._has_direct_in_flight()
+            self._prune_at = max(_PRUNE_AT, 2 * len(self._direct))
+        socket = commitment.socket
+        corked = self._channel.corked.get(socket)
+        if corked is None:
+            corked = self._channel.corked[socket] = []
+        corked.append((task, commitment.fields))
+        if commitment.idle or len(corked) >= CORK_LIMIT:
+            self._send_corked(socket, self._channel.corked.pop(socket))
+
+    def flush(self) -> None:
+        """Send every corked task: one message per context."""
+        if self._channel.corked:
+            for socket, entries in self._path.take_corked(self._channel):
+                self._send_corked(socket, entries)
+
+    def _send_corked(self, socket: zmq.Socket, entries: list[tuple[Task, list[Any]]]) -> None:
+        """Send one context's corked tasks; those whose send failed took the
+        router's path, and wake this stream when they end."""
+        failed = self._path.send_corked(socket, entries)
+        if failed:
+            for task in failed:
+                assert isinstance(task.future, Future)  # a map()'s tasks have real futures
+                task.future.add_done_callback(self._on_routed_done)
+            self._direct = [t for t in self._direct if t not in failed]
 
     def _route(self, task: Task, deadline: float) -> None:
         """Hand ``task`` to the router's path. If its queue is full, wait for
@@ -381,23 +501,30 @@ class DirectStream:
         self.pump(DIRECT_POLL_MS)
 
     def pump(self, timeout_ms: int = 0) -> None:
-        """Handle the answers that have come (waiting up to ``timeout_ms`` for one)."""
+        """Handle the answers that have come (waiting up to ``timeout_ms`` for
+        one, after sending the corked tasks: an answer may wait for them)."""
+        if timeout_ms:
+            self.flush()
         if self._watched_epoch != self._channel.epoch or len(self._watched) != self._channel.size:
             self._watch_channel()
         for item, _ in self._poller.poll(timeout_ms):
             if item == self._wake_pipe.fd:
                 self._wake_pipe.drain()
-            else:  # one answer: if more wait, the next poll says so at once
+            else:  # one message: if more wait, the next poll says so at once
                 self._path.take_one_direct_answer(item)
 
     def close(self) -> None:
-        """Give the channel back (to the router thread if answers are still due)."""
-        for socket in self._watched:
-            self._poller.unregister(socket)
-        self._watched.clear()
+        """Send what is corked, and give the channel back (to the router
+        thread if answers are still due)."""
         self._hold()
-        self._path.return_channel(self._channel, self._direct)
-        self._wake_pipe.close()
+        try:
+            self.flush()  # on a channel the farm closed, the send fails: the router's path takes them
+        finally:
+            for socket in self._watched:
+                self._poller.unregister(socket)
+            self._watched.clear()
+            self._path.return_channel(self._channel, self._direct)
+            self._wake_pipe.close()
 
     def _has_direct_in_flight(self) -> bool:
         self._direct = [t for t in self._direct if not t.ended]

@@ -205,8 +205,7 @@ class Router:
             self._channels,
             self._spin,
             admit=self.admit,
-            handle_message=self.handle_message,
-            hand_over=self._hand_over,
+            take_messages=self.take_messages,
         )
         self._teardown: Optional[threading.Thread] = None
         self._torn_down = threading.Event()
@@ -429,30 +428,42 @@ class Router:
             # Asking for EVENTS is much cheaper than the exception of an empty NOBLOCK read.
             while len(batch) < _BATCH and inbound.get(protocol.EVENTS) & protocol.POLLIN:  # type: ignore[operator]
                 try:
-                    batch.append(protocol.recv_message(inbound, protocol.FOR_ROUTER, protocol.NOBLOCK))
+                    message, frames = protocol.recv_message(inbound, protocol.FOR_PARENT, protocol.NOBLOCK)
                 except zmq.Again:
                     break
                 except Exception as exc:  # undecodable: drop it, keep serving
                     print(f"rknn-farm: dropped an undecodable worker message: {exc!r}", file=sys.stderr)
+                    continue
+                if type(message) is protocol.AnswersMessage:  # a context's batch: each answer on its own
+                    batch.extend((answer, frames) for answer in message.answers)
+                else:
+                    batch.append((message, frames))
             if not batch:
                 return
-            answered = []
-            with self.books.cond:
-                for message, frames in batch:
-                    try:
-                        answer = self.handle_message(message, frames)
-                    except Exception as exc:  # a malformed message must not kill the router
-                        print(f"rknn-farm: dropped a malformed worker message: {exc!r}", file=sys.stderr)
-                        continue
-                    if answer is not None:
-                        answered.append(answer)
-                self.books.cond.notify_all()
-            for answer in answered:
-                self._hand_over(answer)
+            self.take_messages(batch)
+
+    def take_messages(self, batch: list[tuple[Any, list[Any]]]) -> None:
+        """The bookkeeping of every message of ``batch`` (records of
+        ``protocol.FOR_ROUTER`` and their frames) under one acquisition of
+        the lock, then the hand-over of the answers among them outside it."""
+        answered = []
+        with self.books.cond:
+            for message, frames in batch:
+                try:
+                    answer = self.handle_message(message, frames)
+                except Exception as exc:  # a malformed message must not kill its reader
+                    print(f"rknn-farm: dropped a malformed worker message: {exc!r}", file=sys.stderr)
+                    continue
+                if answer is not None:
+                    answered.append(answer)
+            self.books.cond.notify_all()
+        for answer in answered:
+            self._hand_over(answer)
 
     def handle_message(self, message: Any, frames: list[Any]) -> Optional[tuple]:
         """Under the lock: the state change a worker's message (a record of
-        ``protocol.FOR_ROUTER`` from a worker or node) makes. A task answer is
+        ``protocol.FOR_ROUTER`` from a worker or node; one answer of an
+        ANSWERS batch) makes. A task answer is
         returned, to be handed over (without the lock) by :meth:`_hand_over`."""
         worker = self.books.workers[message.worker_id]
         if message.generation != worker.generation:

@@ -1,0 +1,366 @@
+"""Several tasks per message (issue 21): a context runs a TASKS message and
+answers with ANSWERS; a map() corks its sends; nothing waits on a batch that
+should not."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import signal
+import threading
+import time
+
+import numpy as np
+import pytest
+import zmq
+
+from farm import Farm, TaskError
+from farm.runtime.direct import DirectPath, DirectStream
+from farm.runtime.router import ROUTER_THREAD_NAME, Router
+from tests.onnx_models import affine_model
+from tests.processes import wait_until
+from workers import protocol
+from workers.batching import HOLD_BUDGET_S, MOST_HELD, HeldAnswers, RunTime
+
+pytestmark = pytest.mark.timeout(120)
+
+
+# ── holding answers (pure, on a fake clock) ──────────────────────────────
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def held_answers():
+    sent: list[tuple] = []
+    clock = FakeClock()
+    held = HeldAnswers(lambda destination, header: sent.append((destination, header)), clock)
+    return held, sent, clock
+
+
+def answer(task_id: int) -> protocol.ResultMessage:
+    return protocol.ResultMessage(0, 1, task_id, 0, [], [0, 5, 0, 0])
+
+
+def test_held_answers_go_as_one_answers_message_per_destination():
+    held, sent, _clock = held_answers()
+    held.hold(b"caller", answer(1))
+    held.hold(None, answer(2))
+    held.hold(b"caller", answer(3))
+    assert len(held) == 3 and not sent
+    held.flush()
+    assert len(held) == 0
+    by_destination = {d: protocol.decode(h, protocol.FOR_PARENT) for d, h in sent}
+    assert by_destination[b"caller"] == protocol.AnswersMessage([answer(1), answer(3)])
+    assert by_destination[None] == answer(2)  # a lone answer goes as it always did
+    held.flush()
+    assert len(sent) == 2  # nothing more to send
+
+
+def test_answers_wait_only_within_the_budget_and_the_count():
+    held, _sent, clock = held_answers()
+    assert held.may_wait(1.0)  # nothing held: nothing to keep waiting
+    held.hold(None, answer(1))
+    assert held.may_wait(50e-6)
+    assert not held.may_wait(HOLD_BUDGET_S * 2)  # a slow next run: the answer goes now
+    clock.now = HOLD_BUDGET_S * 0.9
+    assert not held.may_wait(HOLD_BUDGET_S * 0.2)  # the oldest would be held past the budget
+    clock.now = 0.0
+    for task_id in range(2, MOST_HELD + 1):
+        held.hold(None, answer(task_id))
+    assert not held.may_wait(0.0)  # enough held
+
+
+def test_a_model_slow_now_and_then_is_expected_slow():
+    run_time = RunTime()
+    for _ in range(20):
+        run_time.record(10e-6)
+    assert run_time.expected_s == pytest.approx(10e-6, rel=0.2)
+    run_time.record(0.05)
+    run_time.record(10e-6)  # the last run was short, the average remembers the long one
+    assert run_time.expected_s > HOLD_BUDGET_S
+
+
+# ── a context, spoken to directly ────────────────────────────────────────
+@pytest.fixture
+def behave_farm():
+    with Farm("tests.pyfuncs:behave", schedule="0", threads_per_core=2) as farm:
+        yield farm
+
+
+@pytest.fixture
+def sleep_farm():
+    with Farm("tests.pyfuncs:sleep", schedule="0") as farm:
+        yield farm
+
+
+@pytest.fixture
+def dealer_to():
+    """A DEALER connected to a farm's first context, as a reply channel is."""
+    context = zmq.Context()
+    sockets = []
+
+    def connect(farm: Farm, slot: int = 0) -> zmq.Socket:
+        socket = context.socket(zmq.DEALER)
+        socket.setsockopt(zmq.LINGER, 0)
+        socket.connect(farm._router.books.workers[0].slots[slot].address)
+        sockets.append(socket)
+        return socket
+
+    yield connect
+    for socket in sockets:
+        socket.close(linger=0)
+    context.term()
+
+
+def inline(name: str, value, dtype) -> list:
+    array = np.array([value], dtype=dtype)
+    return [array.tobytes(), -1, array.dtype.str, [1], name]
+
+
+def action_task(task_id: int, action: int) -> protocol.TaskMessage:
+    return protocol.TaskMessage(task_id, 0, [inline("action", action, np.int64)], None, True)
+
+
+def sleep_task(task_id: int, seconds: float) -> protocol.TaskMessage:
+    return protocol.TaskMessage(task_id, 0, [inline("seconds", seconds, np.float64)], None, True)
+
+
+def receive_answers(socket: zmq.Socket, count: int, within: float = 10.0) -> list[tuple[float, list]]:
+    """(arrival time, the answers it carried) per message, until ``count`` answers came."""
+    messages: list[tuple[float, list]] = []
+    deadline = time.monotonic() + within
+    while sum(len(answers) for _, answers in messages) < count:
+        assert socket.poll(max(1, int((deadline - time.monotonic()) * 1000))), f"answers so far: {messages}"
+        record = protocol.decode(socket.recv(), protocol.FOR_PARENT)
+        answers = record.answers if type(record) is protocol.AnswersMessage else [record]
+        messages.append((time.monotonic(), answers))
+    return messages
+
+
+def warm_up(socket: zmq.Socket, task_id: int = 1000) -> None:
+    """Enough short tasks for the context's run-time average to forget its slow first runs."""
+    for k in range(60):
+        socket.send(protocol.encode(action_task(task_id + k, 0)))
+        receive_answers(socket, 1)
+
+
+def test_a_context_answers_a_tasks_batch_in_order_with_answers_batches(behave_farm, dealer_to):
+    socket = dealer_to(behave_farm)
+    warm_up(socket)
+    for _attempt in range(5):  # a machine busy enough to stall the context between two tasks splits a batch
+        socket.send(protocol.encode(protocol.TasksMessage([action_task(k, 100 + k) for k in range(6)])))
+        messages = receive_answers(socket, 6)
+        answers = [a for _, batch in messages for a in batch]
+        assert [a.task_id for a in answers] == list(range(6))  # each once, in order
+        assert all(type(a) is protocol.ResultMessage for a in answers)
+        values = [int(np.frombuffer(a.outputs[0][0], np.int64)[0]) for a in answers]
+        assert values == [100 + k for k in range(6)]
+        if len(messages) < 6:
+            break
+    assert len(messages) < 6, "every answer of every batch came alone"
+
+
+def test_a_failing_task_inside_a_batch_fails_alone(behave_farm, dealer_to):
+    socket = dealer_to(behave_farm)
+    socket.send(
+        protocol.encode(protocol.TasksMessage([action_task(1, 7), action_task(2, 1), action_task(3, 9)]))
+    )
+    answers = [a for _, batch in receive_answers(socket, 3) for a in batch]
+    assert [(type(a).__name__, a.task_id) for a in answers] == [
+        ("ResultMessage", 1),
+        ("FailedMessage", 2),
+        ("ResultMessage", 3),
+    ]
+    assert "asked to raise" in answers[1].error
+
+
+def test_a_slow_tasks_answer_is_not_held_behind_the_next(sleep_farm, dealer_to):
+    socket = dealer_to(sleep_farm)
+    socket.send(protocol.encode(protocol.TasksMessage([sleep_task(1, 0.3), sleep_task(2, 0.3)])))
+    (first_at, first), (second_at, second) = receive_answers(socket, 2)
+    assert [a.task_id for a in first] == [1] and [a.task_id for a in second] == [2]
+    assert second_at - first_at > 0.2  # the first answer left when its task ended
+
+
+def test_a_stop_after_a_batch_sends_the_held_answers_first(behave_farm, dealer_to):
+    socket = dealer_to(behave_farm, slot=1)
+    warm_up(socket)
+    # The STOP is waiting behind the batch: the answers are held while it
+    # waits, and must go out before the context stops.
+    socket.send(protocol.encode(protocol.TasksMessage([action_task(k, 100 + k) for k in range(4)])))
+    socket.send(protocol.encode(protocol.StopMessage()))
+    answers = [a for _, batch in receive_answers(socket, 4) for a in batch]
+    assert [a.task_id for a in answers] == [0, 1, 2, 3]
+    assert not socket.poll(200)  # and nothing after them: the context stopped
+
+
+# ── map(): corked sends ──────────────────────────────────────────────────
+def test_a_map_sends_several_tasks_and_takes_several_answers_per_message(tmp_path, monkeypatch):
+    sent: list[int] = []
+    taken: list[int] = []
+    send_corked = DirectStream._send_corked
+    take_messages = Router.take_messages
+
+    def counting_send(self, socket, entries):
+        sent.append(len(entries))
+        return send_corked(self, socket, entries)
+
+    def counting_take(self, batch):
+        taken.append(len(batch))
+        return take_messages(self, batch)
+
+    monkeypatch.setattr(DirectStream, "_send_corked", counting_send)
+    monkeypatch.setattr(Router, "take_messages", counting_take)
+    with Farm(affine_model(str(tmp_path), shape=(1, 4)), schedule="0,1") as farm:
+        x = np.ones((1, 4), np.float32)
+        for _ in range(100):  # the inference-time average learns that the tasks are short
+            farm.run(x)
+        taken.clear()
+        feeds = [np.full((1, 4), i, np.float32) for i in range(3000)]
+        results = [float(y[0, 0]) for (y,) in farm.map(feeds, max_in_flight=32)]
+    assert results == [2.0 * i + 1 for i in range(3000)]
+    assert sum(sent) == 3000
+    assert max(sent) > 1 and len(sent) < 3000  # some messages carried several tasks
+    assert max(taken) > 1 and len(taken) < 3000  # the lock was taken once for several answers
+
+
+def test_the_router_takes_batched_answers_of_submitted_tasks(tmp_path, monkeypatch):
+    """Tasks through the router (``submit``) come one per message, but a
+    context still holds an answer while its next task waits: the router's
+    drain takes ANSWERS too."""
+    batches: list[int] = []
+    receive = protocol.recv_message
+
+    def recording(socket, table, flags=0):
+        message, frames = receive(socket, table, flags)
+        if type(message) is protocol.AnswersMessage and threading.current_thread().name == ROUTER_THREAD_NAME:
+            batches.append(len(message.answers))
+        return message, frames
+
+    monkeypatch.setattr(protocol, "recv_message", recording)
+    with Farm(affine_model(str(tmp_path), shape=(1, 4)), schedule="0") as farm:
+        futures = [farm.submit(np.full((1, 4), i, np.float32)) for i in range(2000)]
+        assert [float(f.result(30)[0][0, 0]) for f in futures] == [2.0 * i + 1 for i in range(2000)]
+    assert batches and max(batches) > 1
+
+
+def test_an_unordered_map_of_batched_tasks_answers_each_task_once(tmp_path):
+    with Farm(affine_model(str(tmp_path), shape=(1, 4)), schedule="0,1", threads_per_core=2) as farm:
+        feeds = [np.full((1, 4), i, np.float32) for i in range(3000)]
+        got = [float(y[0, 0]) for (y,) in farm.map(feeds, ordered=False, max_in_flight=48)]
+    assert sorted(got) == [2.0 * i + 1 for i in range(3000)]
+
+
+def test_a_map_reading_a_slow_source_sends_each_task_before_the_next_item_comes(tmp_path):
+    """A live source (a camera): each item takes a while to come. The task
+    of an item must run while the next item is awaited, not wait, corked,
+    for it."""
+    with Farm(affine_model(str(tmp_path), shape=(1, 4)), schedule="0") as farm:
+        waited_in_vain: list[int] = []
+
+        def done() -> int:
+            return sum(w["tasks"] for w in farm.stats()["workers"])
+
+        def camera():
+            for i in range(8):
+                if i and wait_until(lambda ran=i: done() >= ran, 5.0, check=False) >= 5.0:
+                    waited_in_vain.append(i - 1)
+                time.sleep(0.01)  # the next frame is on its way
+                yield np.full((1, 4), i, np.float32)
+
+        results = [float(y[0, 0]) for (y,) in farm.map(camera())]
+    assert results == [2.0 * i + 1 for i in range(8)]
+    assert waited_in_vain == [], "these tasks were not run until the next item came"
+
+
+def test_a_task_held_back_while_the_source_stalls_is_sent_by_the_router(sleep_farm):
+    """Two items that came at once, then a source that stalls (a camera that
+    stops): the map is suspended in the read with the second task held back
+    (its context was busy with the first), and the router's sweep sends it."""
+    stalled_for: list[float] = []
+
+    def done() -> int:
+        return sum(w["tasks"] for w in sleep_farm.stats()["workers"])
+
+    def source():
+        yield {"seconds": np.array([0.2])}
+        yield {"seconds": np.array([0.2])}
+        stalled_for.append(wait_until(lambda: done() >= 2, 3.0, check=False))
+        yield {"seconds": np.array([0.01])}
+
+    results = [float(out[0]) for (out,) in sleep_farm.map(source())]
+    assert results == [0.2, 0.2, 0.01]
+    assert stalled_for[0] < 3.0, "the second task waited for the third item"
+
+
+def test_a_map_of_short_tasks_survives_a_worker_killed_with_batches_in_flight(tmp_path):
+    with Farm(affine_model(str(tmp_path), shape=(1, 4)), schedule="0,1") as farm:
+        victim = farm.stats()["workers"][1]["pid"]
+        feeds = [np.full((1, 4), i, np.float32) for i in range(4000)]
+        results = []
+        for k, (y,) in enumerate(farm.map(feeds)):
+            if k == 500:
+                os.kill(victim, signal.SIGKILL)
+            results.append(float(y[0, 0]))
+        assert results == [2.0 * i + 1 for i in range(4000)]
+        assert sum(w["crashes"] for w in farm.stats()["workers"]) == 1
+        stats = farm.stats()
+        assert stats["outstanding"] == 0 and all(w["in_flight"] == 0 for w in stats["workers"])
+
+
+def test_a_map_whose_batched_task_fails_raises_its_error_after_the_results_before_it(tmp_path):
+    feeds = [np.array([1 if i == 300 else 10 + i], np.int64) for i in range(600)]
+    with Farm("tests.pyfuncs:behave", schedule="0,1") as farm:
+        got = []
+        with pytest.raises(TaskError, match="asked to raise"):
+            for (value,) in farm.map(feeds):
+                got.append(int(value[0]))
+        assert got == [10 + i for i in range(300)]
+        wait_until(lambda: farm.stats()["outstanding"] == 0)
+
+
+def test_a_failed_send_of_corked_tasks_takes_them_the_routers_way(tmp_path, monkeypatch):
+    """A send that fails (ZMQError) must leave the books right: the tasks it
+    carried are run through the router instead, each answered once."""
+    failures = [3]  # the first three sends of corked tasks fail
+    real_send = zmq.Socket.send
+    channel_sockets: set = set()
+
+    def failing_send(self, data, *args, **kwargs):
+        if self in channel_sockets and failures[0] > 0:
+            failures[0] -= 1
+            raise zmq.ZMQError(zmq.EAGAIN)
+        return real_send(self, data, *args, **kwargs)
+
+    rerouted: list[int] = []
+    reroute = DirectPath.reroute
+
+    def recording_reroute(self, tasks):
+        rerouted.extend(t.task_id for t in tasks)
+        return reroute(self, tasks)
+
+    with Farm(affine_model(str(tmp_path), shape=(1, 4)), schedule="0,1") as farm:
+        # A first stream connects its channel's sockets; the map below reuses that channel.
+        stream = farm._router.open_stream(1.0)
+        assert stream is not None
+        futures = [concurrent.futures.Future() for _ in range(2)]
+        for future in futures:
+            stream.submit(farm._make_task(np.ones((1, 4), np.float32), future=future))
+        while not all(future.done() for future in futures):
+            stream.pump(10)
+        stream.close()
+        channel_sockets.update(s for c in farm._router._channels._idle for s in c.sockets())
+        assert len(channel_sockets) == 2
+        monkeypatch.setattr(zmq.Socket, "send", failing_send)
+        monkeypatch.setattr(DirectPath, "reroute", recording_reroute)
+        feeds = [np.full((1, 4), i, np.float32) for i in range(300)]
+        results = [float(y[0, 0]) for (y,) in farm.map(feeds)]
+        monkeypatch.undo()
+        assert results == [2.0 * i + 1 for i in range(300)]
+        assert failures == [0] and rerouted
+        wait_until(lambda: farm.stats()["outstanding"] == 0)
+        assert all(w["in_flight"] == 0 for w in farm.stats()["workers"])

@@ -1,0 +1,104 @@
+"""A context's finished answers, held for a moment to travel several to a message.
+
+Each ZeroMQ message costs both processes a send, a wake-up and the work of
+their I/O threads: on a tiny model that is most of what a task costs
+(``docs/benchmarks.md``, "Where a task's time goes"). So when a context
+finishes a task while the next one is already waiting for it, it holds the
+answer instead of sending it at once, and sends the answers it holds as one
+ANSWERS message (``workers.protocol``) when nothing more is waiting, when
+:data:`MOST_HELD` are held, or when holding on would keep the oldest longer
+than :data:`HOLD_BUDGET_S`. A single task in flight (``Farm.run``) finds
+nothing waiting after it, so its answer is never held.
+
+Answers are held per destination: a direct task's answer goes back to the
+socket that sent it (its routing id), a routed one to the parent's shared
+result socket (destination None).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Optional
+
+from workers import protocol
+
+__all__ = ["HOLD_BUDGET_S", "MOST_HELD", "HeldAnswers", "RunTime"]
+
+#: Answers a context holds at most before it sends them.
+MOST_HELD = 8
+
+#: How long an answer may wait for the ones after it: a model whose runs
+#: take longer than this never has its answers held (a finished answer must
+#: not wait for several runs).
+HOLD_BUDGET_S = 200e-6
+
+#: The weight of the newest run in :class:`RunTime`'s average.
+_RUN_WEIGHT = 0.1
+
+#: ``send(destination, header)``: a routing id (a direct answer) or None (the result socket).
+SendFn = Callable[[Optional[bytes], bytes], None]
+
+
+class RunTime:
+    """How long the next task will likely take: the longer of the last run
+    and a moving average of the runs (a model that is slow now and then is
+    treated as slow: its answers are not held for its long runs)."""
+
+    __slots__ = ("last_s", "average_s")
+
+    def __init__(self) -> None:
+        self.last_s = 0.0
+        self.average_s = 0.0
+
+    def record(self, seconds: float) -> None:
+        self.last_s = seconds
+        self.average_s += _RUN_WEIGHT * (seconds - self.average_s)
+
+    @property
+    def expected_s(self) -> float:
+        return max(self.last_s, self.average_s)
+
+
+class HeldAnswers:
+    """The answers a context holds, per destination (see the module docstring)."""
+
+    __slots__ = ("_send", "_clock", "_held", "_count", "_since")
+
+    def __init__(self, send: SendFn, clock: Callable[[], float] = time.perf_counter) -> None:
+        self._send = send
+        self._clock = clock
+        self._held: dict[Optional[bytes], list[Any]] = {}
+        self._count = 0
+        self._since = 0.0  # when the oldest held answer was held
+
+    def __len__(self) -> int:
+        return self._count
+
+    def hold(self, destination: Optional[bytes], answer: Any) -> None:
+        """Keep ``answer`` (a RESULT or FAILED record without frames) for ``destination``."""
+        if not self._count:
+            self._since = self._clock()
+        held = self._held.get(destination)
+        if held is None:
+            self._held[destination] = [answer]
+        else:
+            held.append(answer)
+        self._count += 1
+
+    def may_wait(self, next_run_s: float) -> bool:
+        """Whether the held answers may wait for one more run of ``next_run_s``:
+        fewer than :data:`MOST_HELD` held, and the oldest would still be
+        within :data:`HOLD_BUDGET_S` when it ends."""
+        if not self._count:
+            return True
+        return self._count < MOST_HELD and self._clock() - self._since + next_run_s <= HOLD_BUDGET_S
+
+    def flush(self) -> None:
+        """Send every held answer: one message per destination (a lone
+        answer as its own RESULT or FAILED, as an unbatched context sends it)."""
+        if not self._count:
+            return
+        held, self._held, self._count = self._held, {}, 0
+        for destination, answers in held.items():
+            message = answers[0] if len(answers) == 1 else protocol.AnswersMessage(answers)
+            self._send(destination, protocol.encode(message))
