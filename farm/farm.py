@@ -44,10 +44,36 @@ _PINNED_BACKENDS = ("onnxruntime", "python", "rknn-sim")
 _DESCRIPTION_POLL_S = 0.01
 
 #: A map() whose last input took longer than this to read sends its corked
-#: tasks before it reads the next (a live source: the wait is the source's).
+#: tasks before it reads the next (a live source: the wait is the source's);
+#: and so does one whose caller took longer than this to ask for the next
+#: result, before it hands that back.
 _SLOW_READ_S = 50e-6
 
 Callback = Callable[[Optional[list], Any, str], None]
+
+
+class _ThisProcess:
+    """This process's id, read once and again in a forked child only.
+
+    Every call on a farm checks that it runs in the process that created the
+    farm (:meth:`Farm._check_owner`); ``os.getpid()`` is a system call, and on
+    ``map()``'s path it cost ~2 µs of a tiny task's ~45 µs in the caller. The
+    id changes only across a fork, which ``os.register_at_fork`` reports."""
+
+    pid = os.getpid()
+
+    @classmethod
+    def forked(cls) -> None:
+        cls.pid = os.getpid()
+
+
+if hasattr(os, "register_at_fork"):  # POSIX; elsewhere there is no fork, and the id never changes
+    os.register_at_fork(after_in_child=_ThisProcess.forked)
+
+
+def _current_pid() -> int:
+    """``os.getpid()``, without the system call (see :class:`_ThisProcess`)."""
+    return _ThisProcess.pid
 
 
 def perf_log_enabled() -> bool:
@@ -453,10 +479,12 @@ class Farm:
         # Between its own calls (while the caller has a result, or while the
         # input iterable produces the next item) the stream is suspended, so
         # that close() from another thread need not wait for either.
-        # Suspending sends the stream's corked tasks first (farm.runtime.direct),
-        # but for the read of an item when the last one came at once: then
-        # the tasks go with the next ones; a live source (a camera) that
-        # makes the reader wait must not hold a task unsent.
+        # Suspending sends the corked tasks of the contexts about to run dry
+        # (farm.runtime.direct); the others go with the next ones, in bigger
+        # batches. But a live source (a camera) that makes the reader wait,
+        # or a caller slow to take the next result back, must not hold a task
+        # unsent: after one slow read or one slow hand-back, every corked
+        # task goes before the next.
         suspend = stream.suspend if stream is not None else _no_flush
         resume = stream.resume if stream is not None else _nothing
         items = iter(inputs)
@@ -464,38 +492,39 @@ class Farm:
         failure: Optional[Exception] = None  # the error of an item that could not be submitted
         clock = time.perf_counter
         slow_read = True
+        slow_taker = False
+        exhausted = False  # no item is read any more (the input ended, or an item failed)
         try:
-            while True:
-                suspend(slow_read)
-                started = clock()
-                item = next(items, _END)
-                slow_read = clock() - started > _SLOW_READ_S
-                resume()
-                if item is _END:
-                    break
-                try:
-                    pending.append(self._submit_to(stream, item, model, params))
-                except Exception as exc:  # a bad item: its turn comes after the items before it
-                    failure = _map_item_error(submitted, exc)
-                    break
-                submitted += 1
-                if not max_in_flight and submitted % 64 == 0:  # deeper once short tasks are measured
-                    window = router.map_window()
-                # Hand back what is already finished before reading more input:
-                # with a live source (a camera) that is what keeps latency low.
-                # (With the window full, the wait for the oldest reads answers anyway.)
-                if stream is not None and len(pending) < window:
-                    stream.pump()
-                while pending and (len(pending) >= window or self._finished(pending, ordered)):
-                    result = self._next_result(pending, ordered, bar, stream)
-                    suspend()
-                    yield result
+            while not exhausted or pending:
+                if not exhausted:
+                    suspend(slow_read)
+                    started = clock()
+                    item = next(items, _END)
+                    slow_read = clock() - started > _SLOW_READ_S
                     resume()
-            while pending:
-                result = self._next_result(pending, ordered, bar, stream)
-                suspend()
-                yield result
-                resume()
+                    exhausted = item is _END
+                if not exhausted:
+                    try:
+                        pending.append(self._submit_to(stream, item, model, params))
+                    except Exception as exc:  # a bad item: its turn comes after the items before it
+                        failure = _map_item_error(submitted, exc)
+                        exhausted = True
+                    else:
+                        submitted += 1
+                        if not max_in_flight and submitted % 64 == 0:  # deeper once short tasks are measured
+                            window = router.map_window()
+                        # Hand back what is already finished before reading more input:
+                        # with a live source (a camera) that is what keeps latency low.
+                        # (With the window full, the wait for the oldest reads answers anyway.)
+                        if stream is not None and len(pending) < window:
+                            stream.pump()
+                while pending and (exhausted or len(pending) >= window or self._finished(pending, ordered)):
+                    result = self._next_result(pending, ordered, bar, stream)
+                    suspend(slow_taker)
+                    handed = clock()
+                    yield result
+                    slow_taker = clock() - handed > _SLOW_READ_S
+                    resume()
             if failure is not None:
                 raise failure
         finally:
@@ -564,7 +593,8 @@ class Farm:
         bar: Optional[ProgressLine],
         stream: Optional[DirectStream] = None,
     ) -> list[np.ndarray]:
-        if stream is not None:
+        if stream is not None and not cls._finished(pending, ordered):
+            stream.pump()  # the answers that came, before a wait that sends every corked task
             while not cls._finished(pending, ordered):
                 stream.pump(DIRECT_POLL_MS)
         if ordered:
@@ -730,7 +760,7 @@ class Farm:
         """A forked child shares the parent's workers, sockets and shared
         memory: using them would answer its tasks to the wrong process and
         stop the parent's workers."""
-        if os.getpid() != self.owner_pid:
+        if _current_pid() != self.owner_pid:
             raise FarmError(
                 f"this Farm belongs to process {self.owner_pid}, and process {os.getpid()} is a fork of it; "
                 "a farm serves only the process that created it: create the Farm in the child after "
@@ -741,7 +771,7 @@ class Farm:
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        if os.getpid() != self.owner_pid:
+        if _current_pid() != self.owner_pid:
             return  # a forked child leaving the block: the farm is its parent's to close
         # An exception (KeyboardInterrupt included) cancels what is queued
         # rather than waiting for it.

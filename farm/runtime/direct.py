@@ -375,11 +375,19 @@ class DirectStream:
     list goes as one message (a TASKS message, or a plain TASK when it holds
     one) when the stream is about to wait for answers (:meth:`pump` with a
     timeout), when the caller asks (:meth:`flush`: ``map()`` does before it
-    yields a result, and before it reads an input when the last one was slow
-    to come), when a list reaches :data:`CORK_LIMIT`, and at :meth:`close`.
-    A task for a context with nothing else to do goes at once. A context then
-    wakes once for several tasks, and answers them in one message
-    (``workers.batching``). Should a suspended stream still hold tasks back
+    reads an input when the last one was slow to come, and before it hands
+    a result back when its caller was slow to ask for the last one), when a
+    list reaches :data:`CORK_LIMIT`, and at :meth:`close`. A task for a
+    context with nothing else to do goes at once. A context then wakes once
+    for several tasks, and answers them in one message (``workers.batching``).
+
+    A context with tasks still to run gets nothing more until one of those
+    moments: ``map()`` does not send merely because it yields. On a tiny
+    model that keeps the caller about as far ahead as the contexts, and the
+    batches grow to ~8 tasks (docs/benchmarks.md, "Several tasks per
+    message"); sending to a context whenever its queue ran low (a quarter
+    of its stream depth, or empty) made batches of 1–4 and cost more CPU per
+    task than it saved in idle time. Should a suspended stream still hold tasks back
     (its source stalls after an item that came at once), the router thread's
     sweep of the channels nobody holds sends them (:meth:`DirectPath.sweep_channels`).
 

@@ -1,0 +1,99 @@
+"""The caller's side of ``Farm.map`` (issue 21): when a map sends the tasks
+it holds back, and the per-task work it does in the caller's thread."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+import pytest
+
+from farm import Farm, FarmError
+from farm.runtime.direct import DirectStream
+from tests.onnx_models import affine_model
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def _record_suspends(monkeypatch) -> list:
+    """The ``flush`` argument of every ``DirectStream.suspend``, in order."""
+    log: list = []
+    suspend = DirectStream.suspend
+
+    def recording(self, flush=True):
+        log.append(flush)
+        return suspend(self, flush)
+
+    monkeypatch.setattr(DirectStream, "suspend", recording)
+    return log
+
+
+def _flushes_before_each_result(log: list) -> list:
+    """For each result the caller got ("got" in ``log``), whether the
+    suspend just before it sent the corked tasks."""
+    return [log[i - 1] for i, entry in enumerate(log) if entry == "got"]
+
+
+def test_a_map_hands_a_result_back_to_a_quick_caller_without_sending_what_it_holds(tmp_path, monkeypatch):
+    """A yield is not a reason to send: a context that has work to do gets
+    its next tasks in one message at the next wait, read or cap."""
+    log = _record_suspends(monkeypatch)
+    with Farm(affine_model(str(tmp_path), shape=(1, 4)), schedule="0") as farm:
+        feeds = [np.full((1, 4), i, np.float32) for i in range(200)]
+        results = []
+        for (y,) in farm.map(feeds, max_in_flight=8):
+            log.append("got")
+            results.append(float(y[0, 0]))
+    assert results == [2.0 * i + 1 for i in range(200)]
+    flushes = _flushes_before_each_result(log)
+    assert len(flushes) == 200
+    assert not any(flushes), "the map sent its corked tasks because it yielded"
+
+
+def test_a_map_sends_what_it_holds_before_handing_a_result_to_a_slow_caller(tmp_path, monkeypatch):
+    """A caller that takes a while with each result must not leave tasks
+    corked while it works: after one slow turn, each yield sends them first."""
+    log = _record_suspends(monkeypatch)
+    with Farm(affine_model(str(tmp_path), shape=(1, 4)), schedule="0") as farm:
+        feeds = [np.full((1, 4), i, np.float32) for i in range(20)]
+        for _ in farm.map(feeds, max_in_flight=8):
+            log.append("got")
+            time.sleep(0.002)  # the caller works on the result
+    flushes = _flushes_before_each_result(log)
+    assert len(flushes) == 20
+    assert all(flushes[1:]), flushes  # the first follows no turn of the caller's
+
+
+def test_a_map_does_not_ask_the_system_for_the_process_id_per_task(tmp_path, monkeypatch):
+    with Farm(affine_model(str(tmp_path), shape=(1, 4)), schedule="0") as farm:
+        calls = []
+        getpid = os.getpid
+
+        def counting() -> int:
+            calls.append(1)
+            return getpid()
+
+        monkeypatch.setattr(os, "getpid", counting)
+        feeds = [np.full((1, 4), i, np.float32) for i in range(300)]
+        assert len(list(farm.map(feeds))) == 300
+        farm.run(feeds[0])
+        monkeypatch.undo()
+    assert len(calls) < 10, f"{len(calls)} calls of os.getpid() for 301 tasks"
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
+def test_a_forked_child_is_still_told_the_farm_is_its_parents(tmp_path):
+    """The process id is cached: the fork hook must renew it in the child."""
+    with Farm(affine_model(str(tmp_path), shape=(1, 4)), schedule="0") as farm:
+        farm.run(np.ones((1, 4), np.float32))
+        child = os.fork()
+        if child == 0:  # the child: refused at once, before it touches anything of the parent's
+            try:
+                farm.stats()
+            except FarmError as error:
+                os._exit(0 if "is a fork of it" in str(error) else 2)
+            os._exit(1)
+        _, status = os.waitpid(child, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert farm.run(np.ones((1, 4), np.float32))[0][0, 0] == 3.0
