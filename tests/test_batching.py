@@ -74,6 +74,22 @@ def test_answers_wait_only_within_the_budget_and_the_count():
     assert not held.may_wait(0.0)  # enough held
 
 
+def test_held_answers_read_no_clock_when_given_the_time():
+    # A context reads the clock as each task ends and passes that time on.
+    reads = []
+
+    def clock() -> float:
+        reads.append(1)
+        return 0.0
+
+    held = HeldAnswers(lambda destination, header: None, clock)
+    held.hold(None, answer(1), now=10.0)
+    assert held.may_wait(50e-6, now=10.0 + 100e-6)
+    assert not held.may_wait(50e-6, now=10.0 + HOLD_BUDGET_S)  # the time given is the one used
+    held.hold(None, answer(2), now=11.0)
+    assert reads == []
+
+
 def test_a_model_slow_now_and_then_is_expected_slow():
     run_time = RunTime()
     for _ in range(20):

@@ -6,6 +6,7 @@ import types
 
 import numpy as np
 import pytest
+import zmq
 
 from farm.runtime.direct import task_fields, task_header
 from farm.runtime.listener import RemoteListener
@@ -252,3 +253,48 @@ def test_a_nodes_answer_form_is_checked_against_its_outputs(form, outputs, valid
     descriptors = [[-1, "<f4", [2]]] * outputs
     result = protocol.ResultMessage(1, 1, 7, 0, descriptors, [0, 0, 0, 0], form)
     assert _valid_result(result, frames, 1) is valid
+
+
+@pytest.mark.parametrize(
+    "answers",
+    [
+        [protocol.ResultMessage(3, 1, 7, 0, OUTPUTS, [1, 2, 3, 0])],
+        [protocol.FailedMessage(3, 1, 7, 0, "ValueError: no", TRACEBACK, [1, 0, 0, 0], "model.pre m:f")],
+        [
+            protocol.ResultMessage(3, 1, 7, 0, OUTPUTS, [1, 2, 3, 0]),
+            protocol.ResultMessage(3, 1, 8, 1, [], [0, 0, 0, 1], ["data", {"k": 1}]),
+            protocol.FailedMessage(3, 1, 9, 0, "ValueError: no", TRACEBACK, [1, 0, 0, 0]),
+        ],
+    ],
+    ids=["a lone result", "a lone failure with its stage", "several, with and without their optional fields"],
+)
+def test_held_answers_pack_in_one_pass_to_the_bytes_of_their_records(answers):
+    record = answers[0] if len(answers) == 1 else protocol.AnswersMessage(answers)
+    assert protocol.encode_answers(answers) == protocol.encode(record)
+    assert protocol.decode(protocol.encode_answers(answers), protocol.FOR_PARENT) == record
+
+
+def test_a_waiting_check_says_whether_a_message_waits_without_reading_the_events_option():
+    # pyzmq builds an enum member on every get(EVENTS): the check must not use it.
+    class SocketWithoutGet(zmq.Socket):
+        def get(self, option):
+            assert option != zmq.EVENTS, "the check read EVENTS"
+            return super().get(option)
+
+    context = zmq.Context()
+    receiver = context.socket(zmq.PAIR, socket_class=SocketWithoutGet)
+    sender = context.socket(zmq.PAIR)
+    try:
+        receiver.bind("inproc://waiting-check")
+        sender.connect("inproc://waiting-check")
+        waiting = protocol.waiting_check(receiver)
+        assert not waiting()
+        sender.send(b"x")
+        assert waiting()
+        assert waiting()  # asking does not take the message
+        assert receiver.recv() == b"x"
+        assert not waiting()
+    finally:
+        receiver.close(0)
+        sender.close(0)
+        context.term()

@@ -74,10 +74,12 @@ class HeldAnswers:
     def __len__(self) -> int:
         return self._count
 
-    def hold(self, destination: Optional[bytes], answer: Any) -> None:
-        """Keep ``answer`` (a RESULT or FAILED record without frames) for ``destination``."""
+    def hold(self, destination: Optional[bytes], answer: Any, now: Optional[float] = None) -> None:
+        """Keep ``answer`` (a RESULT or FAILED record without frames) for
+        ``destination``; ``now``: the clock's time, if the caller has just
+        read it (a context reads it as its task ends: one read fewer)."""
         if not self._count:
-            self._since = self._clock()
+            self._since = self._clock() if now is None else now
         held = self._held.get(destination)
         if held is None:
             self._held[destination] = [answer]
@@ -85,13 +87,17 @@ class HeldAnswers:
             held.append(answer)
         self._count += 1
 
-    def may_wait(self, next_run_s: float) -> bool:
+    def may_wait(self, next_run_s: float, now: Optional[float] = None) -> bool:
         """Whether the held answers may wait for one more run of ``next_run_s``:
         fewer than :data:`MOST_HELD` held, and the oldest would still be
-        within :data:`HOLD_BUDGET_S` when it ends."""
+        within :data:`HOLD_BUDGET_S` when it ends (``now``: as for :meth:`hold`)."""
         if not self._count:
             return True
-        return self._count < MOST_HELD and self._clock() - self._since + next_run_s <= HOLD_BUDGET_S
+        if self._count >= MOST_HELD:
+            return False
+        if now is None:
+            now = self._clock()
+        return now - self._since + next_run_s <= HOLD_BUDGET_S
 
     def flush(self) -> None:
         """Send every held answer: one message per destination (a lone
@@ -100,5 +106,4 @@ class HeldAnswers:
             return
         held, self._held, self._count = self._held, {}, 0
         for destination, answers in held.items():
-            message = answers[0] if len(answers) == 1 else protocol.AnswersMessage(answers)
-            self._send(destination, protocol.encode(message))
+            self._send(destination, protocol.encode_answers(answers))

@@ -75,7 +75,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 import msgpack
 import numpy as np
@@ -129,6 +129,7 @@ __all__ = [
     "decode",
     "dtype_of",
     "encode",
+    "encode_answers",
     "encode_tasks",
     "fields_of",
     "header_of",
@@ -138,6 +139,7 @@ __all__ = [
     "send_message",
     "to_record",
     "unpack",
+    "waiting_check",
 ]
 
 TASK = 1
@@ -447,6 +449,27 @@ def encode_tasks(fields: Sequence[list[Any]]) -> bytes:
     return pack([TASKS, *fields])
 
 
+def encode_answers(answers: Sequence[Any]) -> bytes:
+    """The header of a context's held answers (:class:`ResultMessage` or
+    :class:`FailedMessage` records) for one destination, packed in one pass:
+    a lone answer as its own RESULT or FAILED, as an unbatched context sends
+    it, several as one ANSWERS. The same bytes as :func:`encode` of the
+    record or of an :class:`AnswersMessage`, without building the batch
+    record or a list of fields per answer first."""
+    if len(answers) == 1:
+        return pack(_answer_header(answers[0]))
+    return pack([ANSWERS, *map(_answer_header, answers)])
+
+
+def _answer_header(answer: Any) -> list[Any]:
+    # A RESULT or FAILED record has one optional field, its last (form,
+    # stage): left out when None, as fields_of would.
+    header = [_KIND_OF[type(answer)], *answer]
+    if header[-1] is None:
+        header.pop()
+    return header
+
+
 def fields_of(message: Any) -> list[Any]:
     """A record's fields as sent: its optional fields left None at the end are left out."""
     fields = list(message)
@@ -562,6 +585,21 @@ def recv_message(socket: zmq.Socket, table: Mapping[int, type], flags: int = 0) 
     if message is None:
         raise ValueError(f"not a message this socket expects: {data[:64]!r}")
     return message, frames
+
+
+def waiting_check(socket: zmq.Socket) -> Callable[[], bool]:
+    """A function that says, without blocking, whether ``socket`` has a
+    message waiting. It asks ``zmq_poll`` with a poll list built once:
+    ``socket.get(EVENTS)`` costs twice as much, as pyzmq builds an enum
+    member for the option on every call (~3.8 against ~1.9 µs on the VM of
+    ``docs/benchmarks.md``), and a context asks once per message."""
+    items = [(socket, POLLIN)]
+    poll = zmq.zmq_poll
+
+    def waiting() -> bool:
+        return bool(poll(items, 0))
+
+    return waiting
 
 
 def unpack(frame: Any) -> list[Any]:

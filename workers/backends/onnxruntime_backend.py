@@ -7,6 +7,7 @@ thread pool, which would fight them for the same cores.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any, Callable
 
@@ -17,6 +18,7 @@ from workers.backends.base import Placement, tensor_entry
 from workers.tensortypes import dtype_of_ort_type
 
 __all__ = ["OnnxRuntimeSession", "open_session"]
+
 
 def _dtype_of(node: Any) -> str:
     dtype = dtype_of_ort_type(node.type)
@@ -90,7 +92,9 @@ class OnnxRuntimeSession:
         compiled, bound, run_options = self._compiled, binding._iobinding, ort.RunOptions()
         if compiled is None:  # an onnxruntime without the compiled session attribute
             return lambda: self._session.run_with_iobinding(binding)
-        return lambda: compiled.run_with_iobinding(bound, run_options)
+        # A partial, not a lambda: the run is called once per task, and a
+        # partial calls the compiled method without a Python frame of its own.
+        return functools.partial(compiled.run_with_iobinding, bound, run_options)
 
     def close(self) -> None:
         del self._session
