@@ -226,7 +226,7 @@ def test_a_map_sends_several_tasks_and_takes_several_answers_per_message(tmp_pat
         return send_corked(self, socket, entries)
 
     def counting_take(self, batch):
-        taken.append(len(batch))
+        taken.append(sum(len(m.answers) if type(m) is protocol.AnswersMessage else 1 for m, _ in batch))
         return take_messages(self, batch)
 
     monkeypatch.setattr(DirectStream, "_send_corked", counting_send)

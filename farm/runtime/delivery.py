@@ -35,6 +35,7 @@ from farm.errors import FarmError, StageError, TaskError
 from farm.runtime.books import Books
 from farm.runtime.callbacks import CallbackThread
 from farm.runtime.processes import WorkerHandle
+from farm.runtime.stats import WorkerStats
 from workers import protocol
 
 __all__ = ["Answers"]
@@ -74,7 +75,30 @@ class Answers:
     def hand_over(self, worker: WorkerHandle, task: Task, message: Any, frames: list[Any]) -> None:
         """Outside the lock: free the inputs, build the outputs, resolve the
         task. The task is claimed: whatever goes wrong here, it ends here."""
+        self.hand_over_all([(worker, task, message, frames)])
+
+    def hand_over_all(self, answered: list[tuple]) -> None:
+        """:meth:`hand_over` for several answers ``(worker, task, message,
+        frames)`` (those of one read of the lock): the successes go into the
+        statistics in one call per worker and per model, before any Future
+        is resolved (whoever waits on one may read ``stats()`` next)."""
+        if not answered:
+            return
         now = time.perf_counter()
+        successes = _Successes()
+        outcomes = [self._outcome(answer, now, successes) for answer in answered]
+        successes.record()
+        for (worker, task, message, _), (outputs, error) in zip(answered, outcomes):
+            self._resolve(task, outputs, error)
+            if self._perf_log:
+                self._print_perf(task, worker, message.timings, now)
+
+    def _outcome(
+        self, answer: tuple, now: float, successes: _Successes
+    ) -> tuple[Optional[list], Optional[BaseException]]:
+        """One answer's outputs or error, its inputs freed and its figures
+        counted (a success into ``successes``, a failure at once)."""
+        worker, task, message, frames = answer
         timings = message.timings
         outputs: Optional[list] = None
         error: Optional[BaseException] = None
@@ -86,8 +110,8 @@ class Answers:
                 if message.form is not None:  # what a postprocess returned
                     outputs = _in_form(outputs, message.form)
                 latency_us = int((now - task.submitted_at) * 1e6)
-                worker.stats.record_success(latency_us, timings[1])
-                model_stats.record_success(latency_us, timings[1])
+                successes.add(worker.stats, latency_us, timings[1])
+                successes.add(model_stats, latency_us, timings[1])
             else:
                 self._free_out_region(task)
                 worker.stats.record_failure()
@@ -96,13 +120,11 @@ class Answers:
         except Exception as exc:  # e.g. the farm's memory closed under it
             self._free_out_region(task)
             outputs, error = None, FarmError(f"task {task.task_id}: its answer could not be read: {exc}")
-        if isinstance(task.future, Future) and error is None:
+        if error is None and isinstance(task.future, Future):
             # What the model took in the worker: a node agent reports this to its
             # router (for pacing and the perf line) instead of its own round trip.
             task.future.worker_timings = timings[:3]  # type: ignore[attr-defined]
-        self._resolve(task, outputs, error)
-        if self._perf_log:
-            self._print_perf(task, worker, timings, now)
+        return outputs, error
 
     def _collect_outputs(self, task: Task, descriptors: list[Any], frames: list[Any]) -> list[np.ndarray]:
         """Outputs as arrays: views of the task's leased output region (or
@@ -189,6 +211,25 @@ class Answers:
             file=sys.stderr,
             flush=True,
         )
+
+
+class _Successes:
+    """The successes of a batch of answers, gathered by the statistics they
+    go into (a worker's, a model's), to be recorded with one call each."""
+
+    def __init__(self) -> None:
+        self._by_stats: dict[WorkerStats, tuple[list[int], list[int]]] = {}
+
+    def add(self, stats: WorkerStats, latency_us: int, infer_us: int) -> None:
+        entry = self._by_stats.get(stats)
+        if entry is None:
+            entry = self._by_stats[stats] = ([], [])
+        entry[0].append(latency_us)
+        entry[1].append(infer_us)
+
+    def record(self) -> None:
+        for stats, (latencies_us, infers_us) in self._by_stats.items():
+            stats.record_successes(latencies_us, infers_us)
 
 
 def _task_error(worker: WorkerHandle, message: Any) -> TaskError:

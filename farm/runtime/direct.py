@@ -174,10 +174,7 @@ class DirectPath:
     def _take_direct_answer(self, message: Any, frames: list[Any]) -> None:
         """The router's part for an answer that came on a reply channel (for
         an ANSWERS batch, the lock is taken once for all its answers)."""
-        if type(message) is protocol.AnswersMessage:
-            self._take_messages([(answer, frames) for answer in message.answers])
-        else:
-            self._take_messages([(message, frames)])
+        self._take_messages([(message, frames)])
 
     def take_one_direct_answer(self, socket: zmq.Socket) -> bool:
         """Handle one answer waiting on ``socket`` (a poll said so); False if none was there."""

@@ -434,22 +434,22 @@ class Router:
                 except Exception as exc:  # undecodable: drop it, keep serving
                     print(f"rknn-farm: dropped an undecodable worker message: {exc!r}", file=sys.stderr)
                     continue
-                if type(message) is protocol.AnswersMessage:  # a context's batch: each answer on its own
-                    batch.extend((answer, frames) for answer in message.answers)
-                else:
-                    batch.append((message, frames))
+                batch.append((message, frames))  # an ANSWERS batch stays whole: see _take_answers
             if not batch:
                 return
             self.take_messages(batch)
 
     def take_messages(self, batch: list[tuple[Any, list[Any]]]) -> None:
         """The bookkeeping of every message of ``batch`` (records of
-        ``protocol.FOR_ROUTER`` and their frames) under one acquisition of
+        ``protocol.FOR_PARENT`` and their frames) under one acquisition of
         the lock, then the hand-over of the answers among them outside it."""
-        answered = []
+        answered: list[tuple] = []
         with self.books.cond:
             for message, frames in batch:
                 try:
+                    if type(message) is protocol.AnswersMessage:
+                        self._take_answers(message.answers, frames, answered)
+                        continue
                     answer = self.handle_message(message, frames)
                 except Exception as exc:  # a malformed message must not kill its reader
                     print(f"rknn-farm: dropped a malformed worker message: {exc!r}", file=sys.stderr)
@@ -457,14 +457,13 @@ class Router:
                 if answer is not None:
                     answered.append(answer)
             self.books.cond.notify_all()
-        for answer in answered:
-            self._hand_over(answer)
+        self.answers.hand_over_all(answered)
 
     def handle_message(self, message: Any, frames: list[Any]) -> Optional[tuple]:
         """Under the lock: the state change a worker's message (a record of
         ``protocol.FOR_ROUTER`` from a worker or node; one answer of an
         ANSWERS batch) makes. A task answer is
-        returned, to be handed over (without the lock) by :meth:`_hand_over`."""
+        returned, to be handed over (without the lock) by ``Answers.hand_over``."""
         worker = self.books.workers[message.worker_id]
         if message.generation != worker.generation:
             return None  # from an incarnation that is gone
@@ -481,6 +480,35 @@ class Router:
         elif kind is protocol.HeartbeatMessage and message.rss_mb is not None:  # a node's workers' memory
             worker.rss_mb = float(message.rss_mb)
         return None
+
+    def _take_answers(self, answers: list[Any], frames: list[Any], answered: list[tuple]) -> None:
+        """Under the lock: an ANSWERS batch (one context's answers, all of one
+        incarnation of its worker). What concerns the worker (its lookup, the
+        refill of its core) is done once for the message, not once per
+        answer: on short tasks that per-answer work was a good part of the
+        caller's cost. The answers whose tasks it ends are
+        appended to ``answered``, as :meth:`handle_message` returns them."""
+        if not answers:
+            return
+        first = answers[0]
+        books = self.books
+        worker = books.workers[first.worker_id]
+        if first.generation != worker.generation:
+            return  # from an incarnation that is gone
+        worker.last_seen = time.monotonic()
+        note_task_served = self.supervisor.note_task_served  # per task: a recycling limit counts each
+        for message in answers:
+            timings = message.timings
+            task = books.unbook(worker, timings[3], message.task_id, message.attempt)
+            if task is None:
+                continue  # stale: the dispatch below uses the room it freed
+            succeeded = type(message) is protocol.ResultMessage
+            note_task_served(worker, succeeded)
+            if succeeded:
+                books.lanes[task.model].pacer.record(timings[1])
+            if books.finish(task):
+                answered.append((worker, task, message, frames))
+        books.dispatch(worker.core)
 
     def _take_answered_task(self, worker: WorkerHandle, message: Any) -> Optional[Task]:
         """Under the lock: the task this answer (a ``protocol.ResultMessage``

@@ -49,13 +49,23 @@ class WorkerStats:
         self.latency_sum_s = 0.0
 
     def record_success(self, latency_us: int, infer_us: int) -> None:
-        self.tasks += 1
-        self.latency_us.append(latency_us)
-        seconds = latency_us / 1e6
-        self.latency_sum_s += seconds
-        self.latency_buckets[bisect.bisect_left(LATENCY_BUCKETS_S, seconds)] += 1
+        """A task that came back with a result: its latency and inference time."""
+        self.record_successes([latency_us], [infer_us])
+
+    def record_successes(self, latencies_us: list[int], infers_us: list[int]) -> None:
+        """:meth:`record_success` for several tasks at once (the answers of one
+        message), in the order given: one call instead of one per task."""
+        seconds = [latency / 1e6 for latency in latencies_us]
+        self.tasks += len(latencies_us)
+        self.latency_us.extend(latencies_us)
+        self.latency_sum_s += sum(seconds)
+        buckets = self.latency_buckets
+        for value in seconds:
+            buckets[bisect.bisect_left(LATENCY_BUCKETS_S, value)] += 1
         ema = self.infer_ema_us
-        self.infer_ema_us = infer_us if ema is None else 0.95 * ema + 0.05 * infer_us
+        for infer_us in infers_us:
+            ema = infer_us if ema is None else 0.95 * ema + 0.05 * infer_us
+        self.infer_ema_us = ema
 
     def record_failure(self) -> None:
         self.failures += 1
