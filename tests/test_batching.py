@@ -15,8 +15,10 @@ import pytest
 import zmq
 
 from farm import Farm, TaskError
+from farm.runtime.books import Books
 from farm.runtime.direct import DirectPath, DirectStream
 from farm.runtime.router import ROUTER_THREAD_NAME, Router
+from farm.runtime.stats import WorkerStats
 from tests.onnx_models import affine_model
 from tests.processes import wait_until
 from workers import protocol
@@ -242,6 +244,52 @@ def test_a_map_sends_several_tasks_and_takes_several_answers_per_message(tmp_pat
     assert sum(sent) == 3000
     assert max(sent) > 1 and len(sent) < 3000  # some messages carried several tasks
     assert max(taken) > 1 and len(taken) < 3000  # the lock was taken once for several answers
+
+
+def test_a_batch_of_answers_refills_its_core_once_and_its_stats_count_every_task(tmp_path, monkeypatch):
+    answers: list[int] = []
+    refills: list[int] = []
+    take_messages = Router.take_messages
+    dispatch = Books.dispatch
+
+    def counting_take(self, batch):
+        answers.append(sum(len(m.answers) if type(m) is protocol.AnswersMessage else 1 for m, _ in batch))
+        return take_messages(self, batch)
+
+    def counting_dispatch(self, core):
+        refills.append(core)
+        return dispatch(self, core)
+
+    monkeypatch.setattr(Router, "take_messages", counting_take)
+    monkeypatch.setattr(Books, "dispatch", counting_dispatch)
+    with Farm(affine_model(str(tmp_path), shape=(1, 4)), schedule="0,1") as farm:
+        x = np.ones((1, 4), np.float32)
+        for _ in range(100):  # the inference-time average learns that the tasks are short
+            farm.run(x)
+        before = farm.stats()
+        answers.clear()
+        refills.clear()
+        assert len(list(farm.map([x] * 2000, max_in_flight=32))) == 2000
+        after = farm.stats()
+    # Once per message, not once per answer (every message had at least one).
+    assert sum(answers) >= 2000 and len(refills) < sum(answers)
+
+    def tasks(stats):
+        return sum(w["tasks"] for w in stats["workers"]), stats["models"]["default"]["tasks"]
+
+    assert [b - a for a, b in zip(tasks(before), tasks(after))] == [2000, 2000]
+
+
+def test_successes_recorded_together_count_as_if_recorded_one_by_one():
+    one_by_one, together = WorkerStats(), WorkerStats()
+    latencies, infers = [300, 1500, 7000, 2_000_000], [10, 20, 30, 40]
+    for latency, infer in zip(latencies, infers):
+        one_by_one.record_success(latency, infer)
+    together.record_successes(latencies, infers)
+    assert together.snapshot() == one_by_one.snapshot()
+    assert together.latency_buckets == one_by_one.latency_buckets
+    assert together.latency_sum_s == pytest.approx(one_by_one.latency_sum_s)
+    assert together.infer_ema_us == pytest.approx(one_by_one.infer_ema_us)
 
 
 def test_the_router_takes_batched_answers_of_submitted_tasks(tmp_path, monkeypatch):
