@@ -594,8 +594,16 @@ class Farm:
         bar: Optional[ProgressLine],
         stream: Optional[DirectStream] = None,
     ) -> list[np.ndarray]:
-        if stream is not None and not cls._finished(pending, ordered):
-            stream.pump()  # the answers that came, before a wait that sends every corked task
+        # The answers that came, before a wait that sends every corked task.
+        # A look at the futures takes their locks: none after a pump that
+        # read nothing without waiting. After a wait, always one (the
+        # router may end a task without a word, when its worker died).
+        if (
+            stream is not None
+            and not cls._finished(pending, ordered)
+            and (not stream.pump() or not cls._finished(pending, ordered))
+        ):
+            stream.pump(DIRECT_POLL_MS)
             while not cls._finished(pending, ordered):
                 stream.pump(DIRECT_POLL_MS)
         if ordered:

@@ -39,13 +39,13 @@ def idle(farm: Farm) -> bool:
 def answering_threads(monkeypatch):
     """The name of the thread that handed over each answer."""
     names: list[str] = []
-    original = Answers.hand_over
+    original = Answers.hand_over_all
 
-    def recording(self, *args):
-        names.append(threading.current_thread().name)
-        return original(self, *args)
+    def recording(self, answered):
+        names.extend([threading.current_thread().name] * len(answered))
+        return original(self, answered)
 
-    monkeypatch.setattr(Answers, "hand_over", recording)
+    monkeypatch.setattr(Answers, "hand_over_all", recording)
     return names
 
 

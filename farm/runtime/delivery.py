@@ -129,6 +129,8 @@ class Answers:
     def _collect_outputs(self, task: Task, descriptors: list[Any], frames: list[Any]) -> list[np.ndarray]:
         """Outputs as arrays: views of the task's leased output region (or
         copies with ``copy_outputs``), or copies of inline frames."""
+        if all(type(d[0]) is bytes for d in descriptors):
+            return self._inline_outputs(task, descriptors)
         region = task.out_region
         uses_region = region is not None and any(type(d[0]) is int and d[0] >= 0 for d in descriptors)
         keep_views = uses_region and not self.options.copy_outputs
@@ -158,6 +160,18 @@ class Answers:
             self._free_out_region(task)
         if not uses_region:
             self._remember_output_size(task.input_key, sum(protocol.align(a.nbytes) for a in outputs))
+        return outputs
+
+    def _inline_outputs(self, task: Task, descriptors: list[Any]) -> list[np.ndarray]:
+        """Outputs that all came inside the header (small ones: every output
+        of a short task): copies of their bytes, with no region to lease or
+        read. The region leased for them, if any, is freed."""
+        self._free_out_region(task)
+        outputs = [
+            np.frombuffer(data, protocol.dtype_of(dtype), math.prod(shape)).reshape(shape).copy()
+            for data, dtype, shape in descriptors
+        ]
+        self._remember_output_size(task.input_key, sum(protocol.align(a.nbytes) for a in outputs))
         return outputs
 
     def _free_out_region(self, task: Task) -> None:

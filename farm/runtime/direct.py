@@ -505,18 +505,22 @@ class DirectStream:
             )
         self.pump(DIRECT_POLL_MS)
 
-    def pump(self, timeout_ms: int = 0) -> None:
+    def pump(self, timeout_ms: int = 0) -> bool:
         """Handle the answers that have come (waiting up to ``timeout_ms`` for
-        one, after sending the corked tasks: an answer may wait for them)."""
+        one, after sending the corked tasks: an answer may wait for them).
+        False when nothing came: no future of this stream's tasks has ended
+        through it (only a routed task's, or one the router ended)."""
         if timeout_ms:
             self.flush()
         if self._watched_epoch != self._channel.epoch or len(self._watched) != self._channel.size:
             self._watch_channel()
-        for item, _ in self._poller.poll(timeout_ms):
+        ready = self._poller.poll(timeout_ms)
+        for item, _ in ready:
             if item == self._wake_pipe.fd:
                 self._wake_pipe.drain()
             else:  # one message: if more wait, the next poll says so at once
                 self._path.take_one_direct_answer(item)
+        return bool(ready)
 
     def close(self) -> None:
         """Send what is corked, and give the channel back (to the router
