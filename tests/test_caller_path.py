@@ -3,6 +3,7 @@ it holds back, and the per-task work it does in the caller's thread."""
 
 from __future__ import annotations
 
+import collections
 import os
 import time
 
@@ -10,7 +11,8 @@ import numpy as np
 import pytest
 
 from farm import Farm, FarmError
-from farm.runtime.direct import DirectStream
+from farm.data.task import TaskFuture
+from farm.runtime.direct import DIRECT_POLL_MS, DirectStream
 from tests.onnx_models import affine_model
 
 pytestmark = pytest.mark.timeout(60)
@@ -97,3 +99,45 @@ def test_a_forked_child_is_still_told_the_farm_is_its_parents(tmp_path):
         _, status = os.waitpid(child, 0)
         assert os.waitstatus_to_exitcode(status) == 0
         assert farm.run(np.ones((1, 4), np.float32))[0][0, 0] == 3.0
+
+
+# ── map()'s wait for its oldest result: how often it looks at the futures ──
+class _CountingFuture(TaskFuture):
+    """A map's future that counts how often it is asked whether it is done
+    (each time takes its lock)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.looks = 0
+
+    def done(self) -> bool:
+        self.looks += 1
+        return super().done()
+
+
+class _FakeStream:
+    """A stream whose answer comes only after a wait: ``pump(0)`` reads
+    nothing, ``pump(timeout)`` resolves the future (returning whether it
+    read a message: not when the router ended the task without a word)."""
+
+    def __init__(self, future: TaskFuture, read_on_wait: bool) -> None:
+        self.future = future
+        self.read_on_wait = read_on_wait
+        self.pumps: list[int] = []
+
+    def pump(self, timeout_ms: int = 0) -> bool:
+        self.pumps.append(timeout_ms)
+        if not timeout_ms:
+            return False
+        self.future.set_result(["answer"])
+        return self.read_on_wait
+
+
+@pytest.mark.parametrize("read_on_wait", [True, False], ids=["answer read", "ended by the router"])
+def test_the_wait_for_a_result_looks_at_the_future_once_before_and_once_after_the_wait(read_on_wait):
+    future = _CountingFuture()
+    stream = _FakeStream(future, read_on_wait)
+    pending = collections.deque([future])
+    assert Farm._next_result(pending, True, None, stream) == ["answer"]  # type: ignore[arg-type]
+    assert stream.pumps == [0, DIRECT_POLL_MS]
+    assert future.looks == 2  # not again after a pump that read nothing without waiting
