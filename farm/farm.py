@@ -519,8 +519,13 @@ class Farm:
                         # (With the window full, the wait for the oldest reads answers anyway.)
                         if stream is not None and len(pending) < window:
                             stream.pump()
-                while pending and (exhausted or len(pending) >= window or self._finished(pending, ordered)):
-                    result = self._next_result(pending, ordered, bar, stream)
+                while pending:
+                    if exhausted or len(pending) >= window:  # wait for a result
+                        result = self._next_result(pending, ordered, bar, stream)
+                    elif self._finished(pending, ordered):  # one is there: no second look (a lock) for it
+                        result = self._next_result(pending, ordered, bar)
+                    else:
+                        break
                     suspend(slow_taker)
                     handed = clock()
                     yield result

@@ -141,3 +141,23 @@ def test_the_wait_for_a_result_looks_at_the_future_once_before_and_once_after_th
     assert Farm._next_result(pending, True, None, stream) == ["answer"]  # type: ignore[arg-type]
     assert stream.pumps == [0, DIRECT_POLL_MS]
     assert future.looks == 2  # not again after a pump that read nothing without waiting
+
+
+def test_a_map_looks_at_each_future_about_twice(tmp_path, monkeypatch):
+    """Each look at a future takes its lock: map() takes a result that is
+    there without looking again, and looks once more only after a wait."""
+    looks = [0]
+    done = TaskFuture.done
+
+    def counting(self):
+        looks[0] += 1
+        return done(self)
+
+    monkeypatch.setattr(TaskFuture, "done", counting)
+    with Farm(affine_model(str(tmp_path), shape=(1, 4)), schedule="0,1") as farm:
+        x = np.ones((1, 4), np.float32)
+        for _ in range(100):  # the inference-time average learns that the tasks are short
+            farm.run(x)
+        looks[0] = 0
+        assert len(list(farm.map([x] * 2000, max_in_flight=32))) == 2000
+    assert looks[0] < 2.5 * 2000  # it was 3 a task
