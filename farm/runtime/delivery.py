@@ -110,8 +110,7 @@ class Answers:
                 if message.form is not None:  # what a postprocess returned
                     outputs = _in_form(outputs, message.form)
                 latency_us = int((now - task.submitted_at) * 1e6)
-                successes.add(worker.stats, latency_us, timings[1])
-                successes.add(model_stats, latency_us, timings[1])
+                successes.add(worker.stats, model_stats, latency_us, timings[1])
             else:
                 self._free_out_region(task)
                 worker.stats.record_failure()
@@ -229,21 +228,23 @@ class Answers:
 
 class _Successes:
     """The successes of a batch of answers, gathered by the statistics they
-    go into (a worker's, a model's), to be recorded with one call each."""
+    go into (their worker's and their model's: one pair for the answers of
+    one context), to be recorded with one call each."""
 
     def __init__(self) -> None:
-        self._by_stats: dict[WorkerStats, tuple[list[int], list[int]]] = {}
+        self._by_stats: dict[tuple[WorkerStats, WorkerStats], tuple[list[int], list[int]]] = {}
 
-    def add(self, stats: WorkerStats, latency_us: int, infer_us: int) -> None:
-        entry = self._by_stats.get(stats)
+    def add(self, worker: WorkerStats, model: WorkerStats, latency_us: int, infer_us: int) -> None:
+        entry = self._by_stats.get((worker, model))
         if entry is None:
-            entry = self._by_stats[stats] = ([], [])
+            entry = self._by_stats[worker, model] = ([], [])
         entry[0].append(latency_us)
         entry[1].append(infer_us)
 
     def record(self) -> None:
-        for stats, (latencies_us, infers_us) in self._by_stats.items():
-            stats.record_successes(latencies_us, infers_us)
+        for (worker_stats, model_stats), (latencies_us, infers_us) in self._by_stats.items():
+            worker_stats.record_successes(latencies_us, infers_us)
+            model_stats.record_successes(latencies_us, infers_us)
 
 
 def _task_error(worker: WorkerHandle, message: Any) -> TaskError:
