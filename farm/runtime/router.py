@@ -461,9 +461,9 @@ class Router:
 
     def handle_message(self, message: Any, frames: list[Any]) -> Optional[tuple]:
         """Under the lock: the state change a worker's message (a record of
-        ``protocol.FOR_ROUTER`` from a worker or node; one answer of an
-        ANSWERS batch) makes. A task answer is
-        returned, to be handed over (without the lock) by ``Answers.hand_over``."""
+        ``protocol.FOR_ROUTER`` from a worker or node; an ANSWERS batch goes
+        to :meth:`_take_answers`) makes. A task answer is returned, to be
+        handed over (without the lock) by ``Answers.hand_over``."""
         worker = self.books.workers[message.worker_id]
         if message.generation != worker.generation:
             return None  # from an incarnation that is gone
@@ -486,8 +486,8 @@ class Router:
         incarnation of its worker). What concerns the worker (its lookup, the
         refill of its core) is done once for the message, not once per
         answer: on short tasks that per-answer work was a good part of the
-        caller's cost. The answers whose tasks it ends are
-        appended to ``answered``, as :meth:`handle_message` returns them."""
+        caller's cost. The answers whose tasks it ends are appended to
+        ``answered``, as :meth:`handle_message` returns them."""
         if not answers:
             return
         first = answers[0]
