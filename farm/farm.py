@@ -43,10 +43,11 @@ _PINNED_BACKENDS = ("onnxruntime", "python", "rknn-sim")
 #: How often input_array looks whether a farm of nodes only has met its first node yet.
 _DESCRIPTION_POLL_S = 0.01
 
-#: A map() whose last input took longer than this to read sends its corked
-#: tasks before it reads the next (a live source: the wait is the source's);
-#: and so does one whose caller took longer than this to ask for the next
-#: result, before it hands that back.
+#: A map() whose last input took longer than this to read and prepare sends
+#: its corked tasks before it reads the next (a live source: the wait is the
+#: source's; a large input: its copy into shared memory, while a context may
+#: run dry); and so does one whose caller took longer than this to ask for
+#: the next result, before it hands that back.
 _SLOW_READ_S = 50e-6
 
 Callback = Callable[[Optional[list], Any, str], None]
@@ -484,8 +485,9 @@ class Farm:
         # (farm.runtime.direct), so that a busy context gets them in bigger
         # batches. But a live source (a camera) that makes the reader wait,
         # or a caller slow to take the next result, must not leave a task
-        # unsent meanwhile: after one slow read, or one slow turn of the
-        # caller, every corked task goes before the next.
+        # unsent meanwhile, nor may a large input's copy while a context runs
+        # dry: after one slow read (with its preparation), or one slow turn
+        # of the caller, every corked task goes before the next.
         suspend = stream.suspend if stream is not None else _no_flush
         resume = stream.resume if stream is not None else _nothing
         items = iter(inputs)
@@ -501,7 +503,6 @@ class Farm:
                     suspend(slow_read)
                     started = clock()
                     item = next(items, _END)
-                    slow_read = clock() - started > _SLOW_READ_S
                     resume()
                     exhausted = item is _END
                 if not exhausted:
@@ -512,6 +513,7 @@ class Farm:
                         exhausted = True
                     else:
                         submitted += 1
+                        slow_read = clock() - started > _SLOW_READ_S  # read and prepared
                         if not max_in_flight and submitted % 64 == 0:  # deeper once short tasks are measured
                             window = router.map_window()
                         # Hand back what is already finished before reading more input:

@@ -22,7 +22,7 @@ from farm.runtime.stats import WorkerStats
 from tests.onnx_models import affine_model
 from tests.processes import wait_until
 from workers import protocol
-from workers.batching import HOLD_BUDGET_S, MOST_HELD, HeldAnswers, RunTime
+from workers.batching import HOLD_BUDGET_S, HOLD_RUNS_BELOW_S, MOST_HELD, HeldAnswers, RunTime
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -64,9 +64,13 @@ def test_held_answers_go_as_one_answers_message_per_destination():
 
 def test_answers_wait_only_within_the_budget_and_the_count():
     held, _sent, clock = held_answers()
-    assert held.may_wait(1.0)  # nothing held: nothing to keep waiting
+    assert held.may_wait(50e-6)  # nothing held: nothing to keep waiting
     held.hold(None, answer(1))
     assert held.may_wait(50e-6)
+    # A run as long as a message's cost or longer (a 1080p frame's): within the
+    # budget, but the parent waits for this answer to refill the context.
+    assert not held.may_wait(HOLD_RUNS_BELOW_S)
+    assert not held.may_wait(HOLD_BUDGET_S * 0.75)
     assert not held.may_wait(HOLD_BUDGET_S * 2)  # a slow next run: the answer goes now
     clock.now = HOLD_BUDGET_S * 0.9
     assert not held.may_wait(HOLD_BUDGET_S * 0.2)  # the oldest would be held past the budget

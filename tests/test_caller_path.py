@@ -12,6 +12,7 @@ import pytest
 
 from farm import Farm, FarmError
 from farm.data.task import TaskFuture
+from farm.runtime import direct as direct_module
 from farm.runtime.direct import DIRECT_POLL_MS, DirectStream
 from tests.onnx_models import affine_model
 
@@ -65,6 +66,54 @@ def test_a_map_sends_what_it_holds_before_handing_a_result_to_a_slow_caller(tmp_
     flushes = _flushes_before_each_result(log)
     assert len(flushes) == 20
     assert all(flushes[1:]), flushes  # the first follows no turn of the caller's
+
+
+def test_a_map_sends_what_it_holds_before_reading_on_after_a_slow_preparation(tmp_path, monkeypatch):
+    """A large input's copy into shared memory takes a while (a 1080p frame:
+    ~0.5 ms): the tasks corked before it must not wait through the next
+    input's copy too, while their context may run dry. So a slow read *or
+    preparation* sends them before the map reads on."""
+    log = _record_suspends(monkeypatch)
+    make_task = Farm._make_task
+
+    def slow_make_task(self, *args, **kwargs):
+        time.sleep(0.002)  # as a large copy in would
+        return make_task(self, *args, **kwargs)
+
+    monkeypatch.setattr(Farm, "_make_task", slow_make_task)
+
+    def feeds():
+        for i in range(20):
+            log.append("read")  # next() is quick: only the preparation is slow
+            yield np.full((1, 4), i, np.float32)
+
+    with Farm(affine_model(str(tmp_path), shape=(1, 4)), schedule="0") as farm:
+        results = [float(y[0, 0]) for (y,) in farm.map(feeds(), max_in_flight=8)]
+    assert results == [2.0 * i + 1 for i in range(20)]
+    before_reads = [log[i - 1] for i, entry in enumerate(log) if entry == "read"]
+    assert len(before_reads) == 20
+    assert all(before_reads), before_reads
+
+
+def test_a_map_sends_each_task_of_a_slow_model_at_once(monkeypatch):
+    """Corking pays where a message costs as much as a run; a task of a model
+    whose runs take longer (here ~0.5 ms) goes at once, so that its context
+    finds it queued when the run before it ends."""
+    monkeypatch.setattr(direct_module, "STREAM_QUEUE_US", 20_000)  # deep contexts, as for short tasks
+    sizes: list = []
+    send = DirectStream._send_corked
+
+    def recording(self, socket, entries):
+        sizes.append(len(entries))
+        return send(self, socket, entries)
+
+    monkeypatch.setattr(DirectStream, "_send_corked", recording)
+    feed = {"seconds": np.array([0.0005])}
+    with Farm("tests.pyfuncs:sleep", schedule="0") as farm:
+        for _ in range(3):  # the core's inference time is measured
+            farm.run(feed)
+        assert len(list(farm.map([feed] * 40, max_in_flight=16))) == 40
+    assert len(sizes) == 40 and max(sizes) == 1, sizes
 
 
 def test_a_map_does_not_ask_the_system_for_the_process_id_per_task(tmp_path, monkeypatch):

@@ -22,7 +22,7 @@ from typing import Any, Callable, Optional
 
 from workers import protocol
 
-__all__ = ["HOLD_BUDGET_S", "MOST_HELD", "HeldAnswers", "RunTime"]
+__all__ = ["HOLD_BUDGET_S", "HOLD_RUNS_BELOW_S", "MOST_HELD", "HeldAnswers", "RunTime"]
 
 #: Answers a context holds at most before it sends them.
 MOST_HELD = 8
@@ -31,6 +31,13 @@ MOST_HELD = 8
 #: take longer than this never has its answers held (a finished answer must
 #: not wait for several runs).
 HOLD_BUDGET_S = 200e-6
+
+#: Answers are held only while the next run is expected to be shorter than
+#: this: a message costs each side some 50 µs of CPU, which matters beside a
+#: short run only. A longer run would hold an answer whose task's slot the
+#: parent is waiting to refill: with two tasks queued per context (what
+#: ``map()`` keeps for such models) the context would run dry after the next.
+HOLD_RUNS_BELOW_S = 100e-6
 
 #: The weight of the newest run in :class:`RunTime`'s average.
 _RUN_WEIGHT = 0.1
@@ -90,7 +97,10 @@ class HeldAnswers:
     def may_wait(self, next_run_s: float, now: Optional[float] = None) -> bool:
         """Whether the held answers may wait for one more run of ``next_run_s``:
         fewer than :data:`MOST_HELD` held, and the oldest would still be
-        within :data:`HOLD_BUDGET_S` when it ends (``now``: as for :meth:`hold`)."""
+        within :data:`HOLD_BUDGET_S` when it ends (``now``: as for :meth:`hold`);
+        never for a run of :data:`HOLD_RUNS_BELOW_S` or longer."""
+        if next_run_s >= HOLD_RUNS_BELOW_S:
+            return False
         if not self._count:
             return True
         if self._count >= MOST_HELD:

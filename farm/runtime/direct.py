@@ -75,6 +75,13 @@ STREAM_DEPTH = 16
 #: message each time).
 CORK_LIMIT = 16
 
+#: A task for a context whose runs take at least this long on average (or
+#: are not measured yet) is sent at once, never corked. A message costs both
+#: sides some 50 µs of CPU, little beside such a run, while a task held back
+#: can leave its context idle between two runs: a 1080p frame's run is over
+#: before the caller has copied in the next frame, or answered the last.
+CORK_BELOW_US = 100.0
+
 
 def stream_depth(infer_us: Optional[float]) -> int:
     """Tasks a ``map()`` may keep in one context of a core whose inferences
@@ -296,13 +303,14 @@ class DirectPath:
                 socket = channel.socket_for(slot.address)  # a new socket can fail (EMFILE)
             except zmq.ZMQError:
                 return _ROUTER
-            idle = not slot.in_flight and not slot.held
+            infer_us = worker.stats.infer_ema_us
+            send_now = (not slot.in_flight and not slot.held) or infer_us is None or infer_us >= CORK_BELOW_US
             task.task_id = books.next_index  # what enter() gives it: the header carries it
             task.core = core
             fields = task_fields(task, direct=True)  # under the lock: a retry may change the attempt
             books.book(slot, task)
             books.enter(task, core, time.perf_counter())
-            return "sent", Commitment(socket, fields, idle)
+            return "sent", Commitment(socket, fields, send_now)
 
     @staticmethod
     def take_corked(channel: ReplyChannel) -> list[tuple[zmq.Socket, list[tuple[Task, list[Any]]]]]:
@@ -336,12 +344,13 @@ class DirectPath:
 
 class Commitment(NamedTuple):
     """A task committed to a context: the socket to send it on, its TASK
-    fields, and whether that context had nothing else to do (then the task
-    is sent at once: holding it back would only leave the context idle)."""
+    fields, and whether to send it at once: its context had nothing else to
+    do, or its runs are long (``CORK_BELOW_US``); holding it back would
+    only leave the context idle."""
 
     socket: zmq.Socket
     fields: list[Any]
-    idle: bool
+    send_now: bool
 
 
 _ROUTER: tuple[str, None] = ("router", None)
@@ -452,7 +461,8 @@ class DirectStream:
 
     def _cork(self, task: Task, commitment: Commitment) -> None:
         """Keep ``task`` to send with the next ones for its context; send
-        them now if that context is idle or enough are waiting."""
+        them now if the commitment says so (an idle context, long runs) or
+        enough are waiting."""
         self._direct.append(task)
         if len(self._direct) > self._prune_at:  # drop ended tasks (and the outputs they hold)
             self._has_direct_in_flight()
@@ -462,7 +472,7 @@ class DirectStream:
         if corked is None:
             corked = self._channel.corked[socket] = []
         corked.append((task, commitment.fields))
-        if commitment.idle or len(corked) >= CORK_LIMIT:
+        if commitment.send_now or len(corked) >= CORK_LIMIT:
             self._send_corked(socket, self._channel.corked.pop(socket))
 
     def flush(self) -> None:
