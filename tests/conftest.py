@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import signal
 import tempfile
 import threading
 from typing import Any, Callable
@@ -19,6 +20,13 @@ pytest_plugins = ["pytester"]
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    # A shell that starts a command in the background without job control
+    # (`cmd &` in a script, `nohup`) starts it with Ctrl-C ignored, and
+    # Python then keeps SIGINT ignored: the Ctrl-C tests (in this process, and
+    # in the apps and nodes it starts, which inherit the disposition) would
+    # test nothing. Take Ctrl-C as a terminal delivers it, whoever started us.
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     config.addinivalue_line(
         "markers",
         "breaks_router: the test makes a farm's router thread fail on purpose (the check that fails "
