@@ -98,9 +98,13 @@ def nodes():
         return [n for n in os.listdir(segment_dir()) if n.startswith(prefixes)]
 
     # A node removes its segments on its way out or, where it could not (killed
-    # after its 10 s of grace), its workers do once they notice it is gone: on a
-    # loaded machine that takes longer than a fixed pause.
-    wait_until(lambda: not leftovers(), 5, lambda: f"node segments left behind: {leftovers()}", interval=0.05)
+    # after its 10 s of grace, or interrupted by the Ctrl-C while it was still
+    # serving tasks of a few seconds), its workers do once they notice it is
+    # gone, after the task they run: on a loaded machine that takes longer than
+    # a fixed pause.
+    wait_until(
+        lambda: not leftovers(), 15, lambda: f"node segments left behind: {leftovers()}", interval=0.05
+    )
 
 
 def joined(farm: Farm) -> int:
