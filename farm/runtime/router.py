@@ -496,33 +496,32 @@ class Router:
         if first.generation != worker.generation:
             return  # from an incarnation that is gone
         worker.last_seen = time.monotonic()
-        note_task_served = self.supervisor.note_task_served  # per task: a recycling limit counts each
         for message in answers:
-            timings = message.timings
-            task = books.unbook(worker, timings[3], message.task_id, message.attempt)
-            if task is None:
-                continue  # stale: the dispatch below uses the room it freed
-            succeeded = type(message) is protocol.ResultMessage
-            note_task_served(worker, succeeded)
-            if succeeded:
-                books.lanes[task.model].pacer.record(timings[1])
-            if books.finish(task):
+            task = self._end_answered_task(worker, message)
+            if task is not None:
                 answered.append((worker, task, message, frames))
         books.dispatch(worker.core)
 
     def _take_answered_task(self, worker: WorkerHandle, message: Any) -> Optional[Task]:
         """Under the lock: the task this answer (a ``protocol.ResultMessage``
-        or ``FailedMessage``) finishes, off its context's books (None for a
-        stale answer); refills the context, feeds the pacer."""
+        or ``FailedMessage``) finishes (see :meth:`_end_answered_task`), and
+        the context refilled."""
+        task = self._end_answered_task(worker, message)
+        self.books.dispatch(worker.core)  # a stale answer may have freed a context a node held
+        return task
+
+    def _end_answered_task(self, worker: WorkerHandle, message: Any) -> Optional[Task]:
+        """Under the lock: this answer's task off its context's books, counted
+        as served, the pacer fed; the task when this answer ends it (None for
+        a stale answer, or one ended already). The refill of the context is
+        the caller's: once per answer, or once per ANSWERS message."""
         books = self.books
         timings = message.timings
         task = books.unbook(worker, timings[3], message.task_id, message.attempt)
         if task is None:
-            books.dispatch(worker.core)  # a stale answer may have freed a context a node held
             return None
         succeeded = type(message) is protocol.ResultMessage
         self.supervisor.note_task_served(worker, succeeded)
-        books.dispatch(worker.core)
         if succeeded:
             books.lanes[task.model].pacer.record(timings[1])
         return task if books.finish(task) else None
