@@ -44,6 +44,7 @@ from farm.runtime.channels import DIRECT_POLL_MS, ChannelPool, ReplyChannel
 from farm.runtime.processes import ContextSlot
 from farm.runtime.wakepipe import WakePipe
 from workers import protocol
+from workers.batching import HOLD_RUNS_BELOW_S
 from workers.spin import SpinWait
 
 __all__ = [
@@ -80,7 +81,8 @@ CORK_LIMIT = 16
 #: sides some 50 µs of CPU, little beside such a run, while a task held back
 #: can leave its context idle between two runs: a 1080p frame's run is over
 #: before the caller has copied in the next frame, or answered the last.
-CORK_BELOW_US = 100.0
+#: The same line as the one below which a context holds its answers.
+CORK_BELOW_US = HOLD_RUNS_BELOW_S * 1e6
 
 
 def stream_depth(infer_us: Optional[float]) -> int:
