@@ -221,22 +221,30 @@ def test_a_stop_after_a_batch_sends_the_held_answers_first(behave_farm, dealer_t
 
 
 # ── map(): corked sends ──────────────────────────────────────────────────
-def test_a_map_sends_several_tasks_and_takes_several_answers_per_message(tmp_path, monkeypatch):
-    sent: list[int] = []
+def _count_answers_per_take(monkeypatch) -> list[int]:
+    """How many answers each ``Router.take_messages`` call took (an ANSWERS
+    message counts its answers): one entry per taking of the lock."""
     taken: list[int] = []
-    send_corked = DirectStream._send_corked
     take_messages = Router.take_messages
-
-    def counting_send(self, socket, entries):
-        sent.append(len(entries))
-        return send_corked(self, socket, entries)
 
     def counting_take(self, batch):
         taken.append(sum(len(m.answers) if type(m) is protocol.AnswersMessage else 1 for m, _ in batch))
         return take_messages(self, batch)
 
-    monkeypatch.setattr(DirectStream, "_send_corked", counting_send)
     monkeypatch.setattr(Router, "take_messages", counting_take)
+    return taken
+
+
+def test_a_map_sends_several_tasks_and_takes_several_answers_per_message(tmp_path, monkeypatch):
+    sent: list[int] = []
+    send_corked = DirectStream._send_corked
+
+    def counting_send(self, socket, entries):
+        sent.append(len(entries))
+        return send_corked(self, socket, entries)
+
+    monkeypatch.setattr(DirectStream, "_send_corked", counting_send)
+    taken = _count_answers_per_take(monkeypatch)
     with Farm(affine_model(str(tmp_path), shape=(1, 4)), schedule="0,1") as farm:
         x = np.ones((1, 4), np.float32)
         for _ in range(100):  # the inference-time average learns that the tasks are short
@@ -251,20 +259,14 @@ def test_a_map_sends_several_tasks_and_takes_several_answers_per_message(tmp_pat
 
 
 def test_a_batch_of_answers_refills_its_core_once_and_its_stats_count_every_task(tmp_path, monkeypatch):
-    answers: list[int] = []
     refills: list[int] = []
-    take_messages = Router.take_messages
     dispatch = Books.dispatch
-
-    def counting_take(self, batch):
-        answers.append(sum(len(m.answers) if type(m) is protocol.AnswersMessage else 1 for m, _ in batch))
-        return take_messages(self, batch)
 
     def counting_dispatch(self, core):
         refills.append(core)
         return dispatch(self, core)
 
-    monkeypatch.setattr(Router, "take_messages", counting_take)
+    answers = _count_answers_per_take(monkeypatch)
     monkeypatch.setattr(Books, "dispatch", counting_dispatch)
     with Farm(affine_model(str(tmp_path), shape=(1, 4)), schedule="0,1") as farm:
         x = np.ones((1, 4), np.float32)
