@@ -43,13 +43,6 @@ _PINNED_BACKENDS = ("onnxruntime", "python", "rknn-sim")
 #: How often input_array looks whether a farm of nodes only has met its first node yet.
 _DESCRIPTION_POLL_S = 0.01
 
-#: A map() whose last input took longer than this to read and prepare sends
-#: its corked tasks before it reads the next (a live source: the wait is the
-#: source's; a large input: its copy into shared memory, while a context may
-#: run dry); and so does one whose caller took longer than this to ask for
-#: the next result, before it hands that back.
-_SLOW_READ_S = 50e-6
-
 Callback = Callable[[Optional[list], Any, str], None]
 
 
@@ -119,6 +112,10 @@ def _nothing() -> None:
 
 def _no_flush(flush: bool = True) -> None:
     pass
+
+
+def _never(_pause_s: float) -> bool:
+    return False
 
 
 def _map_item_error(index: int, error: Exception) -> Exception:
@@ -487,9 +484,11 @@ class Farm:
         # or a caller slow to take the next result, must not leave a task
         # unsent meanwhile, nor may a large input's copy while a context runs
         # dry: after one slow read (with its preparation), or one slow turn
-        # of the caller, every corked task goes before the next.
+        # of the caller (slow beside a run: DirectStream.is_slow), every
+        # corked task goes before the next.
         suspend = stream.suspend if stream is not None else _no_flush
         resume = stream.resume if stream is not None else _nothing
+        is_slow = stream.is_slow if stream is not None else _never
         items = iter(inputs)
         submitted = 0
         failure: Optional[Exception] = None  # the error of an item that could not be submitted
@@ -513,7 +512,7 @@ class Farm:
                         exhausted = True
                     else:
                         submitted += 1
-                        slow_read = clock() - started > _SLOW_READ_S  # read and prepared
+                        slow_read = is_slow(clock() - started)  # read and prepared
                         if not max_in_flight and submitted % 64 == 0:  # deeper once short tasks are measured
                             window = router.map_window()
                         # Hand back what is already finished before reading more input:
@@ -531,7 +530,7 @@ class Farm:
                     suspend(slow_taker)
                     handed = clock()
                     yield result
-                    slow_taker = clock() - handed > _SLOW_READ_S
+                    slow_taker = is_slow(clock() - handed)
                     resume()
             if failure is not None:
                 raise failure

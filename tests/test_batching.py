@@ -22,7 +22,14 @@ from farm.runtime.stats import WorkerStats
 from tests.onnx_models import affine_model
 from tests.processes import wait_until
 from workers import protocol
-from workers.batching import HOLD_BUDGET_S, HOLD_RUNS_BELOW_S, MOST_HELD, HeldAnswers, RunTime
+from workers.batching import (
+    BATCH_HOLD_BUDGET_S,
+    HOLD_BUDGET_S,
+    HOLD_RUNS_BELOW_S,
+    MOST_HELD,
+    HeldAnswers,
+    RunTime,
+)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -78,6 +85,23 @@ def test_answers_wait_only_within_the_budget_and_the_count():
     for task_id in range(2, MOST_HELD + 1):
         held.hold(None, answer(task_id))
     assert not held.may_wait(0.0)  # enough held
+
+
+def test_answers_of_one_batch_wait_for_its_end_whatever_the_run_time():
+    # The parent corked the batch knowing how long its tasks run: a 1 ms
+    # model's answers, which alone would never be held, wait for the batch.
+    held, sent, clock = held_answers()
+    held.hold(None, answer(1))
+    assert not held.may_wait(1e-3)  # between messages: never for a run this long
+    assert held.may_wait(1e-3, in_batch=True)
+    clock.now = BATCH_HOLD_BUDGET_S - 2e-3
+    assert held.may_wait(1e-3, in_batch=True)
+    assert not held.may_wait(3e-3, in_batch=True)  # runs far slower than the parent expected
+    clock.now = 0.0
+    for task_id in range(2, MOST_HELD + 1):
+        held.hold(None, answer(task_id))
+    assert not held.may_wait(0.0, in_batch=True)  # enough held, in a batch too
+    assert not sent
 
 
 def test_held_answers_read_no_clock_when_given_the_time():
@@ -198,6 +222,13 @@ def test_a_failing_task_inside_a_batch_fails_alone(behave_farm, dealer_to):
         ("ResultMessage", 3),
     ]
     assert "asked to raise" in answers[1].error
+
+
+def test_a_batch_of_millisecond_tasks_is_answered_in_one_message(sleep_farm, dealer_to):
+    socket = dealer_to(sleep_farm)
+    socket.send(protocol.encode(protocol.TasksMessage([sleep_task(k, 0.002) for k in range(1, 5)])))
+    messages = receive_answers(socket, 4)
+    assert [[a.task_id for a in answers] for _, answers in messages] == [[1, 2, 3, 4]]
 
 
 def test_a_slow_tasks_answer_is_not_held_behind_the_next(sleep_farm, dealer_to):

@@ -95,11 +95,7 @@ def test_a_map_sends_what_it_holds_before_reading_on_after_a_slow_preparation(tm
     assert all(before_reads), before_reads
 
 
-def test_a_map_sends_each_task_of_a_slow_model_at_once(monkeypatch):
-    """Corking pays where a message costs as much as a run; a task of a model
-    whose runs take longer (here ~0.5 ms) goes at once, so that its context
-    finds it queued when the run before it ends."""
-    monkeypatch.setattr(direct_module, "STREAM_QUEUE_US", 20_000)  # deep contexts, as for short tasks
+def _sent_batch_sizes(monkeypatch) -> list:
     sizes: list = []
     send = DirectStream._send_corked
 
@@ -108,12 +104,36 @@ def test_a_map_sends_each_task_of_a_slow_model_at_once(monkeypatch):
         return send(self, socket, entries)
 
     monkeypatch.setattr(DirectStream, "_send_corked", recording)
-    feed = {"seconds": np.array([0.0005])}
+    return sizes
+
+
+def test_a_map_sends_each_task_of_a_slow_model_at_once(monkeypatch):
+    """A task of a model whose runs take CORK_BUDGET_US or more (here 10 ms)
+    goes at once: a batch of them would hold its first answer too long."""
+    monkeypatch.setattr(direct_module, "STREAM_QUEUE_US", 200_000)  # deep contexts, as for short tasks
+    sizes = _sent_batch_sizes(monkeypatch)
+    feed = {"seconds": np.array([0.01])}
     with Farm("tests.pyfuncs:sleep", schedule="0") as farm:
         for _ in range(3):  # the core's inference time is measured
             farm.run(feed)
-        assert len(list(farm.map([feed] * 40, max_in_flight=16))) == 40
-    assert len(sizes) == 40 and max(sizes) == 1, sizes
+        assert len(list(farm.map([feed] * 30, max_in_flight=16))) == 30
+    assert len(sizes) == 30 and max(sizes) == 1, sizes
+
+
+def test_a_map_of_a_millisecond_model_sends_its_tasks_in_batches(monkeypatch):
+    """A light model (~1 ms a run): a message costs a fifth of a run, so its
+    tasks go several to a message (at most CORK_BUDGET_US of work each), and
+    its context answers each batch in one message."""
+    sizes = _sent_batch_sizes(monkeypatch)
+    feed = {"seconds": np.array([0.001])}
+    with Farm("tests.pyfuncs:sleep", schedule="0") as farm:
+        for _ in range(5):  # the core's inference time is measured
+            farm.run(feed)
+        sizes.clear()
+        assert len(list(farm.map([feed] * 200, max_in_flight=16))) == 200
+    assert sum(sizes) == 200
+    assert max(sizes) <= direct_module.cork_limit(1_000)
+    assert len(sizes) <= 200 / 3, sizes  # several tasks to a message, most of the time
 
 
 def test_a_map_does_not_ask_the_system_for_the_process_id_per_task(tmp_path, monkeypatch):

@@ -18,7 +18,7 @@ from farm import Farm, FarmClosedError
 from farm.runtime.books import Books
 from farm.runtime.channels import MAX_CHANNELS
 from farm.runtime.delivery import Answers
-from farm.runtime.direct import STREAM_DEPTH, WINDOW, stream_depth
+from farm.runtime.direct import CORK_BUDGET_US, CORK_LIMIT, STREAM_DEPTH, WINDOW, cork_limit, stream_depth
 from tests.onnx_models import affine_model
 from tests.processes import wait_until
 from workers.protocol import INLINE_BYTES
@@ -262,8 +262,17 @@ def test_run_learns_its_round_trip_and_spin_us_zero_turns_spinning_off(tmp_path)
 def test_stream_depth_is_deeper_only_for_short_tasks():
     assert stream_depth(None) == WINDOW  # nothing measured yet
     assert stream_depth(20_000) == WINDOW  # 20 ms: the one running and the next
-    assert stream_depth(100) == 5  # about STREAM_QUEUE_US of work
-    assert stream_depth(1) == stream_depth(0) == STREAM_DEPTH
+    assert stream_depth(4_000) == 4  # about STREAM_QUEUE_US of work
+    assert stream_depth(1_000) == stream_depth(1) == stream_depth(0) == STREAM_DEPTH
+
+
+def test_a_batch_is_at_most_about_cork_budget_of_work():
+    assert cork_limit(None) == 1  # nothing measured yet: each task at once
+    assert cork_limit(20_000) == cork_limit(CORK_BUDGET_US) == 1  # long runs: at once
+    assert cork_limit(1_000) == 8  # a light model (~1 ms)
+    assert cork_limit(10) == cork_limit(0) == CORK_LIMIT
+    # A context holds the next batch while it runs one: the queue is deeper than a batch.
+    assert all(stream_depth(us) >= 2 * cork_limit(us) for us in (1_000, 2_000, 4_000))
 
 
 @pytest.fixture
@@ -294,7 +303,7 @@ def test_a_map_of_short_tasks_queues_deeper_in_each_context(tmp_path, deepest_co
 
 def test_a_map_of_slow_tasks_keeps_two_per_context(deepest_context):
     with Farm("tests.pyfuncs:sleep", schedule="0,1") as farm:
-        results = list(farm.map([seconds(0.005)] * 40))
+        results = list(farm.map([seconds(0.01)] * 40))
         assert len(results) == 40
         assert farm._router.map_window() == 2 * WINDOW + farm.options.max_queue_size
         assert deepest_context[0] == WINDOW

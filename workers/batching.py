@@ -10,6 +10,15 @@ ANSWERS message (``workers.protocol``) when nothing more is waiting, when
 than :data:`HOLD_BUDGET_S`. A single task in flight (``Farm.run``) finds
 nothing waiting after it, so its answer is never held.
 
+Within one TASKS message the budget is the parent's: it corked that many
+tasks for this context knowing how long they run (``CORK_BUDGET_US`` in
+``farm.runtime.direct``) and keeps the next batch queued behind them, so the
+answers of a batch are held until its last task has run (at most
+:data:`MOST_HELD`, and while the oldest has waited less than
+:data:`BATCH_HOLD_BUDGET_S`: runs far longer than the parent expected). Between messages the rules above
+hold, and only for short runs (:data:`HOLD_RUNS_BELOW_S`): a task that came
+alone may have come on a path that queues no more than two per context.
+
 Answers are held per destination: a direct task's answer goes back to the
 socket that sent it (its routing id), a routed one to the parent's shared
 result socket (destination None).
@@ -22,7 +31,7 @@ from typing import Any, Callable, Optional
 
 from workers import protocol
 
-__all__ = ["HOLD_BUDGET_S", "HOLD_RUNS_BELOW_S", "MOST_HELD", "HeldAnswers", "RunTime"]
+__all__ = ["BATCH_HOLD_BUDGET_S", "HOLD_BUDGET_S", "HOLD_RUNS_BELOW_S", "MOST_HELD", "HeldAnswers", "RunTime"]
 
 #: Answers a context holds at most before it sends them.
 MOST_HELD = 8
@@ -38,6 +47,12 @@ HOLD_BUDGET_S = 200e-6
 #: parent is waiting to refill: with two tasks queued per context (what
 #: ``map()`` keeps for such models) the context would run dry after the next.
 HOLD_RUNS_BELOW_S = 100e-6
+
+#: How long an answer may wait for the rest of its TASKS message: longer
+#: than the work the parent puts in one (``CORK_BUDGET_US`` in
+#: ``farm.runtime.direct``), so that only runs far slower than expected
+#: end a batch's holding early.
+BATCH_HOLD_BUDGET_S = 10e-3
 
 #: The weight of the newest run in :class:`RunTime`'s average.
 _RUN_WEIGHT = 0.1
@@ -94,20 +109,26 @@ class HeldAnswers:
             held.append(answer)
         self._count += 1
 
-    def may_wait(self, next_run_s: float, now: Optional[float] = None) -> bool:
+    def may_wait(self, next_run_s: float, now: Optional[float] = None, in_batch: bool = False) -> bool:
         """Whether the held answers may wait for one more run of ``next_run_s``:
         fewer than :data:`MOST_HELD` held, and the oldest would still be
-        within :data:`HOLD_BUDGET_S` when it ends (``now``: as for :meth:`hold`);
-        never for a run of :data:`HOLD_RUNS_BELOW_S` or longer."""
-        if next_run_s >= HOLD_RUNS_BELOW_S:
+        within :data:`HOLD_BUDGET_S` when it ends (``now``: as for
+        :meth:`hold`), for a run shorter than :data:`HOLD_RUNS_BELOW_S` only;
+        when the next task is of the same TASKS message as the last
+        (``in_batch``), within :data:`BATCH_HOLD_BUDGET_S` and for any run."""
+        if in_batch:
+            budget = BATCH_HOLD_BUDGET_S
+        elif next_run_s >= HOLD_RUNS_BELOW_S:
             return False
+        else:
+            budget = HOLD_BUDGET_S
         if not self._count:
             return True
         if self._count >= MOST_HELD:
             return False
         if now is None:
             now = self._clock()
-        return now - self._since + next_run_s <= HOLD_BUDGET_S
+        return now - self._since + next_run_s <= budget
 
     def flush(self) -> None:
         """Send every held answer: one message per destination (a lone

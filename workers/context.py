@@ -244,8 +244,8 @@ class ContextThread(threading.Thread):
                 self._send_alone(tasks, results, destination, answer, out_frames)
             else:
                 held.hold(destination, answer, done)
-            more = index < last or waiting()
-            if not (more and held.may_wait(run_time.expected_s, done)):
+            in_batch = index < last
+            if not ((in_batch or waiting()) and held.may_wait(run_time.expected_s, done, in_batch)):
                 held.flush()
 
     @staticmethod

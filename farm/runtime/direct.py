@@ -44,16 +44,18 @@ from farm.runtime.channels import DIRECT_POLL_MS, ChannelPool, ReplyChannel
 from farm.runtime.processes import ContextSlot
 from farm.runtime.wakepipe import WakePipe
 from workers import protocol
-from workers.batching import HOLD_RUNS_BELOW_S
 from workers.spin import SpinWait
 
 __all__ = [
+    "CORK_BUDGET_US",
     "CORK_LIMIT",
     "STREAM_DEPTH",
     "Commitment",
+    "SLOW_PAUSE_S",
     "WINDOW",
     "DirectPath",
     "DirectStream",
+    "cork_limit",
     "stream_depth",
     "task_fields",
     "task_header",
@@ -68,21 +70,31 @@ _PRUNE_AT = 8
 #: this much work (by the core's inference-time average), at most
 #: ``STREAM_DEPTH`` tasks. Each message then finds the next ones already
 #: waiting, so the ZeroMQ I/O threads and the context wake once for several
-#: tasks: on a tiny model that is most of what a task costs.
-STREAM_QUEUE_US = 500
+#: tasks: on a tiny model that is most of what a task costs, and on a light
+#: one (~1 ms) still a fifth (docs/benchmarks.md, "Batches for light models").
+#: The queue is deeper than a corked batch (``CORK_BUDGET_US``), so that a
+#: context that has answered one batch has the next one waiting.
+STREAM_QUEUE_US = 16_000
 STREAM_DEPTH = 16
 
 #: A stream sends a context's corked tasks once this many wait (one TASKS
 #: message each time).
 CORK_LIMIT = 16
 
-#: A task for a context whose runs take at least this long on average (or
-#: are not measured yet) is sent at once, never corked. A message costs both
-#: sides some 50 µs of CPU, little beside such a run, while a task held back
-#: can leave its context idle between two runs: a 1080p frame's run is over
-#: before the caller has copied in the next frame, or answered the last.
-#: The same line as the one below which a context holds its answers.
-CORK_BELOW_US = HOLD_RUNS_BELOW_S * 1e6
+#: ... or once the corked tasks are this much work (by the core's
+#: inference-time average). A context holds the answers of a batch until its
+#: last task has run (``workers.batching``, within its
+#: ``BATCH_HOLD_BUDGET_S``, which is longer), so this is also about how long
+#: a batch's first answer may wait for the others. A model whose runs take
+#: this long or longer (or are not measured yet) has each task sent at once.
+CORK_BUDGET_US = 8_000
+
+#: A ``map()`` that paused longer than this (to read and prepare an input, or
+#: while its caller held a result), and longer than ``SLOW_PAUSE_SHARE`` of a
+#: run, sends its corked tasks before it pauses again: a live source's wait,
+#: or a large input's copy into shared memory, must not leave a context dry.
+SLOW_PAUSE_S = 50e-6
+SLOW_PAUSE_SHARE = 0.25
 
 
 def stream_depth(infer_us: Optional[float]) -> int:
@@ -91,6 +103,15 @@ def stream_depth(infer_us: Optional[float]) -> int:
     if infer_us is None:
         return WINDOW
     return max(WINDOW, min(STREAM_DEPTH, int(STREAM_QUEUE_US / max(infer_us, 1.0))))
+
+
+def cork_limit(infer_us: Optional[float]) -> int:
+    """How many tasks a stream corks for one context of a core whose
+    inferences take ``infer_us`` on average before it sends them (1: each
+    at once; so when nothing is measured yet)."""
+    if infer_us is None:
+        return 1
+    return max(1, min(CORK_LIMIT, int(CORK_BUDGET_US / max(infer_us, 1.0))))
 
 
 class DirectPath:
@@ -306,13 +327,13 @@ class DirectPath:
             except zmq.ZMQError:
                 return _ROUTER
             infer_us = worker.stats.infer_ema_us
-            send_now = (not slot.in_flight and not slot.held) or infer_us is None or infer_us >= CORK_BELOW_US
+            idle = not slot.in_flight and not slot.held
             task.task_id = books.next_index  # what enter() gives it: the header carries it
             task.core = core
             fields = task_fields(task, direct=True)  # under the lock: a retry may change the attempt
             books.book(slot, task)
             books.enter(task, core, time.perf_counter())
-            return "sent", Commitment(socket, fields, send_now)
+            return "sent", Commitment(socket, fields, 1 if idle else cork_limit(infer_us), infer_us, slot)
 
     @staticmethod
     def take_corked(channel: ReplyChannel) -> list[tuple[zmq.Socket, list[tuple[Task, list[Any]]]]]:
@@ -346,13 +367,16 @@ class DirectPath:
 
 class Commitment(NamedTuple):
     """A task committed to a context: the socket to send it on, its TASK
-    fields, and whether to send it at once: its context had nothing else to
-    do, or its runs are long (``CORK_BELOW_US``); holding it back would
-    only leave the context idle."""
+    fields, how many tasks the stream may cork for that context before it
+    sends them (1: at once, as for a context with nothing else to do:
+    holding the task back would only leave it idle), the core's
+    inference-time average (µs, None if not measured yet), and the context."""
 
     socket: zmq.Socket
     fields: list[Any]
-    send_now: bool
+    cork_limit: int
+    infer_us: Optional[float]
+    slot: ContextSlot
 
 
 _ROUTER: tuple[str, None] = ("router", None)
@@ -408,6 +432,8 @@ class DirectStream:
         self._direct: list[Task] = []  # sent on the channel (or corked), maybe unanswered
         self._prune_at = _PRUNE_AT
         self._held = True  # this thread holds the channel's owner lock (checked out so)
+        self._slow_pause_s = SLOW_PAUSE_S
+        self._slot_of: dict[zmq.Socket, ContextSlot] = {}  # each corked-for socket's context
         self._wake_pipe = WakePipe()  # a routed task that ends wakes a pump waiting for answers
         self._poller = zmq.Poller()
         self._poller.register(self._wake_pipe.fd, zmq.POLLIN)
@@ -463,8 +489,8 @@ class DirectStream:
 
     def _cork(self, task: Task, commitment: Commitment) -> None:
         """Keep ``task`` to send with the next ones for its context; send
-        them now if the commitment says so (an idle context, long runs) or
-        enough are waiting."""
+        them once the commitment's limit is reached (at once for an idle
+        context, or long runs)."""
         self._direct.append(task)
         if len(self._direct) > self._prune_at:  # drop ended tasks (and the outputs they hold)
             self._has_direct_in_flight()
@@ -474,14 +500,49 @@ class DirectStream:
         if corked is None:
             corked = self._channel.corked[socket] = []
         corked.append((task, commitment.fields))
-        if commitment.send_now or len(corked) >= CORK_LIMIT:
+        self._slot_of[socket] = commitment.slot
+        if len(corked) >= commitment.cork_limit:
             self._send_corked(socket, self._channel.corked.pop(socket))
+        if commitment.infer_us is not None:
+            self._slow_pause_s = max(SLOW_PAUSE_S, SLOW_PAUSE_SHARE * commitment.infer_us * 1e-6)
+
+    def is_slow(self, pause_s: float) -> bool:
+        """Whether the caller's pause of ``pause_s`` (reading and preparing an
+        input, or holding a result) was long enough that the corked tasks
+        should go before the next (``SLOW_PAUSE_S``)."""
+        return pause_s > self._slow_pause_s
 
     def flush(self) -> None:
         """Send every corked task: one message per context."""
         if self._channel.corked:
             for socket, entries in self._path.take_corked(self._channel):
                 self._send_corked(socket, entries)
+
+    def _flush_before_wait(self) -> None:
+        """Before a wait for answers: send the corked tasks of each context
+        that has fewer tasks sent ahead of them than corked, and those of the
+        context that holds this stream's oldest task (the one an ordered map
+        waits for). Another context has work until its next answers come,
+        and its corked tasks go in a bigger batch, at their limit: were every
+        wait to send, a map kept at its window would send a task per answer."""
+        corked = self._channel.corked
+        if not corked:
+            return
+        oldest = self._oldest_unended()
+        for socket, entries in list(corked.items()):
+            slot = self._slot_of.get(socket)
+            short = slot is None or len(slot.in_flight) < 2 * len(entries)  # in flight: sent and corked
+            if short or any(task is oldest for task, _ in entries):
+                self._send_corked(socket, corked.pop(socket))
+
+    def _oldest_unended(self) -> Optional[Task]:
+        direct = self._direct
+        ended = 0
+        while ended < len(direct) and direct[ended].ended:
+            ended += 1
+        if ended:
+            del direct[:ended]
+        return direct[0] if direct else None
 
     def _send_corked(self, socket: zmq.Socket, entries: list[tuple[Task, list[Any]]]) -> None:
         """Send one context's corked tasks; those whose send failed took the
@@ -523,7 +584,7 @@ class DirectStream:
         False when nothing came: no future of this stream's tasks has ended
         through it (only a routed task's, or one the router ended)."""
         if timeout_ms:
-            self.flush()
+            self._flush_before_wait()
         if self._watched_epoch != self._channel.epoch or len(self._watched) != self._channel.size:
             self._watch_channel()
         ready = self._poller.poll(timeout_ms)
