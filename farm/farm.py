@@ -44,6 +44,9 @@ _PINNED_BACKENDS = ("onnxruntime", "python", "rknn-sim")
 _DESCRIPTION_POLL_S = 0.01
 
 Callback = Callable[[Optional[list], Any, str], None]
+#: What a map() waits for, per item: the Outcome of a task it sends itself, or
+#: the Future of one it submits (a farm with no stream: remote cores only).
+_Pending = Union[Outcome, concurrent.futures.Future]
 
 
 class _ThisProcess:
@@ -471,7 +474,7 @@ class Farm:
         window = max_in_flight or router.map_window()
         total = len(inputs) if hasattr(inputs, "__len__") else None  # type: ignore[arg-type]
         bar = ProgressLine(total) if progress else None
-        pending: collections.deque[concurrent.futures.Future] = collections.deque()
+        pending: collections.deque[_Pending] = collections.deque()
         # This thread reads its tasks' answers itself (see farm.runtime.direct).
         stream = router.open_stream(self._timeout_s)
         # Between its own calls (while the caller has a result, or while the
@@ -576,10 +579,10 @@ class Farm:
 
     def _submit_to(
         self, stream: Optional[DirectStream], item: Any, model: Optional[str], params: Any
-    ) -> concurrent.futures.Future:
+    ) -> _Pending:
         if stream is None:
             return self.submit(item, model=model, params=params)
-        future: concurrent.futures.Future = TaskFuture()
+        future = Outcome()  # nobody but this map sees it
         task = self._make_task(item, model, params, future=future)
         try:
             stream.submit(task)
@@ -589,13 +592,25 @@ class Farm:
         return future
 
     @staticmethod
-    def _finished(pending: collections.deque[concurrent.futures.Future], ordered: bool) -> bool:
+    def _finished(pending: collections.deque[_Pending], ordered: bool) -> bool:
         return pending[0].done() if ordered else any(f.done() for f in pending)
+
+    @staticmethod
+    def _first_done(pending: collections.deque[_Pending]) -> _Pending:
+        """Take the first ended item off ``pending`` (after a stream's wait, one
+        is; the router's futures of a farm with no stream are waited for)."""
+        future = next((f for f in pending if f.done()), None)
+        if future is None:
+            futures = cast("list[concurrent.futures.Future]", list(pending))
+            done, _ = concurrent.futures.wait(futures, return_when=concurrent.futures.FIRST_COMPLETED)
+            future = next(iter(done))
+        pending.remove(future)
+        return future
 
     @classmethod
     def _next_result(
         cls,
-        pending: collections.deque[concurrent.futures.Future],
+        pending: collections.deque[_Pending],
         ordered: bool,
         bar: Optional[ProgressLine],
         stream: Optional[DirectStream] = None,
@@ -612,12 +627,7 @@ class Farm:
             stream.pump(DIRECT_POLL_MS)
             while not cls._finished(pending, ordered):
                 stream.pump(DIRECT_POLL_MS)
-        if ordered:
-            future = pending.popleft()
-        else:
-            done, _ = concurrent.futures.wait(pending, return_when=concurrent.futures.FIRST_COMPLETED)
-            future = next(iter(done))
-            pending.remove(future)
+        future = pending.popleft() if ordered else cls._first_done(pending)
         result = future.result()
         if bar is not None:
             bar.advance()

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from farm import Farm, FarmError
-from farm.data.task import TaskFuture
+from farm.data.task import Outcome, TaskFuture
 from farm.runtime import direct as direct_module
 from farm.runtime.direct import DIRECT_POLL_MS, DirectStream
 from tests.onnx_models import affine_model
@@ -216,13 +216,13 @@ def test_a_map_looks_at_each_future_about_twice(tmp_path, monkeypatch):
     """Each look at a future takes its lock: map() takes a result that is
     there without looking again, and looks once more only after a wait."""
     looks = [0]
-    done = TaskFuture.done
+    done = Outcome.done
 
     def counting(self):
         looks[0] += 1
         return done(self)
 
-    monkeypatch.setattr(TaskFuture, "done", counting)
+    monkeypatch.setattr(Outcome, "done", counting)
     with Farm(affine_model(str(tmp_path), shape=(1, 4)), schedule="0,1") as farm:
         x = np.ones((1, 4), np.float32)
         for _ in range(100):  # the inference-time average learns that the tasks are short

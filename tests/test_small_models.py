@@ -167,3 +167,33 @@ def test_an_outcome_wakes_a_caller_blocked_on_it_and_times_out_otherwise():
         outcome.result(0.01)
     threading.Timer(0.05, outcome.set_result, args=("late",)).start()
     assert outcome.result(5) == "late"
+
+
+def test_an_outcome_calls_its_callback_when_set_or_at_once_if_it_is():
+    # A map() adds a wake-up to an item its router ends: the wake-up must run
+    # whether the item ends after it was added (in the ending thread) or before.
+    calls = []
+    outcome = Outcome()
+    outcome.add_done_callback(calls.append)
+    assert calls == []
+    worker = threading.Thread(target=outcome.set_exception, args=(KeyError("boom"),))
+    worker.start()
+    worker.join(5)
+    assert calls == [outcome]
+    ended = Outcome()
+    ended.set_result([1])
+    ended.add_done_callback(calls.append)
+    assert calls == [outcome, ended]
+
+
+@pytest.mark.parametrize("shape", [[1, 16], [], [0, 5]], ids=["tensor", "scalar", "empty"])
+def test_an_inline_output_is_a_new_writable_array_of_its_bytes(shape):
+    from farm.runtime.delivery import _array_of
+
+    expected = np.arange(int(np.prod(shape)), dtype="<f4").reshape(shape)
+    data = expected.tobytes()
+    array = _array_of(data, "<f4", shape)
+    assert array.flags.owndata and array.flags.writeable
+    assert array.shape == tuple(shape) and np.array_equal(array, expected)
+    with pytest.raises(ValueError):
+        _array_of(data + b"\0\0\0\0", "<f4", shape)  # bytes that do not fit the shape

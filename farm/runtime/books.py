@@ -293,7 +293,7 @@ class Books:
         slots = worker.slots if model is None else worker.slots_of(model)
         if not slots:
             return None
-        slot = min(slots, key=lambda s: len(s.in_flight) + len(s.held))
+        slot = slots[0] if len(slots) == 1 else min(slots, key=lambda s: len(s.in_flight) + len(s.held))
         return slot if len(slot.in_flight) + len(slot.held) < limit else None
 
     def slot_for(self, worker: WorkerHandle, model: str, limit: int = WINDOW) -> Optional[ContextSlot]:

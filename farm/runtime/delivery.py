@@ -166,10 +166,7 @@ class Answers:
         of a short task): copies of their bytes, with no region to lease or
         read. The region leased for them, if any, is freed."""
         self._free_out_region(task)
-        outputs = [
-            np.frombuffer(data, protocol.dtype_of(dtype), math.prod(shape)).reshape(shape).copy()
-            for data, dtype, shape in descriptors
-        ]
+        outputs = [_array_of(data, dtype, shape) for data, dtype, shape in descriptors]
         self._remember_output_size(task.input_key, sum(protocol.align(a.nbytes) for a in outputs))
         return outputs
 
@@ -267,3 +264,14 @@ def _in_form(outputs: list[np.ndarray], form: list[Any]) -> Any:
     if kind == "data":
         return form[1]
     raise ValueError(f"an answer of unknown form {kind!r}")
+
+
+def _array_of(data: bytes, dtype: str, shape: list[int]) -> np.ndarray:
+    """A new array (owning its memory, writable) of ``data``'s bytes: two
+    thirds of the cost of copying a read-only view of them."""
+    array = np.empty(shape, protocol.dtype_of(dtype))
+    if array.size:
+        array.data.cast("B")[:] = data  # a ValueError if the sizes differ
+    elif data:
+        raise ValueError(f"{len(data)} bytes for an empty output of shape {shape}")
+    return array

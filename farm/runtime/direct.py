@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import sys
 import time
-from concurrent.futures import Future
 from typing import Any, Callable, NamedTuple, Optional
 
 import numpy as np
@@ -44,6 +43,7 @@ from farm.runtime.channels import DIRECT_POLL_MS, ChannelPool, ReplyChannel
 from farm.runtime.processes import ContextSlot
 from farm.runtime.wakepipe import WakePipe
 from workers import protocol
+from workers.batching import MOST_HELD
 from workers.spin import SpinWait
 
 __all__ = [
@@ -135,6 +135,9 @@ class DirectPath:
         self.spin = spin  # run() callers waiting for their answers
         self.admit = admit
         self._take_messages = take_messages
+        # worker -> (its inference-time average, stream_depth, cork_limit of it):
+        # the average changes once per answer message, not per task sent.
+        self._limits: dict[Any, tuple[Optional[float], int, int]] = {}
 
     # ── sending (under the lock) ─────────────────────────────────────────
     def _send_on(self, channel: ReplyChannel, slot: ContextSlot, task: Task) -> Optional[zmq.Socket]:
@@ -317,7 +320,11 @@ class DirectPath:
             if not books.takes_direct(core, lane):
                 return _ROUTER
             worker = books.worker_of_core[core]
-            slot = books.slot_for(worker, task.model, stream_depth(worker.stats.infer_ema_us))
+            infer_us = worker.stats.infer_ema_us
+            limits = self._limits.get(worker)
+            if limits is None or limits[0] is not infer_us:
+                limits = self._limits[worker] = (infer_us, stream_depth(infer_us), cork_limit(infer_us))
+            slot = books.slot_for(worker, task.model, limits[1])
             if slot is None:
                 return _FULL
             if channel.epoch != self.channels.epoch:  # a worker respawned: close the sockets to the dead one
@@ -326,14 +333,13 @@ class DirectPath:
                 socket = channel.socket_for(slot.address)  # a new socket can fail (EMFILE)
             except zmq.ZMQError:
                 return _ROUTER
-            infer_us = worker.stats.infer_ema_us
             idle = not slot.in_flight and not slot.held
             task.task_id = books.next_index  # what enter() gives it: the header carries it
             task.core = core
             fields = task_fields(task, direct=True)  # under the lock: a retry may change the attempt
             books.book(slot, task)
             books.enter(task, core, time.perf_counter())
-            return "sent", Commitment(socket, fields, 1 if idle else cork_limit(infer_us), infer_us, slot)
+            return "sent", Commitment(socket, fields, 1 if idle else limits[2], infer_us, slot)
 
     @staticmethod
     def take_corked(channel: ReplyChannel) -> list[tuple[zmq.Socket, list[tuple[Task, list[Any]]]]]:
@@ -520,18 +526,19 @@ class DirectStream:
 
     def _flush_before_wait(self) -> None:
         """Before a wait for answers: send the corked tasks of each context
-        that has fewer tasks sent ahead of them than corked, and those of the
-        context that holds this stream's oldest task (the one an ordered map
-        waits for). Another context has work until its next answers come,
-        and its corked tasks go in a bigger batch, at their limit: were every
-        wait to send, a map kept at its window would send a task per answer."""
+        that may answer every task it has in one message (``MOST_HELD`` or
+        fewer sent to it), and those of the context that holds this stream's
+        oldest task (the one an ordered map waits for). Any other context
+        answers some of its tasks while it still has others to run, and its
+        corked tasks go then, in a bigger batch: were every wait to send, a
+        map kept at its window would send a task per answer."""
         corked = self._channel.corked
         if not corked:
             return
         oldest = self._oldest_unended()
         for socket, entries in list(corked.items()):
             slot = self._slot_of.get(socket)
-            short = slot is None or len(slot.in_flight) < 2 * len(entries)  # in flight: sent and corked
+            short = slot is None or len(slot.in_flight) - len(entries) <= MOST_HELD  # in flight: sent, corked
             if short or any(task is oldest for task, _ in entries):
                 self._send_corked(socket, corked.pop(socket))
 
@@ -550,7 +557,7 @@ class DirectStream:
         failed = self._path.send_corked(socket, entries)
         if failed:
             for task in failed:
-                assert isinstance(task.future, Future)  # a map()'s tasks have real futures
+                assert task.future is not None  # a map()'s tasks have outcomes
                 task.future.add_done_callback(self._on_routed_done)
             self._direct = [t for t in self._direct if t not in failed]
 
@@ -559,7 +566,7 @@ class DirectStream:
         room only once none of this stream's own tasks are out: their answers
         are read by this thread alone, and contexts they hold cannot take the
         queued tasks that would make room."""
-        assert isinstance(task.future, Future)  # a map()'s tasks have real futures
+        assert task.future is not None  # a map()'s tasks have outcomes
         task.future.add_done_callback(self._on_routed_done)
         try:
             self._path.admit(task, 0.0)  # at once, if there is room
@@ -612,7 +619,7 @@ class DirectStream:
         self._direct = [t for t in self._direct if not t.ended]
         return bool(self._direct)
 
-    def _on_routed_done(self, _future: Future) -> None:
+    def _on_routed_done(self, _outcome: Any) -> None:
         """Runs in the thread that ended a routed task: wake a waiting pump
         (nothing once the stream has ended)."""
         self._wake_pipe.wake()
