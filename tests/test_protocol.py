@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import types
 
 import numpy as np
@@ -297,4 +298,28 @@ def test_a_waiting_check_says_whether_a_message_waits_without_reading_the_events
     finally:
         receiver.close(0)
         sender.close(0)
+        context.term()
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="no SCHED_BATCH on this OS")
+def test_a_farms_zeromq_io_threads_do_not_preempt_the_sender():
+    # SCHED_BATCH: a woken I/O thread waits for the sender to wait or yield.
+    def io_threads() -> dict[int, str]:
+        names = {}
+        for tid in os.listdir("/proc/self/task"):
+            with open(f"/proc/self/task/{tid}/comm") as comm:
+                names[int(tid)] = comm.read().strip()
+        return {tid: name for tid, name in names.items() if name.startswith("ZMQbg/IO")}
+
+    before = set(io_threads())
+    context = protocol.new_context()
+    try:
+        socket = context.socket(zmq.DEALER)  # the first socket starts the I/O threads
+        try:
+            started = [tid for tid in io_threads() if tid not in before]
+            assert started
+            assert all(os.sched_getscheduler(tid) == os.SCHED_BATCH for tid in started)
+        finally:
+            socket.close(0)
+    finally:
         context.term()

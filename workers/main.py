@@ -61,7 +61,7 @@ def worker_main(spec: dict[str, Any]) -> None:
         os.environ[SCRATCH_DIR_VARIABLE] = scratch
     _pin_to_cpus(spec["cpus"])
     worker_id, generation = spec["worker_id"], spec["generation"]
-    zmq_context = zmq.Context()
+    zmq_context = protocol.new_context()
     # The control socket has a context of its own so that its last message is
     # flushed on exit even while context threads still hold sockets.
     control_context = zmq.Context()

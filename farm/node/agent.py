@@ -103,7 +103,7 @@ class NodeAgent:
         self._stop = threading.Event()
         self._results: queue.SimpleQueue = queue.SimpleQueue()
         self._wake_pipe = WakePipe()
-        self._zmq = zmq.Context()
+        self._zmq = protocol.new_context()
 
     # ── lifecycle ────────────────────────────────────────────────────────
     def serve(self) -> None:

@@ -148,7 +148,7 @@ class Router:
         self.models = {model.name: model for model in models}
         self.arena = arena
         self._base_spec = base_spec
-        self._zmq = zmq.Context()
+        self._zmq = protocol.new_context()
         self._ipc_dir = tempfile.mkdtemp(prefix=f"{SEGMENT_PREFIX}{os.getpid()}-")
         self._inbound = self._zmq.socket(zmq.PULL)
         self._inbound.setsockopt(zmq.LINGER, 0)
@@ -426,7 +426,7 @@ class Router:
             batch: list[tuple[Any, list[Any]]] = []
             inbound = self._inbound
             # Asking for EVENTS is much cheaper than the exception of an empty NOBLOCK read.
-            while len(batch) < _BATCH and inbound.get(protocol.EVENTS) & protocol.POLLIN:  # type: ignore[operator]
+            while len(batch) < _BATCH and inbound.get(protocol.EVENTS) & protocol.POLLIN:
                 try:
                     message, frames = protocol.recv_message(inbound, protocol.FOR_PARENT, protocol.NOBLOCK)
                 except zmq.Again:
