@@ -520,8 +520,10 @@ class Farm:
                             window = router.map_window()
                         # Hand back what is already finished before reading more input:
                         # with a live source (a camera) that is what keeps latency low.
-                        # (With the window full, the wait for the oldest reads answers anyway.)
-                        if stream is not None and len(pending) < window:
+                        # A fast source has it looked for every few items (a look is a
+                        # poll, a system call); with the window full, the wait for the
+                        # oldest reads answers anyway.
+                        if stream is not None and len(pending) < window and (slow_read or not submitted % 4):
                             stream.pump()
                 while pending:
                     if exhausted or len(pending) >= window:  # wait for a result
