@@ -130,11 +130,13 @@ class HeldAnswers:
             now = self._clock()
         return now - self._since + next_run_s <= budget
 
-    def flush(self) -> None:
+    def flush(self) -> bool:
         """Send every held answer: one message per destination (a lone
-        answer as its own RESULT or FAILED, as an unbatched context sends it)."""
+        answer as its own RESULT or FAILED, as an unbatched context sends it).
+        False when none was held."""
         if not self._count:
-            return
+            return False
         held, self._held, self._count = self._held, {}, 0
         for destination, answers in held.items():
             self._send(destination, protocol.encode_answers(answers))
+        return True

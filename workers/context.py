@@ -35,7 +35,7 @@ from workers.backends.base import Placement
 from workers.batching import HeldAnswers, RunTime
 from workers.frames import FRAME_PREFIX, FrameMap
 from workers.segments import SegmentMap
-from workers.spin import SpinWait
+from workers.spin import SpinWait, yield_cpu
 from workers.stages import StageFailure, Stages, answer_form, ordered_feed
 from workers.threadnames import name_this_thread
 
@@ -245,8 +245,12 @@ class ContextThread(threading.Thread):
             else:
                 held.hold(destination, answer, done)
             in_batch = index < last
-            if not ((in_batch or waiting()) and held.may_wait(run_time.expected_s, done, in_batch)):
-                held.flush()
+            more = in_batch or waiting()
+            if not (more and held.may_wait(run_time.expected_s, done, in_batch)) and held.flush() and more:
+                # The process's ZeroMQ I/O thread does not take the CPU from
+                # this one when woken (protocol.new_context): let it send the
+                # answers now, not after the next run.
+                yield_cpu()
 
     @staticmethod
     def _sender(tasks: zmq.Socket, results: zmq.Socket) -> Callable[[Optional[bytes], bytes], None]:

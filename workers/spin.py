@@ -37,9 +37,10 @@ import zmq
 
 from workers import protocol
 
-__all__ = ["LONGEST_WAIT_LIMITS", "SpinWait"]
+__all__ = ["LONGEST_WAIT_LIMITS", "SpinWait", "yield_cpu"]
 
-_yield_cpu: Callable[[], Any] = getattr(os, "sched_yield", lambda: time.sleep(0))
+#: Give the CPU to another runnable thread (a poll loop, a context letting its I/O thread send).
+yield_cpu: Callable[[], Any] = getattr(os, "sched_yield", lambda: time.sleep(0))
 
 #: Messages due later than this many limits are waited for in the kernel:
 #: the wake-up saved is too small a share of the wait to pay for the poll.
@@ -80,7 +81,7 @@ class SpinWait:
             while not socket.get(protocol.EVENTS) & protocol.POLLIN:  # type: ignore[operator]
                 if time.perf_counter() >= end:
                     return
-                _yield_cpu()
+                yield_cpu()
         finally:
             self._token.release()
 
