@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 import types
 
 import numpy as np
@@ -316,7 +317,12 @@ def test_a_farms_zeromq_io_threads_do_not_preempt_the_sender():
     try:
         socket = context.socket(zmq.DEALER)  # the first socket starts the I/O threads
         try:
+            # A new thread names itself once it runs: on a busy machine, a moment later.
+            deadline = time.monotonic() + 10
             started = [tid for tid in io_threads() if tid not in before]
+            while not started and time.monotonic() < deadline:
+                time.sleep(0.01)
+                started = [tid for tid in io_threads() if tid not in before]
             assert started
             assert all(os.sched_getscheduler(tid) == os.SCHED_BATCH for tid in started)
         finally:
