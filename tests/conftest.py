@@ -129,3 +129,20 @@ def ppocr_models() -> dict[str, str]:
         "rec": os.path.join(models, "ch_PP-OCRv4_rec_infer.onnx"),
         "cls": os.path.join(models, "ch_ppocr_mobile_v2.0_cls_infer.onnx"),
     }
+
+
+@pytest.fixture
+def sent_batch_sizes(monkeypatch) -> list[int]:
+    """How many tasks each message of a ``map()`` carried (its sends of corked
+    tasks, ``DirectStream._send_corked``), in order."""
+    from farm.runtime.direct import DirectStream
+
+    sizes: list[int] = []
+    send = DirectStream._send_corked
+
+    def recording(self, socket, entries):
+        sizes.append(len(entries))
+        return send(self, socket, entries)
+
+    monkeypatch.setattr(DirectStream, "_send_corked", recording)
+    return sizes

@@ -16,7 +16,7 @@ import zmq
 
 from farm import Farm, TaskError
 from farm.runtime.books import Books
-from farm.runtime.direct import DirectPath, DirectStream
+from farm.runtime.direct import DirectPath
 from farm.runtime.router import ROUTER_THREAD_NAME, Router
 from farm.runtime.stats import WorkerStats
 from tests.onnx_models import affine_model
@@ -266,15 +266,10 @@ def _count_answers_per_take(monkeypatch) -> list[int]:
     return taken
 
 
-def test_a_map_sends_several_tasks_and_takes_several_answers_per_message(tmp_path, monkeypatch):
-    sent: list[int] = []
-    send_corked = DirectStream._send_corked
-
-    def counting_send(self, socket, entries):
-        sent.append(len(entries))
-        return send_corked(self, socket, entries)
-
-    monkeypatch.setattr(DirectStream, "_send_corked", counting_send)
+def test_a_map_sends_several_tasks_and_takes_several_answers_per_message(
+    tmp_path, monkeypatch, sent_batch_sizes
+):
+    sent = sent_batch_sizes
     taken = _count_answers_per_take(monkeypatch)
     with Farm(affine_model(str(tmp_path), shape=(1, 4)), schedule="0,1") as farm:
         x = np.ones((1, 4), np.float32)

@@ -97,23 +97,11 @@ def test_a_map_sends_what_it_holds_before_reading_on_after_a_slow_preparation(tm
     assert all(before_reads), before_reads
 
 
-def _sent_batch_sizes(monkeypatch) -> list:
-    sizes: list = []
-    send = DirectStream._send_corked
-
-    def recording(self, socket, entries):
-        sizes.append(len(entries))
-        return send(self, socket, entries)
-
-    monkeypatch.setattr(DirectStream, "_send_corked", recording)
-    return sizes
-
-
-def test_a_map_sends_each_task_of_a_slow_model_at_once(monkeypatch):
+def test_a_map_sends_each_task_of_a_slow_model_at_once(monkeypatch, sent_batch_sizes):
     """A task of a model whose runs take CORK_BUDGET_US or more (here 10 ms)
     goes at once: a batch of them would hold its first answer too long."""
     monkeypatch.setattr(direct_module, "STREAM_QUEUE_US", 200_000)  # deep contexts, as for short tasks
-    sizes = _sent_batch_sizes(monkeypatch)
+    sizes = sent_batch_sizes
     feed = {"seconds": np.array([0.01])}
     with Farm("tests.pyfuncs:sleep", schedule="0") as farm:
         for _ in range(3):  # the core's inference time is measured
@@ -122,11 +110,11 @@ def test_a_map_sends_each_task_of_a_slow_model_at_once(monkeypatch):
     assert len(sizes) == 30 and max(sizes) == 1, sizes
 
 
-def test_a_map_of_a_millisecond_model_sends_its_tasks_in_batches(monkeypatch):
+def test_a_map_of_a_millisecond_model_sends_its_tasks_in_batches(sent_batch_sizes):
     """A light model (~1 ms a run): a message costs a fifth of a run, so its
     tasks go several to a message (at most CORK_BUDGET_US of work each), and
     its context answers each batch in one message."""
-    sizes = _sent_batch_sizes(monkeypatch)
+    sizes = sent_batch_sizes
     feed = {"seconds": np.array([0.001])}
     with Farm("tests.pyfuncs:sleep", schedule="0") as farm:
         for _ in range(5):  # the core's inference time is measured

@@ -15,9 +15,10 @@ tasks for this context knowing how long they run (``CORK_BUDGET_US`` in
 ``farm.runtime.direct``) and keeps the next batch queued behind them, so the
 answers of a batch are held until its last task has run (at most
 :data:`MOST_HELD`, and while the oldest has waited less than
-:data:`BATCH_HOLD_BUDGET_S`: runs far longer than the parent expected). Between messages the rules above
-hold, and only for short runs (:data:`HOLD_RUNS_BELOW_S`): a task that came
-alone may have come on a path that queues no more than two per context.
+:data:`BATCH_HOLD_BUDGET_S`: runs far longer than the parent expected).
+Between messages the rules above hold, and only for short runs
+(:data:`HOLD_RUNS_BELOW_S`): a task that came alone may have come on a path
+that queues no more than two per context.
 
 Answers are held per destination: a direct task's answer goes back to the
 socket that sent it (its routing id), a routed one to the parent's shared

@@ -339,7 +339,7 @@ class DirectPath:
             fields = task_fields(task, direct=True)  # under the lock: a retry may change the attempt
             books.book(slot, task)
             books.enter(task, core, time.perf_counter())
-            return "sent", Commitment(socket, fields, 1 if idle else limits[2], infer_us, slot)
+            return "sent", Commitment(socket, fields, 1 if idle else limits[2], infer_us)
 
     @staticmethod
     def take_corked(channel: ReplyChannel) -> list[tuple[zmq.Socket, list[tuple[Task, list[Any]]]]]:
@@ -375,14 +375,13 @@ class Commitment(NamedTuple):
     """A task committed to a context: the socket to send it on, its TASK
     fields, how many tasks the stream may cork for that context before it
     sends them (1: at once, as for a context with nothing else to do:
-    holding the task back would only leave it idle), the core's
-    inference-time average (µs, None if not measured yet), and the context."""
+    holding the task back would only leave it idle), and the core's
+    inference-time average (µs, None if not measured yet)."""
 
     socket: zmq.Socket
     fields: list[Any]
     cork_limit: int
     infer_us: Optional[float]
-    slot: ContextSlot
 
 
 _ROUTER: tuple[str, None] = ("router", None)
@@ -439,7 +438,6 @@ class DirectStream:
         self._prune_at = _PRUNE_AT
         self._held = True  # this thread holds the channel's owner lock (checked out so)
         self._slow_pause_s = SLOW_PAUSE_S
-        self._slot_of: dict[zmq.Socket, ContextSlot] = {}  # each corked-for socket's context
         self._wake_pipe = WakePipe()  # a routed task that ends wakes a pump waiting for answers
         self._poller = zmq.Poller()
         self._poller.register(self._wake_pipe.fd, zmq.POLLIN)
@@ -506,7 +504,6 @@ class DirectStream:
         if corked is None:
             corked = self._channel.corked[socket] = []
         corked.append((task, commitment.fields))
-        self._slot_of[socket] = commitment.slot
         if len(corked) >= commitment.cork_limit:
             self._send_corked(socket, self._channel.corked.pop(socket))
         if commitment.infer_us is not None:
@@ -535,21 +532,12 @@ class DirectStream:
         corked = self._channel.corked
         if not corked:
             return
-        oldest = self._oldest_unended()
+        oldest = self._direct[0] if self._has_direct_in_flight() else None
         for socket, entries in list(corked.items()):
-            slot = self._slot_of.get(socket)
+            slot = entries[0][0].slot  # the context they are booked on (None: taken back meanwhile)
             short = slot is None or len(slot.in_flight) - len(entries) <= MOST_HELD  # in flight: sent, corked
             if short or any(task is oldest for task, _ in entries):
                 self._send_corked(socket, corked.pop(socket))
-
-    def _oldest_unended(self) -> Optional[Task]:
-        direct = self._direct
-        ended = 0
-        while ended < len(direct) and direct[ended].ended:
-            ended += 1
-        if ended:
-            del direct[:ended]
-        return direct[0] if direct else None
 
     def _send_corked(self, socket: zmq.Socket, entries: list[tuple[Task, list[Any]]]) -> None:
         """Send one context's corked tasks; those whose send failed took the
