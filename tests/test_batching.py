@@ -27,8 +27,10 @@ from workers.batching import (
     HOLD_BUDGET_S,
     HOLD_RUNS_BELOW_S,
     MOST_HELD,
+    ROUND_BUDGET_S,
     HeldAnswers,
     RunTime,
+    round_size,
 )
 
 pytestmark = pytest.mark.timeout(120)
@@ -251,6 +253,66 @@ def test_a_stop_after_a_batch_sends_the_held_answers_first(behave_farm, dealer_t
     assert not socket.poll(200)  # and nothing after them: the context stopped
 
 
+def _occupy(socket: zmq.Socket, count: int = 6, seconds: float = 0.0005) -> None:
+    """Keep the context busy with one TASKS message of ``count`` short tasks
+    (ids 1..count), long enough for lone tasks sent after it to be waiting
+    together when it is done; its runs teach the context that they are short."""
+    socket.send(protocol.encode(protocol.TasksMessage([sleep_task(k, seconds) for k in range(1, count + 1)])))
+
+
+def test_lone_tasks_waiting_together_run_as_one_round_with_one_answers_message(sleep_farm, dealer_to):
+    socket = dealer_to(sleep_farm)
+    for _attempt in range(5):  # a machine too busy to send the lone tasks within the batch's 3 ms
+        _occupy(socket)
+        for k in range(11, 14):  # three lone TASK messages, as the router's path sends them
+            socket.send(protocol.encode(sleep_task(k, 0.0005)))
+        messages = [[a.task_id for a in answers] for _, answers in receive_answers(socket, 9)]
+        if messages == [[1, 2, 3, 4, 5, 6], [11, 12, 13]]:
+            return
+    pytest.fail(f"the lone tasks were not answered together: {messages}")
+
+
+def test_a_round_takes_only_its_senders_lone_tasks_and_answers_each_to_its_sender(sleep_farm, dealer_to):
+    first, second = dealer_to(sleep_farm), dealer_to(sleep_farm)
+    _occupy(first)
+    first.send(protocol.encode(sleep_task(11, 0.0005)))
+    second.send(protocol.encode(sleep_task(21, 0.0005)))
+    first.send(protocol.encode(sleep_task(12, 0.0005)))
+    second.send(protocol.encode(protocol.TasksMessage([sleep_task(22, 0.0005), sleep_task(23, 0.0005)])))
+    to_first = [a.task_id for _, answers in receive_answers(first, 8) for a in answers]
+    to_second = [a.task_id for _, answers in receive_answers(second, 3) for a in answers]
+    assert to_first == [1, 2, 3, 4, 5, 6, 11, 12]
+    assert to_second == [21, 22, 23]
+    assert not first.poll(100) and not second.poll(0)  # each answered once
+
+
+def test_a_stop_read_while_gathering_a_round_comes_after_the_rounds_answers(sleep_farm, dealer_to):
+    socket = dealer_to(sleep_farm)
+    _occupy(socket)
+    socket.send(protocol.encode(sleep_task(11, 0.0005)))
+    socket.send(protocol.encode(sleep_task(12, 0.0005)))
+    socket.send(protocol.encode(protocol.StopMessage()))
+    answers = [a.task_id for _, batch in receive_answers(socket, 8) for a in batch]
+    assert answers == [1, 2, 3, 4, 5, 6, 11, 12]
+    assert not socket.poll(200)  # the context stopped
+
+
+def test_lone_tasks_of_a_slow_model_are_answered_one_by_one(sleep_farm, dealer_to):
+    socket = dealer_to(sleep_farm)
+    socket.send(protocol.encode(sleep_task(1, 0.03)))  # the context learns its runs are long
+    for k in range(2, 5):
+        socket.send(protocol.encode(sleep_task(k, 0.03)))
+    messages = [[a.task_id for a in answers] for _, answers in receive_answers(socket, 4)]
+    assert messages == [[1], [2], [3], [4]]
+
+
+def test_round_size_fills_the_round_budget():
+    assert round_size(0.0) == 1  # nothing measured yet
+    assert round_size(ROUND_BUDGET_S / 3) == 3
+    assert round_size(1e-6) == MOST_HELD
+    assert round_size(2 * ROUND_BUDGET_S) == 1
+
+
 # ── map(): corked sends ──────────────────────────────────────────────────
 def _count_answers_per_take(monkeypatch) -> list[int]:
     """How many answers each ``Router.take_messages`` call took (an ANSWERS
@@ -342,6 +404,36 @@ def test_the_router_takes_batched_answers_of_submitted_tasks(tmp_path, monkeypat
         futures = [farm.submit(np.full((1, 4), i, np.float32)) for i in range(2000)]
         assert [float(f.result(30)[0][0, 0]) for f in futures] == [2.0 * i + 1 for i in range(2000)]
     assert batches and max(batches) > 1
+
+
+def test_submitted_millisecond_tasks_travel_several_to_a_message_each_way(monkeypatch):
+    """The router's path under load: a context takes the lone tasks waiting
+    for it as one round, answers them in one message, and the room they free
+    is filled in one message."""
+    sent: list[int] = []
+    send_batch = Router._send_batch
+
+    def recording(slot, tasks):
+        sent.append(len(tasks))
+        return send_batch(slot, tasks)
+
+    monkeypatch.setattr(Router, "_send_batch", staticmethod(recording))
+    answered: list[int] = []
+    receive = protocol.recv_message
+
+    def receiving(socket, table, flags=0):
+        message, frames = receive(socket, table, flags)
+        if threading.current_thread().name == ROUTER_THREAD_NAME and table is protocol.FOR_PARENT:
+            answered.append(len(message.answers) if type(message) is protocol.AnswersMessage else 1)
+        return message, frames
+
+    monkeypatch.setattr(protocol, "recv_message", receiving)
+    with Farm("tests.pyfuncs:sleep", schedule="0", max_queue_size=8) as farm:
+        futures = [farm.submit({"seconds": np.array([0.001])}) for _ in range(300)]
+        for future in futures:
+            future.result(30)
+    assert len(sent) < 200 and max(sent) > 1, f"{len(sent)} messages for 300 tasks: {sent}"
+    assert len(answered) < 200 and max(answered) > 1, f"{len(answered)} answer messages: {answered}"
 
 
 def test_an_unordered_map_of_batched_tasks_answers_each_task_once(tmp_path):

@@ -9,10 +9,11 @@ import zmq
 from farm.data.task import Task
 from farm.errors import FarmError, TaskTimeoutError, WorkerCrashedError
 from farm.options import parse_options
-from farm.runtime.books import MAX_REQUEUES, WINDOW, Books, ModelLanes
-from farm.runtime.pacing import Pacer
+from farm.runtime.books import MAX_REQUEUES, WINDOW, Books, ModelLanes, routed_window
+from farm.runtime.pacing import CATCH_UP_SLOTS, Pacer
 from farm.runtime.processes import ContextSlot, WorkerHandle, WorkerState
 from farm.runtime.supervision import CRASH_LOOP_LIMIT, Supervisor
+from workers.batching import round_size
 
 
 class Clock:
@@ -39,10 +40,12 @@ class Farmlet:
         rotation: list[int],
         queue_limit: int = 4,
         max_retries: int = 1,
+        batched: bool = False,
         **options,
     ) -> None:
         self.clock = Clock()
         self.sent: list[tuple[int, int, int]] = []
+        self.messages: list[list[int]] = []  # batched: the task ids each message carried
         self.failed_soon: list[tuple[Task, BaseException]] = []
         self.refuse: dict[int, BaseException] = {}  # task id → what its send raises
         self.books = Books(
@@ -52,6 +55,7 @@ class Farmlet:
             queue_limit=queue_limit,
             max_retries=max_retries,
             send=self._send,
+            send_batch=self._send_batch if batched else None,
             fail_soon=lambda task, error: self.failed_soon.append((task, error)),
             clock=self.clock,
         )
@@ -74,6 +78,32 @@ class Farmlet:
         if error is not None:
             raise error
         self.sent.append((slot.worker.core, slot.index, task.task_id))
+
+    def _send_batch(self, slot: ContextSlot, tasks: list[Task]) -> list[tuple[Task, Exception]]:
+        """As the router's: one message for ``tasks``; those that cannot be sent are returned."""
+        unsendable = []
+        for task in tasks:
+            error = self.refuse.get(task.task_id)
+            if isinstance(error, zmq.ZMQError):  # the whole message fails
+                del self.refuse[task.task_id]
+                raise error
+        for task in tasks:
+            error = self.refuse.pop(task.task_id, None)
+            if error is not None:
+                unsendable.append((task, error))
+        sent = [task for task in tasks if all(task is not t for t, _ in unsendable)]
+        if sent:
+            self.messages.append([task.task_id for task in sent])
+            self.sent += [(slot.worker.core, slot.index, task.task_id) for task in sent]
+        return unsendable
+
+    def answer_together(self, tasks: list[Task]) -> None:
+        """The worker answers ``tasks`` in one ANSWERS message (``Router._take_answers``)."""
+        worker = tasks[0].slot.worker
+        for task in tasks:
+            assert self.books.unbook(worker, task.slot.index, task.task_id, task.attempt) is task
+            assert self.books.finish(task)
+        self.books.dispatch(worker.core)
 
     def submit(self, n: int = 1) -> list[Task]:
         """Admit ``n`` tasks as ``Router.admit`` does (without waiting)."""
@@ -159,6 +189,61 @@ def test_an_answer_refills_its_context_and_ends_the_task_once():
     assert farm.books.outstanding == WINDOW and farm.books.where(0) == "ended"
     assert not farm.books.finish(tasks[0])  # ended once only
     assert farm.books.unbook(farm.books.workers[0], 0, 0, 0) is None  # a late duplicate: stale
+
+
+# ── the router's path, batched (a light model's contexts) ────────────────
+def light_worker(core: int, infer_us: float, contexts: int = 1) -> WorkerHandle:
+    worker = fake_worker(core, contexts)
+    worker.stats.infer_ema_us = infer_us
+    return worker
+
+
+def test_a_light_models_context_holds_two_rounds_and_freed_room_is_filled_in_one_message():
+    infer_us = 1000.0  # a round is ROUND_BUDGET_S of runs: 4 tasks
+    farm = Farmlet([light_worker(0, infer_us)], rotation=[0], queue_limit=8, batched=True)
+    window = farm.books.window_of(farm.books.workers[0])
+    assert window == routed_window(infer_us) == 2 * round_size(infer_us * 1e-6) == 8
+    tasks = farm.submit(window + 5)
+    assert farm.messages == [[k] for k in range(window)]  # each sent as it came: the context had room
+    assert [t.task_id for t in farm.books.queues[0]] == list(range(window, window + 5))
+    farm.answer_together(tasks[:4])  # one round's answers
+    assert farm.messages[-1] == [8, 9, 10, 11]  # the room they freed, filled in one message
+    assert [t.task_id for t in farm.books.queues[0]] == [12]
+    assert all(t.slot is farm.books.workers[0].slots[0] for t in tasks[8:12])
+
+
+def test_the_routers_window_is_two_on_a_heavy_or_unmeasured_model_or_a_node():
+    farm = Farmlet(
+        [light_worker(0, 20_000.0), fake_worker(1), light_worker(2, 1000.0)], rotation=[0, 1, 2], batched=True
+    )
+    heavy, unmeasured, node = farm.books.workers
+    node.remote = True
+    assert farm.books.window_of(heavy) == farm.books.window_of(unmeasured) == WINDOW
+    assert farm.books.window_of(node) == WINDOW
+    assert routed_window(None) == WINDOW
+
+
+def test_a_batch_whose_message_cannot_be_sent_goes_back_first_in_line_in_order():
+    farm = Farmlet([light_worker(0, 1000.0)], rotation=[0], queue_limit=8, batched=True)
+    tasks = farm.submit(8 + 3)  # the context full, three queued
+    farm.refuse[9] = zmq.ZMQError(zmq.EAGAIN)
+    farm.answer_together(tasks[:3])
+    assert [t.task_id for t in farm.books.queues[0]] == [8, 9, 10]  # back, in order, off the books
+    assert all(t.slot is None for t in tasks[8:])
+    assert len(farm.books.workers[0].slots[0].in_flight) == 5
+    farm.books.dispatch(0)
+    assert farm.messages[-1] == [8, 9, 10]
+
+
+def test_a_task_of_a_batch_that_cannot_be_sent_fails_alone():
+    farm = Farmlet([light_worker(0, 1000.0)], rotation=[0], queue_limit=8, batched=True)
+    tasks = farm.submit(8 + 3)
+    farm.refuse[9] = KeyError("input gone")
+    farm.answer_together(tasks[:3])
+    assert farm.messages[-1] == [8, 10]
+    ((failed, error),) = farm.failed_soon
+    assert failed is tasks[9] and "could not be sent to core 0" in str(error) and failed.slot is None
+    assert sorted(farm.books.workers[0].slots[0].in_flight) == [3, 4, 5, 6, 7, 8, 10]
 
 
 def test_tasks_booked_whose_send_failed_go_first_in_line_and_are_sent_again():
@@ -377,3 +462,26 @@ def test_a_task_goes_only_to_a_context_of_its_model_each_model_by_its_own_rotati
     # A lost core 1 hands rec's tasks to rec's other core, never to a det context.
     spent = books.requeue_all(books.take_in_flight(books.worker_of_core[1]), books.worker_of_core[1])
     assert not spent and [t.task_id for t in books.lanes["rec"].queues[0]] == [3]
+
+
+# ── pacing's schedule ────────────────────────────────────────────────────
+def paced(interval_s: float = 0.001) -> Pacer:
+    pacer = Pacer(1, enabled=True)
+    pacer.record(interval_s * 1e6)
+    pacer.admit(10.0)
+    return pacer
+
+
+def test_a_submission_late_for_its_slot_takes_the_last_slot_that_came():
+    pacer = paced()
+    pacer.admit(10.0025)  # woke 1.5 slots late: slot 10.002 (10.001's is lost)
+    assert pacer.wait_s(10.0025) == pytest.approx(0.0005)  # the next slot, 10.003, stays on schedule
+    pacer.admit(10.003)
+    assert pacer.wait_s(10.003) == pytest.approx(0.001)  # never two at once
+
+
+def test_a_submission_later_than_the_catch_up_starts_the_schedule_again():
+    pacer = paced()
+    now = 10.0 + (1 + CATCH_UP_SLOTS + 0.5) * 0.001  # past its slot by more than the catch-up: idle
+    pacer.admit(now)
+    assert pacer.wait_s(now) == pytest.approx(0.001)  # no credit: a whole interval from now

@@ -22,6 +22,7 @@ from farm import (
     TaskError,
     WorkerStartError,
 )
+from farm.runtime import router as router_module
 from tests.onnx_models import affine_model, two_input_model
 from tests.processes import wait_gone, wait_until
 from tests.pyfuncs import doubling
@@ -361,17 +362,16 @@ def test_an_answer_that_cannot_be_read_fails_its_task_and_no_other(monkeypatch):
 
 def test_a_task_that_cannot_be_sent_fails_alone_and_close_does_not_wait_for_it(monkeypatch):
     farm = Farm("tests.pyfuncs:double_later", schedule="0")
-    books = farm._router.books
-    real = books._send
+    real = router_module.task_fields
     calls = []
 
-    def send(slot, task):
+    def fields(task, direct):  # what the router's send reads of a task: its input is gone
         calls.append(task.task_id)
         if len(calls) == 1:
             raise KeyError("no shared-memory segment 'rknnfarm-x' in this process")
-        real(slot, task)
+        return real(task, direct)
 
-    monkeypatch.setattr(books, "_send", send)
+    monkeypatch.setattr(router_module, "task_fields", fields)
     futures = [farm.submit(doubling(i, 0.0)) for i in range(4)]
     error = futures[0].exception(timeout=30)
     assert isinstance(error, FarmError) and "could not be sent to core 0" in str(error)

@@ -20,6 +20,17 @@ Between messages the rules above hold, and only for short runs
 (:data:`HOLD_RUNS_BELOW_S`): a task that came alone may have come on a path
 that queues no more than two per context.
 
+The router's path (``Farm.submit``, ``run_async``) sends each task as its
+own TASK message, as it comes. A context that finds several of them waiting
+from one sender when it takes the next task takes them together, as many as
+run in about :data:`ROUND_BUDGET_S` (:func:`round_size`), and holds their
+answers as for one TASKS message. The router keeps that much work and as much
+again in each context of a light model (``Books.window_of``), so a round's
+answers free the room its next round is sent to, in one message, while the
+context runs the tasks already waiting: under load, a message each way
+carries several tasks. With one task waiting or none (the farm keeps up) a
+round is that one task: nothing is held for it.
+
 Answers are held per destination: a direct task's answer goes back to the
 socket that sent it (its routing id), a routed one to the parent's shared
 result socket (destination None).
@@ -32,7 +43,16 @@ from typing import Any, Callable, Optional
 
 from workers import protocol
 
-__all__ = ["BATCH_HOLD_BUDGET_S", "HOLD_BUDGET_S", "HOLD_RUNS_BELOW_S", "MOST_HELD", "HeldAnswers", "RunTime"]
+__all__ = [
+    "BATCH_HOLD_BUDGET_S",
+    "HOLD_BUDGET_S",
+    "HOLD_RUNS_BELOW_S",
+    "MOST_HELD",
+    "ROUND_BUDGET_S",
+    "HeldAnswers",
+    "RunTime",
+    "round_size",
+]
 
 #: Answers a context holds at most before it sends them.
 MOST_HELD = 8
@@ -55,11 +75,24 @@ HOLD_RUNS_BELOW_S = 100e-6
 #: end a batch's holding early.
 BATCH_HOLD_BUDGET_S = 10e-3
 
+#: About how long the tasks a context takes together from its socket may run
+#: (a round, see the module docstring): its first answer waits that long.
+ROUND_BUDGET_S = 4e-3
+
 #: The weight of the newest run in :class:`RunTime`'s average.
 _RUN_WEIGHT = 0.1
 
 #: ``send(destination, header)``: a routing id (a direct answer) or None (the result socket).
 SendFn = Callable[[Optional[bytes], bytes], None]
+
+
+def round_size(run_s: float) -> int:
+    """How many waiting tasks a context takes as one round when each runs
+    ``run_s`` seconds (0: not measured yet): those that run within
+    :data:`ROUND_BUDGET_S`, at least one, at most :data:`MOST_HELD`."""
+    if run_s <= 0.0:
+        return 1
+    return max(1, min(MOST_HELD, int(ROUND_BUDGET_S / run_s)))
 
 
 class RunTime:

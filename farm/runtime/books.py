@@ -47,11 +47,13 @@ from farm.errors import FarmBrokenError, FarmClosedError, FarmError, SubmitTimeo
 from farm.runtime.pacing import Pacer
 from farm.runtime.processes import ContextSlot, WorkerHandle
 from farm.runtime.stats import WorkerStats
+from workers.batching import round_size
 
-__all__ = ["MAX_REQUEUES", "WINDOW", "Books", "ModelLanes"]
+__all__ = ["MAX_REQUEUES", "WINDOW", "Books", "ModelLanes", "routed_window"]
 
 #: Tasks a context holds at once: the one it runs and the next, waiting in
-#: its socket so that the context never idles for a round trip.
+#: its socket so that the context never idles for a round trip. A local
+#: context of a light model holds more (:func:`routed_window`).
 WINDOW = 2
 
 #: Times a task may be handed back by lost nodes before it fails (losing a
@@ -59,7 +61,21 @@ WINDOW = 2
 MAX_REQUEUES = 10
 
 SendFn = Callable[[ContextSlot, Task], None]
+#: ``send_batch(slot, tasks)``: send ``tasks`` to ``slot`` as one message;
+#: returns those that could not be sent at all, with why (the rest were sent).
+SendBatchFn = Callable[[ContextSlot, list[Task]], list[tuple[Task, Exception]]]
 FailFn = Callable[[Task, BaseException], None]
+
+
+def routed_window(infer_us: Optional[float]) -> int:
+    """Tasks the router keeps in a local context of a core whose inferences
+    take ``infer_us`` on average (None: not measured yet): two of the rounds
+    the context takes at once (``workers.batching.round_size``), at least
+    ``WINDOW``. While the context runs one round, the next waits for it; its
+    answers free the room for the one after, sent as one message."""
+    if infer_us is None:
+        return WINDOW
+    return max(WINDOW, 2 * round_size(infer_us * 1e-6))
 
 
 class ModelLanes:
@@ -96,6 +112,7 @@ class Books:
         max_retries: int,
         send: SendFn,
         fail_soon: FailFn,
+        send_batch: Optional[SendBatchFn] = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.cond = threading.Condition()
@@ -111,7 +128,11 @@ class Books:
         self.max_retries = max_retries
         self.clock = clock
         self._send = send
+        self._send_batch = send_batch
         self._fail_soon = fail_soon
+        # worker -> (its inference-time average, routed_window of it): the
+        # average changes once per answer message, not per task dispatched.
+        self._windows: dict[WorkerHandle, tuple[Optional[float], int]] = {}
         self.tasks: dict[int, Task] = {}  # the task index: every admitted task not yet ended
         self.next_index = 0
         self.next_callback_seq = 0
@@ -371,12 +392,41 @@ class Books:
             if queue:
                 self._dispatch_queue(core, queue, lane.name)
 
+    def window_of(self, worker: WorkerHandle) -> int:
+        """Tasks the router keeps in each context of ``worker``: ``WINDOW`` on
+        a node, :func:`routed_window` of its inference time on a local core."""
+        if worker.remote or self._send_batch is None:
+            return WINDOW
+        infer_us = worker.stats.infer_ema_us
+        known = self._windows.get(worker)
+        if known is None or known[0] is not infer_us:
+            known = self._windows[worker] = (infer_us, routed_window(infer_us))
+        return known[1]
+
     def _dispatch_queue(self, core: int, queue: collections.deque[Task], model: str) -> None:
         """Send ``queue``'s tasks (all of ``model``) to ``core``'s contexts of
-        that model while they have room."""
+        that model while they have room: those for one local context as one
+        message."""
         worker = self.worker_of_core[core]
         if not worker.ready:
             return
+        if worker.remote or self._send_batch is None:
+            self._dispatch_one_by_one(worker, queue, model)
+        else:
+            limit = self.window_of(worker)
+            batches: dict[ContextSlot, list[Task]] = {}
+            while queue:
+                slot = self.slot_for(worker, model, limit)
+                if slot is None:
+                    break
+                task = queue.popleft()
+                self.book(slot, task)  # on its books now: the next slot_for counts it
+                batches.setdefault(slot, []).append(task)
+            for slot, tasks in batches.items():
+                self._send_booked(slot, tasks, queue)
+        self.cond.notify_all()
+
+    def _dispatch_one_by_one(self, worker: WorkerHandle, queue: collections.deque[Task], model: str) -> None:
         while queue:
             slot = self.slot_for(worker, model)
             if slot is None:
@@ -387,16 +437,40 @@ class Books:
             except zmq.ZMQError as exc:
                 # Cannot happen on a connecting DEALER without a high-water mark;
                 # if it does, the task waits for the next dispatch, not lost.
-                print(f"rknn-farm: could not send to core {core}: {exc}", file=sys.stderr)
+                print(f"rknn-farm: could not send to core {worker.core}: {exc}", file=sys.stderr)
                 queue.appendleft(task)
                 return
             except Exception as exc:  # this task cannot be sent at all (its input is gone): it fails
-                self._fail_soon(
-                    task, FarmError(f"task {task.task_id} could not be sent to core {core}: {exc}")
-                )
+                self._fail_unsendable(task, worker.core, exc)
                 continue
             self.book(slot, task)
-        self.cond.notify_all()
+
+    def _send_booked(self, slot: ContextSlot, tasks: list[Task], queue: collections.deque[Task]) -> None:
+        """Send ``tasks``, booked on ``slot`` already, as one message. If the
+        send fails they go back, off the books, first in ``queue`` (the next
+        dispatch sends them); a task that cannot be sent at all fails."""
+        assert self._send_batch is not None
+        core = slot.worker.core
+        try:
+            unsendable = self._send_batch(slot, tasks)
+        except zmq.ZMQError as exc:  # as in _dispatch_one_by_one: not lost, sent later
+            print(f"rknn-farm: could not send to core {core}: {exc}", file=sys.stderr)
+            for task in reversed(tasks):
+                self._take_back(slot, task)
+                queue.appendleft(task)
+            return
+        for task, why in unsendable:
+            self._take_back(slot, task)
+            self._fail_unsendable(task, core, why)
+
+    @staticmethod
+    def _take_back(slot: ContextSlot, task: Task) -> None:
+        """``task``, booked on ``slot`` but not sent, off its books."""
+        del slot.in_flight[task.task_id]
+        task.slot = None
+
+    def _fail_unsendable(self, task: Task, core: int, exc: Exception) -> None:
+        self._fail_soon(task, FarmError(f"task {task.task_id} could not be sent to core {core}: {exc}"))
 
     def dispatch_all(self) -> None:
         """Dispatch every core's queues (a worker became ready)."""

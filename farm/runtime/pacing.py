@@ -5,9 +5,13 @@ successful inference times, ``avg = 0.95 * avg + 0.05 * infer_us`` (the first
 sample initialises it), and an admission interval of ``avg / n_cores``
 (distinct cores). Before the first completion nothing is paced. Unlike the
 seed, a submitter that is early sleeps until its slot instead of spinning,
-and slots are kept on a schedule: a submitter that wakes a little late
-(sleeps are never exact) takes the slot it was due, so sub-millisecond
-intervals still average out to the paced rate instead of drifting below it.
+and slots are kept on a schedule: a submitter that wakes late (sleeps are
+never exact, and on a machine whose CPUs the workers keep busy a woken
+thread may wait a run or two for one) takes the last slot it could have
+had, so sub-millisecond intervals still average out to the paced rate
+instead of drifting below it. The slots it slept through are lost: it never
+gets two at once. Later than :data:`CATCH_UP_SLOTS` slots, the submitter is
+taken to have been idle, and the schedule starts again from now.
 """
 
 from __future__ import annotations
@@ -15,7 +19,10 @@ from __future__ import annotations
 import time
 from typing import Optional
 
-__all__ = ["Pacer"]
+__all__ = ["CATCH_UP_SLOTS", "Pacer"]
+
+#: How many slots late a submission may be and still keep the schedule.
+CATCH_UP_SLOTS = 4
 
 
 class Pacer:
@@ -48,9 +55,11 @@ class Pacer:
 
     def admit(self, now: Optional[float] = None) -> None:
         now = time.perf_counter() if now is None else now
-        due = None if self._last_admit is None else self._last_admit + self.interval_s
-        if due is not None and due <= now < due + self.interval_s:
-            self._last_admit = due  # woke a little late: it takes the slot it was due
+        interval = self.interval_s
+        due = None if self._last_admit is None else self._last_admit + interval
+        if due is not None and interval > 0 and due <= now < due + CATCH_UP_SLOTS * interval:
+            # Woke late: it takes the last slot that has come (those before it are lost).
+            self._last_admit = due + (now - due) // interval * interval
         else:
             self._last_admit = now  # the first, or the producer was idle: no burst credit
         if self._first_admit is None:

@@ -64,7 +64,7 @@ from farm.runtime.books import WINDOW, Books, ModelLanes
 from farm.runtime.callbacks import CallbackThread
 from farm.runtime.channels import ChannelPool, ReplyChannel
 from farm.runtime.delivery import Answers
-from farm.runtime.direct import DirectPath, DirectStream, stream_depth, task_header
+from farm.runtime.direct import DirectPath, DirectStream, stream_depth, task_fields, task_header
 from farm.runtime.listener import RemoteListener
 from farm.runtime.nodes import Membership
 from farm.runtime.pacing import Pacer
@@ -172,6 +172,7 @@ class Router:
             queue_limit=1 if options.enable_pacing else options.max_queue_size,
             max_retries=options.max_retries,
             send=self._send,
+            send_batch=self._send_batch,
             fail_soon=self._fail_soon,
         )
         self.callbacks = CallbackThread(options.sequential_callbacks)
@@ -332,6 +333,22 @@ class Router:
         else:
             assert slot.socket is not None
             slot.socket.send(task_header(task, direct=False), flags=zmq.NOBLOCK)
+
+    @staticmethod
+    def _send_batch(slot: ContextSlot, tasks: list[Task]) -> list[tuple[Task, Exception]]:
+        """Send ``tasks`` to the local context ``slot`` as one message (a TASK
+        for one, else TASKS); returns those that cannot be sent at all (their
+        input is gone), with why."""
+        assert slot.socket is not None
+        fields, unsendable = [], []
+        for task in tasks:
+            try:
+                fields.append(task_fields(task, direct=False))
+            except Exception as exc:
+                unsendable.append((task, exc))
+        if fields:
+            slot.socket.send(protocol.encode_tasks(fields), flags=zmq.NOBLOCK)
+        return unsendable
 
     def _fail_soon(self, task: Task, error: BaseException) -> None:
         """Under the lock: fail ``task`` from a thread of its own, since its
