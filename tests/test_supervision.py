@@ -122,18 +122,24 @@ def test_ten_thousand_tasks_under_random_kills_are_each_answered_once():
         "tests.pyfuncs:behave", schedule="0,1", threads_per_core=2, max_retries=5, max_queue_size=64
     ) as farm:
         stop = threading.Event()
+        killed: set[int] = set()
+
+        def serving() -> list[int]:  # a worker killed already may still look ready for a moment
+            return [w["pid"] for w in farm.stats()["workers"] if w["ready"] and w["pid"] not in killed]
 
         def killer():  # kills a serving worker each time ~1,000 more tasks are answered
             for answered in range(500, total, 1000):  # by progress, not time: the farm's speed varies
-                while len(answers) < answered + rng.randrange(200):
+                candidates: list[int] = []
+                while len(answers) < answered + rng.randrange(200) or not candidates:
                     if stop.wait(0.001):
                         return
-                serving = [w["pid"] for w in farm.stats()["workers"] if w["ready"]]
-                if serving:
-                    try:
-                        os.kill(rng.choice(serving), signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
+                    candidates = serving()
+                pid = rng.choice(candidates)
+                killed.add(pid)
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
 
         thread = threading.Thread(target=killer)
         thread.start()
