@@ -141,3 +141,22 @@ def test_a_segment_that_cannot_be_mapped_leaves_no_file(monkeypatch):
     with pytest.raises(OSError, match="Cannot allocate memory"):
         Segment(name, 1 << 20, create=True)
     assert not os.path.exists(os.path.join(segments.segment_dir(), name))
+
+
+def test_a_segment_whose_making_an_interrupt_cut_short_goes_when_its_arena_closes(monkeypatch):
+    # A node stopped with Ctrl-C as it made its first segment (for the tasks it
+    # had been sent) left an empty file behind: the interrupt came between the
+    # file's creation and its sizing, outside Segment's own clean-up.
+    arena = SharedArena()
+
+    def interrupted(fd, size):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(segments.os, "ftruncate", interrupted)
+    monkeypatch.setattr(Segment, "unlink", lambda self: None)  # as if it came before Segment's try
+    with pytest.raises(KeyboardInterrupt):
+        arena.allocate(1 << 20)
+    monkeypatch.undo()
+    (left,) = [n for n in os.listdir(segments.segment_dir()) if n.startswith(arena.owner_prefix)]
+    arena.close()
+    assert not os.path.exists(os.path.join(segments.segment_dir(), left))

@@ -38,7 +38,7 @@ import psutil
 
 from workers.frames import FRAME_PREFIX
 from workers.protocol import align
-from workers.segments import SEGMENT_PREFIX, Segment, segment_dir
+from workers.segments import SEGMENT_PREFIX, Segment, segment_dir, unlink_segments_of
 
 __all__ = ["Region", "SharedArena", "locate_shared", "reap_stale_segments"]
 
@@ -156,13 +156,17 @@ class SharedArena:
 
     def close(self) -> None:
         """Unlink every segment. Mappings that user arrays still reference stay
-        valid until those arrays die; the names are gone from /dev/shm at once."""
+        valid until those arrays die; the names are gone from /dev/shm at once.
+        So is a segment whose making an interrupt cut short (a Ctrl-C between
+        the file's creation and its sizing, or before the arena listed it):
+        every name with this arena's prefix goes."""
         with self._lock:
             self._closed = True
             SharedArena._open.discard(self)
             for segment in self._segments:
                 segment.unlink()
                 segment.close()
+            unlink_segments_of(self.owner_prefix)
             self._free.clear()
             if self.frames is not None:
                 self.frames.close()
