@@ -24,9 +24,10 @@ tasks, so a task only ever waits for, and goes to, a context of its model.
 a one-model farm).
 
 Everything here is guarded by ``cond``, which callers hold. Sending is the
-one thing the books cannot do themselves: the router injects ``send`` (and
+one thing the books cannot do themselves: the router injects ``send`` and
+``send_batch`` (several tasks for one local context, as one message; and
 ``fail_soon`` for a task that cannot be sent at all), and :meth:`dispatch`
-calls it under the lock, as ZeroMQ needs (a socket must never be used by two
+calls them under the lock, as ZeroMQ needs (a socket must never be used by two
 threads at once). The clock is injected too, so the policy can be tested
 with fake workers in milliseconds (tests/test_books.py).
 """

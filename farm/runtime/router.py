@@ -24,9 +24,12 @@ Task ``k`` is bound to core ``schedule[k % len(schedule)]`` when admitted
 (or, if that core's queue is full or its worker is down, to the next core in
 the schedule that can take it). Each core has its own queue, so a busy core
 never holds up tasks for idle ones (the seed's single FIFO does). A context
-gets at most ``WINDOW`` tasks at once: the one it runs and the next, which
-waits in its socket so the context never idles for a round trip (a ``map()``
-queues deeper when tasks are short: ``farm.runtime.direct.stream_depth``).
+gets ``WINDOW`` tasks at once: the one it runs and the next, which waits in
+its socket so the context never idles for a round trip. When tasks are
+short it gets more: two rounds (``farm.runtime.books.routed_window``: the
+context runs the lone tasks it finds waiting as one round, and answers them
+in one message; the room they free is filled in one message), and a
+``map()`` queues deeper still (``farm.runtime.direct.stream_depth``).
 
 The router composes its parts; each owns its own state:
 
