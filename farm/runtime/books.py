@@ -131,9 +131,6 @@ class Books:
         self._send = send
         self._send_batch = send_batch
         self._fail_soon = fail_soon
-        # worker -> (its inference-time average, routed_window of it): the
-        # average changes once per answer message, not per task dispatched.
-        self._windows: dict[WorkerHandle, tuple[Optional[float], int]] = {}
         self.tasks: dict[int, Task] = {}  # the task index: every admitted task not yet ended
         self.next_index = 0
         self.next_callback_seq = 0
@@ -363,8 +360,7 @@ class Books:
         slot = task.slot
         if task.ended or slot is None or slot.in_flight.get(task.task_id) is not task:
             return False
-        del slot.in_flight[task.task_id]
-        task.slot = None
+        self._take_back(slot, task)
         self.lanes.get(task.model, self._first).queues[task.core].appendleft(task)
         return True
 
@@ -398,11 +394,7 @@ class Books:
         a node, :func:`routed_window` of its inference time on a local core."""
         if worker.remote or self._send_batch is None:
             return WINDOW
-        infer_us = worker.stats.infer_ema_us
-        known = self._windows.get(worker)
-        if known is None or known[0] is not infer_us:
-            known = self._windows[worker] = (infer_us, routed_window(infer_us))
-        return known[1]
+        return routed_window(worker.stats.infer_ema_us)
 
     def _dispatch_queue(self, core: int, queue: collections.deque[Task], model: str) -> None:
         """Send ``queue``'s tasks (all of ``model``) to ``core``'s contexts of

@@ -67,7 +67,7 @@ from farm.runtime.books import WINDOW, Books, ModelLanes
 from farm.runtime.callbacks import CallbackThread
 from farm.runtime.channels import ChannelPool, ReplyChannel
 from farm.runtime.delivery import Answers
-from farm.runtime.direct import DirectPath, DirectStream, stream_depth, task_fields, task_header
+from farm.runtime.direct import DirectPath, DirectStream, stream_depth, task_fields
 from farm.runtime.listener import RemoteListener
 from farm.runtime.nodes import Membership
 from farm.runtime.pacing import Pacer
@@ -329,13 +329,10 @@ class Router:
 
     # ── sending (under the lock) ─────────────────────────────────────────
     def _send(self, slot: ContextSlot, task: Task) -> None:
-        """Send ``task`` to ``slot``: to a local context's socket, or queued for its node."""
-        if slot.worker.remote:
-            assert self.nodes is not None
-            self.nodes.send_task(slot, task)
-        else:
-            assert slot.socket is not None
-            slot.socket.send(task_header(task, direct=False), flags=zmq.NOBLOCK)
+        """Queue ``task`` for the node that owns ``slot`` (sent by the router
+        thread's next flush). A local context's tasks go by :meth:`_send_batch`."""
+        assert self.nodes is not None and slot.worker.remote
+        self.nodes.send_task(slot, task)
 
     @staticmethod
     def _send_batch(slot: ContextSlot, tasks: list[Task]) -> list[tuple[Task, Exception]]:
