@@ -769,13 +769,28 @@ class Farm:
         to finish closing (a ``with`` block does, cancelling them).
 
         From a callback (a ``run_async`` callback, a Future's done-callback)
-        it returns at once, and the farm closes on a thread of its own.
+        it returns at once, and the farm closes on a thread of its own (its
+        repr reads "closing" until it is over; a close() from another thread
+        waits for it).
         Raises FarmError in a process forked from the one that created the
         farm: it is that process's to close."""
         self._check_owner()
         router = self._router
         if router is None or not self._finalizer.alive:
             return
+        if router.on_own_thread():
+            # The close waits for this very thread: it runs beside it, and the
+            # farm reads "closing" until it is over.
+            threading.Thread(
+                target=self._close_here, args=(router, cancel, timeout), name="rknnfarm-close"
+            ).start()
+            return
+        self._close_here(router, cancel, timeout)
+
+    def _close_here(self, router: Router, cancel: bool, timeout: Optional[float]) -> None:
+        """Close the farm in this thread. Several may run at once (a callback's
+        close on its own thread, then the app's): the router's close and the
+        arena's are safe to repeat, and each returns once the farm is closed."""
         if self._metrics is not None:
             self._metrics.close()
         _close_router_then_arena(router, self._arena, cancel, timeout)
@@ -805,7 +820,12 @@ class Farm:
         self.close(cancel=exc_type is not None)
 
     def __repr__(self) -> str:
-        state = "closed" if not self._finalizer.alive else "running"
+        if not self._finalizer.alive:
+            state = "closed"
+        elif self._router is not None and self._router.closing:
+            state = "closing"
+        else:
+            state = "running"
         if len(self._models) > 1:
             return f"Farm(models={self.model_names!r}, {state})"
         return f"Farm({self.model!r}, backend={self.backend!r}, cores={list(self.options.cores)}, {state})"

@@ -324,7 +324,7 @@ def test_close_from_a_done_callback_lets_the_other_tasks_finish_first():
         assert doubled[0] == 2 * i
     segment = farm._arena._segments[0].name
     wait_until(
-        lambda: not repr(farm).endswith("running)") and segment not in os.listdir("/dev/shm"),
+        lambda: repr(farm).endswith("closed)") and segment not in os.listdir("/dev/shm"),
         what="the farm to finish closing",
     )
 

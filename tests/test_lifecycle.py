@@ -223,4 +223,26 @@ def test_close_in_a_run_async_callback_returns_at_once_and_the_farm_closes():
     farm.run_async(doubling(1, 0.05), callback)
     assert wait_gone(pids, within=5)
     assert took and took[0] < 1
-    wait_until(lambda: not repr(farm).endswith("running)"), 5, "the farm to finish closing")
+    wait_until(lambda: repr(farm).endswith("closed)"), 5, "the farm to finish closing")
+
+
+def test_the_apps_close_after_a_callbacks_close_returns_once_the_farm_is_closed():
+    # The callback's close went to a thread of its own and the farm read "closed" at
+    # once: the app's close() returned with the workers and shared memory still there.
+    farm = Farm("tests.pyfuncs:double_later", schedule="0", copy_outputs=True)
+    pids = _worker_pids(farm)
+    closing = threading.Event()
+
+    def callback(results, user_data, err):
+        farm.close()
+        closing.set()
+
+    farm.run_async(doubling(1, 0.05), callback)
+    slow = farm.submit(doubling(2, 0.5))  # the callback's close drains it
+    assert closing.wait(5)
+    assert repr(farm).endswith("closing)")
+    farm.close()
+    assert repr(farm).endswith("closed)")
+    assert slow.result(timeout=0)[0][0] == 4
+    assert wait_gone(pids, within=5)
+    assert not [n for n in os.listdir(segment_dir()) if n.startswith(farm._arena.owner_prefix)]

@@ -635,6 +635,11 @@ class Router:
             }
 
     # ── shutdown ─────────────────────────────────────────────────────────
+    @property
+    def closing(self) -> bool:
+        """Whether a close has begun (and the router admits no new task)."""
+        return self.books.closing
+
     def on_own_thread(self) -> bool:
         """Whether the caller runs on a thread that a close waits for: the
         router thread (a future's done-callback), the callback thread (a

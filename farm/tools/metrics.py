@@ -165,9 +165,13 @@ class MetricsServer:
             target=self._server.serve_forever, name="rknnfarm-metrics", daemon=True
         )
         self._thread.start()
+        self._closing = threading.Lock()
 
     def close(self) -> None:
-        if self._thread is not None:
+        """Stop serving. Safe to call twice, and from two threads at once."""
+        with self._closing:
+            if self._thread is None:
+                return
             self._server.shutdown()
             self._server.server_close()
             self._thread.join(5)
