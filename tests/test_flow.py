@@ -159,6 +159,24 @@ def test_pacing_interval_is_the_ema_over_distinct_cores():
     assert pacing["interval_us"] == pytest.approx(pacing["ema_infer_us"] / 2, abs=1)
 
 
+def test_each_model_of_a_farm_has_its_own_pacer_in_stats():
+    # stats()["pacing"] showed the first model's pacer only: a slower second
+    # model's interval was nowhere to be read.
+    models = {"fast": "tests.pyfuncs:sleep", "slow": {"model": "tests.pyfuncs:sleep", "schedule": "0,1"}}
+    with Farm(models=models, schedule="0", enable_pacing=True) as farm:
+        for _ in range(4):
+            farm.run({"seconds": np.array([0.002])}, model="fast")
+            farm.run({"seconds": np.array([0.03])}, model="slow")
+        stats = farm.stats()
+    fast, slow = stats["models"]["fast"]["pacing"], stats["models"]["slow"]["pacing"]
+    assert fast["enabled"] and slow["enabled"]
+    assert 2000 <= fast["ema_infer_us"] < 15000 and slow["ema_infer_us"] >= 30000
+    assert fast["interval_us"] == pytest.approx(fast["ema_infer_us"], abs=1)  # one core
+    assert slow["interval_us"] == pytest.approx(slow["ema_infer_us"] / 2, abs=1)  # two
+    assert stats["pacing"] == fast  # the farm-wide figure is the first model's
+    assert stats["models"]["slow"]["infer_ema_us"] == slow["ema_infer_us"]
+
+
 # ── perf log ─────────────────────────────────────────────────────────────
 PERF_LINE = re.compile(
     r"^\[ztu_ez_rknn_async_perf\] task_id=(\d+) thread_id=(\d+) core_id=(\d+) set_input_us=(\d+) "

@@ -105,14 +105,16 @@ def test_metrics_and_top_are_per_model_in_a_farm_of_several(capsys):
         stats = farm.stats()["models"]
         samples = scrape(port)
         assert main(["top", f"http://127.0.0.1:{port}/metrics", "--once"]) == 0
-    from farm import ModelStatsEntry
+    from farm import ModelStatsEntry, PacingStats
 
     assert all(set(entry) == set(ModelStatsEntry.__annotations__) for entry in stats.values())
+    assert all(set(entry["pacing"]) == set(PacingStats.__annotations__) for entry in stats.values())
     for name, tasks, failures in (("first", 5, 1), ("second", 3, 0)):
         labels = f'{{model="{name}"}}'
         assert samples[("rknnfarm_model_tasks_total", labels)] == stats[name]["tasks"] == tasks
         assert samples[("rknnfarm_model_task_failures_total", labels)] == stats[name]["failures"] == failures
         assert samples[("rknnfarm_model_infer_ema_seconds", labels)] > 0
+        assert samples[("rknnfarm_model_pacing_admitted_per_second", labels)] > 0  # a rate: it moves
     lines = capsys.readouterr().out.splitlines()
     at = lines.index(next(line for line in lines if line.split()[:2] == ["model", "tasks"]))
     rows = [line.split() for line in lines[at + 1 :]]

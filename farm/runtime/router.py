@@ -125,6 +125,17 @@ def _local_workers(models: list[ModelSpec], cpus_for_core: dict[int, list[int]])
     ]
 
 
+def _pacing_figures(pacer: Pacer) -> dict[str, Any]:
+    """Under the lock: one pacer's part of ``stats()`` (``PacingStats``)."""
+    ema = pacer.avg_us
+    return {
+        "enabled": pacer.enabled,
+        "ema_infer_us": None if ema is None else round(ema, 1),
+        "interval_us": round(pacer.interval_s * 1e6, 1),
+        "admitted_per_s": round(pacer.admitted_rate(), 1),
+    }
+
+
 def _runtime_facts(description: Optional[dict[str, Any]]) -> dict[str, Any]:
     """What a worker's backend said about itself (RKNN: SDK and driver versions,
     the core mask it runs with, rknnrt: each context's memory and whether
@@ -572,19 +583,12 @@ class Router:
                 entry.update(w.stats.snapshot())
                 entry["runtime"] = _runtime_facts(w.description)
                 workers.append(entry)
-            pacer = books.pacer
-            ema = pacer.avg_us
             remote = self.remote
             return {
                 "submitted": books.next_index,
                 "outstanding": books.outstanding,
                 "queue_limit": books.queue_limit,
-                "pacing": {
-                    "enabled": pacer.enabled,
-                    "ema_infer_us": None if ema is None else round(ema, 1),
-                    "interval_us": round(pacer.interval_s * 1e6, 1),
-                    "admitted_per_s": round(pacer.admitted_rate(), 1),
-                },
+                "pacing": _pacing_figures(books.pacer),
                 "workers": workers,
                 "models": {name: self._model_figures(lane) for name, lane in books.lanes.items()},
                 "remote": None if remote is None else {"address": remote.address, **remote.counters},
@@ -594,7 +598,7 @@ class Router:
         """Under the lock: one model's part of ``stats()["models"]``."""
         spec = self.models[lane.name]
         figures = lane.stats.snapshot()
-        ema = lane.pacer.avg_us
+        pacing = _pacing_figures(lane.pacer)
         return {
             "model": spec.path,
             "backend": spec.backend,
@@ -607,7 +611,8 @@ class Router:
             "failures": figures["failures"],
             "latency_p50_ms": figures["latency_p50_ms"],
             "latency_p99_ms": figures["latency_p99_ms"],
-            "infer_ema_us": None if ema is None else round(ema, 1),
+            "infer_ema_us": pacing["ema_infer_us"],
+            "pacing": pacing,
         }
 
     def metrics_snapshot(self) -> tuple[dict[str, Any], dict[int, tuple[list[int], float]]]:

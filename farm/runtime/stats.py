@@ -136,6 +136,7 @@ class ModelStatsEntry(TypedDict):
     latency_p50_ms: Optional[float]
     latency_p99_ms: Optional[float]
     infer_ema_us: Optional[float]  # the model's pacing EMA of inference time
+    pacing: PacingStats  # the model's pacer: its EMA, interval and admissions
 
 
 class FarmStats(TypedDict):
@@ -144,7 +145,7 @@ class FarmStats(TypedDict):
     submitted: int
     outstanding: int
     queue_limit: int  # tasks each core may queue: max_queue_size, or 1 with pacing on
-    pacing: PacingStats
+    pacing: PacingStats  # the first model's pacer (each model's is in its ``models`` entry)
     workers: list[WorkerStatsEntry]
     models: dict[str, ModelStatsEntry]  # by name; a one-model farm's is "default"
     remote: Optional[dict[str, Any]]  # address and counters, with listen=

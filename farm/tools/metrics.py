@@ -124,7 +124,8 @@ class _FarmCollector:
 
 
 def _model_families(models: dict[str, Any]) -> Iterator[Any]:
-    """Per model (label ``model``): tasks, failures, queued tasks, inference-time EMA."""
+    """Per model (label ``model``): tasks, failures, queued tasks, inference-time EMA,
+    admissions per second."""
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
     labels = ["model"]
@@ -136,13 +137,17 @@ def _model_families(models: dict[str, Any]) -> Iterator[Any]:
     ema = GaugeMetricFamily(
         "rknnfarm_model_infer_ema_seconds", "The model's pacing EMA of inference time", labels=labels
     )
+    admitted = GaugeMetricFamily(
+        "rknnfarm_model_pacing_admitted_per_second", "Admissions of the model per second", labels=labels
+    )
     for name, figures in models.items():
         tasks.add_metric([name], figures["tasks"])
         failures.add_metric([name], figures["failures"])
         queued.add_metric([name], float(figures["queued"]))
         if figures["infer_ema_us"] is not None:
             ema.add_metric([name], figures["infer_ema_us"] / 1e6)
-    yield from (tasks, failures, queued, ema)
+        admitted.add_metric([name], figures["pacing"]["admitted_per_s"])
+    yield from (tasks, failures, queued, ema, admitted)
 
 
 class MetricsServer:
