@@ -26,7 +26,7 @@ from farm.data.dmabuf import DmaFrames, heap_source
 from farm.data.shm import SharedArena, reap_stale_segments
 from farm.data.task import Outcome, Task, TaskFuture, write_inputs
 from farm.data.tensors import TensorSpec, shared_input_layout
-from farm.errors import FarmClosedError, FarmError, SubmitTimeoutError
+from farm.errors import FarmClosedError, FarmError, InvalidInputError, SubmitTimeoutError
 from farm.models import ModelIO, ModelSpec, build_models, check_params
 from farm.options import FarmOptions
 from farm.progress import ProgressLine
@@ -354,12 +354,23 @@ class Farm:
         up to ``submit_timeout_ms``, as a submission does, then raises
         :class:`SubmitTimeoutError`.
 
-        ``model`` names the model whose input it is (a farm of several)."""
+        ``model`` names the model whose input it is (a farm of several).
+        The shapes are the model's: for the inputs of a model's preprocess,
+        which may be anything, use :meth:`shared_array`."""
         io = self._model(model)
         self._wait_for_description(io)
-        spec, native_shape, to_user = shared_input_layout(
-            io.native_inputs, name, shape, io.spec.options.layout, io.native_layout
-        )
+        try:
+            spec, native_shape, to_user = shared_input_layout(
+                io.native_inputs, name, shape, io.spec.options.layout, io.native_layout
+            )
+        except InvalidInputError as exc:
+            if io.spec.preprocess is None:
+                raise
+            raise InvalidInputError(
+                f"{exc}. Model {io.spec.name!r} has a preprocess ({io.spec.preprocess}): a task's inputs "
+                "are what it reads, and the farm does not know their shapes; make their arrays with "
+                "shared_array(shape, dtype), which are read where they lie all the same"
+            ) from None
         frames = self._arena.frames
         if frames is not None:
             array = frames.new_array(native_shape, spec.dtype)

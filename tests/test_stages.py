@@ -130,3 +130,12 @@ def test_each_model_of_a_farm_has_its_own_stages_run_in_its_workers(tmp_path):
         answer = farm.run({"x": x}, model="staged")
         workers = {w["pid"] for w in farm.stats()["workers"]}
         assert answer["pid"] in workers and answer["pid"] != os.getpid()
+
+
+def test_input_array_of_a_preprocessed_model_points_to_shared_array(staged):
+    # The preprocess reads "image", which the model does not have: the error said
+    # only "Unknown input", with no way to make the frame in shared memory.
+    with pytest.raises(InvalidInputError, match=r"Unknown input: 'image'.*has a preprocess.*shared_array"):
+        staged.input_array("image")
+    frame = staged.input_array("x")  # the model's own input stays available
+    assert frame.shape == (1, 3, 8, 8)
