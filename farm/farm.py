@@ -85,13 +85,15 @@ def _available_cpus() -> list[int]:
 
 
 def _cpus_for_models(models: list[ModelSpec]) -> dict[int, list[int]]:
-    """Which CPUs each core's worker is pinned to: as the first model placed
-    on that core would have it (a worker is one process, pinned once)."""
-    cpus: dict[int, list[int]] = {}
+    """Which CPUs each core's worker is pinned to: every CPU that a model
+    placed on that core asks for (a worker is one process, pinned once; a
+    model on the NPU asks for none, and a worker of such models only is not
+    pinned)."""
+    cpus: dict[int, set[int]] = {}
     for model in models:
         for core, chosen in _cpus_for_cores(model.options, model.backend).items():
-            cpus.setdefault(core, chosen)
-    return cpus
+            cpus.setdefault(core, set()).update(chosen)
+    return {core: sorted(chosen) for core, chosen in cpus.items()}
 
 
 def _cpus_for_cores(options: FarmOptions, backend: str) -> dict[int, list[int]]:

@@ -3,9 +3,11 @@ model, per-model figures, and the errors of a call or an entry that is wrong."""
 
 from __future__ import annotations
 
+import os
 import threading
 
 import numpy as np
+import psutil
 import pytest
 
 from farm import Farm, FarmError, OptionError
@@ -175,3 +177,15 @@ def test_a_bad_models_entry_is_a_clear_error(tmp_path, models, message):
     }
     with pytest.raises(OptionError, match=message):
         Farm(models=entries, backend="onnxruntime")
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs to tell the pinnings apart")
+def test_a_worker_is_pinned_to_every_cpu_its_models_ask_for():
+    # The worker of core 0 hosts "one" (CPU 0) and "spread" (tensor-parallel over
+    # CPUs 0 and 1): it was pinned to CPU 0 only, as the first model asked.
+    cpus = sorted(os.sched_getaffinity(0))
+    models = {"one": "tests.pyfuncs:echo", "spread": {"model": "tests.pyfuncs:echo", "tp_mode": "0,1"}}
+    with Farm(models=models, schedule="0,1") as farm:
+        farm.run({"v": np.array([1])}, model="spread")
+        pinned = {w["core"]: set(psutil.Process(w["pid"]).cpu_affinity()) for w in farm.stats()["workers"]}
+    assert pinned == {0: {cpus[0], cpus[1]}, 1: {cpus[1]}}
