@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 
 from farm.tools.bench import main as bench_main
+from farm.tools.bench.report import SYNC_OVERHEAD_MAX
 from tests.fake_rknnlite import FAKE_ROOT, write_fake_model
 from tests.onnx_models import affine_model
 from workers.segments import SEGMENT_PREFIX, segment_dir
@@ -127,7 +128,7 @@ def test_ratios_follow_from_the_raw_figures(quick_run: tuple[Path, dict]) -> Non
     assert frame["processpool_vs_farm_sync"] == pytest.approx(pool["sync_p50_ms"] / farm["sync_p50_ms"])
     targets = {t["name"].split(":")[0]: t for t in report["targets"]}
     assert targets["sync overhead"]["value"] == pytest.approx(ratios["sync_vs_zmq_floor"]["tiny"]["farm"])
-    assert targets["sync overhead"]["met"] == (targets["sync overhead"]["value"] <= 2.0)
+    assert targets["sync overhead"]["met"] == (targets["sync overhead"]["value"] <= SYNC_OVERHEAD_MAX)
     assert targets["compute scaling"]["value"] is None and targets["compute scaling"]["met"] is None
     budget_lines = [t for t in report["targets"] if t["name"].startswith("transport: farm")]
     in_place, copied = sorted(budget_lines, key=lambda t: "farm-inplace" not in t["name"])
@@ -362,6 +363,52 @@ def test_gil_targets_compare_farm_stages_with_threads_and_the_farm() -> None:
     assert met == {
         "threads (the step in each thread)": (2.0, True),
         "farm (the step in the app)": (pytest.approx(4 / 3), False),
+    }
+
+
+def test_threads_parity_and_own_cost_targets_read_the_threads_and_in_process_rows() -> None:
+    from farm.tools.bench.measure import Row
+    from farm.tools.bench.report import check_targets, compute_ratios
+
+    def row(workload: str, method: str, per_s: float, app_us: float, workers_us: float) -> Row:
+        made = Row(workload, method, 2, throughput_per_s=per_s)
+        made.details["pipelined_cpu_us_per_task"] = {"parent": app_us, "children": workers_us}
+        return made
+
+    rows = [
+        row("cls", "inprocess", 1100.0, 900.0, 0.0),
+        row("cls", "threads", 2000.0, 950.0, 0.0),
+        row("cls", "farm", 1920.0, 70.0, 960.0),  # 0.96 of the threads, 130 µs of its own
+        row("cls", "farm-inplace", 1980.0, 60.0, 950.0),  # 0.99: short of the threads
+        row("rec", "threads", 100.0, 20000.0, 0.0),
+        row("rec", "farm", 94.0, 400.0, 20000.0),  # 0.94
+        row("tiny", "inprocess", 160000.0, 6.0, 0.0),
+        row("tiny", "farm", 31000.0, 40.0, 30.0),  # 64 µs of its own
+    ]
+    ratios = compute_ratios(rows, {}, None)
+    assert ratios["vs_threads"] == {
+        "cls": {"farm": pytest.approx(0.96), "farm-inplace": pytest.approx(0.99)},
+        "rec": {"farm": pytest.approx(0.94)},
+    }
+    assert ratios["own_cpu_us"]["cls"] == {"farm": pytest.approx(130.0), "farm-inplace": pytest.approx(110.0)}
+    met = {
+        t["name"]: (t["value"], t["met"])
+        for t in check_targets(rows, ratios)
+        if t["name"].startswith(("threads parity", "own cost", "pipelined"))
+    }
+    assert met == {
+        "threads parity: farm cls tasks/s ÷ threads": (pytest.approx(0.96), True),
+        "threads parity: farm-inplace cls tasks/s ÷ threads": (pytest.approx(0.99), False),
+        "threads parity: farm rec tasks/s ÷ threads": (pytest.approx(0.94), False),
+        "own cost: farm cls CPU µs per task (app + workers) beyond the in-process run": (
+            pytest.approx(130.0),
+            True,
+        ),
+        "own cost: farm tiny CPU µs per task (app + workers) beyond the in-process run": (
+            pytest.approx(64.0),
+            False,
+        ),
+        "pipelined: farm tiny tasks/s": (31000.0, True),
     }
 
 
