@@ -38,7 +38,7 @@ __all__ = ["PLOT_HINT", "Sample", "StatsSampler", "build_timeline", "check_plott
 #: Per worker id: the figures a sample keeps of ``stats()["workers"]``.
 Sample = tuple[float, dict[int, dict[str, Any]]]
 
-PLOT_HINT = 'plots need matplotlib: pip install matplotlib'
+PLOT_HINT = "plots need matplotlib: pip install matplotlib"
 _KEPT = ("core", "node", "tasks", "failures", "latency_p50_ms", "latency_p99_ms")
 _CORE_LATENCY_NOTE = (
     "per core: the router's submit-to-result p50/p99 over that core's last 4096 tasks (warm-up "
