@@ -125,14 +125,15 @@ def _local_workers(models: list[ModelSpec], cpus_for_core: dict[int, list[int]])
     ]
 
 
-def _pacing_figures(pacer: Pacer) -> dict[str, Any]:
-    """Under the lock: one pacer's part of ``stats()`` (``PacingStats``)."""
+def _pacing_figures(pacer: Pacer, now: float) -> dict[str, Any]:
+    """Under the lock: one pacer's part of ``stats()`` (``PacingStats``), its
+    rate as of ``now`` (one instant for the whole snapshot)."""
     ema = pacer.avg_us
     return {
         "enabled": pacer.enabled,
         "ema_infer_us": None if ema is None else round(ema, 1),
         "interval_us": round(pacer.interval_s * 1e6, 1),
-        "admitted_per_s": round(pacer.admitted_rate(), 1),
+        "admitted_per_s": round(pacer.admitted_rate(now), 1),
     }
 
 
@@ -563,6 +564,7 @@ class Router:
         """The figures ``Farm.stats()`` reports."""
         books = self.books
         with books.cond:
+            now = time.perf_counter()
             workers = []
             for w in books.workers:
                 entry = {
@@ -588,17 +590,17 @@ class Router:
                 "submitted": books.next_index,
                 "outstanding": books.outstanding,
                 "queue_limit": books.queue_limit,
-                "pacing": _pacing_figures(books.pacer),
+                "pacing": _pacing_figures(books.pacer, now),
                 "workers": workers,
-                "models": {name: self._model_figures(lane) for name, lane in books.lanes.items()},
+                "models": {name: self._model_figures(lane, now) for name, lane in books.lanes.items()},
                 "remote": None if remote is None else {"address": remote.address, **remote.counters},
             }
 
-    def _model_figures(self, lane: ModelLanes) -> dict[str, Any]:
+    def _model_figures(self, lane: ModelLanes, now: float) -> dict[str, Any]:
         """Under the lock: one model's part of ``stats()["models"]``."""
         spec = self.models[lane.name]
         figures = lane.stats.snapshot()
-        pacing = _pacing_figures(lane.pacer)
+        pacing = _pacing_figures(lane.pacer, now)
         return {
             "model": spec.path,
             "backend": spec.backend,
