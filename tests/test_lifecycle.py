@@ -229,7 +229,7 @@ def test_close_in_a_run_async_callback_returns_at_once_and_the_farm_closes():
 def test_the_apps_close_after_a_callbacks_close_returns_once_the_farm_is_closed():
     # The callback's close went to a thread of its own and the farm read "closed" at
     # once: the app's close() returned with the workers and shared memory still there.
-    farm = Farm("tests.pyfuncs:double_later", schedule="0", copy_outputs=True)
+    farm = Farm("tests.pyfuncs:double_later", schedule="0", threads_per_core=2, copy_outputs=True)
     pids = _worker_pids(farm)
     closing = threading.Event()
 
@@ -237,8 +237,8 @@ def test_the_apps_close_after_a_callbacks_close_returns_once_the_farm_is_closed(
         farm.close()
         closing.set()
 
+    slow = farm.submit(doubling(2, 1.5))  # running beside the next: the callback's close drains it
     farm.run_async(doubling(1, 0.05), callback)
-    slow = farm.submit(doubling(2, 0.5))  # the callback's close drains it
     assert closing.wait(5)
     assert repr(farm).endswith("closing)")
     farm.close()
