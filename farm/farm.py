@@ -791,25 +791,12 @@ class Farm:
         router = self._router
         if router is None or not self._finalizer.alive:
             return
-        if router.on_own_thread():
-            # The close waits for this very thread: it runs beside it, and the
-            # farm reads "closing" until it is over.
-            threading.Thread(
-                target=self._close_here, args=(router, cancel, timeout), name="rknnfarm-close"
-            ).start()
-            return
-        self._close_here(router, cancel, timeout)
-
-    def _close_here(self, router: Router, cancel: bool, timeout: Optional[float]) -> None:
-        """Close the farm in this thread. Several may run at once (a callback's
-        close on its own thread, then the app's): the router's close and the
-        arena's are safe to repeat, and each returns once the farm is closed."""
         if self._metrics is not None:
             self._metrics.close()
-        _close_router_then_arena(router, self._arena, cancel, timeout)
-        # Only now: a close() interrupted before it finished is left to the
-        # next close(), or to the finalizer at exit.
-        self._finalizer.detach()
+        # Only once closed: a close() interrupted before it finished is left to
+        # the next close(), or to the finalizer at exit; and a close moved off a
+        # callback's thread leaves the farm "closing" until it is over.
+        _close_router_then_arena(router, self._arena, cancel, timeout, then=self._finalizer.detach)
 
     def _check_owner(self) -> None:
         """A forked child shares the parent's workers, sockets and shared
@@ -854,18 +841,25 @@ def _close_in_owner(owner_pid: int, router: Router, arena: SharedArena) -> None:
 
 
 def _close_router_then_arena(
-    router: Router, arena: SharedArena, cancel: bool, timeout: Optional[float] = None
+    router: Router,
+    arena: SharedArena,
+    cancel: bool,
+    timeout: Optional[float] = None,
+    then: Callable[[], Any] = _nothing,
 ) -> None:
-    """Close the router, then free the shared memory. The memory must outlive
-    the tasks that the closing still drains and the workers that may still
-    write into it: it is not freed when the router's close is interrupted
-    (KeyboardInterrupt) or fails. Called on a thread that the router's close
-    waits for (a done-callback, a ``run_async`` callback), both happen on a
-    thread beside it, and this returns at once."""
+    """Close the router, then free the shared memory, then call ``then``. The
+    memory must outlive the tasks that the closing still drains and the
+    workers that may still write into it: it is not freed (nor ``then``
+    called) when the router's close is interrupted (KeyboardInterrupt) or
+    fails. Called on a thread that the router's close waits for (a
+    done-callback, a ``run_async`` callback), all three happen on a thread
+    beside it, and this returns at once. Several may run at once (a
+    callback's close on that thread, then the app's): the router's close and
+    the arena's are safe to repeat, and each returns once the farm is closed."""
     if router.on_own_thread():
-        threading.Thread(
-            target=_close_router_then_arena, args=(router, arena, cancel, timeout), name="rknnfarm-close"
-        ).start()
+        arguments = (router, arena, cancel, timeout, then)
+        threading.Thread(target=_close_router_then_arena, args=arguments, name="rknnfarm-close").start()
         return
     router.close(cancel=cancel, timeout_s=timeout)
     arena.close()
+    then()

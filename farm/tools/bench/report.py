@@ -159,13 +159,14 @@ def _against_threads_and_inprocess(by: dict[tuple[str, str], Row], ratios: dict[
     vs_threads: dict[str, dict[str, float]] = {}
     own_cpu: dict[str, dict[str, float]] = {}
     for (workload, method), row in by.items():
+        if not method.startswith("farm"):
+            continue
         threads, inprocess = by.get((workload, "threads")), by.get((workload, "inprocess"))
-        if threads is not None and method.startswith("farm"):
+        if threads is not None:
             vs_threads.setdefault(workload, {})[method] = row.throughput_per_s / threads.throughput_per_s
-        cpu, base = row.details.get("pipelined_cpu_us_per_task"), None
-        if inprocess is not None:
-            base = inprocess.details.get("pipelined_cpu_us_per_task")
-        if method.startswith("farm") and cpu and base:
+        cpu = row.details.get("pipelined_cpu_us_per_task")
+        base = None if inprocess is None else inprocess.details.get("pipelined_cpu_us_per_task")
+        if cpu and base:
             own_cpu.setdefault(workload, {})[method] = cpu["parent"] + cpu["children"] - base["parent"]
     if vs_threads:
         ratios["vs_threads"] = vs_threads
