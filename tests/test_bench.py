@@ -20,10 +20,12 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
+import psutil
 import pytest
 
+from farm.tools.bench import host
 from farm.tools.bench import main as bench_main
-from farm.tools.bench.report import SYNC_OVERHEAD_MAX
+from farm.tools.bench.report import SYNC_OVERHEAD_MAX, _host_lines
 from tests.fake_rknnlite import FAKE_ROOT, write_fake_model
 from tests.onnx_models import affine_model
 from workers.segments import SEGMENT_PREFIX, segment_dir
@@ -90,6 +92,14 @@ def test_quick_run_measures_every_workload_and_method(quick_run: tuple[Path, dic
     for key in ("cpu_count", "python", "numpy", "onnxruntime", "pyzmq"):
         assert machine[key], key
     assert machine["shm_huge_pages"] in ("never", "advise", "within_size", "always", "deny", "force", None)
+    # What a wake-up costs here, and how steady this CPU's speed was (farm.tools.bench.host).
+    if len(os.sched_getaffinity(0)) >= 2:
+        wake = machine["wake_ups"]
+        assert wake["one_cpu_round_trip_us"] > 0 and wake["across_cpus_round_trip_us"] > 0
+        assert 0 < wake["across_cpus_cpu_us_caller"] <= wake["across_cpus_round_trip_us"]
+        assert 0 < wake["across_cpus_cpu_us_echo"] <= wake["across_cpus_round_trip_us"]
+    for at in ("loop_at_start", "loop_at_end"):
+        assert machine[at]["fastest_ms"] > 0 and machine[at]["median_x"] >= 1, machine[at]
     assert report["frame_memcpy_ms"] > 0
     assert report["frame_memcpy_after_pause_ms"] == report["ratios"]["frame"]["memcpy_after_pause_ms"] > 0
     # copying the frame and running Identity on it cannot take less than the copy
@@ -209,6 +219,39 @@ def test_run_stages_script_splits_a_run_into_its_stages() -> None:
     assert set(figures) == {"prepare", "admit", "send", "worker", "wire", "answer", "sum"}
     assert all(float(value) >= 0 for name, value in figures.items() if name != "wire")
     assert float(figures["worker"]) > 0  # the perf log was read
+
+
+def test_the_report_says_what_a_wake_up_costs_and_how_steady_the_speed_was() -> None:
+    machine = {
+        "wake_ups": {
+            "across_cpus_round_trip_us": 67.3,
+            "across_cpus_cpu_us_caller": 25.7,
+            "across_cpus_cpu_us_echo": 23.9,
+            "one_cpu_round_trip_us": 8.4,
+        },
+        "cpuidle_driver": "haltpoll",
+        "guest_halt_poll_us": 0.0,
+        "loop_at_start": {"fastest_ms": 6.8, "median_x": 1.02},
+        "loop_at_end": {"fastest_ms": 12.2, "median_x": 1.04},
+    }
+    assert _host_lines(machine) == [
+        "wake-ups: a pipe round trip between two CPUs 67.3 us (25.7 + 23.9 us CPU), on one CPU 8.4 us;"
+        " cpuidle haltpoll, guest halt polling 0 us",
+        "speed: a fixed Python loop took 6.80 ms at best at the start (median 1.02x that), 12.20 ms at"
+        " the end (median 1.04x): figures move with it",
+    ]
+    assert _host_lines({}) == []  # a report from before these figures, or a machine without them
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="the probe pins two processes to two CPUs")
+def test_wake_up_probe_leaves_no_process_and_restores_the_affinity() -> None:
+    affinity = os.sched_getaffinity(0)
+    children = {child.pid for child in psutil.Process().children()}
+    costs = host.wake_up_costs(seconds=0.05)
+    assert costs is not None and costs["across_cpus_round_trip_us"] > 0
+    assert os.sched_getaffinity(0) == affinity
+    assert {child.pid for child in psutil.Process().children()} <= children  # every echo was reaped
 
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="the probe pins two processes to two CPUs")

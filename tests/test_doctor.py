@@ -173,3 +173,44 @@ def test_json_output(capsys, board):
 def test_missing_model_file_is_an_error(tmp_path):
     with pytest.raises(FileNotFoundError):
         doctor.run(_args(model=str(tmp_path / "nope.rknn")))
+
+
+def _idle_state(root, cpu: int, index: int, name: str, latency_us: int, disabled: bool = False) -> None:
+    state = root / f"sys/devices/system/cpu/cpu{cpu}/cpuidle/state{index}"
+    _write(state / "name", name + "\n")
+    _write(state / "latency", f"{latency_us}\n")
+    _write(state / "disable", "1\n" if disabled else "0\n")
+
+
+@pytest.mark.parametrize(
+    ("deep_latency_us", "deep_disabled", "status"),
+    [(250, False, "INFO"), (250, True, "OK"), (80, False, "OK")],
+)
+def test_the_report_says_how_long_the_deepest_idle_state_takes_to_wake(
+    board, deep_latency_us, deep_disabled, status
+):
+    _write(board / "sys/devices/system/cpu/cpuidle/current_driver", "psci_idle\n")
+    for cpu in range(8):
+        _idle_state(board, cpu, 0, "WFI", 1)
+        _idle_state(board, cpu, 1, "cpu-sleep", deep_latency_us, disabled=deep_disabled)
+    check = _by_name(doctor.collect(str(board), machine="aarch64", environ={})[0])["CPU idle"]
+    assert check.status == status
+    if status == "INFO":
+        assert "deepest enabled state cpu-sleep, 250 us to wake" in check.detail
+        assert "cpupower idle-set -D 100" in check.hint
+    elif deep_disabled:
+        assert "deepest enabled state WFI, 1 us" in check.detail  # a disabled state does not count
+
+
+@pytest.mark.parametrize(("halt_poll_ns", "status"), [("0", "INFO"), ("200000", "OK")])
+def test_a_virtual_machine_that_halts_idle_cpus_at_once_is_told_so(tmp_path, halt_poll_ns, status):
+    _write(tmp_path / "sys/devices/system/cpu/cpuidle/current_driver", "haltpoll\n")
+    _write(tmp_path / "sys/module/haltpoll/parameters/guest_halt_poll_ns", halt_poll_ns + "\n")
+    check = _by_name(doctor.collect(str(tmp_path), machine="x86_64", environ={})[0])["CPU idle"]
+    assert check.status == status
+    assert f"poll {int(halt_poll_ns) / 1000:g} us before they halt" in check.detail
+    assert ("guest_halt_poll_ns" in check.hint) == (status == "INFO")
+
+
+def test_no_idle_information_no_line(tmp_path):
+    assert "CPU idle" not in _by_name(doctor.collect(str(tmp_path), machine="x86_64", environ={})[0])

@@ -18,6 +18,8 @@ hint when something is to be done:
 - ``/dev/shm``: size and free space (``psutil.disk_usage``), and whether its
   mount allows huge pages (``huge=`` in ``/proc/mounts``);
 - CPU and NPU frequency governors;
+- CPU idle states: how long the deepest enabled one takes to wake, and a
+  virtual machine's halt polling (every task's messages wake CPUs);
 - with ``--model``: a smoke inference on each NPU core, ``Farm(model,
   backend="rknnlite", schedule=str(core))`` with zeros, and the worker's RSS.
 
@@ -47,6 +49,7 @@ from typing import Any, Optional
 import numpy as np
 import psutil
 
+from farm.tools.sysfs import read_setting
 from workers.backends import rknn_runtime
 from workers.segments import shm_huge_pages
 
@@ -299,6 +302,56 @@ def _check_npu_governor(root: str, on_board: bool) -> Optional[Check]:
     return Check(WARN, "NPU governor", detail, hint)
 
 
+#: An idle state that takes longer than this to leave is worth knowing about:
+#: a task's messages wake a thread on another CPU several times a round trip.
+IDLE_EXIT_NOTABLE_US = 100
+
+
+def _idle_states(root: str) -> dict[str, int]:
+    """Each enabled idle state's name and exit latency (µs, the largest any CPU lists)."""
+    states: dict[str, int] = {}
+    for directory in sorted(glob.glob(_under(root, "/sys/devices/system/cpu/cpu*/cpuidle/state*"))):
+        name, latency, disabled = (
+            read_setting(os.path.join(directory, leaf)) for leaf in ("name", "latency", "disable")
+        )
+        if name is None or latency is None or not latency.isdigit() or disabled == "1":
+            continue
+        states[name] = max(states.get(name, 0), int(latency))
+    return states
+
+
+def _check_cpu_idle(root: str) -> Optional[Check]:
+    """How long a CPU takes to wake from its deepest enabled idle state. A
+    farm task wakes threads on other CPUs (the workers, the ZeroMQ I/O
+    threads, the caller), so a deep state adds its exit latency to them; on
+    a virtual machine whose idle CPUs halt without polling each such wake-up
+    goes through the host (docs/benchmarks.md, "A fifth pass")."""
+    driver = read_setting(_under(root, "/sys/devices/system/cpu/cpuidle/current_driver"))
+    halt_poll = read_setting(_under(root, "/sys/module/haltpoll/parameters/guest_halt_poll_ns"))
+    if driver == "haltpoll" and halt_poll is not None and halt_poll.isdigit():
+        detail = f"haltpoll, idle vCPUs poll {int(halt_poll) / 1000:g} us before they halt"
+        if int(halt_poll) > 0:
+            return Check(OK, "CPU idle", detail)
+        hint = (
+            "a virtual machine whose idle CPUs halt at once pays the host for every cross-CPU wake-up;"
+            " for latency (costs host CPU): echo 200000 | sudo tee "
+            "/sys/module/haltpoll/parameters/guest_halt_poll_ns"
+        )
+        return Check(INFO, "CPU idle", detail, hint)
+    states = _idle_states(root)
+    if not states:
+        return None
+    deepest, latency = max(states.items(), key=lambda item: item[1])
+    detail = f"{driver or 'cpuidle'}: deepest enabled state {deepest}, {latency} us to wake"
+    if latency <= IDLE_EXIT_NOTABLE_US:
+        return Check(OK, "CPU idle", detail)
+    hint = (
+        f"a task's messages wake CPUs that may sleep in {deepest}; for latency (costs power):"
+        f" sudo cpupower idle-set -D {IDLE_EXIT_NOTABLE_US}"
+    )
+    return Check(INFO, "CPU idle", detail, hint)
+
+
 def _check_model_memory(probe: Optional[rknn_runtime.ModelProbe]) -> Optional[Check]:
     """The model's weight and internal memory per context (librknnrt's MEM_SIZE)."""
     if probe is None or probe.weight_bytes is None:
@@ -405,6 +458,7 @@ def collect(
         _check_shm_huge_pages(root),
         _check_cpu_governor(root),
         _check_npu_governor(root, on_board),
+        _check_cpu_idle(root),
         _check_model_memory(probe),
     ]
     checks = [check for check in found if check is not None]

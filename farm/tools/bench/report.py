@@ -369,6 +369,30 @@ def _grid(headers: Sequence[str], rows: Sequence[Sequence[str]], right: int) -> 
     return lines
 
 
+def _host_lines(machine: dict[str, Any]) -> list[str]:
+    """What a wake-up costs on this machine and how steady its speed was
+    (``farm.tools.bench.host``); nothing for a report that lacks them."""
+    lines = []
+    wake = machine.get("wake_ups")
+    if wake:
+        idle = machine.get("cpuidle_driver") or "unknown"
+        if machine.get("guest_halt_poll_us") is not None:
+            idle += f", guest halt polling {machine['guest_halt_poll_us']:g} us"
+        lines.append(
+            f"wake-ups: a pipe round trip between two CPUs {wake['across_cpus_round_trip_us']:.1f} us"
+            f" ({wake['across_cpus_cpu_us_caller']:.1f} + {wake['across_cpus_cpu_us_echo']:.1f} us CPU),"
+            f" on one CPU {wake['one_cpu_round_trip_us']:.1f} us; cpuidle {idle}"
+        )
+    start, end = machine.get("loop_at_start"), machine.get("loop_at_end")
+    if start and end:
+        lines.append(
+            f"speed: a fixed Python loop took {start['fastest_ms']:.2f} ms at best at the start (median"
+            f" {start['median_x']:.2f}x that), {end['fastest_ms']:.2f} ms at the end (median"
+            f" {end['median_x']:.2f}x): figures move with it"
+        )
+    return lines
+
+
 def format_table(report: dict[str, Any]) -> str:
     rows = [Row(**r) for r in report["rows"]]
     ratios, machine, config = report["ratios"], report["machine"], report["config"]
@@ -379,6 +403,7 @@ def format_table(report: dict[str, Any]) -> str:
         f"other processes used {machine.get('other_processes_cpus', 0.0):.2f} CPUs on average during the run"
         f" (steal {machine.get('steal_cpu_s', 0.0):.1f} s); load average at start"
         f" {machine.get('load_average_at_start')}, at end {machine.get('load_average_at_end')}",
+        *_host_lines(machine),
         "sync: one task in flight (ms); tasks/s: pipelined, 'in flight' tasks at once;"
         " x inproc: tasks/s ÷ inprocess's; x floor: sync p50 ÷ zmq-floor's;",
         "cpu us/task: CPU time per pipelined task in this process + in child processes",

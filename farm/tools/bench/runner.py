@@ -14,6 +14,7 @@ from typing import Any, Callable, Optional, TypeVar, Union
 import psutil
 
 from farm.errors import FarmError
+from farm.tools.bench import host
 from farm.tools.bench.measure import Config, Row
 from farm.tools.bench.methods import METHODS, MethodNotApplicable, frame_figures, run_method
 from farm.tools.bench.paced import bench_pacing, unpaced_throughput
@@ -248,13 +249,22 @@ def run(args: argparse.Namespace) -> int:
         return 2
     began = time.perf_counter()
     load_at_start = load_average()
+    host_figures = {
+        "wake_ups": host.wake_up_costs(),
+        **host.idle_settings(),
+        "loop_at_start": host.loop_speed(),
+    }
     cpu_at_start = _cpu_snapshot()
     measured = _measure(workloads, methods, config, args.pacing and args.model is None)
     elapsed = time.perf_counter() - began
+    host_figures["loop_at_end"] = host.loop_speed()
     ratios = compute_ratios(measured.rows, measured.frame_figures, measured.pacing)
     report = {
         "machine": dict(
-            machine_info(), load_average_at_start=load_at_start, **_other_load(cpu_at_start, elapsed)
+            machine_info(),
+            load_average_at_start=load_at_start,
+            **_other_load(cpu_at_start, elapsed),
+            **host_figures,
         ),
         "config": dict(
             dataclasses.asdict(config),
