@@ -13,6 +13,7 @@ import glob
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -207,6 +208,19 @@ def test_queue_growth_is_a_clear_rising_trend_or_a_queue_at_its_bound(totals, gr
     from farm.tools.bench.report import _queue_grew
 
     assert _queue_grew(_pacing_samples(totals)) is grew
+
+
+@pytest.mark.timeout(400)
+@pytest.mark.skipif(shutil.which("callgrind_control") is None, reason="needs valgrind")
+def test_caller_instructions_counts_the_same_work_the_same() -> None:
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "caller_instructions.py"
+    done = subprocess.run(
+        [sys.executable, str(script), "--repeat", "2"], capture_output=True, text=True, timeout=380
+    )
+    assert done.returncode == 0, done.stderr
+    counts = [float(line.split()[2].replace(",", "")) for line in done.stdout.splitlines()]
+    assert len(counts) == 2 and min(counts) > 10_000  # a task is thousands of Python bytecodes
+    assert abs(counts[0] - counts[1]) < 0.05 * counts[0]  # what a clock on this machine cannot do
 
 
 def test_run_stages_script_splits_a_run_into_its_stages() -> None:
