@@ -29,6 +29,7 @@ the reply channels and the spin-wait; the tasks are on the books
 
 from __future__ import annotations
 
+import collections
 import sys
 import time
 from typing import Any, Callable, NamedTuple, Optional
@@ -434,7 +435,10 @@ class DirectStream:
         self._path = path
         self._channel = channel
         self._timeout_s = timeout_s
-        self._direct: list[Task] = []  # sent on the channel (or corked), maybe unanswered
+        # Sent on the channel (or corked), oldest first, maybe unanswered; the
+        # ended ones are dropped from the front as they are looked at, and all
+        # of them when the list doubles (see _cork).
+        self._direct: collections.deque[Task] = collections.deque()
         self._prune_at = _PRUNE_AT
         self._held = True  # this thread holds the channel's owner lock (checked out so)
         self._slow_pause_s = SLOW_PAUSE_S
@@ -496,8 +500,8 @@ class DirectStream:
         them once the commitment's limit is reached (at once for an idle
         context, or long runs)."""
         self._direct.append(task)
-        if len(self._direct) > self._prune_at:  # drop ended tasks (and the outputs they hold)
-            self._has_direct_in_flight()
+        if len(self._direct) > self._prune_at:  # drop every ended task, not only those in front
+            self._direct = collections.deque(t for t in self._direct if not t.ended)
             self._prune_at = max(_PRUNE_AT, 2 * len(self._direct))
         socket = commitment.socket
         corked = self._channel.corked.get(socket)
@@ -547,7 +551,7 @@ class DirectStream:
             for task in failed:
                 assert task.future is not None  # a map()'s tasks have outcomes
                 task.future.add_done_callback(self._on_routed_done)
-            self._direct = [t for t in self._direct if t not in failed]
+            self._direct = collections.deque(t for t in self._direct if t not in failed)
 
     def _route(self, task: Task, deadline: float) -> None:
         """Hand ``task`` to the router's path. If its queue is full, wait for
@@ -600,12 +604,16 @@ class DirectStream:
             for socket in self._watched:
                 self._poller.unregister(socket)
             self._watched.clear()
-            self._path.return_channel(self._channel, self._direct)
+            self._path.return_channel(self._channel, list(self._direct))
             self._wake_pipe.close()
 
     def _has_direct_in_flight(self) -> bool:
-        self._direct = [t for t in self._direct if not t.ended]
-        return bool(self._direct)
+        """Whether a task this stream sent is still unanswered: the oldest
+        such is then first in ``_direct`` (the ended ones before it are dropped)."""
+        direct = self._direct
+        while direct and direct[0].ended:
+            direct.popleft()
+        return bool(direct)
 
     def _on_routed_done(self, _outcome: Any) -> None:
         """Runs in the thread that ended a routed task: wake a waiting pump

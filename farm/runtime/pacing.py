@@ -54,7 +54,17 @@ class Pacer:
         return max(0.0, self._last_admit + self.interval_s - now)
 
     def admit(self, now: Optional[float] = None) -> None:
+        """Count an admission at ``now``; with pacing on, it takes its slot
+        on the schedule (with pacing off only the count is kept: every task
+        of an unpaced farm passes here)."""
         now = time.perf_counter() if now is None else now
+        if self.enabled:
+            self._take_slot(now)
+        if self._first_admit is None:
+            self._first_admit = now
+        self.admitted += 1
+
+    def _take_slot(self, now: float) -> None:
         interval = self.interval_s
         due = None if self._last_admit is None else self._last_admit + interval
         if due is not None and interval > 0 and due <= now < due + CATCH_UP_SLOTS * interval:
@@ -62,9 +72,6 @@ class Pacer:
             self._last_admit = due + (now - due) // interval * interval
         else:
             self._last_admit = now  # the first, or the producer was idle: no burst credit
-        if self._first_admit is None:
-            self._first_admit = now
-        self.admitted += 1
 
     def admitted_rate(self, now: Optional[float] = None) -> float:
         """Admissions per second since the first one."""
