@@ -4,8 +4,11 @@ that a noisy machine does not move.
 On a shared virtual machine the same build's tasks/s and CPU µs per task
 move by a third from run to run (docs/benchmarks.md, "A fifth pass"), so a
 change of a few µs in the caller's per-task work cannot be told apart by a
-clock. Valgrind's callgrind counts instructions instead: the same count for
-the same code and input, whatever else the machine does.
+clock. Valgrind's callgrind counts instructions instead: for the same code
+and input, counts within ~1 % of each other run after run (a ``map()``
+batches by what has come back, so timing is not wholly out of it: two
+counts taken side by side on two CPUs came out ~3 % lower; compare counts
+taken the same way, one at a time).
 
 The script runs a farm in a child process under callgrind, with counting off
 while the farm starts and warms up, then on around ``--tasks`` tasks (a
