@@ -49,7 +49,7 @@ from typing import Any, Optional
 import numpy as np
 import psutil
 
-from farm.tools.sysfs import read_setting
+from farm.tools.sysfs import cpu_idle_driver, guest_halt_poll_ns, read_setting
 from workers.backends import rknn_runtime
 from workers.segments import shm_huge_pages
 
@@ -326,11 +326,11 @@ def _check_cpu_idle(root: str) -> Optional[Check]:
     threads, the caller), so a deep state adds its exit latency to them; on
     a virtual machine whose idle CPUs halt without polling each such wake-up
     goes through the host (docs/benchmarks.md, "A fifth pass")."""
-    driver = read_setting(_under(root, "/sys/devices/system/cpu/cpuidle/current_driver"))
-    halt_poll = read_setting(_under(root, "/sys/module/haltpoll/parameters/guest_halt_poll_ns"))
-    if driver == "haltpoll" and halt_poll is not None and halt_poll.isdigit():
-        detail = f"haltpoll, idle vCPUs poll {int(halt_poll) / 1000:g} us before they halt"
-        if int(halt_poll) > 0:
+    driver = cpu_idle_driver(root)
+    halt_poll_ns = guest_halt_poll_ns(root)
+    if driver == "haltpoll" and halt_poll_ns is not None:
+        detail = f"haltpoll, idle vCPUs poll {halt_poll_ns / 1000:g} us before they halt"
+        if halt_poll_ns > 0:
             return Check(OK, "CPU idle", detail)
         hint = (
             "a virtual machine whose idle CPUs halt at once pays the host for every cross-CPU wake-up;"

@@ -28,14 +28,13 @@ import struct
 import time
 from typing import Any, Optional
 
-from farm.tools.sysfs import read_setting
+from farm.tools.sysfs import cpu_idle_driver, guest_halt_poll_ns, read_setting
 
 __all__ = ["idle_settings", "loop_speed", "wake_up_costs"]
 
 _WARM_UP_ROUNDS = 200
 _ROUNDS_PER_CHECK = 100  # round trips between two looks at the clock
 _CPU_SECONDS = struct.Struct("d")
-_HALTPOLL = "/sys/module/haltpoll/parameters/guest_halt_poll_ns"
 _CPUIDLE = "/sys/devices/system/cpu/cpuidle"
 
 #: The loop ``loop_speed`` times: long enough to be timed well, short enough
@@ -118,13 +117,13 @@ def idle_settings() -> dict[str, Any]:
     """The CPU idle driver and governor, and the guest's halt polling (µs
     an idle virtual CPU polls before it halts) where the driver has it."""
     settings: dict[str, Any] = {
-        "cpuidle_driver": read_setting(os.path.join(_CPUIDLE, "current_driver")),
+        "cpuidle_driver": cpu_idle_driver(),
         "cpuidle_governor": read_setting(os.path.join(_CPUIDLE, "current_governor_ro"))
         or read_setting(os.path.join(_CPUIDLE, "current_governor")),
     }
-    halt_poll = read_setting(_HALTPOLL)
-    if halt_poll is not None and halt_poll.isdigit():
-        settings["guest_halt_poll_us"] = int(halt_poll) / 1000
+    halt_poll_ns = guest_halt_poll_ns()
+    if halt_poll_ns is not None:
+        settings["guest_halt_poll_us"] = halt_poll_ns / 1000
     return settings
 
 
