@@ -483,7 +483,7 @@ class Farm:
         starting ``map item <index>:`` (counted from 0), the error's class
         unchanged."""
         router = self._require_router()
-        self._model(model)  # a farm of several models: which one, before any item is read
+        io = self._model(model)  # a farm of several models: which one, before any item is read
         window = max_in_flight or router.map_window()
         total = len(inputs) if hasattr(inputs, "__len__") else None  # type: ignore[arg-type]
         bar = ProgressLine(total) if progress else None
@@ -522,7 +522,7 @@ class Farm:
                     exhausted = item is _END
                 if not exhausted:
                     try:
-                        pending.append(self._submit_to(stream, item, model, params))
+                        pending.append(self._submit_to(stream, item, model, params, io))
                     except Exception as exc:  # a bad item: its turn comes after the items before it
                         failure = _map_item_error(submitted, exc)
                         exhausted = True
@@ -541,7 +541,8 @@ class Farm:
                 while pending:
                     if exhausted or len(pending) >= window:  # wait for a result
                         result = self._next_result(pending, ordered, bar, stream)
-                    elif self._finished(pending, ordered):  # one is there: no second look (a lock) for it
+                    elif pending[0].done() if ordered else self._finished(pending, ordered):
+                        # One is there: no second look (a lock) for it.
                         result = self._next_result(pending, ordered, bar)
                     else:
                         break
@@ -593,12 +594,13 @@ class Farm:
         return [future.result() for future in pending]
 
     def _submit_to(
-        self, stream: Optional[DirectStream], item: Any, model: Optional[str], params: Any
+        self, stream: Optional[DirectStream], item: Any, model: Optional[str], params: Any, io: ModelIO
     ) -> _Pending:
         if stream is None:
             return self.submit(item, model=model, params=params)
         future = Outcome()  # nobody but this map sees it
-        task = self._make_task(item, model, params, future=future)
+        # The stream's resume() has just checked that the farm is open.
+        task = self._make_task(item, model, params, future=future, described=io if io.described else None)
         try:
             stream.submit(task)
         except BaseException:
@@ -684,10 +686,21 @@ class Farm:
         model: Optional[str] = None,
         params: Any = None,
         outputs_in_arena: bool = False,
-        **delivery: Any,
+        *,
+        future: Optional[_Pending] = None,
+        callback: Optional[Callback] = None,
+        user_data: Any = None,
+        described: Optional[ModelIO] = None,
     ) -> Task:
-        io = self._model(model)
-        router = self._require_router()
+        """The task of one feed (its inputs written where the worker reads
+        them); ``described``: the model's ``ModelIO``, when the caller (a
+        ``map()``, once per item) has it at hand, described, and has just
+        checked that the farm is open."""
+        if described is None:
+            io = self._model(model)
+            self._require_router()
+        else:
+            io = described
         if params is not None:
             check_params(params)
         frames = self._arena.frames
@@ -702,7 +715,9 @@ class Farm:
             prepared = io.feed_checks.prepare(feed)
             input_key = tuple(p.shape for p in prepared)
             region, descriptors, held = write_inputs(self._arena, prepared)
-        out_bytes = io.static_output_bytes or router.output_hint((io.spec.name, input_key))
+        name = io.spec.name
+        key = (name, input_key)
+        out_bytes = io.static_output_bytes or self._require_router().output_hint(key)
         try:
             out_region = None  # small outputs come back in the answer's header
             if out_bytes and (out_bytes > INLINE_BYTES or outputs_in_arena):
@@ -710,16 +725,7 @@ class Farm:
         except BaseException:
             self._arena.free(region)
             raise
-        return Task(
-            region,
-            descriptors,
-            (io.spec.name, input_key),
-            out_region,
-            held_inputs=held,
-            model=io.spec.name,
-            params=params,
-            **delivery,
-        )
+        return Task(region, descriptors, key, out_region, future, callback, user_data, held, name, params)
 
     def _admit(self, task: Task, direct: bool = False) -> Optional[tuple[ReplyChannel, Any]]:
         try:

@@ -472,6 +472,17 @@ def _answer_header(answer: Any) -> list[Any]:
     return header
 
 
+def task_fields(
+    task_id: int, attempt: int, inputs: list[Any], out_region: Optional[list[Any]], direct: bool, params: Any
+) -> list[Any]:
+    """A TASK's fields as :func:`fields_of` gives them for the
+    :class:`TaskMessage` of these values, without building the record: the
+    parent builds one per task."""
+    if params is None:
+        return [task_id, attempt, inputs, out_region, direct]
+    return [task_id, attempt, inputs, out_region, direct, params]
+
+
 def fields_of(message: Any) -> list[Any]:
     """A record's fields as sent: its optional fields left None at the end are left out."""
     fields = list(message)

@@ -46,7 +46,7 @@ import zmq
 from farm.data.task import DEFAULT_MODEL, Task, whereabouts
 from farm.errors import FarmBrokenError, FarmClosedError, FarmError, SubmitTimeoutError, WorkerCrashedError
 from farm.runtime.pacing import Pacer
-from farm.runtime.processes import ContextSlot, WorkerHandle
+from farm.runtime.processes import ContextSlot, WorkerHandle, WorkerState
 from farm.runtime.stats import WorkerStats
 from workers.batching import round_size
 
@@ -77,6 +77,9 @@ def routed_window(infer_us: Optional[float]) -> int:
     if infer_us is None:
         return WINDOW
     return max(WINDOW, 2 * round_size(infer_us * 1e-6))
+
+
+_READY = WorkerState.READY
 
 
 class ModelLanes:
@@ -116,7 +119,11 @@ class Books:
         send_batch: Optional[SendBatchFn] = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.cond = threading.Condition()
+        # ``cond``'s lock: ``with books.lock:`` takes the same lock as ``with
+        # books.cond:`` without the Condition's Python-level __enter__/__exit__
+        # (the paths run once per task use it).
+        self.lock = threading.RLock()
+        self.cond = threading.Condition(self.lock)
         self.workers: list[WorkerHandle] = []
         self.worker_of_core: dict[int, WorkerHandle] = {}
         if lanes is None:
@@ -289,7 +296,7 @@ class Books:
         tasks must not wait for the respawn)."""
         lane = lane or self._first
         core = lane.rotation[index % len(lane.rotation)]
-        if self.worker_of_core[core].ready:
+        if self.worker_of_core[core].state is _READY:
             return core
         ready = [c for c in lane.queues if self.worker_of_core[c].ready]
         return min(ready, key=lambda c: len(lane.queues[c])) if ready else core
@@ -325,7 +332,7 @@ class Books:
         queued (a task sent on a caller's channel must not overtake the
         router's queue)."""
         worker = self.worker_of_core[core]
-        return not worker.remote and worker.ready and not (lane or self._first).queues[core]
+        return not worker.remote and worker.state is _READY and not (lane or self._first).queues[core]
 
     # ── on and off a context's books ─────────────────────────────────────
     def book(self, slot: ContextSlot, task: Task) -> None:
@@ -342,7 +349,8 @@ class Books:
         books, or None for a stale answer (an attempt given up on: it frees
         the room it held)."""
         slot = worker.slots[slot_index]
-        slot.held.discard((task_id, attempt))
+        if slot.held:
+            slot.held.discard((task_id, attempt))
         task = slot.in_flight.get(task_id)
         if task is None or task.attempt != attempt:
             return None

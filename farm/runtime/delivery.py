@@ -128,7 +128,10 @@ class Answers:
     def _collect_outputs(self, task: Task, descriptors: list[Any], frames: list[Any]) -> list[np.ndarray]:
         """Outputs as arrays: views of the task's leased output region (or
         copies with ``copy_outputs``), or copies of inline frames."""
-        if all(type(d[0]) is bytes for d in descriptors):
+        for descriptor in descriptors:
+            if type(descriptor[0]) is not bytes:
+                break
+        else:  # every output came in the header (a loop: no generator made per answer)
             return self._inline_outputs(task, descriptors)
         region = task.out_region
         uses_region = region is not None and any(type(d[0]) is int and d[0] >= 0 for d in descriptors)
@@ -166,8 +169,12 @@ class Answers:
         of a short task): copies of their bytes, with no region to lease or
         read. The region leased for them, if any, is freed."""
         self._free_out_region(task)
-        outputs = [_array_of(data, dtype, shape) for data, dtype, shape in descriptors]
-        self._remember_output_size(task.input_key, sum(protocol.align(a.nbytes) for a in outputs))
+        outputs = []
+        nbytes = 0
+        for data, dtype, shape in descriptors:
+            outputs.append(_array_of(data, dtype, shape))
+            nbytes += protocol.align(len(data))  # the array's size: _array_of checked it
+        self._remember_output_size(task.input_key, nbytes)
         return outputs
 
     def _free_out_region(self, task: Task) -> None:

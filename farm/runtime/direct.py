@@ -219,7 +219,7 @@ class DirectPath:
         except Exception as exc:  # undecodable: drop it, keep serving
             print(f"rknn-farm: dropped an undecodable worker message: {exc!r}", file=sys.stderr)
             return True
-        self._take_direct_answer(message, frames)
+        self._take_messages([(message, frames)])
         return True
 
     def _take_direct_answers(self, socket: zmq.Socket) -> None:
@@ -312,7 +312,7 @@ class DirectPath:
         core is local and ready but its contexts are full; ("router", None)
         when the task should take the router's path."""
         books = self.books
-        with books.cond:
+        with books.lock:
             books.check_open()
             lane = books.lanes[task.model]
             if not lane.rotation:
@@ -340,7 +340,7 @@ class DirectPath:
             fields = task_fields(task, direct=True)  # under the lock: a retry may change the attempt
             books.book(slot, task)
             books.enter(task, core, time.perf_counter())
-            return "sent", Commitment(socket, fields, 1 if idle else limits[2], infer_us)
+            return _SENT, _new_commitment(Commitment, (socket, fields, 1 if idle else limits[2], infer_us))
 
     @staticmethod
     def take_corked(channel: ReplyChannel) -> list[tuple[zmq.Socket, list[tuple[Task, list[Any]]]]]:
@@ -385,24 +385,24 @@ class Commitment(NamedTuple):
     infer_us: Optional[float]
 
 
+# A Commitment from a tuple of its fields, without the NamedTuple's
+# Python-level __new__ (one is made per task).
+_new_commitment = tuple.__new__
+_SENT = "sent"
 _ROUTER: tuple[str, None] = ("router", None)
 _FULL: tuple[str, None] = ("full", None)
 
 
 def task_fields(task: Task, direct: bool) -> list[Any]:
     """A local context's TASK fields for ``task`` (``direct``: answer on the sending socket)."""
-    out = None if task.out_region is None else task.out_region.descriptor()
-    return protocol.fields_of(
-        protocol.TaskMessage(task.task_id, task.attempt, task.input_descriptors, out, direct, task.params)
-    )
+    region = task.out_region
+    out = None if region is None else region.descriptor()
+    return protocol.task_fields(task.task_id, task.attempt, task.input_descriptors, out, direct, task.params)
 
 
 def task_header(task: Task, direct: bool) -> bytes:
     """A local context's TASK message (``direct``: answer on the sending socket)."""
-    out = None if task.out_region is None else task.out_region.descriptor()
-    return protocol.encode(
-        protocol.TaskMessage(task.task_id, task.attempt, task.input_descriptors, out, direct, task.params)
-    )
+    return protocol.encode_tasks([task_fields(task, direct)])
 
 
 class DirectStream:
@@ -442,6 +442,7 @@ class DirectStream:
         self._prune_at = _PRUNE_AT
         self._held = True  # this thread holds the channel's owner lock (checked out so)
         self._slow_pause_s = SLOW_PAUSE_S
+        self._infer_us: Optional[float] = None  # the average _slow_pause_s was set by
         self._wake_pipe = WakePipe()  # a routed task that ends wakes a pump waiting for answers
         self._poller = zmq.Poller()
         self._poller.register(self._wake_pipe.fd, zmq.POLLIN)
@@ -470,7 +471,9 @@ class DirectStream:
 
     def resume(self) -> None:
         """The caller uses the stream again; FarmClosedError if the farm closed meanwhile."""
-        self._hold()
+        if not self._held:  # _hold(), spelled out: this runs twice a task
+            self._channel.owner.acquire()
+            self._held = True
         if self._channel.closed:
             raise FarmClosedError("the farm was closed while this map() was suspended")
 
@@ -503,15 +506,18 @@ class DirectStream:
         if len(self._direct) > self._prune_at:  # drop every ended task, not only those in front
             self._direct = collections.deque(t for t in self._direct if not t.ended)
             self._prune_at = max(_PRUNE_AT, 2 * len(self._direct))
-        socket = commitment.socket
-        corked = self._channel.corked.get(socket)
+        socket, fields, limit, infer_us = commitment
+        all_corked = self._channel.corked
+        corked = all_corked.get(socket)
         if corked is None:
-            corked = self._channel.corked[socket] = []
-        corked.append((task, commitment.fields))
-        if len(corked) >= commitment.cork_limit:
-            self._send_corked(socket, self._channel.corked.pop(socket))
-        if commitment.infer_us is not None:
-            self._slow_pause_s = max(SLOW_PAUSE_S, SLOW_PAUSE_SHARE * commitment.infer_us * 1e-6)
+            corked = all_corked[socket] = []
+        corked.append((task, fields))
+        if len(corked) >= limit:
+            self._send_corked(socket, all_corked.pop(socket))
+        if infer_us is not self._infer_us:  # the average moves once per answer message
+            self._infer_us = infer_us
+            if infer_us is not None:
+                self._slow_pause_s = max(SLOW_PAUSE_S, SLOW_PAUSE_SHARE * infer_us * 1e-6)
 
     def is_slow(self, pause_s: float) -> bool:
         """Whether the caller's pause of ``pause_s`` (reading and preparing an

@@ -473,7 +473,7 @@ class Router:
         ``protocol.FOR_PARENT`` and their frames) under one acquisition of
         the lock, then the hand-over of the answers among them outside it."""
         answered: list[tuple] = []
-        with self.books.cond:
+        with self.books.lock:
             for message, frames in batch:
                 try:
                     if type(message) is protocol.AnswersMessage:
