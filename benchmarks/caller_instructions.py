@@ -25,7 +25,10 @@ Under callgrind the app's process runs ~50x slower, so its workers always
 wait for it: the count is of the caller-bound case (a tiny model's), where
 every task is one more turn of the caller's loop. The farm runs with
 ``spin_us=0``: polling for an answer would count the instructions of the
-wait, which depend on timing. Needs valgrind
+wait, which depend on timing. A ``map()`` of the tiny model sends its feeds
+in chunks (``farm.runtime.chunks``; ``--chunksize 1`` for a task per feed): the
+slow-read threshold that sends a chunk early is scaled by the slowdown, as
+every read looks slow under callgrind. Needs valgrind
 (``apt-get install valgrind``); about 40 s per measurement.
 """
 
@@ -37,15 +40,23 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from typing import Optional
 
 SPLIT = ("300", "1300")
+SLOWDOWN = 50  # how much slower the app's process runs under callgrind, roughly
 
 
-def _child(tasks: int, workload_name: str, path: str) -> None:
+def _child(tasks: int, workload_name: str, path: str, chunksize: Optional[int]) -> None:
     """Runs under callgrind: a farm, warmed up, then ``tasks`` tasks between
     two lines read from stdin (the parent turns counting on and off)."""
     from farm import Farm
+    from farm.runtime import direct
     from farm.tools.bench.workloads import load_workload
+
+    # Every read of an input looks slow under callgrind, and a map() sends
+    # its open chunk after a slow read (a live source's frame must not wait):
+    # chunks would hold one feed each. The threshold is scaled by the slowdown.
+    direct.SLOW_PAUSE_S *= SLOWDOWN
 
     # spin_us=0: a poll for an answer would count the instructions of waiting.
     options = {"schedule": "0,1", "threads_per_core": 1, "spin_us": 0}
@@ -59,7 +70,9 @@ def _child(tasks: int, workload_name: str, path: str) -> None:
             print("ready", os.getpid(), flush=True)
             sys.stdin.readline()
             if path == "map":
-                done = sum(1 for _ in farm.map((feed for _ in range(tasks)), max_in_flight=32))
+                chunking = {} if chunksize is None else {"chunksize": chunksize}  # an older build has none
+                mapped = farm.map((feed for _ in range(tasks)), max_in_flight=32, **chunking)
+                done = sum(1 for _ in mapped)
             else:
                 done = 0
                 for _ in range(tasks):
@@ -70,7 +83,7 @@ def _child(tasks: int, workload_name: str, path: str) -> None:
             sys.stdin.readline()
 
 
-def _count(tasks: str, workload: str, path: str) -> int:
+def _count(tasks: str, workload: str, path: str, chunksize: Optional[int]) -> int:
     """Instructions the child executed around its ``tasks`` tasks."""
     with tempfile.TemporaryDirectory(prefix="caller-instructions-") as scratch:
         out = os.path.join(scratch, "callgrind.out")
@@ -89,6 +102,7 @@ def _count(tasks: str, workload: str, path: str) -> int:
                 workload,
                 "--path",
                 path,
+                *(() if chunksize is None else ("--chunksize", str(chunksize))),
             ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -119,17 +133,18 @@ def main() -> int:
     parser.add_argument("--workload", default="tiny", help="a bench workload (tiny, cls, ...)")
     parser.add_argument("--path", choices=("map", "run"), default="map")
     parser.add_argument("--repeat", type=int, default=1, help="measure this many times")
+    parser.add_argument("--chunksize", type=int, help="map()'s chunksize (default: the farm's choice)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        _child(int(args.child), args.workload, args.path)
+        _child(int(args.child), args.workload, args.path, args.chunksize)
         return 0
     missing = [tool for tool in ("valgrind", "callgrind_control") if shutil.which(tool) is None]
     if missing:
         print(f"needs {' and '.join(missing)}: apt-get install valgrind", file=sys.stderr)
         return 2
     for _ in range(args.repeat):
-        small, large = (_count(tasks, args.workload, args.path) for tasks in SPLIT)
+        small, large = (_count(tasks, args.workload, args.path, args.chunksize) for tasks in SPLIT)
         per_task = (large - small) / (int(SPLIT[1]) - int(SPLIT[0]))
         print(f"{args.workload} {args.path}: {per_task:,.0f} instructions per task in the app's process")
     return 0

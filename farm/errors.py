@@ -129,3 +129,15 @@ class FarmBrokenError(FarmError, BrokenExecutor):
     a new ``Farm`` works. Also a ``concurrent.futures.BrokenExecutor``, as
     a broken process pool's error is.
     """
+
+
+def map_item_error(index: int, error: Exception) -> Exception:
+    """``error`` of ``Farm.map``'s item ``index``, its message saying which
+    item (of the same class, so that ``except InvalidInputError`` still
+    catches it; an error class that takes other arguments is kept as it is)."""
+    try:
+        named = type(error)(f"map item {index}: {error}")
+    except Exception:
+        return error
+    named.__cause__ = error
+    return named

@@ -25,12 +25,13 @@ import numpy as np
 from farm.data.dmabuf import DmaFrames, heap_source
 from farm.data.shm import SharedArena, reap_stale_segments
 from farm.data.task import Outcome, Task, TaskFuture, write_inputs
-from farm.data.tensors import TensorSpec, shared_input_layout
-from farm.errors import FarmClosedError, FarmError, InvalidInputError, SubmitTimeoutError
+from farm.data.tensors import TensorSpec, shared_input_layout, static_bytes
+from farm.errors import FarmClosedError, FarmError, InvalidInputError, SubmitTimeoutError, map_item_error
 from farm.models import ModelIO, ModelSpec, build_models, check_params
 from farm.options import FarmOptions
 from farm.progress import ProgressLine
 from farm.runtime.channels import DIRECT_POLL_MS, ReplyChannel
+from farm.runtime.chunks import Chunk, Chunker, ChunkItem
 from farm.runtime.direct import DirectStream
 from farm.runtime.router import Router
 from farm.runtime.stats import FarmStats
@@ -46,7 +47,7 @@ _DESCRIPTION_POLL_S = 0.01
 Callback = Callable[[Optional[list], Any, str], None]
 #: What a map() waits for, per item: the Outcome of a task it sends itself, or
 #: the Future of one it submits (a farm with no stream: remote cores only).
-_Pending = Union[Outcome, concurrent.futures.Future]
+_Pending = Union[Outcome, concurrent.futures.Future, ChunkItem]
 
 
 class _ThisProcess:
@@ -121,17 +122,6 @@ def _no_flush(flush: bool = True) -> None:
 
 def _never(_pause_s: float) -> bool:
     return False
-
-
-def _map_item_error(index: int, error: Exception) -> Exception:
-    """``error`` of ``map()``'s item ``index``, its message saying which item
-    (of the same class, so that ``except InvalidInputError`` still catches it)."""
-    try:
-        named = type(error)(f"map item {index}: {error}")
-    except Exception:  # an error class that takes other arguments: raised as it is
-        return error
-    named.__cause__ = error
-    return named
 
 
 class Farm:
@@ -469,19 +459,31 @@ class Farm:
         progress: bool = False,
         model: Optional[str] = None,
         params: Any = None,
+        chunksize: Optional[int] = None,
     ) -> Iterator[Any]:
         """Run every item of ``inputs`` on ``model`` (each with ``params``, as
         :meth:`run`), yielding outputs (in input order when
-        ``ordered``, else as they finish). At most ``max_in_flight`` tasks are
+        ``ordered``, else as they finish). At most ``max_in_flight`` items are
         outstanding (default: enough to keep every context busy), so an
         endless or huge iterable is consumed as fast as the farm can serve it.
         ``progress=True`` draws a progress line on stderr.
+
+        A short model's small feeds go several to a task (a chunk,
+        ``farm.runtime.chunks``): ``chunksize`` feeds at most (default: about a
+        millisecond of inference, chosen as the map goes; 1: one feed a
+        task). Each item still has its own outcome.
 
         An item that cannot be submitted (a bad feed, a submit time-out) ends
         the map at its turn: the items before it are run and yielded first,
         no item after it is read, and its error is raised with its message
         starting ``map item <index>:`` (counted from 0), the error's class
         unchanged."""
+        if chunksize is not None and (
+            isinstance(chunksize, bool) or not isinstance(chunksize, int) or chunksize < 1
+        ):
+            raise ValueError(
+                f"chunksize must be a positive int (1: one feed a task) or None, got {chunksize!r}"
+            )
         router = self._require_router()
         io = self._model(model)  # a farm of several models: which one, before any item is read
         window = max_in_flight or router.map_window()
@@ -505,6 +507,9 @@ class Farm:
         suspend = stream.suspend if stream is not None else _no_flush
         resume = stream.resume if stream is not None else _nothing
         is_slow = stream.is_slow if stream is not None else _never
+        # Feeds that go several to a task: only on the direct path, when they
+        # travel in the header, and the model has no stages (farm.runtime.chunks).
+        chunks = self._chunker(stream, io, params, window, chunksize)
         items = iter(inputs)
         submitted = 0
         failure: Optional[Exception] = None  # the error of an item that could not be submitted
@@ -522,15 +527,25 @@ class Farm:
                     exhausted = item is _END
                 if not exhausted:
                     try:
-                        pending.append(self._submit_to(stream, item, model, params, io))
+                        chunked = None if chunks is None else chunks.add(submitted, item)
+                        pending.append(
+                            chunked
+                            if chunked is not None
+                            else self._submit_to(stream, item, model, params, io)
+                        )
                     except Exception as exc:  # a bad item: its turn comes after the items before it
-                        failure = _map_item_error(submitted, exc)
+                        failure = map_item_error(submitted, exc)
                         exhausted = True
                     else:
                         submitted += 1
                         slow_read = is_slow(clock() - started)  # read and prepared
-                        if not max_in_flight and submitted % 64 == 0:  # deeper once short tasks are measured
-                            window = router.map_window()
+                        if submitted % 64 == 0:  # deeper, and chunks, once short tasks are measured
+                            if not max_in_flight:
+                                window = router.map_window()
+                            if chunks is not None:
+                                chunks.size = self._chunk_size(io, window, chunksize)
+                        if slow_read and chunks is not None:
+                            chunks.send()  # a live source: what came must not wait for what has not
                         # Hand back what is already finished before reading more input:
                         # with a live source (a camera) that is what keeps latency low.
                         # A fast source has it looked for every few items (a look is a
@@ -538,14 +553,20 @@ class Farm:
                         # oldest reads answers anyway.
                         if stream is not None and len(pending) < window and (slow_read or not submitted % 4):
                             stream.pump()
+                    if chunks is not None and chunks.failed:  # a chunk could not be sent: no more reads
+                        exhausted = True
                 while pending:
                     if exhausted or len(pending) >= window:  # wait for a result
+                        if chunks is not None:
+                            chunks.send()  # what the wait may be for
                         result = self._next_result(pending, ordered, bar, stream)
                     elif pending[0].done() if ordered else self._finished(pending, ordered):
                         # One is there: no second look (a lock) for it.
                         result = self._next_result(pending, ordered, bar)
                     else:
                         break
+                    if slow_taker and chunks is not None:
+                        chunks.send()
                     suspend(slow_taker)
                     handed = clock()
                     yield result
@@ -607,6 +628,53 @@ class Farm:
             self._free_regions(task)
             raise
         return future
+
+    def _chunker(
+        self,
+        stream: Optional[DirectStream],
+        io: ModelIO,
+        params: Any,
+        window: int,
+        chunksize: Optional[int],
+    ) -> Optional[Chunker]:
+        """What gathers a ``map()``'s feeds into chunks (``farm.runtime.chunks``), or
+        None where they go one a task: a map without a stream (pacing, remote
+        cores only), a model whose feeds or outputs do not travel inside a
+        header or that has stages, a map with ``params`` (for stages), and
+        ``chunksize=1``."""
+        shortcut = io.inline_feed
+        if (
+            stream is None
+            or chunksize == 1
+            or params is not None
+            or shortcut is None
+            or not io.static_output_bytes
+            or io.spec.preprocess is not None
+            or io.spec.postprocess is not None
+        ):
+            return None
+        name = io.spec.name
+
+        def send(chunk: Chunk) -> None:
+            feeds = len(chunk.feeds)
+            key = (name, ("chunk", feeds, shortcut.input_key))  # its outputs' size is not one feed's
+            task = Task(None, chunk.descriptors, key, None, chunk.outcome, model=name)
+            task.feeds = feeds
+            stream.submit(task)
+
+        def rerun(feed: Any) -> list[np.ndarray]:
+            return self.run(feed, model=name)
+
+        return Chunker(shortcut.descriptors, send, rerun, self._chunk_size(io, window, chunksize))
+
+    def _chunk_size(self, io: ModelIO, window: int, chunksize: Optional[int]) -> int:
+        """Feeds in a chunk: ``chunksize``, or the router's choice by the
+        model's inference time; as many as fit inside a header either way."""
+        feed_bytes = max(static_bytes(io.native_inputs) or 1, io.static_output_bytes or 1)
+        wanted = (
+            chunksize if chunksize is not None else self._require_router().chunk_feeds(io.spec.name, window)
+        )
+        return max(1, min(wanted, INLINE_BYTES // feed_bytes))
 
     @staticmethod
     def _finished(pending: collections.deque[_Pending], ordered: bool) -> bool:
@@ -687,7 +755,7 @@ class Farm:
         params: Any = None,
         outputs_in_arena: bool = False,
         *,
-        future: Optional[_Pending] = None,
+        future: Optional[Union[Outcome, concurrent.futures.Future]] = None,
         callback: Optional[Callback] = None,
         user_data: Any = None,
         described: Optional[ModelIO] = None,

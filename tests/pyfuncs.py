@@ -62,6 +62,16 @@ def behave(inputs):
 behave.inputs = [("action", [1], "int64")]
 
 
+def behave_sized(inputs):
+    """:func:`behave` with its output declared too: every shape fixed and
+    small, so a ``map()`` sends its feeds several to a task (``farm.runtime.chunks``)."""
+    return behave(inputs)
+
+
+behave_sized.inputs = [("action", [1], "int64")]
+behave_sized.outputs = [("action", [1], "int64")]
+
+
 def double_later(inputs):
     """``inputs["data"]`` times two, after sleeping ``inputs["seconds"]``."""
     time.sleep(float(np.asarray(inputs["seconds"]).reshape(-1)[0]))

@@ -104,7 +104,7 @@ def _task(**fields):
     """What the senders read of a farm.data.task.Task."""
     out_region = fields.pop("out_region", None)
     region = None if out_region is None else types.SimpleNamespace(descriptor=lambda: out_region)
-    defaults = {"task_id": 7, "attempt": 0, "params": None, "model": "default"}
+    defaults = {"task_id": 7, "attempt": 0, "params": None, "model": "default", "feeds": 1}
     return types.SimpleNamespace(**{**defaults, **fields, "out_region": region})
 
 

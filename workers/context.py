@@ -229,7 +229,7 @@ class ContextThread(threading.Thread):
                     todo = (message,)
                 else:
                     todo, ahead = self._gather_round(message, sender, tasks)
-                batched = len(todo) > 1
+                batched = len(todo) > 1 or (todo[0].feeds or 1) > 1  # a chunk is a batch too
                 self._run_in_order(todo, sender, frames, free_form, tasks, results)
                 if spinning:
                     answered = clock()
@@ -331,9 +331,12 @@ class ContextThread(threading.Thread):
         timings = [0, 0, 0, self.placement.context_index]
         frames_out: list[Any] = []
         form = None
+        feeds = message.feeds
         try:
             bound = self._bound
-            if self._stages is not None:
+            if feeds is not None and feeds > 1:
+                descriptors, frames_out = self._run_chunk(message, frames, free_form, timings)
+            elif self._stages is not None:
                 descriptors, frames_out, form = self._run_staged(message, frames, free_form, timings)
             elif bound is not None and out_region is None and bound.takes(input_descriptors):
                 descriptors = bound.run(input_descriptors, timings)
@@ -352,7 +355,7 @@ class ContextThread(threading.Thread):
                 self._worker_id, self._generation, task_id, attempt, error, traceback.format_exc(), timings
             )
             return failed, []
-        if self._npu_time is not None:
+        if self._npu_time is not None and feeds is None:  # a chunk read it after each feed
             npu_us = self._npu_time()
             if npu_us is not None:
                 timings[1] = npu_us
@@ -360,6 +363,43 @@ class ContextThread(threading.Thread):
             self._worker_id, self._generation, task_id, attempt, descriptors, timings, form
         )
         return result, frames_out
+
+    def _run_chunk(
+        self, message: protocol.TaskMessage, frames: list[Any], free_form: bool, timings: list[int]
+    ) -> tuple[list[Any], list[Any]]:
+        """A chunk: ``message.feeds`` feeds of a ``map()`` in one task, each
+        run as a task of its own would be, one after the other; the outputs
+        of each in turn, and in ``timings`` the mean per feed. A feed that
+        fails fails the chunk (the parent then runs its feeds one by one)."""
+        feeds = message.feeds
+        assert feeds is not None
+        inputs = message.inputs
+        per_feed, extra = divmod(len(inputs), feeds)
+        if extra or not per_feed:
+            raise ValueError(f"a chunk of {feeds} feeds with {len(inputs)} inputs: not as many for each feed")
+        if self._stages is not None:
+            raise ValueError("a chunk for a model with stages: the parent sends its feeds one by one")
+        bound, npu_time = self._bound, self._npu_time
+        descriptors: list[Any] = []
+        frames_out: list[Any] = []
+        totals = [0, 0, 0]
+        feed_timings = [0, 0, 0]
+        for start in range(0, len(inputs), per_feed):
+            feed = inputs[start : start + per_feed]
+            if bound is not None and bound.takes(feed):
+                descriptors += bound.run(feed, feed_timings)
+            else:
+                written, written_frames = self._run_general(feed, frames, None, free_form, feed_timings)
+                descriptors += written
+                frames_out += written_frames
+            if npu_time is not None:
+                npu_us = npu_time()
+                if npu_us is not None:
+                    feed_timings[1] = npu_us
+            for index in range(3):
+                totals[index] += feed_timings[index]
+        timings[:3] = [total // feeds for total in totals]
+        return descriptors, frames_out
 
     def _run_staged(
         self, message: protocol.TaskMessage, frames: list[Any], free_form: bool, timings: list[int]

@@ -17,15 +17,18 @@ keeps small objects in the task spec).
 Parent -> context thread (a DEALER per context, and one per context in each
 reply channel of ``farm.runtime.channels``; the context binds a ROUTER)::
 
-    [TASK, task_id, attempt, inputs, out_region, direct, params?]
+    [TASK, task_id, attempt, inputs, out_region, direct, params?, feeds?]
         direct     = true: answer on the socket the task came from, not on the shared PULL
         params     = the task's params for the model's stages (plain data; absent: None)
+        feeds      = n > 1: a chunk, n feeds of a map() in one task (inputs: each feed's in
+                     turn; run one after the other; the RESULT's outputs: each feed's in turn,
+                     its timings the mean per feed); absent: one feed
         inputs     = [[segment, offset, dtype, shape, name] | [None, frame_no, dtype, shape, name]
                       | [data, -1, dtype, shape, name], ...]           data: the bytes, inline
                      a segment "frame:..." is a dma-buf frame whose fd came on the frame channel
                      (workers.frames)
         out_region = [segment, offset, size] | None
-    [TASKS, [task_id, attempt, inputs, out_region, direct, params?], ...]
+    [TASKS, [task_id, attempt, inputs, out_region, direct, params?, feeds?], ...]
         several tasks for one context in one message (a ``map()`` that has more than
         one ready for it), each the fields of a TASK; run in order; no frames follow
     [STOP]
@@ -238,6 +241,7 @@ class TaskMessage(NamedTuple):
     out_region: Optional[list[Any]]
     direct: bool
     params: Any = None
+    feeds: Optional[int] = None  # n > 1: a chunk of n feeds (None: one)
 
 
 class NodeTaskMessage(NamedTuple):
@@ -473,11 +477,19 @@ def _answer_header(answer: Any) -> list[Any]:
 
 
 def task_fields(
-    task_id: int, attempt: int, inputs: list[Any], out_region: Optional[list[Any]], direct: bool, params: Any
+    task_id: int,
+    attempt: int,
+    inputs: list[Any],
+    out_region: Optional[list[Any]],
+    direct: bool,
+    params: Any,
+    feeds: int = 1,
 ) -> list[Any]:
     """A TASK's fields as :func:`fields_of` gives them for the
     :class:`TaskMessage` of these values, without building the record: the
     parent builds one per task."""
+    if feeds > 1:
+        return [task_id, attempt, inputs, out_region, direct, params, feeds]
     if params is None:
         return [task_id, attempt, inputs, out_region, direct]
     return [task_id, attempt, inputs, out_region, direct, params]

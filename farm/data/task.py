@@ -175,6 +175,7 @@ class Task:
         "submitted_at",
         "dispatched_at",
         "slot",
+        "feeds",
         "_ended",
         "__weakref__",  # a TaskFuture or Outcome refers to its task weakly (to say where it is)
     )
@@ -212,8 +213,9 @@ class Task:
         self.submitted_at = time.perf_counter()
         self.dispatched_at = 0.0
         self.slot: Any = None
+        self.feeds = 1  # n > 1: a chunk, n feeds of a map() in one task (farm.runtime.chunks)
         self._ended = threading.Lock()  # taken, never released, by whoever ends the task
-        if isinstance(future, (TaskFuture, Outcome)):
+        if type(future) is Outcome or isinstance(future, TaskFuture):
             future._task = weakref.ref(self)
 
     def release_inputs(self, arena: SharedArena) -> None:

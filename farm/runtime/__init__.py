@@ -8,7 +8,8 @@
 - :mod:`~farm.runtime.delivery` and :mod:`~farm.runtime.callbacks`: answers to
   futures and callbacks;
 - :mod:`~farm.runtime.direct` and :mod:`~farm.runtime.channels`: callers that
-  read their own answers;
+  read their own answers; :mod:`~farm.runtime.chunks`: a ``map()``'s short
+  feeds several to a task;
 - :mod:`~farm.runtime.listener`, :mod:`~farm.runtime.nodes`,
   :mod:`~farm.runtime.keys`: remote nodes joining over TCP;
 - :mod:`~farm.runtime.wakepipe`, :mod:`~farm.runtime.stats`: waking a poll,

@@ -93,6 +93,7 @@ class ModelLanes:
         self.pacer = pacer
         self.queues: dict[int, collections.deque[Task]] = {}
         self.next_index = 0  # this model's tasks admitted so far: its place in the rotation
+        self.extra_feeds = 0  # the feeds of its chunks beyond one each (stats() counts feeds)
         self.stats = WorkerStats()
 
 
@@ -256,6 +257,8 @@ class Books:
             self.next_callback_seq += 1
         lane = self.lanes.get(task.model, self._first)
         lane.next_index += 1
+        if task.feeds > 1:
+            lane.extra_feeds += task.feeds - 1
         lane.pacer.admit(now)
         self.tasks[task.task_id] = task
 

@@ -103,14 +103,15 @@ class Answers:
         outputs: Optional[list] = None
         error: Optional[BaseException] = None
         try:
-            task.release_inputs(self.arena)
+            if task.input_region is not None or task.held_inputs:  # an inline feed has nothing to free
+                task.release_inputs(self.arena)
             model_stats = self.books.lanes[task.model].stats
             if type(message) is protocol.ResultMessage:
                 outputs = self._collect_outputs(task, message.outputs, frames)
                 if message.form is not None:  # what a postprocess returned
                     outputs = _in_form(outputs, message.form)
                 latency_us = int((now - task.submitted_at) * 1e6)
-                successes.add(worker.stats, model_stats, latency_us, timings[1])
+                successes.add(worker.stats, model_stats, latency_us, timings[1], task.feeds)
             else:
                 self._free_out_region(task)
                 worker.stats.record_failure()
@@ -238,12 +239,19 @@ class _Successes:
     def __init__(self) -> None:
         self._by_stats: dict[tuple[WorkerStats, WorkerStats], tuple[list[int], list[int]]] = {}
 
-    def add(self, worker: WorkerStats, model: WorkerStats, latency_us: int, infer_us: int) -> None:
+    def add(
+        self, worker: WorkerStats, model: WorkerStats, latency_us: int, infer_us: int, feeds: int = 1
+    ) -> None:
+        """A task's success (a chunk's: as ``feeds`` tasks, each with its latency and the mean inference)."""
         entry = self._by_stats.get((worker, model))
         if entry is None:
             entry = self._by_stats[worker, model] = ([], [])
-        entry[0].append(latency_us)
-        entry[1].append(infer_us)
+        if feeds == 1:
+            entry[0].append(latency_us)
+            entry[1].append(infer_us)
+        else:
+            entry[0].extend([latency_us] * feeds)
+            entry[1].extend([infer_us] * feeds)
 
     def record(self) -> None:
         for (worker_stats, model_stats), (latencies_us, infers_us) in self._by_stats.items():

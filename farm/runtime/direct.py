@@ -48,6 +48,8 @@ from workers.batching import MOST_HELD
 from workers.spin import SpinWait
 
 __all__ = [
+    "CHUNK_BUDGET_US",
+    "CHUNK_MOST",
     "CORK_BUDGET_US",
     "CORK_LIMIT",
     "STREAM_DEPTH",
@@ -56,6 +58,7 @@ __all__ = [
     "WINDOW",
     "DirectPath",
     "DirectStream",
+    "chunk_feeds",
     "cork_limit",
     "stream_depth",
     "task_fields",
@@ -96,6 +99,30 @@ CORK_BUDGET_US = 8_000
 #: or a large input's copy into shared memory, must not leave a context dry.
 SLOW_PAUSE_S = 50e-6
 SLOW_PAUSE_SHARE = 0.25
+
+
+#: A ``map()`` of a model whose feeds and outputs travel inside the header,
+#: and whose inferences are short, sends several feeds as one task, a chunk
+#: (``farm.runtime.chunks``): about this much work by the model's inference-time
+#: average, at most ``CHUNK_MOST`` feeds, and no more than each context's
+#: share of the window. A task's own cost in the app and in the worker (its
+#: books, its future, its header, a message each way and the wake-ups they
+#: cause) is then paid once for several feeds: on a tiny model that was most
+#: of what a feed cost. Half a context's share (two chunks in flight in each
+#: context) was measured too: more messages, more CPU a feed, no more feeds a
+#: second (docs/benchmarks.md, "Chunks").
+CHUNK_BUDGET_US = 1_000
+CHUNK_MOST = 16
+
+
+def chunk_feeds(infer_us: Optional[float], window: int, contexts: int) -> int:
+    """How many feeds a ``map()`` with ``window`` in flight over ``contexts``
+    contexts puts in one task of a model whose inferences take ``infer_us``
+    on average (None: not measured yet, so 1: one a task)."""
+    if infer_us is None or contexts < 1:
+        return 1
+    by_time = int(CHUNK_BUDGET_US / max(infer_us, 1.0))
+    return max(1, min(CHUNK_MOST, by_time, window // contexts))
 
 
 def stream_depth(infer_us: Optional[float]) -> int:
@@ -340,7 +367,9 @@ class DirectPath:
             fields = task_fields(task, direct=True)  # under the lock: a retry may change the attempt
             books.book(slot, task)
             books.enter(task, core, time.perf_counter())
-            return _SENT, _new_commitment(Commitment, (socket, fields, 1 if idle else limits[2], infer_us))
+            # An idle context's task, and a chunk (already several feeds), go at once.
+            limit = 1 if idle or task.feeds > 1 else limits[2]
+            return _SENT, _new_commitment(Commitment, (socket, fields, limit, infer_us))
 
     @staticmethod
     def take_corked(channel: ReplyChannel) -> list[tuple[zmq.Socket, list[tuple[Task, list[Any]]]]]:
@@ -397,7 +426,9 @@ def task_fields(task: Task, direct: bool) -> list[Any]:
     """A local context's TASK fields for ``task`` (``direct``: answer on the sending socket)."""
     region = task.out_region
     out = None if region is None else region.descriptor()
-    return protocol.task_fields(task.task_id, task.attempt, task.input_descriptors, out, direct, task.params)
+    return protocol.task_fields(
+        task.task_id, task.attempt, task.input_descriptors, out, direct, task.params, task.feeds
+    )
 
 
 def task_header(task: Task, direct: bool) -> bytes:

@@ -53,6 +53,7 @@ import tempfile
 import threading
 import time
 import traceback
+from collections.abc import Sequence
 from typing import Any, Optional
 
 import numpy as np
@@ -67,7 +68,7 @@ from farm.runtime.books import WINDOW, Books, ModelLanes
 from farm.runtime.callbacks import CallbackThread
 from farm.runtime.channels import ChannelPool, ReplyChannel
 from farm.runtime.delivery import Answers
-from farm.runtime.direct import DirectPath, DirectStream, stream_depth, task_fields
+from farm.runtime.direct import DirectPath, DirectStream, chunk_feeds, stream_depth, task_fields
 from farm.runtime.listener import RemoteListener
 from farm.runtime.nodes import Membership
 from farm.runtime.pacing import Pacer
@@ -162,6 +163,7 @@ class Router:
         self.options = options
         self.models = {model.name: model for model in models}
         self.arena = arena
+        self._perf_log = perf_log
         self._base_spec = base_spec
         self._zmq = protocol.new_context()
         self._ipc_dir = tempfile.mkdtemp(prefix=f"{SEGMENT_PREFIX}{os.getpid()}-")
@@ -338,6 +340,17 @@ class Router:
                 for w in self.books.workers
             )
         return held + self.options.max_queue_size
+
+    def chunk_feeds(self, model: str, window: int) -> int:
+        """Feeds a ``map()`` of ``model`` with ``window`` tasks in flight may
+        send as one task (``farm.runtime.chunks``; 1: one feed a task): none on a
+        farm that takes remote nodes (a node runs one feed a task), nor with
+        ``perf_log`` (a line per inference)."""
+        if self.options.listen or self._perf_log:
+            return 1
+        with self.books.lock:
+            contexts = sum(len(w.slots_of(model)) for w in self.books.workers if w.hosts(model))
+            return chunk_feeds(self.books.lanes[model].pacer.avg_us, window, contexts)
 
     # ── sending (under the lock) ─────────────────────────────────────────
     def _send(self, slot: ContextSlot, task: Task) -> None:
@@ -520,40 +533,46 @@ class Router:
         if not answers:
             return
         first = answers[0]
-        books = self.books
-        worker = books.workers[first.worker_id]
+        worker = self.books.workers[first.worker_id]
         if first.generation != worker.generation:
             return  # from an incarnation that is gone
         worker.last_seen = time.monotonic()
-        for message in answers:
-            task = self._end_answered_task(worker, message)
-            if task is not None:
-                answered.append((worker, task, message, frames))
-        books.dispatch(worker.core)
+        self._end_answered_tasks(worker, answers, frames, answered)
+        self.books.dispatch(worker.core)
 
     def _take_answered_task(self, worker: WorkerHandle, message: Any) -> Optional[Task]:
         """Under the lock: the task this answer (a ``protocol.ResultMessage``
-        or ``FailedMessage``) finishes (see :meth:`_end_answered_task`), and
+        or ``FailedMessage``) finishes (see :meth:`_end_answered_tasks`), and
         the context refilled."""
-        task = self._end_answered_task(worker, message)
+        answered: list[tuple] = []
+        self._end_answered_tasks(worker, (message,), [], answered)
         self.books.dispatch(worker.core)  # a stale answer may have freed a context a node held
-        return task
+        return answered[0][1] if answered else None
 
-    def _end_answered_task(self, worker: WorkerHandle, message: Any) -> Optional[Task]:
-        """Under the lock: this answer's task off its context's books, counted
-        as served, the pacer fed; the task when this answer ends it (None for
-        a stale answer, or one ended already). The refill of the context is
-        the caller's: once per answer, or once per ANSWERS message."""
+    def _end_answered_tasks(
+        self, worker: WorkerHandle, answers: Sequence[Any], frames: list[Any], answered: list[tuple]
+    ) -> None:
+        """Under the lock: each answer's task off its context's books, the
+        pacer fed; the tasks counted as served, once for all; ``(worker,
+        task, answer, frames)`` appended to ``answered`` for each answer that
+        ends its task (not a stale answer, nor one for a task ended already).
+        The refill of the context is the caller's."""
         books = self.books
-        timings = message.timings
-        task = books.unbook(worker, timings[3], message.task_id, message.attempt)
-        if task is None:
-            return None
-        succeeded = type(message) is protocol.ResultMessage
-        self.supervisor.note_task_served(worker, succeeded)
-        if succeeded:
-            books.lanes[task.model].pacer.record(timings[1])
-        return task if books.finish(task) else None
+        unbook, finish, lanes, result = books.unbook, books.finish, books.lanes, protocol.ResultMessage
+        served = succeeded = 0
+        for message in answers:
+            timings = message.timings
+            task = unbook(worker, timings[3], message.task_id, message.attempt)
+            if task is None:
+                continue
+            served += task.feeds
+            if type(message) is result:
+                succeeded += 1
+                lanes[task.model].pacer.record(timings[1])
+            if finish(task):
+                answered.append((worker, task, message, frames))
+        if served:
+            self.supervisor.note_tasks_served(worker, served, succeeded > 0)
 
     def _hand_over(self, answer: tuple) -> None:
         worker, task, message, frames = answer
@@ -587,7 +606,7 @@ class Router:
                 workers.append(entry)
             remote = self.remote
             return {
-                "submitted": books.next_index,
+                "submitted": books.next_index + sum(lane.extra_feeds for lane in books.lanes.values()),
                 "outstanding": books.outstanding,
                 "queue_limit": books.queue_limit,
                 "pacing": _pacing_figures(books.pacer, now),
@@ -607,7 +626,7 @@ class Router:
             "cores": sorted(core for core in lane.queues if core in lane.rotation),
             "preprocess": spec.preprocess,
             "postprocess": spec.postprocess,
-            "submitted": lane.next_index,
+            "submitted": lane.next_index + lane.extra_feeds,
             "queued": sum(len(queue) for queue in lane.queues.values()),
             "tasks": figures["tasks"],
             "failures": figures["failures"],

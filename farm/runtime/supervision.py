@@ -211,7 +211,12 @@ class Supervisor:
 
     def note_task_served(self, worker: WorkerHandle, succeeded: bool) -> None:
         """Under the lock, for each task a worker finished (``succeeded``: with a result)."""
-        worker.tasks_this_life += 1
+        self.note_tasks_served(worker, 1, succeeded)
+
+    def note_tasks_served(self, worker: WorkerHandle, served: int, succeeded: bool) -> None:
+        """Under the lock: ``served`` tasks a worker finished, those of one
+        answer message (``succeeded``: one of them with a result)."""
+        worker.tasks_this_life += served
         limit = self.options.max_tasks_per_worker
         if limit and worker.tasks_this_life >= limit:
             self.retire(worker, f"recycled after {worker.tasks_this_life} tasks (max_tasks_per_worker)")

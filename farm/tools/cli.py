@@ -305,6 +305,10 @@ def _check_run_args(args: argparse.Namespace) -> None:
     """Usage errors found before any worker starts."""
     if args.n <= 0 or args.warmup < 0:
         raise CliError("-n must be > 0 and --warmup >= 0")
+    if args.chunksize < 0:
+        raise CliError(
+            f"--chunksize must be >= 0 (1: a feed a task, 0: the farm's choice), got {args.chunksize}"
+        )
     if not args.interval > 0:
         raise CliError(f"--interval must be > 0 seconds, got {args.interval}")
     if args.input != "random" and not os.path.exists(args.input):
@@ -344,7 +348,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         latencies_ms, done_at = [], []
         start = time.perf_counter()
         try:
-            for i, _outputs in enumerate(farm.map(timed, ordered=True, progress=_wants_progress(args))):
+            chunksize = args.chunksize or None  # 0: the farm's choice
+            mapped = farm.map(timed, ordered=True, progress=_wants_progress(args), chunksize=chunksize)
+            for i, _outputs in enumerate(mapped):
                 now = time.perf_counter()
                 done_at.append(now)
                 latencies_ms.append((now - timed.taken_at[i]) * 1000)
@@ -394,6 +400,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--layout", metavar="L", help="nchw (default), nhwc, nchw_software, any")
     run.add_argument("-n", type=int, default=100, help="tasks to measure (default 100)")
     run.add_argument("--warmup", type=int, default=2, metavar="N", help="tasks before measuring (default 2)")
+    run.add_argument(
+        "--chunksize",
+        type=int,
+        default=1,
+        metavar="N",
+        help="feeds a task (default 1: each timed alone, on its core by the schedule, as the seed; "
+        "0: chunks of short models' feeds as map() makes them)",
+    )
     run.add_argument(
         "--input", default="random", metavar="SRC", help="random (default), FILE.npy, FILE.npz, DIR"
     )
