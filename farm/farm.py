@@ -663,7 +663,14 @@ class Farm:
             stream.submit(task)
 
         def rerun(feed: Any) -> list[np.ndarray]:
-            return self.run(feed, model=name)
+            # This map's later tasks may fill the contexts, and only its own
+            # thread reads their answers while it holds the stream: suspended,
+            # the router thread reads them, and frees the contexts this run needs.
+            stream.suspend()
+            try:
+                return self.run(feed, model=name)
+            finally:
+                stream.resume()
 
         return Chunker(shortcut.descriptors, send, rerun, self._chunk_size(io, window, chunksize))
 

@@ -146,3 +146,18 @@ def test_a_chunk_travels_as_one_task_with_its_feed_count():
         protocol.FOR_CONTEXT,
     )
     assert one.feeds is None  # a task of one feed is sent as before
+
+
+def test_a_failed_chunk_is_run_again_while_later_chunks_hold_the_context():
+    # Chunk 0 fails; while its feeds run again one by one, chunks 1-3 of the
+    # same map fill the only context: their answers must still be read (the
+    # map lets the router thread read them meanwhile), or the runs would wait
+    # for a context that never frees.
+    codes = [100, 1, 102, 103] + list(range(104, 116))
+    with Farm(MODEL, schedule="0", threads_per_core=1, submit_timeout_ms=20_000) as farm:
+        results = farm.map((action(c) for c in codes), chunksize=4, max_in_flight=16)
+        assert int(next(results)[0][0]) == 100
+        with pytest.raises(TaskError, match="asked to raise"):
+            next(results)
+        results.close()
+        assert int(farm.run(action(107), timeout=10)[0][0]) == 107
