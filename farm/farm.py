@@ -560,8 +560,7 @@ class Farm:
                         if chunks is not None:
                             chunks.send()  # what the wait may be for
                         result = self._next_result(pending, ordered, bar, stream)
-                    elif pending[0].done() if ordered else self._finished(pending, ordered):
-                        # One is there: no second look (a lock) for it.
+                    elif self._finished(pending, ordered):  # one is there: no second look (a lock) for it
                         result = self._next_result(pending, ordered, bar)
                     else:
                         break

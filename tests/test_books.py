@@ -120,7 +120,7 @@ class Farmlet:
         return tasks
 
     def answer(self, task: Task) -> None:
-        """The worker answers ``task`` (RESULT), as ``Router._take_answered_task`` handles it."""
+        """The worker answers ``task`` (RESULT), as ``Router.handle_message`` handles it."""
         slot = task.slot
         assert self.books.unbook(slot.worker, slot.index, task.task_id, task.attempt) is task
         self.supervisor.note_task_served(slot.worker, True)

@@ -331,17 +331,14 @@ class ContextThread(threading.Thread):
         timings = [0, 0, 0, self.placement.context_index]
         frames_out: list[Any] = []
         form = None
-        feeds = message.feeds
+        chunk = message.feeds is not None and message.feeds > 1
         try:
-            bound = self._bound
-            if feeds is not None and feeds > 1:
+            if chunk:
                 descriptors, frames_out = self._run_chunk(message, frames, free_form, timings)
             elif self._stages is not None:
                 descriptors, frames_out, form = self._run_staged(message, frames, free_form, timings)
-            elif bound is not None and out_region is None and bound.takes(input_descriptors):
-                descriptors = bound.run(input_descriptors, timings)
             else:
-                descriptors, frames_out = self._run_general(
+                descriptors, frames_out = self._run_feed(
                     input_descriptors, frames, out_region, free_form, timings
                 )
         except StageFailure as exc:
@@ -355,10 +352,8 @@ class ContextThread(threading.Thread):
                 self._worker_id, self._generation, task_id, attempt, error, traceback.format_exc(), timings
             )
             return failed, []
-        if self._npu_time is not None and feeds is None:  # a chunk read it after each feed
-            npu_us = self._npu_time()
-            if npu_us is not None:
-                timings[1] = npu_us
+        if not chunk:  # a chunk read it after each feed
+            self._take_runtime_time(timings)
         result = protocol.ResultMessage(
             self._worker_id, self._generation, task_id, attempt, descriptors, timings, form
         )
@@ -379,27 +374,44 @@ class ContextThread(threading.Thread):
             raise ValueError(f"a chunk of {feeds} feeds with {len(inputs)} inputs: not as many for each feed")
         if self._stages is not None:
             raise ValueError("a chunk for a model with stages: the parent sends its feeds one by one")
-        bound, npu_time = self._bound, self._npu_time
         descriptors: list[Any] = []
         frames_out: list[Any] = []
         totals = [0, 0, 0]
         feed_timings = [0, 0, 0]
         for start in range(0, len(inputs), per_feed):
-            feed = inputs[start : start + per_feed]
-            if bound is not None and bound.takes(feed):
-                descriptors += bound.run(feed, feed_timings)
-            else:
-                written, written_frames = self._run_general(feed, frames, None, free_form, feed_timings)
-                descriptors += written
-                frames_out += written_frames
-            if npu_time is not None:
-                npu_us = npu_time()
-                if npu_us is not None:
-                    feed_timings[1] = npu_us
+            written, written_frames = self._run_feed(
+                inputs[start : start + per_feed], frames, None, free_form, feed_timings
+            )
+            self._take_runtime_time(feed_timings)
+            descriptors += written
+            frames_out += written_frames
             for index in range(3):
                 totals[index] += feed_timings[index]
         timings[:3] = [total // feeds for total in totals]
         return descriptors, frames_out
+
+    def _run_feed(
+        self,
+        input_descriptors: list[Any],
+        frames: list[Any],
+        out_region: Any,
+        free_form: bool,
+        timings: list[int],
+    ) -> tuple[list[Any], list[Any]]:
+        """One feed of a model without stages: on the bound buffers when it
+        fits them, else the general path; its output descriptors and frames."""
+        bound = self._bound
+        if bound is not None and out_region is None and bound.takes(input_descriptors):
+            return bound.run(input_descriptors, timings), []
+        return self._run_general(input_descriptors, frames, out_region, free_form, timings)
+
+    def _take_runtime_time(self, timings: list[int]) -> None:
+        """A runtime that times its own runs (librknnrt's PERF_RUN): its time
+        of the last run as ``infer_us`` in ``timings``."""
+        if self._npu_time is not None:
+            npu_us = self._npu_time()
+            if npu_us is not None:
+                timings[1] = npu_us
 
     def _run_staged(
         self, message: protocol.TaskMessage, frames: list[Any], free_form: bool, timings: list[int]

@@ -246,7 +246,7 @@ class DirectPath:
         except Exception as exc:  # undecodable: drop it, keep serving
             print(f"rknn-farm: dropped an undecodable worker message: {exc!r}", file=sys.stderr)
             return True
-        self._take_messages([(message, frames)])
+        self._take_direct_answer(message, frames)
         return True
 
     def _take_direct_answers(self, socket: zmq.Socket) -> None:
@@ -502,9 +502,7 @@ class DirectStream:
 
     def resume(self) -> None:
         """The caller uses the stream again; FarmClosedError if the farm closed meanwhile."""
-        if not self._held:  # _hold(), spelled out: this runs twice a task
-            self._channel.owner.acquire()
-            self._held = True
+        self._hold()
         if self._channel.closed:
             raise FarmClosedError("the farm was closed while this map() was suspended")
 

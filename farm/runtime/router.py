@@ -512,8 +512,10 @@ class Router:
         worker.last_seen = time.monotonic()
         kind = type(message)
         if kind is protocol.ResultMessage or kind is protocol.FailedMessage:
-            task = self._take_answered_task(worker, message)
-            return None if task is None else (worker, task, message, frames)
+            answered: list[tuple] = []
+            self._end_answered_tasks(worker, (message,), frames, answered)
+            self.books.dispatch(worker.core)  # a stale answer may have freed a context a node held
+            return answered[0] if answered else None
         if kind is protocol.ReadyMessage:
             self.supervisor.on_ready(worker, message.pid, message.description)
             self.books.describe(message.description)
@@ -539,15 +541,6 @@ class Router:
         worker.last_seen = time.monotonic()
         self._end_answered_tasks(worker, answers, frames, answered)
         self.books.dispatch(worker.core)
-
-    def _take_answered_task(self, worker: WorkerHandle, message: Any) -> Optional[Task]:
-        """Under the lock: the task this answer (a ``protocol.ResultMessage``
-        or ``FailedMessage``) finishes (see :meth:`_end_answered_tasks`), and
-        the context refilled."""
-        answered: list[tuple] = []
-        self._end_answered_tasks(worker, (message,), [], answered)
-        self.books.dispatch(worker.core)  # a stale answer may have freed a context a node held
-        return answered[0][1] if answered else None
 
     def _end_answered_tasks(
         self, worker: WorkerHandle, answers: Sequence[Any], frames: list[Any], answered: list[tuple]
