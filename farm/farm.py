@@ -24,14 +24,22 @@ import numpy as np
 
 from farm.data.dmabuf import DmaFrames, heap_source
 from farm.data.shm import SharedArena, reap_stale_segments
-from farm.data.task import Outcome, Task, TaskFuture, write_inputs
-from farm.data.tensors import TensorSpec, shared_input_layout, static_bytes
+from farm.data.task import Outcome, Task, TaskFuture, let_go_of, write_inputs
+from farm.data.tensors import TensorSpec, shared_input_layout
 from farm.errors import FarmClosedError, FarmError, InvalidInputError, SubmitTimeoutError, map_item_error
 from farm.models import ModelIO, ModelSpec, build_models, check_params
 from farm.options import FarmOptions
 from farm.progress import ProgressLine
 from farm.runtime.channels import DIRECT_POLL_MS, ReplyChannel
-from farm.runtime.chunks import Chunk, Chunker, ChunkItem
+from farm.runtime.chunks import (
+    Chunk,
+    Chunker,
+    ChunkItem,
+    chunk_room,
+    fits_region_chunk,
+    inline_placer,
+    region_placer,
+)
 from farm.runtime.direct import DirectStream
 from farm.runtime.router import Router
 from farm.runtime.stats import FarmStats
@@ -41,6 +49,8 @@ __all__ = ["Farm"]
 
 _PERF_VARIABLES = ("ZTU_EZRKNN_ASYNC_PRINT_PERF", "RKNN_FARM_PRINT_PERF")
 _PINNED_BACKENDS = ("onnxruntime", "python", "rknn-sim")
+#: A ``map()`` of a fast source looks for answers every this many items.
+_LOOK_EVERY = 4
 #: How often input_array looks whether a farm of nodes only has met its first node yet.
 _DESCRIPTION_POLL_S = 0.01
 
@@ -515,6 +525,7 @@ class Farm:
         failure: Optional[Exception] = None  # the error of an item that could not be submitted
         clock = time.perf_counter
         slow_read = True
+        look_every = self._look_every(chunks)
         slow_taker = False
         exhausted = False  # no item is read any more (the input ended, or an item failed)
         try:
@@ -544,21 +555,27 @@ class Farm:
                                 window = router.map_window()
                             if chunks is not None:
                                 chunks.size = self._chunk_size(io, window, chunksize)
+                                look_every = self._look_every(chunks)
                         if slow_read and chunks is not None:
                             chunks.send()  # a live source: what came must not wait for what has not
                         # Hand back what is already finished before reading more input:
                         # with a live source (a camera) that is what keeps latency low.
                         # A fast source has it looked for every few items (a look is a
-                        # poll, a system call); with the window full, the wait for the
-                        # oldest reads answers anyway.
-                        if stream is not None and len(pending) < window and (slow_read or not submitted % 4):
+                        # poll, a system call), or every chunk (answers come a chunk at
+                        # a time); with the window full, the wait for the oldest reads
+                        # answers anyway.
+                        if (
+                            stream is not None
+                            and len(pending) < window
+                            and (slow_read or not submitted % look_every)
+                        ):
                             stream.pump()
                     if chunks is not None and chunks.failed:  # a chunk could not be sent: no more reads
                         exhausted = True
                 while pending:
                     if exhausted or len(pending) >= window:  # wait for a result
-                        if chunks is not None:
-                            chunks.send()  # what the wait may be for
+                        if chunks is not None and (exhausted or chunks.holds_all(len(pending))):
+                            chunks.send()  # what the wait is for
                         result = self._next_result(pending, ordered, bar, stream)
                     elif self._finished(pending, ordered):  # one is there: no second look (a lock) for it
                         result = self._next_result(pending, ordered, bar)
@@ -574,6 +591,8 @@ class Farm:
             if failure is not None:
                 raise failure
         finally:
+            if chunks is not None:
+                chunks.close()  # the map was left before its end: an open chunk is dropped
             if stream is not None:
                 stream.close()
             if bar is not None:
@@ -641,25 +660,48 @@ class Farm:
         cores only), a model whose feeds or outputs do not travel inside a
         header or that has stages, a map with ``params`` (for stages), and
         ``chunksize=1``."""
-        shortcut = io.inline_feed
         if (
             stream is None
             or chunksize == 1
             or params is not None
-            or shortcut is None
-            or not io.static_output_bytes
             or io.spec.preprocess is not None
             or io.spec.postprocess is not None
         ):
             return None
         name = io.spec.name
+        shortcut = io.inline_feed
+        if shortcut is not None and io.static_output_bytes:
+            place = inline_placer(shortcut.descriptors)
+        elif not fits_region_chunk(io.native_inputs):
+            return None
+        else:
+            static_output = io.static_output_bytes
+            router = self._require_router()
+
+            def output_bytes(shapes: tuple) -> Optional[int]:
+                return static_output or router.output_hint((name, shapes))
+
+            place = region_placer(self._arena, io.feed_checks.prepare, output_bytes)
 
         def send(chunk: Chunk) -> None:
             feeds = len(chunk.feeds)
-            key = (name, ("chunk", feeds, shortcut.input_key))  # its outputs' size is not one feed's
-            task = Task(None, chunk.descriptors, key, None, chunk.outcome, model=name)
+            shapes = chunk.shapes or (shortcut.input_key if shortcut is not None else ())
+            key = (name, ("chunk", feeds, shapes))  # its outputs' size is not one feed's
+            task = Task(chunk.region, chunk.descriptors, key, None, chunk.outcome, model=name)
             task.feeds = feeds
-            stream.submit(task)
+            task.held_inputs = chunk.held  # held read-only since placed (write_feed_into)
+            chunk.region, chunk.held = None, ()  # the task's now
+            try:
+                stream.submit(task)
+            except BaseException:
+                chunk.region, chunk.held = task.input_region, task.held_inputs  # the chunker's again
+                task.input_region, task.held_inputs = None, ()
+                raise
+
+        def discard(chunk: Chunk) -> None:
+            self._arena.free(chunk.region)
+            let_go_of(chunk.held)
+            chunk.region, chunk.held = None, ()
 
         def rerun(feed: Any) -> list[np.ndarray]:
             # This map's later tasks may fill the contexts, and only its own
@@ -671,16 +713,27 @@ class Farm:
             finally:
                 stream.resume()
 
-        return Chunker(shortcut.descriptors, send, rerun, self._chunk_size(io, window, chunksize))
+        return Chunker(place, send, discard, rerun, self._chunk_size(io, window, chunksize))
 
     def _chunk_size(self, io: ModelIO, window: int, chunksize: Optional[int]) -> int:
         """Feeds in a chunk: ``chunksize``, or the router's choice by the
-        model's inference time; as many as fit inside a header either way."""
-        feed_bytes = max(static_bytes(io.native_inputs) or 1, io.static_output_bytes or 1)
+        model's inference time; as many as fit inside a header (their
+        outputs, and their inputs unless they go in a region) and a chunk's
+        region either way."""
         wanted = (
             chunksize if chunksize is not None else self._require_router().chunk_feeds(io.spec.name, window)
         )
-        return max(1, min(wanted, INLINE_BYTES // feed_bytes))
+        room = chunk_room(
+            io.native_inputs,
+            io.static_output_bytes,
+            inline=io.inline_feed is not None and bool(io.static_output_bytes),
+        )
+        return max(1, min(wanted, room))
+
+    @staticmethod
+    def _look_every(chunks: Optional[Chunker]) -> int:
+        """How many items a ``map()`` reads between looks for answers."""
+        return max(_LOOK_EVERY, chunks.size) if chunks is not None else _LOOK_EVERY
 
     @staticmethod
     def _finished(pending: collections.deque[_Pending], ordered: bool) -> bool:

@@ -72,6 +72,38 @@ behave_sized.inputs = [("action", [1], "int64")]
 behave_sized.outputs = [("action", [1], "int64")]
 
 
+def behave_image(inputs):
+    """:func:`behave` on an image: ``inputs["image"]`` (float32, 64 KiB: it
+    goes through shared memory) holds the action in its first element (9:
+    sleep half a second, then echo).
+    Returns the action (int64 [1]) and the image's sum (float32 [1]), so a
+    result names its feed."""
+    image = np.asarray(inputs["image"])
+    if int(image.reshape(-1)[0]) == 9:  # 9: take half a second
+        time.sleep(0.5)
+    action = behave({"action": np.array([int(image.reshape(-1)[0])], dtype=np.int64)})
+    return [action, np.array([image.sum()], dtype=np.float32)]
+
+
+behave_image.inputs = [("image", [64, 256], "float32")]
+behave_image.outputs = [("action", [1], "int64"), ("sum", [1], "float32")]
+
+
+def behave_any_image(inputs):
+    """:func:`behave_image` for images of any number of rows, its outputs undeclared."""
+    return behave_image(inputs)
+
+
+behave_any_image.inputs = [("image", [None, 256], "float32")]
+
+
+def image(action: int, rows: int = 64, fill: float = 1.0) -> dict:
+    """A feed for :func:`behave_image`: ``action`` first, then ``fill``."""
+    data = np.full((rows, 256), fill, np.float32)
+    data[0, 0] = action
+    return {"image": data}
+
+
 def double_later(inputs):
     """``inputs["data"]`` times two, after sleeping ``inputs["seconds"]``."""
     time.sleep(float(np.asarray(inputs["seconds"]).reshape(-1)[0]))

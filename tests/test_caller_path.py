@@ -120,7 +120,8 @@ def test_a_map_of_a_millisecond_model_sends_its_tasks_in_batches(sent_batch_size
         for _ in range(5):  # the core's inference time is measured
             farm.run(feed)
         sizes.clear()
-        assert len(list(farm.map([feed] * 200, max_in_flight=16))) == 200
+        # One feed a task: the tasks' batching (chunks put feeds in one task: test_chunks.py).
+        assert len(list(farm.map([feed] * 200, max_in_flight=16, chunksize=1))) == 200
     assert sum(sizes) == 200
     assert max(sizes) <= direct_module.cork_limit(1_000)
     assert len(sizes) <= 200 / 2, sizes  # several tasks to a message, most of the time (else 200)

@@ -4,13 +4,16 @@ one task (``farm.runtime.chunks``), and each item keeps its own outcome."""
 from __future__ import annotations
 
 import time
+from typing import Any, Callable, Optional
 
 import numpy as np
 import pytest
 
 from farm import Farm
 from farm.errors import TaskError, WorkerCrashedError
+from farm.runtime.chunks import REGION_FEED_BYTES
 from farm.runtime.direct import CHUNK_MOST, chunk_feeds
+from tests.pyfuncs import image
 from workers import protocol
 
 pytestmark = pytest.mark.timeout(120)
@@ -131,8 +134,9 @@ def test_chunk_feeds_policy():
     assert chunk_feeds(None, 32, 2) == 1  # not measured yet
     assert chunk_feeds(10.0, 32, 2) == min(CHUNK_MOST, 16)  # a context's share of the window
     assert chunk_feeds(10.0, 8, 2) == 4
-    assert chunk_feeds(250.0, 64, 2) == 4  # about a millisecond of work
-    assert chunk_feeds(2000.0, 64, 2) == 1  # long runs: one a task
+    assert chunk_feeds(1250.0, 64, 2) == 8  # about CHUNK_BUDGET_US (10 ms) of work
+    assert chunk_feeds(2500.0, 64, 2) == 4
+    assert chunk_feeds(20_000.0, 64, 2) == 1  # long runs: one a task
     assert chunk_feeds(10.0, 32, 0) == 1
 
 
@@ -161,3 +165,136 @@ def test_a_failed_chunk_is_run_again_while_later_chunks_hold_the_context():
             next(results)
         results.close()
         assert int(farm.run(action(107), timeout=10)[0][0]) == 107
+
+
+# ── chunks in shared memory: feeds too large for a header ──────────────────
+IMAGE_MODEL = "tests.pyfuncs:behave_image"  # float32 [64, 256] in, (action, sum) out
+
+
+def count_regions(farm: Farm, monkeypatch: pytest.MonkeyPatch, taken: Optional[list] = None) -> set[int]:
+    """The farm's shared-memory regions taken and not yet given back, live
+    (and each region's size appended to ``taken`` as it is taken)."""
+    arena = farm._arena  # type: ignore[attr-defined]
+    allocate, free = arena.allocate, arena.free
+    live: set[int] = set()
+
+    def counted_allocate(nbytes: int) -> Any:
+        region = allocate(nbytes)
+        live.add(id(region))
+        if taken is not None:
+            taken.append(nbytes)
+        return region
+
+    def counted_free(region: Any) -> None:
+        if region is not None:
+            live.discard(id(region))
+        free(region)
+
+    monkeypatch.setattr(arena, "allocate", counted_allocate)
+    monkeypatch.setattr(arena, "free", counted_free)
+    return live
+
+
+@pytest.fixture
+def steady_source(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No read counts as slow (a live source's): the chunks made do not
+    depend on how busy this machine is."""
+    monkeypatch.setattr("farm.runtime.direct.SLOW_PAUSE_S", 10.0)
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def test_large_feeds_go_several_to_a_region_and_each_item_gets_its_own_outputs(monkeypatch, steady_source):
+    feeds = [image(100 + i, fill=float(i)) for i in range(120)]
+    with Farm(IMAGE_MODEL, schedule="0,1") as farm:
+        live = count_regions(farm, monkeypatch)
+        outputs = list(farm.map(feeds, chunksize=8, max_in_flight=32))
+        sent = tasks_sent(farm)
+        assert wait_for(lambda: not live), f"{len(live)} regions never given back"
+        stats = farm.stats()
+    assert [int(out[0][0]) for out in outputs] == [100 + i for i in range(120)]
+    assert [float(out[1][0]) for out in outputs] == [float(f["image"].sum()) for f in feeds]
+    assert sent <= 120 // 4, f"{sent} tasks for 120 feeds: chunks of 8 were not made"
+    assert stats["submitted"] == 120
+
+
+def test_a_chunk_reads_input_arrays_in_place_and_lets_go_of_them(monkeypatch):
+    with Farm(IMAGE_MODEL, schedule="0") as farm:
+        arrays = []
+        for _ in range(3):
+            array = farm.input_array("image")
+            array[...] = image(9)["image"]  # 9: half a second in the worker
+            arrays.append(array)
+        allocated: list[int] = []
+        live = count_regions(farm, monkeypatch, allocated)
+        writeable_once_read = []
+
+        def feeds():
+            for array in arrays:
+                yield {"image": array}
+                writeable_once_read.append(array.flags.writeable)  # placed, not yet answered
+
+        outputs = list(farm.map(feeds(), chunksize=3, max_in_flight=6))
+        assert writeable_once_read == [False] * 3, "inputs read in place must be read-only while in flight"
+        assert wait_for(lambda: all(a.flags.writeable for a in arrays)), "in-place inputs stayed read-only"
+        assert wait_for(lambda: not live), f"{len(live)} regions never given back"
+        assert not allocated, "a chunk of inputs read in place took a region to copy them into"
+        assert int(farm.run({"image": arrays[0]})[0][0]) == 9
+    assert [int(out[0][0]) for out in outputs] == [9, 9, 9]
+
+
+def test_a_map_left_with_a_chunk_half_full_gives_back_its_region_and_arrays(monkeypatch):
+    with Farm(IMAGE_MODEL, schedule="0") as farm:
+        held = farm.input_array("image")
+        held[...] = image(7)["image"]
+        live = count_regions(farm, monkeypatch)
+        feeds = [image(100), image(101), {"image": held}]
+        results = farm.map(iter(feeds + [image(102 + i) for i in range(40)]), chunksize=8, max_in_flight=4)
+        assert int(next(results)[0][0]) == 100
+        results.close()  # the open chunk, never sent, is dropped
+        assert wait_for(lambda: not live), f"{len(live)} regions never given back"
+        assert wait_for(lambda: held.flags.writeable), "an unsent chunk kept its in-place input read-only"
+        assert int(farm.run(image(9))[0][0]) == 9
+
+
+def test_a_large_feed_that_fails_fails_alone():
+    codes = [100, 101, 1, 103, 104, 105]
+    with Farm(IMAGE_MODEL, schedule="0") as farm:
+        results = farm.map((image(c) for c in codes), chunksize=6)
+        assert [int(next(results)[0][0]) for _ in range(2)] == codes[:2]
+        with pytest.raises(TaskError, match="asked to raise"):
+            next(results)
+        results.close()
+        assert int(farm.run(image(7))[0][0]) == 7
+
+
+def test_dynamic_shapes_chunk_by_shape_once_the_outputs_size_is_known(steady_source):
+    # Outputs undeclared: the first feed of each shape goes alone (its
+    # answer tells the outputs' size); a chunk holds feeds of one shape.
+    feeds = [image(100 + i, rows=32 if i % 10 < 5 else 48) for i in range(100)]
+    with Farm("tests.pyfuncs:behave_any_image", schedule="0,1") as farm:
+        outputs = list(farm.map(feeds, chunksize=5, max_in_flight=20))
+        sent = tasks_sent(farm)
+    assert [int(out[0][0]) for out in outputs] == [100 + i for i in range(100)]
+    assert [float(out[1][0]) for out in outputs] == [float(f["image"].sum()) for f in feeds]
+    # Not 20: the map reads ahead of the first answer of each shape, and a
+    # chunk ends where a run of one shape does.
+    assert sent <= 70, f"{sent} tasks for 100 feeds in runs of 5 of one shape"
+
+
+def test_feeds_larger_than_a_chunk_slot_go_one_a_task():
+    rows = (REGION_FEED_BYTES // (256 * 4)) + 1  # one row over
+    feeds = [image(100 + i, rows=rows) for i in range(4)]
+    with Farm("tests.pyfuncs:behave_any_image", schedule="0") as farm:
+        farm.run(feeds[0])  # the outputs' size is known
+        before = tasks_sent(farm)
+        outputs = list(farm.map(feeds, chunksize=4))
+        assert tasks_sent(farm) - before == 4
+    assert [int(out[0][0]) for out in outputs] == [100, 101, 102, 103]

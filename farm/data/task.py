@@ -23,7 +23,18 @@ from farm.data.shm import Region, SharedArena, locate_shared
 from farm.data.tensors import PreparedInput
 from workers.protocol import INLINE_BYTES, align
 
-__all__ = ["DEFAULT_MODEL", "Outcome", "Task", "TaskFuture", "timed_out", "whereabouts", "write_inputs"]
+__all__ = [
+    "DEFAULT_MODEL",
+    "Outcome",
+    "Task",
+    "TaskFuture",
+    "feed_bytes",
+    "let_go_of",
+    "timed_out",
+    "whereabouts",
+    "write_feed_into",
+    "write_inputs",
+]
 
 #: The name of a one-model farm's model (``Farm(model)``; ``Farm(models=...)`` names its own).
 DEFAULT_MODEL = "default"
@@ -53,38 +64,84 @@ def write_inputs(
     if sum(sizes) <= INLINE_BYTES:
         inline = [_c_order(item).tobytes() for item in prepared]
         return None, [[data, -1, p.dtype.str, list(p.shape), p.name] for data, p in zip(inline, prepared)], ()
+    descriptors, held, copies = _sort_inputs(arena, prepared)
+    region = _copy_in(arena, copies) if copies else None
+    return region, descriptors, held
+
+
+def _sort_inputs(
+    arena: SharedArena, prepared: Sequence[PreparedInput]
+) -> tuple[list[list[Any]], tuple[np.ndarray, ...], list[_Copy]]:
+    """Each input's descriptor; those read where they lie in shared memory
+    have their place filled in (their arrays are the second item), the
+    others are to copy (the third)."""
     descriptors: list[list[Any]] = []
     held: list[np.ndarray] = []
     copies: list[_Copy] = []
-    for item, size in zip(prepared, sizes):
+    for item in prepared:
         array = _oriented(item)
         descriptor = [None, None, item.dtype.str, list(item.shape), item.name]
         place = _place_in(arena, item, array)
         if place is None:
-            copies.append((descriptor, item, array, size))
+            copies.append((descriptor, item, array, align(item.nbytes)))
         else:
             descriptor[0], descriptor[1] = place
             held.append(item.array)
         descriptors.append(descriptor)
-    region = _copy_in(arena, copies) if copies else None
-    return region, descriptors, tuple(held)
+    return descriptors, tuple(held), copies
 
 
 def _copy_in(arena: SharedArena, copies: list[_Copy]) -> Region:
     """Copy each input into one new region, one pass each (cast and transpose
     happen during the copy), and fill in its descriptor's place."""
     region = arena.allocate(sum(copy[3] for copy in copies))
-    buf, name, offset = region.segment.buf, region.segment.name, region.offset
     try:
-        for descriptor, item, array, size in copies:
-            destination = np.frombuffer(buf, item.dtype, math.prod(item.shape), offset)
-            np.copyto(destination.reshape(item.shape), array, casting="unsafe")
-            descriptor[0], descriptor[1] = name, offset
-            offset += size
+        _copy_into(region, region.offset, copies)
     except BaseException:  # (an interrupt) the region is nobody's yet
         arena.free(region)
         raise
     return region
+
+
+def _copy_into(region: Region, offset: int, copies: list[_Copy]) -> None:
+    """Copy each input into ``region`` from byte ``offset`` of its segment on,
+    one after the other, and fill in its descriptor's place."""
+    buf, name = region.segment.buf, region.segment.name
+    for descriptor, item, array, size in copies:
+        destination = np.frombuffer(buf, item.dtype, math.prod(item.shape), offset)
+        np.copyto(destination.reshape(item.shape), array, casting="unsafe")
+        descriptor[0], descriptor[1] = name, offset
+        offset += size
+
+
+def write_feed_into(
+    arena: SharedArena, prepared: Sequence[PreparedInput], slot: Callable[[], tuple[Region, int]]
+) -> tuple[list[list[Any]], tuple[np.ndarray, ...]]:
+    """Place one feed of a chunk (``farm.runtime.chunks``) as
+    :func:`write_inputs` places a task's: its inputs that lie in shared memory
+    are read there, the others copied into the place ``slot()`` gives (a
+    region, and the byte of its segment to start at; ``feed_bytes(prepared)``
+    long), asked only when there is something to copy. Returns the
+    descriptors and the arrays read in place, which are read-only from now
+    until :func:`let_go_of` (or the chunk's task ends)."""
+    descriptors, held, copies = _sort_inputs(arena, prepared)
+    if copies:
+        region, offset = slot()
+        _copy_into(region, offset, copies)
+    if held:
+        _IN_PLACE_READS.hold(held)
+    return descriptors, held
+
+
+def feed_bytes(prepared: Sequence[PreparedInput]) -> int:
+    """The room one feed takes in a region, each input aligned."""
+    return sum(align(p.nbytes) for p in prepared)
+
+
+def let_go_of(arrays: tuple[np.ndarray, ...]) -> None:
+    """Let go of arrays :func:`write_feed_into` read in place, for a chunk
+    that is never sent (writeable again once no task holds them)."""
+    _IN_PLACE_READS.release_arrays(arrays)
 
 
 class _InPlaceReads:
@@ -115,13 +172,20 @@ class _InPlaceReads:
         """Let go of ``task``'s arrays (once, whichever thread asks first)."""
         with self._lock:
             arrays, task.held_inputs = task.held_inputs, ()
-            for array in arrays:
-                entry = self._held[id(array)]
-                entry[1] -= 1
-                if entry[1] == 0:
-                    del self._held[id(array)]
-                    if entry[2]:
-                        _make_writeable(array)
+            self._release(arrays)
+
+    def release_arrays(self, arrays: tuple[np.ndarray, ...]) -> None:
+        with self._lock:
+            self._release(arrays)
+
+    def _release(self, arrays: tuple[np.ndarray, ...]) -> None:
+        for array in arrays:
+            entry = self._held[id(array)]
+            entry[1] -= 1
+            if entry[1] == 0:
+                del self._held[id(array)]
+                if entry[2]:
+                    _make_writeable(array)
 
 
 def _make_writeable(array: np.ndarray) -> None:

@@ -101,17 +101,20 @@ SLOW_PAUSE_S = 50e-6
 SLOW_PAUSE_SHARE = 0.25
 
 
-#: A ``map()`` of a model whose feeds and outputs travel inside the header,
-#: and whose inferences are short, sends several feeds as one task, a chunk
+#: A ``map()`` of a model whose outputs travel inside the header, and whose
+#: inferences are short, sends several feeds as one task, a chunk
 #: (``farm.runtime.chunks``): about this much work by the model's inference-time
 #: average, at most ``CHUNK_MOST`` feeds, and no more than each context's
 #: share of the window. A task's own cost in the app and in the worker (its
 #: books, its future, its header, a message each way and the wake-ups they
 #: cause) is then paid once for several feeds: on a tiny model that was most
-#: of what a feed cost. Half a context's share (two chunks in flight in each
-#: context) was measured too: more messages, more CPU a feed, no more feeds a
-#: second (docs/benchmarks.md, "Chunks").
-CHUNK_BUDGET_US = 1_000
+#: of what a feed cost, and on a 1 ms model half of what the app spent on a
+#: feed. Half a context's share (two chunks in flight in each context) was
+#: measured too on the tiny model: more messages, more CPU a feed, no more
+#: feeds a second. 1 ms of work was too little for a 1 ms model (a chunk of
+#: one); 10 ms gives it chunks of eight (docs/benchmarks.md, "Chunks", and
+#: "Chunks in shared memory").
+CHUNK_BUDGET_US = 10_000
 CHUNK_MOST = 16
 
 
