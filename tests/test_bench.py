@@ -164,16 +164,20 @@ def test_pacing_on_cls(tmp_path: Path) -> None:
     report, stdout = _run_suite(command, tmp_path)
     pacing = report["pacing"]
     farm = _row(report, "cls", "farm")
-    # the reference: the farm row's throughput (just before) and one measured just after
-    assert pacing["unpaced_before_per_s"] == pytest.approx(farm["throughput_per_s"])
-    assert pacing["unpaced_after_per_s"] > 0
+    # the reference: one feed a task (as submitted), measured just before and just after;
+    # the farm row's map() (with chunks) beside it
+    assert pacing["unpaced_before_per_s"] > 0 and pacing["unpaced_after_per_s"] > 0
     assert pacing["unpaced_throughput_per_s"] == pytest.approx(
         (pacing["unpaced_before_per_s"] + pacing["unpaced_after_per_s"]) / 2
     )
-    assert pacing["offered_per_s"] == pytest.approx(3 * farm["throughput_per_s"])
+    assert pacing["offered_per_s"] == pytest.approx(3 * pacing["unpaced_before_per_s"])
+    assert pacing["unpaced_map_per_s"] == pytest.approx(farm["throughput_per_s"])
     assert pacing["admitted"] > 0 and pacing["queue_samples"] > 0
     assert report["ratios"]["pacing"]["admitted_vs_unpaced"] == pytest.approx(
         pacing["admitted_per_s"] / pacing["unpaced_throughput_per_s"]
+    )
+    assert report["ratios"]["pacing"]["admitted_vs_map"] == pytest.approx(
+        pacing["admitted_per_s"] / farm["throughput_per_s"]
     )
     assert 0 <= pacing["queued_max_per_worker"] <= pacing["queue_limit"] == 1  # pacing: one per core
     assert "pacing (cls, enable_pacing=True)" in stdout

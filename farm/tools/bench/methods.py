@@ -351,12 +351,18 @@ def start_farm(workload: Workload, config: Config, **options: Any) -> Farm:
 
 
 def map_throughput(
-    farm: Farm, feed: dict[str, np.ndarray], config: Config, step: Callable[[Any], Any] = _unchanged
+    farm: Farm,
+    feed: dict[str, np.ndarray],
+    config: Config,
+    step: Callable[[Any], Any] = _unchanged,
+    chunksize: Optional[int] = None,
 ) -> Timing:
-    """``Farm.map`` of ``feed`` for ``config.duration_s`` with the bench's window,
-    ``step`` applied to each result in this thread as it comes: the farm's
-    pipelined figure."""
-    results = farm.map(timed_generator(feed, config.duration_s), max_in_flight=config.window)
+    """``Farm.map`` of ``feed`` for ``config.duration_s`` with the bench's window
+    (and ``chunksize``, as ``map()`` takes it), ``step`` applied to each
+    result in this thread as it comes: the farm's pipelined figure."""
+    results = farm.map(
+        timed_generator(feed, config.duration_s), max_in_flight=config.window, chunksize=chunksize
+    )
     return consume(step(outputs) for outputs in results)
 
 

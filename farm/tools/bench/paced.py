@@ -6,10 +6,13 @@ admitted at about the unpaced throughput) without the queues filling up.
 A sampler thread reads ``Farm.stats()`` every few milliseconds for the
 queue lengths.
 
-The farm's own rate is what an unpaced farm serves just before the paced
-run (the bench's farm row, seconds earlier) and just after it, averaged: on
-a shared machine the rate drifts by tens of percent within a minute, and a
-reference taken on one side only would count that drift as pacing error.
+The farm's own rate is what an unpaced farm serves of the same stream, one
+feed a task (a paced farm admits submissions one by one, and a ``map()``'s
+chunks, several feeds a task, do not apply to them), just before the paced
+run and just after it, averaged: on a shared machine the rate drifts by tens
+of percent within a minute, and a reference taken on one side only would
+count that drift as pacing error. The farm row's ``map()`` throughput, with
+chunks, is reported beside it as a second reference.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import collections
 import threading
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 
@@ -34,10 +37,15 @@ _SAMPLE_EVERY_S = 0.02  # a stats() call takes ~0.2 ms of the router lock
 _WARMUP_TASKS = 50  # enough completions for the EMA to settle before the measured window
 
 
-def bench_pacing(workload: Workload, config: Config, unpaced_before_per_s: float) -> dict[str, Any]:
-    """Offer ``OVERLOAD`` × ``unpaced_before_per_s`` submissions per second for
-    ``config.pacing_s`` seconds, then measure the unpaced throughput again;
-    report the admitted rate, the reference rate and the queue lengths."""
+def bench_pacing(
+    workload: Workload, config: Config, unpaced_map_per_s: Optional[float] = None
+) -> dict[str, Any]:
+    """Offer ``OVERLOAD`` × the unpaced throughput (one feed a task, measured
+    now) submissions per second for ``config.pacing_s`` seconds, then
+    measure the unpaced throughput again; report the admitted rate, the
+    reference rates (and ``unpaced_map_per_s``, the farm row's, with chunks)
+    and the queue lengths."""
+    unpaced_before_per_s = unpaced_throughput(workload, config, chunksize=1)
     with start_farm(workload, config, enable_pacing=True) as farm:
         for _ in range(_WARMUP_TASKS):
             farm.run(workload.feed)
@@ -53,22 +61,24 @@ def bench_pacing(workload: Workload, config: Config, unpaced_before_per_s: float
             stop.set()
             sampler.join()
         pacing = farm.stats()["pacing"]
-    unpaced_after_per_s = unpaced_throughput(workload, config)
+    unpaced_after_per_s = unpaced_throughput(workload, config, chunksize=1)
     return {
         "offered_per_s": OVERLOAD * unpaced_before_per_s,
         "unpaced_throughput_per_s": (unpaced_before_per_s + unpaced_after_per_s) / 2,
         "unpaced_before_per_s": unpaced_before_per_s,
         "unpaced_after_per_s": unpaced_after_per_s,
+        "unpaced_map_per_s": unpaced_map_per_s,
         **_summary(admitted, wall, samples, queue_limit, pacing),
     }
 
 
-def unpaced_throughput(workload: Workload, config: Config) -> float:
+def unpaced_throughput(workload: Workload, config: Config, chunksize: Optional[int] = None) -> float:
     """Tasks/s of a farm without pacing, measured now as the farm row measures it
-    (``Farm.map`` with the bench's window for ``config.duration_s``)."""
+    (``Farm.map`` with the bench's window for ``config.duration_s``; ``chunksize``
+    as ``map()`` takes it: 1 for one feed a task)."""
     with start_farm(workload, config) as farm:
         warm_up(lambda: farm.run(workload.feed), config.warmup_s)
-        timing = map_throughput(farm, workload.feed, config)
+        timing = map_throughput(farm, workload.feed, config, chunksize=chunksize)
     return timing.tasks / timing.wall_s
 
 

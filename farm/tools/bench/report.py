@@ -118,7 +118,8 @@ def compute_ratios(
       round trips, farm sync p50 ÷ budget, processpool ÷ farm (sync p50 and throughput);
       for scale (not in the budget), the memcpy after a pause and the copy followed
       by an in-process run
-    - pacing: admitted per s ÷ the farm's unpaced throughput on cls
+    - pacing: admitted per s ÷ the farm's unpaced throughput on cls, one feed a
+      task (as the paced producer submits), and ÷ the farm row's (``map()``, chunks)
     - gil: farm-stages tasks/s ÷ threads tasks/s, and ÷ farm tasks/s (the step in the app)
     """
     by = _by_key(rows)
@@ -145,8 +146,10 @@ def compute_ratios(
     if gil:
         ratios["gil"] = gil
     if pacing:
+        map_per_s = pacing.get("unpaced_map_per_s")
         ratios["pacing"] = {
             "admitted_vs_unpaced": pacing["admitted_per_s"] / pacing["unpaced_throughput_per_s"],
+            "admitted_vs_map": None if not map_per_s else pacing["admitted_per_s"] / map_per_s,
             "queue_grew": _queue_grew(pacing),
         }
     return ratios
@@ -265,8 +268,14 @@ def check_targets(rows: Sequence[Row], ratios: dict[str, Any]) -> list[dict[str,
             PROCESSPOOL_FACTOR_MIN,
         ),
         (
-            "pacing: admitted rate ÷ unpaced throughput",
+            "pacing: admitted rate ÷ unpaced throughput (one feed a task, as submitted)",
             None if pacing is None else pacing["admitted_vs_unpaced"],
+            "1 ±",
+            PACING_TOLERANCE,
+        ),
+        (
+            "pacing: admitted rate ÷ the farm row's map() throughput (with chunks)",
+            None if pacing is None else pacing.get("admitted_vs_map"),
             "1 ±",
             PACING_TOLERANCE,
         ),
@@ -503,6 +512,10 @@ def _gil_lines(gil: dict[str, float]) -> list[str]:
     return ["", "gil-bound step: farm-stages (the step in the workers) tasks/s = " + ", ".join(said)]
 
 
+def _per_s(rate: Optional[float]) -> str:
+    return "not measured" if not rate else f"{rate:,.0f}/s"
+
+
 def _pacing_lines(pacing: Optional[dict[str, Any]]) -> list[str]:
     if not pacing:
         return []
@@ -512,7 +525,8 @@ def _pacing_lines(pacing: Optional[dict[str, Any]]) -> list[str]:
         f" {pacing['seconds']:.1f} s; admitted {pacing['admitted_per_s']:,.0f}/s vs unpaced"
         f" {pacing['unpaced_throughput_per_s']:,.0f}/s"
         f" ({pacing['admitted_per_s'] / pacing['unpaced_throughput_per_s']:.2f}x; unpaced is the mean of"
-        f" {pacing['unpaced_before_per_s']:,.0f}/s before and {pacing['unpaced_after_per_s']:,.0f}/s after)",
+        f" {pacing['unpaced_before_per_s']:,.0f}/s before and {pacing['unpaced_after_per_s']:,.0f}/s after,"
+        f" one feed a task; the farm row's map() with chunks: {_per_s(pacing.get('unpaced_map_per_s'))})",
         f"  queued per worker: max {pacing['queued_max_per_worker']} (queue limit"
         f" {pacing['queue_limit']}; the fullest worker's queue was at it in"
         f" {pacing['queued_at_bound_fraction']:.0%} of samples);"

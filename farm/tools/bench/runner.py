@@ -17,7 +17,7 @@ from farm.errors import FarmError
 from farm.tools.bench import host
 from farm.tools.bench.measure import Config, Row
 from farm.tools.bench.methods import METHODS, MethodNotApplicable, frame_figures, run_method
-from farm.tools.bench.paced import bench_pacing, unpaced_throughput
+from farm.tools.bench.paced import bench_pacing
 from farm.tools.bench.report import (
     FRAME_FIGURES,
     check_targets,
@@ -119,9 +119,8 @@ def _note(text: str) -> None:
 
 def _pacing(workload: Workload, config: Config, rows: list[Row]) -> dict[str, Any]:
     farm = next((r for r in rows if r.workload == workload.name and r.method == "farm"), None)
-    unpaced = farm.throughput_per_s if farm is not None else unpaced_throughput(workload, config)
-    _note(f"pacing on {workload.name}: offering 3 x {unpaced:,.0f} tasks/s")
-    return bench_pacing(workload, config, unpaced)
+    _note(f"pacing on {workload.name}: offering 3 x the unpaced rate, one feed a task")
+    return bench_pacing(workload, config, farm.throughput_per_s if farm is not None else None)
 
 
 @dataclasses.dataclass
