@@ -478,10 +478,11 @@ class Farm:
         endless or huge iterable is consumed as fast as the farm can serve it.
         ``progress=True`` draws a progress line on stderr.
 
-        A short model's small feeds go several to a task (a chunk,
-        ``farm.runtime.chunks``): ``chunksize`` feeds at most (default: about a
-        millisecond of inference, chosen as the map goes; 1: one feed a
-        task). Each item still has its own outcome.
+        A short model's feeds go several to a task (a chunk,
+        ``farm.runtime.chunks``): ``chunksize`` feeds at most (default: about
+        10 ms of inference, chosen as the map goes; 1: one feed a task). Each
+        item still has its own outcome; an item of a fast source may wait for
+        its chunk to fill (docs/concepts.md, "Chunks").
 
         An item that cannot be submitted (a bad feed, a submit time-out) ends
         the map at its turn: the items before it are run and yielded first,
