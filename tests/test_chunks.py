@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from farm import Farm
-from farm.errors import TaskError, WorkerCrashedError
+from farm.errors import InvalidInputError, TaskError, WorkerCrashedError
 from farm.runtime.chunks import REGION_FEED_BYTES
 from farm.runtime.direct import CHUNK_MOST, chunk_feeds
 from tests.pyfuncs import image
@@ -272,6 +272,21 @@ def test_a_large_feed_that_fails_fails_alone():
         with pytest.raises(TaskError, match="asked to raise"):
             next(results)
         results.close()
+        assert int(farm.run(image(7))[0][0]) == 7
+
+
+def test_a_bad_large_feed_ends_the_map_at_its_turn_and_the_chunk_before_it_runs(monkeypatch):
+    # Item 3 has the wrong shape: the map refuses it when it reads it, after
+    # items 0-2 went into the open chunk; they still run, and the region
+    # their chunk took is given back.
+    feeds = [image(100), image(101), image(102), image(103, rows=63), image(104)]
+    with Farm(IMAGE_MODEL, schedule="0") as farm:
+        live = count_regions(farm, monkeypatch)
+        results = farm.map(iter(feeds), chunksize=4)
+        assert [int(next(results)[0][0]) for _ in range(3)] == [100, 101, 102]
+        with pytest.raises(InvalidInputError, match=r"^map item 3: .*shape"):
+            next(results)
+        assert wait_for(lambda: not live), f"{len(live)} regions never given back"
         assert int(farm.run(image(7))[0][0]) == 7
 
 
