@@ -1,26 +1,34 @@
 """Chunks: several feeds of one ``Farm.map`` sent as one task.
 
-On a tiny model a task costs the app far more than its inference: its
+On a short model a task costs the app as much as its inference or more: its
 books, its future, its header and its answer's handling were ~40 µs of the
-caller's CPU against ~10 µs of inference (docs/benchmarks.md, "Chunks"). A
-``map()`` of a model whose feeds travel inside a task's header (fixed shapes,
-small; no stages) and whose inferences are short therefore gathers
-consecutive feeds into a chunk and sends it as one task: the worker runs its
-feeds one after the other, as it would run that many tasks, and answers once
-with the outputs of each in turn. How many feeds go in a chunk is
-``farm.runtime.direct.chunk_feeds``: about a millisecond of work, and no
-more than each context's share of the map's window.
+caller's CPU against ~10 µs of inference on a tiny model, and half of the
+~120 µs a 1 ms model's task cost the caller (docs/benchmarks.md, "Chunks"
+and "Chunks in shared memory"). A ``map()`` of a model without stages whose
+inferences are short therefore gathers consecutive feeds into a chunk and
+sends it as one task: the worker runs its feeds one after the other, as it
+would run that many tasks, and answers once with the outputs of each in
+turn. How many feeds go in a chunk is ``farm.runtime.direct.chunk_feeds``:
+about 10 ms of work, and no more than each context's share of the map's
+window.
+
+Where a chunk's feeds go is its placer's business: small fixed-shape feeds
+travel inside the header (:func:`inline_placer`); larger ones go side by
+side in one region of shared memory, a slot each, or are read where they
+already lie in shared memory (:func:`region_placer`).
 
 Each feed keeps its place in the map: a :class:`ChunkItem`, which the map
 waits for and yields from, as it would a task's outcome. A chunk goes when
-it is full, before the map waits for an answer, and when the source or the
-caller was slow (a live source's frame does not wait for the next ones).
+it is full, when the map waits for one of its items, at the input's end,
+and when the source or the caller was slow (a live source's frame does not
+wait for the next ones).
 
 A chunk that fails as a whole (a feed its runtime rejected, a worker lost
 while running it) has its feeds run again one by one with ``Farm.run`` when
 the map reaches them, so that each feed gets its own outcome: only the bad
 one fails, with its own error. A chunk that could not be sent ends the map
-at its first feed, as a task that cannot be submitted does.
+at its first feed, as a task that cannot be submitted does; one never sent
+(the map was left) gives back its region and the arrays it held.
 """
 
 from __future__ import annotations
