@@ -695,8 +695,7 @@ class Farm:
             try:
                 stream.submit(task)
             except BaseException:
-                chunk.region, chunk.held = task.input_region, task.held_inputs  # the chunker's again
-                task.input_region, task.held_inputs = None, ()
+                self._free_regions(task)
                 raise
 
         def discard(chunk: Chunk) -> None:

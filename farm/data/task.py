@@ -60,8 +60,7 @@ def write_inputs(
     - The others are copied into one new region, one pass each: cast and
       transpose happen during the copy.
     """
-    sizes = [align(p.nbytes) for p in prepared]
-    if sum(sizes) <= INLINE_BYTES:
+    if feed_bytes(prepared) <= INLINE_BYTES:
         inline = [_c_order(item).tobytes() for item in prepared]
         return None, [[data, -1, p.dtype.str, list(p.shape), p.name] for data, p in zip(inline, prepared)], ()
     descriptors, held, copies = _sort_inputs(arena, prepared)
