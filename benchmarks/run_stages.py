@@ -10,10 +10,11 @@ over ``--runs`` calls after a warm-up, on the bench's workloads:
 
     prepare   checking the feed and copying (or packing) the inputs
     admit     numbering the task and picking its context, under the router's lock
-    send      building the header and handing it to ZeroMQ
+    send      building the header and handing it to ZeroMQ (or writing it on
+              the context's doorbell, ``workers.doorbell``)
     worker    the context's part: set_input + infer + copy_output (perf log)
     wire      the rest of the wait: both processes' ZeroMQ threads, the wake-ups,
-              the worker's receive and reply
+              the worker's receive and reply (on a doorbell: the polls)
     answer    booking the answer and building the outputs, in the caller
 
 docs/benchmarks.md quotes this script's figures.
@@ -81,6 +82,7 @@ def measure(
             farm.run(feed)
         stack.enter_context(_stamped(Farm, "_admit", marks, "admit"))
         stack.enter_context(_stamped(DirectPath, "_send_on", marks, "send", "sent"))
+        stack.enter_context(_stamped(DirectPath, "_ring", marks, "send", "sent"))  # the doorbell's way
         stack.enter_context(_stamped(DirectPath, "_take_direct_answer", marks, "answered"))
         for _ in range(runs):
             perf_log.seek(0)

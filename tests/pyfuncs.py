@@ -190,3 +190,19 @@ def pid_of_stage(outputs, params):
     the first output's first value (plain data)."""
     first = float(np.asarray(outputs[0]).reshape(-1)[0])
     return {"pid": os.getpid(), "params": params, "first": first}
+
+
+_runs = [0]
+
+
+def count_runs(inputs):
+    """How many tasks this worker process has run, this one included (int64
+    [1]), after sleeping ``inputs["seconds"]``: one context's answers count
+    1, 2, 3, ... if each task runs once."""
+    time.sleep(float(np.asarray(inputs["seconds"]).reshape(-1)[0]))
+    _runs[0] += 1
+    return np.array([_runs[0]], dtype=np.int64)
+
+
+count_runs.inputs = [("seconds", [1], "float64")]
+count_runs.outputs = [("runs", [1], "int64")]

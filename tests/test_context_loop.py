@@ -4,7 +4,7 @@ its next message (``workers.spin``) and when it does not."""
 from __future__ import annotations
 
 import threading
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 import pytest
@@ -14,6 +14,7 @@ from tests.processes import wait_until
 from workers import protocol
 from workers.backends.base import Placement
 from workers.context import ContextThread
+from workers.doorbell import Doorbell
 from workers.segments import SegmentMap
 from workers.spin import SpinWait
 
@@ -47,9 +48,9 @@ class _CountingSpin(SpinWait):
         self.waits = 0
         self.records = 0
 
-    def wait(self, socket: zmq.Socket) -> None:
+    def wait(self, socket: zmq.Socket, bell: Optional[Doorbell] = None) -> Optional[bytes]:
         self.waits += 1
-        super().wait(socket)
+        return super().wait(socket, bell)
 
     def record(self, waited_s: float) -> None:
         self.records += 1

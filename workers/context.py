@@ -34,6 +34,7 @@ import zmq
 from workers import protocol
 from workers.backends.base import Placement
 from workers.batching import HeldAnswers, RunTime, round_size
+from workers.doorbell import Doorbell, RanRecently
 from workers.frames import FRAME_PREFIX, FrameMap
 from workers.segments import SegmentMap
 from workers.spin import SpinWait, yield_cpu
@@ -117,6 +118,7 @@ class ContextThread(threading.Thread):
         spin: Optional[SpinWait] = None,
         frames: Optional[FrameMap] = None,
         stages: Optional[Stages] = None,
+        bell: Optional[Doorbell] = None,
     ) -> None:
         super().__init__(name=f"rknnfarm-C{placement.core}-T{placement.context_index}", daemon=True)
         self._zmq_context = zmq_context
@@ -133,6 +135,8 @@ class ContextThread(threading.Thread):
         self._worker_id, self._generation = header
         self._loaded = loaded
         self._spin = spin or SpinWait(0)  # waiting for the next task (shared by the worker's contexts)
+        self._bell = bell  # where the parent may ring while this context polls (workers.doorbell)
+        self._rung = RanRecently()  # tasks taken from the doorbell: a copy sent as a message is dropped
         self.session: Any = None
         self._static_outputs: Optional[tuple[list[tuple[int, str, tuple[int, ...]]], int]] = None
         self._bound: Optional[_BoundBuffers] = None
@@ -202,6 +206,7 @@ class ContextThread(threading.Thread):
         waiting = self._waiting = protocol.waiting_check(tasks)
         answered = clock()
         batched = False
+        bell, rung, lone = self._bell, self._rung, protocol.TaskMessage
         ahead: Optional[tuple[bytes, Any, list[Any]]] = None  # read while gathering a round, not of it
         try:
             while True:
@@ -211,8 +216,12 @@ class ContextThread(threading.Thread):
                     # already), nor after a batch: a map() sends the next one once it has
                     # read these answers, and the CPU a poll would burn meanwhile is the
                     # caller's (the poll is for the latency of one task at a time).
-                    if spinning and not held and not batched:
-                        spin.wait(tasks)
+                    posted = spin.wait(tasks, bell) if spinning and not held and not batched else None
+                    if posted is not None:
+                        spin.record(clock() - answered)
+                        self._run_posted(posted, free_form, tasks, results)
+                        answered = clock()
+                        continue
                     sender = receive()
                     if spinning:
                         spin.record(clock() - answered)
@@ -225,6 +234,8 @@ class ContextThread(threading.Thread):
                 todo: Sequence[protocol.TaskMessage]
                 if type(message) is batch:
                     todo = message.tasks
+                elif rung and type(message) is lone and (message.task_id, message.attempt) in rung:
+                    continue  # its caller moved it here from the doorbell, where it was taken after all
                 elif frames or not waiting():
                     todo = (message,)
                 else:
@@ -235,6 +246,22 @@ class ContextThread(threading.Thread):
                     answered = clock()
         except zmq.ContextTerminated:
             return
+
+    def _run_posted(self, posted: bytes, free_form: bool, tasks: zmq.Socket, results: zmq.Socket) -> None:
+        """Run a task that came on the doorbell and answer on it (or, when
+        the answer does not fit there, as a message to the parent)."""
+        bell = self._bell
+        assert bell is not None
+        message = protocol.decode(posted, protocol.FOR_CONTEXT)
+        if type(message) is not protocol.TaskMessage:
+            print(f"rknn-farm worker: dropped an undecodable doorbell task: {posted[:64]!r}", file=sys.stderr)
+            return
+        self._rung.note((message.task_id, message.attempt))
+        started = time.perf_counter()
+        answer, out_frames = self._handle(message, [], free_form)
+        self._run_time.record(time.perf_counter() - started)
+        if out_frames or not bell.post_answer(protocol.encode(answer)):
+            self._send_alone(tasks, results, None, answer, out_frames)  # the router ends it
 
     def _gather_round(
         self, first: protocol.TaskMessage, sender: bytes, tasks: zmq.Socket

@@ -32,6 +32,7 @@ from workers import protocol
 from workers.backends import load_backend, rknn_plugins
 from workers.backends.base import SCRATCH_DIR_VARIABLE, Placement
 from workers.context import ContextThread, write_profiles
+from workers.doorbell import map_doorbells
 from workers.frames import FrameMap
 from workers.segments import SegmentMap, unlink_segments_of
 from workers.spin import SpinWait
@@ -130,6 +131,8 @@ def _start_contexts(
     stages = {name: _stages_of(name, entry) for name, entry in spec["models"].items()}
     loaded = threading.Barrier(len(placed) + 1)
     spin = SpinWait(int(spec["options"].get("spin_us", 0)))  # one context of the process spins at a time
+    bell_fd = spec.get("bell_fd")
+    bells = map_doorbells(bell_fd, len(placed)) if bell_fd is not None else [None] * len(placed)
     contexts = []
     for index, (placed_model, address) in enumerate(placed):
         name = placed_model["model"]
@@ -150,6 +153,7 @@ def _start_contexts(
             header=(spec["worker_id"], spec["generation"]),
             loaded=loaded,
             spin=spin,
+            bell=bells[index],
         )
         thread.start()
         contexts.append(thread)

@@ -36,6 +36,7 @@ from typing import Any, Callable, Optional
 import zmq
 
 from workers import protocol
+from workers.doorbell import Doorbell
 
 __all__ = ["LONGEST_WAIT_LIMITS", "SpinWait", "yield_cpu"]
 
@@ -65,25 +66,47 @@ class SpinWait:
         self._average_s: Optional[float] = None
         self._token = threading.Lock()  # shared by the threads that would spin on one CPU set
 
-    def wait(self, socket: zmq.Socket) -> None:
+    def wait(self, socket: zmq.Socket, bell: Optional[Doorbell] = None) -> Optional[bytes]:
         """Return once ``socket`` has a message, or when waiting in the kernel
-        (a blocking receive) is what is left to do."""
+        (a blocking receive) is what is left to do; or with a task's header
+        when one comes on ``bell`` (a context's doorbell, polled with the
+        socket, and told while it is)."""
         average = self._average_s
         if not self.limit_s or average is None or average > self._longest_s:
-            return
+            return None
         start = time.perf_counter()
         if average > self.limit_s and not _sleep_until(socket, start + average - self.limit_s / 2):
-            return  # it came while this thread slept (or this socket cannot be slept on)
+            return None  # it came while this thread slept (or this socket cannot be slept on)
         if not self._token.acquire(False):
-            return  # another thread polls
+            return None  # another thread polls
         try:
+            if bell is not None:
+                bell.set_polling(True)
             end = time.perf_counter() + min(self.limit_s, 2 * average)
             while not socket.get(protocol.EVENTS) & protocol.POLLIN:  # type: ignore[operator]
+                if bell is not None:
+                    posted = bell.take()
+                    if posted is not None:
+                        return posted
                 if time.perf_counter() >= end:
-                    return
+                    return None
                 yield_cpu()
+            return None
         finally:
             self._token.release()
+            if bell is not None:
+                bell.set_polling(False)
+
+    @property
+    def token(self) -> threading.Lock:
+        """Held by the thread that polls now: another one that would poll
+        too waits another way (a blocking receive, a nap)."""
+        return self._token
+
+    @property
+    def expected_s(self) -> Optional[float]:
+        """How long a message has taken to come, on average (None: not known yet)."""
+        return self._average_s
 
     def record(self, waited_s: float) -> None:
         """Feed how long one message took to come, from the start of its wait.

@@ -41,7 +41,7 @@ DIRECT_POLL_MS = 10
 class ReplyChannel:
     """DEALER sockets to local contexts, keyed by the context's address."""
 
-    __slots__ = ("_zmq", "_sockets", "epoch", "tasks", "corked", "closed", "owner")
+    __slots__ = ("_zmq", "_sockets", "epoch", "tasks", "corked", "closed", "owner", "rung")
 
     def __init__(self, zmq_context: zmq.Context, epoch: int) -> None:
         self._zmq = zmq_context
@@ -54,6 +54,9 @@ class ReplyChannel:
         self.corked: dict[zmq.Socket, list[tuple[Any, list[Any]]]] = {}
         self.closed = False
         self.owner = threading.Lock()  # held by the one thread that may use its sockets
+        # A run()'s task on a context's doorbell, whose answer may come there
+        # (farm.runtime.direct.Rung), until the task ends.
+        self.rung: Any = None
 
     def socket_for(self, address: str) -> zmq.Socket:
         """The socket to the context at ``address``, connected on first use (a

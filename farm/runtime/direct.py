@@ -45,7 +45,8 @@ from farm.runtime.processes import ContextSlot
 from farm.runtime.wakepipe import WakePipe
 from workers import protocol
 from workers.batching import MOST_HELD
-from workers.spin import SpinWait
+from workers.doorbell import RECORD_ROOM, TAKE_GRACE_S, Doorbell
+from workers.spin import SpinWait, yield_cpu
 
 __all__ = [
     "CHUNK_BUDGET_US",
@@ -184,7 +185,9 @@ class DirectPath:
 
     def send_direct(self, core: int, task: Task) -> Optional[tuple[ReplyChannel, zmq.Socket]]:
         """Under the lock, for ``run()``: send the admitted ``task`` on a
-        channel of its own if ``core`` can take it at once; else None."""
+        channel of its own if ``core`` can take it at once; else None. A
+        context that polls for its next task gets it on its doorbell
+        (``workers.doorbell``; the channel's ``rung`` says so)."""
         books = self.books
         lane = books.lanes[task.model]
         slot = (
@@ -195,11 +198,30 @@ class DirectPath:
         channel = self.channels.checkout(self.local_addresses)
         if channel is None:
             return None
+        bell = slot.bell
+        if bell is not None and not bell.outstanding and bell.polling():
+            rung = self._ring(channel, slot, bell, task)
+            if rung is not None:
+                return channel, rung.socket
         socket = self._send_on(channel, slot, task)
         if socket is None:
             self.channels.checkin(channel, reusable=False)
             return None
         return channel, socket
+
+    def _ring(self, channel: ReplyChannel, slot: ContextSlot, bell: Doorbell, task: Task) -> Optional[Rung]:
+        """Under the lock: write ``task`` on ``slot``'s doorbell and put it on
+        the context's books; None if it does not fit there."""
+        header = task_header(task, direct=True)
+        if len(header) > RECORD_ROOM:
+            return None
+        try:
+            socket = channel.socket_for(slot.address)  # should the task have to move to a message
+        except zmq.ZMQError:
+            return None
+        rung = channel.rung = Rung(bell, bell.post(header), header, socket, time.perf_counter())
+        self.books.book(slot, task)
+        return rung
 
     def local_addresses(self) -> set[str]:
         """The addresses of every local context there is now."""
@@ -215,6 +237,8 @@ class DirectPath:
         elsewhere, the farm was closed): that is seen within ``DIRECT_POLL_MS``
         (the socket's receive timeout)."""
         assert task.future is not None
+        if channel.rung is not None:
+            return self._wait_rung(task, channel, channel.rung, timeout)
         future = task.future
         deadline = None if timeout is None else time.monotonic() + timeout
         waiting_since = time.perf_counter()
@@ -234,6 +258,66 @@ class DirectPath:
             raise timed_out(task, timeout)  # the task goes on; the router's sweep reads its answer
         self.spin.record(time.perf_counter() - waiting_since)
         return future.result(0)
+
+    def _wait_rung(
+        self, task: Task, channel: ReplyChannel, rung: Rung, timeout: Optional[float]
+    ) -> list[np.ndarray]:
+        """:meth:`wait_direct` for a task on a doorbell: look for its answer
+        there (polling, or sleeping first when answers take longer than the
+        poll's limit); move it to a message if the context has not taken it
+        within ``TAKE_GRACE_S``, and then look on the socket too. The router
+        may end the task instead, as in :meth:`wait_direct`."""
+        assert task.future is not None
+        future, bell, seq, socket = task.future, rung.bell, rung.seq, rung.socket
+        deadline = None if timeout is None else time.monotonic() + timeout
+        clock = time.perf_counter
+        limit_s, expected_s = self.spin.limit_s, self.spin.expected_s
+        poll_from = rung.posted + (expected_s - limit_s / 2 if expected_s and expected_s > limit_s else 0.0)
+        poll_until = max(poll_from, rung.posted) + limit_s
+        moved = False
+        token = self.spin.token
+        polls = token.acquire(False)  # one caller polls at a time; another naps between looks
+        try:
+            while not future.done():
+                header = bell.answer(seq)
+                if header is not None:
+                    self._take_rung_answer(header)
+                    break
+                now = clock()
+                if not moved and now - rung.posted > TAKE_GRACE_S and not bell.taken(seq):
+                    moved = True
+                    bell.cancel(seq)  # before the message: the context never runs both
+                    try:
+                        socket.send(rung.header)
+                    except zmq.ZMQError:  # the farm is closing: the router ends the task
+                        pass
+                if moved and socket.get(protocol.EVENTS) & protocol.POLLIN:  # type: ignore[operator]
+                    self._take_direct_answers(socket)
+                elif deadline is not None and time.monotonic() >= deadline:
+                    break
+                elif polls and poll_from <= now <= poll_until:
+                    yield_cpu()
+                else:  # not due yet, long overdue, or another caller polls: look now and then
+                    time.sleep(_RUNG_NAP_S if now >= poll_from else min(poll_from - now, _RUNG_NAP_S))
+        finally:
+            if polls:
+                token.release()
+            if future.done():
+                bell.outstanding = False
+                channel.rung = None
+            self.return_channel(channel, [task])
+        if not future.done():
+            raise timed_out(task, timeout)  # the task goes on; the router's sweep reads its answer
+        self.spin.record(clock() - rung.posted)
+        return future.result(0)
+
+    def _take_rung_answer(self, header: bytes) -> None:
+        """The router's part for an answer read from a doorbell."""
+        message = protocol.decode(header, protocol.FOR_PARENT)
+        if message is None:  # cannot be: the checksum matched what the context wrote
+            print(f"rknn-farm: dropped an undecodable doorbell answer: {header[:64]!r}", file=sys.stderr)
+            return
+        self._take_direct_answer(message, [])
 
     def _take_direct_answer(self, message: Any, frames: list[Any]) -> None:
         """The router's part for an answer that came on a reply channel (for
@@ -298,6 +382,14 @@ class DirectPath:
                         self.send_corked(socket, entries)
                     for socket in channel.sockets():
                         self._take_direct_answers(socket)
+                    rung = channel.rung
+                    if rung is not None:  # its caller gave up on a task on a doorbell
+                        header = rung.bell.answer(rung.seq)
+                        if header is not None:
+                            self._take_rung_answer(header)
+                        if all(t.ended for t in channel.tasks):
+                            rung.bell.outstanding = False
+                            channel.rung = None
                     if channel.tasks and all(t.ended for t in channel.tasks):
                         with self.books.cond:
                             self.channels.checkin(channel, reusable=False)  # releases the owner
@@ -402,6 +494,22 @@ class DirectPath:
             cores = {task.core for task in reversed(tasks) if books.unsend(task)}  # the oldest first in line
             for core in cores:
                 books.dispatch(core)
+
+
+#: A caller whose answer is overdue on a doorbell looks again this often.
+_RUNG_NAP_S = 50e-6
+
+
+class Rung(NamedTuple):
+    """A ``run()``'s task written on a context's doorbell: its ``seq`` there,
+    its header (sent as a message if the context does not take it in time),
+    the socket to that context, and when it was written."""
+
+    bell: Doorbell
+    seq: int
+    header: bytes
+    socket: zmq.Socket
+    posted: float
 
 
 class Commitment(NamedTuple):

@@ -32,6 +32,7 @@ import workers
 from farm.data.dmabuf import DmaFrames, FrameChannel, frame_socket_pair
 from farm.data.task import DEFAULT_MODEL
 from farm.runtime.stats import WorkerStats
+from workers.doorbell import Doorbell, new_doorbell_memory, open_doorbells
 from workers.protocol import QUIT
 
 __all__ = [
@@ -86,7 +87,7 @@ class ContextSlot:
     node's credit, which takes a task of any model the node serves), and the
     tasks the router has sent it."""
 
-    __slots__ = ("worker", "index", "model", "socket", "address", "in_flight", "held", "busy_since")
+    __slots__ = ("worker", "index", "model", "socket", "address", "in_flight", "held", "busy_since", "bell")
 
     def __init__(
         self,
@@ -106,6 +107,7 @@ class ContextSlot:
         # still run them (a node's hung task): they take room until answered.
         self.held: set[tuple[int, int]] = set()
         self.busy_since = 0.0  # when the task it is running now started (monotonic)
+        self.bell: Optional[Doorbell] = None  # where a run() may ring while it polls (workers.doorbell)
 
 
 class WorkerHandle:
@@ -233,14 +235,21 @@ def spawn_worker(
         placements=placements,
     )
     exit_read, exit_write = os.pipe()
+    passed = [exit_write]
     frame_ends = frame_socket_pair() if frames is not None else None
     if frame_ends is not None:
         spec["frame_fd"] = frame_ends[1].fileno()  # pass_fds keeps the number
+        passed.append(frame_ends[1].fileno())
+    # Contexts poll only with spin_us: only then is a doorbell rung.
+    bells = new_doorbell_memory(len(handle.slots)) if base_spec["options"].get("spin_us") else None
+    if bells is not None:
+        spec["bell_fd"] = bells[0]
+        passed.append(bells[0])
     try:
         handle.process = subprocess.Popen(
             [sys.executable, "-c", _BOOTSTRAP],
             stdin=subprocess.PIPE,
-            pass_fds=(exit_write,) if frame_ends is None else (exit_write, frame_ends[1].fileno()),
+            pass_fds=passed,
             env=_worker_environment(),
         )
     except BaseException:
@@ -252,6 +261,11 @@ def spawn_worker(
         os.close(exit_write)
         if frame_ends is not None:
             frame_ends[1].close()
+        if bells is not None:
+            os.close(bells[0])  # the worker has its own; the mapping keeps the memory
+    if bells is not None:
+        for slot, bell in zip(handle.slots, open_doorbells(bells[1], len(handle.slots))):
+            slot.bell = bell
     if frames is not None and frame_ends is not None:
         handle.frame_channel = frames.attach(frame_ends[0])  # every live frame, sent now
     handle.exit_fd = exit_read
