@@ -227,8 +227,8 @@ class DirectPath:
             socket = channel.socket_for(slot.address)  # should the task have to move to a message
         except zmq.ZMQError:
             return None
+        self.books.book(slot, task)  # before it can be answered
         rung = channel.rung = Rung(bell, bell.post(header), header, socket, time.perf_counter())
-        self.books.book(slot, task)
         return rung
 
     def local_addresses(self) -> set[str]:
@@ -271,10 +271,11 @@ class DirectPath:
         self, task: Task, channel: ReplyChannel, rung: Rung, timeout: Optional[float]
     ) -> list[np.ndarray]:
         """:meth:`wait_direct` for a task on a doorbell: look for its answer
-        there (polling, or sleeping first when answers take longer than the
-        poll's limit); move it to a message if the context has not taken it
-        within ``TAKE_GRACE_S``, and then look on the socket too. The router
-        may end the task instead, as in :meth:`wait_direct`."""
+        there, polling from one ``spin_us`` before it is due to one after
+        (sleeping before, napping after, and napping throughout while
+        another caller polls); move it to a message if the context has not
+        taken it within ``TAKE_GRACE_S``, and then look on the socket too.
+        The router may end the task instead, as in :meth:`wait_direct`."""
         assert task.future is not None
         future, bell, seq, socket = task.future, rung.bell, rung.seq, rung.socket
         deadline = None if timeout is None else time.monotonic() + timeout
