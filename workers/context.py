@@ -136,7 +136,7 @@ class ContextThread(threading.Thread):
         self._loaded = loaded
         self._spin = spin or SpinWait(0)  # waiting for the next task (shared by the worker's contexts)
         self._bell = bell  # where the parent may ring while this context polls (workers.doorbell)
-        self._rung = RanRecently()  # tasks taken from the doorbell: a copy sent as a message is dropped
+        self._taken_from_bell = RanRecently()  # a copy of one, sent as a message too, is dropped
         self.session: Any = None
         self._static_outputs: Optional[tuple[list[tuple[int, str, tuple[int, ...]]], int]] = None
         self._bound: Optional[_BoundBuffers] = None
@@ -206,7 +206,7 @@ class ContextThread(threading.Thread):
         waiting = self._waiting = protocol.waiting_check(tasks)
         answered = clock()
         batched = False
-        bell, rung, lone = self._bell, self._rung, protocol.TaskMessage
+        bell, taken_from_bell, lone = self._bell, self._taken_from_bell, protocol.TaskMessage
         ahead: Optional[tuple[bytes, Any, list[Any]]] = None  # read while gathering a round, not of it
         try:
             while True:
@@ -234,7 +234,11 @@ class ContextThread(threading.Thread):
                 todo: Sequence[protocol.TaskMessage]
                 if type(message) is batch:
                     todo = message.tasks
-                elif rung and type(message) is lone and (message.task_id, message.attempt) in rung:
+                elif (
+                    taken_from_bell
+                    and type(message) is lone
+                    and (message.task_id, message.attempt) in taken_from_bell
+                ):
                     continue  # its caller moved it here from the doorbell, where it was taken after all
                 elif frames or not waiting():
                     todo = (message,)
@@ -256,7 +260,7 @@ class ContextThread(threading.Thread):
         if type(message) is not protocol.TaskMessage:
             print(f"rknn-farm worker: dropped an undecodable doorbell task: {posted[:64]!r}", file=sys.stderr)
             return
-        self._rung.note((message.task_id, message.attempt))
+        self._taken_from_bell.note((message.task_id, message.attempt))
         started = time.perf_counter()
         answer, out_frames = self._handle(message, [], free_form)
         self._run_time.record(time.perf_counter() - started)

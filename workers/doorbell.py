@@ -89,7 +89,7 @@ class Doorbell:
     time: the parent posts the next only once the last has ended
     (``outstanding``)."""
 
-    __slots__ = ("_view", "_words", "_epoch", "_taken", "seq", "outstanding")
+    __slots__ = ("_view", "_words", "_epoch", "seq", "outstanding")
 
     def __init__(self, view: memoryview) -> None:
         if len(view) < BELL_BYTES:
@@ -97,7 +97,6 @@ class Doorbell:
         self._view = view[:BELL_BYTES]
         self._words = self._view.cast("Q")
         self._epoch = 0  # the context's polling count
-        self._taken = 0  # the context's last task seq read (taken or cancelled)
         self.seq = 0  # the parent's last task seq posted
         self.outstanding = False  # the parent's: a posted task has not ended yet
 
@@ -111,13 +110,14 @@ class Doorbell:
     def take(self) -> Optional[bytes]:
         """A task posted since the last one read: its header bytes; None
         if there is none, or it was cancelled, or it is not whole yet."""
-        seq = self._words[_TASK]
-        if seq <= self._taken:
+        words = self._words
+        seq = words[_TASK]
+        if seq <= words[_TAKEN]:
             return None
-        payload = _read_record(self._view, self._words, _TASK, seq)
+        payload = _read_record(self._view, words, _TASK, seq)
         if payload is None:
             return None  # half seen: read it again on the next look
-        self._taken = self._words[_TAKEN] = seq
+        words[_TAKEN] = seq
         return payload or None  # an empty record: the parent cancelled it
 
     def post_answer(self, header: bytes) -> bool:
@@ -125,7 +125,7 @@ class Doorbell:
         for the doorbell (it then goes as a message)."""
         if len(header) > RECORD_ROOM:
             return False
-        _write_record(self._view, self._words, _ANSWER, self._taken, header)
+        _write_record(self._view, self._words, _ANSWER, self._words[_TAKEN], header)
         return True
 
     # ── the parent's side ───────────────────────────────────────────────

@@ -314,8 +314,7 @@ class DirectPath:
             if polls:
                 token.release()
             if future.done():
-                bell.outstanding = False
-                channel.rung = None
+                _let_go_of_rung(channel)
             self.return_channel(channel, [task])
         if not future.done():
             raise timed_out(task, timeout)  # the task goes on; the router's sweep reads its answer
@@ -398,10 +397,8 @@ class DirectPath:
                         header = rung.bell.answer(rung.seq)
                         if header is not None:
                             self._take_rung_answer(header)
-                        if all(t.ended for t in channel.tasks):
-                            rung.bell.outstanding = False
-                            channel.rung = None
                     if channel.tasks and all(t.ended for t in channel.tasks):
+                        _let_go_of_rung(channel)
                         with self.books.cond:
                             self.channels.checkin(channel, reusable=False)  # releases the owner
                         keep = False
@@ -520,6 +517,14 @@ RING_WITHIN_LIMITS = 2
 #: late without waking thousands of times during a long task.
 _RUNG_NAP_S = 50e-6
 _RUNG_LONGEST_NAP_S = 2e-3
+
+
+def _let_go_of_rung(channel: ReplyChannel) -> None:
+    """The task ``channel`` had on a doorbell has ended: the doorbell takes
+    the next one."""
+    if channel.rung is not None:
+        channel.rung.bell.outstanding = False
+        channel.rung = None
 
 
 class Rung(NamedTuple):
