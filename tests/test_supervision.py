@@ -161,6 +161,64 @@ def test_ten_thousand_tasks_under_random_kills_are_each_answered_once():
     assert all(int(a[0][0][0][0]) == 100 + i for i, a in answers.items()), "a result does not match its input"
 
 
+def _interrupt_after_the_farms_lock_is_taken(books):
+    """A trace function that raises KeyboardInterrupt just after the
+    calling thread acquires ``books``' lock through the Condition's
+    Python-level ``__enter__``, before that frame returns: where a Ctrl-C
+    can land, since Python checks for signals after a call into C."""
+    enter = threading.Condition.__enter__.__code__
+    interrupted = []
+
+    def interrupt_on_return(frame, event, arg):
+        if event == "return":
+            interrupted.append(True)
+            raise KeyboardInterrupt("Ctrl-C, just after the lock was taken")
+        return interrupt_on_return
+
+    def tracer(frame, event, arg):
+        if event == "call" and frame.f_code is enter and frame.f_locals.get("self") is books.cond:
+            return interrupt_on_return
+        return None
+
+    return tracer, interrupted
+
+
+def test_a_ctrl_c_just_after_the_app_takes_the_farms_lock_leaves_it_free():
+    # A Ctrl-C between a lock's acquisition and the `with` block that
+    # releases it leaves the lock held: on Python 3.9 the farm's close then
+    # waited forever for its own router (seen in CI). The app's thread takes
+    # the farm's lock only in ways a signal cannot split.
+    with Farm("tests.pyfuncs:echo", schedule="0,1", max_queue_size=4) as farm:
+        books = farm._router.books
+        tracer, interrupted = _interrupt_after_the_farms_lock_is_taken(books)
+        feed = {"x": np.arange(4, dtype=np.float32)}
+        calls = {
+            "submit": lambda: farm.submit(feed).result(timeout=10),
+            "run": lambda: farm.run(feed, timeout=10),
+            "map": lambda: list(farm.map([feed] * 20)),
+            "stats": farm.stats,
+            "health": farm.health,
+        }
+        for name, call in calls.items():
+            sys.settrace(tracer)
+            try:
+                call()
+            except KeyboardInterrupt:
+                pass
+            finally:
+                sys.settrace(None)
+            leaked = books.lock._is_owned()
+            while books.lock._is_owned():  # so that a failing test still closes its farm
+                books.lock.release()
+            assert not leaked, f"{name}() left the farm's lock held"
+        assert not interrupted, "the app's thread took the farm's lock through Condition.__enter__"
+        np.testing.assert_array_equal(farm.run(feed, timeout=10)[0], feed["x"])
+        closer = threading.Thread(target=farm.close, daemon=True)
+        closer.start()
+        closer.join(30)
+        assert not closer.is_alive(), "the farm did not close"
+
+
 def test_ctrl_c_in_the_app_leaves_no_worker_behind():
     script = textwrap.dedent(
         f"""

@@ -120,9 +120,12 @@ class Books:
         send_batch: Optional[SendBatchFn] = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        # ``cond``'s lock: ``with books.lock:`` takes the same lock as ``with
-        # books.cond:`` without the Condition's Python-level __enter__/__exit__
-        # (the paths run once per task use it).
+        # ``cond``'s lock. Always taken as ``with books.lock:``, never ``with
+        # books.cond:`` (``cond`` is for wait and notify): the Condition's
+        # __enter__ is Python code, and a Ctrl-C that lands after it has
+        # acquired the lock, before it returns, leaves the lock held: the
+        # farm's close then waits for its router forever (seen on Python 3.9).
+        # The lock's own __enter__ cannot be split so (and costs less).
         self.lock = threading.RLock()
         self.cond = threading.Condition(self.lock)
         self.workers: list[WorkerHandle] = []

@@ -185,7 +185,7 @@ class Answers:
 
     def _deliver(self, task: Task, outputs: Optional[list], error: Optional[BaseException]) -> None:
         """End ``task`` (if nobody has) and hand its outcome over."""
-        with self.books.cond:
+        with self.books.lock:
             finished = self.books.finish(task)
         if finished:
             self._resolve(task, outputs, error)

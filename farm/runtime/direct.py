@@ -356,7 +356,7 @@ class DirectPath:
     def return_channel(self, channel: ReplyChannel, tasks: list[Task]) -> None:
         """A caller is done with ``channel``: it goes back to the pool, or, if
         answers for ``tasks`` are still to come, to the router thread's sweep."""
-        with self.books.cond:
+        with self.books.lock:
             unfinished = [t for t in tasks if not t.ended]
             if unfinished and not channel.closed:
                 channel.tasks = unfinished
@@ -372,7 +372,7 @@ class DirectPath:
         ended."""
         if not self.channels.checked_out:
             return  # the common case on the router's busy path: nothing to look at
-        with self.books.cond:
+        with self.books.lock:
             channels = self.channels.out()
         for channel in channels:
             if not channel.owner.acquire(False):
@@ -399,7 +399,7 @@ class DirectPath:
                             self._take_rung_answer(header)
                     if channel.tasks and all(t.ended for t in channel.tasks):
                         _let_go_of_rung(channel)
-                        with self.books.cond:
+                        with self.books.lock:
                             self.channels.checkin(channel, reusable=False)  # releases the owner
                         keep = False
             finally:
@@ -413,7 +413,7 @@ class DirectPath:
         map raises FarmClosedError if resumed. False if a caller still holds
         one after ``timeout_s``."""
         deadline = time.monotonic() + timeout_s
-        with self.books.cond:
+        with self.books.lock:
             while self.channels.any_held:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -429,7 +429,7 @@ class DirectPath:
         books = self.books
         if books.pacer.enabled:
             return None
-        with books.cond:
+        with books.lock:
             channel = self.channels.checkout(self.local_addresses)
         return None if channel is None else DirectStream(self, channel, timeout_s)
 
@@ -498,7 +498,7 @@ class DirectPath:
         fails at once does; those the router already took back (their worker
         died) are its own."""
         books = self.books
-        with books.cond:
+        with books.lock:
             cores = {task.core for task in reversed(tasks) if books.unsend(task)}  # the oldest first in line
             for core in cores:
                 books.dispatch(core)

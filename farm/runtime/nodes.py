@@ -72,7 +72,7 @@ class Membership:
         answered = []
         lost: Failed = []
         books = self.books
-        with books.cond:
+        with books.lock:
             if remote.socket in events:
                 for _ in range(_BATCH):
                     item = remote.receive()
@@ -100,7 +100,7 @@ class Membership:
         unreachable = self.remote.flush()
         failed: Failed = []
         if unreachable:
-            with self.books.cond:
+            with self.books.lock:
                 for identity in unreachable:
                     node = self.remote.by_identity.get(identity)
                     if node is not None:

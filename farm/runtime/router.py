@@ -261,7 +261,7 @@ class Router:
             self._spawn(worker)
         self._thread.start()
         deadline = time.monotonic() + timeout_s
-        with books.cond:
+        with books.lock:
             while not books.start_error and not all(w.ready for w in books.workers):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -278,7 +278,7 @@ class Router:
             raise WorkerStartError(error)
 
     def _spawn(self, worker: WorkerHandle) -> None:
-        with self.books.cond:
+        with self.books.lock:
             self._channels.epoch += 1  # its contexts get new addresses
         spawn_worker(
             worker,
@@ -301,7 +301,7 @@ class Router:
         and socket to wait on (:meth:`wait_direct`) are returned, else None."""
         books = self.books
         deadline = time.perf_counter() + timeout_s
-        with books.cond:
+        with books.lock:
             while True:
                 books.check_open()
                 now = time.perf_counter()
@@ -334,7 +334,7 @@ class Router:
     def map_window(self) -> int:
         """Tasks a ``map()`` keeps in flight by default: what fills every
         context (deeper for short tasks, see ``stream_depth``), plus a queue."""
-        with self.books.cond:
+        with self.books.lock:
             held = sum(
                 len(w.slots) * (WINDOW if w.remote else stream_depth(w.stats.infer_ema_us))
                 for w in self.books.workers
@@ -407,7 +407,7 @@ class Router:
             poller.register(self.remote.monitor, zmq.POLLIN)
         watched: dict[int, WorkerHandle] = {}
         while True:
-            with books.cond:
+            with books.lock:
                 if books.stopping and not any(w.process and w.exit_fd >= 0 for w in books.workers):
                     self._close_nodes()
                     return
@@ -436,7 +436,7 @@ class Router:
         )
         error.__cause__ = cause
         books = self.books
-        with books.cond:
+        with books.lock:
             books.failure = error
             pending = books.take_every_task()
             books.cond.notify_all()
@@ -575,7 +575,7 @@ class Router:
     def snapshot(self) -> dict[str, Any]:
         """The figures ``Farm.stats()`` reports."""
         books = self.books
-        with books.cond:
+        with books.lock:
             now = time.perf_counter()
             workers = []
             for w in books.workers:
@@ -631,7 +631,7 @@ class Router:
 
     def metrics_snapshot(self) -> tuple[dict[str, Any], dict[int, tuple[list[int], float]]]:
         """``snapshot()`` and, per worker, its cumulative latency buckets and sum."""
-        with self.books.cond:
+        with self.books.lock:
             histograms = {
                 w.worker_id: (list(w.stats.latency_buckets), w.stats.latency_sum_s)
                 for w in self.books.workers
@@ -642,7 +642,7 @@ class Router:
         """Readiness: ready when every local core's worker is ready and some core
         serves (a node that left is listed as "down" but does not count)."""
         books = self.books
-        with books.cond:
+        with books.lock:
             cores = {w.core: w.state.label for w in books.workers}
             local_ready = all(w.ready for w in books.workers if not w.remote)
             serving = not books.closing and books.failure is None
@@ -679,7 +679,7 @@ class Router:
         that the close waits for (:meth:`on_own_thread`): ``Farm.close``
         moves such a close to a thread of its own."""
         books = self.books
-        with books.cond:
+        with books.lock:
             books.closing = True
             books.cancelling = books.cancelling or cancel
             books.cond.notify_all()  # wakes admitters, and a close() that drains
@@ -727,13 +727,13 @@ class Router:
 
     def _stop_and_release(self) -> None:
         books = self.books
-        with books.cond:
+        with books.lock:
             queued = books.take_queued()
         for task in queued:
             self.answers.fail(task, FarmClosedError("the farm was closed before this task started"))
         self._stop_workers()
         for worker in books.workers:
-            with books.cond:
+            with books.lock:
                 orphans = books.take_in_flight(worker)
             for task in orphans:
                 self.answers.fail(task, FarmClosedError("the farm closed before this task finished"))

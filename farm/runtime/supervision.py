@@ -112,7 +112,7 @@ class Supervisor:
     def on_worker_exit(self, worker: WorkerHandle) -> None:
         """Router thread, without the lock: ``worker``'s exit pipe fired."""
         exitcode = reap_process(worker)
-        with self.books.cond:
+        with self.books.lock:
             # Under the lock: a caller dispatching to this worker sends on these sockets
             # under it too, and a ZeroMQ socket must never be used by two threads at once.
             close_slots(worker)
@@ -304,11 +304,11 @@ class Supervisor:
         """Router thread, without the lock: health checks, and the respawns that are due."""
         books = self.books
         now = books.clock()
-        with books.cond:
+        with books.lock:
             if not books.stopping:
                 self.check_health(now)
         for worker in books.workers:
-            with books.cond:
+            with books.lock:
                 due = worker.respawn_at is not None and worker.respawn_at <= now and not books.stopping
                 if due:
                     worker.respawn_at = None
@@ -321,9 +321,9 @@ class Supervisor:
         try:
             self._spawn(worker)
         except OSError as exc:
-            with books.cond:
+            with books.lock:
                 self.schedule_respawn(worker, f"could not start: {exc}")
             return
-        with books.cond:
+        with books.lock:
             if books.stopping:  # close() began while it started: it must not outlive the farm
                 request_stop(worker)
