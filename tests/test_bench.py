@@ -183,6 +183,33 @@ def test_pacing_on_cls(tmp_path: Path) -> None:
     assert "pacing (cls, enable_pacing=True)" in stdout
 
 
+@pytest.mark.timeout(300)
+def test_threads_parity_in_alternating_rounds_on_cls(tmp_path: Path) -> None:
+    if importlib.util.find_spec("rapidocr_onnxruntime") is None:
+        pytest.skip("the cls workload needs rapidocr-onnxruntime")
+    from farm.tools.bench.parity import PARITY_ROUNDS
+
+    command = ["benchmarks/bench.py", "--workloads", "cls", "--methods", "threads,farm,farm-inplace"]
+    report, stdout = _run_suite([*command, "--no-pacing"], tmp_path)
+    parity = report["parity"]["cls"]
+    assert parity["rounds"] == PARITY_ROUNDS
+    assert set(parity["tasks_per_s"]) == {"threads", "farm", "farm-inplace"}
+    for method, rates in parity["tasks_per_s"].items():
+        assert len(rates) == PARITY_ROUNDS and all(rate > 0 for rate in rates), method
+        assert all(cpu > 0 for cpu in parity["cpu_us_per_task"][method]), method
+    for method in ("farm", "farm-inplace"):
+        ratios = [f / t for f, t in zip(parity["tasks_per_s"][method], parity["tasks_per_s"]["threads"])]
+        assert parity["vs_threads"][method] == pytest.approx(sorted(ratios)[PARITY_ROUNDS // 2])
+        assert report["ratios"]["parity_vs_threads"]["cls"][method] == parity["vs_threads"][method]
+    targets = {t["name"]: t for t in report["targets"] if "alternating rounds" in t["name"]}
+    cls_farm = targets["threads parity in alternating rounds: farm cls tasks/s ÷ threads, median"]
+    assert cls_farm["value"] == parity["vs_threads"]["farm"]
+    assert cls_farm["met"] == (cls_farm["value"] >= 0.95)
+    rec = targets["threads parity in alternating rounds: farm rec tasks/s ÷ threads, median"]
+    assert rec["value"] is None and rec["met"] is None
+    assert f"threads parity on cls, {PARITY_ROUNDS} alternating rounds" in stdout
+
+
 def test_bad_options_are_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert bench_main(["--workloads", "tiny,nope", "--out", str(tmp_path)]) == 2
     assert "choose from tiny,cls,rec,frame" in capsys.readouterr().err
@@ -446,7 +473,9 @@ def test_threads_parity_and_own_cost_targets_read_the_threads_and_in_process_row
         row("tiny", "inprocess", 160000.0, 6.0, 0.0),
         row("tiny", "farm", 31000.0, 40.0, 30.0),  # 64 µs of its own
     ]
-    ratios = compute_ratios(rows, {}, None)
+    parity = {"cls": {"vs_threads": {"farm": 0.97, "farm-inplace": 1.01}}}  # rec: no rounds measured
+    ratios = compute_ratios(rows, {}, None, parity)
+    assert ratios["parity_vs_threads"] == {"cls": {"farm": 0.97, "farm-inplace": 1.01}}
     assert ratios["vs_threads"] == {
         "cls": {"farm": pytest.approx(0.96), "farm-inplace": pytest.approx(0.99)},
         "rec": {"farm": pytest.approx(0.94)},
@@ -461,6 +490,9 @@ def test_threads_parity_and_own_cost_targets_read_the_threads_and_in_process_row
         "threads parity: farm cls tasks/s ÷ threads": (pytest.approx(0.96), True),
         "threads parity: farm-inplace cls tasks/s ÷ threads": (pytest.approx(0.99), False),
         "threads parity: farm rec tasks/s ÷ threads": (pytest.approx(0.94), False),
+        "threads parity in alternating rounds: farm cls tasks/s ÷ threads, median": (0.97, True),
+        "threads parity in alternating rounds: farm-inplace cls tasks/s ÷ threads, median": (1.01, True),
+        "threads parity in alternating rounds: farm rec tasks/s ÷ threads, median": (None, None),
         "own cost: farm cls CPU µs per task (app + workers) beyond the in-process run": (
             pytest.approx(130.0),
             True,

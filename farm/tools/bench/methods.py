@@ -25,6 +25,7 @@ Functions named ``_child_*`` run in the spawned child processes.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import inspect
 import multiprocessing
 import os
@@ -32,6 +33,7 @@ import shutil
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any, Callable, Optional
 
 import numpy as np
@@ -67,9 +69,11 @@ __all__ = [
     "bench_farm_stages",
     "farm_takes_stages",
     "frame_figures",
+    "inplace_not_applicable",
     "map_throughput",
     "ort_session",
     "run_method",
+    "session_threads",
     "shared_feed",
     "start_farm",
 ]
@@ -178,9 +182,23 @@ def bench_inprocess(workload: Workload, config: Config) -> Row:
 def bench_threads(workload: Workload, config: Config) -> Row:
     """A ThreadPoolExecutor of N threads, each with its own session (thread
     ``i`` on core ``i``), running the model then the workload's step."""
-    local = threading.local()
-    feed, n = workload.feed, config.workers
     started = time.perf_counter()
+    with session_threads(workload, config.workers) as (pool, run):
+        row = _measure_pool(
+            Row(workload.name, "threads", config.workers), pool, run, workload.feed, config, started
+        )
+        _note_answer(row, workload, pool.submit(run, workload.feed).result())
+        return row
+
+
+@contextlib.contextmanager
+def session_threads(
+    workload: Workload, n: int
+) -> Iterator[tuple[concurrent.futures.ThreadPoolExecutor, Callable[[dict[str, np.ndarray]], Any]]]:
+    """The ``threads`` baseline: a pool of ``n`` threads, thread ``i`` with
+    its own session on core ``i``, and the function to submit to it (the
+    model, then the workload's step). The sessions close on exit."""
+    local = threading.local()
     runners: list[_Runner] = []
     try:
         for core in range(n):  # opened here, so that a failure says what failed
@@ -194,9 +212,7 @@ def bench_threads(workload: Workload, config: Config) -> Row:
             return local.runner.run(feed)
 
         with concurrent.futures.ThreadPoolExecutor(n, initializer=claim_runner) as pool:
-            row = _measure_pool(Row(workload.name, "threads", n), pool, run, feed, config, started)
-            _note_answer(row, workload, pool.submit(run, feed).result())
-            return row
+            yield pool, run
     finally:
         for runner in runners:
             runner.close()
@@ -409,10 +425,17 @@ def bench_farm_inplace(workload: Workload, config: Config) -> Row:
     """As ``farm``, with the inputs written once into arrays the farm handed
     out (``Farm.input_array``): no copy in. Not applicable to inputs small
     enough to travel in the task header (they never touch shared memory)."""
-    nbytes = sum(align(array.nbytes) for array in workload.feed.values())  # as the farm counts them
-    if nbytes <= INLINE_BYTES:
-        raise MethodNotApplicable(f"its inputs ({nbytes} B) travel in the task header")
+    reason = inplace_not_applicable(workload)
+    if reason is not None:
+        raise MethodNotApplicable(reason)
     return _bench_farm(workload, config, "farm-inplace", lambda farm: shared_feed(farm, workload.feed))
+
+
+def inplace_not_applicable(workload: Workload) -> Optional[str]:
+    """Why ``farm-inplace`` would measure nothing new on ``workload`` (its
+    inputs travel in the task header, never in shared memory), or None."""
+    nbytes = sum(align(array.nbytes) for array in workload.feed.values())  # as the farm counts them
+    return f"its inputs ({nbytes} B) travel in the task header" if nbytes <= INLINE_BYTES else None
 
 
 def shared_feed(farm: Farm, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -18,8 +18,10 @@ from farm.tools.bench import host
 from farm.tools.bench.measure import Config, Row
 from farm.tools.bench.methods import METHODS, MethodNotApplicable, frame_figures, run_method
 from farm.tools.bench.paced import bench_pacing
+from farm.tools.bench.parity import bench_parity
 from farm.tools.bench.report import (
     FRAME_FIGURES,
+    VS_THREADS_MIN,
     check_targets,
     compute_ratios,
     format_table,
@@ -43,6 +45,9 @@ __all__ = ["add_arguments", "leftovers", "main", "run"]
 _DEFAULT_DURATION_S = 3.0
 _QUICK_DURATION_S = 0.25
 _FLOOR_WINDOW = 16
+#: The workloads whose threads parity is also measured in alternating rounds
+#: (``farm.tools.bench.parity``): those with a parity target.
+_PARITY_WORKLOADS = {workload for workload, _ in VS_THREADS_MIN}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -129,6 +134,7 @@ class _Measured:
     skipped: dict[str, str] = dataclasses.field(default_factory=dict)
     frame_figures: dict[str, float] = dataclasses.field(default_factory=dict)
     pacing: Optional[dict[str, Any]] = None
+    parity: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     descriptions: dict[str, str] = dataclasses.field(default_factory=dict)
     failed: dict[str, str] = dataclasses.field(default_factory=dict)
 
@@ -159,6 +165,12 @@ def _measure(
                 if row is not None:
                     measured.rows.append(row)
                     _note(f"{name:<6} {method:<12} {time.perf_counter() - started:5.1f} s")
+            if name in _PARITY_WORKLOADS and "threads" in methods and {"farm", "farm-inplace"} & set(methods):
+                started = time.perf_counter()
+                parity = _attempt(measured, f"{name} parity", bench_parity, workload, config, methods)
+                if parity is not None:
+                    measured.parity[name] = parity
+                    _note(f"{name:<6} {'parity':<12} {time.perf_counter() - started:5.1f} s")
             if name == "frame":
                 measured.frame_figures = frame_figures(workload)
             if name == "cls" and pacing:
@@ -257,7 +269,7 @@ def run(args: argparse.Namespace) -> int:
     measured = _measure(workloads, methods, config, args.pacing and args.model is None)
     elapsed = time.perf_counter() - began
     host_figures["loop_at_end"] = host.loop_speed()
-    ratios = compute_ratios(measured.rows, measured.frame_figures, measured.pacing)
+    ratios = compute_ratios(measured.rows, measured.frame_figures, measured.pacing, measured.parity)
     report = {
         "machine": dict(
             machine_info(),
@@ -276,6 +288,7 @@ def run(args: argparse.Namespace) -> int:
         "rows": [r.to_dict() for r in measured.rows],
         **{f"frame_{name}": measured.frame_figures.get(name) for name in FRAME_FIGURES},
         "pacing": measured.pacing,
+        "parity": measured.parity,
         "ratios": ratios,
         "targets": [] if args.model else check_targets(measured.rows, ratios),
         "skipped": measured.skipped,
