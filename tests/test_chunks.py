@@ -135,6 +135,10 @@ def test_chunk_feeds_policy():
     assert chunk_feeds(10.0, 32, 2) == min(CHUNK_MOST, 16)  # a context's share of the window
     assert chunk_feeds(10.0, 8, 2) == 4
     assert chunk_feeds(1250.0, 64, 2) == 8  # about CHUNK_BUDGET_US (10 ms) of work
+    # a model that keeps its contexts busy: two chunks in flight in each context
+    assert chunk_feeds(1100.0, 32, 2) == 8  # 9 by time
+    assert chunk_feeds(200.0, 32, 2) == 8  # 16 by the share, 50 by time
+    assert chunk_feeds(50.0, 32, 2) == 16  # the app is what is busy: a context's share
     assert chunk_feeds(2500.0, 64, 2) == 4
     assert chunk_feeds(20_000.0, 64, 2) == 1  # long runs: one a task
     assert chunk_feeds(10.0, 32, 0) == 1

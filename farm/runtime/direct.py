@@ -118,6 +118,16 @@ SLOW_PAUSE_SHARE = 0.25
 #: "Chunks in shared memory").
 CHUNK_BUDGET_US = 10_000
 CHUNK_MOST = 16
+#: A model whose feeds take longer than this keeps its contexts busy, not the
+#: app (whose own work is 20–80 µs a chunked feed here): its chunks are at
+#: most half a context's share of the window, so that each context has one
+#: queued behind the one it runs. With a share each, a context that ended its
+#: chunk waited for the app to read its answers and fill the next: cls (1.1
+#: ms a feed) in chunks of 9 kept the two CPUs 2.0 % idle, in chunks of 8
+#: 1.2 %, for 1.7 % more feeds a second (docs/benchmarks.md, "A ninth pass").
+#: A tiny model's chunks stay a share of the window (16, against 8: 39,000
+#: feeds a second against 32,000).
+CONTEXT_BOUND_US = 100.0
 
 
 def chunk_feeds(infer_us: Optional[float], window: int, contexts: int) -> int:
@@ -127,7 +137,8 @@ def chunk_feeds(infer_us: Optional[float], window: int, contexts: int) -> int:
     if infer_us is None or contexts < 1:
         return 1
     by_time = int(CHUNK_BUDGET_US / max(infer_us, 1.0))
-    return max(1, min(CHUNK_MOST, by_time, window // contexts))
+    share = window // contexts if infer_us < CONTEXT_BOUND_US else window // (2 * contexts)
+    return max(1, min(CHUNK_MOST, by_time, share))
 
 
 def stream_depth(infer_us: Optional[float]) -> int:
