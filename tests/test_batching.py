@@ -297,6 +297,25 @@ def test_a_stop_read_while_gathering_a_round_comes_after_the_rounds_answers(slee
     assert not socket.poll(200)  # the context stopped
 
 
+def sleep_chunk(task_id: int, seconds: float, feeds: int) -> protocol.TaskMessage:
+    """A chunk: ``feeds`` sleeps of ``seconds`` in one task (as a map() sends them)."""
+    inputs = [inline("seconds", seconds, np.float64) for _ in range(feeds)]
+    return protocol.TaskMessage(task_id, 0, inputs, None, True, feeds=feeds)
+
+
+def test_a_chunk_waiting_behind_a_chunk_is_not_gathered_with_it(sleep_farm, dealer_to):
+    # A chunk is a batch already: were two waiting chunks run as one round
+    # (the context's runs are short, so a round would take several tasks),
+    # the first chunk's answers would wait for the second's runs too.
+    # Chunks of 4 ms: within what a batch's first answer may wait for the rest.
+    socket = dealer_to(sleep_farm)
+    _occupy(socket)
+    socket.send(protocol.encode(sleep_chunk(11, 0.002, 2)))
+    socket.send(protocol.encode(sleep_chunk(12, 0.002, 2)))
+    messages = receive_answers(socket, 8)
+    assert [[a.task_id for a in answers] for _, answers in messages] == [[1, 2, 3, 4, 5, 6], [11], [12]]
+
+
 def test_lone_tasks_of_a_slow_model_are_answered_one_by_one(sleep_farm, dealer_to):
     socket = dealer_to(sleep_farm)
     socket.send(protocol.encode(sleep_task(1, 0.03)))  # the context learns its runs are long

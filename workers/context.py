@@ -240,7 +240,9 @@ class ContextThread(threading.Thread):
                     and (message.task_id, message.attempt) in taken_from_bell
                 ):
                     continue  # its caller moved it here from the doorbell, where it was taken after all
-                elif frames or not waiting():
+                elif frames or message.feeds is not None or not waiting():
+                    # A chunk is a batch already: gathered with the next one, its
+                    # answers would wait for that chunk's run too.
                     todo = (message,)
                 else:
                     todo, ahead = self._gather_round(message, sender, tasks)
@@ -282,7 +284,12 @@ class ContextThread(threading.Thread):
         while len(todo) < size and self._waiting():
             other = tasks.recv()
             message, frames = protocol.recv_message(tasks, protocol.FOR_CONTEXT)
-            if other != sender or frames or type(message) is not protocol.TaskMessage:
+            if (
+                other != sender
+                or frames
+                or type(message) is not protocol.TaskMessage
+                or message.feeds is not None
+            ):
                 return todo, (other, message, frames)
             todo.append(message)
         return todo, None
