@@ -42,10 +42,10 @@ PARITY_ROUNDS = 5
 def bench_parity(workload: Workload, config: Config, methods: list[str]) -> dict[str, Any]:
     """``PARITY_ROUNDS`` rounds of the thread pool and of the farm methods in
     ``methods`` ("farm", "farm-inplace"), each pipelined for half of
-    ``config.duration_s`` a round. Returns the
-    rounds' tasks/s and CPU µs per task (app + workers) per method, and
-    ``vs_threads``: per farm method, the median of its rounds' tasks/s ÷ the
-    thread pool's in the same round."""
+    ``config.duration_s`` a round. Returns the rounds' tasks/s and CPU µs
+    per task (app + workers) per method, and ``vs_threads``: per farm
+    method, the median of its rounds' tasks/s ÷ the thread pool's in the
+    same round."""
     farm_methods: list[str] = [m for m in ("farm", "farm-inplace") if m in methods]
     if "farm-inplace" in farm_methods and inplace_not_applicable(workload) is not None:
         farm_methods.remove("farm-inplace")
