@@ -254,6 +254,27 @@ def test_caller_instructions_counts_the_same_work_the_same() -> None:
     assert abs(counts[0] - counts[1]) < 0.05 * counts[0]  # what a clock on this machine cannot do
 
 
+def test_ceiling_script_runs_two_sessions_three_ways() -> None:
+    result = subprocess.run(
+        [sys.executable, "benchmarks/ceiling.py", "--workload", "tiny", "--seconds", "0.2", "--rounds", "1"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()[1:]
+    assert [line.split("  ")[1].strip() for line in lines] == [
+        "two threads",
+        "two processes, pinned",
+        "two processes, not pinned",
+    ]
+    for line in lines:
+        rate = float(line.split("tasks/s")[0].split()[-1].replace(",", ""))
+        cpus = line.split("a task:")[1].split(", ")
+        assert rate > 0 and len(cpus) == 2, line
+
+
 def test_run_stages_script_splits_a_run_into_its_stages() -> None:
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "run_stages.py"
     done = subprocess.run(
