@@ -312,8 +312,8 @@ def test_a_chunk_waiting_behind_a_chunk_is_not_gathered_with_it(sleep_farm, deal
     _occupy(socket)
     socket.send(protocol.encode(sleep_chunk(11, 0.002, 2)))
     socket.send(protocol.encode(sleep_chunk(12, 0.002, 2)))
-    messages = receive_answers(socket, 8)
-    assert [[a.task_id for a in answers] for _, answers in messages] == [[1, 2, 3, 4, 5, 6], [11], [12]]
+    groups = [[a.task_id for a in answers] for _, answers in receive_answers(socket, 8)]
+    assert groups[-2:] == [[11], [12]], groups  # (the batch before them may come in parts on a slow machine)
 
 
 def test_lone_tasks_of_a_slow_model_are_answered_one_by_one(sleep_farm, dealer_to):
