@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import statistics
 from typing import Any, Callable
 
@@ -58,11 +59,9 @@ def bench_parity(workload: Workload, config: Config, methods: list[str]) -> dict
         measures: dict[str, Callable[[], Timing]] = {
             "threads": lambda: pipelined_loop(lambda: pool.submit(run, feed), round_s, config.window)
         }
-        feeds = {"farm": feed}
-        if "farm-inplace" in farm_methods:
-            feeds["farm-inplace"] = shared_feed(farm, feed)
         for method in farm_methods:
-            measures[method] = _farm_measure(farm, feeds[method], rounds, step)
+            fed = shared_feed(farm, feed) if method == "farm-inplace" else feed
+            measures[method] = functools.partial(map_throughput, farm, fed, rounds, step)
         warm_up(lambda: pool.submit(run, feed).result(), config.warmup_s)
         warm_up(lambda: step(farm.run(feed)), config.warmup_s)
         order = list(measures)
@@ -85,9 +84,3 @@ def bench_parity(workload: Workload, config: Config, methods: list[str]) -> dict
             for method in farm_methods
         },
     }
-
-
-def _farm_measure(
-    farm: Any, feed: dict[str, Any], rounds: Config, step: Callable[[Any], Any]
-) -> Callable[[], Timing]:
-    return lambda: map_throughput(farm, feed, rounds, step)
