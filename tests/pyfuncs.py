@@ -206,3 +206,26 @@ def count_runs(inputs):
 
 count_runs.inputs = [("seconds", [1], "float64")]
 count_runs.outputs = [("runs", [1], "int64")]
+
+
+#: The environment variable that names a file holding the pid of the worker
+#: that :func:`slow_in_one_worker` runs slowly in.
+SLOW_PID_FILE = "RKNN_FARM_TEST_SLOW_PID_FILE"
+
+
+def slow_in_one_worker(inputs):
+    """Sleeps ``inputs["seconds"]``, four times as long in the worker whose
+    pid the file named by ``$RKNN_FARM_TEST_SLOW_PID_FILE`` holds, then
+    returns this worker's pid (int64 [1])."""
+    seconds = float(np.asarray(inputs["seconds"]).reshape(-1)[0])
+    try:
+        with open(os.environ[SLOW_PID_FILE]) as file:
+            slow = int(file.read() or 0) == os.getpid()
+    except (KeyError, OSError, ValueError):
+        slow = False
+    time.sleep(seconds * (4 if slow else 1))
+    return np.array([os.getpid()], dtype=np.int64)
+
+
+slow_in_one_worker.inputs = [("seconds", [1], "float64")]
+slow_in_one_worker.outputs = [("pid", [1], "int64")]

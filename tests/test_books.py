@@ -168,6 +168,30 @@ def test_a_down_cores_tasks_go_to_the_ready_core_with_the_shortest_queue():
     assert farm.books.core_for(1) == 1
 
 
+def chunk(feeds: int) -> Task:
+    task = Task(None, [], (), None)
+    task.feeds = feeds
+    return task
+
+
+def test_a_chunk_goes_to_the_core_with_the_least_work_for_its_weight_and_a_tie_keeps_the_schedule():
+    workers = [fake_worker(0, 2), fake_worker(1), fake_worker(2, state=WorkerState.BACKOFF)]
+    farm = Farmlet(workers, rotation=[0, 0, 1, 2])
+    books = farm.books
+    assert [books.core_for_chunk(k) for k in range(3)] == [0, 0, 1]  # nothing out anywhere: the schedule
+    books.worker_of_core[0].slots[0].in_flight[1] = chunk(8)
+    books.worker_of_core[0].slots[1].in_flight[2] = chunk(8)  # core 0: 16 feeds for weight 2
+    books.worker_of_core[1].slots[0].in_flight[3] = chunk(8)  # core 1: 8 for weight 1
+    assert [books.core_for_chunk(k) for k in range(3)] == [0, 0, 1]  # 16 / 2 == 8 / 1: a tie
+    books.queues[1].append(chunk(4))  # queued for core 1 counts too
+    assert [books.core_for_chunk(k) for k in range(3)] == [0, 0, 0]
+    books.worker_of_core[0].slots[0].in_flight[4] = chunk(16)  # core 0: 32 / 2 against 12 / 1
+    assert [books.core_for_chunk(k) for k in range(3)] == [1, 1, 1]
+    # Core 2 is down (and idle): never chosen; a lone task still follows the schedule.
+    assert books.core_for_chunk(3) == 1
+    assert [books.core_for(k) for k in range(3)] == [0, 0, 1]
+
+
 def test_a_task_that_cannot_be_sent_fails_alone_and_a_refused_send_stays_queued():
     farm = Farmlet([fake_worker(0, 2)], rotation=[0])
     farm.refuse[0] = KeyError("input gone")

@@ -13,7 +13,7 @@ from farm import Farm
 from farm.errors import InvalidInputError, TaskError, WorkerCrashedError
 from farm.runtime.chunks import REGION_FEED_BYTES
 from farm.runtime.direct import CHUNK_MOST, chunk_feeds
-from tests.pyfuncs import image
+from tests.pyfuncs import SLOW_PID_FILE, image
 from workers import protocol
 
 pytestmark = pytest.mark.timeout(120)
@@ -128,6 +128,25 @@ def test_feeds_that_do_not_fit_a_chunk_go_one_a_task_in_order():
     with Farm(MODEL, schedule="0") as farm:
         outputs = list(farm.map(feeds, chunksize=4))
     assert [int(out[0][0]) for out in outputs] == [100, 101, 102, 103, 104]
+
+
+def test_a_chunk_goes_to_the_core_with_less_work_left_and_a_lone_task_by_the_schedule(tmp_path, monkeypatch):
+    marker = tmp_path / "slow-pid"
+    marker.write_text("")
+    monkeypatch.setenv(SLOW_PID_FILE, str(marker))
+    feed = {"seconds": np.array([0.002])}
+    with Farm("tests.pyfuncs:slow_in_one_worker", schedule="0,1") as farm:
+        for _ in range(10):  # chunks come once inferences are timed
+            farm.run(feed)
+        slow = next(worker["pid"] for worker in farm.stats()["workers"] if worker["core"] == 0)
+        marker.write_text(str(slow))  # core 0's worker now takes 8 ms a feed, core 1's 2 ms
+        pids = [int(out[0][0]) for out in farm.map([feed] * 240, chunksize=4, max_in_flight=16)]
+        lone = [int(farm.run(feed)[0][0]) for _ in range(6)]
+    # By the schedule alone each core would run half the chunks, and core 1 would
+    # wait for core 0's; the least busy core takes the next chunk instead.
+    fast_share = sum(pid != slow for pid in pids) / len(pids)
+    assert fast_share > 0.65, f"core 1 ran {fast_share:.0%} of the feeds"
+    assert len(set(lone[0::2])) == len(set(lone[1::2])) == 1 and lone[0] != lone[1], lone
 
 
 def test_chunk_feeds_policy():

@@ -307,6 +307,38 @@ class Books:
         ready = [c for c in lane.queues if self.worker_of_core[c].ready]
         return min(ready, key=lambda c: len(lane.queues[c])) if ready else core
 
+    def core_for_chunk(self, index: int, lane: Optional[ModelLanes] = None) -> int:
+        """The core of a ``map()``'s chunk that would be task ``index``: its
+        core by the schedule, unless another ready local core of the model
+        has less work outstanding for its weight (the feeds sent to its
+        worker's contexts and queued for it, divided by the times the
+        schedule names it). A chunk is several of the map's feeds, and the
+        map keeps a window of them: were its chunks to go round the cores
+        by number, a core that ends its chunks early would wait for the
+        app while another still has one queued (docs/concepts.md, "Chunks")."""
+        lane = lane or self._first
+        scheduled = self.core_for(index, lane)
+        weights: dict[int, int] = {}
+        for core in lane.rotation:
+            weights[core] = weights.get(core, 0) + 1
+        if len(weights) < 2:
+            return scheduled
+        best, least = scheduled, self._feeds_outstanding(scheduled, lane) / weights.get(scheduled, 1)
+        for core, weight in weights.items():
+            worker = self.worker_of_core[core]
+            if core == scheduled or worker.remote or worker.state is not _READY:
+                continue
+            load = self._feeds_outstanding(core, lane) / weight
+            if load < least:
+                best, least = core, load
+        return best
+
+    def _feeds_outstanding(self, core: int, lane: ModelLanes) -> int:
+        """The feeds sent to ``core``'s contexts (of every model: they share
+        the core) and not answered yet, and those of ``lane`` queued for it."""
+        sent = sum(task.feeds for slot in self.worker_of_core[core].slots for task in slot.in_flight.values())
+        return sent + sum(task.feeds for task in lane.queues.get(core, ()))
+
     def core_for_retry(self, dead_core: int, model: str = DEFAULT_MODEL) -> int:
         """Where the tasks of ``model`` on ``dead_core`` go: the ready core of
         the model with the shortest queue, or ``dead_core`` itself when no

@@ -458,7 +458,10 @@ class DirectPath:
             lane = books.lanes[task.model]
             if not lane.rotation:
                 return _ROUTER
-            core = books.core_for(lane.next_index, lane)
+            if task.feeds > 1:  # a map()'s chunk: to the least busy core
+                core = books.core_for_chunk(lane.next_index, lane)
+            else:
+                core = books.core_for(lane.next_index, lane)
             if not books.takes_direct(core, lane):
                 return _ROUTER
             worker = books.worker_of_core[core]
