@@ -13,6 +13,7 @@ import glob
 import importlib.util
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -197,6 +198,8 @@ def test_threads_parity_in_alternating_rounds_on_cls(tmp_path: Path) -> None:
     for method, rates in parity["tasks_per_s"].items():
         assert len(rates) == PARITY_ROUNDS and all(rate > 0 for rate in rates), method
         assert all(cpu > 0 for cpu in parity["cpu_us_per_task"][method]), method
+        idle = parity["idle_percent"][method]
+        assert len(idle) == PARITY_ROUNDS and all(0 <= share <= 100 for share in idle), (method, idle)
     for method in ("farm", "farm-inplace"):
         ratios = [f / t for f, t in zip(parity["tasks_per_s"][method], parity["tasks_per_s"]["threads"])]
         assert parity["vs_threads"][method] == pytest.approx(sorted(ratios)[PARITY_ROUNDS // 2])
@@ -208,6 +211,7 @@ def test_threads_parity_in_alternating_rounds_on_cls(tmp_path: Path) -> None:
     rec = targets["threads parity in alternating rounds: farm rec tasks/s ÷ threads, median"]
     assert rec["value"] is None and rec["met"] is None
     assert f"threads parity on cls, {PARITY_ROUNDS} alternating rounds" in stdout
+    assert re.search(r"farm-inplace .* cpu [\d,]+, idle \d+\.\d %; ÷ threads", stdout), stdout
 
 
 def test_bad_options_are_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

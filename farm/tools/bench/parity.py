@@ -13,6 +13,10 @@ seconds apart at most; the reading is the median of the rounds' ratios.
 The methods are the rows' own: ``session_threads`` for the thread pool,
 ``start_farm`` and ``map_throughput`` for the farm, ``shared_feed`` for the
 farm in place. Only one of them runs at a time; the others sit idle.
+
+Each round also records the share of the machine's CPU time that was idle
+while the method ran: a farm that spends the pool's CPU a task and still
+runs slower leaves CPUs idle (a context waiting for work), and this says so.
 """
 
 from __future__ import annotations
@@ -21,7 +25,9 @@ import contextlib
 import dataclasses
 import functools
 import statistics
-from typing import Any, Callable
+from typing import Any, Callable, Optional
+
+import psutil
 
 from farm.tools.bench.measure import Config, Timing, pipelined_loop, warm_up
 from farm.tools.bench.methods import (
@@ -43,8 +49,8 @@ PARITY_ROUNDS = 5
 def bench_parity(workload: Workload, config: Config, methods: list[str]) -> dict[str, Any]:
     """``PARITY_ROUNDS`` rounds of the thread pool and of the farm methods in
     ``methods`` ("farm", "farm-inplace"), each pipelined for half of
-    ``config.duration_s`` a round. Returns the rounds' tasks/s and CPU µs
-    per task (app + workers) per method, and ``vs_threads``: per farm
+    ``config.duration_s`` a round. Returns the rounds' tasks/s, CPU µs per
+    task (app + workers) and the machine's idle CPU (%) per method, and ``vs_threads``: per farm
     method, the median of its rounds' tasks/s ÷ the thread pool's in the
     same round."""
     farm_methods: list[str] = [m for m in ("farm", "farm-inplace") if m in methods]
@@ -67,10 +73,13 @@ def bench_parity(workload: Workload, config: Config, methods: list[str]) -> dict
         order = list(measures)
         per_s: dict[str, list[float]] = {method: [] for method in order}
         cpu_us: dict[str, list[float]] = {method: [] for method in order}
+        idle: dict[str, list[Optional[float]]] = {method: [] for method in order}
         for index in range(PARITY_ROUNDS):
             turned = order[index % len(order) :] + order[: index % len(order)]
             for method in turned:
+                before = psutil.cpu_times()
                 timing = measures[method]()
+                idle[method].append(_idle_percent(before, psutil.cpu_times()))
                 per_s[method].append(timing.tasks / timing.wall_s)
                 cpu = timing.cpu_us_per_task()
                 cpu_us[method].append(cpu["parent"] + cpu["children"])
@@ -79,8 +88,19 @@ def bench_parity(workload: Workload, config: Config, methods: list[str]) -> dict
         "round_s": round_s,
         "tasks_per_s": per_s,
         "cpu_us_per_task": cpu_us,
+        "idle_percent": idle,
         "vs_threads": {
             method: statistics.median(f / t for f, t in zip(per_s[method], per_s["threads"]))
             for method in farm_methods
         },
     }
+
+
+def _idle_percent(before: Any, after: Any) -> Optional[float]:
+    """The share (%) of the machine's CPU time between two ``psutil.cpu_times()``
+    that was idle (waiting for I/O included); None if no time passed."""
+    total = sum(after) - sum(before)
+    if total <= 0:
+        return None
+    idle = (after.idle - before.idle) + (getattr(after, "iowait", 0.0) - getattr(before, "iowait", 0.0))
+    return 100.0 * idle / total

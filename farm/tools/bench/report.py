@@ -526,13 +526,17 @@ def _parity_lines(parity: dict[str, dict[str, Any]]) -> list[str]:
         lines += [
             "",
             f"threads parity on {workload}, {measured['rounds']} alternating rounds of"
-            f" {measured['round_s']:.2f} s per method (tasks/s, round by round; cpu us/task, median):",
+            f" {measured['round_s']:.2f} s per method (tasks/s, round by round; cpu us/task and"
+            " the CPUs' idle time, median):",
         ]
         for method, rates in measured["tasks_per_s"].items():
             ratio = measured["vs_threads"].get(method)
             said = "" if ratio is None else f"; ÷ threads, median of the rounds: {ratio:.3f}"
             cpu = statistics.median(measured["cpu_us_per_task"][method])
-            lines.append(f"  {method:<12} {'  '.join(_rate(r) for r in rates)}  cpu {cpu:,.0f}{said}")
+            idle = [share for share in measured.get("idle_percent", {}).get(method, []) if share is not None]
+            idle_said = f", idle {statistics.median(idle):.1f} %" if idle else ""
+            per_round = "  ".join(_rate(r) for r in rates)
+            lines.append(f"  {method:<12} {per_round}  cpu {cpu:,.0f}{idle_said}{said}")
     return lines
 
 
