@@ -98,9 +98,14 @@ def bench_parity(workload: Workload, config: Config, methods: list[str]) -> dict
 
 def _idle_percent(before: Any, after: Any) -> Optional[float]:
     """The share (%) of the machine's CPU time between two ``psutil.cpu_times()``
-    that was idle (waiting for I/O included); None if no time passed."""
-    total = sum(after) - sum(before)
-    if total <= 0:
+    that was idle (waiting for I/O included); None if no time passed. (Linux
+    counts a guest's time in ``user`` too: it is left out of the total.)"""
+
+    def total(times: Any) -> float:
+        return sum(times) - getattr(times, "guest", 0.0) - getattr(times, "guest_nice", 0.0)
+
+    elapsed = total(after) - total(before)
+    if elapsed <= 0:
         return None
     idle = (after.idle - before.idle) + (getattr(after, "iowait", 0.0) - getattr(before, "iowait", 0.0))
-    return 100.0 * idle / total
+    return 100.0 * idle / elapsed
