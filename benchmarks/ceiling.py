@@ -35,19 +35,22 @@ def _loop(name: str, seconds: float, cpu: Optional[int], results: Any, start: An
     back to back for ``seconds``; put (runs, CPU µs a run) on ``results``."""
     if cpu is not None:
         os.sched_setaffinity(0, {cpu})
-    workload = workloads.load_workload(name, tempfile.mkdtemp(prefix="rknn-farm-ceiling-"))
-    session = workloads.backend_session(workload, 0)
-    feed = list(workload.feed.values())
-    for _ in range(3):
-        session.run(feed)
-    start.wait()
-    began_cpu, began = time.thread_time(), time.perf_counter()
-    runs = 0
-    while time.perf_counter() - began < seconds:
-        session.run(feed)
-        runs += 1
-    results.put((runs, (time.thread_time() - began_cpu) / runs * 1e6))
-    session.close()
+    with tempfile.TemporaryDirectory(prefix="rknn-farm-ceiling-") as model_dir:
+        workload = workloads.load_workload(name, model_dir)
+        session = workloads.backend_session(workload, 0)
+        try:
+            feed = list(workload.feed.values())
+            for _ in range(3):
+                session.run(feed)
+            start.wait()
+            began_cpu, began = time.thread_time(), time.perf_counter()
+            runs = 0
+            while time.perf_counter() - began < seconds:
+                session.run(feed)
+                runs += 1
+            results.put((runs, (time.thread_time() - began_cpu) / runs * 1e6))
+        finally:
+            session.close()
 
 
 def _in_threads(name: str, seconds: float) -> list[tuple[int, float]]:
