@@ -318,9 +318,7 @@ class Books:
         app while another still has one queued (docs/concepts.md, "Chunks")."""
         lane = lane or self._first
         scheduled = self.core_for(index, lane)
-        weights: dict[int, int] = {}
-        for core in lane.rotation:
-            weights[core] = weights.get(core, 0) + 1
+        weights = collections.Counter(lane.rotation)
         if len(weights) < 2:
             return scheduled
         best, least = scheduled, self._feeds_outstanding(scheduled, lane) / weights.get(scheduled, 1)
