@@ -16,6 +16,7 @@ import psutil
 import pytest
 
 from farm import Farm, TaskTimeoutError, WorkerCrashedError
+from farm.runtime.supervision import _TICK_MS, Supervisor
 from tests.processes import wait_for_memory_samples, wait_gone, wait_until
 
 pytestmark = pytest.mark.timeout(180)
@@ -41,6 +42,39 @@ def test_a_task_that_hangs_is_killed_after_task_timeout_and_fails_as_timeout():
         assert 1.0 <= elapsed < 4.0  # two attempts of ~0.5 s each, plus detection
         wait_ready(farm)
         assert farm.run(action(12))[0][0] == 12
+
+
+def test_health_is_checked_once_a_tick_however_many_answers_come_and_still_finds_a_hang(monkeypatch):
+    """The router thread wakes for every message; its health checks (each
+    takes the farm's lock) run once a tick, yet a hung task is found while
+    the other core's answers keep it busy."""
+    checks: list[float] = []
+    check_health = Supervisor.check_health
+
+    def counted(self, now):
+        checks.append(now)
+        check_health(self, now)
+
+    monkeypatch.setattr(Supervisor, "check_health", counted)
+    with Farm("tests.pyfuncs:behave", schedule="0,1", task_timeout_ms=500, max_retries=0) as farm:
+        farm.run(action(0))
+        checks.clear()
+        started = time.monotonic()
+        answers = 0
+        while time.monotonic() - started < 1.0:  # ~thousands of messages
+            futures = [farm.submit(action(10 + i)) for i in range(16)]
+            answers += sum(1 for f in futures if f.result(timeout=10)[0][0] >= 10)
+        elapsed = time.monotonic() - started
+        assert answers > 300
+        assert len(checks) <= elapsed / (_TICK_MS / 1000) + 3, (len(checks), answers)
+
+        hung = farm.submit(action(5))
+        hang_started = time.monotonic()
+        while not hung.done():  # the other core keeps answering meanwhile
+            for future in [farm.submit(action(1000 + i)) for i in range(4)]:
+                future.exception(timeout=10)  # an answer, or the hung worker's end: messages flowed
+        assert isinstance(hung.exception(), TaskTimeoutError)
+        assert time.monotonic() - hang_started < 0.5 + 3 * _TICK_MS / 1000 + 1.0
 
 
 def test_a_frozen_worker_is_found_by_its_missing_heartbeats():

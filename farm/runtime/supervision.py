@@ -107,6 +107,7 @@ class Supervisor:
         self._spawn = spawn
         self._fail = fail
         self._fail_soon = fail_soon
+        self._next_health_check = 0.0  # books.clock() time; the router thread's alone
 
     # ── a worker process ended ───────────────────────────────────────────
     def on_worker_exit(self, worker: WorkerHandle) -> None:
@@ -301,12 +302,18 @@ class Supervisor:
         return next_ms
 
     def run_timers(self) -> None:
-        """Router thread, without the lock: health checks, and the respawns that are due."""
+        """Router thread, without the lock: the health checks, once a tick
+        (the thread wakes for every message: on short tasks, thousands of
+        times a second, and each check takes the lock), and the respawns
+        that are due."""
         books = self.books
         now = books.clock()
         with books.lock:
-            if not books.stopping:
+            if not books.stopping and now >= self._next_health_check:
+                self._next_health_check = now + _TICK_MS / 1000
                 self.check_health(now)
+            if not any(w.respawn_at is not None and w.respawn_at <= now for w in books.workers):
+                return
         for worker in books.workers:
             with books.lock:
                 due = worker.respawn_at is not None and worker.respawn_at <= now and not books.stopping
