@@ -990,6 +990,7 @@ def _close_router_then_arena(
     callback's close on that thread, then the app's): the router's close and
     the arena's are safe to repeat, and each returns once the farm is closed."""
     if router.on_own_thread():
+        router.begin_close(cancel)  # it reads "closing" from now on, not once the thread gets there
         arguments = (router, arena, cancel, timeout, then)
         threading.Thread(target=_close_router_then_arena, args=arguments, name="rknnfarm-close").start()
         return

@@ -13,6 +13,7 @@ import time
 import numpy as np
 import pytest
 
+import farm.farm as farm_module
 from farm import Farm, FarmClosedError
 from tests.onnx_models import affine_model
 from tests.processes import finish_or_kill, wait_gone, wait_until
@@ -226,9 +227,19 @@ def test_close_in_a_run_async_callback_returns_at_once_and_the_farm_closes():
     wait_until(lambda: repr(farm).endswith("closed)"), 5, "the farm to finish closing")
 
 
-def test_the_apps_close_after_a_callbacks_close_returns_once_the_farm_is_closed():
+def test_the_apps_close_after_a_callbacks_close_returns_once_the_farm_is_closed(monkeypatch):
     # The callback's close went to a thread of its own and the farm read "closed" at
     # once: the app's close() returned with the workers and shared memory still there.
+    # And it read "running" until that thread got to the router (a CI machine was slow
+    # to run it): the thread is held back here, and the farm reads "closing" at once.
+    close_on_its_thread = farm_module._close_router_then_arena
+
+    def slow_to_start(*args, **kwargs):
+        if threading.current_thread().name == "rknnfarm-close":
+            time.sleep(0.3)
+        close_on_its_thread(*args, **kwargs)
+
+    monkeypatch.setattr(farm_module, "_close_router_then_arena", slow_to_start)
     farm = Farm("tests.pyfuncs:double_later", schedule="0", threads_per_core=2, copy_outputs=True)
     pids = _worker_pids(farm)
     closing = threading.Event()

@@ -679,10 +679,8 @@ class Router:
         that the close waits for (:meth:`on_own_thread`): ``Farm.close``
         moves such a close to a thread of its own."""
         books = self.books
+        self.begin_close(cancel)
         with books.lock:
-            books.closing = True
-            books.cancelling = books.cancelling or cancel
-            books.cond.notify_all()  # wakes admitters, and a close() that drains
             if not books.stopping:
                 self._wait_outstanding(timeout_s)
             # Deciding and starting under the lock: a second close() finds
@@ -692,6 +690,17 @@ class Router:
         if here:
             self._tear_down()
         self._torn_down.wait()
+
+    def begin_close(self, cancel: bool = False) -> None:
+        """The first step of :meth:`close`, at once: the router admits no
+        new task (``closing``) and, with ``cancel``, a drain in progress
+        ends. A close moved to a thread of its own takes this step before it
+        returns, so the farm reads "closing" from then on."""
+        books = self.books
+        with books.lock:
+            books.closing = True
+            books.cancelling = books.cancelling or cancel
+            books.cond.notify_all()  # wakes admitters, and a close() that drains
 
     def _start_teardown(self) -> bool:
         """Under the lock: start :meth:`_tear_down` on a thread of its own;
