@@ -255,7 +255,7 @@ def page_image(page: np.ndarray) -> Image.Image:
         raise ValueError(
             f"a page is float32 [1, 3, H, W] (see page_tensor), got {page.dtype}{list(page.shape)}"
         )
-    return Image.fromarray(page[0].transpose(1, 2, 0).astype(np.uint8), "RGB")
+    return Image.fromarray(page[0].transpose(1, 2, 0).astype(np.uint8))  # H x W x 3 uint8: RGB
 
 
 def _the_page(inputs: Mapping[str, np.ndarray]) -> Image.Image:

@@ -66,7 +66,7 @@ def test_the_stages_read_what_the_app_reads(ppocr_models, lines):
 
 def test_a_page_survives_the_trip_through_shared_memory_pixel_for_pixel():
     rgb = np.random.default_rng(3).integers(0, 256, size=(37, 53, 3), dtype=np.uint8)
-    image = ocr_stages.Image.fromarray(rgb, "RGB")
+    image = ocr_stages.Image.fromarray(rgb)  # H x W x 3 uint8: RGB
     tensor = ocr_stages.page_tensor(image)
     assert tensor.dtype == np.float32 and tensor.shape == (1, 3, 37, 53)
     assert np.array_equal(np.asarray(ocr_stages.page_image(tensor)), rgb)
