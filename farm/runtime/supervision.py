@@ -86,6 +86,11 @@ def describe_exit(exitcode: Optional[int]) -> str:
     return f"exit code {exitcode}"
 
 
+def _respawn_due(worker: WorkerHandle, now: float) -> bool:
+    """Whether ``worker`` waits for a respawn that is due at ``now`` (under the lock)."""
+    return worker.respawn_at is not None and worker.respawn_at <= now
+
+
 class Supervisor:
     """Worker lifecycle policy for the router (see the module docstring).
 
@@ -312,11 +317,11 @@ class Supervisor:
             if not books.stopping and now >= self._next_health_check:
                 self._next_health_check = now + _TICK_MS / 1000
                 self.check_health(now)
-            if not any(w.respawn_at is not None and w.respawn_at <= now for w in books.workers):
+            if not any(_respawn_due(w, now) for w in books.workers):
                 return
         for worker in books.workers:
             with books.lock:
-                due = worker.respawn_at is not None and worker.respawn_at <= now and not books.stopping
+                due = _respawn_due(worker, now) and not books.stopping
                 if due:
                     worker.respawn_at = None
                     worker.restarts += 1
