@@ -111,8 +111,8 @@ def rings(monkeypatch) -> collections.Counter:
     return counts
 
 
-def _one_context(**options) -> Farm:
-    return Farm("tests.pyfuncs:count_runs", schedule="0", threads_per_core=1, spin_us=500, **options)
+def _one_context(spin_us: int = 500, **options) -> Farm:
+    return Farm("tests.pyfuncs:count_runs", schedule="0", threads_per_core=1, spin_us=spin_us, **options)
 
 
 def test_back_to_back_runs_take_the_doorbell_and_each_runs_once(rings):
@@ -139,7 +139,7 @@ def test_a_task_moved_to_a_message_after_the_context_took_it_runs_once(rings, mo
     monkeypatch.setattr(direct, "RING_WITHIN_LIMITS", 1000)
     # The context polls for its next task only while the tasks come within a few
     # spin_us of each other: a long limit keeps it polling on a host that stalls.
-    with Farm("tests.pyfuncs:count_runs", schedule="0", threads_per_core=1, spin_us=5000) as farm:
+    with _one_context(spin_us=5000) as farm:
         counts = [int(farm.run(_runs(0.001))[0][0]) for _ in range(60)]
     assert counts == list(range(1, 61))
     assert rings["rung"] >= 20 and rings["moved"] >= 10, rings
